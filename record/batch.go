@@ -3,6 +3,7 @@ package record
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 )
 
 // Record is one event as stored. Its byte-slice fields are views into the
@@ -213,6 +214,15 @@ func (b *Builder) Finish() (Batch, error) {
 	}
 	if len(b.buf) > MaxBatchSize {
 		return nil, fmt.Errorf("record: batch of %d bytes exceeds %d", len(b.buf), MaxBatchSize)
+	}
+	// The span must fit the 32-bit last-delta field and must not run past
+	// the largest offset, or the header would lie about it (ExtendSpan
+	// does not check) or fail to decode.
+	if b.lastDelta > math.MaxUint32 {
+		return nil, fmt.Errorf("record: span of %d offsets does not fit a batch", b.lastDelta+1)
+	}
+	if base := binary.BigEndian.Uint64(b.buf[0:8]); base+b.lastDelta+1 <= base {
+		return nil, fmt.Errorf("record: batch at offset %d spanning %d offsets overflows", base, b.lastDelta+1)
 	}
 	binary.BigEndian.PutUint32(b.buf[8:12], uint32(len(b.buf)-lengthFieldEnd))
 	binary.BigEndian.PutUint32(b.buf[20:24], uint32(b.lastDelta))

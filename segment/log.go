@@ -1,0 +1,291 @@
+package segment
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/tsstore/tsstore/record"
+)
+
+// segment is one .log file and its in-memory sparse index.
+type segment struct {
+	base uint64 // offset of the first batch; fixed by the file name
+	path string
+	f    File // kept open for the life of the Log; readers use ReadAt
+
+	// Guarded by Log.mu: written by the writer with the lock held, read by
+	// readers with the read lock held. The writer reads them lock-free.
+	size    int64        // bytes of complete batches
+	next    uint64       // NextOffset of the last batch, base if empty
+	firstTS int64        // timestamp of the first batch
+	lastTS  int64        // timestamp of the last batch
+	index   []indexEntry // only ever appended to
+	sealed  bool
+}
+
+func (s *segment) info() SegmentInfo {
+	return SegmentInfo{
+		BaseOffset: s.base, NextOffset: s.next, Size: s.size, Path: s.path,
+		Sealed: s.sealed, FirstTimestamp: s.firstTS, LastTimestamp: s.lastTS,
+	}
+}
+
+// SegmentInfo describes one segment at the time Segments was called.
+type SegmentInfo struct {
+	BaseOffset uint64 // offset of the first batch
+	NextOffset uint64 // offset after the last batch (BaseOffset if empty)
+	Size       int64  // bytes of complete batches
+	Path       string // the .log file
+	Sealed     bool   // sealed segments never change again
+	// FirstTimestamp and LastTimestamp are the timestamps, in unix
+	// nanoseconds, of the first and last batch; 0 for an empty segment.
+	FirstTimestamp, LastTimestamp int64
+}
+
+// RecoveryInfo reports what Open did to bring the directory to a
+// consistent state.
+type RecoveryInfo struct {
+	// Path is the active segment's .log file.
+	Path string
+	// TruncatedBytes were cut from the tail of the active segment, starting
+	// at TruncatedAt, because they did not hold a complete, intact batch.
+	TruncatedBytes int64
+	TruncatedAt    int64
+	// Reason says why the tail was cut; empty if nothing was.
+	Reason string
+	// RebuiltIndexes lists sealed segments whose index files were missing
+	// or invalid and were rebuilt from the log.
+	RebuiltIndexes []string
+	// RemovedTemp lists leftover temporary files that were removed.
+	RemovedTemp []string
+}
+
+// Log is an append-only sequence of record batches stored as segment files
+// in one directory. One goroutine writes (Append, Sync, Close; they are
+// also serialized against each other); any number read concurrently.
+type Log struct {
+	dir      string
+	opts     Options
+	fs       FS
+	idx      indexer
+	recovery RecoveryInfo
+
+	// w is the writer's state.
+	w struct {
+		sync.Mutex
+		err      error // sticky; wraps ErrWriteFailed
+		dirDirty bool  // a file was created since the last directory fsync
+		closed   bool
+	}
+
+	mu struct {
+		sync.RWMutex
+		segs    []*segment // oldest first; the last one is active
+		last    record.Header
+		hasLast bool
+		closed  bool
+	}
+}
+
+// Recovery reports what Open repaired.
+func (l *Log) Recovery() RecoveryInfo { return l.recovery }
+
+// Dir is the log's directory.
+func (l *Log) Dir() string { return l.dir }
+
+// FirstOffset is the first offset still stored.
+func (l *Log) FirstOffset() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.mu.segs[0].base
+}
+
+// NextOffset is the offset the next appended batch must start at.
+func (l *Log) NextOffset() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.mu.segs[len(l.mu.segs)-1].next
+}
+
+// LastHeader returns the header of the last batch, or false if the log
+// holds none.
+func (l *Log) LastHeader() (record.Header, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.mu.last, l.mu.hasLast
+}
+
+// Segments returns a consistent description of every segment, oldest
+// first. The active segment's Size counts only complete batches.
+func (l *Log) Segments() []SegmentInfo {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	out := make([]SegmentInfo, len(l.mu.segs))
+	for i, s := range l.mu.segs {
+		out[i] = s.info()
+	}
+	return out
+}
+
+func (l *Log) active() *segment { return l.mu.segs[len(l.mu.segs)-1] }
+
+// Append writes one batch at the end of the log with a single write. It
+// does not fsync: the Raft log is the write-ahead log, and Sync makes the
+// batch durable. b must be exactly one verified batch starting at
+// NextOffset whose timestamp is not older than the last batch's.
+func (l *Log) Append(b record.Batch) error {
+	l.w.Lock()
+	defer l.w.Unlock()
+	if err := l.checkWritableLocked(); err != nil {
+		return err
+	}
+	h, err := record.Verify(b)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidBatch, err)
+	}
+	if h.Size() != len(b) {
+		return fmt.Errorf("%w: %d trailing bytes after the batch", ErrInvalidBatch, len(b)-h.Size())
+	}
+	a := l.active()
+	if h.BaseOffset != a.next {
+		return fmt.Errorf("%w: batch starts at %d, log at %d", ErrOffsetMismatch, h.BaseOffset, a.next)
+	}
+	if l.mu.hasLast && h.Timestamp < l.mu.last.Timestamp {
+		return fmt.Errorf("%w: batch at offset %d has timestamp %d, last batch %d",
+			ErrTimestampOrder, h.BaseOffset, h.Timestamp, l.mu.last.Timestamp)
+	}
+	if a.size > 0 && (a.size+int64(len(b)) > l.opts.SegmentBytes || h.BaseOffset-a.base > math.MaxUint32) {
+		if err := l.rollLocked(); err != nil {
+			return err
+		}
+		a = l.active()
+	}
+	if _, err := a.f.Write(b); err != nil {
+		return l.failLocked("append to "+a.path, err)
+	}
+	pos := a.size
+	l.mu.Lock()
+	if l.idx.want(a.index, pos) {
+		a.index = append(a.index, indexEntry{rel: uint32(h.BaseOffset - a.base), pos: uint32(pos), ts: h.Timestamp})
+	}
+	if pos == 0 {
+		a.firstTS = h.Timestamp
+	}
+	a.lastTS = h.Timestamp
+	a.size += int64(len(b))
+	a.next = h.NextOffset()
+	l.mu.last, l.mu.hasLast = h, true
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *Log) checkWritableLocked() error {
+	if l.w.closed {
+		return ErrClosed
+	}
+	return l.w.err
+}
+
+// failLocked makes a write error sticky and returns it.
+func (l *Log) failLocked(op string, err error) error {
+	l.w.err = fmt.Errorf("%w: %s: %v", ErrWriteFailed, op, err)
+	return l.w.err
+}
+
+// Sync makes every appended batch durable: it fsyncs the active segment
+// and, if a segment file was created since the last Sync, the directory.
+func (l *Log) Sync() error {
+	l.w.Lock()
+	defer l.w.Unlock()
+	if err := l.checkWritableLocked(); err != nil {
+		return err
+	}
+	return l.syncLocked()
+}
+
+func (l *Log) syncLocked() error {
+	a := l.active()
+	if err := a.f.Sync(); err != nil {
+		return l.failLocked("fsync "+a.path, err)
+	}
+	if l.w.dirDirty {
+		if err := l.fs.SyncDir(l.dir); err != nil {
+			return l.failLocked("fsync directory "+l.dir, err)
+		}
+		l.w.dirDirty = false
+	}
+	return nil
+}
+
+// rollLocked seals the active segment and starts a new one at NextOffset.
+// Sealing fsyncs the .log first, then publishes the index files, then
+// fsyncs the directory, so index files never describe unsynced bytes.
+// Readers keep reading the sealed segment through its open file.
+func (l *Log) rollLocked() error {
+	a := l.active()
+	if err := a.f.Sync(); err != nil {
+		return l.failLocked("fsync "+a.path, err)
+	}
+	if err := writeIndexFiles(l.fs, l.dir, a.base, a.index); err != nil {
+		return l.failLocked("write index of "+a.path, err)
+	}
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		return l.failLocked("fsync directory "+l.dir, err)
+	}
+	path := filepath.Join(l.dir, FileName(a.next))
+	f, err := l.fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
+	if err != nil {
+		return l.failLocked("create "+path, err)
+	}
+	l.w.dirDirty = true
+	s := &segment{base: a.next, path: path, f: f, next: a.next}
+	l.mu.Lock()
+	a.sealed = true
+	l.mu.segs = append(l.mu.segs, s)
+	l.mu.Unlock()
+	return nil
+}
+
+// Close fsyncs the active segment, publishes its index files and closes
+// every file. It is idempotent. Reads after Close fail with ErrClosed.
+func (l *Log) Close() error {
+	l.w.Lock()
+	defer l.w.Unlock()
+	if l.w.closed {
+		return nil
+	}
+	l.w.closed = true
+	l.mu.Lock()
+	l.mu.closed = true
+	l.mu.Unlock()
+	err := l.w.err
+	if err == nil {
+		err = l.syncLocked()
+	}
+	if a := l.active(); err == nil && len(a.index) > 0 {
+		if werr := writeIndexFiles(l.fs, l.dir, a.base, a.index); werr != nil {
+			err = l.failLocked("write index of "+a.path, werr)
+		} else if werr := l.fs.SyncDir(l.dir); werr != nil {
+			err = l.failLocked("fsync directory "+l.dir, werr)
+		}
+	}
+	for _, s := range l.mu.segs {
+		if cerr := s.f.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("segment: close %s: %w", s.path, cerr)
+		}
+	}
+	return err
+}
+
+// errClosedRead turns the error of a read that raced with Close into
+// ErrClosed.
+func (l *Log) errClosedRead(err error) error {
+	if errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("%w: %v", ErrClosed, err)
+	}
+	return err
+}

@@ -1,0 +1,292 @@
+package segment
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/tsstore/tsstore/record"
+)
+
+// Open opens the log in dir, creating dir and a first empty segment if
+// needed, and recovers it:
+//
+//   - leftover *.tmp files are removed;
+//   - every sealed segment (all but the last) gets its index loaded, or
+//     rebuilt if missing or invalid, and its tail verified. Corruption in
+//     a sealed segment is an error: it is never truncated or skipped;
+//   - segments must be contiguous;
+//   - the active (last) segment is scanned in full and cut at the first
+//     torn or corrupt batch, which is what a crash leaves behind.
+//
+// Recovery reports what was repaired.
+func Open(dir string, opts Options) (*Log, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.FS == nil {
+		opts.FS = OSFS{}
+	}
+	l := &Log{dir: dir, opts: opts, fs: opts.FS, idx: indexer{interval: int64(opts.IndexIntervalBytes)}}
+	if err := l.fs.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("segment: open %s: %w", dir, err)
+	}
+	bases, err := l.listDir()
+	if err != nil {
+		return nil, err
+	}
+	if err := l.openSegments(bases); err != nil {
+		for _, s := range l.mu.segs {
+			s.f.Close()
+		}
+		return nil, err
+	}
+	return l, nil
+}
+
+// listDir returns the base offsets of the .log files, sorted, and removes
+// temporary files.
+func (l *Log) listDir() ([]uint64, error) {
+	ents, err := l.fs.ReadDir(l.dir)
+	if err != nil {
+		return nil, fmt.Errorf("segment: list %s: %w", l.dir, err)
+	}
+	var bases []uint64
+	for _, e := range ents {
+		name := e.Name()
+		switch {
+		case e.IsDir():
+		case strings.HasSuffix(name, TmpSuffix):
+			p := filepath.Join(l.dir, name)
+			if err := l.fs.Remove(p); err != nil {
+				return nil, fmt.Errorf("segment: remove %s: %w", p, err)
+			}
+			l.recovery.RemovedTemp = append(l.recovery.RemovedTemp, p)
+		case strings.HasSuffix(name, LogSuffix):
+			base, err := parseLogName(name)
+			if err != nil {
+				return nil, fmt.Errorf("%w (in %s)", err, l.dir)
+			}
+			bases = append(bases, base)
+		}
+	}
+	slices.Sort(bases)
+	if len(l.recovery.RemovedTemp) > 0 {
+		if err := l.fs.SyncDir(l.dir); err != nil {
+			return nil, fmt.Errorf("segment: fsync %s: %w", l.dir, err)
+		}
+	}
+	return bases, nil
+}
+
+func (l *Log) openSegments(bases []uint64) error {
+	if len(bases) == 0 {
+		return l.createFirst()
+	}
+	var prev *segment
+	for i, base := range bases {
+		s := &segment{base: base, path: filepath.Join(l.dir, FileName(base))}
+		var err error
+		if i < len(bases)-1 {
+			err = l.openSealed(s)
+		} else {
+			err = l.openActive(s)
+		}
+		if s.f != nil {
+			l.mu.segs = append(l.mu.segs, s)
+		}
+		if err != nil {
+			return err
+		}
+		if prev != nil && s.base != prev.next {
+			return corruptf(s.path, 0, prev.next, "segment starts at offset %d but %s ends at %d", s.base, prev.path, prev.next)
+		}
+		prev = s
+	}
+	return nil
+}
+
+func (l *Log) createFirst() error {
+	s := &segment{path: filepath.Join(l.dir, FileName(0))}
+	f, err := l.fs.OpenFile(s.path, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("segment: create %s: %w", s.path, err)
+	}
+	s.f = f
+	l.mu.segs = append(l.mu.segs, s)
+	l.recovery.Path = s.path
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		return fmt.Errorf("segment: fsync %s: %w", l.dir, err)
+	}
+	return nil
+}
+
+// openSealed loads (or rebuilds) a sealed segment's index and finds its
+// end by verifying every batch after the last index entry.
+func (l *Log) openSealed(s *segment) error {
+	f, err := l.fs.OpenFile(s.path, os.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("segment: open %s: %w", s.path, err)
+	}
+	s.f, s.sealed = f, true
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("segment: stat %s: %w", s.path, err)
+	}
+	s.size = fi.Size()
+	if s.size == 0 {
+		return corruptf(s.path, 0, s.base, "sealed segment is empty")
+	}
+	if entries, err := l.loadIndex(s); err == nil {
+		s.index = entries
+		last := entries[len(entries)-1]
+		err := l.scanSealed(s, int64(last.pos), s.base+uint64(last.rel), false)
+		if err == nil {
+			s.firstTS = entries[0].ts
+			return nil
+		}
+		if !errors.Is(err, ErrCorrupt) {
+			return err
+		}
+		// The last entry may be what is wrong: rebuild, which tells a bad
+		// index from a bad log.
+		s.index, s.next, s.lastTS = nil, 0, 0
+	}
+	if err := l.scanSealed(s, 0, s.base, true); err != nil {
+		return err
+	}
+	if err := writeIndexFiles(l.fs, l.dir, s.base, s.index); err != nil {
+		return fmt.Errorf("segment: rewrite index of %s: %w", s.path, err)
+	}
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		return fmt.Errorf("segment: fsync %s: %w", l.dir, err)
+	}
+	l.recovery.RebuiltIndexes = append(l.recovery.RebuiltIndexes, s.path)
+	return nil
+}
+
+func (l *Log) loadIndex(s *segment) ([]indexEntry, error) {
+	index, err := readWhole(l.fs, filepath.Join(l.dir, indexName(s.base)))
+	if err != nil {
+		return nil, err
+	}
+	times, err := readWhole(l.fs, filepath.Join(l.dir, timeIndexName(s.base)))
+	if err != nil {
+		return nil, err
+	}
+	return decodeIndex(index, times, s.size)
+}
+
+// scanSealed verifies the batches of a sealed segment from pos to EOF and
+// sets next and lastTS; when rebuilding (pos 0) it also builds the index.
+// A bad or incomplete batch is corruption: sealed segments were fsynced
+// before they were sealed, so they have no torn tail.
+func (l *Log) scanSealed(s *segment, pos int64, expect uint64, rebuild bool) error {
+	sc := newScanner(s.f, pos, s.size, scanBufSize)
+	for {
+		pos, raw, h, err := sc.next()
+		if err == io.EOF {
+			return nil
+		}
+		if err == nil {
+			_, err = record.Verify(raw)
+		}
+		if err != nil {
+			return scanError(s.path, pos, expect, err)
+		}
+		if h.BaseOffset != expect {
+			return corruptf(s.path, pos, expect, "batch base offset %d, want %d", h.BaseOffset, expect)
+		}
+		if rebuild && l.idx.want(s.index, pos) {
+			s.index = append(s.index, indexEntry{rel: uint32(h.BaseOffset - s.base), pos: uint32(pos), ts: h.Timestamp})
+		}
+		if pos == 0 {
+			s.firstTS = h.Timestamp
+		}
+		s.next, s.lastTS = h.NextOffset(), h.Timestamp
+		l.mu.last, l.mu.hasLast = h, true
+		expect = h.NextOffset()
+	}
+}
+
+// scanError turns a scan failure into a CorruptionError, leaving I/O
+// errors as they are.
+func scanError(path string, pos int64, expect uint64, err error) error {
+	var ce *CorruptionError
+	switch {
+	case errors.As(err, &ce):
+		return err
+	case errors.Is(err, record.ErrShort):
+		return corruptf(path, pos, expect, "incomplete batch: %v", err)
+	case errors.Is(err, record.ErrCorrupt):
+		return corruptf(path, pos, expect, "%v", err)
+	}
+	return fmt.Errorf("segment: read %s at %d: %w", path, pos, err)
+}
+
+// openActive scans the active segment in full, verifying every CRC and
+// record, and cuts it at the first batch that is torn or corrupt.
+func (l *Log) openActive(s *segment) error {
+	f, err := l.fs.OpenFile(s.path, os.O_RDWR|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("segment: open %s: %w", s.path, err)
+	}
+	s.f, s.next = f, s.base
+	l.recovery.Path = s.path
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("segment: stat %s: %w", s.path, err)
+	}
+	fileSize := fi.Size()
+	sc := newScanner(f, 0, fileSize, scanBufSize)
+	var bad error
+	for {
+		pos, raw, h, err := sc.next()
+		if err == io.EOF {
+			break
+		}
+		if err == nil {
+			_, err = record.Verify(raw)
+		}
+		if err == nil {
+			err = checkRecords(raw)
+		}
+		if err == nil && h.BaseOffset != s.next {
+			err = fmt.Errorf("%w: batch base offset %d, want %d", record.ErrCorrupt, h.BaseOffset, s.next)
+		}
+		if err == nil && l.mu.hasLast && h.Timestamp < l.mu.last.Timestamp {
+			err = fmt.Errorf("%w: timestamp %d before previous %d", record.ErrCorrupt, h.Timestamp, l.mu.last.Timestamp)
+		}
+		if err != nil {
+			if !errors.Is(err, record.ErrShort) && !errors.Is(err, record.ErrCorrupt) {
+				return fmt.Errorf("segment: read %s at %d: %w", s.path, pos, err)
+			}
+			bad = err
+			break
+		}
+		if l.idx.want(s.index, pos) {
+			s.index = append(s.index, indexEntry{rel: uint32(h.BaseOffset - s.base), pos: uint32(pos), ts: h.Timestamp})
+		}
+		if pos == 0 {
+			s.firstTS = h.Timestamp
+		}
+		s.size, s.next, s.lastTS = pos+int64(len(raw)), h.NextOffset(), h.Timestamp
+		l.mu.last, l.mu.hasLast = h, true
+	}
+	if s.size == fileSize {
+		return nil
+	}
+	if err := f.Truncate(s.size); err != nil {
+		return fmt.Errorf("segment: truncate %s to %d: %w", s.path, s.size, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("segment: fsync %s: %w", s.path, err)
+	}
+	l.recovery.TruncatedAt, l.recovery.TruncatedBytes = s.size, fileSize-s.size
+	l.recovery.Reason = bad.Error()
+	return nil
+}

@@ -1,0 +1,47 @@
+package segment
+
+import "fmt"
+
+// Limits on Options.
+const (
+	// MinSegmentBytes is the smallest roll threshold (small values are for tests).
+	MinSegmentBytes = 4 << 10
+	// MaxSegmentBytes is the largest roll threshold. Together with
+	// record.MaxBatchSize it keeps every file position below 1<<32, which
+	// the .index format relies on.
+	MaxSegmentBytes = 1 << 30
+	// MaxIndexIntervalBytes bounds the sparse index spacing.
+	MaxIndexIntervalBytes = 1 << 20
+)
+
+// Options configures a Log. Start from DefaultOptions.
+type Options struct {
+	// SegmentBytes is the roll threshold in bytes: a batch that would grow
+	// a non-empty active segment past it goes to a new segment. A segment
+	// may exceed it by one batch only when that batch alone is larger.
+	// Default 64 MiB; must be in [MinSegmentBytes, MaxSegmentBytes].
+	SegmentBytes int64
+	// IndexIntervalBytes is the number of log bytes between sparse index
+	// entries. Smaller means bigger indexes and shorter scans on lookup.
+	// Default 4096 bytes; must be in [1, MaxIndexIntervalBytes].
+	IndexIntervalBytes int
+	// FS is the filesystem seam every file operation goes through. Nil
+	// means the operating system's filesystem (OSFS).
+	FS FS
+}
+
+// DefaultOptions returns the production defaults.
+func DefaultOptions() Options {
+	return Options{SegmentBytes: 64 << 20, IndexIntervalBytes: 4096}
+}
+
+// Validate reports the first out-of-range field.
+func (o Options) Validate() error {
+	switch {
+	case o.SegmentBytes < MinSegmentBytes || o.SegmentBytes > MaxSegmentBytes:
+		return fmt.Errorf("segment: SegmentBytes %d bytes not in [%d, %d]", o.SegmentBytes, MinSegmentBytes, MaxSegmentBytes)
+	case o.IndexIntervalBytes < 1 || o.IndexIntervalBytes > MaxIndexIntervalBytes:
+		return fmt.Errorf("segment: IndexIntervalBytes %d bytes not in [1, %d]", o.IndexIntervalBytes, MaxIndexIntervalBytes)
+	}
+	return nil
+}
