@@ -1,0 +1,77 @@
+// Command tsstore runs a tsstore node and operates a cluster.
+//
+//	tsstore serve   run one node (flags, TSSTORE_* environment, config file)
+//	tsstore dev     a local three-node cluster plus a demo trainer
+//	tsstore append  append events
+//	tsstore read    replay events from an offset
+//	tsstore status  a node's view of the cluster
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+)
+
+type command struct {
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) error
+}
+
+var commands = map[string]command{
+	"serve":  {"run one tsstore node", runServe},
+	"dev":    {"run a local three-node cluster and a demo trainer", runDev},
+	"append": {"append events to the store", runAppend},
+	"read":   {"replay events from an offset", runRead},
+	"status": {"show a node's view of the cluster", runStatus},
+}
+
+// errUsage marks errors whose message already explains the usage problem.
+var errUsage = errors.New("usage")
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "tsstore: unknown command %q\n\n", args[0])
+		usage(stderr)
+		return 2
+	}
+	if err := cmd.run(args[1:], stdout, stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "tsstore %s: %v\n", args[0], err)
+		if errors.Is(err, errUsage) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: tsstore <command> [flags]\n\ncommands:")
+	names := make([]string, 0, len(commands))
+	for name := range commands {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(w, "  %-8s %s\n", name, commands[name].summary)
+	}
+	fmt.Fprintln(w, "\nRun 'tsstore <command> -h' for a command's flags.")
+}

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/tsstore/tsstore/server"
+)
+
+// serveFlags binds every server setting to a flag. The same names, with
+// dashes as underscores, are the keys of the config file, and with a
+// TSSTORE_ prefix in upper case, environment variables. Precedence: flag,
+// then environment, then file, then default.
+type serveFlags struct {
+	fs        *flag.FlagSet
+	cfg       server.Config
+	config    string
+	bootstrap string
+	dialOver  string
+	logFormat string
+	logLevel  string
+	check     bool
+}
+
+func newServeFlags(stderr io.Writer) *serveFlags {
+	s := &serveFlags{fs: flag.NewFlagSet("serve", flag.ContinueOnError), cfg: server.DefaultConfig()}
+	fs, c := s.fs, &s.cfg
+	fs.SetOutput(stderr)
+	fs.StringVar(&s.config, "config", "", "TOML config file; keys are the flag names with _ for -")
+	fs.StringVar(&c.NodeID, "id", "", "this node's id (required)")
+	fs.StringVar(&c.ClusterName, "cluster", c.ClusterName, "cluster name, recorded in the data directory")
+	fs.StringVar(&c.DataDir, "data-dir", "", "data directory (required)")
+	fs.StringVar(&c.RaftAddr, "raft-addr", "", "host:port for Raft traffic (required)")
+	fs.StringVar(&c.APIAddr, "api-addr", "", "host:port for the gRPC API (required)")
+	fs.StringVar(&c.APIAdvertise, "api-advertise", "", "API address given to clients and peers (default: api-addr)")
+	fs.StringVar(&s.bootstrap, "bootstrap", "", "initial voters: id=raft-host:port,... (ignored once the node has state)")
+	fs.StringVar(&s.dialOver, "raft-dial-override", "", "dial these addresses for peers instead of their configured ones: id=host:port,... (fault-injection proxies)")
+	fs.DurationVar(&c.HeartbeatTimeout, "heartbeat-timeout", c.HeartbeatTimeout, "raft heartbeat timeout")
+	fs.DurationVar(&c.ElectionTimeout, "election-timeout", c.ElectionTimeout, "raft election timeout")
+	fs.DurationVar(&c.LeaderLeaseTimeout, "leader-lease-timeout", c.LeaderLeaseTimeout, "raft leader lease timeout")
+	fs.DurationVar(&c.CommitTimeout, "commit-timeout", c.CommitTimeout, "raft commit timeout")
+	fs.Uint64Var(&c.SnapshotThreshold, "snapshot-threshold", c.SnapshotThreshold, "raft entries between snapshots")
+	fs.DurationVar(&c.SnapshotInterval, "snapshot-interval", c.SnapshotInterval, "how often the snapshot threshold is checked")
+	fs.Uint64Var(&c.TrailingLogs, "trailing-logs", c.TrailingLogs, "raft entries kept after a snapshot")
+	fs.IntVar(&c.SnapshotRetain, "snapshot-retain", c.SnapshotRetain, "snapshots kept on disk")
+	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest event (payload + metadata), bytes")
+	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", c.MaxRequestBytes, "largest append request, bytes")
+	fs.IntVar(&c.MaxEntryBytes, "max-entry-bytes", c.MaxEntryBytes, "group commit: bytes per raft entry")
+	fs.Int64Var(&c.Segment.SegmentBytes, "segment-bytes", c.Segment.SegmentBytes, "segment roll size, bytes")
+	fs.StringVar(&s.logFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&s.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.BoolVar(&s.check, "check-config", false, "validate the configuration and exit")
+	return s
+}
+
+// parse applies defaults, the config file, the environment and the flags.
+func (s *serveFlags) parse(args []string) error {
+	if err := s.fs.Parse(args); err != nil {
+		return err
+	}
+	if s.fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, s.fs.Args())
+	}
+	set := map[string]bool{}
+	s.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if s.config != "" {
+		if err := s.applyFile(s.config, set); err != nil {
+			return err
+		}
+	}
+	var errs []string
+	s.fs.VisitAll(func(f *flag.Flag) {
+		env := "TSSTORE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok && !set[f.Name] {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %v", env, err))
+			}
+		}
+	})
+	if len(errs) > 0 {
+		return fmt.Errorf("environment: %s", strings.Join(errs, "; "))
+	}
+	// Flags given on the command line win over file and environment.
+	if err := s.fs.Parse(args); err != nil {
+		return err
+	}
+	peers, err := parsePeers(s.bootstrap)
+	if err != nil {
+		return err
+	}
+	s.cfg.Bootstrap = peers
+	over, err := parsePeers(s.dialOver)
+	if err != nil {
+		return err
+	}
+	if len(over) > 0 {
+		s.cfg.RaftDialOverrides = map[string]string{}
+		for _, p := range over {
+			s.cfg.RaftDialOverrides[p.ID] = p.RaftAddr
+		}
+	}
+	return s.cfg.Validate()
+}
+
+// applyFile sets every flag named in a TOML file. Unknown keys are errors.
+func (s *serveFlags) applyFile(path string, set map[string]bool) error {
+	var m map[string]any
+	_, err := toml.DecodeFile(path, &m)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	var unknown []string
+	for key, v := range m {
+		name := strings.ReplaceAll(key, "_", "-")
+		f := s.fs.Lookup(name)
+		if f == nil || name == "config" {
+			unknown = append(unknown, key)
+			continue
+		}
+		if set[name] {
+			continue
+		}
+		if list, ok := v.([]any); ok {
+			parts := make([]string, len(list))
+			for i, x := range list {
+				parts[i] = fmt.Sprint(x)
+			}
+			v = strings.Join(parts, ",")
+		}
+		if err := f.Value.Set(fmt.Sprint(v)); err != nil {
+			return fmt.Errorf("config %s: key %s: %v", path, key, err)
+		}
+	}
+	if len(unknown) > 0 {
+		return fmt.Errorf("config %s: unknown keys %s", path, strings.Join(unknown, ", "))
+	}
+	return nil
+}
+
+func parsePeers(s string) ([]server.Peer, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var peers []server.Peer
+	for _, part := range strings.Split(s, ",") {
+		id, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok {
+			return nil, fmt.Errorf("%w: bootstrap peer %q: want id=host:port", errUsage, part)
+		}
+		peers = append(peers, server.Peer{ID: id, RaftAddr: addr})
+	}
+	return peers, nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("%w: log level %q", errUsage, level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("%w: log format %q (want json or text)", errUsage, format)
+}
+
+func runServe(args []string, stdout, stderr io.Writer) error {
+	s := newServeFlags(stderr)
+	if err := s.parse(args); err != nil {
+		return err
+	}
+	if s.check {
+		fmt.Fprintln(stdout, "configuration ok")
+		return nil
+	}
+	logger, err := newLogger(stderr, s.logFormat, s.logLevel)
+	if err != nil {
+		return err
+	}
+	s.cfg.Logger = logger
+	node, err := server.New(s.cfg)
+	if err != nil {
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
+	select {
+	case got := <-sig:
+		logger.Info("shutting down", "signal", got.String())
+		return node.Close()
+	case ferr := <-node.Fatal():
+		node.Close()
+		return ferr
+	}
+}

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+func runStatus(args []string, stdout, stderr io.Writer) error {
+	var cf clientFlags
+	fs := newFlagSet("status", stderr, "status [--addr host:port] [--json]")
+	cf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cl, ctx, cancel, err := cf.connect()
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	defer cl.Close()
+	st, err := cl.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		b, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(st)
+		if err != nil {
+			return err
+		}
+		var v any
+		json.Unmarshal(b, &v)
+		out, _ := json.MarshalIndent(v, "", "  ")
+		fmt.Fprintln(stdout, string(out))
+		return nil
+	}
+	fmt.Fprintf(stdout, "node %s: %s, term %d, leader %s (%s)\n", st.NodeId, st.Role, st.Term, st.LeaderId, st.LeaderApiAddress)
+	fmt.Fprintf(stdout, "commit index %d, applied index %d, last snapshot %d\n", st.CommitIndex, st.AppliedIndex, st.LastSnapshotIndex)
+	last := "-"
+	if st.LastTimestampUnixNano > 0 {
+		last = time.Unix(0, st.LastTimestampUnixNano).UTC().Format(time.RFC3339Nano)
+	}
+	fmt.Fprintf(stdout, "offsets [%d, %d), last event %s\n\n", st.FirstOffset, st.NextOffset, last)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tRAFT\tAPI\tSUFFRAGE\tLEADER")
+	for _, n := range st.Nodes {
+		lead := ""
+		if n.Leader {
+			lead = "*"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Id, n.RaftAddress, n.ApiAddress, n.Suffrage, lead)
+	}
+	return tw.Flush()
+}

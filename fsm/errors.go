@@ -1,0 +1,69 @@
+package fsm
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Handlers map them to gRPC codes at the edge; inside the
+// store, check them with errors.Is.
+var (
+	// ErrSequenceGap: a producer's append skips sequence numbers.
+	ErrSequenceGap = errors.New("producer sequence gap")
+	// ErrDuplicateSequence: a retry of an append that committed too long ago
+	// for its offsets to be known. It is never written twice.
+	ErrDuplicateSequence = errors.New("duplicate producer sequence")
+	// ErrWrongExpectedVersion: an optimistic-concurrency check failed.
+	ErrWrongExpectedVersion = errors.New("wrong expected stream version")
+	// ErrInvalidEvent: an event or request breaks a format rule.
+	ErrInvalidEvent = errors.New("invalid event")
+	// ErrUnknownCommand: the Raft entry is not a command this version knows.
+	ErrUnknownCommand = errors.New("unknown command")
+	// ErrStorageFailed: writing to the segment log failed. The FSM stops
+	// applying (sticky) and the node must restart to recover from the Raft log.
+	ErrStorageFailed = errors.New("fsm storage failed")
+	// ErrDataLoss: the segment log ends before state that was made durable
+	// (a checkpoint or snapshot) says it must. The node must not serve.
+	ErrDataLoss = errors.New("segment data lost")
+	// ErrBadSnapshot: a snapshot stream is malformed.
+	ErrBadSnapshot = errors.New("bad snapshot")
+)
+
+// SequenceGapError carries the sequence the producer must send next.
+type SequenceGapError struct {
+	Producer      string
+	Expected, Got uint64
+}
+
+func (e *SequenceGapError) Error() string {
+	return fmt.Sprintf("producer %q: sequence gap: expected %d, got %d", e.Producer, e.Expected, e.Got)
+}
+func (e *SequenceGapError) Unwrap() error { return ErrSequenceGap }
+
+// DuplicateSequenceError is returned for a retry outside the dedup window.
+type DuplicateSequenceError struct {
+	Producer string
+	Seq      uint64
+	LastSeq  uint64
+}
+
+func (e *DuplicateSequenceError) Error() string {
+	return fmt.Sprintf("producer %q: sequence %d already committed (last %d) and older than the dedup window", e.Producer, e.Seq, e.LastSeq)
+}
+func (e *DuplicateSequenceError) Unwrap() error { return ErrDuplicateSequence }
+
+// WrongExpectedVersionError carries the stream's actual version.
+type WrongExpectedVersionError struct {
+	Stream   string
+	Expected string
+	Actual   uint64
+}
+
+func (e *WrongExpectedVersionError) Error() string {
+	return fmt.Sprintf("stream %q: expected version %s, actual %d", e.Stream, e.Expected, e.Actual)
+}
+func (e *WrongExpectedVersionError) Unwrap() error { return ErrWrongExpectedVersion }
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidEvent, fmt.Sprintf(format, args...))
+}

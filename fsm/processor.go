@@ -1,0 +1,326 @@
+package fsm
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/tsstore/tsstore/record"
+	"github.com/tsstore/tsstore/segment"
+)
+
+// Config configures a Processor.
+type Config struct {
+	// Dir holds the segment log (Dir/log), the checkpoint and the node table.
+	Dir string
+	// Segment configures the segment log.
+	Segment segment.Options
+	// Logger receives recovery and failure reports; nil discards them.
+	Logger *slog.Logger
+	// OnFail, if set, is called once when the processor stops applying
+	// because of a storage failure.
+	OnFail func(error)
+}
+
+// DefaultConfig returns a Config for dir with default segment options.
+func DefaultConfig(dir string) Config {
+	return Config{Dir: dir, Segment: segment.DefaultOptions()}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.Dir == "" {
+		return fmt.Errorf("fsm: Dir is required")
+	}
+	return c.Segment.Validate()
+}
+
+// AppendResult is the outcome of one AppendOp.
+type AppendResult struct {
+	FirstOffset    uint64
+	LastOffset     uint64
+	RaftIndex      uint64
+	Timestamp      int64
+	Duplicate      bool
+	StreamVersions map[string]uint64
+	Err            error
+}
+
+// ApplyResult is what Apply returns for one Raft entry. Err is set when the
+// whole entry failed (storage failure, unknown command); otherwise each op
+// has its own result.
+type ApplyResult struct {
+	Appends []AppendResult
+	Skipped bool // the entry was already applied before a restart
+	Err     error
+}
+
+// Processor decodes and applies commands to the segment log and the state.
+// It is the whole FSM without Raft: tests and tools drive it directly.
+//
+// Apply, Snapshot and Restore are called from one goroutine (Raft's FSM
+// goroutine); every other method is safe for concurrent use.
+type Processor struct {
+	cfg    Config
+	logger *slog.Logger
+
+	// logMu guards the log pointer, which Restore swaps. Readers hold it
+	// shared for the duration of one read.
+	logMu sync.RWMutex
+	log   *segment.Log
+
+	mu struct {
+		sync.RWMutex
+		state *State
+	}
+
+	// Owned by the apply goroutine.
+	appendWM uint64 // append commands at or below this index are in the log
+	nodesWM  uint64 // node commands at or below this index are in the node table
+	failed   error
+	builder  record.Builder
+
+	applied    atomic.Uint64
+	nextOffset atomic.Uint64
+
+	notifyMu sync.Mutex
+	notifyCh chan struct{}
+}
+
+// Open opens or creates the processor's storage and rebuilds its state
+// from the last checkpoint plus the log written after it.
+func Open(cfg Config) (*Processor, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	p := &Processor{cfg: cfg, logger: cfg.Logger, notifyCh: make(chan struct{})}
+	if p.logger == nil {
+		p.logger = slog.New(slog.DiscardHandler)
+	}
+	log, err := segment.Open(filepath.Join(cfg.Dir, "log"), cfg.Segment)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.load(log); err != nil {
+		log.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Processor) load(log *segment.Log) error {
+	cp, err := readCheckpoint(p.cfg.Dir)
+	if err != nil {
+		return err
+	}
+	st := cp.State
+	if st == nil {
+		st = newState()
+	}
+	if log.NextOffset() < st.NextOffset {
+		return fmt.Errorf("%w: %s ends at offset %d but the checkpoint at raft index %d covers offsets up to %d; wipe this node's data directory and let it rejoin from a peer",
+			ErrDataLoss, log.Dir(), log.NextOffset(), cp.Index, st.NextOffset)
+	}
+	if st.NextOffset < log.FirstOffset() {
+		return fmt.Errorf("%w: checkpoint ends at offset %d, before the first stored offset %d", ErrDataLoss, st.NextOffset, log.FirstOffset())
+	}
+	if st.NextOffset < log.NextOffset() {
+		if err := log.Scan(st.NextOffset, st.applyBatch); err != nil {
+			return fmt.Errorf("fsm: rebuilding state from %s: %w", log.Dir(), err)
+		}
+	}
+	nodes, err := readNodes(p.cfg.Dir)
+	if err != nil {
+		return err
+	}
+	p.nodesWM = cp.Index
+	if nodes.Index > cp.Index {
+		st.Nodes, p.nodesWM = nodes.Nodes, nodes.Index
+	}
+	p.appendWM = cp.Index
+	if h, ok := log.LastHeader(); ok && h.RaftIndex > p.appendWM {
+		p.appendWM = h.RaftIndex
+	}
+	p.log = log
+	p.mu.state = st
+	p.applied.Store(max(p.appendWM, p.nodesWM))
+	p.nextOffset.Store(st.NextOffset)
+	p.logger.Info("fsm opened", "dir", p.cfg.Dir, "checkpoint_index", cp.Index,
+		"append_watermark", p.appendWM, "next_offset", st.NextOffset,
+		"recovery", log.Recovery())
+	return nil
+}
+
+// Close closes the segment log.
+func (p *Processor) Close() error {
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	if p.log == nil {
+		return nil
+	}
+	err := p.log.Close()
+	p.log = nil
+	return err
+}
+
+// AppliedIndex is the last Raft index applied (or skipped as applied).
+func (p *Processor) AppliedIndex() uint64 { return p.applied.Load() }
+
+// NextOffset is the offset the next appended event will get.
+func (p *Processor) NextOffset() uint64 { return p.nextOffset.Load() }
+
+// Failed returns the sticky storage error, if the processor has stopped.
+func (p *Processor) Failed() error { return p.failed }
+
+// WithLog runs fn with the current segment log held against Restore.
+func (p *Processor) WithLog(fn func(*segment.Log) error) error {
+	p.logMu.RLock()
+	defer p.logMu.RUnlock()
+	if p.log == nil {
+		return segment.ErrClosed
+	}
+	return fn(p.log)
+}
+
+// Nodes returns a copy of the node table (id -> client API address).
+func (p *Processor) Nodes() map[string]string {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	out := make(map[string]string, len(p.mu.state.Nodes))
+	for k, v := range p.mu.state.Nodes {
+		out[k] = v
+	}
+	return out
+}
+
+// LastTimestamp is the timestamp of the last batch, unix nanoseconds.
+func (p *Processor) LastTimestamp() int64 {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.mu.state.LastTimestamp
+}
+
+// StreamInfo returns a copy of one stream's state.
+func (p *Processor) StreamInfo(name string) (StreamState, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	st, ok := p.mu.state.Streams[name]
+	if !ok {
+		return StreamState{}, false
+	}
+	return *st, true
+}
+
+// changed returns a channel that is closed at the next applied entry.
+func (p *Processor) changed() <-chan struct{} {
+	p.notifyMu.Lock()
+	defer p.notifyMu.Unlock()
+	return p.notifyCh
+}
+
+func (p *Processor) notify() {
+	p.notifyMu.Lock()
+	close(p.notifyCh)
+	p.notifyCh = make(chan struct{})
+	p.notifyMu.Unlock()
+}
+
+// WaitApplied blocks until AppliedIndex() >= index or ctx ends.
+func (p *Processor) WaitApplied(ctx context.Context, index uint64) error {
+	return p.wait(ctx, func() bool { return p.applied.Load() >= index })
+}
+
+// WaitNextOffset blocks until NextOffset() >= next or ctx ends.
+func (p *Processor) WaitNextOffset(ctx context.Context, next uint64) error {
+	return p.wait(ctx, func() bool { return p.nextOffset.Load() >= next })
+}
+
+func (p *Processor) wait(ctx context.Context, done func() bool) error {
+	for {
+		ch := p.changed()
+		if done() {
+			return nil
+		}
+		if p.failed != nil {
+			return p.failed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Apply applies one Raft entry. It is deterministic: the same entries in
+// the same order produce the same log bytes and state on every replica.
+// Entries at or below the durable watermarks are skipped, which makes
+// re-application after a restart idempotent.
+func (p *Processor) Apply(index uint64, data []byte) *ApplyResult {
+	res := p.apply(index, data)
+	p.applied.Store(index)
+	p.notify()
+	return res
+}
+
+func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
+	if p.failed != nil {
+		return &ApplyResult{Err: p.failed}
+	}
+	if len(data) == 0 {
+		return p.fail(fmt.Errorf("%w: empty entry at index %d", ErrUnknownCommand, index))
+	}
+	switch CommandType(data[0]) {
+	case CmdAppend:
+		if index <= p.appendWM {
+			return &ApplyResult{Skipped: true}
+		}
+		var cmd AppendCommand
+		if err := decode(data, &cmd); err != nil {
+			return p.fail(fmt.Errorf("entry %d: %w", index, err))
+		}
+		return p.applyAppend(index, &cmd)
+	case CmdRegisterNode:
+		if index <= p.nodesWM {
+			return &ApplyResult{Skipped: true}
+		}
+		var cmd RegisterNodeCommand
+		if err := decode(data, &cmd); err != nil {
+			return p.fail(fmt.Errorf("entry %d: %w", index, err))
+		}
+		return p.applyRegisterNode(index, &cmd)
+	default:
+		// A command from a newer version: applying around it would make
+		// this replica diverge, so stop and ask for an upgrade.
+		return p.fail(fmt.Errorf("%w: type %d at index %d (upgrade this node)", ErrUnknownCommand, data[0], index))
+	}
+}
+
+// fail makes the processor refuse all further entries. The node must
+// restart; the Raft log still holds every entry not yet in the segments.
+func (p *Processor) fail(err error) *ApplyResult {
+	p.failed = fmt.Errorf("%w: %v", ErrStorageFailed, err)
+	p.logger.Error("fsm stopped applying", "error", p.failed)
+	if p.cfg.OnFail != nil {
+		p.cfg.OnFail(p.failed)
+	}
+	return &ApplyResult{Err: p.failed}
+}
+
+func (p *Processor) applyRegisterNode(index uint64, cmd *RegisterNodeCommand) *ApplyResult {
+	p.mu.Lock()
+	p.mu.state.Nodes[cmd.ID] = cmd.APIAddress
+	nodes := make(map[string]string, len(p.mu.state.Nodes))
+	for k, v := range p.mu.state.Nodes {
+		nodes[k] = v
+	}
+	p.mu.Unlock()
+	if err := writeNodes(p.cfg.Dir, nodesFile{Index: index, Nodes: nodes}); err != nil {
+		return p.fail(err)
+	}
+	p.nodesWM = index
+	return &ApplyResult{}
+}

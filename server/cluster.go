@@ -1,0 +1,196 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tsstore/tsstore/fsm"
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+)
+
+// ReadIndex implements the leader side of a linearizable read.
+func (s *service) ReadIndex(ctx context.Context, _ *pb.ReadIndexRequest) (*pb.ReadIndexResponse, error) {
+	idx, err := s.n.localReadIndex(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.ReadIndexResponse{CommitIndex: idx}, nil
+}
+
+// localReadIndex is Raft's ReadIndex on the leader: take the commit index,
+// then confirm with a quorum that this node was still leader after taking
+// it. The leader must first have applied a barrier in its term, so its
+// commit index covers every entry committed by earlier leaders.
+func (n *Node) localReadIndex(ctx context.Context) (uint64, error) {
+	if n.raft.State() != raft.Leader {
+		return 0, raft.ErrNotLeader
+	}
+	if n.leaderReady.Load() != n.raft.CurrentTerm() {
+		return 0, fmt.Errorf("%w: leader has not yet applied its term's barrier", errNoLeader)
+	}
+	idx := n.raft.CommitIndex()
+	if err := n.raft.VerifyLeader().Error(); err != nil {
+		return 0, err
+	}
+	return idx, ctx.Err()
+}
+
+// readIndex returns the index a linearizable read on this node must wait
+// for, asking the leader when this node is a follower.
+func (n *Node) readIndex(ctx context.Context) (uint64, error) {
+	if n.raft.State() == raft.Leader {
+		return n.localReadIndex(ctx)
+	}
+	conn, err := n.leaderConn()
+	if err != nil {
+		return 0, err
+	}
+	resp, err := pb.NewClusterClient(conn).ReadIndex(ctx, &pb.ReadIndexRequest{})
+	if err != nil {
+		return 0, err
+	}
+	return resp.CommitIndex, nil
+}
+
+// RegisterNode records a node's API address through Raft.
+func (s *service) RegisterNode(ctx context.Context, req *pb.RegisterNodeRequest) (*pb.RegisterNodeResponse, error) {
+	if req.NodeId == "" || req.ApiAddress == "" {
+		return nil, invalidArg("node id and api address are required")
+	}
+	if s.n.raft.State() != raft.Leader {
+		if isForwarded(ctx) {
+			return nil, toStatus(errNoLeader)
+		}
+		conn, err := s.n.leaderConn()
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		return pb.NewClusterClient(conn).RegisterNode(ctx, req)
+	}
+	if err := s.n.applyRegister(req.NodeId, req.ApiAddress); err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.RegisterNodeResponse{}, nil
+}
+
+func (n *Node) applyRegister(id, addr string) error {
+	data, err := fsm.Encode(fsm.CmdRegisterNode, &fsm.RegisterNodeCommand{ID: id, APIAddress: addr})
+	if err != nil {
+		return err
+	}
+	f := n.raft.Apply(data, 5*time.Second)
+	if err := f.Error(); err != nil {
+		return err
+	}
+	if r, ok := f.Response().(*fsm.ApplyResult); ok && r.Err != nil {
+		return r.Err
+	}
+	return nil
+}
+
+// watchLeadership runs a barrier whenever this node becomes leader, and
+// marks the term ready for linearizable reads once it has been applied.
+func (n *Node) watchLeadership() {
+	for {
+		select {
+		case isLeader := <-n.raft.LeaderCh():
+			if !isLeader {
+				continue
+			}
+			term := n.raft.CurrentTerm()
+			if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
+				n.logger.Warn("leader barrier failed", "error", err)
+				continue
+			}
+			n.leaderReady.Store(term)
+			n.logger.Info("leader ready", "term", term)
+		case <-n.shutdown:
+			return
+		}
+	}
+}
+
+// registerSelf makes sure the node table holds this node's API address,
+// retrying until it does, and again whenever it changes.
+func (n *Node) registerSelf() {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	addr := n.cfg.apiAdvertise()
+	for {
+		if n.proc.Nodes()[n.cfg.NodeID] != addr {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			var err error
+			if n.raft.State() == raft.Leader {
+				err = n.applyRegister(n.cfg.NodeID, addr)
+			} else if conn, cerr := n.leaderConn(); cerr == nil {
+				_, err = pb.NewClusterClient(conn).RegisterNode(ctx, &pb.RegisterNodeRequest{NodeId: n.cfg.NodeID, ApiAddress: addr})
+			}
+			cancel()
+			if err != nil {
+				n.logger.Debug("registering api address", "error", err)
+			}
+		}
+		select {
+		case <-t.C:
+		case <-n.shutdown:
+			return
+		}
+	}
+}
+
+// leaderConn returns a client connection to the current leader's API.
+func (n *Node) leaderConn() (*grpc.ClientConn, error) {
+	_, id := n.raft.LeaderWithID()
+	if id == "" {
+		return nil, errNoLeader
+	}
+	if string(id) == n.cfg.NodeID {
+		return nil, fmt.Errorf("%w: this node is leader but not yet ready", errNoLeader)
+	}
+	addr := n.proc.Nodes()[string(id)]
+	if addr == "" {
+		return nil, fmt.Errorf("%w: leader %s has not registered its api address", errNoLeader, id)
+	}
+	return n.peers.get(addr)
+}
+
+// peerPool caches client connections to other nodes.
+type peerPool struct {
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func newPeerPool() *peerPool { return &peerPool{conns: map[string]*grpc.ClientConn{}} }
+
+func (p *peerPool) get(addr string) (*grpc.ClientConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.conns[addr]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		return nil, err
+	}
+	p.conns[addr] = c
+	return c, nil
+}
+
+func (p *peerPool) close() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = map[string]*grpc.ClientConn{}
+}

@@ -1,0 +1,169 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"regexp"
+	"time"
+
+	"github.com/tsstore/tsstore/segment"
+)
+
+// Peer is one member of the initial cluster.
+type Peer struct {
+	ID       string
+	RaftAddr string
+}
+
+// Config configures one tsstore node. Build it with DefaultConfig and
+// override fields; Validate reports the first problem.
+type Config struct {
+	// NodeID is this node's stable Raft server id.
+	NodeID string
+	// ClusterName is written to the data directory on first start; a data
+	// directory of another cluster is refused.
+	ClusterName string
+	// DataDir holds raft/, snapshots/, fsm/ and node.json.
+	DataDir string
+	// RaftAddr is the host:port the Raft transport listens on and
+	// advertises to peers.
+	RaftAddr string
+	// APIAddr is the host:port of the gRPC API; APIAdvertise, if set, is
+	// the address other nodes and clients are told to use.
+	APIAddr      string
+	APIAdvertise string
+	// Bootstrap lists the initial voters (this node among them). A node
+	// with existing Raft state ignores it. Empty: wait to be added.
+	Bootstrap []Peer
+	// RaftDialOverrides maps a peer's server id to the address this node
+	// dials for it, instead of the address in the Raft configuration. The
+	// fault-injection harness routes each link through its own proxy this
+	// way; production leaves it empty.
+	RaftDialOverrides map[string]string
+
+	// Raft timing. See docs/design.md for how they bound failover.
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+
+	// SnapshotThreshold is the number of Raft entries after which a
+	// snapshot is taken; SnapshotInterval how often that is checked.
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	// TrailingLogs is how many Raft entries are kept after a snapshot, so
+	// slightly lagging followers catch up without InstallSnapshot.
+	TrailingLogs uint64
+	// SnapshotRetain is how many snapshots are kept on disk.
+	SnapshotRetain int
+
+	// MaxEventBytes bounds one event's payload plus metadata, in bytes.
+	MaxEventBytes int
+	// MaxRequestBytes bounds one Append request, in bytes.
+	MaxRequestBytes int
+	// MaxEntryBytes bounds the requests coalesced into one Raft entry
+	// (group commit), in bytes; a larger single request goes alone.
+	MaxEntryBytes int
+	// MaxEntryRequests bounds the requests coalesced into one Raft entry.
+	MaxEntryRequests int
+	// MaxInflightEntries bounds Raft entries proposed but not yet applied.
+	MaxInflightEntries int
+	// ReadMessageBytes is the default size of one Read response message.
+	ReadMessageBytes int
+
+	// Segment configures the segment log.
+	Segment segment.Options
+	// Logger receives structured logs; nil uses slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns defaults for a node; NodeID, DataDir, RaftAddr and
+// APIAddr must still be set.
+func DefaultConfig() Config {
+	return Config{
+		ClusterName:        "tsstore",
+		HeartbeatTimeout:   500 * time.Millisecond,
+		ElectionTimeout:    500 * time.Millisecond,
+		LeaderLeaseTimeout: 250 * time.Millisecond,
+		CommitTimeout:      5 * time.Millisecond,
+		SnapshotThreshold:  4096,
+		SnapshotInterval:   10 * time.Second,
+		TrailingLogs:       4096,
+		SnapshotRetain:     2,
+		MaxEventBytes:      1 << 20,
+		MaxRequestBytes:    16 << 20,
+		MaxEntryBytes:      4 << 20,
+		MaxEntryRequests:   4096,
+		MaxInflightEntries: 64,
+		ReadMessageBytes:   1 << 20,
+		Segment:            segment.DefaultOptions(),
+	}
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	var errs []error
+	if !idPattern.MatchString(c.NodeID) {
+		errs = append(errs, fmt.Errorf("node id %q: want 1-64 of [A-Za-z0-9._-]", c.NodeID))
+	}
+	if !idPattern.MatchString(c.ClusterName) {
+		errs = append(errs, fmt.Errorf("cluster name %q: want 1-64 of [A-Za-z0-9._-]", c.ClusterName))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data dir is required"))
+	}
+	for name, a := range map[string]string{"raft address": c.RaftAddr, "api address": c.APIAddr} {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %v", name, a, err))
+		}
+	}
+	seen := map[string]bool{}
+	for _, p := range c.Bootstrap {
+		if !idPattern.MatchString(p.ID) || seen[p.ID] {
+			errs = append(errs, fmt.Errorf("bootstrap peer id %q invalid or repeated", p.ID))
+		}
+		seen[p.ID] = true
+		if _, _, err := net.SplitHostPort(p.RaftAddr); err != nil {
+			errs = append(errs, fmt.Errorf("bootstrap peer %s address %q: %v", p.ID, p.RaftAddr, err))
+		}
+	}
+	for id, a := range c.RaftDialOverrides {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("raft dial override for %s %q: %v", id, a, err))
+		}
+	}
+	if len(c.Bootstrap) > 0 && !seen[c.NodeID] {
+		errs = append(errs, fmt.Errorf("bootstrap peers do not include this node %q", c.NodeID))
+	}
+	if c.HeartbeatTimeout < 5*time.Millisecond || c.ElectionTimeout < c.HeartbeatTimeout ||
+		c.LeaderLeaseTimeout <= 0 || c.LeaderLeaseTimeout > c.HeartbeatTimeout || c.CommitTimeout <= 0 {
+		errs = append(errs, errors.New("raft timeouts: need heartbeat >= 5ms, election >= heartbeat, 0 < lease <= heartbeat, commit > 0"))
+	}
+	if c.SnapshotThreshold == 0 || c.SnapshotInterval <= 0 || c.SnapshotRetain < 1 {
+		errs = append(errs, errors.New("snapshot threshold, interval and retain must be positive"))
+	}
+	if c.MaxEventBytes <= 0 || c.MaxRequestBytes < c.MaxEventBytes || c.MaxRequestBytes > 32<<20 {
+		errs = append(errs, errors.New("need 0 < max event bytes <= max request bytes <= 32 MiB"))
+	}
+	if c.MaxEntryBytes <= 0 || c.MaxEntryBytes > 16<<20 || c.MaxEntryRequests <= 0 || c.MaxInflightEntries <= 0 {
+		errs = append(errs, errors.New("need 0 < max entry bytes <= 16 MiB, positive max entry requests and inflight entries"))
+	}
+	if c.ReadMessageBytes < 64<<10 || c.ReadMessageBytes > 16<<20 {
+		errs = append(errs, errors.New("read message bytes must be in [64 KiB, 16 MiB]"))
+	}
+	if err := c.Segment.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) apiAdvertise() string {
+	if c.APIAdvertise != "" {
+		return c.APIAdvertise
+	}
+	return c.APIAddr
+}

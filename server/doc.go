@@ -1,0 +1,25 @@
+// Package server runs one tsstore node: it wires the FSM to hashicorp/raft
+// (raft-boltdb/v2 log and stable store, TCP transport, the FSM's hard-link
+// snapshot store) and serves the gRPC API.
+//
+// It owns:
+//   - the Append path: validation at the edge, forwarding to the leader
+//     (a follower forwards once, marked so it is never forwarded again),
+//     and group commit (proposer.go) that coalesces concurrent requests
+//     into one Raft entry with a bounded number of entries in flight;
+//   - the Read path: raw record batches straight from the segment log, with
+//     local (read-your-writes via min_next_offset) or linearizable
+//     (ReadIndex through the leader) consistency;
+//   - Status, the node table registration, and the mapping of internal
+//     errors to gRPC status codes with google.rpc.ErrorInfo details
+//     (errors.go), done only at the handler edge;
+//   - the data directory's identity (node.json) and start-up checks.
+//
+// Invariants:
+//   - an Append is answered with offsets only after its Raft entry is
+//     committed and applied on this (leader) node;
+//   - a request that fails before commit may still commit later: callers
+//     retry with the same producer sequence and get the original offsets;
+//   - every goroutine is started through Node.goFunc and stops when the
+//     node's shutdown channel closes.
+package server

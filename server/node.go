@@ -1,0 +1,343 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"google.golang.org/grpc"
+
+	"github.com/tsstore/tsstore/fsm"
+)
+
+// ErrWrongCluster is returned when the data directory belongs to another
+// cluster or another node id.
+var ErrWrongCluster = errors.New("data directory belongs to another cluster or node")
+
+// Node is one running tsstore server: storage, Raft, and the gRPC API.
+type Node struct {
+	cfg    Config
+	logger *slog.Logger
+
+	proc      *fsm.Processor
+	raft      *raft.Raft
+	trans     *raft.NetworkTransport
+	boltStore *raftboltdb.BoltStore
+	snaps     *fsm.SnapshotStore
+
+	grpc     *grpc.Server
+	listener net.Listener
+	prop     *proposer
+	peers    *peerPool
+
+	// leaderReady is the term in which this node, as leader, has applied
+	// everything committed before it (a barrier). ReadIndex waits for it.
+	leaderReady atomic.Uint64
+
+	fatal     chan error
+	fatalOnce sync.Once
+	shutdown  chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+// identity is node.json: who owns this data directory.
+type identity struct {
+	Cluster string `json:"cluster"`
+	NodeID  string `json:"node_id"`
+}
+
+// New opens the node's storage, starts Raft and serves the API.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	n := &Node{cfg: cfg, logger: cfg.Logger, fatal: make(chan error, 1), shutdown: make(chan struct{})}
+	if n.logger == nil {
+		n.logger = slog.Default()
+	}
+	n.logger = n.logger.With("node", cfg.NodeID)
+	if err := n.checkIdentity(); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			n.closeStorage()
+		}
+	}()
+	if err := n.openStorage(); err != nil {
+		return nil, err
+	}
+	if err := n.startRaft(); err != nil {
+		return nil, err
+	}
+	if err := n.serve(); err != nil {
+		return nil, err
+	}
+	n.prop = newProposer(n)
+	n.goFunc(n.prop.run)
+	n.goFunc(n.prop.respond)
+	n.goFunc(n.watchLeadership)
+	n.goFunc(n.registerSelf)
+	ok = true
+	n.logger.Info("node started", "raft", cfg.RaftAddr, "api", n.APIAddr(), "data", cfg.DataDir)
+	return n, nil
+}
+
+// goFunc starts a goroutine owned by the node; Close waits for it.
+func (n *Node) goFunc(f func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+}
+
+func (n *Node) checkIdentity() error {
+	if err := os.MkdirAll(n.cfg.DataDir, 0o750); err != nil {
+		return err
+	}
+	path := filepath.Join(n.cfg.DataDir, "node.json")
+	want := identity{Cluster: n.cfg.ClusterName, NodeID: n.cfg.NodeID}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		b, _ := json.Marshal(want)
+		return atomicWriteFile(n.cfg.DataDir, "node.json", b)
+	}
+	if err != nil {
+		return err
+	}
+	var got identity
+	if err := json.Unmarshal(b, &got); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if got != want {
+		return fmt.Errorf("%w: %s says cluster %q node %q, configured cluster %q node %q",
+			ErrWrongCluster, path, got.Cluster, got.NodeID, want.Cluster, want.NodeID)
+	}
+	return nil
+}
+
+func (n *Node) openStorage() error {
+	var err error
+	fcfg := fsm.DefaultConfig(filepath.Join(n.cfg.DataDir, "fsm"))
+	fcfg.Segment = n.cfg.Segment
+	fcfg.Logger = n.logger.With("component", "fsm")
+	fcfg.OnFail = n.setFatal
+	if n.proc, err = fsm.Open(fcfg); err != nil {
+		return fmt.Errorf("opening fsm: %w", err)
+	}
+	if n.snaps, err = fsm.NewSnapshotStore(filepath.Join(n.cfg.DataDir, "snapshots"), n.cfg.SnapshotRetain, n.logger); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(n.cfg.DataDir, "raft"), 0o750); err != nil {
+		return err
+	}
+	n.boltStore, err = raftboltdb.NewBoltStore(filepath.Join(n.cfg.DataDir, "raft", "raft.db"))
+	if err != nil {
+		return fmt.Errorf("opening raft log %s: %w", filepath.Join(n.cfg.DataDir, "raft", "raft.db"), err)
+	}
+	return n.checkSnapshotCovered()
+}
+
+// checkSnapshotCovered refuses to start when the newest snapshot is ahead
+// of the FSM's durable state. Raft starts applying after the snapshot
+// index, so such a gap would silently drop entries.
+func (n *Node) checkSnapshotCovered() error {
+	metas, err := n.snaps.List()
+	if err != nil || len(metas) == 0 {
+		return err
+	}
+	latest := metas[0]
+	if n.proc.AppliedIndex() >= latest.Index {
+		return nil
+	}
+	n.logger.Warn("fsm is behind the newest snapshot; restoring from it",
+		"applied", n.proc.AppliedIndex(), "snapshot", latest.ID)
+	_, rc, err := n.snaps.Open(latest.ID)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if err := n.proc.Restore(rc); err != nil {
+		return fmt.Errorf("fsm is behind snapshot %s and restoring it failed: %w", latest.ID, err)
+	}
+	return nil
+}
+
+func (n *Node) raftConfig() *raft.Config {
+	c := raft.DefaultConfig()
+	c.LocalID = raft.ServerID(n.cfg.NodeID)
+	c.HeartbeatTimeout = n.cfg.HeartbeatTimeout
+	c.ElectionTimeout = n.cfg.ElectionTimeout
+	c.LeaderLeaseTimeout = n.cfg.LeaderLeaseTimeout
+	c.CommitTimeout = n.cfg.CommitTimeout
+	c.SnapshotThreshold = n.cfg.SnapshotThreshold
+	c.SnapshotInterval = n.cfg.SnapshotInterval
+	c.TrailingLogs = n.cfg.TrailingLogs
+	c.MaxAppendEntries = 256
+	c.BatchApplyCh = true
+	// The FSM keeps its own durable state and is idempotent by index;
+	// restoring the snapshot on every start would rewrite the whole log.
+	c.NoSnapshotRestoreOnStart = true
+	c.Logger = hclog.New(&hclog.LoggerOptions{
+		Name: "raft", Level: hclog.Info, Output: os.Stderr,
+		JSONFormat: true, TimeFormat: time.RFC3339Nano,
+	}).With("node", n.cfg.NodeID)
+	return c
+}
+
+func (n *Node) startRaft() error {
+	addr, err := net.ResolveTCPAddr("tcp", n.cfg.RaftAddr)
+	if err != nil {
+		return fmt.Errorf("raft address: %w", err)
+	}
+	var provider raft.ServerAddressProvider
+	if len(n.cfg.RaftDialOverrides) > 0 {
+		// Every peer must be listed: the fallback logs a warning per dial.
+		provider = dialOverrides(n.cfg.RaftDialOverrides)
+	}
+	n.trans, err = raft.NewTCPTransportWithConfig(n.cfg.RaftAddr, addr, &raft.NetworkTransportConfig{
+		ServerAddressProvider: provider,
+		MaxPool:               8,
+		Timeout:               10 * time.Second,
+		Logger:                hclog.New(&hclog.LoggerOptions{Name: "raft-net", Level: hclog.Warn, Output: os.Stderr, JSONFormat: true}),
+	})
+	if err != nil {
+		return fmt.Errorf("raft transport on %s: %w", n.cfg.RaftAddr, err)
+	}
+	rc := n.raftConfig()
+	logs, err := raft.NewLogCache(1024, n.boltStore)
+	if err != nil {
+		return err
+	}
+	exists, err := raft.HasExistingState(logs, n.boltStore, n.snaps)
+	if err != nil {
+		return err
+	}
+	n.raft, err = raft.NewRaft(rc, &fsm.FSM{P: n.proc}, logs, n.boltStore, n.snaps, n.trans)
+	if err != nil {
+		return fmt.Errorf("starting raft: %w", err)
+	}
+	if !exists && len(n.cfg.Bootstrap) > 0 {
+		var conf raft.Configuration
+		for _, p := range n.cfg.Bootstrap {
+			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddr)})
+		}
+		if err := n.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+	return nil
+}
+
+// dialOverrides resolves peers through an override table, falling back to
+// the address in the Raft configuration.
+type dialOverrides map[string]string
+
+func (d dialOverrides) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	if a, ok := d[string(id)]; ok {
+		return raft.ServerAddress(a), nil
+	}
+	return "", fmt.Errorf("no dial override for %s", id)
+}
+
+// setFatal records an unrecoverable error; the owner of the node (the
+// serve command) shuts it down and exits non-zero.
+func (n *Node) setFatal(err error) {
+	n.fatalOnce.Do(func() {
+		n.logger.Error("node failed; it must restart to recover from the raft log", "error", err)
+		n.fatal <- err
+	})
+}
+
+// Fatal yields an error when the node can no longer apply entries.
+func (n *Node) Fatal() <-chan error { return n.fatal }
+
+// Raft exposes the Raft instance to tests and admin tools.
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// Processor exposes the FSM processor to tests and admin tools.
+func (n *Node) Processor() *fsm.Processor { return n.proc }
+
+// APIAddr is the address the gRPC API listens on.
+func (n *Node) APIAddr() string {
+	if n.listener != nil {
+		return n.listener.Addr().String()
+	}
+	return n.cfg.APIAddr
+}
+
+// Close stops the node: it stops accepting requests, lets in-flight
+// appends finish (up to a bound), then shuts Raft and storage down.
+func (n *Node) Close() error {
+	var err error
+	n.closeOnce.Do(func() {
+		stopped := make(chan struct{})
+		go func() {
+			n.grpc.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			n.grpc.Stop()
+		}
+		close(n.shutdown)
+		if ferr := n.raft.Shutdown().Error(); ferr != nil {
+			err = ferr
+		}
+		n.wg.Wait()
+		n.peers.close()
+		n.trans.Close()
+		n.closeStorage()
+		n.logger.Info("node stopped")
+	})
+	return err
+}
+
+func (n *Node) closeStorage() {
+	if n.boltStore != nil {
+		n.boltStore.Close()
+	}
+	if n.proc != nil {
+		n.proc.Close()
+	}
+}
+
+func atomicWriteFile(dir, name string, data []byte) error {
+	tmp := filepath.Join(dir, name+".tmp")
+	if err := os.WriteFile(tmp, data, 0o640); err != nil {
+		return err
+	}
+	f, err := os.Open(tmp)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	f.Close()
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

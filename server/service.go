@@ -1,0 +1,240 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/tsstore/tsstore/fsm"
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/segment"
+)
+
+// forwardedKey marks a request forwarded by another node, so that a
+// forwarded request is never forwarded again (no loops during elections).
+const forwardedKey = "x-tsstore-forwarded"
+
+type service struct {
+	pb.UnimplementedEventStoreServer
+	pb.UnimplementedClusterServer
+	n *Node
+}
+
+func (n *Node) serve() error {
+	lis, err := net.Listen("tcp", n.cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("api listen on %s: %w", n.cfg.APIAddr, err)
+	}
+	n.listener = lis
+	onPanic := recovery.WithRecoveryHandler(func(p any) error {
+		n.logger.Error("panic in handler", "panic", p)
+		return status.Errorf(codes.Internal, "internal error: %v", p)
+	})
+	n.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(n.cfg.MaxRequestBytes+(1<<20)),
+		grpc.ChainUnaryInterceptor(recovery.UnaryServerInterceptor(onPanic)),
+		grpc.ChainStreamInterceptor(recovery.StreamServerInterceptor(onPanic)),
+	)
+	s := &service{n: n}
+	pb.RegisterEventStoreServer(n.grpc, s)
+	pb.RegisterClusterServer(n.grpc, s)
+	n.peers = newPeerPool()
+	n.goFunc(func() {
+		if err := n.grpc.Serve(lis); err != nil {
+			n.logger.Error("api server stopped", "error", err)
+		}
+	})
+	return nil
+}
+
+// Append validates a request, forwards it to the leader if this node is
+// not the leader, and otherwise proposes it through group commit.
+func (s *service) Append(ctx context.Context, req *pb.AppendRequest) (*pb.AppendResponse, error) {
+	op, size, err := s.toOp(req)
+	if err != nil {
+		return nil, err
+	}
+	if s.n.raft.State() != raft.Leader {
+		return s.forwardAppend(ctx, req)
+	}
+	res, err := s.n.prop.propose(ctx, op, size)
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &pb.AppendResponse{
+		FirstOffset: res.FirstOffset, LastOffset: res.LastOffset, RaftIndex: res.RaftIndex,
+		TimestampUnixNano: res.Timestamp, Duplicate: res.Duplicate,
+	}
+	for stream, v := range res.StreamVersions {
+		resp.StreamVersions = append(resp.StreamVersions, &pb.StreamVersion{Stream: stream, Version: v})
+	}
+	return resp, nil
+}
+
+func (s *service) toOp(req *pb.AppendRequest) (fsm.AppendOp, int, error) {
+	if len(req.Events) == 0 {
+		return fsm.AppendOp{}, 0, invalidArg("append has no events")
+	}
+	op := fsm.AppendOp{ProducerID: req.ProducerId, Seq: req.ProducerSeq, Events: make([]fsm.Event, len(req.Events))}
+	size := len(req.ProducerId)
+	for i, ev := range req.Events {
+		if n := len(ev.Payload) + len(ev.Metadata); n > s.n.cfg.MaxEventBytes {
+			return op, 0, withReason(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_EVENT_TOO_LARGE,
+				fmt.Sprintf("event %d is %d bytes, limit %d", i, n, s.n.cfg.MaxEventBytes),
+				map[string]string{"limit_bytes": strconv.Itoa(s.n.cfg.MaxEventBytes), "size_bytes": strconv.Itoa(n)})
+		}
+		op.Events[i] = fsm.Event{Stream: ev.Stream, Type: ev.Type, Metadata: ev.Metadata, Payload: ev.Payload}
+		size += len(ev.Stream) + len(ev.Type) + len(ev.Metadata) + len(ev.Payload) + 16
+	}
+	if size > s.n.cfg.MaxRequestBytes {
+		return op, 0, withReason(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_REQUEST_TOO_LARGE,
+			fmt.Sprintf("append of %d bytes exceeds %d", size, s.n.cfg.MaxRequestBytes),
+			map[string]string{"limit_bytes": strconv.Itoa(s.n.cfg.MaxRequestBytes)})
+	}
+	for _, x := range req.Expectations {
+		op.Expect = append(op.Expect, fsm.Expectation{Stream: x.Stream, Kind: fsm.ExpectKind(x.Kind), Version: x.Version})
+	}
+	if err := fsm.ValidateOp(&op); err != nil {
+		return op, 0, toStatus(err)
+	}
+	return op, size, nil
+}
+
+func (s *service) forwardAppend(ctx context.Context, req *pb.AppendRequest) (*pb.AppendResponse, error) {
+	if isForwarded(ctx) {
+		return nil, toStatus(fmt.Errorf("%w: forwarded append reached non-leader %s", errNoLeader, s.n.cfg.NodeID))
+	}
+	conn, err := s.n.leaderConn()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	ctx = metadata.AppendToOutgoingContext(ctx, forwardedKey, s.n.cfg.NodeID)
+	return pb.NewEventStoreClient(conn).Append(ctx, req)
+}
+
+func isForwarded(ctx context.Context) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return len(md.Get(forwardedKey)) > 0
+}
+
+// Read streams raw record batches. A read from an offset at or past the
+// end of the log returns an empty stream at once (subscriptions wait).
+func (s *service) Read(req *pb.ReadRequest, stream pb.EventStore_ReadServer) error {
+	ctx := stream.Context()
+	if req.ToOffset != 0 && req.ToOffset < req.FromOffset {
+		return invalidArg("to_offset %d is before from_offset %d", req.ToOffset, req.FromOffset)
+	}
+	if err := s.n.waitReadable(ctx, req); err != nil {
+		return toStatus(err)
+	}
+	end := req.ToOffset
+	if next := s.n.proc.NextOffset(); end == 0 || end > next {
+		end = next
+	}
+	max := int(req.MaxMessageBytes)
+	if max <= 0 || max > s.n.cfg.ReadMessageBytes*4 {
+		max = s.n.cfg.ReadMessageBytes
+	}
+	buf := make([]byte, 0, max+64<<10)
+	from := req.FromOffset
+	for from < end {
+		var next uint64
+		err := s.n.proc.WithLog(func(l *segment.Log) error {
+			var err error
+			buf, next, err = l.ReadBatches(buf[:0], from, max)
+			return err
+		})
+		if err != nil {
+			return toStatus(err)
+		}
+		if next <= from {
+			return status.Errorf(codes.Internal, "read made no progress at offset %d", from)
+		}
+		if err := stream.Send(&pb.ReadResponse{Batches: buf, NextOffset: next}); err != nil {
+			return err
+		}
+		from = next
+	}
+	return nil
+}
+
+// waitReadable applies the read's consistency rule before serving.
+func (n *Node) waitReadable(ctx context.Context, req *pb.ReadRequest) error {
+	if req.Consistency == pb.Consistency_CONSISTENCY_LINEARIZABLE {
+		idx, err := n.readIndex(ctx)
+		if err != nil {
+			return err
+		}
+		if err := n.proc.WaitApplied(ctx, idx); err != nil {
+			return err
+		}
+	}
+	if req.MinNextOffset > 0 {
+		return n.proc.WaitNextOffset(ctx, req.MinNextOffset)
+	}
+	return nil
+}
+
+// Status reports this node's view of the cluster.
+func (s *service) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+	n := s.n
+	leaderAddr, leaderID := n.raft.LeaderWithID()
+	nodes := n.proc.Nodes()
+	resp := &pb.StatusResponse{
+		NodeId:                n.cfg.NodeID,
+		Role:                  roleName(n.raft.State()),
+		LeaderId:              string(leaderID),
+		LeaderApiAddress:      nodes[string(leaderID)],
+		Term:                  n.raft.CurrentTerm(),
+		CommitIndex:           n.raft.CommitIndex(),
+		AppliedIndex:          n.proc.AppliedIndex(),
+		NextOffset:            n.proc.NextOffset(),
+		LastTimestampUnixNano: n.proc.LastTimestamp(),
+	}
+	_ = n.proc.WithLog(func(l *segment.Log) error { resp.FirstOffset = l.FirstOffset(); return nil })
+	if st := n.raft.Stats(); st != nil {
+		resp.LastSnapshotIndex, _ = strconv.ParseUint(st["last_snapshot_index"], 10, 64)
+	}
+	if f := n.raft.GetConfiguration(); f.Error() == nil {
+		for _, srv := range f.Configuration().Servers {
+			resp.Nodes = append(resp.Nodes, &pb.NodeStatus{
+				Id: string(srv.ID), RaftAddress: string(srv.Address), ApiAddress: nodes[string(srv.ID)],
+				Suffrage: suffrageName(srv.Suffrage), Leader: srv.Address == leaderAddr && leaderAddr != "",
+			})
+		}
+	}
+	return resp, nil
+}
+
+func roleName(s raft.RaftState) string {
+	switch s {
+	case raft.Leader:
+		return "leader"
+	case raft.Follower:
+		return "follower"
+	case raft.Candidate:
+		return "candidate"
+	}
+	return "shutdown"
+}
+
+func suffrageName(s raft.ServerSuffrage) string {
+	switch s {
+	case raft.Voter:
+		return "voter"
+	case raft.Nonvoter:
+		return "nonvoter"
+	}
+	return "staging"
+}
