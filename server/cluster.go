@@ -8,7 +8,10 @@ import (
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/tsstore/tsstore/fsm"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
@@ -193,4 +196,82 @@ func (p *peerPool) close() {
 		c.Close()
 	}
 	p.conns = map[string]*grpc.ClientConn{}
+}
+
+// TransferLeadership hands leadership to another voter. On a follower the
+// call is forwarded to the leader.
+func (s *service) TransferLeadership(ctx context.Context, req *pb.TransferLeadershipRequest) (*pb.TransferLeadershipResponse, error) {
+	n := s.n
+	if n.raft.State() != raft.Leader {
+		if isForwarded(ctx) {
+			return nil, toStatus(errNoLeader)
+		}
+		conn, err := n.leaderConn()
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		ctx = metadata.AppendToOutgoingContext(ctx, forwardedKey, n.cfg.NodeID)
+		return pb.NewClusterClient(conn).TransferLeadership(ctx, req)
+	}
+	var f raft.Future
+	if req.ToNodeId == "" {
+		f = n.raft.LeadershipTransfer()
+	} else {
+		addr, ok := n.voterAddress(req.ToNodeId)
+		if !ok {
+			return nil, status.Errorf(codes.NotFound, "node %q is not a voter of this cluster", req.ToNodeId)
+		}
+		if req.ToNodeId == n.cfg.NodeID {
+			return &pb.TransferLeadershipResponse{NewLeaderId: n.cfg.NodeID}, nil
+		}
+		f = n.raft.LeadershipTransferToServer(raft.ServerID(req.ToNodeId), addr)
+	}
+	if err := f.Error(); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "leadership transfer: %v", err)
+	}
+	id, err := n.waitForLeader(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.TransferLeadershipResponse{NewLeaderId: id}, nil
+}
+
+// waitForLeader waits until this node knows a leader, using Raft's
+// leader observations rather than polling.
+func (n *Node) waitForLeader(ctx context.Context) (string, error) {
+	if _, id := n.raft.LeaderWithID(); id != "" {
+		return string(id), nil
+	}
+	ch := make(chan raft.Observation, 4)
+	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	n.raft.RegisterObserver(obs)
+	defer n.raft.DeregisterObserver(obs)
+	for {
+		if _, id := n.raft.LeaderWithID(); id != "" {
+			return string(id), nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-n.shutdown:
+			return "", raft.ErrRaftShutdown
+		}
+	}
+}
+
+func (n *Node) voterAddress(id string) (raft.ServerAddress, bool) {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return "", false
+	}
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) == id && srv.Suffrage == raft.Voter {
+			return srv.Address, true
+		}
+	}
+	return "", false
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -208,5 +209,23 @@ func TestConfigValidate(t *testing.T) {
 	cfg.Bootstrap = []Peer{{ID: "n2", RaftAddr: "127.0.0.1:3"}}
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "do not include this node") {
 		t.Fatalf("bootstrap without self: %v", err)
+	}
+}
+
+func TestTransferLeadership(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	old := tc.leader()
+	target := tc.follower()
+	conn := dialCluster(t, target) // a follower forwards the call
+	resp, err := conn.TransferLeadership(ctxT(t), &pb.TransferLeadershipRequest{ToNodeId: target.cfg.NodeID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.NewLeaderId != target.cfg.NodeID || old.raft.State() == raft.Leader {
+		t.Fatalf("new leader %q, want %q", resp.NewLeaderId, target.cfg.NodeID)
+	}
+	_, err = conn.TransferLeadership(ctxT(t), &pb.TransferLeadershipRequest{ToNodeId: "nope"})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("transfer to unknown node: %v", err)
 	}
 }

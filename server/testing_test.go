@@ -133,6 +133,16 @@ func dial(t *testing.T, n *Node) pb.EventStoreClient {
 	return pb.NewEventStoreClient(conn)
 }
 
+func dialCluster(t *testing.T, n *Node) pb.ClusterClient {
+	t.Helper()
+	conn, err := grpc.NewClient(n.APIAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewClusterClient(conn)
+}
+
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)

@@ -154,21 +154,29 @@ const (
 	ErrorReason_ERROR_REASON_CORRUPTION ErrorReason = 8
 	// InvalidArgument: the request as a whole is too large. Metadata: limit_bytes.
 	ErrorReason_ERROR_REASON_REQUEST_TOO_LARGE ErrorReason = 9
+	// NotFound: a Read of a stream that has no events. Metadata: stream.
+	ErrorReason_ERROR_REASON_STREAM_NOT_FOUND ErrorReason = 10
+	// ResourceExhausted: a subscriber fell further behind the log end than
+	// the server allows while live; resume from the last delivered offset.
+	// Metadata: lag.
+	ErrorReason_ERROR_REASON_SLOW_CONSUMER ErrorReason = 11
 )
 
 // Enum value maps for ErrorReason.
 var (
 	ErrorReason_name = map[int32]string{
-		0: "ERROR_REASON_UNSPECIFIED",
-		1: "ERROR_REASON_SEQUENCE_GAP",
-		2: "ERROR_REASON_DUPLICATE_SEQUENCE",
-		3: "ERROR_REASON_WRONG_EXPECTED_VERSION",
-		4: "ERROR_REASON_EVENT_TOO_LARGE",
-		5: "ERROR_REASON_INVALID_EVENT",
-		6: "ERROR_REASON_NO_LEADER",
-		7: "ERROR_REASON_OFFSET_COMPACTED",
-		8: "ERROR_REASON_CORRUPTION",
-		9: "ERROR_REASON_REQUEST_TOO_LARGE",
+		0:  "ERROR_REASON_UNSPECIFIED",
+		1:  "ERROR_REASON_SEQUENCE_GAP",
+		2:  "ERROR_REASON_DUPLICATE_SEQUENCE",
+		3:  "ERROR_REASON_WRONG_EXPECTED_VERSION",
+		4:  "ERROR_REASON_EVENT_TOO_LARGE",
+		5:  "ERROR_REASON_INVALID_EVENT",
+		6:  "ERROR_REASON_NO_LEADER",
+		7:  "ERROR_REASON_OFFSET_COMPACTED",
+		8:  "ERROR_REASON_CORRUPTION",
+		9:  "ERROR_REASON_REQUEST_TOO_LARGE",
+		10: "ERROR_REASON_STREAM_NOT_FOUND",
+		11: "ERROR_REASON_SLOW_CONSUMER",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -181,6 +189,8 @@ var (
 		"ERROR_REASON_OFFSET_COMPACTED":       7,
 		"ERROR_REASON_CORRUPTION":             8,
 		"ERROR_REASON_REQUEST_TOO_LARGE":      9,
+		"ERROR_REASON_STREAM_NOT_FOUND":       10,
+		"ERROR_REASON_SLOW_CONSUMER":          11,
 	}
 )
 
@@ -566,8 +576,21 @@ type ReadRequest struct {
 	MinNextOffset uint64 `protobuf:"varint,4,opt,name=min_next_offset,json=minNextOffset,proto3" json:"min_next_offset,omitempty"`
 	// Upper bound on bytes per response message; 0 picks the server default.
 	MaxMessageBytes uint32 `protobuf:"varint,5,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// When non-zero, start at the first event whose timestamp is at or after
+	// this time instead of at from_offset (via the time index).
+	FromTimestampUnixNano int64 `protobuf:"varint,6,opt,name=from_timestamp_unix_nano,json=fromTimestampUnixNano,proto3" json:"from_timestamp_unix_nano,omitempty"`
+	// Only events of this stream, served from the per-stream index: the cost
+	// grows with the stream, not the log.
+	Stream string `protobuf:"bytes,7,opt,name=stream,proto3" json:"stream,omitempty"`
+	// With stream: start at this 1-based stream version instead of at
+	// from_offset (whichever is later applies if both are set).
+	FromVersion uint64 `protobuf:"varint,8,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
+	// Only events whose stream name starts with this prefix.
+	StreamPrefix string `protobuf:"bytes,9,opt,name=stream_prefix,json=streamPrefix,proto3" json:"stream_prefix,omitempty"`
+	// Only events of these types (any of them).
+	EventTypes    []string `protobuf:"bytes,10,rep,name=event_types,json=eventTypes,proto3" json:"event_types,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReadRequest) Reset() {
@@ -635,6 +658,41 @@ func (x *ReadRequest) GetMaxMessageBytes() uint32 {
 	return 0
 }
 
+func (x *ReadRequest) GetFromTimestampUnixNano() int64 {
+	if x != nil {
+		return x.FromTimestampUnixNano
+	}
+	return 0
+}
+
+func (x *ReadRequest) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *ReadRequest) GetFromVersion() uint64 {
+	if x != nil {
+		return x.FromVersion
+	}
+	return 0
+}
+
+func (x *ReadRequest) GetStreamPrefix() string {
+	if x != nil {
+		return x.StreamPrefix
+	}
+	return ""
+}
+
+func (x *ReadRequest) GetEventTypes() []string {
+	if x != nil {
+		return x.EventTypes
+	}
+	return nil
+}
+
 type ReadResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One or more complete record batches, concatenated. The format is
@@ -642,7 +700,10 @@ type ReadResponse struct {
 	// and the last may end after to_offset: readers skip those records.
 	Batches []byte `protobuf:"bytes,1,opt,name=batches,proto3" json:"batches,omitempty"`
 	// Resume token: the offset after the last batch in this message.
-	NextOffset    uint64 `protobuf:"varint,2,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	NextOffset uint64 `protobuf:"varint,2,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	// The node's log end (next offset to be assigned) when the message was
+	// sent: next_offset == log_next_offset means the reader is caught up.
+	LogNextOffset uint64 `protobuf:"varint,3,opt,name=log_next_offset,json=logNextOffset,proto3" json:"log_next_offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -691,6 +752,294 @@ func (x *ReadResponse) GetNextOffset() uint64 {
 	return 0
 }
 
+func (x *ReadResponse) GetLogNextOffset() uint64 {
+	if x != nil {
+		return x.LogNextOffset
+	}
+	return 0
+}
+
+type ListStreamsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only streams whose name starts with prefix.
+	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// Page token: list names after this one.
+	After string `protobuf:"bytes,2,opt,name=after,proto3" json:"after,omitempty"`
+	// Page size; 0 picks 1000, the maximum.
+	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStreamsRequest) Reset() {
+	*x = ListStreamsRequest{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStreamsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStreamsRequest) ProtoMessage() {}
+
+func (x *ListStreamsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStreamsRequest.ProtoReflect.Descriptor instead.
+func (*ListStreamsRequest) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListStreamsRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *ListStreamsRequest) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *ListStreamsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type StreamInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Number of events in the stream.
+	Version               uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	FirstOffset           uint64 `protobuf:"varint,3,opt,name=first_offset,json=firstOffset,proto3" json:"first_offset,omitempty"`
+	LastOffset            uint64 `protobuf:"varint,4,opt,name=last_offset,json=lastOffset,proto3" json:"last_offset,omitempty"`
+	LastTimestampUnixNano int64  `protobuf:"varint,5,opt,name=last_timestamp_unix_nano,json=lastTimestampUnixNano,proto3" json:"last_timestamp_unix_nano,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *StreamInfo) Reset() {
+	*x = StreamInfo{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamInfo) ProtoMessage() {}
+
+func (x *StreamInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamInfo.ProtoReflect.Descriptor instead.
+func (*StreamInfo) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *StreamInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StreamInfo) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *StreamInfo) GetFirstOffset() uint64 {
+	if x != nil {
+		return x.FirstOffset
+	}
+	return 0
+}
+
+func (x *StreamInfo) GetLastOffset() uint64 {
+	if x != nil {
+		return x.LastOffset
+	}
+	return 0
+}
+
+func (x *StreamInfo) GetLastTimestampUnixNano() int64 {
+	if x != nil {
+		return x.LastTimestampUnixNano
+	}
+	return 0
+}
+
+type ListStreamsResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Streams []*StreamInfo          `protobuf:"bytes,1,rep,name=streams,proto3" json:"streams,omitempty"`
+	// Pass as `after` for the next page; empty on the last page.
+	NextAfter     string `protobuf:"bytes,2,opt,name=next_after,json=nextAfter,proto3" json:"next_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStreamsResponse) Reset() {
+	*x = ListStreamsResponse{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStreamsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStreamsResponse) ProtoMessage() {}
+
+func (x *ListStreamsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStreamsResponse.ProtoReflect.Descriptor instead.
+func (*ListStreamsResponse) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ListStreamsResponse) GetStreams() []*StreamInfo {
+	if x != nil {
+		return x.Streams
+	}
+	return nil
+}
+
+func (x *ListStreamsResponse) GetNextAfter() string {
+	if x != nil {
+		return x.NextAfter
+	}
+	return ""
+}
+
+type TransferLeadershipRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ToNodeId      string                 `protobuf:"bytes,1,opt,name=to_node_id,json=toNodeId,proto3" json:"to_node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipRequest) Reset() {
+	*x = TransferLeadershipRequest{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipRequest) ProtoMessage() {}
+
+func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TransferLeadershipRequest) GetToNodeId() string {
+	if x != nil {
+		return x.ToNodeId
+	}
+	return ""
+}
+
+type TransferLeadershipResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NewLeaderId   string                 `protobuf:"bytes,1,opt,name=new_leader_id,json=newLeaderId,proto3" json:"new_leader_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipResponse) Reset() {
+	*x = TransferLeadershipResponse{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipResponse) ProtoMessage() {}
+
+func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *TransferLeadershipResponse) GetNewLeaderId() string {
+	if x != nil {
+		return x.NewLeaderId
+	}
+	return ""
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -699,7 +1048,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[7]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +1060,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[7]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +1073,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{7}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{12}
 }
 
 type NodeStatus struct {
@@ -741,7 +1090,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[8]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +1102,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[8]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +1115,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{8}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -826,7 +1175,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[9]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +1187,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[9]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +1200,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{9}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -946,7 +1295,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[10]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1307,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[10]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1320,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{10}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{15}
 }
 
 type ReadIndexResponse struct {
@@ -983,7 +1332,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[11]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1344,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[11]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1357,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{11}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReadIndexResponse) GetCommitIndex() uint64 {
@@ -1028,7 +1377,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[12]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1389,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[12]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1402,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{12}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RegisterNodeRequest) GetNodeId() string {
@@ -1078,7 +1427,7 @@ type RegisterNodeResponse struct {
 
 func (x *RegisterNodeResponse) Reset() {
 	*x = RegisterNodeResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[13]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1439,7 @@ func (x *RegisterNodeResponse) String() string {
 func (*RegisterNodeResponse) ProtoMessage() {}
 
 func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[13]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1452,7 @@ func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterNodeResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{13}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{18}
 }
 
 var File_tsstore_v1_tsstore_proto protoreflect.FileDescriptor
@@ -1138,18 +1487,47 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"raft_index\x18\x03 \x01(\x04R\traftIndex\x12.\n" +
 	"\x13timestamp_unix_nano\x18\x04 \x01(\x03R\x11timestampUnixNano\x12\x1c\n" +
 	"\tduplicate\x18\x05 \x01(\bR\tduplicate\x12B\n" +
-	"\x0fstream_versions\x18\x06 \x03(\v2\x19.tsstore.v1.StreamVersionR\x0estreamVersions\"\xda\x01\n" +
+	"\x0fstream_versions\x18\x06 \x03(\v2\x19.tsstore.v1.StreamVersionR\x0estreamVersions\"\x94\x03\n" +
 	"\vReadRequest\x12\x1f\n" +
 	"\vfrom_offset\x18\x01 \x01(\x04R\n" +
 	"fromOffset\x12\x1b\n" +
 	"\tto_offset\x18\x02 \x01(\x04R\btoOffset\x129\n" +
 	"\vconsistency\x18\x03 \x01(\x0e2\x17.tsstore.v1.ConsistencyR\vconsistency\x12&\n" +
 	"\x0fmin_next_offset\x18\x04 \x01(\x04R\rminNextOffset\x12*\n" +
-	"\x11max_message_bytes\x18\x05 \x01(\rR\x0fmaxMessageBytes\"I\n" +
+	"\x11max_message_bytes\x18\x05 \x01(\rR\x0fmaxMessageBytes\x127\n" +
+	"\x18from_timestamp_unix_nano\x18\x06 \x01(\x03R\x15fromTimestampUnixNano\x12\x16\n" +
+	"\x06stream\x18\a \x01(\tR\x06stream\x12!\n" +
+	"\ffrom_version\x18\b \x01(\x04R\vfromVersion\x12#\n" +
+	"\rstream_prefix\x18\t \x01(\tR\fstreamPrefix\x12\x1f\n" +
+	"\vevent_types\x18\n" +
+	" \x03(\tR\n" +
+	"eventTypes\"q\n" +
 	"\fReadResponse\x12\x18\n" +
 	"\abatches\x18\x01 \x01(\fR\abatches\x12\x1f\n" +
 	"\vnext_offset\x18\x02 \x01(\x04R\n" +
-	"nextOffset\"\x0f\n" +
+	"nextOffset\x12&\n" +
+	"\x0flog_next_offset\x18\x03 \x01(\x04R\rlogNextOffset\"X\n" +
+	"\x12ListStreamsRequest\x12\x16\n" +
+	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x14\n" +
+	"\x05after\x18\x02 \x01(\tR\x05after\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\"\xb7\x01\n" +
+	"\n" +
+	"StreamInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12!\n" +
+	"\ffirst_offset\x18\x03 \x01(\x04R\vfirstOffset\x12\x1f\n" +
+	"\vlast_offset\x18\x04 \x01(\x04R\n" +
+	"lastOffset\x127\n" +
+	"\x18last_timestamp_unix_nano\x18\x05 \x01(\x03R\x15lastTimestampUnixNano\"f\n" +
+	"\x13ListStreamsResponse\x120\n" +
+	"\astreams\x18\x01 \x03(\v2\x16.tsstore.v1.StreamInfoR\astreams\x12\x1d\n" +
+	"\n" +
+	"next_after\x18\x02 \x01(\tR\tnextAfter\"9\n" +
+	"\x19TransferLeadershipRequest\x12\x1c\n" +
+	"\n" +
+	"to_node_id\x18\x01 \x01(\tR\btoNodeId\"@\n" +
+	"\x1aTransferLeadershipResponse\x12\"\n" +
+	"\rnew_leader_id\x18\x01 \x01(\tR\vnewLeaderId\"\x0f\n" +
 	"\rStatusRequest\"\x94\x01\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
@@ -1189,7 +1567,7 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x1bEXPECTED_VERSION_KIND_EXACT\x10\x03*B\n" +
 	"\vConsistency\x12\x15\n" +
 	"\x11CONSISTENCY_LOCAL\x10\x00\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x01*\xda\x02\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x01*\x9d\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ERROR_REASON_SEQUENCE_GAP\x10\x01\x12#\n" +
@@ -1200,15 +1578,21 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x16ERROR_REASON_NO_LEADER\x10\x06\x12!\n" +
 	"\x1dERROR_REASON_OFFSET_COMPACTED\x10\a\x12\x1b\n" +
 	"\x17ERROR_REASON_CORRUPTION\x10\b\x12\"\n" +
-	"\x1eERROR_REASON_REQUEST_TOO_LARGE\x10\t2\xcb\x01\n" +
+	"\x1eERROR_REASON_REQUEST_TOO_LARGE\x10\t\x12!\n" +
+	"\x1dERROR_REASON_STREAM_NOT_FOUND\x10\n" +
+	"\x12\x1e\n" +
+	"\x1aERROR_REASON_SLOW_CONSUMER\x10\v2\xdd\x02\n" +
 	"\n" +
 	"EventStore\x12?\n" +
 	"\x06Append\x12\x19.tsstore.v1.AppendRequest\x1a\x1a.tsstore.v1.AppendResponse\x12;\n" +
 	"\x04Read\x12\x17.tsstore.v1.ReadRequest\x1a\x18.tsstore.v1.ReadResponse0\x01\x12?\n" +
-	"\x06Status\x12\x19.tsstore.v1.StatusRequest\x1a\x1a.tsstore.v1.StatusResponse2\xa6\x01\n" +
+	"\x06Status\x12\x19.tsstore.v1.StatusRequest\x1a\x1a.tsstore.v1.StatusResponse\x12@\n" +
+	"\tSubscribe\x12\x17.tsstore.v1.ReadRequest\x1a\x18.tsstore.v1.ReadResponse0\x01\x12N\n" +
+	"\vListStreams\x12\x1e.tsstore.v1.ListStreamsRequest\x1a\x1f.tsstore.v1.ListStreamsResponse2\x8b\x02\n" +
 	"\aCluster\x12H\n" +
 	"\tReadIndex\x12\x1c.tsstore.v1.ReadIndexRequest\x1a\x1d.tsstore.v1.ReadIndexResponse\x12Q\n" +
-	"\fRegisterNode\x12\x1f.tsstore.v1.RegisterNodeRequest\x1a .tsstore.v1.RegisterNodeResponseB6Z4github.com/tsstore/tsstore/proto/tsstorev1;tsstorev1b\x06proto3"
+	"\fRegisterNode\x12\x1f.tsstore.v1.RegisterNodeRequest\x1a .tsstore.v1.RegisterNodeResponse\x12c\n" +
+	"\x12TransferLeadership\x12%.tsstore.v1.TransferLeadershipRequest\x1a&.tsstore.v1.TransferLeadershipResponseB6Z4github.com/tsstore/tsstore/proto/tsstorev1;tsstorev1b\x06proto3"
 
 var (
 	file_tsstore_v1_tsstore_proto_rawDescOnce sync.Once
@@ -1223,25 +1607,30 @@ func file_tsstore_v1_tsstore_proto_rawDescGZIP() []byte {
 }
 
 var file_tsstore_v1_tsstore_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_tsstore_v1_tsstore_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_tsstore_v1_tsstore_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_tsstore_v1_tsstore_proto_goTypes = []any{
-	(ExpectedVersionKind)(0),     // 0: tsstore.v1.ExpectedVersionKind
-	(Consistency)(0),             // 1: tsstore.v1.Consistency
-	(ErrorReason)(0),             // 2: tsstore.v1.ErrorReason
-	(*Event)(nil),                // 3: tsstore.v1.Event
-	(*StreamExpectation)(nil),    // 4: tsstore.v1.StreamExpectation
-	(*AppendRequest)(nil),        // 5: tsstore.v1.AppendRequest
-	(*StreamVersion)(nil),        // 6: tsstore.v1.StreamVersion
-	(*AppendResponse)(nil),       // 7: tsstore.v1.AppendResponse
-	(*ReadRequest)(nil),          // 8: tsstore.v1.ReadRequest
-	(*ReadResponse)(nil),         // 9: tsstore.v1.ReadResponse
-	(*StatusRequest)(nil),        // 10: tsstore.v1.StatusRequest
-	(*NodeStatus)(nil),           // 11: tsstore.v1.NodeStatus
-	(*StatusResponse)(nil),       // 12: tsstore.v1.StatusResponse
-	(*ReadIndexRequest)(nil),     // 13: tsstore.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),    // 14: tsstore.v1.ReadIndexResponse
-	(*RegisterNodeRequest)(nil),  // 15: tsstore.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil), // 16: tsstore.v1.RegisterNodeResponse
+	(ExpectedVersionKind)(0),           // 0: tsstore.v1.ExpectedVersionKind
+	(Consistency)(0),                   // 1: tsstore.v1.Consistency
+	(ErrorReason)(0),                   // 2: tsstore.v1.ErrorReason
+	(*Event)(nil),                      // 3: tsstore.v1.Event
+	(*StreamExpectation)(nil),          // 4: tsstore.v1.StreamExpectation
+	(*AppendRequest)(nil),              // 5: tsstore.v1.AppendRequest
+	(*StreamVersion)(nil),              // 6: tsstore.v1.StreamVersion
+	(*AppendResponse)(nil),             // 7: tsstore.v1.AppendResponse
+	(*ReadRequest)(nil),                // 8: tsstore.v1.ReadRequest
+	(*ReadResponse)(nil),               // 9: tsstore.v1.ReadResponse
+	(*ListStreamsRequest)(nil),         // 10: tsstore.v1.ListStreamsRequest
+	(*StreamInfo)(nil),                 // 11: tsstore.v1.StreamInfo
+	(*ListStreamsResponse)(nil),        // 12: tsstore.v1.ListStreamsResponse
+	(*TransferLeadershipRequest)(nil),  // 13: tsstore.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 14: tsstore.v1.TransferLeadershipResponse
+	(*StatusRequest)(nil),              // 15: tsstore.v1.StatusRequest
+	(*NodeStatus)(nil),                 // 16: tsstore.v1.NodeStatus
+	(*StatusResponse)(nil),             // 17: tsstore.v1.StatusResponse
+	(*ReadIndexRequest)(nil),           // 18: tsstore.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),          // 19: tsstore.v1.ReadIndexResponse
+	(*RegisterNodeRequest)(nil),        // 20: tsstore.v1.RegisterNodeRequest
+	(*RegisterNodeResponse)(nil),       // 21: tsstore.v1.RegisterNodeResponse
 }
 var file_tsstore_v1_tsstore_proto_depIdxs = []int32{
 	0,  // 0: tsstore.v1.StreamExpectation.kind:type_name -> tsstore.v1.ExpectedVersionKind
@@ -1249,22 +1638,29 @@ var file_tsstore_v1_tsstore_proto_depIdxs = []int32{
 	4,  // 2: tsstore.v1.AppendRequest.expectations:type_name -> tsstore.v1.StreamExpectation
 	6,  // 3: tsstore.v1.AppendResponse.stream_versions:type_name -> tsstore.v1.StreamVersion
 	1,  // 4: tsstore.v1.ReadRequest.consistency:type_name -> tsstore.v1.Consistency
-	11, // 5: tsstore.v1.StatusResponse.nodes:type_name -> tsstore.v1.NodeStatus
-	5,  // 6: tsstore.v1.EventStore.Append:input_type -> tsstore.v1.AppendRequest
-	8,  // 7: tsstore.v1.EventStore.Read:input_type -> tsstore.v1.ReadRequest
-	10, // 8: tsstore.v1.EventStore.Status:input_type -> tsstore.v1.StatusRequest
-	13, // 9: tsstore.v1.Cluster.ReadIndex:input_type -> tsstore.v1.ReadIndexRequest
-	15, // 10: tsstore.v1.Cluster.RegisterNode:input_type -> tsstore.v1.RegisterNodeRequest
-	7,  // 11: tsstore.v1.EventStore.Append:output_type -> tsstore.v1.AppendResponse
-	9,  // 12: tsstore.v1.EventStore.Read:output_type -> tsstore.v1.ReadResponse
-	12, // 13: tsstore.v1.EventStore.Status:output_type -> tsstore.v1.StatusResponse
-	14, // 14: tsstore.v1.Cluster.ReadIndex:output_type -> tsstore.v1.ReadIndexResponse
-	16, // 15: tsstore.v1.Cluster.RegisterNode:output_type -> tsstore.v1.RegisterNodeResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	11, // 5: tsstore.v1.ListStreamsResponse.streams:type_name -> tsstore.v1.StreamInfo
+	16, // 6: tsstore.v1.StatusResponse.nodes:type_name -> tsstore.v1.NodeStatus
+	5,  // 7: tsstore.v1.EventStore.Append:input_type -> tsstore.v1.AppendRequest
+	8,  // 8: tsstore.v1.EventStore.Read:input_type -> tsstore.v1.ReadRequest
+	15, // 9: tsstore.v1.EventStore.Status:input_type -> tsstore.v1.StatusRequest
+	8,  // 10: tsstore.v1.EventStore.Subscribe:input_type -> tsstore.v1.ReadRequest
+	10, // 11: tsstore.v1.EventStore.ListStreams:input_type -> tsstore.v1.ListStreamsRequest
+	18, // 12: tsstore.v1.Cluster.ReadIndex:input_type -> tsstore.v1.ReadIndexRequest
+	20, // 13: tsstore.v1.Cluster.RegisterNode:input_type -> tsstore.v1.RegisterNodeRequest
+	13, // 14: tsstore.v1.Cluster.TransferLeadership:input_type -> tsstore.v1.TransferLeadershipRequest
+	7,  // 15: tsstore.v1.EventStore.Append:output_type -> tsstore.v1.AppendResponse
+	9,  // 16: tsstore.v1.EventStore.Read:output_type -> tsstore.v1.ReadResponse
+	17, // 17: tsstore.v1.EventStore.Status:output_type -> tsstore.v1.StatusResponse
+	9,  // 18: tsstore.v1.EventStore.Subscribe:output_type -> tsstore.v1.ReadResponse
+	12, // 19: tsstore.v1.EventStore.ListStreams:output_type -> tsstore.v1.ListStreamsResponse
+	19, // 20: tsstore.v1.Cluster.ReadIndex:output_type -> tsstore.v1.ReadIndexResponse
+	21, // 21: tsstore.v1.Cluster.RegisterNode:output_type -> tsstore.v1.RegisterNodeResponse
+	14, // 22: tsstore.v1.Cluster.TransferLeadership:output_type -> tsstore.v1.TransferLeadershipResponse
+	15, // [15:23] is the sub-list for method output_type
+	7,  // [7:15] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_tsstore_v1_tsstore_proto_init() }
@@ -1278,7 +1674,7 @@ func file_tsstore_v1_tsstore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tsstore_v1_tsstore_proto_rawDesc), len(file_tsstore_v1_tsstore_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   14,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -22,9 +22,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	EventStore_Append_FullMethodName = "/tsstore.v1.EventStore/Append"
-	EventStore_Read_FullMethodName   = "/tsstore.v1.EventStore/Read"
-	EventStore_Status_FullMethodName = "/tsstore.v1.EventStore/Status"
+	EventStore_Append_FullMethodName      = "/tsstore.v1.EventStore/Append"
+	EventStore_Read_FullMethodName        = "/tsstore.v1.EventStore/Read"
+	EventStore_Status_FullMethodName      = "/tsstore.v1.EventStore/Status"
+	EventStore_Subscribe_FullMethodName   = "/tsstore.v1.EventStore/Subscribe"
+	EventStore_ListStreams_FullMethodName = "/tsstore.v1.EventStore/ListStreams"
 )
 
 // EventStoreClient is the client API for EventStore service.
@@ -38,6 +40,12 @@ type EventStoreClient interface {
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadResponse], error)
 	// Status reports this node's view of the cluster.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Subscribe is a catch-up subscription: it sends the stored history
+	// selected like Read, then every matching event as it commits, with no
+	// gap and no duplicate at the switch. It ends only on error or cancel.
+	Subscribe(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadResponse], error)
+	// ListStreams lists streams in name order, a page at a time.
+	ListStreams(ctx context.Context, in *ListStreamsRequest, opts ...grpc.CallOption) (*ListStreamsResponse, error)
 }
 
 type eventStoreClient struct {
@@ -87,6 +95,35 @@ func (c *eventStoreClient) Status(ctx context.Context, in *StatusRequest, opts .
 	return out, nil
 }
 
+func (c *eventStoreClient) Subscribe(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &EventStore_ServiceDesc.Streams[1], EventStore_Subscribe_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReadRequest, ReadResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EventStore_SubscribeClient = grpc.ServerStreamingClient[ReadResponse]
+
+func (c *eventStoreClient) ListStreams(ctx context.Context, in *ListStreamsRequest, opts ...grpc.CallOption) (*ListStreamsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListStreamsResponse)
+	err := c.cc.Invoke(ctx, EventStore_ListStreams_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EventStoreServer is the server API for EventStore service.
 // All implementations must embed UnimplementedEventStoreServer
 // for forward compatibility.
@@ -98,6 +135,12 @@ type EventStoreServer interface {
 	Read(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error
 	// Status reports this node's view of the cluster.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// Subscribe is a catch-up subscription: it sends the stored history
+	// selected like Read, then every matching event as it commits, with no
+	// gap and no duplicate at the switch. It ends only on error or cancel.
+	Subscribe(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error
+	// ListStreams lists streams in name order, a page at a time.
+	ListStreams(context.Context, *ListStreamsRequest) (*ListStreamsResponse, error)
 	mustEmbedUnimplementedEventStoreServer()
 }
 
@@ -116,6 +159,12 @@ func (UnimplementedEventStoreServer) Read(*ReadRequest, grpc.ServerStreamingServ
 }
 func (UnimplementedEventStoreServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedEventStoreServer) Subscribe(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error {
+	return status.Error(codes.Unimplemented, "method Subscribe not implemented")
+}
+func (UnimplementedEventStoreServer) ListStreams(context.Context, *ListStreamsRequest) (*ListStreamsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListStreams not implemented")
 }
 func (UnimplementedEventStoreServer) mustEmbedUnimplementedEventStoreServer() {}
 func (UnimplementedEventStoreServer) testEmbeddedByValue()                    {}
@@ -185,6 +234,35 @@ func _EventStore_Status_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EventStore_Subscribe_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ReadRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(EventStoreServer).Subscribe(m, &grpc.GenericServerStream[ReadRequest, ReadResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EventStore_SubscribeServer = grpc.ServerStreamingServer[ReadResponse]
+
+func _EventStore_ListStreams_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListStreamsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventStoreServer).ListStreams(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventStore_ListStreams_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventStoreServer).ListStreams(ctx, req.(*ListStreamsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EventStore_ServiceDesc is the grpc.ServiceDesc for EventStore service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -200,6 +278,10 @@ var EventStore_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Status",
 			Handler:    _EventStore_Status_Handler,
 		},
+		{
+			MethodName: "ListStreams",
+			Handler:    _EventStore_ListStreams_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -207,13 +289,19 @@ var EventStore_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _EventStore_Read_Handler,
 			ServerStreams: true,
 		},
+		{
+			StreamName:    "Subscribe",
+			Handler:       _EventStore_Subscribe_Handler,
+			ServerStreams: true,
+		},
 	},
 	Metadata: "tsstore/v1/tsstore.proto",
 }
 
 const (
-	Cluster_ReadIndex_FullMethodName    = "/tsstore.v1.Cluster/ReadIndex"
-	Cluster_RegisterNode_FullMethodName = "/tsstore.v1.Cluster/RegisterNode"
+	Cluster_ReadIndex_FullMethodName          = "/tsstore.v1.Cluster/ReadIndex"
+	Cluster_RegisterNode_FullMethodName       = "/tsstore.v1.Cluster/RegisterNode"
+	Cluster_TransferLeadership_FullMethodName = "/tsstore.v1.Cluster/TransferLeadership"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -228,6 +316,9 @@ type ClusterClient interface {
 	// RegisterNode records a node's client-facing address in the replicated
 	// node table, so any node can forward to and advertise the leader.
 	RegisterNode(ctx context.Context, in *RegisterNodeRequest, opts ...grpc.CallOption) (*RegisterNodeResponse, error)
+	// TransferLeadership asks the leader to hand leadership to another voter
+	// (to_node_id, or any up-to-date voter when empty).
+	TransferLeadership(ctx context.Context, in *TransferLeadershipRequest, opts ...grpc.CallOption) (*TransferLeadershipResponse, error)
 }
 
 type clusterClient struct {
@@ -258,6 +349,16 @@ func (c *clusterClient) RegisterNode(ctx context.Context, in *RegisterNodeReques
 	return out, nil
 }
 
+func (c *clusterClient) TransferLeadership(ctx context.Context, in *TransferLeadershipRequest, opts ...grpc.CallOption) (*TransferLeadershipResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TransferLeadershipResponse)
+	err := c.cc.Invoke(ctx, Cluster_TransferLeadership_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -270,6 +371,9 @@ type ClusterServer interface {
 	// RegisterNode records a node's client-facing address in the replicated
 	// node table, so any node can forward to and advertise the leader.
 	RegisterNode(context.Context, *RegisterNodeRequest) (*RegisterNodeResponse, error)
+	// TransferLeadership asks the leader to hand leadership to another voter
+	// (to_node_id, or any up-to-date voter when empty).
+	TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -285,6 +389,9 @@ func (UnimplementedClusterServer) ReadIndex(context.Context, *ReadIndexRequest) 
 }
 func (UnimplementedClusterServer) RegisterNode(context.Context, *RegisterNodeRequest) (*RegisterNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterNode not implemented")
+}
+func (UnimplementedClusterServer) TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TransferLeadership not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -343,6 +450,24 @@ func _Cluster_RegisterNode_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_TransferLeadership_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransferLeadershipRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).TransferLeadership(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_TransferLeadership_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).TransferLeadership(ctx, req.(*TransferLeadershipRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -357,6 +482,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RegisterNode",
 			Handler:    _Cluster_RegisterNode_Handler,
+		},
+		{
+			MethodName: "TransferLeadership",
+			Handler:    _Cluster_TransferLeadership_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
