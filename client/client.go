@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -21,6 +22,10 @@ type Client struct {
 	cfg   Config
 	seeds []string  // cfg.Addrs, the rotation order
 	def   *Producer // used by Client.Append
+
+	stats struct {
+		resumes, slowConsumer atomic.Uint64 // see Stats
+	}
 
 	mu struct {
 		sync.Mutex

@@ -19,13 +19,15 @@ type Config struct {
 	// connection to one node before the attempt counts as failed.
 	DialTimeout time.Duration
 	// RequestTimeout (duration) bounds one attempt of a unary call (Append,
-	// Status), leader discovery included. When it expires the attempt is
-	// retried on another node. Zero means attempts are bounded only by the
-	// caller's context. It does not apply to Read streams.
+	// Status, a ListStreams page), leader discovery included. When it
+	// expires the attempt is retried on another node. Zero means attempts
+	// are bounded only by the caller's context. It does not apply to read
+	// streams (Replay, ReadBatches, Subscribe).
 	RequestTimeout time.Duration
 	// MaxRetries (count) is how many times a failed attempt is retried after
-	// the first one; 0 disables retries. For Read streams it counts
-	// consecutive failures without progress.
+	// the first one; 0 disables retries. For read streams (Replay,
+	// ReadBatches, Subscribe) it counts consecutive failures without
+	// progress, so a long subscription survives any number of failovers.
 	MaxRetries int
 	// RetryBackoff (duration) is the pause before the first retry; it
 	// doubles on each further retry, with jitter, up to MaxRetryBackoff.

@@ -5,8 +5,8 @@
 // # Guarantees
 //
 // Ordering. Appends of one Producer are sent one at a time, in call order,
-// so their events get increasing offsets in that order. A Replay yields
-// events in offset order.
+// so their events get increasing offsets in that order. Replay and
+// Subscribe yield events in offset order, each exactly once.
 //
 // Idempotent retries. Every append carries the producer's id and
 // sequence. When an attempt fails with Unavailable, a connection error or
@@ -23,15 +23,74 @@
 // Read-your-writes. A local Replay from a Client waits until the serving
 // node holds the highest offset that Client has appended (min_next_offset),
 // so a replay after an append sees it even on a lagging follower. Use
-// Linearizable to also see other clients' completed appends.
+// Linearizable to also see other clients' completed appends. A resumed
+// read also never goes to a node behind what it has already read.
 //
-// Gap detection. Replay checks that the batches it receives cover the log
-// without holes: the first batch covers from, each next batch starts where
-// the previous ended, and a batch that claims to be complete holds every
-// offset of its span. A violation ends the replay with a *GapError. Every
-// batch's CRC is verified (ErrCorruption otherwise). If the serving node
-// fails mid-stream the replay resumes on another node after the last
-// delivered batch, without gaps or duplicates.
+// # Reads and subscriptions
+//
+// Replay (events) and ReadBatches (raw batches) read the stored log from an
+// offset and end at its end, or at To. Subscribe reads the same way and
+// then follows the log: every selected event is yielded as it commits, with
+// no gap or duplicate at the switch from history to live, and the
+// iteration never ends by itself. A consumer that is slow holds the server
+// back through gRPC flow control; one that falls further behind the live
+// log than the server allows is cut off (SLOW_CONSUMER) and resumed
+// transparently (counted in Client.Stats, reported to OnResume).
+//
+// Selection. A read starts at its from offset, or with FromTime at the
+// first event committed at or after a time, or with Stream and FromVersion
+// at a 1-based stream version (from is then 0). Filters narrow what is
+// delivered: Stream (one stream, served from the server's per-stream
+// index), StreamPrefix, and EventTypes (any of). A Replay of a stream with
+// no events fails with ErrStreamNotFound; a Subscribe waits for it.
+//
+// Filtered reads receive "thinned" batches: a batch keeps its span (base
+// offset to last offset) but holds only the matching records, and batches
+// without a match are not sent, so there are gaps between batches. Instead
+// of batch chaining the protocol guarantees that each response message
+// covers the offsets [start, next_offset) completely, where start is the
+// read's position before the message: every matching record in that range
+// is in the message, and every batch lies inside it (only the first batch
+// after a (re)start may begin before start). A message may hold no batch
+// at all (a heartbeat, or a range without a match) and still advances or
+// repeats next_offset; next_offset == log_next_offset means the read has
+// caught up with the serving node (Progress.CaughtUp).
+//
+// Resume tokens. A read's token is the offset after the last batch span or
+// message it covered: everything selected below it has been delivered.
+// OnProgress reports it after every message, heartbeats included; the
+// offset after the last delivered event is also a valid (if older) token.
+// When the serving node fails (Unavailable, connection reset, node killed)
+// or cuts a subscriber off, the read resumes on another node with
+// from_offset = token and the same filters (a stream read sends Stream and
+// the token, not FromVersion; FromTime is dropped too), and with
+// min_next_offset at least the token, so a lagging node never serves a
+// shorter log than one already read. To restart a read later, pass the
+// token as from with the same filters. Config.MaxRetries bounds the
+// consecutive failures without progress before the error is returned.
+//
+// Gap detection. Every batch's CRC is verified (ErrCorruption otherwise),
+// and the client checks that what it receives leaves no hole:
+//
+//   - Every read: next_offset never goes backwards, and every batch lies
+//     inside the range its message covers, after the batches before it
+//     (ErrProtocol otherwise: a duplicate or reordering).
+//   - Unfiltered reads: batches chain without holes: the first one after
+//     a (re)start covers the position, each next one starts where the
+//     previous ended, next_offset is where the last one ends, and a batch
+//     that claims to be complete holds every offset of its span. A
+//     violation is a *GapError naming the missing offsets.
+//   - Filtered reads: every record matches the filters (ErrProtocol
+//     otherwise). Offsets between batches are expected; a hole a server
+//     leaves between messages cannot be seen, except that:
+//   - Single-stream reads (Stream without EventTypes): StreamVersion grows
+//     by exactly 1 from event to event, across messages and resumes,
+//     starting at FromVersion if given. A jump is a *StreamGapError naming
+//     the missing versions; a repeated or lower version is ErrProtocol.
+//     With EventTypes, versions only have to increase.
+//
+// Gaps match ErrGap; the read stops at the gap, after yielding every event
+// before it, and is not retried.
 //
 // # Errors
 //
@@ -65,5 +124,13 @@
 //			return err // *client.GapError, ErrCorruption, ...
 //		}
 //		fmt.Println(ev.Offset, ev.Stream, ev.Type)
+//	}
+//
+//	// Every event of run/42 from version 1, then live ones, forever.
+//	for ev, err := range c.Subscribe(ctx, 0, client.Stream("run/42"), client.FromVersion(1)) {
+//		if err != nil {
+//			return err // *client.StreamGapError, context.Canceled, ...
+//		}
+//		fmt.Println(ev.StreamVersion, ev.Type)
 //	}
 package client

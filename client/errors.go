@@ -23,7 +23,8 @@ const ErrorDomain = "tsstore.io"
 //	ErrDuplicateSequence    *DuplicateSequenceError
 //	ErrWrongExpectedVersion *WrongExpectedVersionError
 //	ErrOffsetCompacted      *OffsetCompactedError
-//	ErrGap                  *GapError
+//	ErrSlowConsumer         *SlowConsumerError
+//	ErrGap                  *GapError, *StreamGapError
 //
 // A server error without a tsstore ErrorInfo detail is returned as the gRPC
 // status error itself.
@@ -51,10 +52,22 @@ var (
 	// ErrCorruption: stored or received data failed an integrity check,
 	// on the server (DataLoss) or while the client decoded a batch.
 	ErrCorruption = errors.New("tsstore: corruption")
-	// ErrGap: a replay found offsets missing from the log it received.
+	// ErrStreamNotFound: a Replay or ReadBatches of a stream (the Stream
+	// option) that has no events (NotFound). Subscribe waits instead.
+	ErrStreamNotFound = errors.New("tsstore: stream not found")
+	// ErrSlowConsumer: a subscriber fell further behind the live log than
+	// the server allows (ResourceExhausted). Subscribe resumes from its
+	// token on its own (see Stats and OnResume); the error is returned only
+	// if resuming fails MaxRetries times in a row without progress.
+	ErrSlowConsumer = errors.New("tsstore: slow consumer")
+	// ErrGap: a read found events missing from what it received: offsets
+	// (*GapError) or, in a single-stream read, stream versions
+	// (*StreamGapError). The read stops at the gap and is not retried.
 	ErrGap = errors.New("tsstore: gap in replayed offsets")
 	// ErrProtocol: a server response broke the read protocol in a way that
-	// is not a gap, e.g. a batch that overlaps one already delivered.
+	// is not a gap, e.g. a batch that overlaps one already delivered, a
+	// next_offset that goes backwards, or a record that does not match the
+	// read's filters.
 	ErrProtocol = errors.New("tsstore: protocol violation")
 	// ErrClosed: the Client was closed.
 	ErrClosed = errors.New("tsstore: client closed")
@@ -108,8 +121,9 @@ func (e *OffsetCompactedError) Error() string {
 }
 func (e *OffsetCompactedError) Unwrap() []error { return []error{ErrOffsetCompacted, e.cause} }
 
-// GapError details ErrGap: offsets [From, To) were never delivered although
-// later offsets were. The replay stops at the gap.
+// GapError details ErrGap in an unfiltered read: offsets [From, To) were
+// never delivered although later offsets were, or although a response's
+// next_offset claimed to cover them. The read stops at the gap.
 type GapError struct {
 	From, To uint64 // half-open range of missing offsets
 }
@@ -118,6 +132,32 @@ func (e *GapError) Error() string {
 	return fmt.Sprintf("%v: offsets [%d, %d) missing", ErrGap, e.From, e.To)
 }
 func (e *GapError) Is(target error) bool { return target == ErrGap }
+
+// StreamGapError details ErrGap in a single-stream read: versions
+// [FromVersion, ToVersion) of Stream were never delivered although version
+// ToVersion, at Offset, was. The read stops before that event.
+type StreamGapError struct {
+	Stream                 string
+	FromVersion, ToVersion uint64 // half-open range of missing versions
+	Offset                 uint64 // offset of the event with version ToVersion
+}
+
+func (e *StreamGapError) Error() string {
+	return fmt.Sprintf("%v: stream %q versions [%d, %d) missing before offset %d",
+		ErrGap, e.Stream, e.FromVersion, e.ToVersion, e.Offset)
+}
+func (e *StreamGapError) Is(target error) bool { return target == ErrGap }
+
+// SlowConsumerError details ErrSlowConsumer.
+type SlowConsumerError struct {
+	Lag   uint64 // offsets between the subscriber and the log end when cut off
+	cause error
+}
+
+func (e *SlowConsumerError) Error() string {
+	return fmt.Sprintf("%v: %d offsets behind the log end", ErrSlowConsumer, e.Lag)
+}
+func (e *SlowConsumerError) Unwrap() []error { return []error{ErrSlowConsumer, e.cause} }
 
 // reasonError pairs a sentinel with the status error that carried it.
 type reasonError struct {
@@ -172,6 +212,10 @@ func fromStatus(err error) error {
 		return &OffsetCompactedError{FirstOffset: u("first_offset"), cause: err}
 	case tsstorev1.ErrorReason_ERROR_REASON_CORRUPTION:
 		return &reasonError{ErrCorruption, err}
+	case tsstorev1.ErrorReason_ERROR_REASON_STREAM_NOT_FOUND:
+		return &reasonError{ErrStreamNotFound, err}
+	case tsstorev1.ErrorReason_ERROR_REASON_SLOW_CONSUMER:
+		return &SlowConsumerError{Lag: u("lag"), cause: err}
 	}
 	return err
 }

@@ -137,3 +137,22 @@ func TestGapErrorIs(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestFromStatusReadReasons(t *testing.T) {
+	err := fromStatus(statusErr(t, codes.NotFound, tsstorev1.ErrorReason_ERROR_REASON_STREAM_NOT_FOUND,
+		map[string]string{"stream": "run/1"}))
+	if !errors.Is(err, ErrStreamNotFound) || status.Code(err) != codes.NotFound {
+		t.Fatalf("stream not found: %v", err)
+	}
+	err = fromStatus(statusErr(t, codes.ResourceExhausted, tsstorev1.ErrorReason_ERROR_REASON_SLOW_CONSUMER,
+		map[string]string{"lag": "77"}))
+	var sc *SlowConsumerError
+	if !errors.As(err, &sc) || sc.Lag != 77 || !errors.Is(err, ErrSlowConsumer) || status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("slow consumer: %#v", err)
+	}
+	gap := fmt.Errorf("read: %w", &StreamGapError{Stream: "s", FromVersion: 3, ToVersion: 5, Offset: 9})
+	var sg *StreamGapError
+	if !errors.Is(gap, ErrGap) || !errors.As(gap, &sg) || sg.ToVersion != 5 {
+		t.Fatalf("stream gap: %v", gap)
+	}
+}

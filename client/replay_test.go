@@ -1,22 +1,29 @@
 package client
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
 	"testing"
 
+	"github.com/tsstore/tsstore/proto/tsstorev1"
 	"github.com/tsstore/tsstore/record"
 )
 
 // batchSpec describes one test batch: records at base+deltas[i] (all of
-// base..base+n-1 when deltas is nil), spanning at least span offsets.
+// base..base+n-1 when deltas is nil), spanning at least span offsets. The
+// records belong to stream (default "s") with type typ (default "T"); the
+// i-th has stream version vbase+i, or its offset+1 when vbase is 0.
 type batchSpec struct {
 	base    uint64
 	n       int
 	deltas  []uint64
 	span    uint64
 	control bool
+	stream  string
+	typ     string
+	vbase   uint64
 }
 
 // buildBatch encodes spec with record.Builder. Record payloads name their
@@ -35,12 +42,17 @@ func buildBatch(t testing.TB, s batchSpec) []byte {
 			deltas = append(deltas, uint64(i))
 		}
 	}
-	for _, d := range deltas {
+	stream, typ := cmp.Or(s.stream, "s"), cmp.Or(s.typ, "T")
+	for i, d := range deltas {
 		off := s.base + d
+		version := off + 1
+		if s.vbase != 0 {
+			version = s.vbase + uint64(i)
+		}
 		r := record.Record{
-			StreamVersion: off + 1,
-			Stream:        []byte("s"),
-			Type:          []byte("T"),
+			StreamVersion: version,
+			Stream:        []byte(stream),
+			Type:          []byte(typ),
 			ProducerID:    []byte("p"),
 			ProducerSeq:   off + 1,
 			Metadata:      []byte(fmt.Sprintf("m%d", off)),
@@ -69,13 +81,41 @@ func concat(t testing.TB, specs ...batchSpec) []byte {
 	return buf
 }
 
-// replayMessages feeds ReadResponse.batches payloads through the same
-// cursor and deliverer Replay uses and returns the delivered offsets.
-func replayMessages(from, to uint64, msgs ...[]byte) ([]uint64, []RecordedEvent, error) {
+// msgOf wraps concatenated batches as a ReadResponse whose next_offset is
+// where the last batch ends, as in an unfiltered read.
+func msgOf(buf []byte) *tsstorev1.ReadResponse {
+	m := &tsstorev1.ReadResponse{Batches: buf}
+	for len(buf) > 0 {
+		h, err := record.ParseHeader(buf)
+		if err != nil {
+			break
+		}
+		m.NextOffset = h.NextOffset()
+		if h.Size() > len(buf) {
+			break
+		}
+		buf = buf[h.Size():]
+	}
+	return m
+}
+
+// replayMessages feeds ReadResponse.batches payloads of an unfiltered read
+// through the same cursor and deliverer Replay uses and returns the
+// delivered offsets.
+func replayMessages(from, to uint64, bufs ...[]byte) ([]uint64, []RecordedEvent, error) {
+	var msgs []*tsstorev1.ReadResponse
+	for _, b := range bufs {
+		msgs = append(msgs, msgOf(b))
+	}
+	return replayResponses(readOptions{to: to}, from, msgs...)
+}
+
+// replayResponses is replayMessages for whole responses and any options.
+func replayResponses(o readOptions, from uint64, msgs ...*tsstorev1.ReadResponse) ([]uint64, []RecordedEvent, error) {
 	var offs []uint64
 	var evs []RecordedEvent
 	var yieldErr error
-	d := newDeliverer(to, func(ev RecordedEvent, err error) bool {
+	d := newDeliverer(&o, func(ev RecordedEvent, err error) bool {
 		if err != nil {
 			yieldErr = err
 			return false
@@ -84,7 +124,7 @@ func replayMessages(from, to uint64, msgs ...[]byte) ([]uint64, []RecordedEvent,
 		evs = append(evs, ev)
 		return true
 	})
-	cur := cursor{next: from, to: to, fresh: true}
+	cur := newCursor(from, &o)
 	for _, m := range msgs {
 		stop, err := cur.feed(m, d.batch)
 		if err != nil {
@@ -233,17 +273,17 @@ func TestReplayResumeMayStartInsideABatch(t *testing.T) {
 	// After a reconnect the cursor is fresh again: the first batch may
 	// start before next, and the already-delivered records are skipped.
 	var offs []uint64
-	d := newDeliverer(0, func(ev RecordedEvent, err error) bool {
+	d := newDeliverer(&readOptions{}, func(ev RecordedEvent, err error) bool {
 		offs = append(offs, ev.Offset)
 		return err == nil
 	})
-	cur := cursor{next: 0, fresh: true}
-	if _, err := cur.feed(concat(t, batchSpec{base: 0, n: 3}), d.batch); err != nil {
+	cur := newCursor(0, &readOptions{})
+	if _, err := cur.feed(msgOf(concat(t, batchSpec{base: 0, n: 3})), d.batch); err != nil {
 		t.Fatal(err)
 	}
 	cur.fresh = true
 	cur.next = 2 // as if only 0 and 1 had been covered
-	if _, err := cur.feed(concat(t, batchSpec{base: 0, n: 3}, batchSpec{base: 3, n: 1}), d.batch); err != nil {
+	if _, err := cur.feed(msgOf(concat(t, batchSpec{base: 0, n: 3}, batchSpec{base: 3, n: 1})), d.batch); err != nil {
 		t.Fatal(err)
 	}
 	if want := []uint64{0, 1, 2, 2, 3}; !slices.Equal(offs, want) {
@@ -253,9 +293,9 @@ func TestReplayResumeMayStartInsideABatch(t *testing.T) {
 
 func TestReplayYieldFalseStops(t *testing.T) {
 	n := 0
-	d := newDeliverer(0, func(RecordedEvent, error) bool { n++; return n < 2 })
-	cur := cursor{fresh: true}
-	stop, err := cur.feed(concat(t, batchSpec{base: 0, n: 3}, batchSpec{base: 3, n: 3}), d.batch)
+	d := newDeliverer(&readOptions{}, func(RecordedEvent, error) bool { n++; return n < 2 })
+	cur := newCursor(0, &readOptions{})
+	stop, err := cur.feed(msgOf(concat(t, batchSpec{base: 0, n: 3}, batchSpec{base: 3, n: 3})), d.batch)
 	if err != nil || !stop {
 		t.Fatalf("stop=%v err=%v, want stop", stop, err)
 	}

@@ -22,15 +22,56 @@ type fakeNode struct {
 	tsstorev1.UnimplementedEventStoreServer
 	addr string
 
-	append func(call int, req *tsstorev1.AppendRequest) (*tsstorev1.AppendResponse, error)
-	read   func(call int, req *tsstorev1.ReadRequest, s tsstorev1.EventStore_ReadServer) error
-	status func() (*tsstorev1.StatusResponse, error)
+	append    func(call int, req *tsstorev1.AppendRequest) (*tsstorev1.AppendResponse, error)
+	read      func(call int, req *tsstorev1.ReadRequest, s tsstorev1.EventStore_ReadServer) error
+	subscribe func(call int, req *tsstorev1.ReadRequest, s tsstorev1.EventStore_SubscribeServer) error
+	list      func(call int, req *tsstorev1.ListStreamsRequest) (*tsstorev1.ListStreamsResponse, error)
+	status    func() (*tsstorev1.StatusResponse, error)
+
+	// stop kills the node: it closes the listener and every connection.
+	stop func()
 
 	mu struct {
 		sync.Mutex
 		appends []*tsstorev1.AppendRequest
 		reads   []*tsstorev1.ReadRequest
+		subs    []*tsstorev1.ReadRequest
+		lists   []*tsstorev1.ListStreamsRequest
 	}
+}
+
+func (f *fakeNode) Subscribe(req *tsstorev1.ReadRequest, s tsstorev1.EventStore_SubscribeServer) error {
+	f.mu.Lock()
+	f.mu.subs = append(f.mu.subs, req)
+	call := len(f.mu.subs)
+	f.mu.Unlock()
+	if f.subscribe == nil {
+		return status.Error(codes.Unimplemented, "no subscribe")
+	}
+	return f.subscribe(call, req, s)
+}
+
+func (f *fakeNode) ListStreams(_ context.Context, req *tsstorev1.ListStreamsRequest) (*tsstorev1.ListStreamsResponse, error) {
+	f.mu.Lock()
+	f.mu.lists = append(f.mu.lists, req)
+	call := len(f.mu.lists)
+	f.mu.Unlock()
+	if f.list == nil {
+		return nil, status.Error(codes.Unimplemented, "no list")
+	}
+	return f.list(call, req)
+}
+
+func (f *fakeNode) subs() []*tsstorev1.ReadRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.mu.subs)
+}
+
+func (f *fakeNode) lists() []*tsstorev1.ListStreamsRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.mu.lists)
 }
 
 func (f *fakeNode) Append(_ context.Context, req *tsstorev1.AppendRequest) (*tsstorev1.AppendResponse, error) {
@@ -89,6 +130,7 @@ func startFake(t *testing.T, f *fakeNode) *fakeNode {
 		defer close(served)
 		_ = srv.Serve(lis)
 	}()
+	f.stop = srv.Stop
 	t.Cleanup(func() {
 		srv.Stop()
 		<-served
@@ -483,7 +525,7 @@ func TestReplayGapFromServerStops(t *testing.T) {
 	f := startFake(t, &fakeNode{
 		read: func(_ int, _ *tsstorev1.ReadRequest, s tsstorev1.EventStore_ReadServer) error {
 			// Batch [6, 8] is missing.
-			return s.Send(&tsstorev1.ReadResponse{Batches: slices.Concat(bs[0], bs[1], bs[3])})
+			return s.Send(&tsstorev1.ReadResponse{Batches: slices.Concat(bs[0], bs[1], bs[3]), NextOffset: 12})
 		},
 	})
 	c := newTestClient(t, f.addr)
