@@ -88,6 +88,11 @@ type Processor struct {
 
 	notifyMu sync.Mutex
 	notifyCh chan struct{}
+
+	// names caches the sorted stream names for ListStreams. Streams are
+	// never deleted, so a length change means the cache is stale.
+	namesMu sync.Mutex
+	names   []string
 }
 
 // Open opens or creates the processor's storage and rebuilds its state
@@ -213,6 +218,10 @@ func (p *Processor) StreamInfo(name string) (StreamState, bool) {
 	}
 	return *st, true
 }
+
+// Changed returns a channel that is closed when the next entry is applied.
+// Take it before checking a condition, then wait on it, to never miss one.
+func (p *Processor) Changed() <-chan struct{} { return p.changed() }
 
 // changed returns a channel that is closed at the next applied entry.
 func (p *Processor) changed() <-chan struct{} {

@@ -316,3 +316,25 @@ func mustEncode(t *testing.T, ct CommandType, v any) []byte {
 	}
 	return b
 }
+
+func TestListStreams(t *testing.T) {
+	p := openProc(t, t.TempDir())
+	for i, s := range []string{"run/b", "run/a", "other", "run/c", "run/a"} {
+		mustApply(t, p, uint64(i+1), appendEntry(t, 1, op("", 0, s, 1)))
+	}
+	got, more := p.ListStreams("run/", "", 2)
+	if len(got) != 2 || got[0].Name != "run/a" || got[0].Version != 2 || got[1].Name != "run/b" || !more {
+		t.Fatalf("page 1: %+v more=%v", got, more)
+	}
+	got, more = p.ListStreams("run/", got[1].Name, 2)
+	if len(got) != 1 || got[0].Name != "run/c" || more {
+		t.Fatalf("page 2: %+v more=%v", got, more)
+	}
+	if got, _ := p.ListStreams("nope", "", 10); len(got) != 0 {
+		t.Fatalf("unknown prefix: %+v", got)
+	}
+	mustApply(t, p, 9, appendEntry(t, 1, op("", 0, "run/0", 1)))
+	if got, _ := p.ListStreams("run/", "", 10); len(got) != 4 || got[0].Name != "run/0" {
+		t.Fatalf("new stream not listed first: %+v", got)
+	}
+}

@@ -72,6 +72,9 @@ type Config struct {
 	MaxInflightEntries int
 	// ReadMessageBytes is the default size of one Read response message.
 	ReadMessageBytes int
+	// MaxSubscriberLag is how many offsets a live subscriber may fall
+	// behind the log end before it is told it is too slow.
+	MaxSubscriberLag uint64
 
 	// Segment configures the segment log.
 	Segment segment.Options
@@ -98,6 +101,7 @@ func DefaultConfig() Config {
 		MaxEntryRequests:   4096,
 		MaxInflightEntries: 64,
 		ReadMessageBytes:   1 << 20,
+		MaxSubscriberLag:   1 << 20,
 		Segment:            segment.DefaultOptions(),
 	}
 }
@@ -151,6 +155,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEntryBytes <= 0 || c.MaxEntryBytes > 16<<20 || c.MaxEntryRequests <= 0 || c.MaxInflightEntries <= 0 {
 		errs = append(errs, errors.New("need 0 < max entry bytes <= 16 MiB, positive max entry requests and inflight entries"))
+	}
+	if c.MaxSubscriberLag == 0 {
+		errs = append(errs, errors.New("max subscriber lag must be positive"))
 	}
 	if c.ReadMessageBytes < 64<<10 || c.ReadMessageBytes > 16<<20 {
 		errs = append(errs, errors.New("read message bytes must be in [64 KiB, 16 MiB]"))

@@ -47,6 +47,9 @@ type Node struct {
 
 	fatal     chan error
 	fatalOnce sync.Once
+	// draining closes first on Close: subscriptions end so that clients
+	// resume elsewhere, while unary calls in flight still finish.
+	draining  chan struct{}
 	shutdown  chan struct{}
 	closeOnce sync.Once
 	wg        sync.WaitGroup
@@ -63,7 +66,7 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	n := &Node{cfg: cfg, logger: cfg.Logger, fatal: make(chan error, 1), shutdown: make(chan struct{})}
+	n := &Node{cfg: cfg, logger: cfg.Logger, fatal: make(chan error, 1), draining: make(chan struct{}), shutdown: make(chan struct{})}
 	if n.logger == nil {
 		n.logger = slog.Default()
 	}
@@ -285,6 +288,7 @@ func (n *Node) APIAddr() string {
 func (n *Node) Close() error {
 	var err error
 	n.closeOnce.Do(func() {
+		close(n.draining)
 		stopped := make(chan struct{})
 		go func() {
 			n.grpc.GracefulStop()

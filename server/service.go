@@ -128,47 +128,6 @@ func isForwarded(ctx context.Context) bool {
 	return len(md.Get(forwardedKey)) > 0
 }
 
-// Read streams raw record batches. A read from an offset at or past the
-// end of the log returns an empty stream at once (subscriptions wait).
-func (s *service) Read(req *pb.ReadRequest, stream pb.EventStore_ReadServer) error {
-	ctx := stream.Context()
-	if req.ToOffset != 0 && req.ToOffset < req.FromOffset {
-		return invalidArg("to_offset %d is before from_offset %d", req.ToOffset, req.FromOffset)
-	}
-	if err := s.n.waitReadable(ctx, req); err != nil {
-		return toStatus(err)
-	}
-	end := req.ToOffset
-	if next := s.n.proc.NextOffset(); end == 0 || end > next {
-		end = next
-	}
-	max := int(req.MaxMessageBytes)
-	if max <= 0 || max > s.n.cfg.ReadMessageBytes*4 {
-		max = s.n.cfg.ReadMessageBytes
-	}
-	buf := make([]byte, 0, max+64<<10)
-	from := req.FromOffset
-	for from < end {
-		var next uint64
-		err := s.n.proc.WithLog(func(l *segment.Log) error {
-			var err error
-			buf, next, err = l.ReadBatches(buf[:0], from, max)
-			return err
-		})
-		if err != nil {
-			return toStatus(err)
-		}
-		if next <= from {
-			return status.Errorf(codes.Internal, "read made no progress at offset %d", from)
-		}
-		if err := stream.Send(&pb.ReadResponse{Batches: buf, NextOffset: next}); err != nil {
-			return err
-		}
-		from = next
-	}
-	return nil
-}
-
 // waitReadable applies the read's consistency rule before serving.
 func (n *Node) waitReadable(ctx context.Context, req *pb.ReadRequest) error {
 	if req.Consistency == pb.Consistency_CONSISTENCY_LINEARIZABLE {

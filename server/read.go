@@ -1,0 +1,273 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/record"
+	"github.com/tsstore/tsstore/segment"
+)
+
+// selection is a validated ReadRequest: where to start and what to keep.
+type selection struct {
+	from, to   uint64 // [from, to); to == 0: no upper bound
+	stream     string
+	prefix     string
+	types      map[string]bool
+	maxBytes   int
+	filtered   bool
+	fromVer    uint64
+	fromTimeNs int64
+}
+
+func (n *Node) newSelection(req *pb.ReadRequest) (*selection, error) {
+	if req.ToOffset != 0 && req.ToOffset < req.FromOffset {
+		return nil, invalidArg("to_offset %d is before from_offset %d", req.ToOffset, req.FromOffset)
+	}
+	if req.FromVersion != 0 && req.Stream == "" {
+		return nil, invalidArg("from_version needs stream")
+	}
+	sel := &selection{from: req.FromOffset, to: req.ToOffset, stream: req.Stream, prefix: req.StreamPrefix,
+		fromVer: req.FromVersion, fromTimeNs: req.FromTimestampUnixNano}
+	if len(req.EventTypes) > 0 {
+		sel.types = make(map[string]bool, len(req.EventTypes))
+		for _, t := range req.EventTypes {
+			sel.types[t] = true
+		}
+	}
+	sel.filtered = sel.stream != "" || sel.prefix != "" || sel.types != nil
+	sel.maxBytes = int(req.MaxMessageBytes)
+	if sel.maxBytes <= 0 || sel.maxBytes > 4*n.cfg.ReadMessageBytes {
+		sel.maxBytes = n.cfg.ReadMessageBytes
+	}
+	return sel, nil
+}
+
+// resolveStart moves sel.from to the first offset selected by a timestamp
+// or a stream version; a version not reached yet starts at the log's end.
+func (n *Node) resolveStart(sel *selection) error {
+	return n.proc.WithLog(func(l *segment.Log) error {
+		if sel.fromTimeNs != 0 {
+			sel.from = max(sel.from, l.OffsetForTime(sel.fromTimeNs))
+		}
+		if sel.fromVer > 1 {
+			off, ok, err := scanStreamOffset(l, sel.stream, sel.fromVer)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				off = l.NextOffset()
+			}
+			sel.from = max(sel.from, off)
+		}
+		return nil
+	})
+}
+
+func (sel *selection) keep(r *record.Record) bool {
+	if sel.stream != "" && string(r.Stream) != sel.stream {
+		return false
+	}
+	if sel.prefix != "" && !strings.HasPrefix(string(r.Stream), sel.prefix) {
+		return false
+	}
+	if sel.types != nil && !sel.types[string(r.Type)] {
+		return false
+	}
+	if sel.fromVer > 0 && r.StreamVersion < sel.fromVer {
+		return false
+	}
+	return r.Offset >= sel.from && (sel.to == 0 || r.Offset < sel.to)
+}
+
+// reader produces the messages of one Read or Subscribe call. Its buffers
+// come from a pool and go back after every message, so an idle subscriber
+// holds no buffer.
+type reader struct {
+	n   *Node
+	sel *selection
+	b   record.Builder
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20); return &b }}
+
+// next reads the next message's batches, covering [sel.from, next) up to
+// end. It returns the bytes (from the pool: release them with put) and the
+// new position.
+func (r *reader) next(end uint64) (*[]byte, uint64, error) {
+	raw := bufPool.Get().(*[]byte)
+	var next uint64
+	err := r.n.proc.WithLog(func(l *segment.Log) error {
+		var err error
+		if r.sel.stream != "" {
+			*raw, next, err = scanStreamBatches(l, (*raw)[:0], r.sel.stream, r.sel.from, r.sel.maxBytes)
+		} else {
+			*raw, next, err = l.ReadBatches((*raw)[:0], r.sel.from, r.sel.maxBytes)
+		}
+		return err
+	})
+	if err != nil {
+		put(raw)
+		return nil, 0, err
+	}
+	if next > end {
+		// Batches appended after `end` was taken belong to the next
+		// message: a message never holds a batch past its next_offset.
+		*raw, next = trimAt(*raw, end)
+	}
+	if !r.sel.filtered {
+		return raw, next, nil
+	}
+	out := bufPool.Get().(*[]byte)
+	*out, err = r.filter((*out)[:0], *raw, next)
+	put(raw)
+	if err != nil {
+		put(out)
+		return nil, 0, err
+	}
+	return out, next, nil
+}
+
+// filter re-encodes the batches of raw keeping only selected records. A
+// thinned batch keeps its span (base offset and last delta), so the client
+// knows which offsets it covers; a batch with no selected record is
+// dropped. The message as a whole covers [sel.from, next).
+func (r *reader) filter(dst, raw []byte, next uint64) ([]byte, error) {
+	for len(raw) > 0 {
+		b, rest, err := record.Next(raw)
+		if err != nil {
+			return dst, err
+		}
+		raw = rest
+		h := b.Header()
+		if h.BaseOffset >= next {
+			break
+		}
+		it := b.Records()
+		var rec record.Record
+		kept, all := 0, true
+		r.b.Reset(h.BaseOffset, h.RaftIndex, h.Timestamp, h.Attributes)
+		for it.Next(&rec) {
+			if !r.sel.keep(&rec) {
+				all = false
+				continue
+			}
+			if err := r.b.AddAt(&rec, rec.Offset-h.BaseOffset); err != nil {
+				return dst, err
+			}
+			kept++
+		}
+		if err := it.Err(); err != nil {
+			return dst, err
+		}
+		switch {
+		case kept == 0:
+		case all:
+			dst = append(dst, b...)
+		default:
+			r.b.ExtendSpan(uint64(h.LastDelta))
+			fb, err := r.b.Finish()
+			if err != nil {
+				return dst, err
+			}
+			dst = append(dst, fb...)
+		}
+	}
+	return dst, nil
+}
+
+// trimAt cuts raw before the first batch that starts at or after end and
+// returns the offset after the last batch kept (or end, if a batch kept
+// spans it).
+func trimAt(raw []byte, end uint64) ([]byte, uint64) {
+	next := end
+	for rest := raw; len(rest) > 0; {
+		h, err := record.ParseHeader(rest)
+		if err != nil || h.BaseOffset >= end {
+			return raw[:len(raw)-len(rest)], next
+		}
+		next = max(end, h.NextOffset())
+		rest = rest[h.Size():]
+	}
+	return raw, next
+}
+
+func put(b *[]byte) {
+	if cap(*b) <= 8<<20 {
+		bufPool.Put(b)
+	}
+}
+
+// Read streams the selected history and ends at the log's end (or
+// to_offset). It never waits for new events; Subscribe does.
+func (s *service) Read(req *pb.ReadRequest, stream pb.EventStore_ReadServer) error {
+	n := s.n
+	ctx := stream.Context()
+	sel, err := n.newSelection(req)
+	if err != nil {
+		return err
+	}
+	if err := n.waitReadable(ctx, req); err != nil {
+		return toStatus(err)
+	}
+	if sel.stream != "" {
+		if _, ok := n.proc.StreamInfo(sel.stream); !ok {
+			return withReason(codes.NotFound, pb.ErrorReason_ERROR_REASON_STREAM_NOT_FOUND,
+				fmt.Sprintf("stream %q has no events", sel.stream), map[string]string{"stream": sel.stream})
+		}
+	}
+	if err := n.resolveStart(sel); err != nil {
+		return toStatus(err)
+	}
+	end := n.proc.NextOffset()
+	if sel.to != 0 {
+		end = min(end, sel.to)
+	}
+	r := &reader{n: n, sel: sel}
+	for sel.from < end {
+		if err := r.send(stream, end, end); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// send reads and sends one message. Filtered reads skip messages with no
+// batches; the next message then covers the skipped range too.
+func (r *reader) send(stream pb.EventStore_ReadServer, end, logEnd uint64) error {
+	buf, next, err := r.next(end)
+	if err != nil {
+		return toStatus(err)
+	}
+	defer put(buf)
+	if next <= r.sel.from {
+		return toStatus(fmt.Errorf("read made no progress at offset %d", r.sel.from))
+	}
+	r.sel.from = next
+	if len(*buf) == 0 && next < end {
+		return nil
+	}
+	return stream.Send(&pb.ReadResponse{Batches: *buf, NextOffset: next, LogNextOffset: logEnd})
+}
+
+func (s *service) ListStreams(ctx context.Context, req *pb.ListStreamsRequest) (*pb.ListStreamsResponse, error) {
+	limit := int(req.Limit)
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	list, more := s.n.proc.ListStreams(req.Prefix, req.After, limit)
+	resp := &pb.ListStreamsResponse{}
+	for _, e := range list {
+		resp.Streams = append(resp.Streams, &pb.StreamInfo{Name: e.Name, Version: e.Version,
+			FirstOffset: e.FirstOffset, LastOffset: e.LastOffset, LastTimestampUnixNano: e.LastTimestamp})
+	}
+	if more && len(list) > 0 {
+		resp.NextAfter = list[len(list)-1].Name
+	}
+	return resp, nil
+}
