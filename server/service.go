@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/hashicorp/raft"
@@ -128,6 +129,12 @@ func isForwarded(ctx context.Context) bool {
 	return len(md.Get(forwardedKey)) > 0
 }
 
+// behindWait bounds how long a read waits for this node to reach the
+// client's min_next_offset when the call itself has no deadline: a node
+// cut off from the leader would otherwise hold the reader forever instead
+// of letting it resume on another node.
+const behindWait = 10 * time.Second
+
 // waitReadable applies the read's consistency rule before serving.
 func (n *Node) waitReadable(ctx context.Context, req *pb.ReadRequest) error {
 	if req.Consistency == pb.Consistency_CONSISTENCY_LINEARIZABLE {
@@ -139,10 +146,17 @@ func (n *Node) waitReadable(ctx context.Context, req *pb.ReadRequest) error {
 			return err
 		}
 	}
-	if req.MinNextOffset > 0 {
-		return n.proc.WaitNextOffset(ctx, req.MinNextOffset)
+	if req.MinNextOffset == 0 || n.proc.NextOffset() >= req.MinNextOffset {
+		return nil
 	}
-	return nil
+	wctx, cancel := context.WithTimeout(ctx, behindWait)
+	defer cancel()
+	err := n.proc.WaitNextOffset(wctx, req.MinNextOffset)
+	if err != nil && ctx.Err() == nil {
+		return status.Errorf(codes.Unavailable, "node %s is behind: its log ends at offset %d, the reader needs %d; retry on another node",
+			n.cfg.NodeID, n.proc.NextOffset(), req.MinNextOffset)
+	}
+	return err
 }
 
 // Status reports this node's view of the cluster.

@@ -5,6 +5,8 @@
 //	tsstore append  append events
 //	tsstore read    replay events from an offset
 //	tsstore status  a node's view of the cluster
+//	tsstore streams list streams
+//	tsstore tail    follow events as they commit
 package main
 
 import (
@@ -22,11 +24,13 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"serve":  {"run one tsstore node", runServe},
-	"dev":    {"run a local three-node cluster and a demo trainer", runDev},
-	"append": {"append events to the store", runAppend},
-	"read":   {"replay events from an offset", runRead},
-	"status": {"show a node's view of the cluster", runStatus},
+	"serve":   {"run one tsstore node", runServe},
+	"dev":     {"run a local three-node cluster and a demo trainer", runDev},
+	"append":  {"append events to the store", runAppend},
+	"read":    {"replay events from an offset", runRead},
+	"status":  {"show a node's view of the cluster", runStatus},
+	"streams": {"list streams with their versions", runStreams},
+	"tail":    {"follow events live as they commit", runTail},
 }
 
 // errUsage marks errors whose message already explains the usage problem.

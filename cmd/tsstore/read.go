@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -10,19 +11,105 @@ import (
 	"github.com/tsstore/tsstore/client"
 )
 
+// selectFlags choose what a read or tail delivers.
+type selectFlags struct {
+	from    uint64
+	to      uint64
+	since   string
+	stream  string
+	version uint64
+	prefix  string
+	types   multiFlag
+	set     map[string]bool
+	fs      *flag.FlagSet
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return fmt.Sprint(*m) }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+func (s *selectFlags) register(fs *flag.FlagSet, withTo bool) {
+	s.fs = fs
+	fs.Uint64Var(&s.from, "from", 0, "first global offset")
+	if withTo {
+		fs.Uint64Var(&s.to, "to", 0, "end offset, exclusive (0: the end of the log)")
+	}
+	fs.StringVar(&s.since, "since", "", "start at the first event at or after this time (RFC 3339, or a duration ago like 15m)")
+	fs.StringVar(&s.stream, "stream", "", "only this stream (served from the per-stream index)")
+	fs.Uint64Var(&s.version, "version", 0, "with --stream: start at this stream version (1-based)")
+	fs.StringVar(&s.prefix, "prefix", "", "only streams whose name starts with this")
+	fs.Var(&s.types, "type", "only this event type (repeatable)")
+}
+
+// positioned reports whether a start position was given.
+func (s *selectFlags) positioned() bool {
+	set := map[string]bool{}
+	s.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return set["from"] || set["since"] || set["version"]
+}
+
+func (s *selectFlags) options() ([]client.ReadOption, error) {
+	var opts []client.ReadOption
+	if s.to != 0 {
+		if s.to < s.from {
+			return nil, fmt.Errorf("%w: --to %d is before --from %d", errUsage, s.to, s.from)
+		}
+		opts = append(opts, client.To(s.to))
+	}
+	if s.since != "" {
+		t, err := parseSince(s.since)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, client.FromTime(t))
+	}
+	if s.version != 0 && s.stream == "" {
+		return nil, fmt.Errorf("%w: --version needs --stream", errUsage)
+	}
+	if s.stream != "" {
+		opts = append(opts, client.Stream(s.stream))
+		if s.version != 0 {
+			opts = append(opts, client.FromVersion(s.version))
+		}
+	}
+	if s.prefix != "" {
+		opts = append(opts, client.StreamPrefix(s.prefix))
+	}
+	if len(s.types) > 0 {
+		opts = append(opts, client.EventTypes(s.types...))
+	}
+	return opts, nil
+}
+
+func parseSince(v string) (time.Time, error) {
+	if d, err := time.ParseDuration(v); err == nil {
+		return time.Now().Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%w: --since %q: want RFC 3339 time or a duration", errUsage, v)
+	}
+	return t, nil
+}
+
 func runRead(args []string, stdout, stderr io.Writer) error {
 	var cf clientFlags
-	fs := newFlagSet("read", stderr, "read [--from N] [--to N] [--linearizable] [--json]")
+	var sf selectFlags
+	fs := newFlagSet("read", stderr, "read [--from N] [--to N] [--since T] [--stream S [--version V]] [--prefix P] [--type T]... [--linearizable]")
 	cf.register(fs)
-	from := fs.Uint64("from", 0, "first offset")
-	to := fs.Uint64("to", 0, "end offset, exclusive (0: the end of the log)")
+	sf.register(fs, true)
 	linear := fs.Bool("linearizable", false, "linearizable read (confirmed with the leader)")
 	limit := fs.Int("limit", 0, "stop after this many events (0: no limit)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *to != 0 && *to < *from {
-		return fmt.Errorf("%w: --to %d is before --from %d", errUsage, *to, *from)
+	opts, err := sf.options()
+	if err != nil {
+		return err
+	}
+	if *linear {
+		opts = append(opts, client.Linearizable())
 	}
 	cl, ctx, cancel, err := cf.connect()
 	if err != nil {
@@ -30,28 +117,16 @@ func runRead(args []string, stdout, stderr io.Writer) error {
 	}
 	defer cancel()
 	defer cl.Close()
-	var opts []client.ReadOption
-	if *to != 0 {
-		opts = append(opts, client.To(*to))
-	}
-	if *linear {
-		opts = append(opts, client.Linearizable())
-	}
 	enc := json.NewEncoder(stdout)
 	n := 0
-	for ev, err := range cl.Replay(ctx, *from, opts...) {
+	for ev, err := range cl.Replay(ctx, sf.from, opts...) {
 		if err != nil {
 			return err
 		}
 		if cf.json {
 			enc.Encode(ev)
 		} else {
-			payload := string(ev.Payload)
-			if !utf8.ValidString(payload) {
-				payload = fmt.Sprintf("<%d bytes>", len(ev.Payload))
-			}
-			fmt.Fprintf(stdout, "%d\t%s\t%s@%d\t%s\t%s\n", ev.Offset, ev.Timestamp.UTC().Format(time.RFC3339Nano),
-				ev.Stream, ev.StreamVersion, ev.Type, payload)
+			printEvent(stdout, ev)
 		}
 		n++
 		if *limit > 0 && n >= *limit {
@@ -59,4 +134,13 @@ func runRead(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return nil
+}
+
+func printEvent(w io.Writer, ev client.RecordedEvent) {
+	payload := string(ev.Payload)
+	if !utf8.ValidString(payload) {
+		payload = fmt.Sprintf("<%d bytes>", len(ev.Payload))
+	}
+	fmt.Fprintf(w, "%d\t%s\t%s@%d\t%s\t%s\n", ev.Offset, ev.Timestamp.UTC().Format(time.RFC3339Nano),
+		ev.Stream, ev.StreamVersion, ev.Type, payload)
 }
