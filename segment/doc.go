@@ -1,11 +1,15 @@
 // Package segment owns the append-only event log every replica holds: a
 // directory of segment files, each a run of record batches (package
-// record) in offset order, with a sparse offset index and a time index.
+// record) in offset order, with a sparse offset index, a time index and a
+// per-stream index.
 //
 // The log knows nothing of Raft, gRPC or the FSM. The FSM appends one
 // batch per committed Raft entry (Append), makes the log durable when it
 // needs to (Sync), and replays it after a restart (Scan); the server
-// streams raw batches to clients (ReadBatches) without decoding them.
+// streams raw batches to clients (ReadBatches) without decoding them. A
+// replay of one stream (StreamBatches, StreamOffset) costs time in
+// proportion to that stream's batches plus a lookup per segment, not to
+// the size of the log.
 //
 // # Invariants
 //
@@ -30,8 +34,8 @@
 // # Concurrency
 //
 // One writer (Append, Sync, Close; serialized by a mutex) and any number
-// of concurrent readers (ReadBatches, Scan, OffsetForTime, Segments,
-// Verify). Readers take a read lock only to look up a segment and its
+// of concurrent readers (ReadBatches, Scan, OffsetForTime, StreamBatches,
+// StreamOffset, Segments, Verify). Readers take a read lock only to look up a segment and its
 // index, then pread with File.ReadAt, so they keep working on a segment
 // that is being sealed.
 //
@@ -43,6 +47,7 @@
 //	<B>.log        concatenated record batches, nothing else
 //	<B>.index      sparse offset index
 //	<B>.timeindex  sparse time index
+//	<B>.streams    per-stream index (sealed segments only)
 //	*.tmp          a file being published; removed at Open
 //
 // A .log file is record batches back to back, as drawn in package record,
@@ -74,13 +79,83 @@
 // at most record.MaxBatchSize; relative offsets fit because Append rolls
 // before a segment spans more than 1<<32 offsets.
 //
-// Index files are written when a segment is sealed and at Close (tmp,
-// fsync, rename, fsync directory). Open trusts a sealed segment's index
-// files if they pass the structural checks (sizes, order, positions inside
-// the file) and the batches after the last entry verify, and otherwise
-// rebuilds them from the log; it always rebuilds the active segment's
-// index from its full scan. All indexes are also held in memory.
+// Index files are written when a segment is sealed, .index and
+// .timeindex also at Close (tmp, fsync, rename, fsync directory). Open
+// trusts a sealed segment's .index and .timeindex if they pass the
+// structural checks (sizes, order, positions inside the file) and the
+// batches after the last entry verify, and otherwise rebuilds them from
+// the log; it always rebuilds the active segment's indexes from its full
+// scan. The sparse indexes are also held in memory.
 //
-// The constants IndexEntrySize, TimeIndexEntrySize, the file suffixes and
-// the 20-digit name width are frozen.
+// # Stream index (frozen, version 1)
+//
+// For every stream, a segment's stream index has one entry per batch that
+// holds at least one record of the stream, in offset order. Records with
+// an empty stream name or StreamVersion 0 are not indexed. The active
+// segment keeps its entries in memory, built on Append and by Open's scan.
+// Sealing writes them to <B>.streams; from then on only the file's
+// directory (one record per stream) is in memory and entries are read
+// with pread on demand. All integers are big-endian; CRCs are CRC-32C
+// (Castagnoli).
+//
+// Header, 52 bytes:
+//
+//	offset size field
+//	0      4    magic             "TSSI"
+//	4      1    version           1
+//	5      3    reserved          0
+//	8      8    base offset       B
+//	16     8    next offset       NextOffset of the segment's last batch
+//	24     8    log size          bytes of <B>.log
+//	32     4    stream count      S
+//	36     4    entry count       E, all streams together
+//	40     4    directory size    D bytes
+//	44     4    directory crc     CRC of the D directory bytes
+//	48     4    header crc        CRC of bytes [0, 48)
+//
+// Directory, D bytes at position 52: S records sorted by stream name
+// (bytewise, strictly increasing), each 38+n bytes:
+//
+//	offset size field
+//	0      1    name length       n, 1..255
+//	1      n    name              the stream
+//	1+n    4    entry count       c >= 1
+//	5+n    8    min version       smallest StreamVersion of its entries
+//	13+n   8    max version       largest
+//	21+n   8    first offset      base offset of its first batch
+//	29+n   8    end offset        offset after its last batch's span
+//	37+n   1    flags             bit 0: some entry's last version is below
+//	                              the one before (lookups scan, not bisect);
+//	                              others 0
+//
+// Entries, at position 52+D: the streams' entries back to back, in
+// directory order, each stream's in offset order; stream k's start at
+// index c0+...+c(k-1). They are cut into blocks of StreamsBlockEntries
+// (128) entries, each followed by the CRC of its entry bytes; only the
+// last block may be shorter. Entry i is at position
+// 52 + D + (i/128)*(128*32+4) + (i%128)*32, and the file is exactly
+// 52 + D + 32*E + 4*ceil(E/128) bytes. An entry is 32 bytes:
+//
+//	offset size field
+//	0      4    relative offset   batch base offset - B
+//	4      4    position          byte position of the batch in <B>.log
+//	8      4    size              batch size in bytes
+//	12     4    last delta        the batch spans [base, base+last delta]
+//	16     8    first version     smallest StreamVersion of the stream's
+//	                              records in the batch
+//	24     8    last version      largest
+//
+// The file is a function of the .log alone, so a rebuilt file equals the
+// lost one byte for byte. Open checks the header, its base offset, log
+// size and next offset against the segment, the exact file size and the
+// directory (CRC, order, ranges, counts); anything wrong or a missing file
+// means a rebuild by a full scan of the segment, which also decodes every
+// record. Entry blocks are checked when read: a bad block CRC, or an entry
+// that does not match the batch it points at, is a *CorruptionError
+// naming the .streams file (delete it and reopen to rebuild). Verify
+// compares every .streams file with one rebuilt from its log.
+//
+// The constants IndexEntrySize, TimeIndexEntrySize, StreamsMagic,
+// StreamsVersion, StreamsHeaderSize, StreamEntrySize, StreamsBlockEntries,
+// the file suffixes and the 20-digit name width are frozen.
 package segment

@@ -91,3 +91,76 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// FuzzStreamsFile feeds random bytes to the .streams decoders: the full
+// decoder (Verify, Dump) and the lazy one readers use (header and
+// directory at Open, entry blocks on demand). Neither may panic; a file
+// the full decoder accepts must re-encode to the same bytes, and the lazy
+// reader must then return the same entries.
+func FuzzStreamsFile(f *testing.F) {
+	set := make(map[string]*liveStream)
+	for i := range 300 {
+		name := []string{"a", "bb", "ccc"}[i%3]
+		if set[name] == nil {
+			set[name] = &liveStream{}
+		}
+		v := uint64(i + 1)
+		if i%7 == 0 {
+			v = 1 // out of order
+		}
+		set[name].add(streamEntry{rel: uint32(i * 3), pos: uint32(i * 100), size: 100, span: 2, first: v, last: v})
+	}
+	seed := encodeStreams(1000, 1000+900, 300*100, set)
+	f.Add(seed)
+	f.Add(seed[:len(seed)-1])
+	f.Add(seed[:StreamsHeaderSize])
+	f.Add(encodeStreams(5, 5, 0, nil))
+	flipped := bytes.Clone(seed)
+	flipped[len(flipped)-40] ^= 1
+	f.Add(flipped)
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sf, fullErr := decodeStreamsFile(data)
+		if fullErr == nil {
+			set := make(map[string]*liveStream)
+			for _, d := range sf.dirs {
+				ls := &liveStream{}
+				for _, e := range sf.entries[d.first : d.first+d.count] {
+					ls.add(e)
+				}
+				set[d.name] = ls
+			}
+			if again := encodeStreams(sf.header.base, sf.header.next, int64(sf.header.logSize), set); !bytes.Equal(again, data) {
+				t.Fatalf("re-encoding differs")
+			}
+		}
+		path := filepath.Join(t.TempDir(), streamsName(0))
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		h, _ := decodeStreamsHeader(data, int64(len(data)))
+		sx, err := openStreams(OSFS{}, path, h.base, int64(h.logSize))
+		if err != nil {
+			if fullErr == nil {
+				t.Fatalf("openStreams refused a file decodeStreamsFile accepts: %v", err)
+			}
+			return
+		}
+		defer sx.f.Close()
+		for _, d := range sx.dirs {
+			src := entrySource{sx: sx, first: d.first, n: int(d.count), blk: -1}
+			for i := range src.n {
+				e, err := src.at(i)
+				if err != nil {
+					if !errors.Is(err, ErrCorrupt) || fullErr == nil {
+						t.Fatalf("entry %d of %q: %v", i, d.name, err)
+					}
+					break
+				}
+				if fullErr == nil && e != sf.entries[d.first+uint32(i)] {
+					t.Fatalf("entry %d of %q differs", i, d.name)
+				}
+			}
+		}
+	})
+}

@@ -11,13 +11,16 @@ import (
 	"github.com/tsstore/tsstore/record"
 )
 
-// batchMaker builds deterministic batches.
+// batchMaker builds deterministic batches. Record i of the log belongs to
+// stream "stream-<i mod 7>" and carries that stream's next version, as the
+// FSM would assign it.
 type batchMaker struct {
-	b       record.Builder
-	next    uint64
-	raft    uint64
-	ts      int64
-	payload []byte
+	b        record.Builder
+	next     uint64
+	raft     uint64
+	ts       int64
+	payload  []byte
+	versions [7]uint64
 }
 
 func newMaker(payloadSize int) *batchMaker {
@@ -35,10 +38,13 @@ func (m *batchMaker) batch(t testing.TB, n int) record.Batch {
 	m.ts += 1000
 	m.b.Reset(m.next, m.raft, m.ts, 0)
 	for i := range n {
+		k := (m.next + uint64(i)) % 7
+		m.versions[k]++
 		r := record.Record{
-			Stream:  fmt.Appendf(nil, "stream-%d", (m.next+uint64(i))%7),
-			Type:    []byte("Created"),
-			Payload: m.payload,
+			Stream:        fmt.Appendf(nil, "stream-%d", k),
+			StreamVersion: m.versions[k],
+			Type:          []byte("Created"),
+			Payload:       m.payload,
 		}
 		if err := m.b.Add(&r); err != nil {
 			t.Fatal(err)

@@ -11,7 +11,8 @@ import (
 	"github.com/tsstore/tsstore/record"
 )
 
-// segment is one .log file and its in-memory sparse index.
+// segment is one .log file, its in-memory sparse index and its
+// per-stream index.
 type segment struct {
 	base uint64 // offset of the first batch; fixed by the file name
 	path string
@@ -25,6 +26,11 @@ type segment struct {
 	lastTS  int64        // timestamp of the last batch
 	index   []indexEntry // only ever appended to
 	sealed  bool
+	// The per-stream index: live (all entries in memory) while the segment
+	// is active, streams (directory in memory, entries in the .streams
+	// file) once it is sealed. Exactly one is set.
+	live    map[string]*liveStream
+	streams *streamsIndex
 }
 
 func (s *segment) info() SegmentInfo {
@@ -57,8 +63,9 @@ type RecoveryInfo struct {
 	TruncatedAt    int64
 	// Reason says why the tail was cut; empty if nothing was.
 	Reason string
-	// RebuiltIndexes lists sealed segments whose index files were missing
-	// or invalid and were rebuilt from the log.
+	// RebuiltIndexes lists sealed segments (their .log paths) any of whose
+	// index files (.index, .timeindex, .streams) were missing or invalid
+	// and were rebuilt from the log.
 	RebuiltIndexes []string
 	// RemovedTemp lists leftover temporary files that were removed.
 	RemovedTemp []string
@@ -77,9 +84,10 @@ type Log struct {
 	// w is the writer's state.
 	w struct {
 		sync.Mutex
-		err      error // sticky; wraps ErrWriteFailed
-		dirDirty bool  // a file was created since the last directory fsync
-		closed   bool
+		err       error // sticky; wraps ErrWriteFailed
+		dirDirty  bool  // a file was created since the last directory fsync
+		closed    bool
+		collector streamCollector
 	}
 
 	mu struct {
@@ -135,8 +143,10 @@ func (l *Log) active() *segment { return l.mu.segs[len(l.mu.segs)-1] }
 
 // Append writes one batch at the end of the log with a single write. It
 // does not fsync: the Raft log is the write-ahead log, and Sync makes the
-// batch durable. b must be exactly one verified batch starting at
-// NextOffset whose timestamp is not older than the last batch's.
+// batch durable. b must be exactly one verified batch whose records all
+// decode, starting at NextOffset, whose timestamp is not older than the
+// last batch's. Append also adds the batch to the active segment's
+// in-memory stream index.
 func (l *Log) Append(b record.Batch) error {
 	l.w.Lock()
 	defer l.w.Unlock()
@@ -158,6 +168,12 @@ func (l *Log) Append(b record.Batch) error {
 		return fmt.Errorf("%w: batch at offset %d has timestamp %d, last batch %d",
 			ErrTimestampOrder, h.BaseOffset, h.Timestamp, l.mu.last.Timestamp)
 	}
+	// Decoding every record here both feeds the stream index and refuses a
+	// batch that Open would cut off as corrupt.
+	streams, err := l.w.collector.collect(b)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidBatch, err)
+	}
 	if a.size > 0 && (a.size+int64(len(b)) > l.opts.SegmentBytes || h.BaseOffset-a.base > math.MaxUint32) {
 		if err := l.rollLocked(); err != nil {
 			return err
@@ -172,6 +188,7 @@ func (l *Log) Append(b record.Batch) error {
 	if l.idx.want(a.index, pos) {
 		a.index = append(a.index, indexEntry{rel: uint32(h.BaseOffset - a.base), pos: uint32(pos), ts: h.Timestamp})
 	}
+	addBatch(a.live, a.base, h, pos, streams)
 	if pos == 0 {
 		a.firstTS = h.Timestamp
 	}
@@ -222,9 +239,10 @@ func (l *Log) syncLocked() error {
 }
 
 // rollLocked seals the active segment and starts a new one at NextOffset.
-// Sealing fsyncs the .log first, then publishes the index files, then
-// fsyncs the directory, so index files never describe unsynced bytes.
-// Readers keep reading the sealed segment through its open file.
+// Sealing fsyncs the .log first, then publishes the index files (.streams
+// last), then fsyncs the directory, so index files never describe unsynced
+// bytes. Readers keep reading the sealed segment through its open file;
+// readers that captured its in-memory stream entries keep using them.
 func (l *Log) rollLocked() error {
 	a := l.active()
 	if err := a.f.Sync(); err != nil {
@@ -233,18 +251,28 @@ func (l *Log) rollLocked() error {
 	if err := writeIndexFiles(l.fs, l.dir, a.base, a.index); err != nil {
 		return l.failLocked("write index of "+a.path, err)
 	}
+	spath := filepath.Join(l.dir, streamsName(a.base))
+	if err := writeFileAtomic(l.fs, spath, encodeStreams(a.base, a.next, a.size, a.live)); err != nil {
+		return l.failLocked("write "+spath, err)
+	}
 	if err := l.fs.SyncDir(l.dir); err != nil {
 		return l.failLocked("fsync directory "+l.dir, err)
+	}
+	sx, err := openStreams(l.fs, spath, a.base, a.size)
+	if err != nil {
+		return l.failLocked("reopen "+spath, err)
 	}
 	path := filepath.Join(l.dir, FileName(a.next))
 	f, err := l.fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
 	if err != nil {
+		sx.f.Close()
 		return l.failLocked("create "+path, err)
 	}
 	l.w.dirDirty = true
-	s := &segment{base: a.next, path: path, f: f, next: a.next}
+	s := &segment{base: a.next, path: path, f: f, next: a.next, live: make(map[string]*liveStream)}
 	l.mu.Lock()
 	a.sealed = true
+	a.streams, a.live = sx, nil
 	l.mu.segs = append(l.mu.segs, s)
 	l.mu.Unlock()
 	return nil
@@ -276,6 +304,12 @@ func (l *Log) Close() error {
 	for _, s := range l.mu.segs {
 		if cerr := s.f.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("segment: close %s: %w", s.path, cerr)
+		}
+		if s.streams == nil {
+			continue
+		}
+		if cerr := s.streams.f.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("segment: close %s: %w", s.streams.path, cerr)
 		}
 	}
 	return err

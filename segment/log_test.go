@@ -393,7 +393,7 @@ func TestSegmentsAndSync(t *testing.T) {
 			t.Fatalf("%+v", s)
 		}
 		if s.Sealed {
-			for _, suf := range []string{IndexSuffix, TimeIndexSuffix} {
+			for _, suf := range []string{IndexSuffix, TimeIndexSuffix, StreamsSuffix} {
 				p := strings.TrimSuffix(s.Path, LogSuffix) + suf
 				if _, err := os.Stat(p); err != nil {
 					t.Fatalf("sealed segment lacks %s", p)

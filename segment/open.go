@@ -16,12 +16,14 @@ import (
 // needed, and recovers it:
 //
 //   - leftover *.tmp files are removed;
-//   - every sealed segment (all but the last) gets its index loaded, or
-//     rebuilt if missing or invalid, and its tail verified. Corruption in
-//     a sealed segment is an error: it is never truncated or skipped;
+//   - every sealed segment (all but the last) gets its index files
+//     (.index, .timeindex, .streams) loaded, or rebuilt if missing or
+//     invalid, and its tail verified. Corruption in a sealed segment is an
+//     error: it is never truncated or skipped;
 //   - segments must be contiguous;
-//   - the active (last) segment is scanned in full and cut at the first
-//     torn or corrupt batch, which is what a crash leaves behind.
+//   - the active (last) segment is scanned in full, which also builds its
+//     in-memory stream index, and cut at the first torn or corrupt batch,
+//     which is what a crash leaves behind.
 //
 // Recovery reports what was repaired.
 func Open(dir string, opts Options) (*Log, error) {
@@ -42,6 +44,9 @@ func Open(dir string, opts Options) (*Log, error) {
 	if err := l.openSegments(bases); err != nil {
 		for _, s := range l.mu.segs {
 			s.f.Close()
+			if s.streams != nil {
+				s.streams.f.Close()
+			}
 		}
 		return nil, err
 	}
@@ -111,7 +116,7 @@ func (l *Log) openSegments(bases []uint64) error {
 }
 
 func (l *Log) createFirst() error {
-	s := &segment{path: filepath.Join(l.dir, FileName(0))}
+	s := &segment{path: filepath.Join(l.dir, FileName(0)), live: make(map[string]*liveStream)}
 	f, err := l.fs.OpenFile(s.path, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("segment: create %s: %w", s.path, err)
@@ -125,8 +130,10 @@ func (l *Log) createFirst() error {
 	return nil
 }
 
-// openSealed loads (or rebuilds) a sealed segment's index and finds its
-// end by verifying every batch after the last index entry.
+// openSealed loads (or rebuilds) a sealed segment's index files and finds
+// its end by verifying every batch after the last index entry. A .streams
+// file that is missing, damaged or describes another log is rebuilt by a
+// full scan that decodes every record.
 func (l *Log) openSealed(s *segment) error {
 	f, err := l.fs.OpenFile(s.path, os.O_RDONLY, 0)
 	if err != nil {
@@ -141,27 +148,54 @@ func (l *Log) openSealed(s *segment) error {
 	if s.size == 0 {
 		return corruptf(s.path, 0, s.base, "sealed segment is empty")
 	}
-	if entries, err := l.loadIndex(s); err == nil {
-		s.index = entries
-		last := entries[len(entries)-1]
-		err := l.scanSealed(s, int64(last.pos), s.base+uint64(last.rel), false)
-		if err == nil {
-			s.firstTS = entries[0].ts
-			return nil
+	spath := filepath.Join(l.dir, streamsName(s.base))
+	sx, _ := openStreams(l.fs, spath, s.base, s.size) // nil: rebuild
+	defer func() {
+		if sx != nil && s.streams != sx {
+			sx.f.Close()
 		}
-		if !errors.Is(err, ErrCorrupt) {
+	}()
+	entries, err := l.loadIndex(s)
+	rebuildIndex := err != nil
+	if !rebuildIndex {
+		last := entries[len(entries)-1]
+		err := l.scanSealed(s, int64(last.pos), s.base+uint64(last.rel), false, nil)
+		switch {
+		case err == nil && sx != nil && sx.header.next == s.next:
+			s.index, s.firstTS, s.streams = entries, entries[0].ts, sx
+			return nil
+		case err == nil:
+			s.index = entries // only .streams needs the full scan
+		case errors.Is(err, ErrCorrupt):
+			// The last entry may be what is wrong: rebuild, which tells a
+			// bad index from a bad log.
+			rebuildIndex = true
+		default:
 			return err
 		}
-		// The last entry may be what is wrong: rebuild, which tells a bad
-		// index from a bad log.
-		s.index, s.next, s.lastTS = nil, 0, 0
 	}
-	if err := l.scanSealed(s, 0, s.base, true); err != nil {
+	s.next, s.lastTS = 0, 0
+	set := make(map[string]*liveStream)
+	if err := l.scanSealed(s, 0, s.base, rebuildIndex, set); err != nil {
 		return err
 	}
-	if err := writeIndexFiles(l.fs, l.dir, s.base, s.index); err != nil {
-		return fmt.Errorf("segment: rewrite index of %s: %w", s.path, err)
+	if rebuildIndex {
+		if err := writeIndexFiles(l.fs, l.dir, s.base, s.index); err != nil {
+			return fmt.Errorf("segment: rewrite index of %s: %w", s.path, err)
+		}
 	}
+	if sx == nil || sx.header.next != s.next {
+		if err := writeFileAtomic(l.fs, spath, encodeStreams(s.base, s.next, s.size, set)); err != nil {
+			return fmt.Errorf("segment: rewrite %s: %w", spath, err)
+		}
+		if sx != nil {
+			sx.f.Close()
+		}
+		if sx, err = openStreams(l.fs, spath, s.base, s.size); err != nil {
+			return fmt.Errorf("segment: reopen %s: %w", spath, err)
+		}
+	}
+	s.streams = sx
 	if err := l.fs.SyncDir(l.dir); err != nil {
 		return fmt.Errorf("segment: fsync %s: %w", l.dir, err)
 	}
@@ -182,11 +216,17 @@ func (l *Log) loadIndex(s *segment) ([]indexEntry, error) {
 }
 
 // scanSealed verifies the batches of a sealed segment from pos to EOF and
-// sets next and lastTS; when rebuilding (pos 0) it also builds the index.
-// A bad or incomplete batch is corruption: sealed segments were fsynced
-// before they were sealed, so they have no torn tail.
-func (l *Log) scanSealed(s *segment, pos int64, expect uint64, rebuild bool) error {
+// sets next and lastTS. Scanning from 0 it can also rebuild the sparse
+// index (buildIndex) and collect the stream index into set (non-nil),
+// which decodes every record. A bad or incomplete batch is corruption:
+// sealed segments were fsynced before they were sealed, so they have no
+// torn tail.
+func (l *Log) scanSealed(s *segment, pos int64, expect uint64, buildIndex bool, set map[string]*liveStream) error {
 	sc := newScanner(s.f, pos, s.size, scanBufSize)
+	var c streamCollector
+	if buildIndex {
+		s.index = nil
+	}
 	for {
 		pos, raw, h, err := sc.next()
 		if err == io.EOF {
@@ -195,14 +235,21 @@ func (l *Log) scanSealed(s *segment, pos int64, expect uint64, rebuild bool) err
 		if err == nil {
 			_, err = record.Verify(raw)
 		}
+		var streams []batchStream
+		if err == nil && set != nil {
+			streams, err = c.collect(raw)
+		}
 		if err != nil {
 			return scanError(s.path, pos, expect, err)
 		}
 		if h.BaseOffset != expect {
 			return corruptf(s.path, pos, expect, "batch base offset %d, want %d", h.BaseOffset, expect)
 		}
-		if rebuild && l.idx.want(s.index, pos) {
+		if buildIndex && l.idx.want(s.index, pos) {
 			s.index = append(s.index, indexEntry{rel: uint32(h.BaseOffset - s.base), pos: uint32(pos), ts: h.Timestamp})
+		}
+		if set != nil {
+			addBatch(set, s.base, h, pos, streams)
 		}
 		if pos == 0 {
 			s.firstTS = h.Timestamp
@@ -236,6 +283,7 @@ func (l *Log) openActive(s *segment) error {
 		return fmt.Errorf("segment: open %s: %w", s.path, err)
 	}
 	s.f, s.next = f, s.base
+	s.live = make(map[string]*liveStream)
 	l.recovery.Path = s.path
 	fi, err := f.Stat()
 	if err != nil {
@@ -243,6 +291,7 @@ func (l *Log) openActive(s *segment) error {
 	}
 	fileSize := fi.Size()
 	sc := newScanner(f, 0, fileSize, scanBufSize)
+	var c streamCollector
 	var bad error
 	for {
 		pos, raw, h, err := sc.next()
@@ -252,8 +301,9 @@ func (l *Log) openActive(s *segment) error {
 		if err == nil {
 			_, err = record.Verify(raw)
 		}
+		var streams []batchStream
 		if err == nil {
-			err = checkRecords(raw)
+			streams, err = c.collect(raw)
 		}
 		if err == nil && h.BaseOffset != s.next {
 			err = fmt.Errorf("%w: batch base offset %d, want %d", record.ErrCorrupt, h.BaseOffset, s.next)
@@ -271,6 +321,7 @@ func (l *Log) openActive(s *segment) error {
 		if l.idx.want(s.index, pos) {
 			s.index = append(s.index, indexEntry{rel: uint32(h.BaseOffset - s.base), pos: uint32(pos), ts: h.Timestamp})
 		}
+		addBatch(s.live, s.base, h, pos, streams)
 		if pos == 0 {
 			s.firstTS = h.Timestamp
 		}

@@ -80,12 +80,3 @@ func (s *scanner) fill(n int) error {
 	}
 	return nil
 }
-
-// checkRecords decodes every record of a verified batch.
-func checkRecords(b record.Batch) error {
-	it := b.Records()
-	var r record.Record
-	for it.Next(&r) {
-	}
-	return it.Err()
-}

@@ -1,8 +1,10 @@
 package segment
 
 import (
+	"bytes"
 	"io"
 	"path/filepath"
+	"slices"
 
 	"github.com/tsstore/tsstore/record"
 )
@@ -12,7 +14,10 @@ const progressEvery = 4 << 20
 
 // Verify scrubs the log: it re-reads every segment as of the call,
 // verifies every CRC, decodes every record, and checks offsets,
-// timestamps, segment contiguity and the sparse indexes. It returns the
+// timestamps, segment contiguity, the sparse indexes and the stream
+// indexes (a sealed segment's .streams file must equal, byte for byte, the
+// file rebuilt from its log; the active segment's in-memory index must
+// equal the one rebuilt from its bytes). It returns the
 // first problem, a *CorruptionError for corruption. progress, if not nil,
 // is called now and then with the bytes checked so far and the total.
 func (l *Log) Verify(progress func(done, total int64)) error {
@@ -24,7 +29,16 @@ func (l *Log) Verify(progress func(done, total int64)) error {
 	segs := make([]segment, len(l.mu.segs))
 	var total int64
 	for i, s := range l.mu.segs {
-		segs[i] = segment{base: s.base, path: s.path, f: s.f, size: s.size, next: s.next, index: s.index}
+		segs[i] = segment{base: s.base, path: s.path, f: s.f, size: s.size, next: s.next, index: s.index, streams: s.streams}
+		if s.live != nil {
+			// Entries are only appended to, so copying the slice headers
+			// captures the index as of s.next.
+			segs[i].live = make(map[string]*liveStream, len(s.live))
+			for name, ls := range s.live {
+				c := *ls
+				segs[i].live[name] = &c
+			}
+		}
 		total += s.size
 	}
 	l.mu.RUnlock()
@@ -56,6 +70,8 @@ func (l *Log) Verify(progress func(done, total int64)) error {
 func verifySegment(s *segment, lastTS *int64, add func(int64)) error {
 	indexPath := filepath.Join(filepath.Dir(s.path), indexName(s.base))
 	sc := newScanner(s.f, 0, s.size, scanBufSize)
+	var c streamCollector
+	set := make(map[string]*liveStream)
 	expect, k := s.base, 0
 	for {
 		pos, raw, h, err := sc.next()
@@ -65,8 +81,9 @@ func verifySegment(s *segment, lastTS *int64, add func(int64)) error {
 		if err == nil {
 			_, err = record.Verify(raw)
 		}
+		var streams []batchStream
 		if err == nil {
-			err = checkRecords(raw)
+			streams, err = c.collect(raw)
 		}
 		if err != nil {
 			return scanError(s.path, pos, expect, err)
@@ -86,6 +103,7 @@ func verifySegment(s *segment, lastTS *int64, add func(int64)) error {
 			}
 			k++
 		}
+		addBatch(set, s.base, h, pos, streams)
 		*lastTS = h.Timestamp
 		expect = h.NextOffset()
 		add(int64(len(raw)))
@@ -96,6 +114,39 @@ func verifySegment(s *segment, lastTS *int64, add func(int64)) error {
 	}
 	if expect != s.next {
 		return corruptf(s.path, s.size, s.next, "segment ends at offset %d, want %d", expect, s.next)
+	}
+	return verifyStreams(s, set)
+}
+
+// verifyStreams compares a segment's stream index with set, rebuilt from
+// its log.
+func verifyStreams(s *segment, set map[string]*liveStream) error {
+	if s.streams == nil {
+		for name, ls := range set {
+			got := s.live[name]
+			if got == nil || !slices.Equal(got.entries, ls.entries) || got.maxVer != ls.maxVer || got.unordered != ls.unordered {
+				return corruptf(s.path, 0, s.base, "in-memory stream index of %q does not match the log", name)
+			}
+		}
+		if len(s.live) != len(set) {
+			return corruptf(s.path, 0, s.base, "in-memory stream index has %d streams, the log %d", len(s.live), len(set))
+		}
+		return nil
+	}
+	data, err := s.streams.readAll()
+	if err != nil {
+		return err
+	}
+	if _, err := decodeStreamsFile(data); err != nil {
+		return corruptf(s.streams.path, 0, s.base, "%v", err)
+	}
+	want := encodeStreams(s.base, s.next, s.size, set)
+	if !bytes.Equal(data, want) {
+		at := 0
+		for at < min(len(data), len(want)) && data[at] == want[at] {
+			at++
+		}
+		return corruptf(s.streams.path, int64(at), s.base, "differs from the index rebuilt from %s (%d bytes, want %d)", s.path, len(data), len(want))
 	}
 	return nil
 }
