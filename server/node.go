@@ -191,7 +191,11 @@ func (n *Node) raftConfig() *raft.Config {
 	c.SnapshotInterval = n.cfg.SnapshotInterval
 	c.TrailingLogs = n.cfg.TrailingLogs
 	c.MaxAppendEntries = 256
-	c.BatchApplyCh = true
+	// BatchApplyCh stays off: with a buffered apply channel, a future
+	// enqueued just before shutdown is never answered (raft v1.7.3 does
+	// not drain the buffer), so Close would wait forever on it. The
+	// proposer already coalesces requests into large entries.
+	c.BatchApplyCh = false
 	// The FSM keeps its own durable state and is idempotent by index;
 	// restoring the snapshot on every start would rewrite the whole log.
 	c.NoSnapshotRestoreOnStart = true

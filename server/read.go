@@ -56,7 +56,7 @@ func (n *Node) resolveStart(sel *selection) error {
 			sel.from = max(sel.from, l.OffsetForTime(sel.fromTimeNs))
 		}
 		if sel.fromVer > 1 {
-			off, ok, err := scanStreamOffset(l, sel.stream, sel.fromVer)
+			off, ok, err := l.StreamOffset(sel.stream, sel.fromVer)
 			if err != nil {
 				return err
 			}
@@ -105,7 +105,7 @@ func (r *reader) next(end uint64) (*[]byte, uint64, error) {
 	err := r.n.proc.WithLog(func(l *segment.Log) error {
 		var err error
 		if r.sel.stream != "" {
-			*raw, next, err = scanStreamBatches(l, (*raw)[:0], r.sel.stream, r.sel.from, r.sel.maxBytes)
+			*raw, next, err = l.StreamBatches((*raw)[:0], r.sel.stream, r.sel.from, r.sel.maxBytes)
 		} else {
 			*raw, next, err = l.ReadBatches((*raw)[:0], r.sel.from, r.sel.maxBytes)
 		}

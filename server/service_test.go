@@ -1,12 +1,14 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -227,5 +229,35 @@ func TestTransferLeadership(t *testing.T) {
 	_, err = conn.TransferLeadership(ctxT(t), &pb.TransferLeadershipRequest{ToNodeId: "nope"})
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("transfer to unknown node: %v", err)
+	}
+}
+
+// TestCloseDuringLeadershipChurn closes nodes while leadership moves and
+// appends are in flight: Close must return (no future left unanswered).
+func TestCloseDuringLeadershipChurn(t *testing.T) {
+	for round := range 3 {
+		tc := newTestCluster(t, 3, nil)
+		c := dial(t, tc.leader())
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					c.Append(ctx, &pb.AppendRequest{Events: []*pb.Event{ev("s", fmt.Sprint(i))}})
+				}
+			}()
+		}
+		dialCluster(t, tc.leader()).TransferLeadership(ctxT(t), &pb.TransferLeadershipRequest{})
+		done := make(chan struct{})
+		go func() { tc.close(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: Close did not return", round)
+		}
+		cancel()
+		wg.Wait()
 	}
 }

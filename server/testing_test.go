@@ -78,9 +78,10 @@ func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
 }
 
 func (tc *testCluster) close() {
-	for _, n := range tc.nodes {
+	for i, n := range tc.nodes {
 		if n != nil {
 			n.Close()
+			tc.nodes[i] = nil
 		}
 	}
 }

@@ -27,6 +27,7 @@ var commands = map[string]command{
 	"serve":   {"run one tsstore node", runServe},
 	"dev":     {"run a local three-node cluster and a demo trainer", runDev},
 	"append":  {"append events to the store", runAppend},
+	"bench":   {"measure load and replay throughput", runBench},
 	"read":    {"replay events from an offset", runRead},
 	"status":  {"show a node's view of the cluster", runStatus},
 	"streams": {"list streams with their versions", runStreams},
