@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, vet, and every test with the race
+# The whole test suite: formatting, vet, every test with the race
 # detector (fuzz targets run their seed corpora; system tests start real
-# tsstore processes on loopback). Installs nothing outside the checkout.
+# tsstore processes on loopback), then the jepsen short profile.
+# Installs nothing outside the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +17,13 @@ go vet ./...
 
 echo "== go test -race"
 go test -race -count=1 -timeout 12m "$@" ./...
+
+# The jepsen short profile: every fault-injection scenario for ~35 s
+# against real processes (docs/jepsen.md). TSSTORE_JEPSEN=0 skips it;
+# JEPSEN_SEED reproduces a run. Results are kept only if it fails.
+if [ "${TSSTORE_JEPSEN:-1}" != 0 ]; then
+  echo "== jepsen (short profile)"
+  jepsen_out=$(mktemp -d "${TMPDIR:-/tmp}/tsstore-jepsen-ci-XXXXXX")
+  go run ./jepsen/cmd/jepsen -profile short -scenario all -seed "${JEPSEN_SEED:-0}" -out "$jepsen_out"
+  rm -rf "$jepsen_out"
+fi

@@ -12,8 +12,13 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/tsstore/tsstore/segment"
 	"github.com/tsstore/tsstore/server"
 )
+
+// segmentFS, when set (by faultfs.go under the faultfs build tag),
+// replaces the segment log's filesystem.
+var segmentFS segment.FS
 
 // serveFlags binds every server setting to a flag. The same names, with
 // dashes as underscores, are the keys of the config file, and with a
@@ -189,6 +194,10 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	s.cfg.Logger = logger
+	if segmentFS != nil {
+		s.cfg.Segment.FS = segmentFS
+		logger.Warn("fault-injection filesystem: unsynced segment writes are lost on kill")
+	}
 	node, err := server.New(s.cfg)
 	if err != nil {
 		return err

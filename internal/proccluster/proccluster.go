@@ -178,6 +178,15 @@ func (c *Cluster) Close() {
 	}
 }
 
+// AddArgs appends arguments to this node's `tsstore serve` command line,
+// e.g. a per-node --raft-dial-override routing its peers through fault
+// injection proxies. They apply from the next Start.
+func (n *Node) AddArgs(args ...string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.args = append(n.args, args...)
+}
+
 // Start launches the node's process, appending its output to LogPath.
 func (n *Node) Start() error {
 	n.mu.Lock()

@@ -1,0 +1,197 @@
+package jepsen
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tsstore/tsstore/client"
+	"github.com/tsstore/tsstore/internal/proccluster"
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/record"
+)
+
+// controlValue stands for a record of a control batch (not an event) in a
+// replayed log.
+const controlValue = "\x00control"
+
+// finalPhase runs after every fault is healed and the clients stopped: it
+// waits for a leader, appends a marker (the cluster must accept writes
+// again), waits until every node holds the same log end, and replays the
+// whole log from every node.
+func finalPhase(ctx context.Context, c *cluster, rec *recorder, runID string) ([]Replica, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+	_, err := c.pc.WaitLeader(wctx)
+	wcancel()
+	if err != nil {
+		return nil, fmt.Errorf("final phase: no leader after healing: %w", err)
+	}
+	marker, err := appendMarker(ctx, c, rec, runID)
+	if err != nil {
+		return nil, err
+	}
+	end, err := converge(ctx, c, marker+1)
+	if err != nil {
+		return nil, err
+	}
+	var reps []Replica
+	for _, n := range c.nodes {
+		reps = append(reps, readReplica(ctx, n, end))
+	}
+	return reps, nil
+}
+
+// appendMarker appends one event and records it like any other append.
+func appendMarker(ctx context.Context, c *cluster, rec *recorder, runID string) (uint64, error) {
+	cfg := client.DefaultConfig(c.apiAddrs()...)
+	cl, err := client.New(cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer cl.Close()
+	op := AppendOp{Process: "final", Idempotent: true, Values: []string{"final-marker"}, Invoke: rec.now()}
+	p := cl.NewProducer("final-" + runID)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		res, err := p.Append(actx, events(op.Values)...)
+		cancel()
+		op.Attempts++
+		if err == nil {
+			op.Outcome, op.First, op.Err, op.Complete = OK, res.FirstOffset, "", rec.now()
+			rec.append(op)
+			return res.FirstOffset, nil
+		}
+		if !ambiguous(err) || time.Now().After(deadline) || ctx.Err() != nil {
+			op.Outcome, op.Err, op.Complete = Unknown, err.Error(), rec.now()
+			rec.append(op)
+			return 0, fmt.Errorf("final phase: the healed cluster did not accept an append: %w", err)
+		}
+		sleepCtx(ctx, 200*time.Millisecond)
+	}
+}
+
+// converge waits until every node reports the same next offset, at least
+// min, twice in a row, and returns it.
+func converge(ctx context.Context, c *cluster, min uint64) (uint64, error) {
+	deadline := time.Now().Add(60 * time.Second)
+	var last, prev uint64
+	var why string
+	for {
+		last, why = 0, ""
+		for _, n := range c.nodes {
+			st, err := nodeStatus(ctx, n)
+			switch {
+			case err != nil:
+				why = fmt.Sprintf("%s: %v", n.ID, err)
+			case st.NextOffset < min:
+				why = fmt.Sprintf("%s at offset %d, want %d", n.ID, st.NextOffset, min)
+			case last != 0 && st.NextOffset != last:
+				why = fmt.Sprintf("next offsets differ: %d vs %d", st.NextOffset, last)
+			default:
+				last = st.NextOffset
+			}
+			if why != "" {
+				break
+			}
+		}
+		if why == "" && last == prev {
+			return last, nil
+		}
+		prev = last
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return 0, fmt.Errorf("final phase: replicas did not converge within 60s: %s", why)
+		}
+		sleepCtx(ctx, 300*time.Millisecond)
+	}
+}
+
+// readReplica replays offsets [0, end) from one node with a local read, as
+// raw batches: their bytes are hashed, their records decoded and checked
+// for contiguity.
+func readReplica(ctx context.Context, n *proccluster.Node, end uint64) Replica {
+	rep := Replica{Node: n.ID}
+	conn, err := grpc.NewClient(n.APIAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		rep.Err = err.Error()
+		return rep
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	stream, err := pb.NewEventStoreClient(conn).Read(ctx, &pb.ReadRequest{FromOffset: 0, ToOffset: end, MinNextOffset: end})
+	if err != nil {
+		rep.Err = err.Error()
+		return rep
+	}
+	h := sha256.New()
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			rep.Err = err.Error()
+			return rep
+		}
+		h.Write(resp.Batches)
+		rep.Bytes += len(resp.Batches)
+		if err := decodeInto(&rep, resp.Batches, end); err != nil {
+			rep.Err = err.Error()
+			return rep
+		}
+	}
+	rep.Length = len(rep.Values)
+	rep.Hash = fmt.Sprintf("%x", h.Sum(nil))
+	if uint64(rep.Length) != end && rep.Err == "" {
+		rep.Err = fmt.Sprintf("replayed %d events, the log holds %d", rep.Length, end)
+	}
+	return rep
+}
+
+// decodeInto appends the records of buf below end to rep.Values, noting
+// every offset where the log does not continue.
+func decodeInto(rep *Replica, buf []byte, end uint64) error {
+	for len(buf) > 0 {
+		b, rest, err := record.Next(buf)
+		if err != nil {
+			return fmt.Errorf("undecodable batch after offset %d: %w", len(rep.Values), err)
+		}
+		buf = rest
+		h := b.Header()
+		it := b.Records()
+		var r record.Record
+		for it.Next(&r) {
+			if r.Offset >= end {
+				break
+			}
+			if r.Offset != uint64(len(rep.Values)) {
+				rep.Gaps = append(rep.Gaps, uint64(len(rep.Values)))
+				for uint64(len(rep.Values)) < r.Offset {
+					rep.Values = append(rep.Values, "")
+				}
+				if r.Offset < uint64(len(rep.Values)) {
+					continue // overlap: keep the first value
+				}
+			}
+			v := string(r.Payload)
+			if h.IsControl() {
+				v = controlValue
+			}
+			rep.Values = append(rep.Values, v)
+		}
+		if err := it.Err(); err != nil {
+			return fmt.Errorf("bad record in batch at offset %d: %w", h.BaseOffset, err)
+		}
+	}
+	return nil
+}

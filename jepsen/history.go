@@ -1,0 +1,208 @@
+package jepsen
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Outcome is how an operation ended, as its client saw it.
+type Outcome string
+
+// Outcomes. Unknown is Jepsen's "info": the operation may or may not have
+// taken effect (a timeout, a connection lost mid-call).
+const (
+	OK      Outcome = "ok"
+	Fail    Outcome = "fail"
+	Unknown Outcome = "unknown"
+)
+
+// AppendOp is one logical append of one or more unique values (event
+// payloads). Retries of the same values belong to the same op.
+type AppendOp struct {
+	Process    string        `json:"process"`
+	Idempotent bool          `json:"idempotent"`
+	Values     []string      `json:"values"`
+	Invoke     time.Duration `json:"invoke_ns"`
+	Complete   time.Duration `json:"complete_ns"`
+	Outcome    Outcome       `json:"outcome"`
+	First      uint64        `json:"first_offset,omitempty"` // with OK: offset of Values[0]
+	Attempts   int           `json:"attempts"`
+	// Recovered: OK after at least one attempt with an unknown outcome.
+	Recovered bool   `json:"recovered,omitempty"`
+	Err       string `json:"error,omitempty"`
+}
+
+// Last is the offset of the op's last value (OK ops only).
+func (a *AppendOp) Last() uint64 { return a.First + uint64(len(a.Values)) - 1 }
+
+// ReadOp is one read of [From, To) (To 0: the end of the log when the read
+// started), as values in offset order from From.
+type ReadOp struct {
+	Process      string `json:"process"`
+	From         uint64 `json:"from"`
+	To           uint64 `json:"to,omitempty"`
+	Linearizable bool   `json:"linearizable,omitempty"`
+	// MinNext is the read-your-writes bound the read promises: the
+	// serving node waits until it holds every offset below it.
+	MinNext  uint64        `json:"min_next,omitempty"`
+	Invoke   time.Duration `json:"invoke_ns"`
+	Complete time.Duration `json:"complete_ns"`
+	Outcome  Outcome       `json:"outcome"`
+	Values   []string      `json:"-"`
+	Count    int           `json:"count"`
+	// Integrity: the client saw a gap, an overlap or a bad CRC.
+	Integrity bool   `json:"integrity_error,omitempty"`
+	Err       string `json:"error,omitempty"`
+}
+
+// End is the offset after the last value read.
+func (r *ReadOp) End() uint64 { return r.From + uint64(len(r.Values)) }
+
+// Delivery is one event a subscription handed to its consumer.
+type Delivery struct {
+	Offset uint64
+	Value  string
+}
+
+// Subscription is everything one tail subscriber delivered, in order.
+type Subscription struct {
+	Process string `json:"process"`
+	Start   uint64 `json:"start"`
+	// Emulated: the server had no Subscribe RPC; repeated Reads from the
+	// last delivered offset + 1 stood in for it.
+	Emulated   bool       `json:"emulated,omitempty"`
+	Deliveries []Delivery `json:"-"`
+	Delivered  int        `json:"delivered"`
+	// Resumes are the offsets the subscriber resumed from after errors.
+	Resumes   []uint64 `json:"resumes,omitempty"`
+	Integrity []string `json:"integrity_errors,omitempty"`
+}
+
+// Fault is one fault the nemesis injected.
+type Fault struct {
+	Kind   string        `json:"kind"`
+	Target string        `json:"target,omitempty"`
+	Detail string        `json:"detail,omitempty"`
+	Start  time.Duration `json:"start_ns"`
+	End    time.Duration `json:"end_ns"` // when it was healed
+}
+
+// History is everything the clients and the nemesis observed in a run.
+type History struct {
+	Appends []AppendOp     `json:"appends"`
+	Reads   []ReadOp       `json:"reads"`
+	Subs    []Subscription `json:"subscriptions"`
+	Faults  []Fault        `json:"faults"`
+}
+
+// Replica is the final log of one node, replayed in full.
+type Replica struct {
+	Node string `json:"node"`
+	// Values[i] is the payload at offset i.
+	Values []string `json:"-"`
+	Length int      `json:"length"`
+	Bytes  int      `json:"bytes"`
+	Hash   string   `json:"sha256"`
+	// Gaps lists offsets where the replica's records were not contiguous.
+	Gaps []uint64 `json:"gaps,omitempty"`
+	Err  string   `json:"error,omitempty"`
+}
+
+// recorder collects a History from concurrent clients.
+type recorder struct {
+	start time.Time
+	mu    sync.Mutex
+	h     History
+}
+
+func newRecorder() *recorder { return &recorder{start: time.Now()} }
+
+// now is the time since the run started.
+func (r *recorder) now() time.Duration { return time.Since(r.start) }
+
+func (r *recorder) append(op AppendOp) {
+	r.mu.Lock()
+	r.h.Appends = append(r.h.Appends, op)
+	r.mu.Unlock()
+}
+
+func (r *recorder) read(op ReadOp) {
+	op.Count = len(op.Values)
+	r.mu.Lock()
+	r.h.Reads = append(r.h.Reads, op)
+	r.mu.Unlock()
+}
+
+func (r *recorder) sub(s Subscription) {
+	s.Delivered = len(s.Deliveries)
+	r.mu.Lock()
+	r.h.Subs = append(r.h.Subs, s)
+	r.mu.Unlock()
+}
+
+func (r *recorder) fault(f Fault) {
+	r.mu.Lock()
+	r.h.Faults = append(r.h.Faults, f)
+	r.mu.Unlock()
+}
+
+// snapshot returns the history with ops sorted by invocation time.
+func (r *recorder) snapshot() *History {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := &History{
+		Appends: slices.Clone(r.h.Appends), Reads: slices.Clone(r.h.Reads),
+		Subs: slices.Clone(r.h.Subs), Faults: slices.Clone(r.h.Faults),
+	}
+	slices.SortStableFunc(h.Appends, func(a, b AppendOp) int { return int(a.Invoke - b.Invoke) })
+	slices.SortStableFunc(h.Reads, func(a, b ReadOp) int { return int(a.Invoke - b.Invoke) })
+	slices.SortStableFunc(h.Faults, func(a, b Fault) int { return int(a.Start - b.Start) })
+	return h
+}
+
+// histLine is one line of the history file.
+type histLine struct {
+	at   time.Duration
+	Type string `json:"type"`
+	Op   any    `json:"op"`
+}
+
+// writeHistory writes the history as JSON lines, one per op or fault in
+// invocation order, then one per subscription.
+func writeHistory(path string, h *History) error {
+	var lines []histLine
+	for i := range h.Faults {
+		lines = append(lines, histLine{h.Faults[i].Start, "fault", &h.Faults[i]})
+	}
+	for i := range h.Appends {
+		lines = append(lines, histLine{h.Appends[i].Invoke, "append", &h.Appends[i]})
+	}
+	for i := range h.Reads {
+		lines = append(lines, histLine{h.Reads[i].Invoke, "read", &h.Reads[i]})
+	}
+	slices.SortStableFunc(lines, func(a, b histLine) int { return int(a.at - b.at) })
+	for i := range h.Subs {
+		lines = append(lines, histLine{0, "subscription", &h.Subs[i]})
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	enc := json.NewEncoder(w)
+	for _, l := range lines {
+		if err := enc.Encode(l); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

@@ -1,0 +1,94 @@
+package jepsen
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Scenario is a named fault mix.
+type Scenario struct {
+	Name string
+	Doc  string
+	// Faults are drawn from at random (seeded) one at a time.
+	Faults []string
+	// Active is the range of a fault's duration; Quiet the pause between
+	// two faults.
+	Active, Quiet [2]time.Duration
+	// FaultFS runs the tsstore binary built with -tags faultfs: unsynced
+	// segment writes are lost when a node is killed.
+	FaultFS bool
+	// ServeArgs are added to every `tsstore serve`.
+	ServeArgs []string
+}
+
+// snapshotArgs make snapshots frequent and the Raft log short, so a
+// follower cut off for a few seconds can only catch up by InstallSnapshot.
+var snapshotArgs = []string{"--snapshot-threshold", "256", "--trailing-logs", "64",
+	"--snapshot-interval", "500ms", "--segment-bytes", "1048576"}
+
+// Scenarios lists every scenario, in the order `-scenario all` runs them.
+var Scenarios = []Scenario{
+	{Name: "crash", Doc: "SIGKILL or SIGTERM the leader or a follower, restart it",
+		Faults: []string{"kill-leader", "kill-follower", "term-leader", "term-follower"},
+		Active: [2]time.Duration{time.Second, 4 * time.Second}, Quiet: [2]time.Duration{time.Second, 3 * time.Second}},
+	{Name: "pause", Doc: "SIGSTOP the leader or a follower, SIGCONT it later",
+		Faults: []string{"pause-leader", "pause-follower"},
+		Active: [2]time.Duration{time.Second, 5 * time.Second}, Quiet: [2]time.Duration{time.Second, 3 * time.Second}},
+	{Name: "partition", Doc: "isolate the leader, isolate a follower, bridge (A-C cut, both reach B); cut or silently stalled links",
+		Faults: []string{"isolate-leader", "isolate-follower", "bridge"},
+		Active: [2]time.Duration{2 * time.Second, 6 * time.Second}, Quiet: [2]time.Duration{time.Second, 3 * time.Second}},
+	{Name: "link", Doc: "one-way loss, flapping partitions, slow links, one stalled link",
+		Faults: []string{"oneway", "flap", "slow", "stall-link"},
+		Active: [2]time.Duration{2 * time.Second, 6 * time.Second}, Quiet: [2]time.Duration{time.Second, 3 * time.Second}},
+	{Name: "lossy-disk", Doc: "faultfs build: unsynced segment writes (and torn tails) lost on SIGKILL of one node or all three",
+		Faults: []string{"kill-leader", "kill-follower", "kill-all"}, FaultFS: true,
+		Active: [2]time.Duration{500 * time.Millisecond, 3 * time.Second}, Quiet: [2]time.Duration{time.Second, 3 * time.Second}},
+	{Name: "corrupt", Doc: "bit flip or truncation in a segment file of a stopped follower; detected, then wiped and rejoined",
+		Faults: []string{"corrupt"}, ServeArgs: []string{"--segment-bytes", "1048576"},
+		Active: [2]time.Duration{time.Second, 2 * time.Second}, Quiet: [2]time.Duration{2 * time.Second, 4 * time.Second}},
+	{Name: "snapshot", Doc: "frequent snapshots; a follower partitioned past trailing-logs (InstallSnapshot), wipe-and-rejoin, kills",
+		Faults: []string{"isolate-follower-long", "wipe-follower", "kill-leader"}, ServeArgs: snapshotArgs,
+		Active: [2]time.Duration{3 * time.Second, 6 * time.Second}, Quiet: [2]time.Duration{time.Second, 3 * time.Second}},
+	{Name: "transfer", Doc: "leadership transfers (to a named node or any), mixed with leader kills and pauses",
+		Faults: []string{"transfer", "transfer", "transfer-any", "kill-leader", "pause-leader"},
+		Active: [2]time.Duration{time.Second, 3 * time.Second}, Quiet: [2]time.Duration{500 * time.Millisecond, 2 * time.Second}},
+}
+
+// FindScenarios resolves a comma-separated list of names, or "all".
+func FindScenarios(names string) ([]Scenario, error) {
+	if names == "all" {
+		return Scenarios, nil
+	}
+	var out []Scenario
+	for _, name := range strings.Split(names, ",") {
+		i := slices.IndexFunc(Scenarios, func(s Scenario) bool { return s.Name == strings.TrimSpace(name) })
+		if i < 0 {
+			return nil, fmt.Errorf("unknown scenario %q (have: %s)", name, ScenarioNames())
+		}
+		out = append(out, Scenarios[i])
+	}
+	return out, nil
+}
+
+// ScenarioNames lists the scenario names.
+func ScenarioNames() string {
+	var names []string
+	for _, s := range Scenarios {
+		names = append(names, s.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+// Profile is how long each scenario runs.
+type Profile struct {
+	Name     string
+	Duration time.Duration // workload time per scenario: warm-up, faults, cool-down
+}
+
+// Profiles: short runs in CI, long is the release check.
+var Profiles = map[string]Profile{
+	"short": {Name: "short", Duration: 35 * time.Second},
+	"long":  {Name: "long", Duration: 5 * time.Minute},
+}
