@@ -291,7 +291,7 @@ func TestUnknownCommandStopsApplying(t *testing.T) {
 func TestInvalidOpsAreRejectedNotFatal(t *testing.T) {
 	p := openProc(t, t.TempDir())
 	bad := []AppendOp{
-		{},                                         // empty
+		{}, // empty
 		{Events: []Event{{Stream: "", Type: "t"}}}, // no stream
 		{Events: []Event{{Stream: "s s", Type: "t"}}},
 		{Events: []Event{{Stream: "s", Type: ""}}},

@@ -2,10 +2,10 @@ package systemtest
 
 import (
 	"context"
-	"errors"
-	"io"
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
