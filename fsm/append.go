@@ -40,14 +40,14 @@ func (p *Processor) applyAppend(index uint64, cmd *AppendCommand) *ApplyResult {
 	// The state is only read here, and only this goroutine writes it.
 	st := p.mu.state
 	ts := max(cmd.Timestamp, st.LastTimestamp)
-	p.builder.Reset(st.NextOffset, index, ts, 0)
+	p.batches.reset(st.NextOffset, index, ts)
 	e := entry{versions: map[string]uint64{}, seqs: map[string]uint64{}, windows: map[string][]pendingWindow{}}
 	results := make([]AppendResult, len(cmd.Ops))
 	for i := range cmd.Ops {
 		results[i] = p.applyOp(st, &e, cmd.Ops, results, i, index, ts)
 	}
-	if p.builder.Count() > 0 {
-		if r := p.commitBatch(index); r != nil {
+	if p.batches.added > 0 {
+		if r := p.commitEntry(index); r != nil {
 			return r
 		}
 	}
@@ -59,18 +59,22 @@ func (p *Processor) applyAppend(index uint64, cmd *AppendCommand) *ApplyResult {
 	return &ApplyResult{Appends: results}
 }
 
-// commitBatch writes the entry's batch and rolls the state over it. A
+// commitEntry writes the entry's batches and rolls the state over them. A
 // non-nil result means the processor has failed.
-func (p *Processor) commitBatch(index uint64) *ApplyResult {
-	batch, err := p.builder.Finish()
+func (p *Processor) commitEntry(index uint64) *ApplyResult {
+	batches, err := p.batches.finish()
 	if err != nil {
 		return p.fail(err)
 	}
-	if err := p.log.Append(batch); err != nil {
+	if err := p.log.AppendEntry(batches...); err != nil {
 		return p.fail(err)
 	}
 	p.mu.Lock()
-	err = p.mu.state.applyBatch(batch)
+	for _, b := range batches {
+		if err = p.mu.state.applyBatch(b); err != nil {
+			break
+		}
+	}
 	p.mu.Unlock()
 	if err != nil {
 		return p.fail(err)
@@ -100,14 +104,15 @@ func (p *Processor) applyOp(st *State, e *entry, ops []AppendOp, results []Appen
 			return AppendResult{Err: err}
 		}
 	}
-	size := p.builder.Len()
+	bld := p.batches.begin(opStream(op))
+	size := bld.Len()
 	for j := range op.Events {
-		size += record.RecordSize(eventRecord(&op.Events[j], 0, op), uint64(p.builder.Count()+j))
+		size += record.RecordSize(eventRecord(&op.Events[j], 0, op), uint64(bld.Count()+j))
 	}
 	if size > record.MaxBatchSize {
 		return AppendResult{Err: invalidf("append of %d bytes does not fit in one batch (%d)", size, record.MaxBatchSize)}
 	}
-	first := st.NextOffset + uint64(p.builder.Count())
+	first := p.batches.next()
 	versions := make(map[string]uint64, 1)
 	for j := range op.Events {
 		ev := &op.Events[j]
@@ -116,12 +121,13 @@ func (p *Processor) applyOp(st *State, e *entry, ops []AppendOp, results []Appen
 		versions[ev.Stream] = v
 		r := eventRecord(ev, v, op)
 		r.ProducerSeq = op.Seq + uint64(j)
-		if err := p.builder.Add(r); err != nil {
+		if err := bld.Add(r); err != nil {
 			// ValidateOp bounds every name, so this cannot happen; if it
 			// does the batch is in an unknown state.
 			panic(fmt.Sprintf("fsm: builder rejected a validated record: %v", err))
 		}
 	}
+	p.batches.added += n
 	if op.ProducerID != "" {
 		e.seqs[op.ProducerID] = op.Seq + n - 1
 		e.windows[op.ProducerID] = append(e.windows[op.ProducerID], pendingWindow{op.Seq, op.Seq + n - 1, i})

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/tsstore/tsstore/record"
 	"github.com/tsstore/tsstore/segment"
 )
 
@@ -81,7 +80,7 @@ type Processor struct {
 	appendWM uint64 // append commands at or below this index are in the log
 	nodesWM  uint64 // node commands at or below this index are in the node table
 	failed   error
-	builder  record.Builder
+	batches  batcher
 
 	applied    atomic.Uint64
 	nextOffset atomic.Uint64

@@ -193,6 +193,9 @@ func (b *Builder) AddAt(r *Record, delta uint64) error {
 	return nil
 }
 
+// SetAttributes replaces the attribute byte of the batch being built.
+func (b *Builder) SetAttributes(a byte) { b.buf[17] = a }
+
 // ExtendSpan makes the batch span at least base+lastDelta, so that a batch
 // whose trailing records were dropped still covers their offsets.
 func (b *Builder) ExtendSpan(lastDelta uint64) { b.lastDelta = max(b.lastDelta, lastDelta) }

@@ -2,7 +2,9 @@
 // written to segment files, shipped inside Raft snapshots, and streamed to
 // clients during replay without being re-encoded.
 //
-// One batch is written per committed Raft entry. The package is a leaf: it
+// A committed Raft entry is written as one or more consecutive batches
+// (the FSM splits an entry so that each batch holds one stream where it
+// can); all but the last carry AttrContinued. The package is a leaf: it
 // imports nothing from tsstore, so both the storage side (segment/, fsm/)
 // and the client SDK (client/) can decode the same bytes.
 //
@@ -15,7 +17,9 @@
 //	8      4    length          bytes that follow this field (crc .. end)
 //	12     4    crc             CRC-32C (Castagnoli) of bytes [16, 12+length)
 //	16     1    magic           1
-//	17     1    attributes      bit 0: control batch (no user records); others 0
+//	17     1    attributes      bit 0: control batch (no user records);
+//	                            bit 1: continued (more batches of this Raft
+//	                            entry follow); others 0
 //	18     2    reserved        0
 //	20     4    last delta      last offset in the batch - base offset
 //	24     8    raft index      index of the Raft entry that produced the batch

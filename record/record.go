@@ -22,6 +22,10 @@ const (
 	// AttrControl marks a control batch (compaction markers and the like):
 	// it carries no user events.
 	AttrControl byte = 1 << 0
+	// AttrContinued marks a batch that is not the last of its Raft entry:
+	// more batches with the same raft index follow. A log never ends with
+	// such a batch; recovery drops a trailing incomplete entry whole.
+	AttrContinued byte = 1 << 1
 )
 
 // Limits enforced by the decoder. They bound what a corrupt or hostile
@@ -70,6 +74,9 @@ func (h Header) NextOffset() uint64 { return h.LastOffset() + 1 }
 
 // Complete reports whether the batch holds every offset of its span.
 func (h Header) Complete() bool { return uint64(h.RecordCount) == uint64(h.LastDelta)+1 }
+
+// Continued reports whether more batches of the same Raft entry follow.
+func (h Header) Continued() bool { return h.Attributes&AttrContinued != 0 }
 
 // IsControl reports whether the batch is a control batch.
 func (h Header) IsControl() bool { return h.Attributes&AttrControl != 0 }

@@ -88,6 +88,7 @@ type Log struct {
 		dirDirty  bool  // a file was created since the last directory fsync
 		closed    bool
 		collector streamCollector
+		entryBuf  []byte // concatenates the batches of one entry for one write
 	}
 
 	mu struct {
@@ -147,57 +148,102 @@ func (l *Log) active() *segment { return l.mu.segs[len(l.mu.segs)-1] }
 // decode, starting at NextOffset, whose timestamp is not older than the
 // last batch's. Append also adds the batch to the active segment's
 // in-memory stream index.
-func (l *Log) Append(b record.Batch) error {
+func (l *Log) Append(b record.Batch) error { return l.AppendEntry(b) }
+
+// AppendEntry appends the batches of one Raft entry with a single write,
+// all into the same segment (it rolls, if needed, before the first), so a
+// crash can tear only the tail of the active segment. Every batch but the
+// last must carry record.AttrContinued; Open drops a trailing entry whose
+// last batch is missing.
+func (l *Log) AppendEntry(batches ...record.Batch) error {
 	l.w.Lock()
 	defer l.w.Unlock()
 	if err := l.checkWritableLocked(); err != nil {
 		return err
 	}
-	h, err := record.Verify(b)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidBatch, err)
-	}
-	if h.Size() != len(b) {
-		return fmt.Errorf("%w: %d trailing bytes after the batch", ErrInvalidBatch, len(b)-h.Size())
-	}
 	a := l.active()
-	if h.BaseOffset != a.next {
-		return fmt.Errorf("%w: batch starts at %d, log at %d", ErrOffsetMismatch, h.BaseOffset, a.next)
-	}
-	if l.mu.hasLast && h.Timestamp < l.mu.last.Timestamp {
-		return fmt.Errorf("%w: batch at offset %d has timestamp %d, last batch %d",
-			ErrTimestampOrder, h.BaseOffset, h.Timestamp, l.mu.last.Timestamp)
-	}
-	// Decoding every record here both feeds the stream index and refuses a
-	// batch that Open would cut off as corrupt.
-	streams, err := l.w.collector.collect(b)
+	hs, streams, total, err := l.checkEntryLocked(a.next, batches)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidBatch, err)
+		return err
 	}
-	if a.size > 0 && (a.size+int64(len(b)) > l.opts.SegmentBytes || h.BaseOffset-a.base > math.MaxUint32) {
+	last := hs[len(hs)-1]
+	if a.size > 0 && (a.size+total > l.opts.SegmentBytes || last.BaseOffset-a.base > math.MaxUint32) {
 		if err := l.rollLocked(); err != nil {
 			return err
 		}
 		a = l.active()
 	}
-	if _, err := a.f.Write(b); err != nil {
+	buf := batches[0]
+	if len(batches) > 1 {
+		l.w.entryBuf = l.w.entryBuf[:0]
+		for _, b := range batches {
+			l.w.entryBuf = append(l.w.entryBuf, b...)
+		}
+		buf = l.w.entryBuf
+	}
+	if _, err := a.f.Write(buf); err != nil {
 		return l.failLocked("append to "+a.path, err)
 	}
-	pos := a.size
 	l.mu.Lock()
-	if l.idx.want(a.index, pos) {
-		a.index = append(a.index, indexEntry{rel: uint32(h.BaseOffset - a.base), pos: uint32(pos), ts: h.Timestamp})
+	for i, h := range hs {
+		pos := a.size
+		if l.idx.want(a.index, pos) {
+			a.index = append(a.index, indexEntry{rel: uint32(h.BaseOffset - a.base), pos: uint32(pos), ts: h.Timestamp})
+		}
+		addBatch(a.live, a.base, h, pos, streams[i])
+		if pos == 0 {
+			a.firstTS = h.Timestamp
+		}
+		a.lastTS = h.Timestamp
+		a.size += int64(h.Size())
+		a.next = h.NextOffset()
 	}
-	addBatch(a.live, a.base, h, pos, streams)
-	if pos == 0 {
-		a.firstTS = h.Timestamp
-	}
-	a.lastTS = h.Timestamp
-	a.size += int64(len(b))
-	a.next = h.NextOffset()
-	l.mu.last, l.mu.hasLast = h, true
+	l.mu.last, l.mu.hasLast = last, true
 	l.mu.Unlock()
 	return nil
+}
+
+// checkEntryLocked verifies the batches of an entry before anything is
+// written: intact, contiguous from next, timestamps in order, records
+// decodable, and the continued bit on all but the last.
+func (l *Log) checkEntryLocked(next uint64, batches []record.Batch) ([]record.Header, [][]batchStream, int64, error) {
+	if len(batches) == 0 {
+		return nil, nil, 0, fmt.Errorf("%w: empty entry", ErrInvalidBatch)
+	}
+	hs := make([]record.Header, len(batches))
+	streams := make([][]batchStream, len(batches))
+	var total int64
+	prevTS, hasPrev := l.mu.last.Timestamp, l.mu.hasLast
+	for i, b := range batches {
+		h, err := record.Verify(b)
+		if err != nil {
+			return nil, nil, 0, fmt.Errorf("%w: %v", ErrInvalidBatch, err)
+		}
+		if h.Size() != len(b) {
+			return nil, nil, 0, fmt.Errorf("%w: %d trailing bytes after the batch", ErrInvalidBatch, len(b)-h.Size())
+		}
+		if h.BaseOffset != next {
+			return nil, nil, 0, fmt.Errorf("%w: batch starts at %d, log at %d", ErrOffsetMismatch, h.BaseOffset, next)
+		}
+		if hasPrev && h.Timestamp < prevTS {
+			return nil, nil, 0, fmt.Errorf("%w: batch at offset %d has timestamp %d, last batch %d",
+				ErrTimestampOrder, h.BaseOffset, h.Timestamp, prevTS)
+		}
+		if h.Continued() != (i < len(batches)-1) {
+			return nil, nil, 0, fmt.Errorf("%w: batch %d of %d of an entry has continued=%v", ErrInvalidBatch, i+1, len(batches), h.Continued())
+		}
+		// Decoding every record here both feeds the stream index and
+		// refuses a batch that Open would cut off as corrupt. The collector
+		// reuses its result, so keep a copy per batch.
+		st, err := l.w.collector.collect(b)
+		if err != nil {
+			return nil, nil, 0, fmt.Errorf("%w: %v", ErrInvalidBatch, err)
+		}
+		hs[i], streams[i] = h, append([]batchStream(nil), st...)
+		next, prevTS, hasPrev = h.NextOffset(), h.Timestamp, true
+		total += int64(len(b))
+	}
+	return hs, streams, total, nil
 }
 
 func (l *Log) checkWritableLocked() error {

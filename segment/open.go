@@ -293,6 +293,15 @@ func (l *Log) openActive(s *segment) error {
 	sc := newScanner(f, 0, fileSize, scanBufSize)
 	var c streamCollector
 	var bad error
+	// Batches of an entry are held back until its last batch is seen, so
+	// that an entry torn by a crash is dropped whole (Raft re-applies it).
+	type held struct {
+		pos     int64
+		h       record.Header
+		streams []batchStream
+	}
+	var pending []held
+	next, lastTS, hasLast := s.base, l.mu.last.Timestamp, l.mu.hasLast
 	for {
 		pos, raw, h, err := sc.next()
 		if err == io.EOF {
@@ -305,11 +314,11 @@ func (l *Log) openActive(s *segment) error {
 		if err == nil {
 			streams, err = c.collect(raw)
 		}
-		if err == nil && h.BaseOffset != s.next {
-			err = fmt.Errorf("%w: batch base offset %d, want %d", record.ErrCorrupt, h.BaseOffset, s.next)
+		if err == nil && h.BaseOffset != next {
+			err = fmt.Errorf("%w: batch base offset %d, want %d", record.ErrCorrupt, h.BaseOffset, next)
 		}
-		if err == nil && l.mu.hasLast && h.Timestamp < l.mu.last.Timestamp {
-			err = fmt.Errorf("%w: timestamp %d before previous %d", record.ErrCorrupt, h.Timestamp, l.mu.last.Timestamp)
+		if err == nil && hasLast && h.Timestamp < lastTS {
+			err = fmt.Errorf("%w: timestamp %d before previous %d", record.ErrCorrupt, h.Timestamp, lastTS)
 		}
 		if err != nil {
 			if !errors.Is(err, record.ErrShort) && !errors.Is(err, record.ErrCorrupt) {
@@ -318,15 +327,26 @@ func (l *Log) openActive(s *segment) error {
 			bad = err
 			break
 		}
-		if l.idx.want(s.index, pos) {
-			s.index = append(s.index, indexEntry{rel: uint32(h.BaseOffset - s.base), pos: uint32(pos), ts: h.Timestamp})
+		next, lastTS, hasLast = h.NextOffset(), h.Timestamp, true
+		pending = append(pending, held{pos, h, append([]batchStream(nil), streams...)})
+		if h.Continued() {
+			continue
 		}
-		addBatch(s.live, s.base, h, pos, streams)
-		if pos == 0 {
-			s.firstTS = h.Timestamp
+		for _, p := range pending {
+			if l.idx.want(s.index, p.pos) {
+				s.index = append(s.index, indexEntry{rel: uint32(p.h.BaseOffset - s.base), pos: uint32(p.pos), ts: p.h.Timestamp})
+			}
+			addBatch(s.live, s.base, p.h, p.pos, p.streams)
+			if p.pos == 0 {
+				s.firstTS = p.h.Timestamp
+			}
+			s.size, s.next, s.lastTS = p.pos+int64(p.h.Size()), p.h.NextOffset(), p.h.Timestamp
+			l.mu.last, l.mu.hasLast = p.h, true
 		}
-		s.size, s.next, s.lastTS = pos+int64(len(raw)), h.NextOffset(), h.Timestamp
-		l.mu.last, l.mu.hasLast = h, true
+		pending = pending[:0]
+	}
+	if bad == nil && len(pending) > 0 {
+		bad = fmt.Errorf("incomplete entry: raft index %d ends without its last batch", pending[0].h.RaftIndex)
 	}
 	if s.size == fileSize {
 		return nil
