@@ -2,7 +2,10 @@
 # The whole test suite: formatting, vet, every test with the race
 # detector (fuzz targets run their seed corpora; system tests start real
 # tsstore processes on loopback), then the jepsen short profile.
-# Installs nothing outside the checkout.
+# Installs nothing outside the checkout: the pinned grpcurl goes to
+# .tools/bin (git-ignored). The systemd unit test needs systemd-analyze
+# (Debian: apt-get install systemd); it fails without it unless
+# TSSTORE_NO_SYSTEMD=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +17,13 @@ fi
 
 echo "== go vet"
 go vet ./...
+
+# Pinned grpcurl for systemtest/grpcurl_test.go (server reflection).
+GRPCURL_VERSION=v1.9.3
+if ! go version -m .tools/bin/grpcurl 2>/dev/null | grep -q "mod[[:space:]]*github.com/fullstorydev/grpcurl[[:space:]]*$GRPCURL_VERSION"; then
+  echo "== installing grpcurl $GRPCURL_VERSION into .tools/bin"
+  GOBIN="$PWD/.tools/bin" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+fi
 
 echo "== go test -race"
 go test -race -count=1 -timeout 12m "$@" ./...

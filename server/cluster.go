@@ -38,7 +38,7 @@ func (n *Node) localReadIndex(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("%w: leader has not yet applied its term's barrier", errNoLeader)
 	}
 	idx := n.raft.CommitIndex()
-	if err := n.raft.VerifyLeader().Error(); err != nil {
+	if err := n.await(ctx, n.raft.VerifyLeader()); err != nil {
 		return 0, err
 	}
 	return idx, ctx.Err()
@@ -76,19 +76,19 @@ func (s *service) RegisterNode(ctx context.Context, req *pb.RegisterNodeRequest)
 		}
 		return pb.NewClusterClient(conn).RegisterNode(ctx, req)
 	}
-	if err := s.n.applyRegister(req.NodeId, req.ApiAddress); err != nil {
+	if err := s.n.applyRegister(ctx, req.NodeId, req.ApiAddress); err != nil {
 		return nil, toStatus(err)
 	}
 	return &pb.RegisterNodeResponse{}, nil
 }
 
-func (n *Node) applyRegister(id, addr string) error {
+func (n *Node) applyRegister(ctx context.Context, id, addr string) error {
 	data, err := fsm.Encode(fsm.CmdRegisterNode, &fsm.RegisterNodeCommand{ID: id, APIAddress: addr})
 	if err != nil {
 		return err
 	}
 	f := n.raft.Apply(data, 5*time.Second)
-	if err := f.Error(); err != nil {
+	if err := n.await(ctx, f); err != nil {
 		return err
 	}
 	if r, ok := f.Response().(*fsm.ApplyResult); ok && r.Err != nil {
@@ -107,7 +107,7 @@ func (n *Node) watchLeadership() {
 				continue
 			}
 			term := n.raft.CurrentTerm()
-			if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
+			if err := n.await(nil, n.raft.Barrier(10*time.Second)); err != nil {
 				n.logger.Warn("leader barrier failed", "error", err)
 				continue
 			}
@@ -130,7 +130,7 @@ func (n *Node) registerSelf() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			var err error
 			if n.raft.State() == raft.Leader {
-				err = n.applyRegister(n.cfg.NodeID, addr)
+				err = n.applyRegister(ctx, n.cfg.NodeID, addr)
 			} else if conn, cerr := n.leaderConn(); cerr == nil {
 				_, err = pb.NewClusterClient(conn).RegisterNode(ctx, &pb.RegisterNodeRequest{NodeId: n.cfg.NodeID, ApiAddress: addr})
 			}
@@ -226,7 +226,7 @@ func (s *service) TransferLeadership(ctx context.Context, req *pb.TransferLeader
 		}
 		f = n.raft.LeadershipTransferToServer(raft.ServerID(req.ToNodeId), addr)
 	}
-	if err := f.Error(); err != nil {
+	if err := n.await(ctx, f); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "leadership transfer: %v", err)
 	}
 	id, err := n.waitForLeader(ctx)

@@ -76,6 +76,11 @@ type Config struct {
 	// behind the log end before it is told it is too slow.
 	MaxSubscriberLag uint64
 
+	// MetricsAddr is the host:port serving Prometheus metrics at GET
+	// /metrics over plain HTTP; empty disables the endpoint. Port 0 picks
+	// a free port (Node.MetricsAddr reports it).
+	MetricsAddr string
+
 	// Segment configures the segment log.
 	Segment segment.Options
 	// Logger receives structured logs; nil uses slog.Default().
@@ -133,6 +138,11 @@ func (c Config) Validate() error {
 		seen[p.ID] = true
 		if _, _, err := net.SplitHostPort(p.RaftAddr); err != nil {
 			errs = append(errs, fmt.Errorf("bootstrap peer %s address %q: %v", p.ID, p.RaftAddr, err))
+		}
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			errs = append(errs, fmt.Errorf("metrics address %q: %v", c.MetricsAddr, err))
 		}
 	}
 	for id, a := range c.RaftDialOverrides {

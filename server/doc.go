@@ -13,7 +13,9 @@
 //   - Status, the node table registration, and the mapping of internal
 //     errors to gRPC status codes with google.rpc.ErrorInfo details
 //     (errors.go), done only at the handler edge;
-//   - the data directory's identity (node.json) and start-up checks.
+//   - the data directory's identity (node.json) and start-up checks;
+//   - Prometheus metrics (metrics.go, metrics_collect.go): a registry per
+//     node, served on Config.MetricsAddr; docs/operations.md lists them.
 //
 // Invariants:
 //   - an Append is answered with offsets only after its Raft entry is

@@ -40,10 +40,13 @@ type Node struct {
 	listener net.Listener
 	prop     *proposer
 	peers    *peerPool
+	metrics  *nodeMetrics
 
 	// leaderReady is the term in which this node, as leader, has applied
 	// everything committed before it (a barrier). ReadIndex waits for it.
 	leaderReady atomic.Uint64
+	// health is the grpc.health.v1 status (health.go).
+	health nodeHealth
 
 	fatal     chan error
 	fatalOnce sync.Once
@@ -71,6 +74,7 @@ func New(cfg Config) (*Node, error) {
 		n.logger = slog.Default()
 	}
 	n.logger = n.logger.With("node", cfg.NodeID)
+	n.metrics = newNodeMetrics(n)
 	if err := n.checkIdentity(); err != nil {
 		return nil, err
 	}
@@ -78,8 +82,12 @@ func New(cfg Config) (*Node, error) {
 	defer func() {
 		if !ok {
 			n.closeStorage()
+			n.metrics.closeListener()
 		}
 	}()
+	if err := n.metrics.listen(cfg.MetricsAddr); err != nil {
+		return nil, fmt.Errorf("metrics listen on %s: %w", cfg.MetricsAddr, err)
+	}
 	if err := n.openStorage(); err != nil {
 		return nil, err
 	}
@@ -92,8 +100,10 @@ func New(cfg Config) (*Node, error) {
 	n.prop = newProposer(n)
 	n.goFunc(n.prop.run)
 	n.goFunc(n.prop.respond)
+	n.startMetrics()
 	n.goFunc(n.watchLeadership)
 	n.goFunc(n.registerSelf)
+	n.goFunc(n.watchHealth)
 	ok = true
 	n.logger.Info("node started", "raft", cfg.RaftAddr, "api", n.APIAddr(), "data", cfg.DataDir)
 	return n, nil
@@ -199,6 +209,8 @@ func (n *Node) raftConfig() *raft.Config {
 	// The FSM keeps its own durable state and is idempotent by index;
 	// restoring the snapshot on every start would rewrite the whole log.
 	c.NoSnapshotRestoreOnStart = true
+	// Peer ids go in labels, not in metric names (server/metrics_collect.go).
+	c.NoLegacyTelemetry = true
 	c.Logger = hclog.New(&hclog.LoggerOptions{
 		Name: "raft", Level: hclog.Info, Output: os.Stderr,
 		JSONFormat: true, TimeFormat: time.RFC3339Nano,
@@ -234,7 +246,7 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return err
 	}
-	n.raft, err = raft.NewRaft(rc, &fsm.FSM{P: n.proc}, logs, n.boltStore, n.snaps, n.trans)
+	n.raft, err = raft.NewRaft(rc, timedFSM{FSM: &fsm.FSM{P: n.proc}, m: n.metrics}, logs, n.boltStore, n.snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("starting raft: %w", err)
 	}
@@ -265,6 +277,7 @@ func (d dialOverrides) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) 
 // serve command) shuts it down and exits non-zero.
 func (n *Node) setFatal(err error) {
 	n.fatalOnce.Do(func() {
+		n.health.failed.Store(true)
 		n.logger.Error("node failed; it must restart to recover from the raft log", "error", err)
 		n.fatal <- err
 	})
@@ -287,11 +300,13 @@ func (n *Node) APIAddr() string {
 	return n.cfg.APIAddr
 }
 
-// Close stops the node: it stops accepting requests, lets in-flight
-// appends finish (up to a bound), then shuts Raft and storage down.
+// Close stops the node: it reports NOT_SERVING, stops accepting requests,
+// lets in-flight appends finish (up to a bound), then shuts Raft and
+// storage down.
 func (n *Node) Close() error {
 	var err error
 	n.closeOnce.Do(func() {
+		n.health.shutdown()
 		close(n.draining)
 		stopped := make(chan struct{})
 		go func() {
@@ -303,6 +318,7 @@ func (n *Node) Close() error {
 		case <-time.After(5 * time.Second):
 			n.grpc.Stop()
 		}
+		n.stopMetrics()
 		close(n.shutdown)
 		if ferr := n.raft.Shutdown().Error(); ferr != nil {
 			err = ferr

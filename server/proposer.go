@@ -99,10 +99,12 @@ func (p *proposer) run() {
 			finish(props, proposalResult{err: err})
 			continue
 		}
+		p.n.metrics.entryProposed(props, len(data))
 		f := p.n.raft.Apply(data, 5*time.Second)
 		select {
 		case p.inflight <- inflightEntry{f: f, props: props}:
 		case <-p.n.shutdown:
+			p.n.metrics.entryDone()
 			finish(props, proposalResult{err: raft.ErrRaftShutdown})
 			p.drain()
 			return
@@ -128,11 +130,10 @@ func (p *proposer) respond() {
 		select {
 		case e = <-p.inflight:
 		case <-p.n.shutdown:
-			// Raft fails every pending future on shutdown.
 			for {
 				select {
 				case e := <-p.inflight:
-					p.answer(e)
+					finish(e.props, proposalResult{err: raft.ErrRaftShutdown})
 				default:
 					return
 				}
@@ -143,7 +144,8 @@ func (p *proposer) respond() {
 }
 
 func (p *proposer) answer(e inflightEntry) {
-	if err := e.f.Error(); err != nil {
+	defer p.n.metrics.entryDone()
+	if err := p.n.await(nil, e.f); err != nil {
 		finish(e.props, proposalResult{err: err})
 		return
 	}

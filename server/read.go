@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 
@@ -92,6 +93,7 @@ type reader struct {
 	n   *Node
 	sel *selection
 	b   record.Builder
+	m   *readMetrics
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20); return &b }}
@@ -228,7 +230,7 @@ func (s *service) Read(req *pb.ReadRequest, stream pb.EventStore_ReadServer) err
 	if sel.to != 0 {
 		end = min(end, sel.to)
 	}
-	r := &reader{n: n, sel: sel}
+	r := &reader{n: n, sel: sel, m: n.metrics.read}
 	for sel.from < end {
 		if err := r.send(stream, end, end); err != nil {
 			return err
@@ -240,6 +242,7 @@ func (s *service) Read(req *pb.ReadRequest, stream pb.EventStore_ReadServer) err
 // send reads and sends one message. Filtered reads skip messages with no
 // batches; the next message then covers the skipped range too.
 func (r *reader) send(stream pb.EventStore_ReadServer, end, logEnd uint64) error {
+	start := time.Now()
 	buf, next, err := r.next(end)
 	if err != nil {
 		return toStatus(err)
@@ -252,7 +255,9 @@ func (r *reader) send(stream pb.EventStore_ReadServer, end, logEnd uint64) error
 	if len(*buf) == 0 && next < end {
 		return nil
 	}
-	return stream.Send(&pb.ReadResponse{Batches: *buf, NextOffset: next, LogNextOffset: logEnd})
+	err = stream.Send(&pb.ReadResponse{Batches: *buf, NextOffset: next, LogNextOffset: logEnd})
+	r.m.sent(*buf, start, err)
+	return err
 }
 
 func (s *service) ListStreams(ctx context.Context, req *pb.ListStreamsRequest) (*pb.ListStreamsResponse, error) {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
 	"github.com/tsstore/tsstore/fsm"
@@ -39,14 +40,22 @@ func (n *Node) serve() error {
 		n.logger.Error("panic in handler", "panic", p)
 		return status.Errorf(codes.Internal, "internal error: %v", p)
 	})
+	// Recovery stays outermost, and a second one sits inside the metrics
+	// interceptors: a handler panic skips their post-call reporting, so
+	// only a recovery inside them makes it count as Internal, with its
+	// latency; the outer one still guards the interceptors themselves.
 	n.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(n.cfg.MaxRequestBytes+(1<<20)),
-		grpc.ChainUnaryInterceptor(recovery.UnaryServerInterceptor(onPanic)),
-		grpc.ChainStreamInterceptor(recovery.StreamServerInterceptor(onPanic)),
+		grpc.ChainUnaryInterceptor(recovery.UnaryServerInterceptor(onPanic),
+			n.metrics.grpc.UnaryServerInterceptor(), recovery.UnaryServerInterceptor(onPanic)),
+		grpc.ChainStreamInterceptor(recovery.StreamServerInterceptor(onPanic),
+			n.metrics.grpc.StreamServerInterceptor(), recovery.StreamServerInterceptor(onPanic)),
 	)
 	s := &service{n: n}
 	pb.RegisterEventStoreServer(n.grpc, s)
 	pb.RegisterClusterServer(n.grpc, s)
+	n.registerHealth()
+	reflection.Register(n.grpc)
 	n.peers = newPeerPool()
 	n.goFunc(func() {
 		if err := n.grpc.Serve(lis); err != nil {
@@ -58,12 +67,15 @@ func (n *Node) serve() error {
 
 // Append validates a request, forwards it to the leader if this node is
 // not the leader, and otherwise proposes it through group commit.
-func (s *service) Append(ctx context.Context, req *pb.AppendRequest) (*pb.AppendResponse, error) {
+func (s *service) Append(ctx context.Context, req *pb.AppendRequest) (_ *pb.AppendResponse, err error) {
+	obs := s.n.metrics.startAppend(req)
+	defer func() { obs.done(err) }()
 	op, size, err := s.toOp(req)
 	if err != nil {
 		return nil, err
 	}
 	if s.n.raft.State() != raft.Leader {
+		obs.forwarded = true
 		return s.forwardAppend(ctx, req)
 	}
 	res, err := s.n.prop.propose(ctx, op, size)
@@ -73,6 +85,7 @@ func (s *service) Append(ctx context.Context, req *pb.AppendRequest) (*pb.Append
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	obs.duplicate = res.Duplicate
 	resp := &pb.AppendResponse{
 		FirstOffset: res.FirstOffset, LastOffset: res.LastOffset, RaftIndex: res.RaftIndex,
 		TimestampUnixNano: res.Timestamp, Duplicate: res.Duplicate,

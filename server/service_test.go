@@ -239,6 +239,7 @@ func TestCloseDuringLeadershipChurn(t *testing.T) {
 		tc := newTestCluster(t, 3, nil)
 		c := dial(t, tc.leader())
 		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
 		var wg sync.WaitGroup
 		for i := range 8 {
 			wg.Add(1)

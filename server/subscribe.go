@@ -26,6 +26,8 @@ const subscribeHeartbeat = 5 * time.Second
 func (s *service) Subscribe(req *pb.ReadRequest, stream pb.EventStore_SubscribeServer) error {
 	n := s.n
 	ctx := stream.Context()
+	n.metrics.subscriptions.Inc()
+	defer n.metrics.subscriptions.Dec()
 	if req.ToOffset != 0 {
 		return invalidArg("subscriptions have no end: to_offset must be 0 (use Read)")
 	}
@@ -39,7 +41,7 @@ func (s *service) Subscribe(req *pb.ReadRequest, stream pb.EventStore_SubscribeS
 	if err := n.resolveStart(sel); err != nil {
 		return toStatus(err)
 	}
-	r := &reader{n: n, sel: sel}
+	r := &reader{n: n, sel: sel, m: n.metrics.subscribe}
 	hb := time.NewTicker(subscribeHeartbeat)
 	defer hb.Stop()
 	live := false
@@ -48,6 +50,7 @@ func (s *service) Subscribe(req *pb.ReadRequest, stream pb.EventStore_SubscribeS
 		end := n.proc.NextOffset()
 		if sel.from < end {
 			if lag := end - sel.from; live && lag > n.cfg.MaxSubscriberLag {
+				n.metrics.slowConsumers.Inc()
 				return withReason(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_SLOW_CONSUMER,
 					fmt.Sprintf("subscriber is %d offsets behind the log end (limit %d); resume from offset %d", lag, n.cfg.MaxSubscriberLag, sel.from),
 					map[string]string{"lag": strconv.FormatUint(lag, 10)})

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -63,10 +64,13 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	}
 	defer cancel()
 	defer cl.Close()
-	b := &bencher{cl: cl, size: *size, out: stderr, target: fmt.Sprintf("run/bench-target-%d", time.Now().UnixNano())}
+	// The target stream's requests are spread evenly over the largest log,
+	// so it holds about stream-events events when the last load is done.
+	every := max(1, slices.Max(counts)/max(1, *streamEvents))
+	b := &bencher{cl: cl, size: *size, out: stderr, every: every, target: fmt.Sprintf("run/bench-target-%d", time.Now().UnixNano())}
 	var results []benchResult
 	for _, n := range counts {
-		if err := b.loadTo(ctx, n, *streamEvents); err != nil {
+		if err := b.loadTo(ctx, n); err != nil {
 			return err
 		}
 		for _, r := range []func(context.Context) (benchResult, error){b.replayAll, b.replayStream, b.replayStreamByScan} {
@@ -125,19 +129,22 @@ type bencher struct {
 	size   int
 	out    io.Writer
 	target string
+	every  int // one request in every `every` goes to the target stream
 	loaded int // events in the log so far
-	inStr  int // events of the target stream so far
 }
 
-// loadTo appends events until the log holds n, with streamEvents*n/max
-// of them in the target stream, spread evenly, from 4 batching producers.
-func (b *bencher) loadTo(ctx context.Context, n, streamEvents int) error {
+// loadTo appends events until the log holds n, from 4 producers sending
+// requests of benchChunk events of one stream each, as trainers do: one
+// request in every b.every belongs to the target stream, the others to 64
+// other streams. Group commit mixes the producers' requests
+// into shared Raft entries.
+func (b *bencher) loadTo(ctx context.Context, n int) error {
 	if n <= b.loaded {
 		return nil
 	}
 	start := time.Now()
-	const producers, batch = 4, 1000
-	every := max(1, n/max(1, streamEvents)) // one target event every `every`
+	const producers = 4
+	targetEvery := max(1, b.every) // one target request in this many
 	payload := make([]byte, b.size)
 	var mu sync.Mutex
 	next := b.loaded
@@ -151,19 +158,20 @@ func (b *bencher) loadTo(ctx context.Context, n, streamEvents int) error {
 			for {
 				mu.Lock()
 				lo := next
-				hi := min(n, lo+batch)
+				hi := min(n, lo+benchChunk)
 				next = hi
 				mu.Unlock()
 				if lo >= n {
 					return
 				}
-				evs := make([]client.Event, 0, hi-lo)
-				for i := lo; i < hi; i++ {
-					stream := fmt.Sprintf("run/bench-%d", i%64)
-					if i%every == 0 {
-						stream = b.target
-					}
-					evs = append(evs, client.Event{Stream: stream, Type: "BatchCompleted", Payload: payload})
+				chunk := lo / benchChunk
+				stream := fmt.Sprintf("run/bench-%d", chunk%64)
+				if chunk%targetEvery == 0 {
+					stream = b.target
+				}
+				evs := make([]client.Event, hi-lo)
+				for i := range evs {
+					evs[i] = client.Event{Stream: stream, Type: "BatchCompleted", Payload: payload}
 				}
 				if _, err := p.Append(ctx, evs...); err != nil {
 					errs <- err
@@ -177,16 +185,14 @@ func (b *bencher) loadTo(ctx context.Context, n, streamEvents int) error {
 	if err := <-errs; err != nil {
 		return err
 	}
-	for i := b.loaded; i < n; i++ {
-		if i%every == 0 {
-			b.inStr++
-		}
-	}
 	added := n - b.loaded
 	b.loaded = n
 	fmt.Fprintf(b.out, "bench: log holds %d events (%d appended at %.0f events/s)\n", n, added, float64(added)/time.Since(start).Seconds())
 	return nil
 }
+
+// benchChunk is the events per append request while loading.
+const benchChunk = 200
 
 func (b *bencher) measure(name string, replay func(yield func(payloadLen int)) error) (benchResult, error) {
 	start := time.Now()

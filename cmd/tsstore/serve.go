@@ -47,6 +47,7 @@ func newServeFlags(stderr io.Writer) *serveFlags {
 	fs.StringVar(&c.APIAddr, "api-addr", "", "host:port for the gRPC API (required)")
 	fs.StringVar(&c.APIAdvertise, "api-advertise", "", "API address given to clients and peers (default: api-addr)")
 	fs.StringVar(&s.bootstrap, "bootstrap", "", "initial voters: id=raft-host:port,... (ignored once the node has state)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "host:port serving Prometheus metrics at /metrics over HTTP (empty: off)")
 	fs.StringVar(&s.dialOver, "raft-dial-override", "", "dial these addresses for peers instead of their configured ones: id=host:port,... (fault-injection proxies)")
 	fs.DurationVar(&c.HeartbeatTimeout, "heartbeat-timeout", c.HeartbeatTimeout, "raft heartbeat timeout")
 	fs.DurationVar(&c.ElectionTimeout, "election-timeout", c.ElectionTimeout, "raft election timeout")
@@ -205,11 +206,14 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sig)
+	sd := startNotify(node, logger) // systemd readiness and watchdog (notify.go)
 	select {
 	case got := <-sig:
 		logger.Info("shutting down", "signal", got.String())
+		sd.stopping("shutting down on " + got.String())
 		return node.Close()
 	case ferr := <-node.Fatal():
+		sd.stopping("failed: " + ferr.Error())
 		node.Close()
 		return ferr
 	}

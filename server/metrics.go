@@ -1,0 +1,312 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/record"
+)
+
+// nodeMetrics holds one node's Prometheus metrics. Every node has its own
+// registry (never the global default one), so several nodes in one
+// process (tests) do not collide; every series carries a node label.
+// The metrics always exist and cost an atomic add each; Config.MetricsAddr
+// only decides whether they are served over HTTP. docs/operations.md lists
+// them all.
+//
+// Values that already live elsewhere (Raft state, offsets, segments) are
+// not copied into gauges on every change: stateCollector (metrics_collect.go)
+// reads them at scrape time.
+type nodeMetrics struct {
+	reg  *prometheus.Registry
+	regr prometheus.Registerer // reg, adding the node label
+	grpc *grpcprom.ServerMetrics
+
+	// Append RPC, counted where the request is decided: on the leader
+	// (also for requests a follower forwarded to it) or on a follower that
+	// rejects it before forwarding. A follower counts what it forwards in
+	// appendForwarded only, so summing appendRequests over the cluster
+	// counts every client request once.
+	appendRequests   *prometheus.CounterVec // by gRPC code
+	appendEvents     *prometheus.CounterVec // by gRPC code
+	appendForwarded  *prometheus.CounterVec // by gRPC code
+	appendDuplicates prometheus.Counter
+	appendDuration   prometheus.Histogram
+
+	// Group commit (proposer).
+	entryRequests   prometheus.Histogram
+	entryEvents     prometheus.Histogram
+	entryBytes      prometheus.Histogram
+	entriesInflight prometheus.Gauge
+
+	// Read and Subscribe.
+	read, subscribe *readMetrics
+	subscriptions   prometheus.Gauge
+	slowConsumers   prometheus.Counter
+
+	// Raft and snapshots.
+	leaderChanges   prometheus.Counter
+	persistDuration prometheus.Histogram
+	persistErrors   prometheus.Counter
+
+	// The HTTP endpoint; nil when MetricsAddr is empty.
+	lis net.Listener
+	srv *http.Server
+}
+
+// readMetrics are the metrics of one streaming RPC (Read or Subscribe).
+type readMetrics struct {
+	events   prometheus.Counter
+	bytes    prometheus.Counter
+	duration prometheus.Observer
+}
+
+// Histogram buckets, in the metric's unit.
+var (
+	latencyBuckets = prometheus.ExponentialBuckets(0.0005, 2, 16) // 0.5 ms .. 16 s
+	countBuckets   = prometheus.ExponentialBuckets(1, 2, 17)      // 1 .. 65536
+	sizeBuckets    = prometheus.ExponentialBuckets(256, 4, 9)     // 256 B .. 16 MiB
+	readBuckets    = prometheus.ExponentialBuckets(0.0001, 2, 17) // 0.1 ms .. 6.5 s
+	persistBuckets = prometheus.ExponentialBuckets(0.001, 2, 16)  // 1 ms .. 32 s
+)
+
+func newNodeMetrics(n *Node) *nodeMetrics {
+	reg := prometheus.NewRegistry()
+	m := &nodeMetrics{reg: reg, regr: prometheus.WrapRegistererWith(prometheus.Labels{"node": n.cfg.NodeID}, reg)}
+	f := promFactory{m.regr}
+
+	m.appendRequests = f.counterVec("tsstore_append_requests_total",
+		"Append requests decided by this node, by gRPC status code (requests this node forwarded to the leader are in tsstore_append_forwarded_total).", "code")
+	m.appendEvents = f.counterVec("tsstore_append_events_total",
+		"Events in the Append requests counted by tsstore_append_requests_total, by gRPC status code.", "code")
+	m.appendForwarded = f.counterVec("tsstore_append_forwarded_total",
+		"Append requests this follower forwarded to the leader, by the leader's gRPC status code.", "code")
+	for _, v := range []*prometheus.CounterVec{m.appendRequests, m.appendEvents, m.appendForwarded} {
+		v.WithLabelValues("OK")
+	}
+	m.appendDuplicates = f.counter("tsstore_append_duplicate_requests_total",
+		"Append requests answered with the offsets of an earlier commit (producer retries); nothing was written.")
+	m.appendDuration = f.histogram("tsstore_append_duration_seconds",
+		"Time from Append handler entry to the answer, for acknowledged appends decided by this node, in seconds.", latencyBuckets)
+
+	m.entryRequests = f.histogram("tsstore_group_commit_requests_per_entry",
+		"Append requests coalesced into one Raft entry by group commit.", countBuckets)
+	m.entryEvents = f.histogram("tsstore_group_commit_events_per_entry",
+		"Events in one Raft entry proposed by group commit.", countBuckets)
+	m.entryBytes = f.histogram("tsstore_group_commit_entry_bytes",
+		"Size of one encoded Raft entry proposed by group commit, in bytes.", sizeBuckets)
+	m.entriesInflight = f.gauge("tsstore_group_commit_entries_inflight",
+		"Raft entries proposed by group commit and not yet answered (bounded by MaxInflightEntries).")
+
+	sent := f.counterVec("tsstore_read_events_sent_total",
+		"Events in the record batches sent to readers, by RPC (Read or Subscribe).", "rpc")
+	bytes := f.counterVec("tsstore_read_bytes_sent_total",
+		"Record batch bytes sent to readers, by RPC (Read or Subscribe).", "rpc")
+	dur := f.histogramVec("tsstore_read_message_duration_seconds",
+		"Time to read, filter and send one Read or Subscribe message (including waiting on gRPC flow control), in seconds.", readBuckets, "rpc")
+	rm := func(rpc string) *readMetrics {
+		return &readMetrics{events: sent.WithLabelValues(rpc), bytes: bytes.WithLabelValues(rpc), duration: dur.WithLabelValues(rpc)}
+	}
+	m.read, m.subscribe = rm("Read"), rm("Subscribe")
+	m.subscriptions = f.gauge("tsstore_subscriptions_active",
+		"Subscribe calls being served.")
+	m.slowConsumers = f.counter("tsstore_subscriptions_slow_consumer_total",
+		"Subscriptions ended with ResourceExhausted/SLOW_CONSUMER for falling more than MaxSubscriberLag offsets behind.")
+
+	m.leaderChanges = f.counter("tsstore_raft_leader_changes_total",
+		"Times this node observed a new leader being established (a leader id different from the previous observation, including after a period without leader).")
+	m.persistDuration = f.histogram("tsstore_fsm_snapshot_persist_duration_seconds",
+		"Duration of successful FSM snapshot Persist calls (header, segment hard links, sink close with fsync), in seconds.", persistBuckets)
+	m.persistErrors = f.counter("tsstore_fsm_snapshot_persist_errors_total",
+		"FSM snapshot Persist calls that failed.")
+
+	m.grpc = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(latencyBuckets)))
+	m.regr.MustRegister(m.grpc, &stateCollector{n: n},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// promFactory creates metrics and registers them.
+type promFactory struct{ r prometheus.Registerer }
+
+func (f promFactory) counter(name, help string) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	f.r.MustRegister(c)
+	return c
+}
+
+func (f promFactory) counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	f.r.MustRegister(c)
+	return c
+}
+
+func (f promFactory) gauge(name, help string) prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+	f.r.MustRegister(g)
+	return g
+}
+
+func (f promFactory) histogram(name, help string, buckets []float64) prometheus.Histogram {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})
+	f.r.MustRegister(h)
+	return h
+}
+
+func (f promFactory) histogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
+	f.r.MustRegister(h)
+	return h
+}
+
+// listen opens the metrics listener early in New, so that a bad or busy
+// address fails the start before Raft runs.
+func (m *nodeMetrics) listen(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	m.lis = lis
+	return nil
+}
+
+// closeListener releases the listener when New fails.
+func (m *nodeMetrics) closeListener() {
+	if m != nil && m.lis != nil {
+		m.lis.Close()
+	}
+}
+
+// startMetrics runs at the end of New, once the gRPC services are
+// registered and Raft runs: it pre-creates the gRPC series, starts the
+// leader-change observer and, if configured, bridges hashicorp/raft's
+// metrics and serves GET /metrics.
+func (n *Node) startMetrics() {
+	m := n.metrics
+	m.grpc.InitializeMetrics(n.grpc)
+	n.goFunc(n.countLeaderChanges)
+	if m.lis == nil {
+		return
+	}
+	if sink, err := raftMetricsSink(); err != nil {
+		n.logger.Warn("hashicorp/raft metrics are not exported", "error", err)
+	} else if err := m.regr.Register(sink); err != nil {
+		n.logger.Warn("hashicorp/raft metrics are not exported", "error", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(n.logger.Handler(), slog.LevelWarn),
+		ErrorHandling: promhttp.ContinueOnError,
+		Registry:      m.reg, // promhttp_metric_handler_errors_total
+	}))
+	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	n.goFunc(func() {
+		if err := m.srv.Serve(m.lis); !errors.Is(err, http.ErrServerClosed) {
+			n.logger.Error("metrics server stopped", "error", err)
+		}
+	})
+	n.logger.Info("serving metrics", "addr", m.lis.Addr().String())
+}
+
+// stopMetrics shuts the HTTP endpoint down, letting a scrape in progress
+// finish (up to a bound). Close calls it before Raft and storage stop,
+// since a scrape reads both.
+func (n *Node) stopMetrics() {
+	if n.metrics.srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.metrics.srv.Shutdown(ctx); err != nil {
+		n.metrics.srv.Close()
+	}
+}
+
+// MetricsAddr is the address GET /metrics is served on, or "" when
+// Config.MetricsAddr is empty.
+func (n *Node) MetricsAddr() string {
+	if n.metrics == nil || n.metrics.lis == nil {
+		return ""
+	}
+	return n.metrics.lis.Addr().String()
+}
+
+// appendObs measures one Append call from handler entry to answer.
+type appendObs struct {
+	m         *nodeMetrics
+	start     time.Time
+	events    int
+	forwarded bool // this node forwarded the request to the leader
+	duplicate bool
+}
+
+func (m *nodeMetrics) startAppend(req *pb.AppendRequest) appendObs {
+	return appendObs{m: m, start: time.Now(), events: len(req.Events)}
+}
+
+func (o *appendObs) done(err error) {
+	code := status.Code(err).String()
+	if o.forwarded {
+		o.m.appendForwarded.WithLabelValues(code).Inc()
+		return
+	}
+	o.m.appendRequests.WithLabelValues(code).Inc()
+	o.m.appendEvents.WithLabelValues(code).Add(float64(o.events))
+	if err == nil {
+		o.m.appendDuration.Observe(time.Since(o.start).Seconds())
+		if o.duplicate {
+			o.m.appendDuplicates.Inc()
+		}
+	}
+}
+
+// entryProposed records one group-commit entry handed to Raft; the
+// proposer calls entryDone when it has answered the entry (or dropped it
+// at shutdown).
+func (m *nodeMetrics) entryProposed(props []*proposal, bytes int) {
+	events := 0
+	for _, q := range props {
+		events += len(q.op.Events)
+	}
+	m.entryRequests.Observe(float64(len(props)))
+	m.entryEvents.Observe(float64(events))
+	m.entryBytes.Observe(float64(bytes))
+	m.entriesInflight.Inc()
+}
+
+func (m *nodeMetrics) entryDone() { m.entriesInflight.Dec() }
+
+// sent records one message sent (err == nil) to a reader. Events are the
+// records of the batches sent: an unfiltered read's first batch counts
+// whole even when it starts before the requested offset.
+func (r *readMetrics) sent(batches []byte, start time.Time, err error) {
+	if r == nil || err != nil {
+		return
+	}
+	events := 0
+	for rest := batches; len(rest) > 0; {
+		h, err := record.ParseHeader(rest)
+		if err != nil || h.Size() > len(rest) {
+			break // already CRC-checked by the reader; never happens
+		}
+		events += int(h.RecordCount)
+		rest = rest[h.Size():]
+	}
+	r.events.Add(float64(events))
+	r.bytes.Add(float64(len(batches)))
+	r.duration.Observe(time.Since(start).Seconds())
+}
