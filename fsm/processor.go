@@ -79,11 +79,13 @@ type Processor struct {
 	// Owned by the apply goroutine.
 	appendWM uint64 // append commands at or below this index are in the log
 	nodesWM  uint64 // node commands at or below this index are in the node table
-	failed   error
 	batches  batcher
 
 	applied    atomic.Uint64
 	nextOffset atomic.Uint64
+	// failed is the sticky storage error; written by the apply goroutine,
+	// read by any (Failed, waiters).
+	failed atomic.Pointer[error]
 
 	notifyMu sync.Mutex
 	notifyCh chan struct{}
@@ -177,7 +179,12 @@ func (p *Processor) AppliedIndex() uint64 { return p.applied.Load() }
 func (p *Processor) NextOffset() uint64 { return p.nextOffset.Load() }
 
 // Failed returns the sticky storage error, if the processor has stopped.
-func (p *Processor) Failed() error { return p.failed }
+func (p *Processor) Failed() error {
+	if e := p.failed.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
 
 // WithLog runs fn with the current segment log held against Restore.
 func (p *Processor) WithLog(fn func(*segment.Log) error) error {
@@ -252,8 +259,8 @@ func (p *Processor) wait(ctx context.Context, done func() bool) error {
 		if done() {
 			return nil
 		}
-		if p.failed != nil {
-			return p.failed
+		if err := p.Failed(); err != nil {
+			return err
 		}
 		select {
 		case <-ch:
@@ -275,8 +282,8 @@ func (p *Processor) Apply(index uint64, data []byte) *ApplyResult {
 }
 
 func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
-	if p.failed != nil {
-		return &ApplyResult{Err: p.failed}
+	if err := p.Failed(); err != nil {
+		return &ApplyResult{Err: err}
 	}
 	if len(data) == 0 {
 		return p.fail(fmt.Errorf("%w: empty entry at index %d", ErrUnknownCommand, index))
@@ -310,12 +317,13 @@ func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 // fail makes the processor refuse all further entries. The node must
 // restart; the Raft log still holds every entry not yet in the segments.
 func (p *Processor) fail(err error) *ApplyResult {
-	p.failed = fmt.Errorf("%w: %v", ErrStorageFailed, err)
-	p.logger.Error("fsm stopped applying", "error", p.failed)
+	ferr := fmt.Errorf("%w: %v", ErrStorageFailed, err)
+	p.failed.Store(&ferr)
+	p.logger.Error("fsm stopped applying", "error", ferr)
 	if p.cfg.OnFail != nil {
-		p.cfg.OnFail(p.failed)
+		p.cfg.OnFail(ferr)
 	}
-	return &ApplyResult{Err: p.failed}
+	return &ApplyResult{Err: ferr}
 }
 
 func (p *Processor) applyRegisterNode(index uint64, cmd *RegisterNodeCommand) *ApplyResult {

@@ -68,12 +68,12 @@ type Snapshot struct {
 // snapshot is persisted, and from then on the segments are the only copy.
 // It copies no event data.
 func (p *Processor) Snapshot() (*Snapshot, error) {
-	if p.failed != nil {
-		return nil, p.failed
+	if err := p.Failed(); err != nil {
+		return nil, err
 	}
 	if err := p.log.Sync(); err != nil {
 		p.fail(err)
-		return nil, p.failed
+		return nil, p.Failed()
 	}
 	p.mu.RLock()
 	st := p.mu.state.clone()
@@ -289,7 +289,7 @@ func (p *Processor) swapIn(tmp string, h *snapshotHeader) error {
 	p.mu.state = h.State.clone()
 	p.mu.Unlock()
 	p.appendWM, p.nodesWM = h.Index, h.Index
-	p.failed = nil
+	p.failed.Store(nil)
 	p.applied.Store(h.Index)
 	p.nextOffset.Store(h.State.NextOffset)
 	p.notify()
