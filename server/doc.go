@@ -23,5 +23,7 @@
 //   - a request that fails before commit may still commit later: callers
 //     retry with the same producer sequence and get the original offsets;
 //   - every goroutine is started through Node.goFunc and stops when the
-//     node's shutdown channel closes.
+//     node's shutdown channel closes;
+//   - nothing waits on a raft future without also watching shutdown
+//     (Node.await): raft v1.7.3 can leave futures unanswered when it stops.
 package server
