@@ -2,10 +2,10 @@
 # The whole test suite: formatting, vet, every test with the race
 # detector (fuzz targets run their seed corpora; system tests start real
 # tsstore processes on loopback), then the jepsen short profile.
-# Installs nothing outside the checkout: the pinned grpcurl goes to
-# .tools/bin (git-ignored). The systemd unit test needs systemd-analyze
-# (Debian: apt-get install systemd); it fails without it unless
-# TSSTORE_NO_SYSTEMD=1.
+# Tools: the pinned grpcurl goes to .tools/bin (git-ignored); the systemd
+# unit test needs systemd-analyze, installed from Debian's packages when it
+# is missing and apt-get is available (the test fails without it unless
+# TSSTORE_NO_SYSTEMD=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,12 @@ fi
 
 echo "== go vet"
 go vet ./...
+
+if ! command -v systemd-analyze >/dev/null 2>&1 && [ "${TSSTORE_NO_SYSTEMD:-0}" != 1 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing systemd (for systemd-analyze) from Debian's packages"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
 
 # Pinned grpcurl for systemtest/grpcurl_test.go (server reflection).
 GRPCURL_VERSION=v1.9.3
