@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/tsstore/tsstore/internal/atomicfile"
 	"github.com/tsstore/tsstore/record"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -98,44 +99,7 @@ func writeFile(dir, name string, v any) error {
 	}
 	c := crc32.Checksum(body, castagnoli)
 	body = append(body, byte(c>>24), byte(c>>16), byte(c>>8), byte(c))
-	return atomicWrite(dir, name, body)
-}
-
-// atomicWrite publishes dir/name with the given contents or leaves the old
-// file in place: write a temporary file, fsync it, rename, fsync the dir.
-func atomicWrite(dir, name string, data []byte) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	tmp := filepath.Join(dir, name+".tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(dir, name, body, 0o644)
 }
 
 // versionsAt reads the stream versions of the records in [first, last]

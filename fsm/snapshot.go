@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/tsstore/tsstore/internal/atomicfile"
 	"github.com/tsstore/tsstore/segment"
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -199,7 +200,7 @@ func (p *Processor) Restore(r io.Reader) error {
 			return err
 		}
 	}
-	if err := syncDir(tmp); err != nil {
+	if err := atomicfile.SyncDir(tmp); err != nil {
 		return err
 	}
 	st := h.State
@@ -268,7 +269,7 @@ func (p *Processor) swapIn(tmp string, h *snapshotHeader) error {
 	if err := os.Rename(tmp, live); err != nil {
 		return err
 	}
-	if err := syncDir(p.cfg.Dir); err != nil {
+	if err := atomicfile.SyncDir(p.cfg.Dir); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(old); err != nil {

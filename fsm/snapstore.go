@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/tsstore/tsstore/internal/atomicfile"
 )
 
 // SnapshotStore is a raft.SnapshotStore whose snapshots hold segment files
@@ -242,11 +244,11 @@ func (k *linkSink) Close() error {
 	if err == nil {
 		var b []byte
 		if b, err = json.Marshal(&k.meta); err == nil {
-			err = atomicWrite(k.tmp, "meta.json", b)
+			err = atomicfile.Write(k.tmp, "meta.json", b, 0o644)
 		}
 	}
 	if err == nil {
-		err = syncDir(k.tmp)
+		err = atomicfile.SyncDir(k.tmp)
 	}
 	k.store.mu.Lock()
 	defer k.store.mu.Unlock()
@@ -254,7 +256,7 @@ func (k *linkSink) Close() error {
 		err = os.Rename(k.tmp, filepath.Join(k.store.dir, k.meta.ID))
 	}
 	if err == nil {
-		err = syncDir(k.store.dir)
+		err = atomicfile.SyncDir(k.store.dir)
 	}
 	if err != nil {
 		os.RemoveAll(k.tmp)

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/tsstore/tsstore/fsm"
+	"github.com/tsstore/tsstore/internal/atomicfile"
 )
 
 // ErrWrongCluster is returned when the data directory belongs to another
@@ -127,7 +128,7 @@ func (n *Node) checkIdentity() error {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		b, _ := json.Marshal(want)
-		return atomicWriteFile(n.cfg.DataDir, "node.json", b)
+		return atomicfile.Write(n.cfg.DataDir, "node.json", b, 0o640)
 	}
 	if err != nil {
 		return err
@@ -339,29 +340,4 @@ func (n *Node) closeStorage() {
 	if n.proc != nil {
 		n.proc.Close()
 	}
-}
-
-func atomicWriteFile(dir, name string, data []byte) error {
-	tmp := filepath.Join(dir, name+".tmp")
-	if err := os.WriteFile(tmp, data, 0o640); err != nil {
-		return err
-	}
-	f, err := os.Open(tmp)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	f.Close()
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
