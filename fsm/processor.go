@@ -227,10 +227,7 @@ func (p *Processor) StreamInfo(name string) (StreamState, bool) {
 
 // Changed returns a channel that is closed when the next entry is applied.
 // Take it before checking a condition, then wait on it, to never miss one.
-func (p *Processor) Changed() <-chan struct{} { return p.changed() }
-
-// changed returns a channel that is closed at the next applied entry.
-func (p *Processor) changed() <-chan struct{} {
+func (p *Processor) Changed() <-chan struct{} {
 	p.notifyMu.Lock()
 	defer p.notifyMu.Unlock()
 	return p.notifyCh
@@ -255,7 +252,7 @@ func (p *Processor) WaitNextOffset(ctx context.Context, next uint64) error {
 
 func (p *Processor) wait(ctx context.Context, done func() bool) error {
 	for {
-		ch := p.changed()
+		ch := p.Changed()
 		if done() {
 			return nil
 		}

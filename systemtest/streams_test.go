@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tsstore/tsstore/client"
+	"github.com/tsstore/tsstore/internal/proccluster"
 )
 
 func newClient(t *testing.T, addrs []string) *client.Client {
@@ -108,6 +109,7 @@ func TestAtomicMultiStreamAppendAcrossLeaderKill(t *testing.T) {
 	p := cl.NewProducer("epoch-writer")
 	acked := map[int]bool{}
 	killed := false
+	var restart *proccluster.Node
 	for i := 0; i < 600; i++ {
 		evs := []client.Event{
 			{Stream: "run/epochs", Type: "EpochStarted", Payload: fmt.Appendf(nil, "epoch_number=%d", i)},
@@ -125,7 +127,14 @@ func TestAtomicMultiStreamAppendAcrossLeaderKill(t *testing.T) {
 			leader := waitLeader(t, c)
 			leader.Kill()
 			killed = true
-			go func() { time.Sleep(2 * time.Second); leader.Start() }()
+			restart = leader
+		}
+		if i == 300 && restart != nil {
+			// Back in the cluster while appends go on; started here, not
+			// from a goroutine that could outlive the test's cleanup.
+			if err := restart.Start(); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	if len(acked) < 300 {
