@@ -221,6 +221,792 @@ func (ErrorReason) EnumDescriptor() ([]byte, []int) {
 	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{2}
 }
 
+type MembersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembersRequest) Reset() {
+	*x = MembersRequest{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembersRequest) ProtoMessage() {}
+
+func (x *MembersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
+func (*MembersRequest) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{0}
+}
+
+type Member struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	RaftAddress string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
+	ApiAddress  string                 `protobuf:"bytes,3,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	// "voter", "nonvoter" or "staging".
+	Suffrage string `protobuf:"bytes,4,opt,name=suffrage,proto3" json:"suffrage,omitempty"`
+	Leader   bool   `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Time since the member was last heard from, as seen by the node that
+	// answered it; negative when unknown or unreachable.
+	LastContactMs int64  `protobuf:"varint,6,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
+	AppliedIndex  uint64 `protobuf:"varint,7,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// Leader commit index minus this member's applied index.
+	Lag uint64 `protobuf:"varint,8,opt,name=lag,proto3" json:"lag,omitempty"`
+	// Empty when reachable; otherwise why the member could not be asked.
+	Error         string `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Member) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Member) GetRaftAddress() string {
+	if x != nil {
+		return x.RaftAddress
+	}
+	return ""
+}
+
+func (x *Member) GetApiAddress() string {
+	if x != nil {
+		return x.ApiAddress
+	}
+	return ""
+}
+
+func (x *Member) GetSuffrage() string {
+	if x != nil {
+		return x.Suffrage
+	}
+	return ""
+}
+
+func (x *Member) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *Member) GetLastContactMs() int64 {
+	if x != nil {
+		return x.LastContactMs
+	}
+	return 0
+}
+
+func (x *Member) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *Member) GetLag() uint64 {
+	if x != nil {
+		return x.Lag
+	}
+	return 0
+}
+
+func (x *Member) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type MembersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Members       []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	LeaderId      string                 `protobuf:"bytes,2,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	CommitIndex   uint64                 `protobuf:"varint,3,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembersResponse) Reset() {
+	*x = MembersResponse{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembersResponse) ProtoMessage() {}
+
+func (x *MembersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
+func (*MembersResponse) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MembersResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *MembersResponse) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *MembersResponse) GetCommitIndex() uint64 {
+	if x != nil {
+		return x.CommitIndex
+	}
+	return 0
+}
+
+type AddMemberRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	RaftAddress   string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
+	Voter         bool                   `protobuf:"varint,3,opt,name=voter,proto3" json:"voter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddMemberRequest) Reset() {
+	*x = AddMemberRequest{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddMemberRequest) ProtoMessage() {}
+
+func (x *AddMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddMemberRequest.ProtoReflect.Descriptor instead.
+func (*AddMemberRequest) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AddMemberRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *AddMemberRequest) GetRaftAddress() string {
+	if x != nil {
+		return x.RaftAddress
+	}
+	return ""
+}
+
+func (x *AddMemberRequest) GetVoter() bool {
+	if x != nil {
+		return x.Voter
+	}
+	return false
+}
+
+type AddMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddMemberResponse) Reset() {
+	*x = AddMemberResponse{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddMemberResponse) ProtoMessage() {}
+
+func (x *AddMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddMemberResponse.ProtoReflect.Descriptor instead.
+func (*AddMemberResponse) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AddMemberResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type PromoteMemberRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Refuse unless the member's applied index is within max_lag of the
+	// leader's commit index; 0 uses the server default.
+	MaxLag        uint64 `protobuf:"varint,2,opt,name=max_lag,json=maxLag,proto3" json:"max_lag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteMemberRequest) Reset() {
+	*x = PromoteMemberRequest{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteMemberRequest) ProtoMessage() {}
+
+func (x *PromoteMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteMemberRequest.ProtoReflect.Descriptor instead.
+func (*PromoteMemberRequest) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PromoteMemberRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *PromoteMemberRequest) GetMaxLag() uint64 {
+	if x != nil {
+		return x.MaxLag
+	}
+	return 0
+}
+
+type PromoteMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteMemberResponse) Reset() {
+	*x = PromoteMemberResponse{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteMemberResponse) ProtoMessage() {}
+
+func (x *PromoteMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteMemberResponse.ProtoReflect.Descriptor instead.
+func (*PromoteMemberResponse) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PromoteMemberResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type RemoveMemberRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberRequest) Reset() {
+	*x = RemoveMemberRequest{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberRequest) ProtoMessage() {}
+
+func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
+func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RemoveMemberRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type RemoveMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberResponse) Reset() {
+	*x = RemoveMemberResponse{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberResponse) ProtoMessage() {}
+
+func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
+func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RemoveMemberResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+type SnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRequest) Reset() {
+	*x = SnapshotRequest{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRequest) ProtoMessage() {}
+
+func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{9}
+}
+
+type SnapshotResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Term          uint64                 `protobuf:"varint,3,opt,name=term,proto3" json:"term,omitempty"`
+	SizeBytes     uint64                 `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotResponse) Reset() {
+	*x = SnapshotResponse{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotResponse) ProtoMessage() {}
+
+func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
+func (*SnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SnapshotResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SnapshotResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *SnapshotResponse) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *SnapshotResponse) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{11}
+}
+
+type BackupInfo struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	NodeId  string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The cut: everything applied up to and including this Raft index.
+	RaftIndex uint64 `protobuf:"varint,3,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	RaftTerm  uint64 `protobuf:"varint,4,opt,name=raft_term,json=raftTerm,proto3" json:"raft_term,omitempty"`
+	// The offset the next append after the cut gets.
+	NextOffset uint64 `protobuf:"varint,5,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	// Size of the data that follows, in bytes.
+	SizeBytes       uint64 `protobuf:"varint,6,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	CreatedUnixNano int64  `protobuf:"varint,7,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *BackupInfo) Reset() {
+	*x = BackupInfo{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupInfo) ProtoMessage() {}
+
+func (x *BackupInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupInfo.ProtoReflect.Descriptor instead.
+func (*BackupInfo) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *BackupInfo) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *BackupInfo) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *BackupInfo) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
+func (x *BackupInfo) GetRaftTerm() uint64 {
+	if x != nil {
+		return x.RaftTerm
+	}
+	return 0
+}
+
+func (x *BackupInfo) GetNextOffset() uint64 {
+	if x != nil {
+		return x.NextOffset
+	}
+	return 0
+}
+
+func (x *BackupInfo) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *BackupInfo) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+type BackupChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Info          *BackupInfo            `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupChunk) Reset() {
+	*x = BackupChunk{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupChunk) ProtoMessage() {}
+
+func (x *BackupChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
+func (*BackupChunk) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *BackupChunk) GetInfo() *BackupInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *BackupChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Stream the event belongs to, e.g. "run/bert-16n-42". Required.
@@ -235,7 +1021,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[0]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -247,7 +1033,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[0]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -260,7 +1046,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{0}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Event) GetStream() string {
@@ -304,7 +1090,7 @@ type StreamExpectation struct {
 
 func (x *StreamExpectation) Reset() {
 	*x = StreamExpectation{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[1]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -316,7 +1102,7 @@ func (x *StreamExpectation) String() string {
 func (*StreamExpectation) ProtoMessage() {}
 
 func (x *StreamExpectation) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[1]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -329,7 +1115,7 @@ func (x *StreamExpectation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamExpectation.ProtoReflect.Descriptor instead.
 func (*StreamExpectation) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{1}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StreamExpectation) GetStream() string {
@@ -369,7 +1155,7 @@ type AppendRequest struct {
 
 func (x *AppendRequest) Reset() {
 	*x = AppendRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[2]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +1167,7 @@ func (x *AppendRequest) String() string {
 func (*AppendRequest) ProtoMessage() {}
 
 func (x *AppendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[2]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +1180,7 @@ func (x *AppendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendRequest.ProtoReflect.Descriptor instead.
 func (*AppendRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{2}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AppendRequest) GetProducerId() string {
@@ -435,7 +1221,7 @@ type StreamVersion struct {
 
 func (x *StreamVersion) Reset() {
 	*x = StreamVersion{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[3]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -447,7 +1233,7 @@ func (x *StreamVersion) String() string {
 func (*StreamVersion) ProtoMessage() {}
 
 func (x *StreamVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[3]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -460,7 +1246,7 @@ func (x *StreamVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamVersion.ProtoReflect.Descriptor instead.
 func (*StreamVersion) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{3}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StreamVersion) GetStream() string {
@@ -495,7 +1281,7 @@ type AppendResponse struct {
 
 func (x *AppendResponse) Reset() {
 	*x = AppendResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[4]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +1293,7 @@ func (x *AppendResponse) String() string {
 func (*AppendResponse) ProtoMessage() {}
 
 func (x *AppendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[4]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +1306,7 @@ func (x *AppendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendResponse.ProtoReflect.Descriptor instead.
 func (*AppendResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{4}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AppendResponse) GetFirstOffset() uint64 {
@@ -595,7 +1381,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[5]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -607,7 +1393,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[5]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -620,7 +1406,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{5}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReadRequest) GetFromOffset() uint64 {
@@ -710,7 +1496,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[6]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +1508,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[6]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +1521,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{6}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReadResponse) GetBatches() []byte {
@@ -773,7 +1559,7 @@ type ListStreamsRequest struct {
 
 func (x *ListStreamsRequest) Reset() {
 	*x = ListStreamsRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[7]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +1571,7 @@ func (x *ListStreamsRequest) String() string {
 func (*ListStreamsRequest) ProtoMessage() {}
 
 func (x *ListStreamsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[7]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +1584,7 @@ func (x *ListStreamsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStreamsRequest.ProtoReflect.Descriptor instead.
 func (*ListStreamsRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{7}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListStreamsRequest) GetPrefix() string {
@@ -836,7 +1622,7 @@ type StreamInfo struct {
 
 func (x *StreamInfo) Reset() {
 	*x = StreamInfo{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[8]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +1634,7 @@ func (x *StreamInfo) String() string {
 func (*StreamInfo) ProtoMessage() {}
 
 func (x *StreamInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[8]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +1647,7 @@ func (x *StreamInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamInfo.ProtoReflect.Descriptor instead.
 func (*StreamInfo) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{8}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StreamInfo) GetName() string {
@@ -910,7 +1696,7 @@ type ListStreamsResponse struct {
 
 func (x *ListStreamsResponse) Reset() {
 	*x = ListStreamsResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[9]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1708,7 @@ func (x *ListStreamsResponse) String() string {
 func (*ListStreamsResponse) ProtoMessage() {}
 
 func (x *ListStreamsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[9]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1721,7 @@ func (x *ListStreamsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStreamsResponse.ProtoReflect.Descriptor instead.
 func (*ListStreamsResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{9}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListStreamsResponse) GetStreams() []*StreamInfo {
@@ -961,7 +1747,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[10]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1759,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[10]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1772,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{10}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TransferLeadershipRequest) GetToNodeId() string {
@@ -1005,7 +1791,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[11]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1803,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[11]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1816,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{11}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TransferLeadershipResponse) GetNewLeaderId() string {
@@ -1048,7 +1834,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[12]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1846,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[12]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1859,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{12}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{26}
 }
 
 type NodeStatus struct {
@@ -1090,7 +1876,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[13]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1102,7 +1888,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[13]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1115,7 +1901,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{13}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -1175,7 +1961,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[14]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1187,7 +1973,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[14]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1200,7 +1986,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{14}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -1295,7 +2081,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[15]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +2093,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[15]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +2106,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{15}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{29}
 }
 
 type ReadIndexResponse struct {
@@ -1332,7 +2118,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[16]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +2130,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[16]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +2143,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{16}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReadIndexResponse) GetCommitIndex() uint64 {
@@ -1377,7 +2163,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[17]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +2175,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[17]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +2188,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{17}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RegisterNodeRequest) GetNodeId() string {
@@ -1427,7 +2213,7 @@ type RegisterNodeResponse struct {
 
 func (x *RegisterNodeResponse) Reset() {
 	*x = RegisterNodeResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[18]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1439,7 +2225,7 @@ func (x *RegisterNodeResponse) String() string {
 func (*RegisterNodeResponse) ProtoMessage() {}
 
 func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[18]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1452,7 +2238,7 @@ func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterNodeResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{18}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{32}
 }
 
 var File_tsstore_v1_tsstore_proto protoreflect.FileDescriptor
@@ -1460,7 +2246,61 @@ var File_tsstore_v1_tsstore_proto protoreflect.FileDescriptor
 const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\n" +
 	"\x18tsstore/v1/tsstore.proto\x12\n" +
-	"tsstore.v1\"i\n" +
+	"tsstore.v1\"\x10\n" +
+	"\x0eMembersRequest\"\x85\x02\n" +
+	"\x06Member\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
+	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
+	"\vapi_address\x18\x03 \x01(\tR\n" +
+	"apiAddress\x12\x1a\n" +
+	"\bsuffrage\x18\x04 \x01(\tR\bsuffrage\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\x12&\n" +
+	"\x0flast_contact_ms\x18\x06 \x01(\x03R\rlastContactMs\x12#\n" +
+	"\rapplied_index\x18\a \x01(\x04R\fappliedIndex\x12\x10\n" +
+	"\x03lag\x18\b \x01(\x04R\x03lag\x12\x14\n" +
+	"\x05error\x18\t \x01(\tR\x05error\"\x7f\n" +
+	"\x0fMembersResponse\x12,\n" +
+	"\amembers\x18\x01 \x03(\v2\x12.tsstore.v1.MemberR\amembers\x12\x1b\n" +
+	"\tleader_id\x18\x02 \x01(\tR\bleaderId\x12!\n" +
+	"\fcommit_index\x18\x03 \x01(\x04R\vcommitIndex\"d\n" +
+	"\x10AddMemberRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
+	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x14\n" +
+	"\x05voter\x18\x03 \x01(\bR\x05voter\")\n" +
+	"\x11AddMemberResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"H\n" +
+	"\x14PromoteMemberRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x17\n" +
+	"\amax_lag\x18\x02 \x01(\x04R\x06maxLag\"-\n" +
+	"\x15PromoteMemberResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\".\n" +
+	"\x13RemoveMemberRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\",\n" +
+	"\x14RemoveMemberResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"\x11\n" +
+	"\x0fSnapshotRequest\"k\n" +
+	"\x10SnapshotResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x12\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x04 \x01(\x04R\tsizeBytes\"\x0f\n" +
+	"\rBackupRequest\"\xe7\x01\n" +
+	"\n" +
+	"BackupInfo\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\x03 \x01(\x04R\traftIndex\x12\x1b\n" +
+	"\traft_term\x18\x04 \x01(\x04R\braftTerm\x12\x1f\n" +
+	"\vnext_offset\x18\x05 \x01(\x04R\n" +
+	"nextOffset\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x06 \x01(\x04R\tsizeBytes\x12*\n" +
+	"\x11created_unix_nano\x18\a \x01(\x03R\x0fcreatedUnixNano\"M\n" +
+	"\vBackupChunk\x12*\n" +
+	"\x04info\x18\x01 \x01(\v2\x16.tsstore.v1.BackupInfoR\x04info\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"i\n" +
 	"\x05Event\x12\x16\n" +
 	"\x06stream\x18\x01 \x01(\tR\x06stream\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x1a\n" +
@@ -1588,11 +2428,17 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x04Read\x12\x17.tsstore.v1.ReadRequest\x1a\x18.tsstore.v1.ReadResponse0\x01\x12?\n" +
 	"\x06Status\x12\x19.tsstore.v1.StatusRequest\x1a\x1a.tsstore.v1.StatusResponse\x12@\n" +
 	"\tSubscribe\x12\x17.tsstore.v1.ReadRequest\x1a\x18.tsstore.v1.ReadResponse0\x01\x12N\n" +
-	"\vListStreams\x12\x1e.tsstore.v1.ListStreamsRequest\x1a\x1f.tsstore.v1.ListStreamsResponse2\x8b\x02\n" +
+	"\vListStreams\x12\x1e.tsstore.v1.ListStreamsRequest\x1a\x1f.tsstore.v1.ListStreamsResponse2\xc9\x05\n" +
 	"\aCluster\x12H\n" +
 	"\tReadIndex\x12\x1c.tsstore.v1.ReadIndexRequest\x1a\x1d.tsstore.v1.ReadIndexResponse\x12Q\n" +
 	"\fRegisterNode\x12\x1f.tsstore.v1.RegisterNodeRequest\x1a .tsstore.v1.RegisterNodeResponse\x12c\n" +
-	"\x12TransferLeadership\x12%.tsstore.v1.TransferLeadershipRequest\x1a&.tsstore.v1.TransferLeadershipResponseB6Z4github.com/tsstore/tsstore/proto/tsstorev1;tsstorev1b\x06proto3"
+	"\x12TransferLeadership\x12%.tsstore.v1.TransferLeadershipRequest\x1a&.tsstore.v1.TransferLeadershipResponse\x12B\n" +
+	"\aMembers\x12\x1a.tsstore.v1.MembersRequest\x1a\x1b.tsstore.v1.MembersResponse\x12H\n" +
+	"\tAddMember\x12\x1c.tsstore.v1.AddMemberRequest\x1a\x1d.tsstore.v1.AddMemberResponse\x12T\n" +
+	"\rPromoteMember\x12 .tsstore.v1.PromoteMemberRequest\x1a!.tsstore.v1.PromoteMemberResponse\x12Q\n" +
+	"\fRemoveMember\x12\x1f.tsstore.v1.RemoveMemberRequest\x1a .tsstore.v1.RemoveMemberResponse\x12E\n" +
+	"\bSnapshot\x12\x1b.tsstore.v1.SnapshotRequest\x1a\x1c.tsstore.v1.SnapshotResponse\x12>\n" +
+	"\x06Backup\x12\x19.tsstore.v1.BackupRequest\x1a\x17.tsstore.v1.BackupChunk0\x01B6Z4github.com/tsstore/tsstore/proto/tsstorev1;tsstorev1b\x06proto3"
 
 var (
 	file_tsstore_v1_tsstore_proto_rawDescOnce sync.Once
@@ -1607,60 +2453,88 @@ func file_tsstore_v1_tsstore_proto_rawDescGZIP() []byte {
 }
 
 var file_tsstore_v1_tsstore_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_tsstore_v1_tsstore_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_tsstore_v1_tsstore_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_tsstore_v1_tsstore_proto_goTypes = []any{
 	(ExpectedVersionKind)(0),           // 0: tsstore.v1.ExpectedVersionKind
 	(Consistency)(0),                   // 1: tsstore.v1.Consistency
 	(ErrorReason)(0),                   // 2: tsstore.v1.ErrorReason
-	(*Event)(nil),                      // 3: tsstore.v1.Event
-	(*StreamExpectation)(nil),          // 4: tsstore.v1.StreamExpectation
-	(*AppendRequest)(nil),              // 5: tsstore.v1.AppendRequest
-	(*StreamVersion)(nil),              // 6: tsstore.v1.StreamVersion
-	(*AppendResponse)(nil),             // 7: tsstore.v1.AppendResponse
-	(*ReadRequest)(nil),                // 8: tsstore.v1.ReadRequest
-	(*ReadResponse)(nil),               // 9: tsstore.v1.ReadResponse
-	(*ListStreamsRequest)(nil),         // 10: tsstore.v1.ListStreamsRequest
-	(*StreamInfo)(nil),                 // 11: tsstore.v1.StreamInfo
-	(*ListStreamsResponse)(nil),        // 12: tsstore.v1.ListStreamsResponse
-	(*TransferLeadershipRequest)(nil),  // 13: tsstore.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 14: tsstore.v1.TransferLeadershipResponse
-	(*StatusRequest)(nil),              // 15: tsstore.v1.StatusRequest
-	(*NodeStatus)(nil),                 // 16: tsstore.v1.NodeStatus
-	(*StatusResponse)(nil),             // 17: tsstore.v1.StatusResponse
-	(*ReadIndexRequest)(nil),           // 18: tsstore.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),          // 19: tsstore.v1.ReadIndexResponse
-	(*RegisterNodeRequest)(nil),        // 20: tsstore.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil),       // 21: tsstore.v1.RegisterNodeResponse
+	(*MembersRequest)(nil),             // 3: tsstore.v1.MembersRequest
+	(*Member)(nil),                     // 4: tsstore.v1.Member
+	(*MembersResponse)(nil),            // 5: tsstore.v1.MembersResponse
+	(*AddMemberRequest)(nil),           // 6: tsstore.v1.AddMemberRequest
+	(*AddMemberResponse)(nil),          // 7: tsstore.v1.AddMemberResponse
+	(*PromoteMemberRequest)(nil),       // 8: tsstore.v1.PromoteMemberRequest
+	(*PromoteMemberResponse)(nil),      // 9: tsstore.v1.PromoteMemberResponse
+	(*RemoveMemberRequest)(nil),        // 10: tsstore.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 11: tsstore.v1.RemoveMemberResponse
+	(*SnapshotRequest)(nil),            // 12: tsstore.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),           // 13: tsstore.v1.SnapshotResponse
+	(*BackupRequest)(nil),              // 14: tsstore.v1.BackupRequest
+	(*BackupInfo)(nil),                 // 15: tsstore.v1.BackupInfo
+	(*BackupChunk)(nil),                // 16: tsstore.v1.BackupChunk
+	(*Event)(nil),                      // 17: tsstore.v1.Event
+	(*StreamExpectation)(nil),          // 18: tsstore.v1.StreamExpectation
+	(*AppendRequest)(nil),              // 19: tsstore.v1.AppendRequest
+	(*StreamVersion)(nil),              // 20: tsstore.v1.StreamVersion
+	(*AppendResponse)(nil),             // 21: tsstore.v1.AppendResponse
+	(*ReadRequest)(nil),                // 22: tsstore.v1.ReadRequest
+	(*ReadResponse)(nil),               // 23: tsstore.v1.ReadResponse
+	(*ListStreamsRequest)(nil),         // 24: tsstore.v1.ListStreamsRequest
+	(*StreamInfo)(nil),                 // 25: tsstore.v1.StreamInfo
+	(*ListStreamsResponse)(nil),        // 26: tsstore.v1.ListStreamsResponse
+	(*TransferLeadershipRequest)(nil),  // 27: tsstore.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 28: tsstore.v1.TransferLeadershipResponse
+	(*StatusRequest)(nil),              // 29: tsstore.v1.StatusRequest
+	(*NodeStatus)(nil),                 // 30: tsstore.v1.NodeStatus
+	(*StatusResponse)(nil),             // 31: tsstore.v1.StatusResponse
+	(*ReadIndexRequest)(nil),           // 32: tsstore.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),          // 33: tsstore.v1.ReadIndexResponse
+	(*RegisterNodeRequest)(nil),        // 34: tsstore.v1.RegisterNodeRequest
+	(*RegisterNodeResponse)(nil),       // 35: tsstore.v1.RegisterNodeResponse
 }
 var file_tsstore_v1_tsstore_proto_depIdxs = []int32{
-	0,  // 0: tsstore.v1.StreamExpectation.kind:type_name -> tsstore.v1.ExpectedVersionKind
-	3,  // 1: tsstore.v1.AppendRequest.events:type_name -> tsstore.v1.Event
-	4,  // 2: tsstore.v1.AppendRequest.expectations:type_name -> tsstore.v1.StreamExpectation
-	6,  // 3: tsstore.v1.AppendResponse.stream_versions:type_name -> tsstore.v1.StreamVersion
-	1,  // 4: tsstore.v1.ReadRequest.consistency:type_name -> tsstore.v1.Consistency
-	11, // 5: tsstore.v1.ListStreamsResponse.streams:type_name -> tsstore.v1.StreamInfo
-	16, // 6: tsstore.v1.StatusResponse.nodes:type_name -> tsstore.v1.NodeStatus
-	5,  // 7: tsstore.v1.EventStore.Append:input_type -> tsstore.v1.AppendRequest
-	8,  // 8: tsstore.v1.EventStore.Read:input_type -> tsstore.v1.ReadRequest
-	15, // 9: tsstore.v1.EventStore.Status:input_type -> tsstore.v1.StatusRequest
-	8,  // 10: tsstore.v1.EventStore.Subscribe:input_type -> tsstore.v1.ReadRequest
-	10, // 11: tsstore.v1.EventStore.ListStreams:input_type -> tsstore.v1.ListStreamsRequest
-	18, // 12: tsstore.v1.Cluster.ReadIndex:input_type -> tsstore.v1.ReadIndexRequest
-	20, // 13: tsstore.v1.Cluster.RegisterNode:input_type -> tsstore.v1.RegisterNodeRequest
-	13, // 14: tsstore.v1.Cluster.TransferLeadership:input_type -> tsstore.v1.TransferLeadershipRequest
-	7,  // 15: tsstore.v1.EventStore.Append:output_type -> tsstore.v1.AppendResponse
-	9,  // 16: tsstore.v1.EventStore.Read:output_type -> tsstore.v1.ReadResponse
-	17, // 17: tsstore.v1.EventStore.Status:output_type -> tsstore.v1.StatusResponse
-	9,  // 18: tsstore.v1.EventStore.Subscribe:output_type -> tsstore.v1.ReadResponse
-	12, // 19: tsstore.v1.EventStore.ListStreams:output_type -> tsstore.v1.ListStreamsResponse
-	19, // 20: tsstore.v1.Cluster.ReadIndex:output_type -> tsstore.v1.ReadIndexResponse
-	21, // 21: tsstore.v1.Cluster.RegisterNode:output_type -> tsstore.v1.RegisterNodeResponse
-	14, // 22: tsstore.v1.Cluster.TransferLeadership:output_type -> tsstore.v1.TransferLeadershipResponse
-	15, // [15:23] is the sub-list for method output_type
-	7,  // [7:15] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	4,  // 0: tsstore.v1.MembersResponse.members:type_name -> tsstore.v1.Member
+	15, // 1: tsstore.v1.BackupChunk.info:type_name -> tsstore.v1.BackupInfo
+	0,  // 2: tsstore.v1.StreamExpectation.kind:type_name -> tsstore.v1.ExpectedVersionKind
+	17, // 3: tsstore.v1.AppendRequest.events:type_name -> tsstore.v1.Event
+	18, // 4: tsstore.v1.AppendRequest.expectations:type_name -> tsstore.v1.StreamExpectation
+	20, // 5: tsstore.v1.AppendResponse.stream_versions:type_name -> tsstore.v1.StreamVersion
+	1,  // 6: tsstore.v1.ReadRequest.consistency:type_name -> tsstore.v1.Consistency
+	25, // 7: tsstore.v1.ListStreamsResponse.streams:type_name -> tsstore.v1.StreamInfo
+	30, // 8: tsstore.v1.StatusResponse.nodes:type_name -> tsstore.v1.NodeStatus
+	19, // 9: tsstore.v1.EventStore.Append:input_type -> tsstore.v1.AppendRequest
+	22, // 10: tsstore.v1.EventStore.Read:input_type -> tsstore.v1.ReadRequest
+	29, // 11: tsstore.v1.EventStore.Status:input_type -> tsstore.v1.StatusRequest
+	22, // 12: tsstore.v1.EventStore.Subscribe:input_type -> tsstore.v1.ReadRequest
+	24, // 13: tsstore.v1.EventStore.ListStreams:input_type -> tsstore.v1.ListStreamsRequest
+	32, // 14: tsstore.v1.Cluster.ReadIndex:input_type -> tsstore.v1.ReadIndexRequest
+	34, // 15: tsstore.v1.Cluster.RegisterNode:input_type -> tsstore.v1.RegisterNodeRequest
+	27, // 16: tsstore.v1.Cluster.TransferLeadership:input_type -> tsstore.v1.TransferLeadershipRequest
+	3,  // 17: tsstore.v1.Cluster.Members:input_type -> tsstore.v1.MembersRequest
+	6,  // 18: tsstore.v1.Cluster.AddMember:input_type -> tsstore.v1.AddMemberRequest
+	8,  // 19: tsstore.v1.Cluster.PromoteMember:input_type -> tsstore.v1.PromoteMemberRequest
+	10, // 20: tsstore.v1.Cluster.RemoveMember:input_type -> tsstore.v1.RemoveMemberRequest
+	12, // 21: tsstore.v1.Cluster.Snapshot:input_type -> tsstore.v1.SnapshotRequest
+	14, // 22: tsstore.v1.Cluster.Backup:input_type -> tsstore.v1.BackupRequest
+	21, // 23: tsstore.v1.EventStore.Append:output_type -> tsstore.v1.AppendResponse
+	23, // 24: tsstore.v1.EventStore.Read:output_type -> tsstore.v1.ReadResponse
+	31, // 25: tsstore.v1.EventStore.Status:output_type -> tsstore.v1.StatusResponse
+	23, // 26: tsstore.v1.EventStore.Subscribe:output_type -> tsstore.v1.ReadResponse
+	26, // 27: tsstore.v1.EventStore.ListStreams:output_type -> tsstore.v1.ListStreamsResponse
+	33, // 28: tsstore.v1.Cluster.ReadIndex:output_type -> tsstore.v1.ReadIndexResponse
+	35, // 29: tsstore.v1.Cluster.RegisterNode:output_type -> tsstore.v1.RegisterNodeResponse
+	28, // 30: tsstore.v1.Cluster.TransferLeadership:output_type -> tsstore.v1.TransferLeadershipResponse
+	5,  // 31: tsstore.v1.Cluster.Members:output_type -> tsstore.v1.MembersResponse
+	7,  // 32: tsstore.v1.Cluster.AddMember:output_type -> tsstore.v1.AddMemberResponse
+	9,  // 33: tsstore.v1.Cluster.PromoteMember:output_type -> tsstore.v1.PromoteMemberResponse
+	11, // 34: tsstore.v1.Cluster.RemoveMember:output_type -> tsstore.v1.RemoveMemberResponse
+	13, // 35: tsstore.v1.Cluster.Snapshot:output_type -> tsstore.v1.SnapshotResponse
+	16, // 36: tsstore.v1.Cluster.Backup:output_type -> tsstore.v1.BackupChunk
+	23, // [23:37] is the sub-list for method output_type
+	9,  // [9:23] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_tsstore_v1_tsstore_proto_init() }
@@ -1674,7 +2548,7 @@ func file_tsstore_v1_tsstore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tsstore_v1_tsstore_proto_rawDesc), len(file_tsstore_v1_tsstore_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   19,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
