@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -296,4 +297,81 @@ func (p *Processor) swapIn(tmp string, h *snapshotHeader) error {
 	p.notify()
 	p.logger.Info("fsm restored from snapshot", "index", h.Index, "next_offset", h.State.NextOffset, "segments", len(h.Segments))
 	return nil
+}
+
+// SnapshotInfo is what a snapshot stream's header says about the cut.
+type SnapshotInfo struct {
+	// Index is the last Raft index the FSM had applied.
+	Index uint64
+	// NextOffset is the offset of the first event after the cut.
+	NextOffset uint64
+	// Segments is the number of segment files in the stream.
+	Segments int
+}
+
+func (h *snapshotHeader) info() SnapshotInfo {
+	return SnapshotInfo{Index: h.Index, NextOffset: h.State.NextOffset, Segments: len(h.Segments)}
+}
+
+// ReadSnapshotInfo reads and checks the header of the snapshot stream r.
+// The returned reader yields the whole stream again: the bytes already
+// read, then the rest of r.
+func ReadSnapshotInfo(r io.Reader) (SnapshotInfo, io.Reader, error) {
+	var seen bytes.Buffer
+	h, err := readSnapshotHeader(io.TeeReader(r, &seen))
+	if err != nil {
+		return SnapshotInfo{}, nil, err
+	}
+	return h.info(), io.MultiReader(&seen, r), nil
+}
+
+// ReseedSnapshot copies the snapshot stream r to w for a new cluster
+// restored from a backup. Two header fields change, the segment bytes are
+// copied unchanged:
+//
+//   - the Raft index becomes index, the Raft snapshot's index. It may be
+//     above the FSM's own (entries that never reach the FSM, such as a
+//     new leader's no-op, advance Raft's but not the FSM's), and the FSM
+//     state is the same at both. With the header at the Raft index, the
+//     restored FSM's applied index equals the seeded snapshot's, so a
+//     node does not restore the snapshot again when it starts.
+//   - the node table is emptied: its API addresses are the old cluster's
+//     nodes, and a follower would forward appends to them until the new
+//     nodes register themselves, which they do at start.
+func ReseedSnapshot(w io.Writer, r io.Reader, index uint64) (SnapshotInfo, error) {
+	h, err := readSnapshotHeader(r)
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	if index < h.Index {
+		return SnapshotInfo{}, fmt.Errorf("%w: raft index %d is below the FSM's index %d in the stream", ErrBadSnapshot, index, h.Index)
+	}
+	h.Index = index
+	clear(h.State.Nodes)
+	hdr, err := msgpack.Marshal(h)
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	var prefix [snapshotPrefixSize]byte
+	copy(prefix[:8], snapshotMagic)
+	binary.BigEndian.PutUint32(prefix[8:12], uint32(len(hdr)))
+	binary.BigEndian.PutUint32(prefix[12:16], crc32.Checksum(hdr, castagnoli))
+	if _, err := w.Write(prefix[:]); err != nil {
+		return SnapshotInfo{}, err
+	}
+	if _, err := w.Write(hdr); err != nil {
+		return SnapshotInfo{}, err
+	}
+	var total int64
+	for _, s := range h.Segments {
+		total += s.Size
+	}
+	n, err := io.Copy(w, io.LimitReader(r, total))
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	if n != total {
+		return SnapshotInfo{}, fmt.Errorf("%w: stream ends after %d of %d segment bytes", ErrBadSnapshot, n, total)
+	}
+	return h.info(), nil
 }

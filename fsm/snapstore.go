@@ -155,7 +155,13 @@ func (s *SnapshotStore) readMeta(id string) (storeMeta, error) {
 	return m, err
 }
 
-// Open implements raft.SnapshotStore.
+// Open implements raft.SnapshotStore. It opens every file of the
+// snapshot before it returns, so the reader stays valid if the snapshot
+// is reaped while it is read (a newer snapshot's Close removes all but the
+// newest retain): the open descriptors keep the unlinked files, and
+// segment files are never written in place. Only the moment between
+// readMeta and the opens can lose the race, and then Open fails; callers
+// that stream a snapshot (InstallSnapshot, Backup) hold nothing else.
 func (s *SnapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	m, err := s.readMeta(id)
 	if err != nil {
