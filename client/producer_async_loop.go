@@ -1,0 +1,276 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tsstore/tsstore/proto/tsstorev1"
+)
+
+// flight is one append request of an AsyncProducer, from its first send
+// until it is acknowledged.
+type flight struct {
+	req   *tsstorev1.AppendRequest
+	sends []*Pending
+	bytes int
+	first time.Time // first sent, for DeliveryTimeout
+	tries int       // times sent (each may have been retried inside send)
+	// asHead: the latest send went out while every earlier request was
+	// acknowledged, so a sequence gap answer cannot be a reordering.
+	asHead  bool
+	waiting bool // answered with a sequence gap; re-send at the head
+	acked   bool
+	resp    *tsstorev1.AppendResponse // nil if acked as an old duplicate
+}
+
+type flightResult struct {
+	f        *flight
+	resp     *tsstorev1.AppendResponse
+	attempts int
+	err      error
+}
+
+// asyncLoop is the state owned by the AsyncProducer's loop goroutine.
+type asyncLoop struct {
+	a        *AsyncProducer
+	window   []*flight // sent, not yet resolved, in sequence order
+	cur      *flight   // being filled
+	held     *Pending  // did not fit in cur
+	next     uint64    // sequence of the next new request
+	flushing bool
+	lingerC  <-chan time.Time
+	lingered bool
+	dead     error
+}
+
+func (a *AsyncProducer) loop() {
+	defer close(a.exited)
+	l := &asyncLoop{a: a, next: a.NextSeq()}
+	for {
+		// Take whatever is queued before deciding what to send, so that
+		// requests carry as many events as are waiting.
+		for l.held == nil {
+			select {
+			case f := <-a.in:
+				l.accept(f)
+				continue
+			default:
+			}
+			break
+		}
+		for l.ready() {
+			l.dispatch()
+		}
+		in := a.in
+		if l.held != nil {
+			in = nil
+		}
+		select {
+		case f := <-in:
+			l.accept(f)
+		case r := <-a.results:
+			l.handle(r)
+		case <-a.flushCh:
+			l.flushing = true
+		case <-l.lingerC:
+			l.lingered = true
+		case <-a.quit:
+			l.stop(ErrClosed)
+			return
+		}
+	}
+}
+
+func (l *asyncLoop) accept(f *Pending) {
+	switch {
+	case l.dead != nil:
+		fail(f, l.dead)
+	case l.cur == nil:
+		l.start(f)
+	case len(l.cur.req.Events)+len(f.events) <= l.a.opts.MaxBatchEvents && l.cur.bytes+f.bytes <= l.a.opts.MaxBatchBytes:
+		l.cur.req.Events = append(l.cur.req.Events, f.events...)
+		l.cur.sends = append(l.cur.sends, f)
+		l.cur.bytes += f.bytes
+	default:
+		l.held = f
+	}
+}
+
+func (l *asyncLoop) start(f *Pending) {
+	l.cur = &flight{req: &tsstorev1.AppendRequest{ProducerId: l.a.p.id, Events: f.events}, sends: []*Pending{f}, bytes: f.bytes}
+	l.lingered = false
+	l.lingerC = nil
+	if l.a.opts.Linger > 0 {
+		l.lingerC = time.After(l.a.opts.Linger)
+	}
+}
+
+// ready reports whether cur should be sent now.
+func (l *asyncLoop) ready() bool {
+	o := l.a.opts
+	if l.cur == nil || l.dead != nil || len(l.window) >= o.MaxInflight {
+		return false
+	}
+	full := l.held != nil || len(l.cur.req.Events) >= o.MaxBatchEvents || l.cur.bytes >= o.MaxBatchBytes
+	return o.Linger == 0 || l.flushing || l.lingered || full
+}
+
+func (l *asyncLoop) dispatch() {
+	f := l.cur
+	f.req.ProducerSeq = l.next
+	l.next += uint64(len(f.req.Events))
+	f.first = time.Now()
+	l.window = append(l.window, f)
+	l.send(f)
+	l.cur, l.lingerC = nil, nil
+	if h := l.held; h != nil {
+		l.held = nil
+		l.start(h)
+	}
+	if l.cur == nil && len(l.a.in) == 0 {
+		l.flushing = false
+	}
+}
+
+func (l *asyncLoop) send(f *flight) {
+	f.asHead = l.window[0] == f
+	f.waiting = false
+	f.tries++
+	if f.tries > 1 {
+		l.a.mu.Lock()
+		l.a.mu.stats.Resends++
+		l.a.mu.Unlock()
+	}
+	a := l.a
+	go func() {
+		resp, attempts, err := a.p.send(a.ctx, f.req)
+		a.results <- flightResult{f: f, resp: resp, attempts: attempts, err: err}
+	}()
+}
+
+func (l *asyncLoop) handle(r flightResult) {
+	f := r.f
+	if l.dead != nil {
+		return // already failed
+	}
+	switch err := r.err; {
+	case err == nil:
+		f.acked, f.resp = true, r.resp
+	case errors.Is(err, ErrDuplicateSequence) && (f.tries > 1 || r.attempts > 1):
+		f.acked = true // committed earlier; offsets no longer known
+	case errors.Is(err, ErrSequenceGap) && !f.asHead:
+		f.waiting = true // overtook a predecessor; nothing was written
+	case errors.Is(err, ErrClosed):
+		l.fatal(err)
+		return
+	case r.attempts > 0 && !ambiguous(err):
+		l.fatal(fmt.Errorf("client: async producer %s: append at seq %d rejected: %w", l.a.p.id, f.req.GetProducerSeq(), err))
+		return
+	case time.Since(f.first) > l.a.opts.DeliveryTimeout:
+		l.fatal(fmt.Errorf("client: async producer %s: append at seq %d still in doubt after %v: %w",
+			l.a.p.id, f.req.GetProducerSeq(), l.a.opts.DeliveryTimeout, err))
+		return
+	default:
+		l.send(f) // outcome unknown: send again with the same sequence
+	}
+	for len(l.window) > 0 && l.window[0].acked {
+		l.resolve(l.window[0])
+		l.window = l.window[1:]
+	}
+	if len(l.window) > 0 && l.window[0].waiting {
+		l.send(l.window[0])
+	}
+}
+
+// resolve answers an acknowledged request's Sends, in order.
+func (l *asyncLoop) resolve(f *flight) {
+	n := uint64(len(f.req.Events))
+	a := l.a
+	a.mu.Lock()
+	a.mu.next = f.req.GetProducerSeq() + n
+	a.mu.stats.Requests++
+	a.mu.stats.Events += n
+	a.mu.Unlock()
+	var base AppendResult
+	if f.resp != nil {
+		base = result(f.resp)
+		base.StreamVersions = nil
+		a.p.c.noteAppended(f.resp.GetLastOffset())
+	} else {
+		base.Duplicate = true
+	}
+	off := base.FirstOffset
+	for _, s := range f.sends {
+		s.res = base
+		if f.resp != nil {
+			s.res.FirstOffset, s.res.LastOffset = off, off+uint64(len(s.events))-1
+			off += uint64(len(s.events))
+		}
+		close(s.done)
+	}
+}
+
+// fatal stops the producer: requests acknowledged out of order are
+// resolved (their predecessors committed too), everything else fails.
+func (l *asyncLoop) fatal(err error) {
+	l.a.mu.Lock()
+	l.a.mu.err = err
+	l.a.mu.Unlock()
+	l.failAll(err)
+}
+
+func (l *asyncLoop) failAll(err error) {
+	l.dead = err
+	last := -1
+	for i, f := range l.window {
+		if f.acked {
+			last = i
+		}
+	}
+	for i, f := range l.window {
+		if i <= last {
+			f.acked = true
+			l.resolve(f)
+			continue
+		}
+		for _, s := range f.sends {
+			fail(s, err)
+		}
+	}
+	l.window = nil
+	l.failQueued(err)
+}
+
+// stop fails everything left when the producer closes.
+func (l *asyncLoop) stop(err error) {
+	if l.dead == nil {
+		l.failAll(err)
+	}
+	for {
+		select {
+		case f := <-l.a.in:
+			fail(f, l.dead)
+		default:
+			return
+		}
+	}
+}
+
+func (l *asyncLoop) failQueued(err error) {
+	if l.cur != nil {
+		for _, s := range l.cur.sends {
+			fail(s, err)
+		}
+		l.cur = nil
+	}
+	if l.held != nil {
+		fail(l.held, err)
+		l.held = nil
+	}
+}
+
+func fail(f *Pending, err error) {
+	f.err = err
+	close(f.done)
+}
