@@ -30,10 +30,12 @@ type checkpoint struct {
 	State    *State
 }
 
+// nodesFile is a msgpack array (Index, Nodes[, Members]); Members is left
+// out when empty, which is the frozen format of the first version.
 type nodesFile struct {
-	_msgpack struct{} `msgpack:",as_array"`
-	Index    uint64
-	Nodes    map[string]string
+	Index   uint64
+	Nodes   map[string]string
+	Members Membership
 }
 
 func readCheckpoint(dir string) (checkpoint, error) {

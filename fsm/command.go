@@ -14,6 +14,8 @@ type CommandType byte
 const (
 	CmdAppend       CommandType = 1
 	CmdRegisterNode CommandType = 2
+	// CmdRemoveNode tombstones one incarnation of a node (membership.go).
+	CmdRemoveNode CommandType = 3
 )
 
 // ExpectKind is an optimistic-concurrency rule for one stream.
@@ -75,11 +77,24 @@ type AppendCommand struct {
 	Ops       []AppendOp
 }
 
-// RegisterNodeCommand records a node's client-facing address.
+// RegisterNodeCommand records a node's client-facing address and the
+// incarnation of its data directory. Encoded as a msgpack array of 2
+// elements (ID, APIAddress) when Incarnation is empty, the frozen format of
+// the first version, or of 3 otherwise (membership.go).
 type RegisterNodeCommand struct {
-	_msgpack   struct{} `msgpack:",as_array"`
-	ID         string
-	APIAddress string
+	ID          string
+	APIAddress  string
+	Incarnation string
+}
+
+// RemoveNodeCommand removes one incarnation of a node from the node table
+// and leaves a tombstone, so that this incarnation can never register
+// again. The server commits it before taking the node out of the Raft
+// configuration. Frozen: msgpack array (ID, Incarnation).
+type RemoveNodeCommand struct {
+	_msgpack    struct{} `msgpack:",as_array"`
+	ID          string
+	Incarnation string
 }
 
 // Encode returns the Raft entry bytes for a command.

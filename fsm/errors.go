@@ -27,6 +27,10 @@ var (
 	ErrDataLoss = errors.New("segment data lost")
 	// ErrBadSnapshot: a snapshot stream is malformed.
 	ErrBadSnapshot = errors.New("bad snapshot")
+	// ErrNodeRemoved: a node registered with an incarnation that was
+	// removed from the cluster (a tombstone in the node table). Only that
+	// registration is refused; the processor keeps applying.
+	ErrNodeRemoved = errors.New("node incarnation was removed from the cluster")
 )
 
 // SequenceGapError carries the sequence the producer must send next.

@@ -144,7 +144,7 @@ func (p *Processor) load(log *segment.Log) error {
 	}
 	p.nodesWM = cp.Index
 	if nodes.Index > cp.Index {
-		st.Nodes, p.nodesWM = nodes.Nodes, nodes.Index
+		st.Nodes, st.Members, p.nodesWM = nodes.Nodes, nodes.Members, nodes.Index
 	}
 	p.appendWM = cp.Index
 	if h, ok := log.LastHeader(); ok && h.RaftIndex > p.appendWM {
@@ -304,6 +304,15 @@ func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 			return p.fail(fmt.Errorf("entry %d: %w", index, err))
 		}
 		return p.applyRegisterNode(index, &cmd)
+	case CmdRemoveNode:
+		if index <= p.nodesWM {
+			return &ApplyResult{Skipped: true}
+		}
+		var cmd RemoveNodeCommand
+		if err := decode(data, &cmd); err != nil {
+			return p.fail(fmt.Errorf("entry %d: %w", index, err))
+		}
+		return p.applyRemoveNode(index, &cmd)
 	default:
 		// A command from a newer version: applying around it would make
 		// this replica diverge, so stop and ask for an upgrade.
@@ -321,19 +330,4 @@ func (p *Processor) fail(err error) *ApplyResult {
 		p.cfg.OnFail(ferr)
 	}
 	return &ApplyResult{Err: ferr}
-}
-
-func (p *Processor) applyRegisterNode(index uint64, cmd *RegisterNodeCommand) *ApplyResult {
-	p.mu.Lock()
-	p.mu.state.Nodes[cmd.ID] = cmd.APIAddress
-	nodes := make(map[string]string, len(p.mu.state.Nodes))
-	for k, v := range p.mu.state.Nodes {
-		nodes[k] = v
-	}
-	p.mu.Unlock()
-	if err := writeNodes(p.cfg.Dir, nodesFile{Index: index, Nodes: nodes}); err != nil {
-		return p.fail(err)
-	}
-	p.nodesWM = index
-	return &ApplyResult{}
 }

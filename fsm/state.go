@@ -41,13 +41,17 @@ type ProducerState struct {
 // State is everything the FSM derives from the log, plus the node table.
 // Streams and Producers are a pure function of the log's records, which is
 // what lets a restarted node rebuild them from a checkpoint and the log.
+//
+// It is a msgpack array of the fields in order; Members is optional and
+// left out when empty, so a state without membership data has the frozen
+// 5-element format of the first version (membership.go).
 type State struct {
-	_msgpack      struct{} `msgpack:",as_array"`
 	NextOffset    uint64
 	LastTimestamp int64
 	Streams       map[string]*StreamState
 	Producers     map[string]*ProducerState
 	Nodes         map[string]string // node id -> client API address
+	Members       Membership        // incarnations and removal tombstones
 }
 
 func newState() *State {
@@ -67,6 +71,7 @@ func (s *State) clone() *State {
 		Streams:       make(map[string]*StreamState, len(s.Streams)),
 		Producers:     make(map[string]*ProducerState, len(s.Producers)),
 		Nodes:         maps.Clone(s.Nodes),
+		Members:       s.Members.clone(),
 	}
 	for k, v := range s.Streams {
 		cp := *v
