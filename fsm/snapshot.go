@@ -283,7 +283,7 @@ func (p *Processor) swapIn(tmp string, h *snapshotHeader) error {
 	if err := writeCheckpoint(p.cfg.Dir, checkpoint{Index: h.Index, State: h.State}); err != nil {
 		return p.fail(err).Err
 	}
-	if err := writeNodes(p.cfg.Dir, nodesFile{Index: h.Index, Nodes: h.State.Nodes}); err != nil {
+	if err := writeNodes(p.cfg.Dir, nodesFile{Index: h.Index, Nodes: h.State.Nodes, Members: h.State.Members}); err != nil {
 		return p.fail(err).Err
 	}
 	p.log = log
