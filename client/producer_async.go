@@ -98,14 +98,16 @@ type AsyncProducer struct {
 	in      chan *Pending
 	flushCh chan struct{}
 	results chan flightResult
-	quit    chan struct{} // closed by Close: the loop fails what is left
+	closing chan struct{} // closed by Close: finish what was sent, then exit
+	quit    chan struct{} // closed when Close's ctx ends: fail what is left
 	exited  chan struct{} // closed when the loop has returned
 	ctx     context.Context
 	cancel  context.CancelFunc // ends requests in flight after a failed Close
 
 	// sendMu orders Sends into the queue; the loop never takes it.
-	sendMu sync.Mutex
-	mu     struct {
+	sendMu   sync.Mutex
+	quitOnce sync.Once
+	mu       struct {
 		sync.Mutex
 		last   *Pending // the latest Send, for Flush
 		closed bool
@@ -175,6 +177,7 @@ func (c *Client) ResumeAsyncProducer(id string, next uint64, opts AsyncOptions) 
 		in:      make(chan *Pending, 1024),
 		flushCh: make(chan struct{}, 1),
 		results: make(chan flightResult, maxAsyncInflight),
+		closing: make(chan struct{}),
 		quit:    make(chan struct{}),
 		exited:  make(chan struct{}),
 		ctx:     ctx,
@@ -283,21 +286,32 @@ func (a *AsyncProducer) Flush(ctx context.Context) error {
 	}
 }
 
-// Close flushes (bounded by ctx) and stops the producer. Sends not
-// acknowledged by then fail with ErrClosed; their outcome is unknown if
-// they were in flight (resume with NextSeq to settle them).
+// Close sends what is queued, waits (bounded by ctx) until every request
+// is answered, and stops the producer. Sends not acknowledged when ctx
+// ends fail with ErrClosed; their outcome is unknown if they were in
+// flight. It returns the producer's error, if it stopped, or ctx's.
 func (a *AsyncProducer) Close(ctx context.Context) error {
-	err := a.Flush(ctx)
+	a.sendMu.Lock() // no Send is between its check and the queue
 	a.mu.Lock()
-	if a.mu.closed {
-		a.mu.Unlock()
-		<-a.exited
-		return err
-	}
+	first := !a.mu.closed
 	a.mu.closed = true
 	a.mu.Unlock()
-	close(a.quit)
+	a.sendMu.Unlock()
+	if first {
+		close(a.closing)
+	}
+	var err error
+	select {
+	case <-a.exited:
+	case <-ctx.Done():
+		err = ctx.Err()
+		a.quitOnce.Do(func() { close(a.quit) })
+		a.cancel()
+		<-a.exited
+	}
 	a.cancel()
-	<-a.exited
+	if e := a.Err(); e != nil {
+		return e
+	}
 	return err
 }

@@ -21,6 +21,7 @@ type flight struct {
 	asHead  bool
 	waiting bool // answered with a sequence gap; re-send at the head
 	acked   bool
+	failed  bool                      // answered to the caller as failed
 	resp    *tsstorev1.AppendResponse // nil if acked as an old duplicate
 }
 
@@ -39,6 +40,7 @@ type asyncLoop struct {
 	held     *Pending  // did not fit in cur
 	next     uint64    // sequence of the next new request
 	flushing bool
+	closing  bool // Close was called: exit once everything is answered
 	lingerC  <-chan time.Time
 	lingered bool
 	dead     error
@@ -62,9 +64,17 @@ func (a *AsyncProducer) loop() {
 		for l.ready() {
 			l.dispatch()
 		}
+		if l.closing && len(l.window) == 0 && l.cur == nil && l.held == nil && len(a.in) == 0 {
+			l.stop(ErrClosed)
+			return
+		}
 		in := a.in
 		if l.held != nil {
 			in = nil
+		}
+		closingCh := a.closing
+		if l.closing {
+			closingCh = nil
 		}
 		select {
 		case f := <-in:
@@ -73,6 +83,8 @@ func (a *AsyncProducer) loop() {
 			l.handle(r)
 		case <-a.flushCh:
 			l.flushing = true
+		case <-closingCh:
+			l.closing, l.flushing = true, true
 		case <-l.lingerC:
 			l.lingered = true
 		case <-a.quit:
@@ -113,7 +125,7 @@ func (l *asyncLoop) ready() bool {
 		return false
 	}
 	full := l.held != nil || len(l.cur.req.Events) >= o.MaxBatchEvents || l.cur.bytes >= o.MaxBatchBytes
-	return o.Linger == 0 || l.flushing || l.lingered || full
+	return o.Linger == 0 || l.flushing || l.closing || l.lingered || full
 }
 
 func (l *asyncLoop) dispatch() {
@@ -151,8 +163,8 @@ func (l *asyncLoop) send(f *flight) {
 
 func (l *asyncLoop) handle(r flightResult) {
 	f := r.f
-	if l.dead != nil {
-		return // already failed
+	if f.failed {
+		return // the caller was told already
 	}
 	switch err := r.err; {
 	case err == nil:
@@ -162,15 +174,12 @@ func (l *asyncLoop) handle(r flightResult) {
 	case errors.Is(err, ErrSequenceGap) && !f.asHead:
 		f.waiting = true // overtook a predecessor; nothing was written
 	case errors.Is(err, ErrClosed):
-		l.fatal(err)
-		return
+		l.fatal(f, err)
 	case r.attempts > 0 && !ambiguous(err):
-		l.fatal(fmt.Errorf("client: async producer %s: append at seq %d rejected: %w", l.a.p.id, f.req.GetProducerSeq(), err))
-		return
+		l.fatal(f, fmt.Errorf("client: async producer %s: append at seq %d rejected: %w", l.a.p.id, f.req.GetProducerSeq(), err))
 	case time.Since(f.first) > l.a.opts.DeliveryTimeout:
-		l.fatal(fmt.Errorf("client: async producer %s: append at seq %d still in doubt after %v: %w",
+		l.fatal(f, fmt.Errorf("client: async producer %s: append at seq %d still in doubt after %v: %w",
 			l.a.p.id, f.req.GetProducerSeq(), l.a.opts.DeliveryTimeout, err))
-		return
 	default:
 		l.send(f) // outcome unknown: send again with the same sequence
 	}
@@ -211,42 +220,57 @@ func (l *asyncLoop) resolve(f *flight) {
 	}
 }
 
-// fatal stops the producer: requests acknowledged out of order are
-// resolved (their predecessors committed too), everything else fails.
-func (l *asyncLoop) fatal(err error) {
+// fatal stops the producer at request k: k, every later request and
+// every later Send fail with err. Earlier requests go on until they are
+// acknowledged. If a later request was acknowledged already, k committed
+// after all (its answer was lost): everything up to that one is resolved
+// as committed instead.
+func (l *asyncLoop) fatal(k *flight, err error) {
 	l.a.mu.Lock()
 	l.a.mu.err = err
 	l.a.mu.Unlock()
-	l.failAll(err)
-}
-
-func (l *asyncLoop) failAll(err error) {
 	l.dead = err
-	last := -1
+	idx, last := len(l.window), -1
 	for i, f := range l.window {
+		if f == k {
+			idx = i
+		}
 		if f.acked {
 			last = i
 		}
 	}
-	for i, f := range l.window {
-		if i <= last {
-			f.acked = true
+	cut := idx
+	if last > idx {
+		for _, f := range l.window[:last+1] {
 			l.resolve(f)
-			continue
 		}
+		cut = last + 1
+		l.window = l.window[cut:]
+		cut = 0
+	}
+	for _, f := range l.window[cut:] {
+		f.failed = true
 		for _, s := range f.sends {
 			fail(s, err)
 		}
 	}
-	l.window = nil
+	l.window = l.window[:cut]
 	l.failQueued(err)
 }
 
 // stop fails everything left when the producer closes.
 func (l *asyncLoop) stop(err error) {
 	if l.dead == nil {
-		l.failAll(err)
+		l.dead = err
 	}
+	for _, f := range l.window {
+		f.failed = true
+		for _, s := range f.sends {
+			fail(s, err)
+		}
+	}
+	l.window = nil
+	l.failQueued(err)
 	for {
 		select {
 		case f := <-l.a.in:

@@ -1,7 +1,6 @@
 package client
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -284,12 +283,10 @@ func TestAsyncOptionsValidate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := a.Close(ctx); err != nil {
+	if err := a.Close(testCtx(t)); err != nil {
 		t.Fatalf("Close of an idle producer: %v", err)
 	}
-	if _, err := a.Send(context.Background(), Event{Stream: "s"}); !errors.Is(err, ErrInvalidEvent) {
+	if _, err := a.Send(testCtx(t), Event{Stream: "s"}); !errors.Is(err, ErrInvalidEvent) {
 		t.Fatalf("event without type: %v", err)
 	}
 }
