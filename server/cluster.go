@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -165,11 +166,24 @@ func (n *Node) leaderConn() (*grpc.ClientConn, error) {
 
 // peerPool caches client connections to other nodes.
 type peerPool struct {
+	creds credentials.TransportCredentials
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
 
-func newPeerPool() *peerPool { return &peerPool{conns: map[string]*grpc.ClientConn{}} }
+func newPeerPool(creds credentials.TransportCredentials) *peerPool {
+	return &peerPool{creds: creds, conns: map[string]*grpc.ClientConn{}}
+}
+
+// peerCreds are the credentials for calls to other nodes' APIs: with API
+// TLS, this node's peer certificate and the peer name as server name, so
+// the other node knows it is a node (tls.go, auth.go); plaintext otherwise.
+func (n *Node) peerCreds() credentials.TransportCredentials {
+	if n.sec.api != nil {
+		return credentials.NewTLS(n.sec.peerClient)
+	}
+	return insecure.NewCredentials()
+}
 
 func (p *peerPool) get(addr string) (*grpc.ClientConn, error) {
 	p.mu.Lock()
@@ -177,7 +191,7 @@ func (p *peerPool) get(addr string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
 	if err != nil {
 		return nil, err

@@ -81,6 +81,13 @@ type Config struct {
 	// a free port (Node.MetricsAddr reports it).
 	MetricsAddr string
 
+	// TLS names the certificate files for the API and for node-to-node
+	// mutual TLS (tls.go); the zero value is plaintext.
+	TLS TLSConfig
+	// AuthTokensFile, if set, turns on bearer-token authentication with
+	// the tokens in this file (auth.go); it requires TLS.
+	AuthTokensFile string
+
 	// Segment configures the segment log.
 	Segment segment.Options
 	// Logger receives structured logs; nil uses slog.Default().
@@ -173,6 +180,9 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("read message bytes must be in [64 KiB, 16 MiB]"))
 	}
 	if err := c.Segment.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := c.loadSecurity(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

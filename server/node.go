@@ -42,6 +42,8 @@ type Node struct {
 	prop     *proposer
 	peers    *peerPool
 	metrics  *nodeMetrics
+	// sec is the loaded TLS and token setup (tls.go, auth.go).
+	sec *security
 
 	// leaderReady is the term in which this node, as leader, has applied
 	// everything committed before it (a barrier). ReadIndex waits for it.
@@ -74,6 +76,11 @@ func New(cfg Config) (*Node, error) {
 	if n.logger == nil {
 		n.logger = slog.Default()
 	}
+	sec, err := cfg.loadSecurity()
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	n.sec = sec
 	n.logger = n.logger.With("node", cfg.NodeID)
 	n.metrics = newNodeMetrics(n)
 	if err := n.checkIdentity(); err != nil {
@@ -229,12 +236,22 @@ func (n *Node) startRaft() error {
 		// Every peer must be listed: the fallback logs a warning per dial.
 		provider = dialOverrides(n.cfg.RaftDialOverrides)
 	}
-	n.trans, err = raft.NewTCPTransportWithConfig(n.cfg.RaftAddr, addr, &raft.NetworkTransportConfig{
+	tcfg := &raft.NetworkTransportConfig{
 		ServerAddressProvider: provider,
 		MaxPool:               8,
 		Timeout:               10 * time.Second,
 		Logger:                hclog.New(&hclog.LoggerOptions{Name: "raft-net", Level: hclog.Warn, Output: os.Stderr, JSONFormat: true}),
-	})
+	}
+	if n.sec.peerServer != nil {
+		// Mutual TLS between nodes (tls.go); the override table still
+		// picks the address dialled, TLS checks the name in the certificate.
+		tcfg.Stream, err = newTLSStreamLayer(n.cfg.RaftAddr, addr, n.sec, n.logger.With("component", "raft-tls"))
+		if err == nil {
+			n.trans = raft.NewNetworkTransportWithConfig(tcfg)
+		}
+	} else {
+		n.trans, err = raft.NewTCPTransportWithConfig(n.cfg.RaftAddr, addr, tcfg)
+	}
 	if err != nil {
 		return fmt.Errorf("raft transport on %s: %w", n.cfg.RaftAddr, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
@@ -44,19 +45,34 @@ func (n *Node) serve() error {
 	// interceptors: a handler panic skips their post-call reporting, so
 	// only a recovery inside them makes it count as Internal, with its
 	// latency; the outer one still guards the interceptors themselves.
-	n.grpc = grpc.NewServer(
-		grpc.MaxRecvMsgSize(n.cfg.MaxRequestBytes+(1<<20)),
-		grpc.ChainUnaryInterceptor(recovery.UnaryServerInterceptor(onPanic),
-			n.metrics.grpc.UnaryServerInterceptor(), recovery.UnaryServerInterceptor(onPanic)),
-		grpc.ChainStreamInterceptor(recovery.StreamServerInterceptor(onPanic),
-			n.metrics.grpc.StreamServerInterceptor(), recovery.StreamServerInterceptor(onPanic)),
-	)
+	//
+	// Authentication (auth.go), when on, sits inside the metrics
+	// interceptors, so refused calls are counted (Unauthenticated,
+	// PermissionDenied), and outside the inner recovery.
+	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(onPanic), n.metrics.grpc.UnaryServerInterceptor()}
+	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(onPanic), n.metrics.grpc.StreamServerInterceptor()}
+	if n.sec.tokens != nil {
+		a := &authenticator{tokens: n.sec.tokens, peerName: n.sec.peerName, logger: n.logger.With("component", "auth")}
+		u, s := a.interceptors()
+		unary, stream = append(unary, u), append(stream, s)
+	}
+	unary = append(unary, recovery.UnaryServerInterceptor(onPanic))
+	stream = append(stream, recovery.StreamServerInterceptor(onPanic))
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(n.cfg.MaxRequestBytes + (1 << 20)),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
+	}
+	if n.sec.api != nil {
+		opts = append(opts, grpc.Creds(loggedCreds{TransportCredentials: credentials.NewTLS(n.sec.api), logger: n.logger.With("component", "api-tls")}))
+	}
+	n.grpc = grpc.NewServer(opts...)
 	s := &service{n: n}
 	pb.RegisterEventStoreServer(n.grpc, s)
 	pb.RegisterClusterServer(n.grpc, s)
 	n.registerHealth()
 	reflection.Register(n.grpc)
-	n.peers = newPeerPool()
+	n.peers = newPeerPool(n.peerCreds())
 	n.goFunc(func() {
 		if err := n.grpc.Serve(lis); err != nil {
 			n.logger.Error("api server stopped", "error", err)

@@ -1,0 +1,299 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+)
+
+// Authentication and authorization of API calls.
+//
+// With Config.AuthTokensFile set, every call except the health service
+// must carry "authorization: Bearer <token>". The token's role must cover
+// the method's:
+//
+//	read    Read, Subscribe, Status, ListStreams, server reflection
+//	append  read + Append
+//	admin   append + the Cluster service's admin RPCs (membership,
+//	        leadership transfer, snapshot, backup)
+//	node    everything, including ReadIndex and RegisterNode
+//
+// The node role is never a token: a call is from a node when it arrived on
+// a TLS connection that asked for the peer name (TLSConfig.PeerName) as
+// server name, which the API only completes with a node certificate
+// verified against the peer CA (tls.go). Nodes are trusted with everything
+// because a node certificate already lets its holder replicate Raft
+// entries. A follower checks the client's role before it forwards an
+// Append or a TransferLeadership; the leader sees the node.
+//
+// The server keeps only SHA-256 hashes of tokens and compares hashes in
+// constant time over all entries; it logs a token's name, never the token.
+// Missing or unknown tokens are Unauthenticated, a role too low is
+// PermissionDenied naming the role needed. Methods missing from
+// methodRoles need admin (fail closed).
+
+// role is what a caller may do; a higher role includes the lower ones.
+type role uint8
+
+const (
+	roleRead role = iota + 1
+	roleAppend
+	roleAdmin
+	roleNode
+)
+
+func (r role) String() string {
+	switch r {
+	case roleRead:
+		return "read"
+	case roleAppend:
+		return "append"
+	case roleAdmin:
+		return "admin"
+	case roleNode:
+		return "node"
+	}
+	return fmt.Sprintf("role(%d)", uint8(r))
+}
+
+// healthPrefix is the service that stays open to probes (systemd, load
+// balancers) without a token.
+const healthPrefix = "/grpc.health.v1.Health/"
+
+// methodRoles is the least role each API method needs.
+var methodRoles = map[string]role{
+	pb.EventStore_Read_FullMethodName:        roleRead,
+	pb.EventStore_Subscribe_FullMethodName:   roleRead,
+	pb.EventStore_Status_FullMethodName:      roleRead,
+	pb.EventStore_ListStreams_FullMethodName: roleRead,
+	pb.EventStore_Append_FullMethodName:      roleAppend,
+
+	pb.Cluster_TransferLeadership_FullMethodName: roleAdmin,
+	pb.Cluster_Members_FullMethodName:            roleAdmin,
+	pb.Cluster_AddMember_FullMethodName:          roleAdmin,
+	pb.Cluster_PromoteMember_FullMethodName:      roleAdmin,
+	pb.Cluster_RemoveMember_FullMethodName:       roleAdmin,
+	pb.Cluster_Snapshot_FullMethodName:           roleAdmin,
+	pb.Cluster_Backup_FullMethodName:             roleAdmin,
+	pb.Cluster_ReadIndex_FullMethodName:          roleNode,
+	pb.Cluster_RegisterNode_FullMethodName:       roleNode,
+
+	// Reflection describes the API (its .proto is public) to grpcurl and
+	// the like; any valid token may use it.
+	"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":      roleRead,
+	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": roleRead,
+}
+
+// tokenEntry is one line of the tokens file, with the token hashed.
+type tokenEntry struct {
+	name string
+	role role
+	hash [sha256.Size]byte
+}
+
+type tokenSet struct {
+	entries []tokenEntry
+}
+
+// minTokenLen is the shortest plaintext token accepted: 16 characters of
+// `openssl rand -hex 32` output are already 64 bits.
+const minTokenLen = 16
+
+// loadTokens reads a tokens file: one token per line,
+//
+//	<role> <name> <token>           e.g. append trainer-1 4f9c...
+//	<role> <name> sha256:<64 hex>   the token's SHA-256 instead
+//
+// with # comments and blank lines. Roles are read, append and admin; names
+// (for logs) are unique. A file others may write is refused, and so is a
+// file others may read that holds plaintext tokens.
+func loadTokens(path string) (*tokenSet, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("auth-tokens-file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("auth-tokens-file: %w", err)
+	}
+	if fi.Mode().Perm()&0o002 != 0 {
+		return nil, fmt.Errorf("auth-tokens-file %s is writable by every user (mode %04o): chmod o-w", path, fi.Mode().Perm())
+	}
+	set := &tokenSet{}
+	names := map[string]int{}
+	hashes := map[[sha256.Size]byte]string{}
+	plaintext := false
+	sc := bufio.NewScanner(f)
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" || strings.HasPrefix(text, "#") {
+			continue
+		}
+		// Messages never quote the token field.
+		fields := strings.Fields(text)
+		if len(fields) != 3 {
+			return nil, fmt.Errorf("auth-tokens-file %s line %d: want `<role> <name> <token or sha256:hex>`, got %d fields", path, line, len(fields))
+		}
+		e := tokenEntry{name: fields[1]}
+		switch fields[0] {
+		case "read":
+			e.role = roleRead
+		case "append":
+			e.role = roleAppend
+		case "admin":
+			e.role = roleAdmin
+		default:
+			return nil, fmt.Errorf("auth-tokens-file %s line %d: unknown role %q (want read, append or admin)", path, line, fields[0])
+		}
+		if !idPattern.MatchString(e.name) {
+			return nil, fmt.Errorf("auth-tokens-file %s line %d: name %q: want 1-64 of [A-Za-z0-9._-]", path, line, e.name)
+		}
+		if prev, ok := names[e.name]; ok {
+			return nil, fmt.Errorf("auth-tokens-file %s line %d: name %q already used on line %d", path, line, e.name, prev)
+		}
+		names[e.name] = line
+		if hx, ok := strings.CutPrefix(fields[2], "sha256:"); ok {
+			b, err := hex.DecodeString(hx)
+			if err != nil || len(b) != sha256.Size {
+				return nil, fmt.Errorf("auth-tokens-file %s line %d (%s): sha256: wants 64 hex digits", path, line, e.name)
+			}
+			copy(e.hash[:], b)
+		} else {
+			if len(fields[2]) < minTokenLen {
+				return nil, fmt.Errorf("auth-tokens-file %s line %d (%s): token shorter than %d characters", path, line, e.name, minTokenLen)
+			}
+			e.hash = sha256.Sum256([]byte(fields[2]))
+			plaintext = true
+		}
+		if other, ok := hashes[e.hash]; ok {
+			return nil, fmt.Errorf("auth-tokens-file %s line %d (%s): same token as %s", path, line, e.name, other)
+		}
+		hashes[e.hash] = e.name
+		set.entries = append(set.entries, e)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("auth-tokens-file %s: %w", path, err)
+	}
+	if plaintext && fi.Mode().Perm()&0o004 != 0 {
+		return nil, fmt.Errorf("auth-tokens-file %s holds plaintext tokens and is readable by every user (mode %04o): chmod o-r, or store sha256: hashes",
+			path, fi.Mode().Perm())
+	}
+	if len(set.entries) == 0 {
+		return nil, fmt.Errorf("auth-tokens-file %s has no tokens: every call would be refused", path)
+	}
+	return set, nil
+}
+
+// lookup finds the entry of token, comparing its hash with every entry.
+func (s *tokenSet) lookup(token string) (tokenEntry, bool) {
+	h := sha256.Sum256([]byte(token))
+	var found tokenEntry
+	ok := 0
+	for _, e := range s.entries {
+		if subtle.ConstantTimeCompare(h[:], e.hash[:]) == 1 {
+			found, ok = e, 1
+		}
+	}
+	return found, ok == 1
+}
+
+// authenticator decides every call when authentication is on.
+type authenticator struct {
+	tokens   *tokenSet
+	peerName string
+	logger   *slog.Logger
+}
+
+// callerKey carries the caller's name (a token's name, or "node") in a
+// handler's context.
+type callerKey struct{}
+
+// callerFrom returns who made the call: a token's name, "node", or "" when
+// authentication is off.
+func callerFrom(ctx context.Context) string {
+	s, _ := ctx.Value(callerKey{}).(string)
+	return s
+}
+
+// interceptors returns the auth interceptors for the server's chain.
+func (a *authenticator) interceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	return auth.UnaryServerInterceptor(a.authorize), auth.StreamServerInterceptor(a.authorize)
+}
+
+// authorize is the auth.AuthFunc: it names the caller or refuses the call.
+func (a *authenticator) authorize(ctx context.Context) (context.Context, error) {
+	method, _ := grpc.Method(ctx)
+	if strings.HasPrefix(method, healthPrefix) {
+		return ctx, nil
+	}
+	need, ok := methodRoles[method]
+	if !ok {
+		need = roleAdmin
+	}
+	if a.fromNode(ctx) {
+		return context.WithValue(ctx, callerKey{}, "node"), nil
+	}
+	if need == roleNode {
+		return nil, a.refuse(ctx, codes.PermissionDenied, method, "",
+			fmt.Sprintf("%s is for tsstore nodes only (a node certificate under the peer CA)", method))
+	}
+	token, err := auth.AuthFromMD(ctx, "bearer")
+	if err != nil {
+		return nil, a.refuse(ctx, codes.Unauthenticated, method, "",
+			fmt.Sprintf("%s needs a bearer token with role %s or higher: send the header `authorization: Bearer <token>`", method, need))
+	}
+	e, ok := a.tokens.lookup(token)
+	if !ok {
+		return nil, a.refuse(ctx, codes.Unauthenticated, method, "", "bearer token is not in this node's tokens file")
+	}
+	if e.role < need {
+		return nil, a.refuse(ctx, codes.PermissionDenied, method, e.name,
+			fmt.Sprintf("token %q has role %s; %s needs role %s or higher", e.name, e.role, method, need))
+	}
+	return context.WithValue(ctx, callerKey{}, e.name), nil
+}
+
+func (a *authenticator) refuse(ctx context.Context, code codes.Code, method, name, msg string) error {
+	remote := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		remote = p.Addr.String()
+	}
+	a.logger.Warn("call refused", "code", code.String(), "method", method, "token_name", name, "remote", remote, "reason", msg)
+	return status.Error(code, msg)
+}
+
+// fromNode reports whether the call came over a connection authenticated
+// with a node certificate: the peer TLS configuration, chosen by server
+// name, completes only with a verified node certificate carrying the peer
+// name (tls.go).
+func (a *authenticator) fromNode(ctx context.Context) bool {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return false
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return false
+	}
+	st := info.State
+	if st.ServerName != a.peerName || len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
+		return false
+	}
+	return st.PeerCertificates[0].VerifyHostname(a.peerName) == nil
+}

@@ -1,0 +1,303 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
+	reflectpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+)
+
+const (
+	readTok   = "read-token-0123456789"
+	appendTok = "append-token-0123456789"
+	adminTok  = "admin-token-0123456789"
+)
+
+func writeTokens(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// testTokens has one token per role; admin's is stored as its hash.
+func testTokens(t *testing.T) string {
+	return writeTokens(t, fmt.Sprintf("# role name token\nread dashboard %s\nappend trainer %s\n\nadmin ops sha256:%x\n",
+		readTok, appendTok, sha256.Sum256([]byte(adminTok))))
+}
+
+func withToken(ctx context.Context, token string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+}
+
+func oneEvent() *pb.AppendRequest {
+	return &pb.AppendRequest{Events: []*pb.Event{{Stream: "s", Type: "t", Payload: []byte("x")}}}
+}
+
+// Each role may do its calls and no more; missing and unknown tokens are
+// Unauthenticated, a role too low is PermissionDenied naming the role the
+// call needs. Refusals are counted and logged by token name, never token.
+func TestAuthRoles(t *testing.T) {
+	p := newTestPKI(t)
+	tokens := testTokens(t)
+	var logs *logBuf
+	tc := newTestCluster(t, 1, func(c *Config) { logs = p.secure(t, c, true); c.AuthTokensFile = tokens })
+	n := tc.nodes[0]
+	conn := dialWith(t, n.APIAddr(), credentials.NewTLS(trust(t, p.ca, nil)))
+	es, cl := pb.NewEventStoreClient(conn), pb.NewClusterClient(conn)
+	ctx := ctxT(t)
+
+	t.Run("no token", func(t *testing.T) {
+		_, err := es.Status(ctx, &pb.StatusRequest{})
+		wantStatus(t, err, codes.Unauthenticated, "/tsstore.v1.EventStore/Status needs a bearer token with role read or higher")
+		_, err = es.Append(ctx, oneEvent())
+		wantStatus(t, err, codes.Unauthenticated, "needs a bearer token with role append")
+		stream, err := es.Read(ctx, &pb.ReadRequest{})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		wantStatus(t, err, codes.Unauthenticated, "needs a bearer token")
+		_, err = es.Status(metadata.AppendToOutgoingContext(ctx, "authorization", "Basic "+readTok), &pb.StatusRequest{})
+		wantStatus(t, err, codes.Unauthenticated, "needs a bearer token")
+	})
+	t.Run("unknown token", func(t *testing.T) {
+		_, err := es.Status(withToken(ctx, "not-a-token-of-this-cluster"), &pb.StatusRequest{})
+		wantStatus(t, err, codes.Unauthenticated, "bearer token is not in this node's tokens file")
+	})
+	t.Run("read", func(t *testing.T) {
+		rctx := withToken(ctx, readTok)
+		if _, err := es.Status(rctx, &pb.StatusRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := es.ListStreams(rctx, &pb.ListStreamsRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := es.Append(rctx, oneEvent())
+		wantStatus(t, err, codes.PermissionDenied, `token "dashboard" has role read; /tsstore.v1.EventStore/Append needs role append or higher`)
+		_, err = cl.AddMember(rctx, &pb.AddMemberRequest{})
+		wantStatus(t, err, codes.PermissionDenied, "AddMember needs role admin")
+		_, err = cl.TransferLeadership(rctx, &pb.TransferLeadershipRequest{})
+		wantStatus(t, err, codes.PermissionDenied, "TransferLeadership needs role admin")
+	})
+	t.Run("append", func(t *testing.T) {
+		actx := withToken(ctx, appendTok)
+		if _, err := es.Append(actx, oneEvent()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := es.Status(actx, &pb.StatusRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := cl.TransferLeadership(actx, &pb.TransferLeadershipRequest{})
+		wantStatus(t, err, codes.PermissionDenied, `token "trainer" has role append; /tsstore.v1.Cluster/TransferLeadership needs role admin`)
+		_, err = cl.RemoveMember(actx, &pb.RemoveMemberRequest{})
+		wantStatus(t, err, codes.PermissionDenied, "needs role admin")
+		_, err = cl.Snapshot(actx, &pb.SnapshotRequest{})
+		wantStatus(t, err, codes.PermissionDenied, "needs role admin")
+		b, err := cl.Backup(actx, &pb.BackupRequest{})
+		if err == nil {
+			_, err = b.Recv()
+		}
+		wantStatus(t, err, codes.PermissionDenied, "Backup needs role admin")
+	})
+	t.Run("admin", func(t *testing.T) {
+		actx := withToken(ctx, adminTok)
+		resp, err := cl.TransferLeadership(actx, &pb.TransferLeadershipRequest{ToNodeId: "n1"})
+		if err != nil || resp.NewLeaderId != "n1" {
+			t.Fatalf("TransferLeadership with the admin token: %v %v", resp, err)
+		}
+		if _, err := es.Append(actx, oneEvent()); err != nil {
+			t.Fatal(err)
+		}
+		_, err = cl.ReadIndex(actx, &pb.ReadIndexRequest{})
+		wantStatus(t, err, codes.PermissionDenied, "ReadIndex is for tsstore nodes only")
+		_, err = cl.RegisterNode(actx, &pb.RegisterNodeRequest{NodeId: "n1", ApiAddress: "10.9.9.9:1"})
+		wantStatus(t, err, codes.PermissionDenied, "RegisterNode is for tsstore nodes only")
+	})
+	t.Run("health needs no token", func(t *testing.T) {
+		if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("reflection needs a token", func(t *testing.T) {
+		list := func(ctx context.Context) error {
+			s, err := reflectpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+			if err != nil {
+				return err
+			}
+			if err := s.Send(&reflectpb.ServerReflectionRequest{MessageRequest: &reflectpb.ServerReflectionRequest_ListServices{}}); err != nil {
+				return err
+			}
+			_, err = s.Recv()
+			return err
+		}
+		wantStatus(t, list(ctx), codes.Unauthenticated, "ServerReflectionInfo needs a bearer token")
+		if err := list(withToken(ctx, readTok)); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	if got := handledTotal(t, n, "Append", "PermissionDenied"); got != 1 {
+		t.Errorf("grpc_server_handled_total{Append,PermissionDenied} = %v, want 1", got)
+	}
+	if got := handledTotal(t, n, "Status", "Unauthenticated"); got != 3 {
+		t.Errorf("grpc_server_handled_total{Status,Unauthenticated} = %v, want 3", got)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "token_name=dashboard") || !strings.Contains(out, "call refused") {
+		t.Errorf("refusals not logged by token name:\n%s", out)
+	}
+	for _, tok := range []string{readTok, appendTok, adminTok} {
+		if strings.Contains(out, tok) {
+			t.Errorf("the log shows a token")
+		}
+	}
+}
+
+// Nodes call each other as nodes: followers register, forward appends and
+// ask the leader for ReadIndex over the peer identity, while clients
+// present tokens.
+func TestAuthNodeIdentityInCluster(t *testing.T) {
+	p := newTestPKI(t)
+	tokens := testTokens(t)
+	logs := map[string]*logBuf{}
+	tc := newTestCluster(t, 3, func(c *Config) { logs[c.NodeID] = p.secure(t, c, true); c.AuthTokensFile = tokens })
+	leader, f := tc.leader(), tc.follower() // registration went through RegisterNode as node
+	conn := dialWith(t, f.APIAddr(), credentials.NewTLS(trust(t, p.ca, nil)))
+	es := pb.NewEventStoreClient(conn)
+	ctx := ctxT(t)
+
+	resp, err := es.Append(withToken(ctx, appendTok), oneEvent())
+	if err != nil {
+		t.Fatalf("append through follower %s: %v", f.cfg.NodeID, err)
+	}
+	stream, err := es.Read(withToken(ctx, readTok), &pb.ReadRequest{
+		FromOffset: resp.FirstOffset, ToOffset: resp.LastOffset + 1, Consistency: pb.Consistency_CONSISTENCY_LINEARIZABLE,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for {
+		m, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("linearizable read on follower: %v", err)
+		}
+		got += len(m.Batches)
+	}
+	if got == 0 {
+		t.Fatal("linearizable read on follower returned no batches")
+	}
+	if out := logs[leader.cfg.NodeID].String(); strings.Contains(out, "call refused") {
+		t.Fatalf("the leader refused a node's call:\n%s", out)
+	}
+	if n := handledTotal(t, leader, "Append", "OK"); n != 1 {
+		t.Fatalf("leader handled %v forwarded appends, want 1", n)
+	}
+}
+
+// Every method the server registers has a role, and the table names no
+// method that does not exist.
+func TestAuthMethodTableCoversEveryMethod(t *testing.T) {
+	srv := grpc.NewServer()
+	s := &service{}
+	pb.RegisterEventStoreServer(srv, s)
+	pb.RegisterClusterServer(srv, s)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	reflection.Register(srv)
+	seen := map[string]bool{}
+	for name, info := range srv.GetServiceInfo() {
+		for _, m := range info.Methods {
+			full := "/" + name + "/" + m.Name
+			seen[full] = true
+			if _, ok := methodRoles[full]; !ok && !strings.HasPrefix(full, healthPrefix) {
+				t.Errorf("%s has no role in methodRoles (it would need admin)", full)
+			}
+		}
+	}
+	for m := range methodRoles {
+		if !seen[m] {
+			t.Errorf("methodRoles names %s, which the server does not register", m)
+		}
+	}
+}
+
+// A tokens file with a mistake is refused with the line and the problem,
+// and without echoing a token.
+func TestTokenFileRefusals(t *testing.T) {
+	const tok = "0123456789abcdef0123"
+	for _, tt := range []struct {
+		name, content string
+		mode          os.FileMode
+		want          string
+	}{
+		{"unknown role", "reader dash " + tok + "\n", 0o600, `line 1: unknown role "reader" (want read, append or admin)`},
+		{"node role is not a token", "node n1 " + tok + "\n", 0o600, `unknown role "node"`},
+		{"missing field", "# c\nappend " + tok + "\n", 0o600, "line 2: want `<role> <name> <token or sha256:hex>`, got 2 fields"},
+		{"short token", "read dash short-token\n", 0o600, "line 1 (dash): token shorter than 16 characters"},
+		{"bad hash", "read dash sha256:abcd\n", 0o600, "line 1 (dash): sha256: wants 64 hex digits"},
+		{"duplicate name", "read dash " + tok + "\nappend dash x" + tok + "\n", 0o600, `line 2: name "dash" already used on line 1`},
+		{"duplicate token", "read dash " + tok + "\nadmin ops " + tok + "\n", 0o600, "line 2 (ops): same token as dash"},
+		{"empty", "# nothing\n", 0o600, "has no tokens"},
+		{"world-readable plaintext", "read dash " + tok + "\n", 0o644, "holds plaintext tokens and is readable by every user (mode 0644)"},
+		{"world-writable", "read dash sha256:" + strings.Repeat("ab", 32) + "\n", 0o602, "is writable by every user (mode 0602)"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeTokens(t, tt.content)
+			if err := os.Chmod(path, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			_, err := loadTokens(path)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), tok) {
+				t.Fatalf("the error shows the token: %v", err)
+			}
+		})
+	}
+}
+
+// Hashed and plaintext entries both authenticate; a world-readable file of
+// hashes is fine.
+func TestTokenLookup(t *testing.T) {
+	path := writeTokens(t, fmt.Sprintf("read dash %s\nadmin ops sha256:%x\n", readTok, sha256.Sum256([]byte(adminTok))))
+	os.Chmod(path, 0o600)
+	set, err := loadTokens(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tok, want := range map[string]string{readTok: "dash/read", adminTok: "ops/admin"} {
+		e, ok := set.lookup(tok)
+		if !ok || e.name+"/"+e.role.String() != want {
+			t.Errorf("lookup: %v %v, want %s", e, ok, want)
+		}
+	}
+	if _, ok := set.lookup(appendTok); ok {
+		t.Error("an unknown token was found")
+	}
+	hashes := writeTokens(t, fmt.Sprintf("admin ops sha256:%x\n", sha256.Sum256([]byte(adminTok))))
+	os.Chmod(hashes, 0o644)
+	if _, err := loadTokens(hashes); err != nil {
+		t.Fatalf("world-readable file of hashes refused: %v", err)
+	}
+}
