@@ -50,6 +50,8 @@ type Node struct {
 	leaderReady atomic.Uint64
 	// health is the grpc.health.v1 status (health.go).
 	health nodeHealth
+	// backupsActive counts Backup streams being served (backup.go).
+	backupsActive atomic.Int64
 
 	fatal     chan error
 	fatalOnce sync.Once
