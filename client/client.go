@@ -95,7 +95,9 @@ func (c *Client) nodeLocked(addr string) (*node, error) {
 		},
 		MinConnectTimeout: c.cfg.DialTimeout,
 	})}
-	conn, err := grpc.NewClient(addr, append(opts, c.cfg.DialOptions...)...)
+	opts = append(opts, c.cfg.DialOptions...)
+	opts = append(opts, c.cfg.securityOptions()...)
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("client: node %s: %w", addr, err)
 	}

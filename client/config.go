@@ -1,8 +1,10 @@
 package client
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -38,9 +40,22 @@ type Config struct {
 	MaxRetryBackoff time.Duration
 	// DialOptions are passed to grpc.NewClient for every node after the
 	// client's own (connect timeout and backoff), so they may override them.
-	// They must include transport credentials; DefaultConfig uses insecure
-	// (plaintext) credentials.
+	// They must include transport credentials unless TLS is set;
+	// DefaultConfig uses insecure (plaintext) credentials.
 	DialOptions []grpc.DialOption
+	// TLS, if set, secures every connection: the server's certificate is
+	// verified against TLS.RootCAs (the system roots when nil) and
+	// TLS.ServerName (the dialled host when empty); TLS.Certificates is the
+	// client certificate for servers that require one. It replaces the
+	// transport credentials in DialOptions. LoadTLS builds it from files.
+	TLS *tls.Config
+	// Token is a bearer token sent with every call as
+	// "authorization: Bearer <token>". It requires TLS, so that it never
+	// crosses a network in clear, unless InsecureToken is set.
+	Token string
+	// InsecureToken lets Token go over plaintext connections: only for a
+	// TLS-terminating proxy on the same host.
+	InsecureToken bool
 }
 
 // DefaultConfig returns a Config for a cluster at addrs. The defaults ride
@@ -78,6 +93,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("client: Config.RetryBackoff %v must be positive", c.RetryBackoff)
 	case c.MaxRetryBackoff < c.RetryBackoff:
 		return fmt.Errorf("client: Config.MaxRetryBackoff %v is below RetryBackoff %v", c.MaxRetryBackoff, c.RetryBackoff)
+	case c.Token != "" && c.TLS == nil && !c.InsecureToken:
+		return errors.New("client: Config.Token needs Config.TLS (a bearer token must not cross the network in clear); " +
+			"set InsecureToken only for a TLS-terminating proxy on this host")
+	case strings.ContainsAny(c.Token, " \t\r\n"):
+		return errors.New("client: Config.Token contains white space")
 	}
 	return nil
 }

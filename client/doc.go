@@ -99,6 +99,16 @@
 // (ErrSequenceGap, *WrongExpectedVersionError, ErrNoLeader, ...); check
 // them with errors.Is and errors.As. Other errors keep their gRPC status.
 //
+// # TLS and tokens
+//
+// A cluster with security on (docs/operations.md#security) needs
+// Config.TLS, from LoadTLS(caFile, certFile, keyFile, serverName), and a
+// Config.Token whose role covers the calls: read for reads, append for
+// appends. Refusals are not retried: codes.Unauthenticated (no token, or
+// one the cluster does not know) and codes.PermissionDenied (the token's
+// role is too low; the message names the role needed). A token is never
+// sent over plaintext unless InsecureToken is set.
+//
 // # Example
 //
 //	c, err := client.New(client.DefaultConfig("10.0.0.1:7000", "10.0.0.2:7000"))
