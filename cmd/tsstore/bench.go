@@ -2,241 +2,320 @@ package main
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
-	"text/tabwriter"
+	"syscall"
 	"time"
 
+	"github.com/tsstore/tsstore/bench"
 	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/internal/proccluster"
+	"github.com/tsstore/tsstore/server"
 )
 
-// benchResult is one row of the bench table.
-type benchResult struct {
-	Workload string  `json:"workload"`
-	Events   int     `json:"events"`
-	Seconds  float64 `json:"seconds"`
-	EventsPS float64 `json:"events_per_sec"`
-	MBPS     float64 `json:"mb_per_sec"`
-	Note     string  `json:"note,omitempty"`
+// The workloads of `tsstore bench`, in the order they run. f kills the
+// leader, so it runs last; g measures the log the others wrote.
+var benchWorkloads = []string{"a", "b", "c", "d", "e", "g", "f"}
+
+type benchFlags struct {
+	addrs        string
+	local        string
+	keep         bool
+	workloads    map[string]bool
+	duration     time.Duration
+	producers    int
+	size         int
+	events       []int
+	streamEvents int
+	batch        int
+	inflight     int
+	failovers    int
+	jsonOut      string
+	plots        string
+	profile      string
 }
 
-func runBench(args []string, stdout, stderr io.Writer) error {
-	var cf clientFlags
-	fs := newFlagSet("bench", stderr, "bench [--addr A | --local DIR] [--events N,...] [--stream-events N] [--size B]")
-	cf.register(fs)
-	fs.Lookup("addr").DefValue = ""
-	cf.addrs = ""
-	local := fs.String("local", "", "start a local three-node cluster with data under this directory (default when --addr is not given: a temp dir)")
-	sizes := fs.String("events", "1000000", "comma-separated log sizes (events) to load and replay, cumulatively")
-	streamEvents := fs.Int("stream-events", 100000, "events of the one stream replayed by itself (interleaved evenly into the log)")
-	size := fs.Int("size", 256, "payload bytes per event")
-	out := fs.String("out", "", "write results as JSON to this file")
+func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
+	var f benchFlags
+	fs := newFlagSet("bench", stderr, "bench [--addr A | --local DIR] [--workloads a,b,c,d,e,f,g] [--duration D] [--json FILE] [--plots DIR] ...")
+	fs.StringVar(&f.addrs, "addr", "", "comma-separated API addresses of a running cluster (default: start a local three-node cluster)")
+	fs.StringVar(&f.local, "local", "", "data directory of the local cluster (default: a temp dir, removed afterwards)")
+	fs.BoolVar(&f.keep, "keep", false, "keep the local cluster's data directory")
+	wl := fs.String("workloads", "a,b,c,d,e,f,g", "workloads to run: a (1 waiting producer), b (N waiting producers), c (batching producer), d (replay), e (stream replay), f (failover), g (disk use)")
+	fs.DurationVar(&f.duration, "duration", 10*time.Second, "length of each timed workload (a, b, c) and of the steady phase around each kill (f)")
+	fs.IntVar(&f.producers, "producers", 64, "concurrent waiting producers in b and f")
+	fs.IntVar(&f.size, "size", 256, "payload bytes per event")
+	sizes := fs.String("events", "1000000,10000000", "log sizes (events) to load and replay from offset 0 in d, cumulatively; e uses the largest")
+	fs.IntVar(&f.streamEvents, "stream-events", 100000, "events of the one stream e replays by itself (interleaved evenly into the log)")
+	fs.IntVar(&f.batch, "batch", client.DefaultAsyncOptions().MaxBatchEvents, "c: most events per append request")
+	fs.IntVar(&f.inflight, "inflight", client.DefaultAsyncOptions().MaxInflight, "c: append requests in flight (1-8)")
+	fs.IntVar(&f.failovers, "failovers", 5, "f: leader kills (the median is reported)")
+	fs.StringVar(&f.jsonOut, "json", "", "write results as JSON to this file")
+	fs.StringVar(&f.jsonOut, "out", "", "same as --json")
+	fs.StringVar(&f.plots, "plots", "", "write plots (PNG) into this directory")
+	fs.StringVar(&f.profile, "profile", "", "local cluster: write CPU profiles of the leader (and of this client) during a, b and c into this directory")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return nil, err
 	}
-	cf.timeout = 24 * time.Hour
-	var counts []int
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	f.workloads = map[string]bool{}
+	for _, w := range strings.Split(*wl, ",") {
+		w = strings.TrimSpace(w)
+		if !slices.Contains(benchWorkloads, w) {
+			return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g)", errUsage, w)
+		}
+		f.workloads[w] = true
+	}
 	for _, s := range strings.Split(*sizes, ",") {
 		var n int
 		if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 {
-			return fmt.Errorf("%w: --events %q", errUsage, *sizes)
+			return nil, fmt.Errorf("%w: --events %q", errUsage, *sizes)
 		}
-		counts = append(counts, n)
+		f.events = append(f.events, n)
 	}
-	if cf.addrs == "" {
-		stop, addrs, err := benchCluster(*local, stderr)
-		if err != nil {
-			return err
-		}
-		defer stop()
-		cf.addrs = strings.Join(addrs, ",")
+	slices.Sort(f.events)
+	switch {
+	case f.duration <= 0 || f.producers <= 0 || f.size <= 0 || f.streamEvents <= 0 || f.batch <= 0 || f.failovers <= 0:
+		return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch and --failovers must be positive", errUsage)
+	case f.inflight < 1 || f.inflight > 8:
+		return nil, fmt.Errorf("%w: --inflight must be in [1, 8]", errUsage)
+	case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.profile != ""):
+		return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories) and --profile need the local cluster; drop --addr or select other workloads", errUsage)
 	}
-	cl, ctx, cancel, err := cf.connect()
+	return &f, nil
+}
+
+func runBench(args []string, stdout, stderr io.Writer) error {
+	f, err := parseBenchFlags(args, stderr)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := signalContext()
 	defer cancel()
-	defer cl.Close()
-	// The target stream's requests are spread evenly over the largest log,
-	// so it holds about stream-events events when the last load is done.
-	every := max(1, slices.Max(counts)/max(1, *streamEvents))
-	b := &bencher{cl: cl, size: *size, out: stderr, every: every, target: fmt.Sprintf("run/bench-target-%d", time.Now().UnixNano())}
-	var results []benchResult
-	for _, n := range counts {
-		if err := b.loadTo(ctx, n); err != nil {
+	prog := bench.NewProgress(stderr)
+	var lc *benchLocal
+	addrs := strings.Split(f.addrs, ",")
+	if f.addrs == "" {
+		if lc, err = startBenchLocal(ctx, f, stderr); err != nil {
 			return err
 		}
-		for _, r := range []func(context.Context) (benchResult, error){b.replayAll, b.replayStream, b.replayStreamByScan} {
-			res, err := r(ctx)
-			if err != nil {
+		defer lc.close(f.keep)
+		addrs = lc.c.APIAddrs()
+	}
+	cl, err := client.New(client.DefaultConfig(addrs...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	for _, dir := range []string{f.plots, f.profile} {
+		if dir != "" {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return err
 			}
-			results = append(results, res)
 		}
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tlog events\tevents\tseconds\tevents/s\tMB/s\t")
-	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.2f\t%.0f\t%.1f\t\n", r.Workload, r.Note, r.Events, r.Seconds, r.EventsPS, r.MBPS)
+	b := &benchRun{f: f, cl: cl, lc: lc, log: stderr, prog: prog, payload: make([]byte, f.size),
+		runID: fmt.Sprintf("%d", time.Now().UnixNano()), lat: map[string]*bench.Histogram{}}
+	report := bench.Report{System: "tsstore", Machine: bench.ThisMachine(), Config: b.config()}
+	for _, w := range benchWorkloads {
+		if !f.workloads[w] {
+			continue
+		}
+		res, err := b.workload(ctx, w)
+		if err != nil {
+			return fmt.Errorf("workload %s: %w", w, err)
+		}
+		report.Results = append(report.Results, res...)
+		for _, r := range res {
+			fmt.Fprintf(stderr, "bench: %s done: %.0f events/s\n", r.Workload, r.EventsPS)
+		}
 	}
-	tw.Flush()
-	if *out != "" {
-		b, _ := json.MarshalIndent(results, "", "  ")
-		return os.WriteFile(*out, b, 0o644)
+	if err := report.PrintTable(stdout); err != nil {
+		return err
 	}
-	return nil
+	if f.jsonOut != "" {
+		if err := report.WriteJSON(f.jsonOut); err != nil {
+			return err
+		}
+	}
+	return b.writePlots()
 }
 
-func benchCluster(dir string, log io.Writer) (func(), []string, error) {
-	if dir == "" {
+func (b *benchRun) workload(ctx context.Context, w string) ([]bench.Result, error) {
+	switch w {
+	case "a":
+		return b.waiting(ctx, "a", "1 producer, waiting", 1)
+	case "b":
+		return b.waiting(ctx, "b", fmt.Sprintf("%d producers, waiting", b.f.producers), b.f.producers)
+	case "c":
+		return b.batching(ctx)
+	case "d":
+		return b.replays(ctx)
+	case "e":
+		return b.streamReplay(ctx)
+	case "g":
+		return b.diskUse(ctx)
+	case "f":
+		return b.failover(ctx)
+	}
+	return nil, fmt.Errorf("unknown workload %q", w)
+}
+
+// benchRun holds what the workloads share.
+type benchRun struct {
+	f       *benchFlags
+	cl      *client.Client
+	lc      *benchLocal // nil against a running cluster
+	log     io.Writer
+	prog    *bench.Progress
+	payload []byte
+	runID   string
+
+	lat      map[string]*bench.Histogram // a, b, c latencies for the plot
+	failTL   *bench.Timeline
+	failMark []bench.Marker
+
+	replay replayState // d and e
+}
+
+func (b *benchRun) config() map[string]any {
+	cfg := map[string]any{
+		"event_bytes": b.f.size, "duration_s": b.f.duration.Seconds(), "producers": b.f.producers,
+		"replay_log_events": b.f.events, "stream_events": b.f.streamEvents,
+		"c_max_batch_events": b.f.batch, "c_inflight": b.f.inflight, "failovers": b.f.failovers,
+		"fsync": "raft-boltdb fsyncs every Raft log write on a majority before an append is acknowledged",
+	}
+	if b.lc != nil {
+		cfg["cluster"] = "3 local tsstore processes on 127.0.0.1, one disk, sharing the cores with this client"
+		cfg["raft"] = b.lc.raftTiming
+	} else {
+		cfg["cluster"] = "running cluster at " + b.f.addrs
+	}
+	return cfg
+}
+
+func (b *benchRun) event(stream string) client.Event {
+	return client.Event{Stream: stream, Type: "BatchCompleted", Payload: b.payload}
+}
+
+func (b *benchRun) writePlots() error {
+	if b.f.plots == "" {
+		return nil
+	}
+	var names []string
+	var hs []*bench.Histogram
+	for _, w := range []string{"a", "b", "c"} {
+		if h := b.lat[w]; h != nil && h.Count() > 0 {
+			names, hs = append(names, w+": "+benchNames[w]), append(hs, h)
+		}
+	}
+	var errs []error
+	if len(hs) > 0 {
+		p := filepath.Join(b.f.plots, "latency.png")
+		errs = append(errs, bench.PlotLatencyCDF(p, "tsstore append latency (acknowledged after a majority fsync)", names, hs))
+		fmt.Fprintf(b.log, "bench: wrote %s\n", p)
+	}
+	if b.failTL != nil {
+		p := filepath.Join(b.f.plots, "failover.png")
+		errs = append(errs, bench.PlotTimeline(p, fmt.Sprintf("tsstore throughput through leader kills (%d waiting producers)", b.f.producers), b.failTL, b.failMark...))
+		fmt.Fprintf(b.log, "bench: wrote %s\n", p)
+	}
+	return errors.Join(errs...)
+}
+
+var benchNames = map[string]string{"a": "1 producer, waiting", "b": "N producers, waiting", "c": "1 batching producer"}
+
+// benchLocal is the local three-node cluster of real processes.
+type benchLocal struct {
+	c          *proccluster.Cluster
+	dir        string
+	temp       bool
+	metrics    []string // metrics address per node
+	raftTiming map[string]string
+}
+
+func startBenchLocal(ctx context.Context, f *benchFlags, log io.Writer) (*benchLocal, error) {
+	lc := &benchLocal{dir: f.local}
+	if lc.dir == "" {
 		d, err := os.MkdirTemp("", "tsstore-bench-")
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		dir = d
+		lc.dir, lc.temp = d, true
 	}
-	dir, _ = filepath.Abs(dir)
+	lc.dir, _ = filepath.Abs(lc.dir)
 	bin, err := os.Executable()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	c, err := proccluster.New(proccluster.Options{Binary: bin, Dir: dir, ExtraArgs: []string{"--log-level", "warn"}})
+	opts := proccluster.Options{Binary: bin, Dir: lc.dir, ExtraArgs: []string{"--log-level", "warn"}}
+	if f.profile != "" {
+		opts.Env = []string{pprofEnv + "=127.0.0.1:0"}
+	}
+	if lc.c, err = proccluster.New(opts); err != nil {
+		return nil, err
+	}
+	ports, err := proccluster.FreePorts("127.0.0.1", len(lc.c.Nodes))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	if err := c.Start(); err != nil {
-		return nil, nil, err
+	for i, n := range lc.c.Nodes {
+		a := fmt.Sprintf("127.0.0.1:%d", ports[i])
+		lc.metrics = append(lc.metrics, a)
+		n.AddArgs("--metrics-addr", a)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if err := lc.c.Start(); err != nil {
+		lc.close(false)
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, err := c.WaitLeader(ctx); err != nil {
-		c.Close()
-		return nil, nil, err
+	if _, err := lc.c.WaitLeader(wctx); err != nil {
+		lc.c.TailLogs(log, 20)
+		lc.close(false)
+		return nil, err
 	}
-	fmt.Fprintf(log, "bench: local cluster under %s\n", dir)
-	return func() { c.Close(); os.RemoveAll(dir) }, c.APIAddrs(), nil
+	lc.raftTiming = serverRaftTiming()
+	fmt.Fprintf(log, "bench: local cluster under %s\n", lc.dir)
+	return lc, nil
 }
 
-type bencher struct {
-	cl     *client.Client
-	size   int
-	out    io.Writer
-	target string
-	every  int // one request in every `every` goes to the target stream
-	loaded int // events in the log so far
-}
-
-// loadTo appends events until the log holds n, from 4 producers sending
-// requests of benchChunk events of one stream each, as trainers do: one
-// request in every b.every belongs to the target stream, the others to 64
-// other streams. Group commit mixes the producers' requests
-// into shared Raft entries.
-func (b *bencher) loadTo(ctx context.Context, n int) error {
-	if n <= b.loaded {
-		return nil
+func (lc *benchLocal) close(keep bool) {
+	lc.c.Close()
+	if lc.temp && !keep {
+		os.RemoveAll(lc.dir)
 	}
-	start := time.Now()
-	const producers = 4
-	targetEvery := max(1, b.every) // one target request in this many
-	payload := make([]byte, b.size)
-	var mu sync.Mutex
-	next := b.loaded
-	var wg sync.WaitGroup
-	errs := make(chan error, producers)
-	for range producers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p := b.cl.NewProducer("")
-			for {
-				mu.Lock()
-				lo := next
-				hi := min(n, lo+benchChunk)
-				next = hi
-				mu.Unlock()
-				if lo >= n {
-					return
-				}
-				chunk := lo / benchChunk
-				stream := fmt.Sprintf("run/bench-%d", chunk%64)
-				if chunk%targetEvery == 0 {
-					stream = b.target
-				}
-				evs := make([]client.Event, hi-lo)
-				for i := range evs {
-					evs[i] = client.Event{Stream: stream, Type: "BatchCompleted", Payload: payload}
-				}
-				if _, err := p.Append(ctx, evs...); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
+}
+
+// leader returns the index of the leader node.
+func (lc *benchLocal) leader(ctx context.Context) (int, error) {
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	n, err := lc.c.WaitLeader(wctx)
+	if err != nil {
+		return 0, err
 	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return err
-	}
-	added := n - b.loaded
-	b.loaded = n
-	fmt.Fprintf(b.out, "bench: log holds %d events (%d appended at %.0f events/s)\n", n, added, float64(added)/time.Since(start).Seconds())
-	return nil
+	return slices.Index(lc.c.Nodes, n), nil
 }
 
-// benchChunk is the events per append request while loading.
-const benchChunk = 200
-
-func (b *bencher) measure(name string, replay func(yield func(payloadLen int)) error) (benchResult, error) {
-	start := time.Now()
-	var events, bytes int
-	err := replay(func(n int) { events++; bytes += n })
-	el := time.Since(start).Seconds()
-	return benchResult{Workload: name, Events: events, Seconds: el, EventsPS: float64(events) / el,
-		MBPS: float64(bytes) / el / 1e6, Note: fmt.Sprint(b.loaded)}, err
+// signalContext is cancelled by Ctrl-C or SIGTERM, so the local cluster
+// is stopped and its temp dir removed.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
-func (b *bencher) replayAll(ctx context.Context) (benchResult, error) {
-	return b.measure("replay all from 0", func(yield func(int)) error {
-		for ev, err := range b.cl.Replay(ctx, 0) {
-			if err != nil {
-				return err
-			}
-			yield(len(ev.Payload))
-		}
-		return nil
-	})
-}
-
-func (b *bencher) replayStream(ctx context.Context) (benchResult, error) {
-	return b.measure("replay one stream (index)", func(yield func(int)) error {
-		for ev, err := range b.cl.Replay(ctx, 0, client.Stream(b.target)) {
-			if err != nil {
-				return err
-			}
-			yield(len(ev.Payload))
-		}
-		return nil
-	})
-}
-
-// replayStreamByScan selects the same events with a prefix filter, which
-// the server can only serve by reading the whole log.
-func (b *bencher) replayStreamByScan(ctx context.Context) (benchResult, error) {
-	return b.measure("same stream, full scan+filter", func(yield func(int)) error {
-		for ev, err := range b.cl.Replay(ctx, 0, client.StreamPrefix(b.target)) {
-			if err != nil {
-				return err
-			}
-			yield(len(ev.Payload))
-		}
-		return nil
-	})
+// serverRaftTiming is the Raft timing the local cluster's nodes run with
+// (the server defaults).
+func serverRaftTiming() map[string]string {
+	c := server.DefaultConfig()
+	return map[string]string{"heartbeat_timeout": c.HeartbeatTimeout.String(), "election_timeout": c.ElectionTimeout.String(),
+		"leader_lease_timeout": c.LeaderLeaseTimeout.String(), "commit_timeout": c.CommitTimeout.String()}
 }
