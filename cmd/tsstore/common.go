@@ -5,8 +5,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tsstore/tsstore/client"
 )
@@ -16,13 +21,92 @@ type clientFlags struct {
 	addrs   string
 	timeout time.Duration
 	json    bool
+	sec     securityFlags
+}
+
+// securityFlags select TLS and the bearer token (docs/operations.md#security).
+// Each also comes from an environment variable when the flag is not given;
+// the token best comes only from there, out of ps and shell history.
+type securityFlags struct {
+	tls                       bool
+	ca, cert, key, serverName string
+	token                     string
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.addrs, "addr", "127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203", "comma-separated API addresses of any cluster nodes")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "overall time limit of the command")
 	fs.BoolVar(&c.json, "json", false, "print JSON instead of text")
+	c.sec.register(fs)
 }
+
+func (s *securityFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&s.tls, "tls", false, "use TLS, verifying servers against the system's CA roots (implied by --ca and --cert; env TSSTORE_TLS=1)")
+	fs.StringVar(&s.ca, "ca", "", "PEM CA bundle to verify the servers' certificates; turns on TLS (env TSSTORE_CA)")
+	fs.StringVar(&s.cert, "cert", "", "PEM client certificate, for servers that require one (env TSSTORE_CERT)")
+	fs.StringVar(&s.key, "key", "", "PEM private key of --cert (env TSSTORE_KEY)")
+	fs.StringVar(&s.serverName, "server-name", "", "name to verify in the servers' certificates instead of the dialled host (env TSSTORE_SERVER_NAME)")
+	fs.StringVar(&s.token, "token", "", "bearer token; better set TSSTORE_TOKEN, which stays out of ps and shell history")
+}
+
+// fromEnv fills what the flags left empty from TSSTORE_* variables.
+func (s *securityFlags) fromEnv() {
+	for _, v := range []struct {
+		dst *string
+		env string
+	}{{&s.ca, "TSSTORE_CA"}, {&s.cert, "TSSTORE_CERT"}, {&s.key, "TSSTORE_KEY"},
+		{&s.serverName, "TSSTORE_SERVER_NAME"}, {&s.token, "TSSTORE_TOKEN"}} {
+		if *v.dst == "" {
+			*v.dst = os.Getenv(v.env)
+		}
+	}
+	if !s.tls {
+		s.tls = os.Getenv("TSSTORE_TLS") == "1"
+	}
+}
+
+// apply sets cfg.TLS and cfg.Token.
+func (s *securityFlags) apply(cfg *client.Config) error {
+	s.fromEnv()
+	if s.tls || s.ca != "" || s.cert != "" || s.key != "" || s.serverName != "" {
+		t, err := client.LoadTLS(s.ca, s.cert, s.key, s.serverName)
+		if err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		cfg.TLS = t
+	}
+	if s.token != "" && cfg.TLS == nil {
+		return fmt.Errorf("%w: a token needs TLS (--ca, or --tls for servers under a public CA): it must not cross the network in clear", errUsage)
+	}
+	cfg.Token = s.token
+	return nil
+}
+
+// dialOptions are the transport and token options for commands that dial
+// a node's gRPC API themselves (the Cluster service's admin calls).
+func (s *securityFlags) dialOptions() ([]grpc.DialOption, error) {
+	var cfg client.Config
+	if err := s.apply(&cfg); err != nil {
+		return nil, err
+	}
+	if cfg.TLS == nil {
+		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, nil
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg.TLS))}
+	if cfg.Token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearerToken(cfg.Token)))
+	}
+	return opts, nil
+}
+
+// bearerToken is a token sent on TLS connections only.
+type bearerToken string
+
+func (b bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearerToken) RequireTransportSecurity() bool { return true }
 
 func (c *clientFlags) connect() (*client.Client, context.Context, context.CancelFunc, error) {
 	cfg := client.DefaultConfig()
@@ -30,6 +114,9 @@ func (c *clientFlags) connect() (*client.Client, context.Context, context.Cancel
 		if a = strings.TrimSpace(a); a != "" {
 			cfg.Addrs = append(cfg.Addrs, a)
 		}
+	}
+	if err := c.sec.apply(&cfg); err != nil {
+		return nil, nil, nil, err
 	}
 	cl, err := client.New(cfg)
 	if err != nil {
