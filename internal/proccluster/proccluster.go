@@ -42,6 +42,10 @@ type Options struct {
 	ExtraArgs []string
 	// Env is added to every node's environment.
 	Env []string
+	// DialOptions, if set, replace the plaintext credentials of the
+	// cluster's own calls to the nodes (Status, WaitLeader): TLS and a
+	// token for a cluster with security on.
+	DialOptions []grpc.DialOption
 }
 
 // Cluster is a set of node processes.
@@ -309,7 +313,11 @@ func (n *Node) Logs() string {
 
 // Status calls the node's Status RPC.
 func (n *Node) Status(ctx context.Context) (*pb.StatusResponse, error) {
-	conn, err := grpc.NewClient(n.APIAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts := n.c.opts.DialOptions
+	if len(opts) == 0 {
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	conn, err := grpc.NewClient(n.APIAddr, opts...)
 	if err != nil {
 		return nil, err
 	}
