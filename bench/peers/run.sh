@@ -2,18 +2,18 @@
 # bench/peers/run.sh: the one command for the side-by-side comparison of
 # tsstore with NATS JetStream and etcd on this machine. See README.md.
 #
-#   bench/peers/run.sh                               # full run (1M events, 20 s workloads)
+#   bench/peers/run.sh                               # full run (1M events, 10 s workloads)
 #   EVENTS=100000 DURATION=10s bench/peers/run.sh    # a quick run, a few minutes
 #   EVENTS=1000000,10000000 bench/peers/run.sh       # also replay a 10M-event log
 #
 # Settings (environment):
 #   EVENTS         log sizes loaded and replayed (d), cumulative     [1000000]
 #   STREAM_EVENTS  events of the stream replayed alone (e)           [100000]
-#   DURATION       length of each of a, b, c and f                   [20s]
+#   DURATION       length of a, b, c and of each steady phase of f   [10s]
 #   SIZE           payload bytes per event                           [256]
 #   PRODUCERS      concurrent producers in b and f                   [64]
 #   WINDOW         events in flight in c                             [1024]
-#   FAILOVER_DURATION  length of f (leader killed at a third)       [30s]
+#   FAILOVERS      leader kills in f (the median is reported)        [5]
 #   WORKLOADS      which of a,b,c,d,e,f,g to run                     [all]
 #   SYSTEMS        which systems, in table order   [tsstore,nats-default,nats-sync-always,etcd]
 #   DIR            where the clusters keep their data                [a temp dir, removed at exit]
@@ -30,12 +30,12 @@ HERE=$ROOT/bench/peers
 TOOLS=$ROOT/.tools/bin
 EVENTS=${EVENTS:-1000000}
 STREAM_EVENTS=${STREAM_EVENTS:-100000}
-DURATION=${DURATION:-20s}
+DURATION=${DURATION:-10s}
 SIZE=${SIZE:-256}
 PRODUCERS=${PRODUCERS:-64}
 WINDOW=${WINDOW:-1024}
 WORKLOADS=${WORKLOADS:-a,b,c,d,e,f,g}
-FAILOVER_DURATION=${FAILOVER_DURATION:-30s}
+FAILOVERS=${FAILOVERS:-5}
 SYSTEMS=${SYSTEMS:-tsstore,nats-default,nats-sync-always,etcd}
 NATS_VERSION=${NATS_VERSION:-v2.15.2}
 NATS_PORT=${NATS_PORT:-14221}
@@ -56,7 +56,10 @@ log() { printf 'run.sh: %s\n' "$*" >&2; }
 # is left of them by PID.
 PIDS=()
 cleanup() {
-	local rc=$?
+	local rc=$? p f
+	for f in "$DIR"/*.restarted; do
+		[[ -f $f ]] && while read -r p; do PIDS+=("$p"); done <"$f"
+	done
 	for p in "${PIDS[@]}"; do
 		kill -KILL "$p" 2>/dev/null || true
 	done
@@ -67,6 +70,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# running PID: the process exists and is not a zombie.
+running() { [[ -r /proc/$1/stat ]] && [[ $(cut -d')' -f2 "/proc/$1/stat" 2>/dev/null) != " Z"* ]]; }
+
 # stop_pids PID... stops processes with SIGTERM, then SIGKILL after 10 s,
 # and drops them from PIDS.
 stop_pids() {
@@ -74,11 +80,10 @@ stop_pids() {
 	for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
 	for p in "$@"; do
 		for ((i = 0; i < 100; i++)); do
-			kill -0 "$p" 2>/dev/null || break
+			running "$p" || break
 			sleep 0.1
 		done
 		kill -KILL "$p" 2>/dev/null || true
-		{ wait "$p"; } 2>/dev/null || true
 		for i in "${!PIDS[@]}"; do
 			if [[ ${PIDS[$i]} == "$p" ]]; then unset 'PIDS[i]'; fi
 		done
@@ -166,10 +171,10 @@ run_tsstore() {
 	local ts=$TSSTORE
 	if [[ -z $ts ]]; then return 1; fi
 	log "tsstore: bench (its own three-node cluster under $DIR/tsstore)"
-	if "$ts" bench --help 2>&1 | grep -q -- '-json'; then
+	if "$ts" bench --help 2>&1 | grep -q -- '-workloads'; then
 		"$ts" bench --local "$DIR/tsstore" --json "$OUT/tsstore.json" --workloads "$WORKLOADS" \
 			--duration "$DURATION" --events "$EVENTS" --stream-events "$STREAM_EVENTS" --size "$SIZE" \
-			>"$OUT/tsstore.txt"
+			--producers "$PRODUCERS" --failovers "$FAILOVERS" >"$OUT/tsstore.txt"
 	else
 		# Before the append workloads land, bench only replays (d, e) and
 		# writes a bare array with --out; compare reads that too.
@@ -213,6 +218,7 @@ cluster {
 EOF
 		"$NATS" -c "$d/n$i.conf" >"$d/n$i.log" 2>&1 &
 		PIDS+=($!) CLUSTER+=($!)
+		disown $! # no job notice when f kills it; stop_pids polls /proc
 		NODES+="n$i=$!:$d/n$i,"
 		ENDPOINTS+="nats://127.0.0.1:$((cp + i - 1)),"
 	done
@@ -237,6 +243,7 @@ start_etcd() {
 			--quota-backend-bytes $((8 << 30)) --logger zap --log-outputs stderr --log-level warn \
 			>"$d/n$i.log" 2>&1 &
 		PIDS+=($!) CLUSTER+=($!)
+		disown $! # no job notice when f kills it; stop_pids polls /proc
 		NODES+="n$i=$!:$d/n$i,"
 		ENDPOINTS+="http://127.0.0.1:$((cp + i - 1)),"
 	done
@@ -249,7 +256,8 @@ peerbench() {
 	log "$sys: peerbench against $ENDPOINTS"
 	"$TOOLS/peerbench" run --system "$sys" --endpoints "$ENDPOINTS" --nodes "${NODES%,}" \
 		--workloads "$WORKLOADS" --duration "$DURATION" --events "$EVENTS" --stream-events "$STREAM_EVENTS" \
-		--size "$SIZE" --producers "$PRODUCERS" --window "$WINDOW" --failover-duration "$FAILOVER_DURATION" \
+		--size "$SIZE" --producers "$PRODUCERS" --window "$WINDOW" --failovers "$FAILOVERS" \
+		--pidfile "$DIR/$sys.restarted" \
 		--config "server=$server" --config "sync=$sync" --json "$OUT/$sys.json"
 }
 
@@ -273,6 +281,11 @@ run_peer() {
 		return
 		;;
 	esac
+	# f restarts killed nodes; peerbench listed their new PIDs.
+	if [[ -f $DIR/$sys.restarted ]]; then
+		local p
+		while read -r p; do PIDS+=("$p") CLUSTER+=("$p"); done <"$DIR/$sys.restarted"
+	fi
 	stop_pids "${CLUSTER[@]}"
 	local f
 	for f in "$DIR/$sys"/*.log; do cp "$f" "$OUT/$sys-${f##*/}"; done

@@ -328,8 +328,8 @@ func legend(reps []*Report) []string {
 	}
 	m := reps[0].Machine
 	if m != nil {
-		l = append(l, fmt.Sprintf("machine: %v, %v CPUs, %v, kernel %v, %v; all systems on this one machine, three nodes and the client sharing it",
-			m["cpu_model"], m["cpus"], m["mem"], m["kernel"], m["date"]))
+		l = append(l, fmt.Sprintf("machine: %v, %v cores, %v GiB, kernel %v, %v; each system's three nodes and its client share this one machine",
+			m["cpu"], m["cores"], m["memory_gib"], m["kernel"], m["date"]))
 	}
 	l = append(l, "ratios are tsstore ÷ peer of the row's headline: events/s for a-e (above 1: tsstore faster); "+
 		"first-ack ms for f and bytes/event for g (below 1: tsstore better); n/a: not measured")

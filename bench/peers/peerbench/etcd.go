@@ -251,3 +251,5 @@ func (s *etcdSys) Leader(ctx context.Context) (string, error) {
 // RaftDir: member/wal holds etcd's Raft log (fsynced before every ack);
 // member/snap holds the bbolt database and Raft snapshots.
 func (s *etcdSys) RaftDir(rel string) bool { return strings.HasPrefix(rel, "member/wal") }
+
+func (s *etcdSys) LeaderKind() string { return "leader member" }

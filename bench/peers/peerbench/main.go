@@ -50,14 +50,14 @@ func runCmd(args []string) error {
 	endpoints := fs.String("endpoints", "", "comma-separated client URLs (nats://127.0.0.1:4222,... or http://127.0.0.1:2379,...)")
 	nodes := fs.String("nodes", "", "the cluster's processes as NAME=PID:DATADIR,... (for f and g)")
 	size := fs.Int("size", 256, "payload bytes per event")
-	duration := fs.Duration("duration", 20*time.Second, "length of each of the workloads a, b, c and f")
+	duration := fs.Duration("duration", 10*time.Second, "length of each of the workloads a, b and c, and of the steady phase around each kill in f")
 	producers := fs.Int("producers", 64, "concurrent producers in b and f")
 	window := fs.Int("window", 1024, "events in flight in c")
 	events := fs.String("events", "1000000", "comma-separated log sizes loaded and replayed in d, cumulatively")
 	streamEvents := fs.Int("stream-events", 100000, "events of the stream replayed in e, spread evenly over the largest log")
 	workloads := fs.String("workloads", "a,b,c,d,e,f,g", "workloads to run")
-	failDur := fs.Duration("failover-duration", 30*time.Second, "length of f; the leader is killed at a third of it")
-	recoverFrac := fs.Float64("recover-frac", 0.5, "f: throughput is back when a 500 ms window reaches this fraction of the rate before the kill")
+	kills := fs.Int("failovers", 5, "f: leader kills (the median is reported)")
+	pidFile := fs.String("pidfile", "", "f: append the PIDs of restarted nodes to this file")
 	opTimeout := fs.Duration("op-timeout", time.Second, "timeout of one waiting append, after which it is retried")
 	txnOps := fs.Int("txn-ops", 128, "etcd: Puts per Txn in c and the load (the server's --max-txn-ops)")
 	out := fs.String("json", "", "write the report to this file")
@@ -68,7 +68,7 @@ func runCmd(args []string) error {
 		*kind, _, _ = strings.Cut(*sysName, "-")
 	}
 	cfg := runConfig{size: *size, duration: *duration, producers: *producers, window: *window,
-		streamEvents: *streamEvents, failDur: *failDur, recoverFrac: *recoverFrac, workloads: map[string]bool{}, log: os.Stderr}
+		streamEvents: *streamEvents, kills: *kills, opTimeout: *opTimeout, pidFile: *pidFile, workloads: map[string]bool{}, log: os.Stderr}
 	for _, w := range strings.Split(*workloads, ",") {
 		cfg.workloads[strings.TrimSpace(w)] = true
 	}
@@ -103,10 +103,11 @@ func runCmd(args []string) error {
 		return fmt.Errorf("--kind %q: want nats or etcd", *kind)
 	}
 	defer sys.Close()
+	defer stopRestarted()
 	rep := &Report{System: *sysName, Machine: machine(), Config: map[string]any{
 		"event_bytes": *size, "duration_s": duration.Seconds(), "producers": *producers, "window": *window,
 		"events": cfg.events, "stream_events": *streamEvents, "workloads": *workloads,
-		"op_timeout_s": opTimeout.Seconds(), "failover_duration_s": failDur.Seconds(), "recover_frac": *recoverFrac, "endpoints": *endpoints,
+		"op_timeout_s": opTimeout.Seconds(), "failovers": *kills, "endpoints": *endpoints,
 		"client": "peerbench (bench/peers/peerbench)",
 	}}
 	if *kind == "etcd" {

@@ -241,3 +241,5 @@ func (s *natsSys) Leader(ctx context.Context) (string, error) {
 // stream and consumer under jetstream/$SYS/_js_/; the stream's messages
 // are under jetstream/$G/streams/EVENTS/.
 func (s *natsSys) RaftDir(rel string) bool { return strings.Contains(rel, "/_js_/") }
+
+func (s *natsSys) LeaderKind() string { return "EVENTS stream's Raft leader" }

@@ -68,18 +68,19 @@ func (r Result) withLatency(lats []time.Duration) Result {
 
 func ptr(f float64) *float64 { return &f }
 
-// machine describes the host the same way on every report.
+// machine describes the host with the fields of tsstore's bench.Machine.
 func machine() map[string]any {
 	m := map[string]any{
-		"cpus": runtime.NumCPU(),
-		"go":   runtime.Version(),
-		"os":   runtime.GOOS + "/" + runtime.GOARCH,
-		"date": time.Now().UTC().Format(time.RFC3339),
+		"cores":      runtime.NumCPU(),
+		"go_version": runtime.Version(),
+		"os":         runtime.GOOS,
+		"arch":       runtime.GOARCH,
+		"date":       time.Now().UTC().Format(time.RFC3339),
 	}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, l := range strings.Split(string(b), "\n") {
 			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-				m["cpu_model"] = strings.TrimSpace(v)
+				m["cpu"] = strings.TrimSpace(v)
 				break
 			}
 		}
@@ -88,13 +89,10 @@ func machine() map[string]any {
 		m["kernel"] = strings.TrimSpace(string(b))
 	}
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		var kb float64
-		if _, err := fmt.Sscanf(string(b), "MemTotal: %f kB", &kb); err == nil {
-			m["mem"] = fmt.Sprintf("%.1f GiB RAM", kb/(1<<20))
+		var kb int
+		if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kb); err == nil {
+			m["memory_gib"] = (kb + 1<<19) >> 20
 		}
-	}
-	if h, err := os.Hostname(); err == nil {
-		m["hostname"] = h
 	}
 	return m
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -33,6 +31,8 @@ type system interface {
 	ReplayStream(ctx context.Context, method string, want int, yield func(int)) (string, error)
 	// Leader names the node that orders writes.
 	Leader(ctx context.Context) (string, error)
+	// LeaderKind says what Leader returns, for the report.
+	LeaderKind() string
 	// RaftDir says whether a path below a node's data dir is the
 	// consensus log rather than the stored data.
 	RaftDir(rel string) bool
@@ -70,6 +70,9 @@ type node struct {
 	name string
 	pid  int
 	dir  string
+	// Read from /proc just before a kill, to restart the process.
+	cmdline      []string
+	cwd, logPath string
 }
 
 func parseNodes(s string) ([]node, error) {
@@ -116,18 +119,3 @@ func diskBytes(ns []node, raft func(string) bool) (data, log int64, err error) {
 	}
 	return data, log, nil
 }
-
-// kill sends SIGKILL to the named node's process.
-func kill(ns []node, name string) (node, error) {
-	for _, n := range ns {
-		if n.name == name {
-			if err := syscall.Kill(n.pid, syscall.SIGKILL); err != nil {
-				return n, fmt.Errorf("kill %s (pid %d): %w", name, n.pid, err)
-			}
-			return n, nil
-		}
-	}
-	return node{}, fmt.Errorf("leader %q is not among --nodes", name)
-}
-
-func exists(p string) bool { _, err := os.Stat(p); return err == nil }

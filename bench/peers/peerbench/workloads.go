@@ -18,8 +18,9 @@ type runConfig struct {
 	window       int
 	events       []int // log sizes for d, cumulative
 	streamEvents int
-	failDur      time.Duration
-	recoverFrac  float64
+	kills        int
+	opTimeout    time.Duration
+	pidFile      string
 	workloads    map[string]bool
 	nodes        []node
 	log          io.Writer
@@ -29,23 +30,19 @@ type runConfig struct {
 type waitingRun struct {
 	events int
 	lats   []time.Duration
-	acks   []time.Time // when each ack arrived (kept only if asked)
 	errs   int
-	sent   []time.Time // send time of each acked event (kept with acks)
 	el     time.Duration
 }
 
 // waiting runs `producers` goroutines for d, each appending one event and
 // waiting for its acknowledgement before the next; errors are counted and
-// the producer retries after a short pause. during, if set, runs once at
-// d/3 in its own goroutine.
-func waiting(ctx context.Context, sys system, producers int, d time.Duration, payload []byte, keepTimes bool, during func()) waitingRun {
+// the producer retries after a short pause.
+func waiting(ctx context.Context, sys system, producers int, d time.Duration, payload []byte) waitingRun {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	type out struct {
-		lats       []time.Duration
-		acks, sent []time.Time
-		errs       int
+		lats []time.Duration
+		errs int
 	}
 	outs := make([]out, producers)
 	var wg sync.WaitGroup
@@ -65,23 +62,7 @@ func waiting(ctx context.Context, sys system, producers int, d time.Duration, pa
 					}
 					continue
 				}
-				now := time.Now()
-				o.lats = append(o.lats, now.Sub(t0))
-				if keepTimes {
-					o.acks = append(o.acks, now)
-					o.sent = append(o.sent, t0)
-				}
-			}
-		}()
-	}
-	if during != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case <-time.After(d / 3):
-				during()
-			case <-ctx.Done():
+				o.lats = append(o.lats, time.Since(t0))
 			}
 		}()
 	}
@@ -90,83 +71,9 @@ func waiting(ctx context.Context, sys system, producers int, d time.Duration, pa
 	for _, o := range outs {
 		r.events += len(o.lats)
 		r.lats = append(r.lats, o.lats...)
-		r.acks = append(r.acks, o.acks...)
-		r.sent = append(r.sent, o.sent...)
 		r.errs += o.errs
 	}
 	return r
-}
-
-// failover measures workload f: `producers` waiting producers; at d/3 the
-// write leader is killed with SIGKILL. first_ack_ms is from the kill to the
-// first acknowledgement of a write sent after the kill; recovered_ms is
-// from the kill to the end of the first 500 ms window after it whose
-// acknowledged rate is at least recoverFrac of the rate before the kill.
-func failover(ctx context.Context, sys system, cfg runConfig, payload []byte) (Result, error) {
-	var killedAt time.Time
-	var victim node
-	var kerr error
-	var startAt time.Time
-	run := func() {
-		name, err := sys.Leader(ctx)
-		if err != nil {
-			kerr = err
-			return
-		}
-		killedAt = time.Now()
-		victim, kerr = kill(cfg.nodes, name)
-	}
-	startAt = time.Now()
-	w := waiting(ctx, sys, cfg.producers, cfg.failDur, payload, true, run)
-	if kerr != nil {
-		return Result{}, kerr
-	}
-	if killedAt.IsZero() {
-		return Result{}, fmt.Errorf("failover: run ended before the kill")
-	}
-	before := 0
-	var first time.Time
-	type ev struct{ ack, sent time.Time }
-	evs := make([]ev, len(w.acks))
-	for i := range w.acks {
-		evs[i] = ev{w.acks[i], w.sent[i]}
-	}
-	slices.SortFunc(evs, func(a, b ev) int { return a.ack.Compare(b.ack) })
-	for _, e := range evs {
-		if e.ack.Before(killedAt) {
-			before++
-		} else if e.sent.After(killedAt) && first.IsZero() {
-			first = e.ack
-		}
-	}
-	r := throughput("f", fmt.Sprintf("%d producers, leader killed", cfg.producers), w.events, cfg.size, w.el).withLatency(w.lats)
-	rateBefore := float64(before) / killedAt.Sub(startAt).Seconds()
-	const win = 500 * time.Millisecond
-	var recovered time.Time
-	// Slide a 500 ms window in 10 ms steps over the acks after the kill.
-	j := 0
-	for t := killedAt; t.Add(win).Before(startAt.Add(w.el)); t = t.Add(10 * time.Millisecond) {
-		for j < len(evs) && evs[j].ack.Before(t) {
-			j++
-		}
-		k := j
-		for k < len(evs) && evs[k].ack.Before(t.Add(win)) {
-			k++
-		}
-		if float64(k-j)/win.Seconds() >= cfg.recoverFrac*rateBefore {
-			recovered = t.Add(win)
-			break
-		}
-	}
-	r.Note = fmt.Sprintf("killed %s (pid %d) at %.1fs; %.0f ev/s before; %d errors; recovered = first 500ms window >= %.0f%% of that rate",
-		victim.name, victim.pid, killedAt.Sub(startAt).Seconds(), rateBefore, w.errs, cfg.recoverFrac*100)
-	if !first.IsZero() {
-		r.FirstAckMs = ptr(float64(first.Sub(killedAt)) / 1e6)
-	}
-	if !recovered.IsZero() {
-		r.RecoveredMs = ptr(float64(recovered.Sub(killedAt)) / 1e6)
-	}
-	return r, nil
 }
 
 // runAll runs the selected workloads in the order replay, disk, append,
@@ -233,13 +140,13 @@ func runAll(ctx context.Context, sys system, cfg runConfig) ([]Result, error) {
 		}
 	}
 	if cfg.workloads["a"] {
-		w := waiting(ctx, sys, 1, cfg.duration, payload, false, nil)
+		w := waiting(ctx, sys, 1, cfg.duration, payload)
 		r := throughput("a", "1 producer, waiting", w.events, cfg.size, w.el).withLatency(w.lats)
 		r.Note = errNote(w.errs)
 		add(r)
 	}
 	if cfg.workloads["b"] {
-		w := waiting(ctx, sys, cfg.producers, cfg.duration, payload, false, nil)
+		w := waiting(ctx, sys, cfg.producers, cfg.duration, payload)
 		r := throughput("b", fmt.Sprintf("%d producers, waiting", cfg.producers), w.events, cfg.size, w.el).withLatency(w.lats)
 		r.Note = errNote(w.errs)
 		add(r)
