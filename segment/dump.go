@@ -1,6 +1,7 @@
 package segment
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,24 +25,104 @@ func Dump(path string, w io.Writer) error {
 	if strings.HasSuffix(path, StreamsSuffix) {
 		return DumpStreams(path, w)
 	}
-	f, err := OSFS{}.OpenFile(path, os.O_RDONLY, 0)
+	d, err := DumpLog(path)
 	if err != nil {
 		return err
+	}
+	p := &printer{w: w}
+	if d.BaseOffset == nil {
+		p.printf("file %s: %d bytes (name does not give a base offset)\n", d.File, d.Size)
+	} else {
+		p.printf("file %s: %d bytes, base offset %d\n", d.File, d.Size, *d.BaseOffset)
+	}
+	p.printf("%10s %12s %12s %6s %10s %-30s %8s %s\n", "position", "base", "last", "count", "raft", "timestamp", "size", "crc")
+	for _, b := range d.Batches {
+		status := b.CRC
+		if b.WantBase != nil {
+			status += fmt.Sprintf(" (want base %d)", *b.WantBase)
+		}
+		ts := time.Unix(0, b.Timestamp).UTC().Format(time.RFC3339Nano)
+		p.printf("%10d %12d %12d %6d %10d %-30s %8d %s\n", b.Position, b.BaseOffset, b.LastOffset, b.Count, b.RaftIndex, ts, b.Size, status)
+		for _, bs := range b.Streams {
+			p.printf("%10s stream %q versions %d..%d\n", "", bs.Stream, bs.FirstVersion, bs.LastVersion)
+		}
+	}
+	if t := d.Tail; t != nil {
+		if t.Torn {
+			p.printf("%10d torn tail: %d bytes do not hold a complete batch\n", t.Position, t.Bytes)
+		} else {
+			p.printf("%10d unreadable header: %s\n", t.Position, t.Error)
+		}
+	}
+	p.printf("summary: %d batches, %d records, next offset %d, %d problems\n", len(d.Batches), d.Records, d.NextOffset, d.Problems)
+	return p.err
+}
+
+// LogDump is the structure of one .log file, as DumpLog reads it.
+type LogDump struct {
+	File string `json:"file"`
+	Size int64  `json:"size"`
+	// BaseOffset is the base offset the file name gives; nil if it gives none.
+	BaseOffset *uint64     `json:"base_offset"`
+	Batches    []BatchDump `json:"batches"`
+	// Tail describes where the scan stopped early, if it did.
+	Tail       *TailDump `json:"tail,omitempty"`
+	Records    int64     `json:"records"`
+	NextOffset uint64    `json:"next_offset"`
+	// Problems counts bad batches and an unreadable tail.
+	Problems int64 `json:"problems"`
+}
+
+// BatchDump is one batch of a LogDump.
+type BatchDump struct {
+	Position   int64  `json:"position"`
+	BaseOffset uint64 `json:"base_offset"`
+	LastOffset uint64 `json:"last_offset"`
+	Count      uint32 `json:"count"`
+	RaftIndex  uint64 `json:"raft_index"`
+	Timestamp  int64  `json:"timestamp_unix_nano"`
+	Size       int    `json:"size"`
+	// CRC is "ok", "BAD" (checksum mismatch) or "BAD-RECORDS" (the
+	// checksum holds but the records do not decode).
+	CRC string `json:"crc"`
+	// WantBase is set when the batch does not start where the previous
+	// one ended: the base offset expected there.
+	WantBase *uint64        `json:"want_base,omitempty"`
+	Streams  []StreamInDump `json:"streams,omitempty"`
+}
+
+// StreamInDump is what the stream index records for one stream of a batch.
+type StreamInDump struct {
+	Stream       string `json:"stream"`
+	FirstVersion uint64 `json:"first_version"`
+	LastVersion  uint64 `json:"last_version"`
+}
+
+// TailDump says why a scan stopped before the end of the file.
+type TailDump struct {
+	Position int64 `json:"position"`
+	// Torn: the last Bytes bytes do not hold a complete batch (a crash).
+	Torn  bool   `json:"torn"`
+	Bytes int64  `json:"bytes"`
+	Error string `json:"error,omitempty"`
+}
+
+// DumpLog reads the structure of one .log file, as Dump prints it.
+func DumpLog(path string) (*LogDump, error) {
+	f, err := OSFS{}.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return err
+		return nil, err
 	}
+	d := &LogDump{File: filepath.Base(path), Size: fi.Size()}
 	base, nameErr := parseLogName(filepath.Base(path))
-	p := &printer{w: w}
-	if nameErr != nil {
-		p.printf("file %s: %d bytes (name does not give a base offset)\n", filepath.Base(path), fi.Size())
-	} else {
-		p.printf("file %s: %d bytes, base offset %d\n", filepath.Base(path), fi.Size(), base)
+	if nameErr == nil {
+		d.BaseOffset = &base
 	}
-	p.printf("%10s %12s %12s %6s %10s %-30s %8s %s\n", "position", "base", "last", "count", "raft", "timestamp", "size", "crc")
-	var batches, records, bad int64
 	expect, first := base, true
 	sc := newScanner(f, 0, fi.Size(), scanBufSize)
 	var c streamCollector
@@ -52,37 +133,47 @@ func Dump(path string, w io.Writer) error {
 		}
 		if err != nil {
 			if !errors.Is(err, record.ErrShort) && !errors.Is(err, record.ErrCorrupt) {
-				return err
+				return nil, err
 			}
-			if errors.Is(err, record.ErrShort) {
-				p.printf("%10d torn tail: %d bytes do not hold a complete batch\n", pos, fi.Size()-pos)
-			} else {
-				p.printf("%10d unreadable header: %v\n", pos, err)
+			d.Tail = &TailDump{Position: pos, Torn: errors.Is(err, record.ErrShort), Bytes: fi.Size() - pos}
+			if !d.Tail.Torn {
+				d.Tail.Error = err.Error()
 			}
-			bad++
+			d.Problems++
 			break
 		}
-		status := "ok"
+		b := BatchDump{Position: pos, BaseOffset: h.BaseOffset, LastOffset: h.LastOffset(), Count: h.RecordCount,
+			RaftIndex: h.RaftIndex, Timestamp: h.Timestamp, Size: h.Size(), CRC: "ok"}
 		var streams []batchStream
 		if _, err := record.Verify(raw); err != nil {
-			status, bad = "BAD", bad+1
+			b.CRC, d.Problems = "BAD", d.Problems+1
 		} else if streams, err = c.collect(raw); err != nil {
-			status, bad, streams = "BAD-RECORDS", bad+1, nil
+			b.CRC, d.Problems, streams = "BAD-RECORDS", d.Problems+1, nil
 		}
 		if (!first || nameErr == nil) && h.BaseOffset != expect {
-			status += fmt.Sprintf(" (want base %d)", expect)
+			want := expect
+			b.WantBase = &want
 		}
-		ts := time.Unix(0, h.Timestamp).UTC().Format(time.RFC3339Nano)
-		p.printf("%10d %12d %12d %6d %10d %-30s %8d %s\n", pos, h.BaseOffset, h.LastOffset(), h.RecordCount, h.RaftIndex, ts, h.Size(), status)
 		for _, bs := range streams {
-			p.printf("%10s stream %q versions %d..%d\n", "", bs.name, bs.first, bs.last)
+			b.Streams = append(b.Streams, StreamInDump{Stream: string(bs.name), FirstVersion: bs.first, LastVersion: bs.last})
 		}
-		batches++
-		records += int64(h.RecordCount)
+		d.Batches = append(d.Batches, b)
+		d.Records += int64(h.RecordCount)
 		expect, first = h.NextOffset(), false
 	}
-	p.printf("summary: %d batches, %d records, next offset %d, %d problems\n", batches, records, expect, bad)
-	return p.err
+	d.NextOffset = expect
+	return d, nil
+}
+
+// DumpJSON writes DumpLog's result for path to w as JSON.
+func DumpJSON(path string, w io.Writer) error {
+	d, err := DumpLog(path)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(d)
 }
 
 // DumpStreams writes the structure of one .streams file to w: its header,
