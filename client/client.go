@@ -196,6 +196,10 @@ type attemptFunc func(ctx context.Context, avoid string) (addr string, err error
 func (c *Client) call(ctx context.Context, attempt attemptFunc) error {
 	pause := c.cfg.RetryBackoff
 	var avoid string
+	// reason is the latest error that says more than a deadline (a
+	// refused connection, a TLS handshake failure): reported when the
+	// caller's context ends during an attempt that was still waiting.
+	var reason error
 	for i := 0; ; i++ {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -216,14 +220,20 @@ func (c *Client) call(ctx context.Context, attempt attemptFunc) error {
 			c.failed(addr, err)
 			avoid = addr
 		}
+		if code := status.Code(err); code != codes.DeadlineExceeded && code != codes.Canceled && !errors.Is(err, context.DeadlineExceeded) {
+			reason = err
+		}
 		if !retryable(ctx, err) || i >= c.cfg.MaxRetries {
 			if ctx.Err() != nil {
+				if reason != nil && reason != err {
+					return fmt.Errorf("%w (last attempt: %w; earlier: %w)", ctx.Err(), fromStatus(err), fromStatus(reason))
+				}
 				return fmt.Errorf("%w (last attempt: %w)", ctx.Err(), fromStatus(err))
 			}
 			return fromStatus(err)
 		}
-		if err := sleep(ctx, jitter(pause)); err != nil {
-			return fmt.Errorf("%w (last attempt: %w)", err, fromStatus(err))
+		if serr := sleep(ctx, jitter(pause)); serr != nil {
+			return fmt.Errorf("%w (last attempt: %w)", serr, fromStatus(err))
 		}
 		pause = min(2*pause, c.cfg.MaxRetryBackoff)
 	}

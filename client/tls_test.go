@@ -204,3 +204,28 @@ func TestTLSLoadRefusals(t *testing.T) {
 		})
 	}
 }
+
+// When the caller's deadline ends the retries, the error still says why
+// the attempts failed (here: a server the CA does not vouch for).
+func TestTLSFailureReasonSurvivesDeadline(t *testing.T) {
+	dir := t.TempDir()
+	ca, other := testpki.NewCA(t, dir, "ca"), testpki.NewCA(t, dir, "other")
+	addr, _ := serveTLS(t, serverTLS(t, other.Issue(t, "node", testpki.Leaf{}.Loopback()), nil))
+	cfg := DefaultConfig(addr)
+	cfg.MaxRetries = 1000
+	var err error
+	if cfg.TLS, err = LoadTLS(ca.CertFile, "", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err = c.Status(ctx)
+	if err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+		t.Fatalf("got %v, want the TLS reason", err)
+	}
+}
