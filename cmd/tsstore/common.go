@@ -9,9 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tsstore/tsstore/client"
 )
@@ -82,31 +81,26 @@ func (s *securityFlags) apply(cfg *client.Config) error {
 	return nil
 }
 
-// dialOptions are the transport and token options for commands that dial
-// a node's gRPC API themselves (the Cluster service's admin calls).
-func (s *securityFlags) dialOptions() ([]grpc.DialOption, error) {
-	var cfg client.Config
-	if err := s.apply(&cfg); err != nil {
-		return nil, err
+// securityHint turns a refusal into what to do about it; "" if err is
+// not one.
+func securityHint(err error) string {
+	msg := err.Error()
+	switch {
+	case status.Code(err) == codes.Unauthenticated:
+		return "this cluster wants a bearer token: set TSSTORE_TOKEN (or --token) to a token from its tokens file"
+	case status.Code(err) == codes.PermissionDenied:
+		return "the token's role is too low for this command (read < append < admin); see docs/operations.md#security"
+	case strings.Contains(msg, "error reading server preface"):
+		return "if the server has TLS on, pass --ca <CA file> (or --tls for a public CA)"
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return "the server does not use TLS: drop --tls, --ca and TSSTORE_CA"
+	case strings.Contains(msg, "certificate signed by unknown authority"):
+		return "--ca must be the CA bundle that signed the servers' certificates"
+	case strings.Contains(msg, "certificate is valid for"):
+		return "the certificate does not name the address dialled: dial a name it carries, or pass --server-name"
 	}
-	if cfg.TLS == nil {
-		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, nil
-	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg.TLS))}
-	if cfg.Token != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(bearerToken(cfg.Token)))
-	}
-	return opts, nil
+	return ""
 }
-
-// bearerToken is a token sent on TLS connections only.
-type bearerToken string
-
-func (b bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-
-func (bearerToken) RequireTransportSecurity() bool { return true }
 
 func (c *clientFlags) connect() (*client.Client, context.Context, context.CancelFunc, error) {
 	cfg := client.DefaultConfig()

@@ -60,6 +60,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 		fmt.Fprintf(stderr, "tsstore %s: %v\n", args[0], err)
+		if hint := securityHint(err); hint != "" {
+			fmt.Fprintf(stderr, "hint: %s\n", hint)
+		}
 		if errors.Is(err, errUsage) {
 			return 2
 		}

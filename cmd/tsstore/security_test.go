@@ -3,10 +3,15 @@ package main
 import (
 	"bytes"
 	"flag"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/internal/testpki"
@@ -135,5 +140,39 @@ func TestClientSecurityFlags(t *testing.T) {
 	run([]string{"status", "-h"}, &out, &errOut)
 	if !strings.Contains(errOut.String(), "-token") || strings.Contains(errOut.String(), "env-token") {
 		t.Fatalf("status -h:\n%s", errOut.String())
+	}
+}
+
+// A refusal comes with a hint on what to do about it.
+func TestSecurityHints(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{status.Error(codes.Unauthenticated, "needs a bearer token"), "set TSSTORE_TOKEN"},
+		{status.Error(codes.PermissionDenied, `token "x" has role read`), "role is too low"},
+		{status.Error(codes.Unavailable, `connection error: desc = "error reading server preface: EOF"`), "pass --ca"},
+		{status.Error(codes.Unavailable, "tls: failed to verify certificate: x509: certificate signed by unknown authority"), "--ca must be the CA bundle"},
+		{status.Error(codes.Unavailable, "other"), ""},
+	} {
+		if got := securityHint(tt.err); !strings.Contains(got, tt.want) || (tt.want == "" && got != "") {
+			t.Errorf("securityHint(%v) = %q, want %q", tt.err, got, tt.want)
+		}
+	}
+
+	// End to end: TLS towards a plaintext server.
+	_, ca, _, _ := securityFiles(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	go srv.Serve(lis)
+	defer srv.Stop()
+	var out, errOut bytes.Buffer
+	code := run([]string{"status", "--addr", lis.Addr().String(), "--ca", ca.CertFile, "--timeout", "2s"}, &out, &errOut)
+	if code == 0 || !strings.Contains(errOut.String(), "first record does not look like a TLS handshake") ||
+		!strings.Contains(errOut.String(), "hint: the server does not use TLS") {
+		t.Fatalf("exit %d, stderr:\n%s", code, errOut.String())
 	}
 }
