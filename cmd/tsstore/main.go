@@ -7,6 +7,7 @@
 //	tsstore status  a node's view of the cluster
 //	tsstore streams list streams
 //	tsstore tail    follow events as they commit
+//	tsstore snapshot, backup, restore, verify, dump: data operations
 package main
 
 import (
@@ -32,6 +33,12 @@ var commands = map[string]command{
 	"status":  {"show a node's view of the cluster", runStatus},
 	"streams": {"list streams with their versions", runStreams},
 	"tail":    {"follow events live as they commit", runTail},
+	// Data operations (backup.go, restore.go, snapshot.go, verify.go, dump.go).
+	"snapshot": {"force a Raft snapshot on a node", runSnapshot},
+	"backup":   {"write a consistent backup of the store to a file", runBackup},
+	"restore":  {"seed one node of a new cluster from a backup (offline)", runRestore},
+	"verify":   {"scrub a stopped node's data directory", runVerify},
+	"dump":     {"print the batches of a segment file", runDump},
 }
 
 // errUsage marks errors whose message already explains the usage problem.

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	iofs "io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/tsstore/tsstore/backup"
+	"github.com/tsstore/tsstore/internal/atomicfile"
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+)
+
+// backupResult is what `tsstore backup --json` prints.
+type backupResult struct {
+	File      string      `json:"file"`
+	FileBytes int64       `json:"file_bytes"`
+	Address   string      `json:"node_address"`
+	Info      backup.Info `json:"info"`
+}
+
+func runBackup(args []string, stdout, stderr io.Writer) error {
+	var cf clientFlags
+	fs := newFlagSet("backup", stderr, "backup [--addr host:port] [--node ID] [--json] FILE")
+	cf.register(fs)
+	node := fs.String("node", "", "node id to back up from (default: the node at the first --addr)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() < 1 {
+		return fmt.Errorf("%w: the backup FILE is required", errUsage)
+	}
+	path := fs.Arg(0)
+	if err := fs.Parse(fs.Args()[1:]); err != nil { // flags after FILE
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	if _, err := os.Stat(path); err == nil {
+		return fmt.Errorf("%s already exists; choose a new file name", path)
+	} else if !errors.Is(err, iofs.ErrNotExist) {
+		return err
+	}
+	explicit := false
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "timeout" {
+			explicit = true
+		}
+	})
+	ctx, cancel := commandContext(cf.timeout, explicit)
+	defer cancel()
+	cl, cc, addr, err := cf.clusterNode(ctx, *node)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	stream, err := cc.Backup(ctx, &pb.BackupRequest{})
+	if err != nil {
+		return fmt.Errorf("backup from %s: %w", addr, err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return fmt.Errorf("backup from %s: %w", addr, err)
+	}
+	if first.Info == nil {
+		return fmt.Errorf("backup from %s: the first message carries no info", addr)
+	}
+	pi := first.Info
+	info := backup.Info{Cluster: pi.Cluster, NodeID: pi.NodeId, RaftIndex: pi.RaftIndex, RaftTerm: pi.RaftTerm,
+		NextOffset: pi.NextOffset, SizeBytes: pi.SizeBytes, CreatedUnixNano: pi.CreatedUnixNano}
+	size, err := writeBackup(path, info, stream, newProgressBar(stderr, "backup"))
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		return json.NewEncoder(stdout).Encode(backupResult{File: path, FileBytes: size, Address: addr, Info: info})
+	}
+	fmt.Fprintf(stdout, "backup of cluster %s from node %s (%s): raft index %d, term %d, offsets [0, %d), %s, taken %s\nwrote %s (%s)\n",
+		info.Cluster, info.NodeID, addr, info.RaftIndex, info.RaftTerm, info.NextOffset, humanBytes(int64(info.SizeBytes)),
+		time.Unix(0, info.CreatedUnixNano).UTC().Format(time.RFC3339), path, humanBytes(size))
+	return nil
+}
+
+// writeBackup writes the file as path.tmp, fsyncs it and renames it into
+// place; a failure removes the temporary file and publishes nothing.
+func writeBackup(path string, info backup.Info, stream pb.Cluster_BackupClient, bar *progressBar) (size int64, err error) {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		bar.finish()
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	w, err := backup.NewWriter(bw, info)
+	if err != nil {
+		return 0, err
+	}
+	for {
+		c, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return 0, fmt.Errorf("backup stream broke after %d of %d bytes: %w", w.Written(), info.SizeBytes, err)
+		}
+		if _, err := w.Write(c.Data); err != nil {
+			return 0, err
+		}
+		bar.update(int64(w.Written()), int64(info.SizeBytes))
+	}
+	if err := w.Close(); err != nil {
+		return 0, err
+	}
+	if err := bw.Flush(); err != nil {
+		return 0, err
+	}
+	if err := f.Sync(); err != nil {
+		return 0, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if err := f.Close(); err != nil {
+		return 0, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return 0, err
+	}
+	return fi.Size(), atomicfile.SyncDir(filepath.Dir(path))
+}

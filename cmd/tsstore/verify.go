@@ -1,0 +1,147 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/tsstore/tsstore/fsm"
+	"github.com/tsstore/tsstore/segment"
+)
+
+// errCorrupt makes verify exit 1 after it printed its findings.
+var errCorrupt = errors.New("corruption found")
+
+// verifyResult is what `tsstore verify --json` prints.
+type verifyResult struct {
+	DataDir     string                   `json:"data_dir"`
+	OK          bool                     `json:"ok"`
+	Segments    int                      `json:"segments"`
+	Bytes       int64                    `json:"bytes"`
+	FirstOffset uint64                   `json:"first_offset"`
+	NextOffset  uint64                   `json:"next_offset"`
+	Applied     uint64                   `json:"applied_index"`
+	Snapshots   []fsm.SnapshotCheck      `json:"snapshots"`
+	Corruption  *segment.CorruptionError `json:"corruption,omitempty"`
+	Error       string                   `json:"error,omitempty"`
+}
+
+func runVerify(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("verify", stderr, "verify --data-dir DIR [--json]")
+	dataDir := fs.String("data-dir", "", "data directory of a stopped node (required)")
+	asJSON := fs.Bool("json", false, "print JSON instead of text")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *dataDir == "" || fs.NArg() > 0 {
+		return fmt.Errorf("%w: --data-dir is required, and nothing else", errUsage)
+	}
+	res := verifyResult{DataDir: *dataDir}
+	err := verifyDataDir(*dataDir, &res, newProgressBar(stderr, "verify"))
+	var ce *segment.CorruptionError
+	switch {
+	case errors.As(err, &ce):
+		res.Corruption = ce
+		res.Error = err.Error()
+	case err != nil:
+		res.Error = err.Error()
+	}
+	errSnap := false
+	for _, s := range res.Snapshots {
+		if s.Err != "" && err == nil {
+			errSnap = true
+			err = fmt.Errorf("snapshot %s: %s", s.ID, s.Err)
+			res.Error = err.Error()
+		}
+	}
+	res.OK = err == nil
+	if *asJSON {
+		json.NewEncoder(stdout).Encode(res)
+	} else {
+		printVerify(stdout, &res)
+	}
+	if res.Corruption != nil || errors.Is(err, segment.ErrCorrupt) || errors.Is(err, fsm.ErrBadSnapshot) || errors.Is(err, fsm.ErrDataLoss) || errSnap {
+		return fmt.Errorf("%w in %s: %v", errCorrupt, *dataDir, err)
+	}
+	return err
+}
+
+func printVerify(w io.Writer, r *verifyResult) {
+	if r.Segments > 0 {
+		fmt.Fprintf(w, "log: %d segments, %s, offsets [%d, %d), applied raft index %d\n",
+			r.Segments, humanBytes(r.Bytes), r.FirstOffset, r.NextOffset, r.Applied)
+	}
+	for _, s := range r.Snapshots {
+		status := "ok"
+		if s.Err != "" {
+			status = "BAD: " + s.Err
+		}
+		fmt.Fprintf(w, "snapshot %s: raft index %d, term %d, %s, next offset %d: %s\n", s.ID, s.Index, s.Term, humanBytes(s.Size), s.NextOffset, status)
+	}
+	switch {
+	case r.Corruption != nil:
+		fmt.Fprintf(w, "CORRUPT: %s at position %d (offset %d): %s\n", r.Corruption.Path, r.Corruption.Position, r.Corruption.Offset, r.Corruption.Reason)
+	case r.Error != "":
+		fmt.Fprintf(w, "FAILED: %s\n", r.Error)
+	default:
+		fmt.Fprintf(w, "%s: ok\n", r.DataDir)
+	}
+}
+
+// verifyDataDir scrubs a stopped node's data directory without changing
+// it: the FSM's checkpoint and node file, every segment (segment.Verify:
+// CRCs, records, offsets, timestamps, indexes) and the snapshots.
+func verifyDataDir(dir string, res *verifyResult, bar *progressBar) error {
+	if _, err := os.Stat(filepath.Join(dir, "fsm", "log")); err != nil {
+		return fmt.Errorf("%s does not look like a tsstore data directory: %w", dir, err)
+	}
+	if err := checkNotRunning(filepath.Join(dir, "raft", "raft.db")); err != nil {
+		return err
+	}
+	var err error
+	res.Snapshots, err = fsm.CheckSnapshots(filepath.Join(dir, "snapshots"))
+	if err != nil {
+		return err
+	}
+	cfg := fsm.DefaultConfig(filepath.Join(dir, "fsm"))
+	cfg.Segment.FS = segment.ReadOnlyFS{}
+	proc, err := fsm.Open(cfg)
+	if err != nil {
+		if errors.Is(err, segment.ErrReadOnly) {
+			return fmt.Errorf("the log needs the repair a node start makes before it can be verified read-only: %w", err)
+		}
+		return err
+	}
+	defer proc.Close()
+	res.Applied, res.NextOffset = proc.AppliedIndex(), proc.NextOffset()
+	defer bar.finish()
+	return proc.WithLog(func(l *segment.Log) error {
+		res.FirstOffset = l.FirstOffset()
+		for _, s := range l.Segments() {
+			res.Segments++
+			res.Bytes += s.Size
+		}
+		return l.Verify(bar.update)
+	})
+}
+
+// checkNotRunning refuses a data directory whose raft.db a running node
+// holds: bolt keeps an exclusive flock on it.
+func checkNotRunning(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		return fmt.Errorf("%s is locked: a node is running on this data directory; stop it first (verify reads a stopped node's files)", path)
+	}
+	return syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+}
