@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -22,6 +23,7 @@ type proposer struct {
 	n        *Node
 	in       chan *proposal
 	inflight chan inflightEntry
+	gate     *seqGate // a producer's pipelined requests enter in order
 }
 
 type proposal struct {
@@ -45,14 +47,17 @@ func newProposer(n *Node) *proposer {
 		n:        n,
 		in:       make(chan *proposal, 4*n.cfg.MaxEntryRequests),
 		inflight: make(chan inflightEntry, n.cfg.MaxInflightEntries),
+		gate:     newSeqGate(),
 	}
 }
 
 // propose submits one request and waits for its result.
 func (p *proposer) propose(ctx context.Context, op fsm.AppendOp, size int) (fsm.AppendResult, error) {
 	pr := &proposal{op: op, size: size, done: make(chan proposalResult, 1)}
+	p.gate.enter(ctx, op.ProducerID, op.Seq)
 	select {
 	case p.in <- pr:
+		p.gate.pass(op.ProducerID, op.Seq, uint64(len(op.Events)))
 	case <-ctx.Done():
 		return fsm.AppendResult{}, ctx.Err()
 	case <-p.n.shutdown:
@@ -90,6 +95,7 @@ func (p *proposer) run() {
 				break gather
 			}
 		}
+		orderBySeq(props)
 		cmd := fsm.AppendCommand{Timestamp: time.Now().UnixNano(), Ops: make([]fsm.AppendOp, len(props))}
 		for i, q := range props {
 			cmd.Ops[i] = q.op
@@ -108,6 +114,61 @@ func (p *proposer) run() {
 			finish(props, proposalResult{err: raft.ErrRaftShutdown})
 			p.drain()
 			return
+		}
+	}
+}
+
+// orderBySeq puts the requests of each producer in one entry in producer
+// sequence order, in the positions they already hold. A pipelining
+// producer (client.AsyncProducer) sends its requests in sequence order,
+// but the server handles each on its own goroutine and they may reach the
+// proposer out of order; the FSM would reject the overtaking one as a
+// sequence gap and the producer would have to send it again. Requests of
+// different producers are concurrent, so their relative order is free.
+func orderBySeq(props []*proposal) {
+	if len(props) < 2 {
+		return
+	}
+	last := make(map[string]uint64, len(props))
+	sorted := true
+	for _, q := range props {
+		id := q.op.ProducerID
+		if id == "" {
+			continue
+		}
+		if s, ok := last[id]; ok && q.op.Seq < s {
+			sorted = false
+		}
+		last[id] = q.op.Seq
+	}
+	if sorted {
+		return
+	}
+	pos := make(map[string][]int)
+	for i, q := range props {
+		if id := q.op.ProducerID; id != "" {
+			pos[id] = append(pos[id], i)
+		}
+	}
+	for _, idx := range pos {
+		if len(idx) < 2 {
+			continue
+		}
+		group := make([]*proposal, len(idx))
+		for j, i := range idx {
+			group[j] = props[i]
+		}
+		slices.SortStableFunc(group, func(a, b *proposal) int {
+			switch {
+			case a.op.Seq < b.op.Seq:
+				return -1
+			case a.op.Seq > b.op.Seq:
+				return 1
+			}
+			return 0
+		})
+		for j, i := range idx {
+			props[i] = group[j]
 		}
 	}
 }
