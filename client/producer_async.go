@@ -124,6 +124,9 @@ type AsyncStats struct {
 	// Resends counts requests sent again: after a sequence gap (a request
 	// that overtook its predecessor) or an unknown outcome.
 	Resends uint64
+	// Gaps counts sequence-gap answers; Unknown counts failures after
+	// which the request may or may not have committed.
+	Gaps, Unknown uint64
 }
 
 // Pending is the outcome of one Send.

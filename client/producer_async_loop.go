@@ -121,7 +121,7 @@ func (l *asyncLoop) start(f *Pending) {
 // ready reports whether cur should be sent now.
 func (l *asyncLoop) ready() bool {
 	o := l.a.opts
-	if l.cur == nil || l.dead != nil || len(l.window) >= o.MaxInflight {
+	if l.cur == nil || l.dead != nil || len(l.window) >= o.MaxInflight || l.anyWaiting() {
 		return false
 	}
 	full := l.held != nil || len(l.cur.req.Events) >= o.MaxBatchEvents || l.cur.bytes >= o.MaxBatchBytes
@@ -150,9 +150,7 @@ func (l *asyncLoop) send(f *flight) {
 	f.waiting = false
 	f.tries++
 	if f.tries > 1 {
-		l.a.mu.Lock()
-		l.a.mu.stats.Resends++
-		l.a.mu.Unlock()
+		l.count(func(s *AsyncStats) { s.Resends++ })
 	}
 	a := l.a
 	go func() {
@@ -173,6 +171,7 @@ func (l *asyncLoop) handle(r flightResult) {
 		f.acked = true // committed earlier; offsets no longer known
 	case errors.Is(err, ErrSequenceGap) && !f.asHead:
 		f.waiting = true // overtook a predecessor; nothing was written
+		l.count(func(s *AsyncStats) { s.Gaps++ })
 	case errors.Is(err, ErrClosed):
 		l.fatal(f, err)
 	case r.attempts > 0 && !ambiguous(err):
@@ -181,15 +180,39 @@ func (l *asyncLoop) handle(r flightResult) {
 		l.fatal(f, fmt.Errorf("client: async producer %s: append at seq %d still in doubt after %v: %w",
 			l.a.p.id, f.req.GetProducerSeq(), l.a.opts.DeliveryTimeout, err))
 	default:
+		l.count(func(s *AsyncStats) { s.Unknown++ })
 		l.send(f) // outcome unknown: send again with the same sequence
 	}
 	for len(l.window) > 0 && l.window[0].acked {
 		l.resolve(l.window[0])
 		l.window = l.window[1:]
 	}
+	// Requests that overtook a predecessor go again, in order, once the
+	// head of the window is one of them.
 	if len(l.window) > 0 && l.window[0].waiting {
-		l.send(l.window[0])
+		for _, w := range l.window {
+			if w.waiting {
+				l.send(w)
+			}
+		}
 	}
+}
+
+func (l *asyncLoop) count(fn func(*AsyncStats)) {
+	l.a.mu.Lock()
+	fn(&l.a.mu.stats)
+	l.a.mu.Unlock()
+}
+
+// anyWaiting reports whether a request awaits re-sending; a new request
+// sent now would only overtake it.
+func (l *asyncLoop) anyWaiting() bool {
+	for _, f := range l.window {
+		if f.waiting {
+			return true
+		}
+	}
+	return false
 }
 
 // resolve answers an acknowledged request's Sends, in order.

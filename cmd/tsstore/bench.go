@@ -319,3 +319,58 @@ func serverRaftTiming() map[string]string {
 	return map[string]string{"heartbeat_timeout": c.HeartbeatTimeout.String(), "election_timeout": c.ElectionTimeout.String(),
 		"leader_lease_timeout": c.LeaderLeaseTimeout.String(), "commit_timeout": c.CommitTimeout.String()}
 }
+
+// cpuTime is CPU time (user + system) used so far by the local cluster's
+// running nodes and by this process. The figures per event show where a
+// workload's cost goes even when the machine is shared and wall-clock
+// rates are noisy.
+type cpuTime struct{ nodes, client time.Duration }
+
+func (b *benchRun) cpu() cpuTime {
+	var t cpuTime
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		t.client = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	if b.lc == nil {
+		return t
+	}
+	for _, n := range b.lc.c.Nodes {
+		if pid := n.PID(); pid != 0 {
+			t.nodes += procCPU(pid)
+		}
+	}
+	return t
+}
+
+// procCPU reads utime + stime of a process from /proc (Linux).
+func procCPU(pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command name; utime and stime are
+	// fields 14 and 15 of the whole line, in clock ticks (USER_HZ, 100).
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	var ut, st int64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	return time.Duration(ut+st) * (time.Second / 100)
+}
+
+// cpuNote says how much CPU the workload used per event since `since`.
+func (b *benchRun) cpuNote(since cpuTime, events int64) string {
+	if events == 0 {
+		return ""
+	}
+	now := b.cpu()
+	per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(events) }
+	if b.lc == nil {
+		return fmt.Sprintf("CPU per event: client %.1f µs", per(now.client-since.client))
+	}
+	return fmt.Sprintf("CPU per event: 3 nodes %.1f µs, client %.1f µs", per(now.nodes-since.nodes), per(now.client-since.client))
+}

@@ -29,6 +29,7 @@ func (b *benchRun) waiting(ctx context.Context, id, name string, workers int) ([
 		}
 	}
 	stopProfile := b.startProfile(ctx, id)
+	cpu0 := b.cpu()
 	st := bench.Run{Workers: workers, Duration: b.f.duration, Progress: b.prog, Label: id + ": " + name}.Do(ctx,
 		func(ctx context.Context, w int) (int, error) {
 			_, err := prods[w].Append(ctx, b.event(b.streamOf(id, w)))
@@ -42,7 +43,7 @@ func (b *benchRun) waiting(ctx context.Context, id, name string, workers int) ([
 		return nil, fmt.Errorf("%d appends failed, the last with %w", st.Errors, st.LastErr)
 	}
 	b.lat[id] = &st.Latency
-	return []bench.Result{b.appendResult(id, name, st, "latency of one append of one event, acknowledged after a majority fsync")}, nil
+	return []bench.Result{b.appendResult(id, name, st, "latency of one append of one event, acknowledged after a majority fsync; "+b.cpuNote(cpu0, st.Events))}, nil
 }
 
 func (b *benchRun) streamOf(id string, w int) string {
@@ -106,6 +107,7 @@ func (b *benchRun) batching(ctx context.Context) ([]bench.Result, error) {
 		defer countMu.Unlock()
 		return count
 	})
+	cpu0 := b.cpu()
 	start := time.Now()
 	deadline := start.Add(b.f.duration)
 	var sendErr error
@@ -140,14 +142,14 @@ func (b *benchRun) batching(ctx context.Context) ([]bench.Result, error) {
 	st.Latency.Merge(&hist)
 	b.lat[id] = &st.Latency
 	as := ap.Stats()
-	note := fmt.Sprintf("latency from Send to acknowledgement of each event; %d requests (%.0f events each), %d re-sent, up to %d in flight",
-		as.Requests, float64(as.Events)/float64(max(as.Requests, 1)), as.Resends, b.f.inflight)
+	note := fmt.Sprintf("latency from Send to acknowledgement of each event; %d requests (%.0f events each), up to %d in flight; %d re-sent (%d sequence gaps, %d unknown outcomes); %s",
+		as.Requests, float64(as.Events)/float64(max(as.Requests, 1)), b.f.inflight, as.Resends, as.Gaps, as.Unknown, b.cpuNote(cpu0, events))
 	return []bench.Result{b.appendResult(id, name, st, note)}, nil
 }
 
-// startProfile, with --profile, records CPU profiles of the leader node
-// (over its pprof endpoint) and of this process for one workload. The
-// returned func stops both and writes them.
+// startProfile, with --profile, records CPU profiles of every node (over
+// its pprof endpoint; the leader's file says so) and of this process for
+// one workload. The returned func stops them and writes them.
 func (b *benchRun) startProfile(ctx context.Context, id string) (stop func()) {
 	if b.f.profile == "" || b.lc == nil {
 		return func() {}
@@ -158,10 +160,17 @@ func (b *benchRun) startProfile(ctx context.Context, id string) (stop func()) {
 		return func() {}
 	}
 	var wg sync.WaitGroup
-	node := b.lc.c.Nodes[li]
-	if addr := pprofAddr(node.Logs()); addr != "" {
+	for i, node := range b.lc.c.Nodes {
+		addr := pprofAddr(node.Logs())
+		if addr == "" || !node.Running() {
+			continue
+		}
+		role := "follower"
+		if i == li {
+			role = "leader"
+		}
 		secs := max(1, int(b.f.duration.Seconds())-1)
-		path := filepath.Join(b.f.profile, fmt.Sprintf("%s-leader-%s.pprof", id, node.ID))
+		path := filepath.Join(b.f.profile, fmt.Sprintf("%s-%s-%s.pprof", id, role, node.ID))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
