@@ -324,6 +324,29 @@ func TestVerifyNamesCorruptSegment(t *testing.T) {
 		res.Corruption.Position <= 0 || res.Corruption.Position > 5000 {
 		t.Fatalf("verify --json: exit %d, %v: %s", code, err, out)
 	}
+	// A flipped byte in the active (last) segment: a node start would cut
+	// the segment there, verify reports it as corruption instead.
+	bad2 := filepath.Join(t.TempDir(), "bad2")
+	copyDir(t, n.DataDir, bad2)
+	logs, _ := filepath.Glob(filepath.Join(bad2, "fsm", "log", "*.log"))
+	active := logs[len(logs)-1]
+	if active == filepath.Join(bad2, "fsm", "log", "00000000000000000000.log") {
+		t.Fatalf("only one segment: %v", logs)
+	}
+	ab, err := os.ReadFile(active)
+	if err != nil || len(ab) < 1000 {
+		t.Fatalf("active segment %s: %d bytes, %v", active, len(ab), err)
+	}
+	ab[len(ab)/2] ^= 0x01
+	os.WriteFile(active, ab, 0o644)
+	out2, errOut2, code2 := runCLI(t, "verify", "--data-dir", bad2)
+	if code2 != 1 || !strings.Contains(out2, "CORRUPT: "+active+" at position ") || !strings.Contains(out2, "active segment") {
+		t.Fatalf("verify of a flipped byte in the active segment: exit %d\nstdout: %s\nstderr: %s", code2, out2, errOut2)
+	}
+	if after, _ := os.ReadFile(active); !bytes.Equal(after, ab) {
+		t.Fatal("verify changed the active segment")
+	}
+
 	// dump shows the bad batch at that position.
 	out, _, code = runCLI(t, "dump", seg)
 	if code != 0 || !strings.Contains(out, fmt.Sprintf("%10d", res.Corruption.Position)) || !strings.Contains(out, " BAD") {

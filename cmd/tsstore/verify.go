@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"syscall"
 
 	"github.com/tsstore/tsstore/fsm"
@@ -112,6 +113,9 @@ func verifyDataDir(dir string, res *verifyResult, bar *progressBar) error {
 	proc, err := fsm.Open(cfg)
 	if err != nil {
 		if errors.Is(err, segment.ErrReadOnly) {
+			if ce := activeSegmentProblem(filepath.Join(dir, "fsm", "log")); ce != nil {
+				return ce
+			}
 			return fmt.Errorf("the log needs the repair a node start makes before it can be verified read-only: %w", err)
 		}
 		return err
@@ -144,4 +148,38 @@ func checkNotRunning(path string) error {
 		return fmt.Errorf("%s is locked: a node is running on this data directory; stop it first (verify reads a stopped node's files)", path)
 	}
 	return syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+}
+
+// activeSegmentProblem explains why a read-only open of the log failed
+// when the active (last) segment does not end cleanly: Open would cut it
+// at its first bad batch. A bad CRC there is corruption, reported by file
+// and position like any other; a torn tail is what a crash leaves, and
+// is reported as such.
+func activeSegmentProblem(logDir string) error {
+	logs, _ := filepath.Glob(filepath.Join(logDir, "*"+segment.LogSuffix))
+	if len(logs) == 0 {
+		return nil
+	}
+	sort.Strings(logs)
+	path := logs[len(logs)-1]
+	d, err := segment.DumpLog(path)
+	if err != nil {
+		return nil
+	}
+	for _, b := range d.Batches {
+		if b.CRC != "ok" || b.WantBase != nil {
+			return &segment.CorruptionError{Path: path, Position: b.Position, Offset: b.BaseOffset,
+				Reason: fmt.Sprintf("batch [%d, %d] fails its check (%s) in the active segment; a node start would cut the segment here, dropping %d bytes",
+					b.BaseOffset, b.LastOffset, b.CRC, d.Size-b.Position)}
+		}
+	}
+	if t := d.Tail; t != nil && !t.Torn {
+		return &segment.CorruptionError{Path: path, Position: t.Position, Offset: d.NextOffset,
+			Reason: fmt.Sprintf("unreadable batch header in the active segment (%s); a node start would cut the segment here, dropping %d bytes", t.Error, t.Bytes)}
+	}
+	if t := d.Tail; t != nil {
+		return fmt.Errorf("%s ends with an incomplete batch at position %d (%d bytes), as a crash leaves; a node start cuts it and Raft re-applies what was lost",
+			path, t.Position, t.Bytes)
+	}
+	return nil
 }
