@@ -1,6 +1,6 @@
 // Package server runs one tsstore node: it wires the FSM to hashicorp/raft
-// (raft-boltdb/v2 log and stable store, TCP transport, the FSM's hard-link
-// snapshot store) and serves the gRPC API.
+// (raft-boltdb/v2 log and stable store, TCP or TLS transport, the FSM's
+// hard-link snapshot store) and serves the gRPC API.
 //
 // It owns:
 //   - the Append path: validation at the edge, forwarding to the leader
@@ -15,7 +15,11 @@
 //     (errors.go), done only at the handler edge;
 //   - the data directory's identity (node.json) and start-up checks;
 //   - Prometheus metrics (metrics.go, metrics_collect.go): a registry per
-//     node, served on Config.MetricsAddr; docs/operations.md lists them.
+//     node, served on Config.MetricsAddr; docs/operations.md lists them;
+//   - security, off by default: TLS for the API, mutual TLS between nodes
+//     (a TLS raft.StreamLayer and the node-to-node gRPC calls), and
+//     bearer tokens with roles checked by an auth interceptor (tls.go,
+//     auth.go; docs/operations.md#security).
 //
 // Invariants:
 //   - an Append is answered with offsets only after its Raft entry is
