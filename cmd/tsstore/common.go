@@ -84,6 +84,9 @@ func (s *securityFlags) apply(cfg *client.Config) error {
 // securityHint turns a refusal into what to do about it; "" if err is
 // not one.
 func securityHint(err error) string {
+	if _, ok := status.FromError(err); !ok {
+		return "" // not from a call: e.g. a config error of serve
+	}
 	msg := err.Error()
 	switch {
 	case status.Code(err) == codes.Unauthenticated:

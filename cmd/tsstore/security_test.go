@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"net"
 	"os"
@@ -154,6 +155,7 @@ func TestSecurityHints(t *testing.T) {
 		{status.Error(codes.Unavailable, `connection error: desc = "error reading server preface: EOF"`), "pass --ca"},
 		{status.Error(codes.Unavailable, "tls: failed to verify certificate: x509: certificate signed by unknown authority"), "--ca must be the CA bundle"},
 		{status.Error(codes.Unavailable, "other"), ""},
+		{errors.New(`peer-tls-cert n1.crt does not carry the peer name: x509: certificate is valid for rack-a, not rack-b`), ""},
 	} {
 		if got := securityHint(tt.err); !strings.Contains(got, tt.want) || (tt.want == "" && got != "") {
 			t.Errorf("securityHint(%v) = %q, want %q", tt.err, got, tt.want)
