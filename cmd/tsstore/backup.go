@@ -30,6 +30,11 @@ func runBackup(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("backup", stderr, "backup [--addr host:port] [--node ID] [--json] FILE")
 	cf.register(fs)
 	node := fs.String("node", "", "node id to back up from (default: the node at the first --addr)")
+	// A backup of a large store takes as long as it takes: --timeout
+	// applies only when given.
+	if f := fs.Lookup("timeout"); f != nil {
+		f.Usage, f.DefValue = "time limit of the whole backup (default: none)", "0s"
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/tsstore/tsstore/segment"
 )
@@ -17,6 +18,9 @@ func runDump(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%w: one segment file is required", errUsage)
 	}
 	path := fs.Arg(0)
+	if *asJSON && strings.HasSuffix(path, segment.StreamsSuffix) {
+		return fmt.Errorf("%w: --json dumps .log files; dump a .streams file as text", errUsage)
+	}
 	if *asJSON {
 		return segment.DumpJSON(path, stdout)
 	}

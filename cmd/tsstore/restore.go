@@ -22,7 +22,7 @@ type restoreResult struct {
 func runRestore(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("restore", stderr,
 		"restore --backup FILE --data-dir DIR --node-id ID --peers id1=raft-host:port,... [--cluster NAME | --rename-cluster NEW] [--json]")
-	file := fs.String("backup", "", "backup file written by `tsstore backup` (required)")
+	file := fs.String("backup", "", "backup file written by 'tsstore backup' (required)")
 	dataDir := fs.String("data-dir", "", "data directory of the new node; must not exist or be empty (required)")
 	nodeID := fs.String("node-id", "", "this node's id in the new cluster (required)")
 	peersFlag := fs.String("peers", "", "every voter of the new cluster, this node included, as id=raft-host:port,...; the same on every node (required)")

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tsstore/tsstore/backup"
+	"github.com/tsstore/tsstore/fsm"
+	"github.com/tsstore/tsstore/segment"
+)
+
+// writeTestBackup builds a backup file of a small FSM (40 events at raft
+// indexes 1..8) without a cluster.
+func writeTestBackup(t *testing.T) (string, backup.Info) {
+	t.Helper()
+	p, err := fsm.Open(fsm.DefaultConfig(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for i := range 8 {
+		op := fsm.AppendOp{ProducerID: "p", Seq: uint64(5*i + 1)}
+		for j := range 5 {
+			op.Events = append(op.Events, fsm.Event{Stream: "run/a", Type: "Step", Payload: fmt.Appendf(nil, "%d-%d", i, j)})
+		}
+		data, err := fsm.Encode(fsm.CmdAppend, &fsm.AppendCommand{Timestamp: int64(1000 + i), Ops: []fsm.AppendOp{op}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := p.Apply(uint64(i+1), data); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	snap, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stream bytes.Buffer
+	if err := snap.Persist(&stream); err != nil {
+		t.Fatal(err)
+	}
+	info := backup.Info{Cluster: "prod", NodeID: "n1", RaftIndex: 9, RaftTerm: 4, NextOffset: 40,
+		SizeBytes: uint64(stream.Len()), CreatedUnixNano: 1}
+	var file bytes.Buffer
+	w, err := backup.NewWriter(&file, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(stream.Bytes())
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "prod.tsbackup")
+	if err := os.WriteFile(path, file.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path, info
+}
+
+func runCmd(args ...string) (string, string, int) {
+	var stdout, stderr bytes.Buffer
+	code := run(args, &stdout, &stderr)
+	return stdout.String(), stderr.String(), code
+}
+
+func TestRestoreCommand(t *testing.T) {
+	file, info := writeTestBackup(t)
+	peers := "n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003"
+	b, _ := os.ReadFile(file)
+	truncated := filepath.Join(t.TempDir(), "cut.tsbackup")
+	os.WriteFile(truncated, b[:len(b)-60], 0o644)
+	flipped := filepath.Join(t.TempDir(), "flipped.tsbackup")
+	b2 := append([]byte(nil), b...)
+	b2[len(b2)/2] ^= 1
+	os.WriteFile(flipped, b2, 0o644)
+	nonEmpty := t.TempDir()
+	os.WriteFile(filepath.Join(nonEmpty, "x"), nil, 0o644)
+
+	refusals := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"missing flags", []string{"--backup", file}, 2, "are required"},
+		{"truncated file", []string{"--backup", truncated, "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 1, "truncated"},
+		{"altered file", []string{"--backup", flipped, "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 1, "SHA-256 mismatch"},
+		{"other cluster", []string{"--backup", file, "--cluster", "staging", "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 1, `the backup is of cluster "prod", not "staging"`},
+		{"both cluster flags", []string{"--backup", file, "--cluster", "prod", "--rename-cluster", "x", "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 2, "not both"},
+		{"bad peers", []string{"--backup", file, "--data-dir", "D", "--node-id", "n1", "--peers", "n1=127.0.0.1:7001,n2"}, 2, `"n2": want id=host:port`},
+		{"self missing", []string{"--backup", file, "--data-dir", "D", "--node-id", "n4", "--peers", peers}, 1, `do not include this node "n4"`},
+		{"non-empty dir", []string{"--backup", file, "--data-dir", nonEmpty, "--node-id", "n1", "--peers", peers}, 1, "is not empty"},
+	}
+	for _, tc := range refusals {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "data")
+			args := append([]string{"restore"}, tc.args...)
+			for i, a := range args {
+				if a == "D" {
+					args[i] = dir
+				}
+			}
+			_, stderr, code := runCmd(args...)
+			if code != tc.code || !strings.Contains(stderr, tc.want) {
+				t.Fatalf("exit %d, stderr %q; want exit %d saying %q", code, stderr, tc.code, tc.want)
+			}
+			if _, err := os.Stat(dir); err == nil {
+				t.Fatal("a refused restore created the data dir")
+			}
+		})
+	}
+
+	dir := filepath.Join(t.TempDir(), "data")
+	stdout, stderr, code := runCmd("restore", "--backup", file, "--rename-cluster", "prod-copy", "--data-dir", dir,
+		"--node-id", "n2", "--peers", peers, "--json")
+	if code != 0 {
+		t.Fatalf("restore: exit %d: %s", code, stderr)
+	}
+	var res restoreResult
+	if err := json.Unmarshal([]byte(stdout), &res); err != nil || res.Cluster != "prod-copy" || res.Info != info || len(res.Peers) != 3 {
+		t.Fatalf("restore --json: %v %q", err, stdout)
+	}
+	id, _ := os.ReadFile(filepath.Join(dir, "node.json"))
+	if !strings.Contains(string(id), `"cluster":"prod-copy"`) || !strings.Contains(string(id), `"node_id":"n2"`) {
+		t.Fatalf("node.json %s", id)
+	}
+	// The restored directory verifies clean.
+	stdout, stderr, code = runCmd("verify", "--data-dir", dir)
+	if code != 0 || !strings.Contains(stdout, "offsets [0, 40), applied raft index 9") || !strings.Contains(stdout, "raft index 9, term 4") {
+		t.Fatalf("verify of the restored dir: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
+func TestDumpCommand(t *testing.T) {
+	file, _ := writeTestBackup(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	if _, stderr, code := runCmd("restore", "--backup", file, "--data-dir", dir, "--node-id", "n1", "--peers", "n1=127.0.0.1:7001"); code != 0 {
+		t.Fatal(stderr)
+	}
+	seg := filepath.Join(dir, "fsm", "log", segment.FileName(0))
+	stdout, _, code := runCmd("dump", seg)
+	if code != 0 || !strings.Contains(stdout, "summary: 8 batches, 40 records, next offset 40, 0 problems") {
+		t.Fatalf("dump: exit %d\n%s", code, stdout)
+	}
+	stdout, _, code = runCmd("dump", "--json", seg)
+	var d segment.LogDump
+	if err := json.Unmarshal([]byte(stdout), &d); err != nil || code != 0 || len(d.Batches) != 8 || d.Batches[7].RaftIndex != 8 || d.NextOffset != 40 {
+		t.Fatalf("dump --json: exit %d, %v\n%s", code, err, stdout)
+	}
+	if _, _, code := runCmd("dump"); code != 2 {
+		t.Fatalf("dump without a file: exit %d, want 2", code)
+	}
+}
+
+func TestBackupRefusesExistingFile(t *testing.T) {
+	file, _ := writeTestBackup(t)
+	before, _ := os.ReadFile(file)
+	_, stderr, code := runCmd("backup", "--addr", "127.0.0.1:1", file)
+	if code != 1 || !strings.Contains(stderr, "already exists") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if after, _ := os.ReadFile(file); !bytes.Equal(before, after) {
+		t.Fatal("backup touched an existing file")
+	}
+}
