@@ -187,14 +187,25 @@ func (n *Node) checkSnapshotCovered() error {
 	if n.proc.AppliedIndex() >= latest.Index {
 		return nil
 	}
-	n.logger.Warn("fsm is behind the newest snapshot; restoring from it",
-		"applied", n.proc.AppliedIndex(), "snapshot", latest.ID)
 	_, rc, err := n.snaps.Open(latest.ID)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	if err := n.proc.Restore(rc); err != nil {
+	// Raft's snapshot index counts entries that never reach the FSM (a new
+	// leader's no-op, barriers, configuration changes), so it may be above
+	// the index in the FSM's own header while the state is the same.
+	// Compare with the header: restoring rewrites the whole log.
+	si, stream, err := fsm.ReadSnapshotInfo(rc)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", latest.ID, err)
+	}
+	if n.proc.AppliedIndex() >= si.Index {
+		return nil
+	}
+	n.logger.Warn("fsm is behind the newest snapshot; restoring from it",
+		"applied", n.proc.AppliedIndex(), "snapshot", latest.ID, "snapshot_fsm_index", si.Index)
+	if err := n.proc.Restore(stream); err != nil {
 		return fmt.Errorf("fsm is behind snapshot %s and restoring it failed: %w", latest.ID, err)
 	}
 	return nil
