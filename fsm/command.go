@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -99,14 +100,40 @@ type RemoveNodeCommand struct {
 
 // Encode returns the Raft entry bytes for a command.
 func Encode(t CommandType, cmd any) ([]byte, error) {
-	b, err := msgpack.Marshal(cmd)
+	// The same bytes as the type followed by msgpack.Marshal(cmd), written
+	// once into a buffer sized for the command: a large append entry is
+	// neither regrown nor copied.
+	buf := bytes.NewBuffer(make([]byte, 0, 1+sizeHint(cmd)))
+	buf.WriteByte(byte(t))
+	enc := msgpack.GetEncoder()
+	enc.Reset(buf)
+	err := enc.Encode(cmd)
+	msgpack.PutEncoder(enc)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, 1+len(b))
-	out[0] = byte(t)
-	copy(out[1:], b)
-	return out, nil
+	return buf.Bytes(), nil
+}
+
+// sizeHint is a close upper estimate of a command's encoded size.
+func sizeHint(cmd any) int {
+	c, ok := cmd.(*AppendCommand)
+	if !ok {
+		return 256
+	}
+	n := 64
+	for i := range c.Ops {
+		op := &c.Ops[i]
+		n += 64 + len(op.ProducerID)
+		for _, x := range op.Expect {
+			n += 32 + len(x.Stream)
+		}
+		for j := range op.Events {
+			e := &op.Events[j]
+			n += 48 + len(e.Stream) + len(e.Type) + len(e.Metadata) + len(e.Payload)
+		}
+	}
+	return n
 }
 
 func decode(data []byte, v any) error {
