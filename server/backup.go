@@ -23,7 +23,7 @@ const backupChunkBytes = 1 << 20
 // nothing since the last one (raft's ErrNothingNewToSnapshot), it answers
 // with the newest existing snapshot instead.
 func (s *service) Snapshot(ctx context.Context, _ *pb.SnapshotRequest) (*pb.SnapshotResponse, error) {
-	meta, rc, err := s.n.openSnapshot(ctx)
+	meta, rc, err := s.n.openSnapshot(ctx, false)
 	if err != nil {
 		return nil, snapshotStatus(err)
 	}
@@ -44,7 +44,7 @@ func (s *service) Backup(_ *pb.BackupRequest, stream pb.Cluster_BackupServer) er
 	n.backupsActive.Add(1)
 	defer n.backupsActive.Add(-1)
 	started := time.Now()
-	meta, rc, err := n.openSnapshot(ctx)
+	meta, rc, err := n.openSnapshot(ctx, true)
 	if err != nil {
 		return snapshotStatus(err)
 	}
@@ -99,10 +99,12 @@ func (s *service) Backup(_ *pb.BackupRequest, stream pb.Cluster_BackupServer) er
 var errNoSnapshot = errors.New("no snapshot: this node has applied nothing and holds no snapshot")
 
 // openSnapshot takes a snapshot and opens it, or opens the newest one when
-// there is nothing new to snapshot. If the new snapshot is reaped before
-// it could be opened (two more snapshots completed in between), it tries
-// again.
-func (n *Node) openSnapshot(ctx context.Context) (*raft.SnapshotMeta, io.ReadCloser, error) {
+// there is nothing new to snapshot. With orNewest, it also falls back to
+// the newest snapshot when Raft cannot snapshot now (a configuration
+// change is being applied, the FSM has stopped): any snapshot is a
+// consistent cut. If the new snapshot is reaped before it could be opened
+// (two more snapshots completed in between), it tries again.
+func (n *Node) openSnapshot(ctx context.Context, orNewest bool) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	for attempt := 1; ; attempt++ {
 		f := n.raft.Snapshot()
 		err := n.await(ctx, f)
@@ -111,7 +113,11 @@ func (n *Node) openSnapshot(ctx context.Context) (*raft.SnapshotMeta, io.ReadClo
 		switch {
 		case err == nil:
 			meta, rc, err = f.Open()
-		case errors.Is(err, raft.ErrNothingNewToSnapshot):
+		case errors.Is(err, raft.ErrNothingNewToSnapshot),
+			orNewest && ctx.Err() == nil && !errors.Is(err, raft.ErrRaftShutdown):
+			if !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+				n.logger.Warn("cannot snapshot now; using the newest snapshot", "error", err)
+			}
 			meta, rc, err = n.openLatestSnapshot()
 		}
 		if err == nil {

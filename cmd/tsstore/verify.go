@@ -19,16 +19,24 @@ var errCorrupt = errors.New("corruption found")
 
 // verifyResult is what `tsstore verify --json` prints.
 type verifyResult struct {
-	DataDir     string                   `json:"data_dir"`
-	OK          bool                     `json:"ok"`
-	Segments    int                      `json:"segments"`
-	Bytes       int64                    `json:"bytes"`
-	FirstOffset uint64                   `json:"first_offset"`
-	NextOffset  uint64                   `json:"next_offset"`
-	Applied     uint64                   `json:"applied_index"`
-	Snapshots   []fsm.SnapshotCheck      `json:"snapshots"`
-	Corruption  *segment.CorruptionError `json:"corruption,omitempty"`
-	Error       string                   `json:"error,omitempty"`
+	DataDir     string              `json:"data_dir"`
+	OK          bool                `json:"ok"`
+	Segments    int                 `json:"segments"`
+	Bytes       int64               `json:"bytes"`
+	FirstOffset uint64              `json:"first_offset"`
+	NextOffset  uint64              `json:"next_offset"`
+	Applied     uint64              `json:"applied_index"`
+	Snapshots   []fsm.SnapshotCheck `json:"snapshots"`
+	Corruption  *corruptionJSON     `json:"corruption,omitempty"`
+	Error       string              `json:"error,omitempty"`
+}
+
+// corruptionJSON is a segment.CorruptionError in verify's JSON.
+type corruptionJSON struct {
+	Path     string `json:"path"`
+	Position int64  `json:"position"`
+	Offset   uint64 `json:"offset"`
+	Reason   string `json:"reason"`
 }
 
 func runVerify(args []string, stdout, stderr io.Writer) error {
@@ -46,7 +54,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	var ce *segment.CorruptionError
 	switch {
 	case errors.As(err, &ce):
-		res.Corruption = ce
+		res.Corruption = &corruptionJSON{Path: ce.Path, Position: ce.Position, Offset: ce.Offset, Reason: ce.Reason}
 		res.Error = err.Error()
 	case err != nil:
 		res.Error = err.Error()
