@@ -16,6 +16,10 @@
 //   - the data directory's identity (node.json) and start-up checks;
 //   - Prometheus metrics (metrics.go, metrics_collect.go): a registry per
 //     node, served on Config.MetricsAddr; docs/operations.md lists them;
+//   - data operations (backup.go, restore.go): the Snapshot and Backup
+//     RPCs (a consistent cut streamed from a live node) and the offline
+//     Restore that seeds a node of a new cluster from a backup, above the
+//     backup's Raft index and term (docs/design.md#backup-and-restore);
 //   - security, off by default: TLS for the API, mutual TLS between nodes
 //     (a TLS raft.StreamLayer and the node-to-node gRPC calls), and
 //     bearer tokens with roles checked by an auth interceptor (tls.go,
