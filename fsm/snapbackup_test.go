@@ -83,7 +83,11 @@ func TestReseedSnapshot(t *testing.T) {
 	for i := range 50 {
 		mustApply(t, src, uint64(i+1), appendEntry(t, int64(i), op("p", uint64(i*2+1), "run/a", 2)))
 	}
-	mustApply(t, src, 51, mustEncode(t, CmdRegisterNode, &RegisterNodeCommand{ID: "old1", APIAddress: "10.0.0.1:7201"}))
+	mustApply(t, src, 51, mustEncode(t, CmdRegisterNode, &RegisterNodeCommand{ID: "old1", APIAddress: "10.0.0.1:7201", Incarnation: "i1"}))
+	mustApply(t, src, 52, mustEncode(t, CmdRemoveNode, &RemoveNodeCommand{ID: "old2", Incarnation: "i2"}))
+	if _, ok := src.Removed("old2", "i2"); !ok {
+		t.Fatal("the source has no tombstone; the test does not exercise the reset")
+	}
 	snap, err := src.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -93,13 +97,13 @@ func TestReseedSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	info, again, err := ReadSnapshotInfo(bytes.NewReader(stream.Bytes()))
-	if err != nil || info != (SnapshotInfo{Index: 51, NextOffset: 100, Segments: 1}) {
+	if err != nil || info != (SnapshotInfo{Index: 52, NextOffset: 100, Segments: 1}) {
 		t.Fatalf("ReadSnapshotInfo: %+v, %v", info, err)
 	}
 	if b, _ := io.ReadAll(again); !bytes.Equal(b, stream.Bytes()) {
 		t.Fatal("ReadSnapshotInfo's reader does not yield the whole stream")
 	}
-	if _, err := ReseedSnapshot(io.Discard, bytes.NewReader(stream.Bytes()), 50); !errors.Is(err, ErrBadSnapshot) {
+	if _, err := ReseedSnapshot(io.Discard, bytes.NewReader(stream.Bytes()), 51); !errors.Is(err, ErrBadSnapshot) {
 		t.Fatalf("reseed below the FSM's index: %v, want ErrBadSnapshot", err)
 	}
 	var out bytes.Buffer
@@ -113,6 +117,9 @@ func TestReseedSnapshot(t *testing.T) {
 	}
 	if dst.AppliedIndex() != 60 || dst.NextOffset() != 100 || len(dst.Nodes()) != 0 {
 		t.Fatalf("restored applied %d next %d nodes %v; want 60, 100, none", dst.AppliedIndex(), dst.NextOffset(), dst.Nodes())
+	}
+	if _, ok := dst.Removed("old2", "i2"); ok {
+		t.Fatal("the old cluster's removal tombstone came with the reseeded snapshot")
 	}
 	if !bytes.Equal(logBytes(t, dst), logBytes(t, src)) {
 		t.Fatal("reseeded stream restored a different log")

@@ -335,9 +335,11 @@ func ReadSnapshotInfo(r io.Reader) (SnapshotInfo, io.Reader, error) {
 //     state is the same at both. With the header at the Raft index, the
 //     restored FSM's applied index equals the seeded snapshot's, so a
 //     node does not restore the snapshot again when it starts.
-//   - the node table is emptied: its API addresses are the old cluster's
+//   - the node table and the membership records (incarnations, removal
+//     tombstones) are emptied: the API addresses are the old cluster's
 //     nodes, and a follower would forward appends to them until the new
-//     nodes register themselves, which they do at start.
+//     nodes register themselves, which they do at start; the new nodes
+//     have new data directories, so the old incarnations name nothing.
 func ReseedSnapshot(w io.Writer, r io.Reader, index uint64) (SnapshotInfo, error) {
 	h, err := readSnapshotHeader(r)
 	if err != nil {
@@ -348,6 +350,7 @@ func ReseedSnapshot(w io.Writer, r io.Reader, index uint64) (SnapshotInfo, error
 	}
 	h.Index = index
 	clear(h.State.Nodes)
+	h.State.Members = Membership{}
 	hdr, err := msgpack.Marshal(h)
 	if err != nil {
 		return SnapshotInfo{}, err
