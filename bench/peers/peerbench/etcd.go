@@ -57,8 +57,10 @@ func (s *etcdSys) key(prefix, stream string) string {
 	return fmt.Sprintf("%s/%s/%016x", prefix, stream, s.seq.Add(1))
 }
 
+// Append puts one key. WithRequireLeader makes a member without a leader
+// fail the request at once instead of holding it, as during an election.
 func (s *etcdSys) Append(ctx context.Context, stream string, payload []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.opTimeout)
 	defer cancel()
 	_, err := s.cl.Put(ctx, s.key("w", stream), string(payload))
 	return err

@@ -60,6 +60,8 @@ func runCmd(args []string) error {
 	pidFile := fs.String("pidfile", "", "f: append the PIDs of restarted nodes to this file")
 	opTimeout := fs.Duration("op-timeout", time.Second, "timeout of one waiting append, after which it is retried")
 	txnOps := fs.Int("txn-ops", 128, "etcd: Puts per Txn in c and the load (the server's --max-txn-ops)")
+	fs.IntVar(&natsConsumeBuffer, "nats-consume-buffer", natsConsumeBuffer, "NATS: messages the ordered consumer buffers (PullMaxMessages) in d and e")
+	fs.IntVar(&natsFetchBatch, "nats-fetch-batch", natsFetchBatch, "NATS: messages per Fetch of the pull consumer in d and e")
 	out := fs.String("json", "", "write the report to this file")
 	var extra kvFlag
 	fs.Var(&extra, "config", "KEY=VALUE added to the report's config (repeatable)")

@@ -148,7 +148,8 @@ func (s *natsSys) ReplayStream(ctx context.Context, method string, want int, yie
 	return s.replay(ctx, method, []string{"ev." + targetStream}, want, yield)
 }
 
-const (
+// Replay tuning, set by flags.
+var (
 	natsConsumeBuffer = 10000 // messages an ordered consumer buffers
 	natsFetchBatch    = 10000 // messages per Fetch
 )
