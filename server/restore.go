@@ -272,5 +272,8 @@ func seedRaftTerm(dir string, term uint64) error {
 	if cerr := store.Close(); err == nil {
 		err = cerr
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	return atomicfile.SyncDir(filepath.Join(dir, "raft"))
 }

@@ -9,7 +9,9 @@ import (
 	"io"
 	iofs "io/fs"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/tsstore/tsstore/backup"
@@ -61,6 +63,9 @@ func runBackup(args []string, stdout, stderr io.Writer) error {
 	})
 	ctx, cancel := commandContext(cf.timeout, explicit)
 	defer cancel()
+	// Ctrl-C or SIGTERM ends the stream; writeBackup then removes FILE.tmp.
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	cl, cc, addr, err := cf.clusterNode(ctx, *node)
 	if err != nil {
 		return err

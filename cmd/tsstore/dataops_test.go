@@ -3,14 +3,19 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc"
+
 	"github.com/tsstore/tsstore/backup"
 	"github.com/tsstore/tsstore/fsm"
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 	"github.com/tsstore/tsstore/segment"
 )
 
@@ -166,5 +171,91 @@ func TestBackupRefusesExistingFile(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(file); !bytes.Equal(before, after) {
 		t.Fatal("backup touched an existing file")
+	}
+}
+
+// fakeBackupStream yields chunks, then err (io.EOF for a clean end).
+type fakeBackupStream struct {
+	grpc.ClientStream
+	chunks [][]byte
+	err    error
+}
+
+func (f *fakeBackupStream) Recv() (*pb.BackupChunk, error) {
+	if len(f.chunks) == 0 {
+		return nil, f.err
+	}
+	c := f.chunks[0]
+	f.chunks = f.chunks[1:]
+	return &pb.BackupChunk{Data: c}, nil
+}
+
+// TestWriteBackupPublishesOnlyComplete: a stream that breaks or ends
+// short leaves neither FILE nor FILE.tmp; a complete one verifies.
+func TestWriteBackupPublishesOnlyComplete(t *testing.T) {
+	data := bytes.Repeat([]byte("snapshot-bytes."), 1000)
+	info := backup.Info{Cluster: "c", NodeID: "n1", RaftIndex: 5, RaftTerm: 2, NextOffset: 9, SizeBytes: uint64(len(data))}
+	chunks := func(b []byte) [][]byte {
+		var out [][]byte
+		for len(b) > 0 {
+			n := min(len(b), 4096)
+			out = append(out, b[:n])
+			b = b[n:]
+		}
+		return out
+	}
+	bar := newProgressBar(&bytes.Buffer{}, "backup")
+	for _, tc := range []struct {
+		name   string
+		stream *fakeBackupStream
+		want   string
+	}{
+		{"broken", &fakeBackupStream{chunks: chunks(data[:8000]), err: errors.New("connection reset")}, "broke after 8000"},
+		{"short", &fakeBackupStream{chunks: chunks(data[:8000]), err: io.EOF}, "ended after 8000"},
+		{"long", &fakeBackupStream{chunks: chunks(append(append([]byte(nil), data...), 'x')), err: io.EOF}, "longer than"},
+	} {
+		path := filepath.Join(t.TempDir(), "b.tsbackup")
+		_, err := writeBackup(path, info, tc.stream, bar)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("%s: %v, want an error saying %q", tc.name, err, tc.want)
+		}
+		for _, p := range []string{path, path + ".tmp"} {
+			if _, err := os.Stat(p); err == nil {
+				t.Fatalf("%s: %s exists after a failed backup", tc.name, p)
+			}
+		}
+	}
+	path := filepath.Join(t.TempDir(), "b.tsbackup")
+	size, err := writeBackup(path, info, &fakeBackupStream{chunks: chunks(data), err: io.EOF}, bar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := backup.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got, _ := io.ReadAll(f.Stream())
+	if fi, _ := os.Stat(path); fi.Size() != size || f.Info != info || !bytes.Equal(got, data) {
+		t.Fatalf("published backup: size %d (reported %d), info %+v, stream equal %v", fi.Size(), size, f.Info, bytes.Equal(got, data))
+	}
+	if _, err := os.Stat(path + ".tmp"); err == nil {
+		t.Fatal("FILE.tmp left behind")
+	}
+}
+
+func TestProgressBarOnlyOnATerminal(t *testing.T) {
+	var buf bytes.Buffer
+	p := newProgressBar(&buf, "backup")
+	p.update(50, 100)
+	p.finish()
+	if buf.Len() != 0 {
+		t.Fatalf("progress drawn on a buffer: %q", buf.String())
+	}
+	p = &progressBar{w: &buf, label: "backup", on: true}
+	p.update(3<<20, 4<<20)
+	p.finish()
+	if got := buf.String(); !strings.Contains(got, "3.0 MiB / 4.0 MiB  75.0%") || !strings.HasSuffix(got, "\n") {
+		t.Fatalf("progress line %q", got)
 	}
 }
