@@ -52,16 +52,18 @@ mkdir -p "$OUT" "$TOOLS"
 
 log() { printf 'run.sh: %s\n' "$*" >&2; }
 
-# Every process this script starts is in PIDS; the EXIT trap kills what
-# is left of them by PID.
+# Every server this script starts is in PIDS; the EXIT trap kills what
+# is left of them by PID. Each has DIR in its command line, and a PID is
+# only signalled while that holds (so a reused PID is left alone).
 PIDS=()
+ours() { running "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF "$DIR/"; }
 cleanup() {
 	local rc=$? p f
 	for f in "$DIR"/*.restarted; do
 		[[ -f $f ]] && while read -r p; do PIDS+=("$p"); done <"$f"
 	done
 	for p in "${PIDS[@]}"; do
-		kill -KILL "$p" 2>/dev/null || true
+		if ours "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
 	done
 	wait 2>/dev/null || true
 	if [[ $KEEP != 1 ]]; then rm -rf "$DIR"; fi
@@ -77,13 +79,15 @@ running() { [[ -r /proc/$1/stat ]] && [[ $(cut -d')' -f2 "/proc/$1/stat" 2>/dev/
 # and drops them from PIDS.
 stop_pids() {
 	local p i
-	for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "$@"; do
+		if ours "$p"; then kill -TERM "$p" 2>/dev/null || true; fi
+	done
 	for p in "$@"; do
 		for ((i = 0; i < 100; i++)); do
-			running "$p" || break
+			ours "$p" || break
 			sleep 0.1
 		done
-		kill -KILL "$p" 2>/dev/null || true
+		if ours "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
 		for i in "${!PIDS[@]}"; do
 			if [[ ${PIDS[$i]} == "$p" ]]; then unset 'PIDS[i]'; fi
 		done
@@ -285,6 +289,7 @@ run_peer() {
 	if [[ -f $DIR/$sys.restarted ]]; then
 		local p
 		while read -r p; do PIDS+=("$p") CLUSTER+=("$p"); done <"$DIR/$sys.restarted"
+		rm -f "$DIR/$sys.restarted"
 	fi
 	stop_pids "${CLUSTER[@]}"
 	local f
