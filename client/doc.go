@@ -20,6 +20,12 @@
 // Idempotency holds for one Producer id at a time; a restarted process that
 // reuses an id must continue its sequence (Client.ResumeProducer).
 //
+// Batching. An AsyncProducer (Client.NewAsyncProducer) is for high event
+// rates such as a trainer's: Send queues events and returns at once; they
+// are coalesced into append requests and several requests are in flight,
+// with the same guarantees (Send order, exactly once, by the producer
+// sequence) and acknowledgements in Send order (Pending).
+//
 // Read-your-writes. A local Replay from a Client waits until the serving
 // node holds the highest offset that Client has appended (min_next_offset),
 // so a replay after an append sees it even on a lagging follower. Use

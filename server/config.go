@@ -99,9 +99,9 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		ClusterName:        "tsstore",
-		HeartbeatTimeout:   500 * time.Millisecond,
-		ElectionTimeout:    500 * time.Millisecond,
-		LeaderLeaseTimeout: 250 * time.Millisecond,
+		HeartbeatTimeout:   300 * time.Millisecond, // docs/benchmarks.md, failover: why 300 ms
+		ElectionTimeout:    300 * time.Millisecond,
+		LeaderLeaseTimeout: 150 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
 		SnapshotThreshold:  4096,
 		SnapshotInterval:   10 * time.Second,
