@@ -12,10 +12,13 @@ import (
 	"gonum.org/v1/plot/vg"
 )
 
-// Marker is a labelled instant on a timeline plot, e.g. the leader kill.
+// Marker is a labelled instant on a timeline plot, e.g. a leader kill.
+// Markers with the same label share a legend entry; Secondary ones are
+// drawn grey and dotted (e.g. the restart of a killed node).
 type Marker struct {
-	At    time.Duration // since the timeline's start
-	Label string
+	At        time.Duration // since the timeline's start
+	Label     string
+	Secondary bool
 }
 
 // PlotTimeline draws events/s per bucket of tl over time, with vertical
@@ -37,10 +40,11 @@ func PlotTimeline(path, title string, tl *Timeline, markers ...Marker) error {
 	if err != nil {
 		return err
 	}
-	line.Color = plotutil.Color(0)
+	line.Color = plotutil.Color(2)
 	p.Add(line, plotter.NewGrid())
 	p.Legend.Add("acknowledged events/s", line)
-	for i, m := range markers {
+	seen := map[string]bool{}
+	for _, m := range markers {
 		x := m.At.Seconds()
 		ml, err := plotter.NewLine(plotter.XYs{{X: x, Y: 0}, {X: x, Y: peak * 1.05}})
 		if err != nil {
@@ -49,11 +53,15 @@ func PlotTimeline(path, title string, tl *Timeline, markers ...Marker) error {
 		ml.Color = color.RGBA{R: 200, A: 255}
 		ml.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
 		ml.Width = vg.Points(1.5)
-		if i > 0 {
-			ml.Color = plotutil.Color(i + 1)
+		if m.Secondary {
+			ml.Color = color.Gray{Y: 120}
+			ml.Dashes = []vg.Length{vg.Points(1), vg.Points(2)}
 		}
 		p.Add(ml)
-		p.Legend.Add(m.Label, ml)
+		if !seen[m.Label] {
+			seen[m.Label] = true
+			p.Legend.Add(m.Label, ml)
+		}
 	}
 	p.Y.Min = 0
 	p.Legend.Top = true

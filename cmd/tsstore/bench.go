@@ -39,6 +39,7 @@ type benchFlags struct {
 	jsonOut      string
 	plots        string
 	profile      string
+	serveArgs    []string
 }
 
 func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
@@ -60,9 +61,11 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	fs.StringVar(&f.jsonOut, "out", "", "same as --json")
 	fs.StringVar(&f.plots, "plots", "", "write plots (PNG) into this directory")
 	fs.StringVar(&f.profile, "profile", "", "local cluster: write CPU profiles of the leader (and of this client) during a, b and c into this directory")
+	serveArgs := fs.String("serve-args", "", "local cluster: extra `tsstore serve` flags for every node, space-separated (e.g. \"--heartbeat-timeout 300ms\")")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	f.serveArgs = strings.Fields(*serveArgs)
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	}
@@ -195,7 +198,10 @@ func (b *benchRun) config() map[string]any {
 	}
 	if b.lc != nil {
 		cfg["cluster"] = "3 local tsstore processes on 127.0.0.1, one disk, sharing the cores with this client"
-		cfg["raft"] = b.lc.raftTiming
+		cfg["raft_defaults"] = b.lc.raftTiming
+		if len(b.f.serveArgs) > 0 {
+			cfg["serve_args"] = strings.Join(b.f.serveArgs, " ")
+		}
 	} else {
 		cfg["cluster"] = "running cluster at " + b.f.addrs
 	}
@@ -256,7 +262,7 @@ func startBenchLocal(ctx context.Context, f *benchFlags, log io.Writer) (*benchL
 	if err != nil {
 		return nil, err
 	}
-	opts := proccluster.Options{Binary: bin, Dir: lc.dir, ExtraArgs: []string{"--log-level", "warn"}}
+	opts := proccluster.Options{Binary: bin, Dir: lc.dir, ExtraArgs: append([]string{"--log-level", "warn"}, f.serveArgs...)}
 	if f.profile != "" {
 		opts.Env = []string{pprofEnv + "=127.0.0.1:0"}
 	}
@@ -313,7 +319,7 @@ func signalContext() (context.Context, context.CancelFunc) {
 }
 
 // serverRaftTiming is the Raft timing the local cluster's nodes run with
-// (the server defaults).
+// unless --serve-args overrides it (the server defaults).
 func serverRaftTiming() map[string]string {
 	c := server.DefaultConfig()
 	return map[string]string{"heartbeat_timeout": c.HeartbeatTimeout.String(), "election_timeout": c.ElectionTimeout.String(),

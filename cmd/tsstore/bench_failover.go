@@ -46,7 +46,7 @@ func (b *benchRun) failover(ctx context.Context) ([]bench.Result, error) {
 	run := bench.Run{Workers: b.f.producers, Duration: time.Hour, Progress: b.prog, Label: id + ": " + name,
 		During: func(ctx context.Context, tl *bench.Timeline) {
 			defer stopRun()
-			for i := range b.f.failovers {
+			for range b.f.failovers {
 				if sleepCtx(ctx, steady) != nil {
 					return
 				}
@@ -63,7 +63,7 @@ func (b *benchRun) failover(ctx context.Context) ([]bench.Result, error) {
 				}
 				killedAt.Store(t0.UnixNano())
 				k := kill{node: node.ID, at: t0.Sub(tl.Start())}
-				b.failMark = append(b.failMark, bench.Marker{At: k.at, Label: fmt.Sprintf("kill %d (%s)", i+1, node.ID)})
+				b.failMark = append(b.failMark, bench.Marker{At: k.at, Label: "leader SIGKILLed"})
 				if _, err := b.lc.leader(ctx); err == nil {
 					k.leaderAfter = time.Since(t0)
 				}
@@ -79,6 +79,7 @@ func (b *benchRun) failover(ctx context.Context) ([]bench.Result, error) {
 					return
 				}
 				k.restartedAfter = time.Since(t0)
+				b.failMark = append(b.failMark, bench.Marker{At: time.Since(tl.Start()), Label: "killed node restarted", Secondary: true})
 				kills = append(kills, k)
 				if sleepCtx(ctx, 2*time.Second) != nil {
 					return
@@ -111,12 +112,12 @@ func (b *benchRun) failover(ctx context.Context) ([]bench.Result, error) {
 	for _, k := range kills {
 		rec, ok := recovery(rates, st.Timeline.Width(), k.at)
 		acks = append(acks, bench.Ms(k.firstAck))
-		recTxt := "not recovered"
+		recTxt := "not back to 90% within the steady phase"
 		if ok {
 			recs = append(recs, bench.Ms(rec))
-			recTxt = fmt.Sprintf("%.0f", bench.Ms(rec))
+			recTxt = fmt.Sprintf("back after %.0f ms", bench.Ms(rec))
 		}
-		notes = append(notes, fmt.Sprintf("%s: first ack %.0f ms (leader seen %.0f ms), recovered %s ms",
+		notes = append(notes, fmt.Sprintf("%s killed: first ack %.0f ms (new leader seen by polling %.0f ms), throughput %s",
 			k.node, bench.Ms(k.firstAck), bench.Ms(k.leaderAfter), recTxt))
 	}
 	r := b.appendResult(id, name, st, "")
