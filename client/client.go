@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/record"
 )
 
 // Client talks to a tsstore cluster. It is safe for concurrent use.
@@ -38,6 +39,10 @@ type Client struct {
 		appended uint64
 	}
 }
+
+// maxReadMessageBytes bounds one received message: the largest record
+// batch plus room for the message's other fields.
+const maxReadMessageBytes = record.MaxBatchSize + 1<<20
 
 // node is one lazily connected gRPC channel.
 type node struct {
@@ -94,7 +99,13 @@ func (c *Client) nodeLocked(addr string) (*node, error) {
 			MaxDelay:   c.cfg.MaxRetryBackoff,
 		},
 		MinConnectTimeout: c.cfg.DialTimeout,
-	})}
+	}),
+		// A read message carries whole record batches, and a batch may be
+		// as large as one append entry (many MiB); gRPC's default 4 MiB
+		// receive limit would fail reading a log written by a batching
+		// producer.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxReadMessageBytes)),
+	}
 	opts = append(opts, c.cfg.DialOptions...)
 	opts = append(opts, c.cfg.securityOptions()...)
 	conn, err := grpc.NewClient(addr, opts...)
