@@ -8,13 +8,10 @@ import (
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
-	"github.com/tsstore/tsstore/fsm"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
@@ -62,42 +59,6 @@ func (n *Node) readIndex(ctx context.Context) (uint64, error) {
 	return resp.CommitIndex, nil
 }
 
-// RegisterNode records a node's API address through Raft.
-func (s *service) RegisterNode(ctx context.Context, req *pb.RegisterNodeRequest) (*pb.RegisterNodeResponse, error) {
-	if req.NodeId == "" || req.ApiAddress == "" {
-		return nil, invalidArg("node id and api address are required")
-	}
-	if s.n.raft.State() != raft.Leader {
-		if isForwarded(ctx) {
-			return nil, toStatus(errNoLeader)
-		}
-		conn, err := s.n.leaderConn()
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		return pb.NewClusterClient(conn).RegisterNode(ctx, req)
-	}
-	if err := s.n.applyRegister(ctx, req.NodeId, req.ApiAddress); err != nil {
-		return nil, toStatus(err)
-	}
-	return &pb.RegisterNodeResponse{}, nil
-}
-
-func (n *Node) applyRegister(ctx context.Context, id, addr string) error {
-	data, err := fsm.Encode(fsm.CmdRegisterNode, &fsm.RegisterNodeCommand{ID: id, APIAddress: addr})
-	if err != nil {
-		return err
-	}
-	f := n.raft.Apply(data, 5*time.Second)
-	if err := n.await(ctx, f); err != nil {
-		return err
-	}
-	if r, ok := f.Response().(*fsm.ApplyResult); ok && r.Err != nil {
-		return r.Err
-	}
-	return nil
-}
-
 // watchLeadership runs a barrier whenever this node becomes leader, and
 // marks the term ready for linearizable reads once it has been applied.
 func (n *Node) watchLeadership() {
@@ -114,34 +75,6 @@ func (n *Node) watchLeadership() {
 			}
 			n.leaderReady.Store(term)
 			n.logger.Info("leader ready", "term", term)
-		case <-n.shutdown:
-			return
-		}
-	}
-}
-
-// registerSelf makes sure the node table holds this node's API address,
-// retrying until it does, and again whenever it changes.
-func (n *Node) registerSelf() {
-	t := time.NewTicker(500 * time.Millisecond)
-	defer t.Stop()
-	addr := n.cfg.apiAdvertise()
-	for {
-		if n.proc.Nodes()[n.cfg.NodeID] != addr {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			var err error
-			if n.raft.State() == raft.Leader {
-				err = n.applyRegister(ctx, n.cfg.NodeID, addr)
-			} else if conn, cerr := n.leaderConn(); cerr == nil {
-				_, err = pb.NewClusterClient(conn).RegisterNode(ctx, &pb.RegisterNodeRequest{NodeId: n.cfg.NodeID, ApiAddress: addr})
-			}
-			cancel()
-			if err != nil {
-				n.logger.Debug("registering api address", "error", err)
-			}
-		}
-		select {
-		case <-t.C:
 		case <-n.shutdown:
 			return
 		}
@@ -212,8 +145,10 @@ func (p *peerPool) close() {
 	p.conns = map[string]*grpc.ClientConn{}
 }
 
-// TransferLeadership hands leadership to another voter. On a follower the
-// call is forwarded to the leader.
+// TransferLeadership hands leadership to another voter: to_node_id, or
+// the reachable voter that has applied the most. An unreachable target is
+// refused with FailedPrecondition. On a follower the call is forwarded to
+// the leader.
 func (s *service) TransferLeadership(ctx context.Context, req *pb.TransferLeadershipRequest) (*pb.TransferLeadershipResponse, error) {
 	n := s.n
 	if n.raft.State() != raft.Leader {
@@ -227,25 +162,14 @@ func (s *service) TransferLeadership(ctx context.Context, req *pb.TransferLeader
 		ctx = metadata.AppendToOutgoingContext(ctx, forwardedKey, n.cfg.NodeID)
 		return pb.NewClusterClient(conn).TransferLeadership(ctx, req)
 	}
-	var f raft.Future
-	if req.ToNodeId == "" {
-		f = n.raft.LeadershipTransfer()
-	} else {
-		addr, ok := n.voterAddress(req.ToNodeId)
-		if !ok {
-			return nil, status.Errorf(codes.NotFound, "node %q is not a voter of this cluster", req.ToNodeId)
-		}
-		if req.ToNodeId == n.cfg.NodeID {
-			return &pb.TransferLeadershipResponse{NewLeaderId: n.cfg.NodeID}, nil
-		}
-		f = n.raft.LeadershipTransferToServer(raft.ServerID(req.ToNodeId), addr)
+	if req.ToNodeId == n.cfg.NodeID {
+		return &pb.TransferLeadershipResponse{NewLeaderId: n.cfg.NodeID}, nil
 	}
-	if err := n.await(ctx, f); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "leadership transfer: %v", err)
-	}
-	id, err := n.waitForLeader(ctx)
+	// The target is checked first (membership.go): a dead or cut-off
+	// voter is refused at once instead of after raft's transfer timeout.
+	id, err := n.transferLeadership(ctx, req.ToNodeId, false)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &pb.TransferLeadershipResponse{NewLeaderId: id}, nil
 }
@@ -275,17 +199,4 @@ func (n *Node) waitForLeader(ctx context.Context) (string, error) {
 			return "", raft.ErrRaftShutdown
 		}
 	}
-}
-
-func (n *Node) voterAddress(id string) (raft.ServerAddress, bool) {
-	f := n.raft.GetConfiguration()
-	if f.Error() != nil {
-		return "", false
-	}
-	for _, srv := range f.Configuration().Servers {
-		if string(srv.ID) == id && srv.Suffrage == raft.Voter {
-			return srv.Address, true
-		}
-	}
-	return "", false
 }

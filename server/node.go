@@ -1,10 +1,8 @@
 package server
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -19,7 +17,6 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/tsstore/tsstore/fsm"
-	"github.com/tsstore/tsstore/internal/atomicfile"
 )
 
 // ErrWrongCluster is returned when the data directory belongs to another
@@ -30,6 +27,10 @@ var ErrWrongCluster = errors.New("data directory belongs to another cluster or n
 type Node struct {
 	cfg    Config
 	logger *slog.Logger
+	// incarnation is the random id of this data directory (identity.go).
+	incarnation string
+	// hb is, on the leader, the peers its heartbeats fail to (membership.go).
+	hb heartbeats
 
 	proc      *fsm.Processor
 	raft      *raft.Raft
@@ -61,12 +62,6 @@ type Node struct {
 	shutdown  chan struct{}
 	closeOnce sync.Once
 	wg        sync.WaitGroup
-}
-
-// identity is node.json: who owns this data directory.
-type identity struct {
-	Cluster string `json:"cluster"`
-	NodeID  string `json:"node_id"`
 }
 
 // New opens the node's storage, starts Raft and serves the API.
@@ -101,6 +96,9 @@ func New(cfg Config) (*Node, error) {
 	if err := n.openStorage(); err != nil {
 		return nil, err
 	}
+	if err := n.checkNotRemoved(); err != nil {
+		return nil, err
+	}
 	if err := n.startRaft(); err != nil {
 		return nil, err
 	}
@@ -113,6 +111,8 @@ func New(cfg Config) (*Node, error) {
 	n.startMetrics()
 	n.goFunc(n.watchLeadership)
 	n.goFunc(n.registerSelf)
+	n.goFunc(n.watchRemoval)
+	n.goFunc(n.watchHeartbeats)
 	n.goFunc(n.watchHealth)
 	ok = true
 	n.logger.Info("node started", "raft", cfg.RaftAddr, "api", n.APIAddr(), "data", cfg.DataDir)
@@ -126,31 +126,6 @@ func (n *Node) goFunc(f func()) {
 		defer n.wg.Done()
 		f()
 	}()
-}
-
-func (n *Node) checkIdentity() error {
-	if err := os.MkdirAll(n.cfg.DataDir, 0o750); err != nil {
-		return err
-	}
-	path := filepath.Join(n.cfg.DataDir, "node.json")
-	want := identity{Cluster: n.cfg.ClusterName, NodeID: n.cfg.NodeID}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		b, _ := json.Marshal(want)
-		return atomicfile.Write(n.cfg.DataDir, "node.json", b, 0o640)
-	}
-	if err != nil {
-		return err
-	}
-	var got identity
-	if err := json.Unmarshal(b, &got); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if got != want {
-		return fmt.Errorf("%w: %s says cluster %q node %q, configured cluster %q node %q",
-			ErrWrongCluster, path, got.Cluster, got.NodeID, want.Cluster, want.NodeID)
-	}
-	return nil
 }
 
 func (n *Node) openStorage() error {
@@ -309,7 +284,11 @@ func (d dialOverrides) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) 
 func (n *Node) setFatal(err error) {
 	n.fatalOnce.Do(func() {
 		n.health.failed.Store(true)
-		n.logger.Error("node failed; it must restart to recover from the raft log", "error", err)
+		if errors.Is(err, ErrNodeRemoved) {
+			n.logger.Error("node removed from the cluster; stopping", "error", err)
+		} else {
+			n.logger.Error("node failed; it must restart to recover from the raft log", "error", err)
+		}
 		n.fatal <- err
 	})
 }

@@ -191,6 +191,7 @@ func (n *Node) waitReadable(ctx context.Context, req *pb.ReadRequest) error {
 // Status reports this node's view of the cluster.
 func (s *service) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
 	n := s.n
+	n.setStatusHeader(ctx) // membership.go
 	leaderAddr, leaderID := n.raft.LeaderWithID()
 	nodes := n.proc.Nodes()
 	resp := &pb.StatusResponse{
