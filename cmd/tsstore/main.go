@@ -5,6 +5,8 @@
 //	tsstore append  append events
 //	tsstore read    replay events from an offset
 //	tsstore status  a node's view of the cluster
+//	tsstore members list, add, promote and remove cluster members
+//	tsstore leader  hand leadership to another voter
 //	tsstore streams list streams
 //	tsstore tail    follow events as they commit
 //	tsstore snapshot, backup, restore, verify, dump: data operations
@@ -30,6 +32,8 @@ var commands = map[string]command{
 	"append":  {"append events to the store", runAppend},
 	"bench":   {"measure load and replay throughput", runBench},
 	"read":    {"replay events from an offset", runRead},
+	"members": {"list, add, promote and remove cluster members", runMembers},
+	"leader":  {"hand leadership to another voter (leader transfer)", runLeader},
 	"status":  {"show a node's view of the cluster", runStatus},
 	"streams": {"list streams with their versions", runStreams},
 	"tail":    {"follow events live as they commit", runTail},
