@@ -101,10 +101,18 @@ func PlotLatencyCDF(path, title string, names []string, hists []*Histogram) erro
 	if drawn == 0 {
 		return fmt.Errorf("bench: no latencies to plot for %s", path)
 	}
+	// Leave room left of the fastest curve for the legend.
+	lo := math.Inf(1)
+	for _, h := range hists {
+		if vals, _ := h.CDF(); len(vals) > 0 {
+			lo = math.Min(lo, math.Max(Ms(vals[0]), 1e-3))
+		}
+	}
+	p.X.Min = lo / 1000
 	p.Y.Min, p.Y.Max = 0, 1
-	p.Legend.Left = false
-	p.Legend.Top = false
-	p.Legend.XOffs = -vg.Points(5)
-	p.Legend.YOffs = vg.Points(20)
+	p.Legend.Left = true
+	p.Legend.Top = true
+	p.Legend.XOffs = vg.Points(5)
+	p.Legend.YOffs = -vg.Points(15)
 	return p.Save(8*vg.Inch, 4.5*vg.Inch, path)
 }

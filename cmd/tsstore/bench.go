@@ -220,7 +220,7 @@ func (b *benchRun) writePlots() error {
 	var hs []*bench.Histogram
 	for _, w := range []string{"a", "b", "c"} {
 		if h := b.lat[w]; h != nil && h.Count() > 0 {
-			names, hs = append(names, w+": "+benchNames[w]), append(hs, h)
+			names, hs = append(names, w+" ("+benchNames[w]+")"), append(hs, h)
 		}
 	}
 	var errs []error
@@ -237,7 +237,7 @@ func (b *benchRun) writePlots() error {
 	return errors.Join(errs...)
 }
 
-var benchNames = map[string]string{"a": "1 producer, waiting", "b": "N producers, waiting", "c": "1 batching producer"}
+var benchNames = map[string]string{"a": "1 waiting", "b": "N waiting", "c": "batching"}
 
 // benchLocal is the local three-node cluster of real processes.
 type benchLocal struct {

@@ -59,7 +59,7 @@ func (b *benchRun) diskUse(ctx context.Context) ([]bench.Result, error) {
 	}
 	idx := sizes[".index"] + sizes[".timeindex"] + sizes[".streams"]
 	r.Note = fmt.Sprintf("%d-byte payloads; leader %s: %d events in %.1f MB of segments (.log) plus %.1f MB of indexes (%.2f B/event: offset, time and stream indexes); "+
-		"raft bytes are encoded Raft entries over the events they carried (%.0f events), written once to raft.db on each node; raft.db is %.1f MB now, holding only entries since the last snapshot",
+		"raft bytes are encoded Raft entries over the events they carried (%.0f events), written once to raft.db on each node; the raft.db file is %.1f MB (bolt reuses the pages of entries dropped after a snapshot and never shrinks)",
 		b.f.size, node.ID, events, float64(sizes[".log"])/1e6, float64(idx)/1e6, float64(idx)/float64(events),
 		m["tsstore_group_commit_events_per_entry_sum"], float64(raftDB)/1e6)
 	return []bench.Result{r}, nil
