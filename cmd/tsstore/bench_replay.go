@@ -75,11 +75,6 @@ func countName(n int) string {
 // producers' requests into shared Raft entries.
 func (b *benchRun) loadTo(ctx context.Context, n int) error {
 	rs := &b.replay
-	if rs.target == "" {
-		largest := b.f.events[len(b.f.events)-1]
-		rs.every = max(1, largest/replayChunk/max(1, b.f.streamEvents/replayChunk))
-		rs.target = fmt.Sprintf("run/bench-%s-target", b.runID)
-	}
 	if n <= rs.loaded {
 		return nil
 	}
@@ -89,6 +84,13 @@ func (b *benchRun) loadTo(ctx context.Context, n int) error {
 	}
 	if rs.loaded = int(st.GetNextOffset()); n <= rs.loaded {
 		return nil
+	}
+	if rs.target == "" {
+		// Spread the target stream's --stream-events evenly over what is
+		// still to load up to the largest size.
+		toLoad := max(1, b.f.events[len(b.f.events)-1]-rs.loaded)
+		rs.every = max(1, toLoad/replayChunk/max(1, b.f.streamEvents/replayChunk))
+		rs.target = fmt.Sprintf("run/bench-%s-target", b.runID)
 	}
 	start := time.Now()
 	const producers = 4
