@@ -152,6 +152,55 @@ func New(opts Options) (*Cluster, error) {
 	return c, nil
 }
 
+// AddNode lays out one more node and starts it. It is not bootstrapped:
+// it waits, serving its API, until it is added to the cluster with
+// `tsstore members add` (AddMember), whose arguments are its ID and
+// RaftAddr.
+func (c *Cluster) AddNode() (*Node, error) {
+	i := len(c.Nodes)
+	var raftPort, apiPort int
+	if c.opts.BasePort != 0 {
+		raftPort, apiPort = c.opts.BasePort+i, c.opts.BasePort+100+i
+	} else {
+		ports, err := FreePorts(c.opts.Host, 2)
+		if err != nil {
+			return nil, err
+		}
+		raftPort, apiPort = ports[0], ports[1]
+	}
+	id := fmt.Sprintf("n%d", i+1)
+	n := &Node{
+		ID:       id,
+		RaftAddr: net.JoinHostPort(c.opts.Host, fmt.Sprint(raftPort)),
+		APIAddr:  net.JoinHostPort(c.opts.Host, fmt.Sprint(apiPort)),
+		DataDir:  filepath.Join(c.opts.Dir, id),
+		LogPath:  filepath.Join(c.opts.Dir, id+".log"),
+		c:        c,
+	}
+	n.args = append([]string{"serve", "--id", n.ID, "--data-dir", n.DataDir,
+		"--raft-addr", n.RaftAddr, "--api-addr", n.APIAddr}, c.opts.ExtraArgs...)
+	c.Nodes = append(c.Nodes, n)
+	return n, n.Start()
+}
+
+// DropBootstrap removes --bootstrap from this node's command line, from
+// the next Start: a node whose data directory was wiped after it was
+// removed must join through `tsstore members add`, not bootstrap again.
+func (n *Node) DropBootstrap() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for i := 0; i+1 < len(n.args); i++ {
+		if n.args[i] == "--bootstrap" {
+			n.args = append(n.args[:i:i], n.args[i+2:]...)
+			return
+		}
+	}
+}
+
+// Exited waits up to d for the node's process to exit on its own (as a
+// removed node does) and reports whether it did.
+func (n *Node) Exited(d time.Duration) bool { return n.wait(d) == nil }
+
 // Start starts every node that is not running.
 func (c *Cluster) Start() error {
 	for _, n := range c.Nodes {

@@ -1,0 +1,372 @@
+package systemtest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tsstore/tsstore/client"
+	"github.com/tsstore/tsstore/internal/proccluster"
+)
+
+// tsstoreCLI runs the tsstore binary against the given nodes and returns
+// its combined output and error.
+func tsstoreCLI(t *testing.T, nodes []*proccluster.Node, args ...string) (string, error) {
+	t.Helper()
+	var addrs []string
+	for _, n := range nodes {
+		addrs = append(addrs, n.APIAddr)
+	}
+	args = append(args, "--addr", strings.Join(addrs, ","), "--timeout", "30s")
+	out, err := exec.Command(binary(t), args...).CombinedOutput()
+	t.Logf("$ tsstore %s\n%s", strings.Join(args, " "), out)
+	return string(out), err
+}
+
+func mustCLI(t *testing.T, nodes []*proccluster.Node, want string, args ...string) string {
+	t.Helper()
+	out, err := tsstoreCLI(t, nodes, args...)
+	if err != nil || !strings.Contains(out, want) {
+		t.Fatalf("tsstore %v: %v, output %q does not contain %q", args, err, out, want)
+	}
+	return out
+}
+
+type memberJSON struct {
+	ID           string `json:"id"`
+	Suffrage     string `json:"suffrage"`
+	Leader       bool   `json:"leader"`
+	ApiAddress   string `json:"apiAddress"`
+	AppliedIndex string `json:"appliedIndex"`
+	Lag          string `json:"lag"`
+	Error        string `json:"error"`
+}
+
+func (m memberJSON) lag() uint64 {
+	v, err := strconv.ParseUint(m.Lag, 10, 64)
+	if err != nil {
+		return math.MaxUint64
+	}
+	return v
+}
+
+// waitMember polls `tsstore members --json` until cond holds for id.
+func waitMember(t *testing.T, nodes []*proccluster.Node, id, what string, cond func(memberJSON) bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, err := exec.Command(binary(t), "members", "--json", "--addr", nodes[0].APIAddr+","+nodes[len(nodes)-1].APIAddr).Output()
+		var resp struct{ Members []memberJSON }
+		if err == nil && json.Unmarshal(out, &resp) == nil {
+			for _, m := range resp.Members {
+				if m.ID == id && cond(m) {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: member %s never %s; last answer %v\n%s", id, id, what, err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestMembershipUnderLoad changes the membership of a real three-node
+// cluster while producers append: a fourth node joins as a non-voter
+// through the CLI, catches up and is promoted; a follower and then the
+// leader are removed; leadership moves to the new node. The removed
+// follower, restarted on its old data, refuses to start (with or without
+// its marker); wiped, it joins again. A node removed while it is down is
+// refused by the cluster when it comes back and stops.
+// At the end every acknowledged event is present exactly once at its
+// offset and the remaining replicas' logs are identical.
+func TestMembershipUnderLoad(t *testing.T) {
+	c := startCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	const producers = 3
+	var (
+		mu   sync.Mutex
+		acks []ack
+		wg   sync.WaitGroup
+		stop = make(chan struct{})
+		errs = make(chan error, producers)
+	)
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cfg := client.DefaultConfig()
+			cfg.Addrs = c.APIAddrs()
+			cl, err := client.New(cfg)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer cl.Close()
+			prod := cl.NewProducer(fmt.Sprintf("member-producer-%d", p))
+			for i := 0; ; i += 5 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				evs := make([]client.Event, 5)
+				for j := range evs {
+					evs[j] = client.Event{Stream: fmt.Sprintf("run/m%d", p), Type: "BatchCompleted", Payload: fmt.Appendf(nil, "m%d-%d", p, i+j)}
+				}
+				var res client.AppendResult
+				for {
+					res, err = prod.Append(ctx, evs...)
+					if err == nil || ctx.Err() != nil {
+						break
+					}
+					t.Logf("producer %d: append failed, retrying the same events: %v", p, err)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("producer %d: %w", p, err)
+					return
+				}
+				mu.Lock()
+				for j := range evs {
+					acks = append(acks, ack{res.FirstOffset + uint64(j), string(evs[j].Payload)})
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	acked := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acks)
+	}
+	waitAcked := func(n int) {
+		t.Helper()
+		for acked() < n {
+			select {
+			case err := <-errs:
+				t.Fatal(err)
+			case <-ctx.Done():
+				t.Fatal("producers stalled")
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	waitAcked(2000)
+
+	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	// A fourth node joins as a non-voter, catches up and is promoted.
+	n4, err := c.AddNode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := []*proccluster.Node{n1, n2, n3}
+	mustCLI(t, all, "added n4 (raft "+n4.RaftAddr+") as a non-voter", "members", "add", n4.ID, n4.RaftAddr)
+	if out, err := tsstoreCLI(t, all, "members", "add", n4.ID, n4.RaftAddr); err == nil || !strings.Contains(out, "AlreadyExists") {
+		t.Fatalf("adding n4 twice: %v %q", err, out)
+	}
+	waitMember(t, all, "n4", "registered and caught up", func(m memberJSON) bool {
+		return m.Error == "" && m.ApiAddress == n4.APIAddr && m.Suffrage == "nonvoter" && m.lag() < 1000
+	})
+	mustCLI(t, all, "promoted n4 to voter", "members", "promote", "n4")
+	waitMember(t, all, "n4", "a voter", func(m memberJSON) bool { return m.Suffrage == "voter" })
+	waitAcked(acked() + 1000)
+
+	// Remove a follower other than n4: it applies its tombstone and exits.
+	leader := waitLeader(t, c)
+	victim := n2
+	if leader == n2 {
+		victim = n3
+	}
+	mustCLI(t, []*proccluster.Node{n4}, "removed "+victim.ID, "members", "remove", victim.ID)
+	if !victim.Exited(15 * time.Second) {
+		t.Fatalf("removed %s is still running", victim.ID)
+	}
+	if !strings.Contains(victim.Logs(), "node removed from the cluster") {
+		t.Fatalf("removed %s did not log its removal", victim.ID)
+	}
+	// Restarted on its old data, it refuses to start.
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !victim.Exited(15 * time.Second) {
+		t.Fatalf("removed %s restarted on its old data and kept running", victim.ID)
+	}
+	if !strings.Contains(victim.Logs(), "can never rejoin") {
+		t.Fatalf("refusal not explained in the log of %s", victim.ID)
+	}
+	// Without the marker it still refuses: it had applied its tombstone.
+	if err := os.Remove(filepath.Join(victim.DataDir, "removed")); err != nil {
+		t.Fatal(err)
+	}
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !victim.Exited(15 * time.Second) {
+		t.Fatalf("removed %s without its marker kept running", victim.ID)
+	}
+	if _, err := os.Stat(filepath.Join(victim.DataDir, "removed")); err != nil {
+		t.Fatalf("%s did not write its marker again: %v", victim.ID, err)
+	}
+	waitAcked(acked() + 1000)
+
+	// Remove the leader itself: it hands leadership over first.
+	var remaining []*proccluster.Node
+	for _, n := range []*proccluster.Node{n1, n2, n3, n4} {
+		if n != victim {
+			remaining = append(remaining, n)
+		}
+	}
+	leader = waitLeader(t, c)
+	if leader == n4 {
+		mustCLI(t, remaining, "leader is now", "leader", "transfer")
+		leader = waitLeader(t, c)
+	}
+	mustCLI(t, remaining, "removed "+leader.ID, "members", "remove", leader.ID)
+	if !leader.Exited(15 * time.Second) {
+		t.Fatalf("removed leader %s is still running", leader.ID)
+	}
+	var live []*proccluster.Node
+	for _, n := range remaining {
+		if n != leader {
+			live = append(live, n)
+		}
+	}
+	waitAcked(acked() + 1000)
+
+	// Leadership moves to the new node; a dead node is refused at once.
+	mustCLI(t, live, "leader is now n4", "leader", "transfer", "--to", "n4")
+	start := time.Now()
+	if out, err := tsstoreCLI(t, live, "leader", "transfer", "--to", leader.ID); err == nil || !strings.Contains(out, "NotFound") {
+		t.Fatalf("transfer to the removed leader: %v %q", err, out)
+	}
+	if out, err := tsstoreCLI(t, live, "members", "remove", "nope"); err == nil || !strings.Contains(out, "NotFound") {
+		t.Fatalf("removing an unknown node: %v %q", err, out)
+	}
+	if out, err := tsstoreCLI(t, live, "members", "promote", "nope"); err == nil || !strings.Contains(out, "NotFound") {
+		t.Fatalf("promoting an unknown node: %v %q", err, out)
+	}
+	t.Logf("refusals answered in %v", time.Since(start))
+
+	// The first removed node, wiped, joins again under its id.
+	if err := victim.Wipe(); err != nil {
+		t.Fatal(err)
+	}
+	victim.DropBootstrap()
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, live, "added "+victim.ID, "members", "add", victim.ID, victim.RaftAddr)
+	waitMember(t, live, victim.ID, "registered and caught up", func(m memberJSON) bool {
+		return m.Error == "" && m.ApiAddress == victim.APIAddr && m.lag() < 1000
+	})
+	mustCLI(t, live, "promoted "+victim.ID, "members", "promote", victim.ID)
+	live = append(live, victim)
+	waitAcked(acked() + 1000)
+
+	// A node removed while it is down never hears of it from Raft. Started
+	// again on its old data, it asks a peer to register, is refused by the
+	// leader (the tombstone is in the replicated node table) and stops.
+	var down *proccluster.Node
+	for _, n := range live {
+		if n != n4 && n != victim {
+			down = n
+		}
+	}
+	if err := down.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	live = []*proccluster.Node{n4, victim}
+	mustCLI(t, live, "removed "+down.ID, "members", "remove", down.ID)
+	if err := down.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !down.Exited(30 * time.Second) {
+		t.Fatalf("%s, removed while down, kept running on its old data", down.ID)
+	}
+	if !strings.Contains(down.Logs(), "the leader refused its registration") {
+		t.Fatalf("%s stopped without being refused", down.ID)
+	}
+	if _, err := os.Stat(filepath.Join(down.DataDir, "removed")); err != nil {
+		t.Fatalf("refused %s did not write its marker: %v", down.ID, err)
+	}
+	waitAcked(acked() + 1000)
+	mustCLI(t, live, "commit index", "members")
+
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	checkReplicas(t, live, acks)
+}
+
+// checkReplicas: every acknowledged event is present exactly once at its
+// offset, offsets are contiguous from 0, nothing unacknowledged is in the
+// log, and the nodes' logs are identical byte for byte.
+func checkReplicas(t *testing.T, nodes []*proccluster.Node, acks []ack) {
+	t.Helper()
+	var maxOff uint64
+	for _, a := range acks {
+		maxOff = max(maxOff, a.offset)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, n := range nodes {
+		for {
+			st, err := n.Status(ctx)
+			if err == nil && st.NextOffset >= maxOff+1 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("node %s did not reach offset %d: %v %v", n.ID, maxOff+1, st, err)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	var logs []rawLog
+	for _, n := range nodes {
+		logs = append(logs, readRaw(t, n.APIAddr, maxOff+1))
+	}
+	for i, l := range logs {
+		if l.hash != logs[0].hash {
+			t.Fatalf("replica %s log hash %s differs from %s's %s", nodes[i].ID, l.hash, nodes[0].ID, logs[0].hash)
+		}
+	}
+	recs := logs[0].records
+	seen := map[string]int{}
+	for i, r := range recs {
+		if r.Offset != uint64(i) {
+			t.Fatalf("record %d has offset %d: offsets not contiguous from 0", i, r.Offset)
+		}
+		seen[string(r.Payload)]++
+	}
+	for _, a := range acks {
+		if a.offset >= uint64(len(recs)) || string(recs[a.offset].Payload) != a.payload {
+			t.Fatalf("acknowledged %q at offset %d is not there", a.payload, a.offset)
+		}
+		if seen[a.payload] != 1 {
+			t.Fatalf("acknowledged %q appears %d times", a.payload, seen[a.payload])
+		}
+	}
+	if len(recs) != len(acks) {
+		t.Fatalf("log holds %d events, %d acknowledged: unacknowledged writes present", len(recs), len(acks))
+	}
+	var ids []string
+	for _, n := range nodes {
+		ids = append(ids, n.ID)
+	}
+	t.Logf("%d events, identical replicas on %v (sha256 %s)", len(recs), ids, logs[0].hash[:16])
+}
