@@ -161,6 +161,9 @@ func TestAuthRoles(t *testing.T) {
 		t.Errorf("grpc_server_handled_total{Status,Unauthenticated} = %v, want 3", got)
 	}
 	out := logs.String()
+	if !strings.Contains(out, "msg=security peer_mtls=true peer_name="+testPeerName+" api_tls=true client_certs=false auth_tokens=3") {
+		t.Errorf("start-up log does not describe the security setup:\n%s", out)
+	}
 	if !strings.Contains(out, "token_name=dashboard") || !strings.Contains(out, "call refused") {
 		t.Errorf("refusals not logged by token name:\n%s", out)
 	}

@@ -78,6 +78,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	n.sec = sec
+	n.logger.Info("security", n.sec.logAttrs()...)
 	n.logger = n.logger.With("node", cfg.NodeID)
 	n.metrics = newNodeMetrics(n)
 	if err := n.checkIdentity(); err != nil {

@@ -73,8 +73,20 @@ type security struct {
 	// TLS; nil without peer TLS.
 	peerServer, peerClient *tls.Config
 	peerName               string
+	// clientCerts: the API requires client certificates.
+	clientCerts bool
 	// tokens enables bearer-token authentication; nil: none (auth.go).
 	tokens *tokenSet
+}
+
+// logAttrs describe what is on, for the start-up log.
+func (s *security) logAttrs() []any {
+	tokens := 0
+	if s.tokens != nil {
+		tokens = len(s.tokens.entries)
+	}
+	return []any{"peer_mtls", s.peerServer != nil, "peer_name", s.peerName, "api_tls", s.api != nil,
+		"client_certs", s.clientCerts, "auth_tokens", tokens}
 }
 
 func (t TLSConfig) peerName(cluster string) string {
@@ -210,6 +222,7 @@ func (s *security) loadAPI(t TLSConfig) error {
 		}
 		clients.ClientAuth = tls.RequireAndVerifyClientCert
 		clients.ClientCAs = pool
+		s.clientCerts = true
 	}
 	var peers *tls.Config
 	if s.peerServer != nil {
