@@ -15,6 +15,7 @@ type replayState struct {
 	target string // the stream e replays
 	every  int    // one load request in every `every` goes to target
 	loaded int    // events in the log (all workloads'), as far as known
+	atEnd  bool   // target was appended after the log, not spread through it
 }
 
 // replays runs d: for each --events size, load the log up to it and
@@ -44,6 +45,13 @@ func (b *benchRun) streamReplay(ctx context.Context) ([]bench.Result, error) {
 	if err := b.loadTo(ctx, n); err != nil {
 		return nil, err
 	}
+	if b.replay.target == "" {
+		// The log was already that large (a running cluster, or a, b and c
+		// wrote it): append the stream at its end instead.
+		if err := b.appendTarget(ctx); err != nil {
+			return nil, err
+		}
+	}
 	idx, err := b.measure(ctx, "e", fmt.Sprintf("replay one stream inside %s", countName(n)), b.replayStream)
 	if err != nil {
 		return nil, err
@@ -52,7 +60,11 @@ func (b *benchRun) streamReplay(ctx context.Context) ([]bench.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	idx.Note = fmt.Sprintf("stream of %d events interleaved in a %d-event log, read through the per-stream index; cost follows the stream, not the log", idx.Events, b.replay.loaded)
+	where := "interleaved in"
+	if b.replay.atEnd {
+		where = "appended at the end of"
+	}
+	idx.Note = fmt.Sprintf("stream of %d events %s a %d-event log, read through the per-stream index; cost follows the stream, not the log", idx.Events, where, b.replay.loaded)
 	scan.Note = "the same stream selected by a stream-name prefix filter, which the server serves by reading the whole log"
 	return []bench.Result{idx, scan}, nil
 }
@@ -146,6 +158,26 @@ func (b *benchRun) loadTo(ctx context.Context, n int) error {
 	added := n - rs.loaded
 	rs.loaded = n
 	fmt.Fprintf(b.log, "bench: loaded %d events (%d appended at %.0f events/s)\n", n, added, float64(added)/time.Since(start).Seconds())
+	return nil
+}
+
+// appendTarget appends --stream-events events of a new target stream,
+// in requests of replayChunk events.
+func (b *benchRun) appendTarget(ctx context.Context) error {
+	rs := &b.replay
+	rs.target = fmt.Sprintf("run/bench-%s-target", b.runID)
+	p := b.cl.NewProducer("")
+	for left := b.f.streamEvents; left > 0; left -= replayChunk {
+		evs := make([]client.Event, min(left, replayChunk))
+		for i := range evs {
+			evs[i] = b.event(rs.target)
+		}
+		if _, err := p.Append(ctx, evs...); err != nil {
+			return err
+		}
+	}
+	rs.loaded += b.f.streamEvents
+	rs.atEnd = true
 	return nil
 }
 
