@@ -171,22 +171,49 @@ build() {
 
 # --- tsstore ----------------------------------------------------------------
 
+# only WANTED OF...: the workloads of OF (comma lists) that WANTED names.
+only() {
+	local w out=""
+	for w in ${2//,/ }; do
+		if [[ ,$1, == *,$w,* ]]; then out+="$w,"; fi
+	done
+	printf '%s' "${out%,}"
+}
+
+# tsstore bench runs twice, each time on a fresh local cluster: the replay
+# workloads (d, e, g) on a log that holds only the loaded events, as the
+# peers do, then the append workloads (a, b, c, f); peerbench merge joins
+# the two reports. TSSTORE_SPLIT=0 runs all workloads in one invocation
+# (then d replays, and g measures, a log that a, b and c started).
 run_tsstore() {
-	local ts=$TSSTORE
+	local ts=$TSSTORE part wl parts=() i=0
 	if [[ -z $ts ]]; then return 1; fi
-	log "tsstore: bench (its own three-node cluster under $DIR/tsstore)"
-	if "$ts" bench --help 2>&1 | grep -q -- '-workloads'; then
-		"$ts" bench --local "$DIR/tsstore" --json "$OUT/tsstore.json" --workloads "$WORKLOADS" \
-			--duration "$DURATION" --events "$EVENTS" --stream-events "$STREAM_EVENTS" --size "$SIZE" \
-			--producers "$PRODUCERS" --failovers "$FAILOVERS" >"$OUT/tsstore.txt"
-	else
-		# Before the append workloads land, bench only replays (d, e) and
+	if ! "$ts" bench --help 2>&1 | grep -q -- '-workloads'; then
+		# Before the append workloads, bench only replays (d, e) and
 		# writes a bare array with --out; compare reads that too.
-		log "tsstore bench has no --json yet: replay workloads only"
+		log "tsstore bench has no --workloads: replay workloads only"
 		"$ts" bench --local "$DIR/tsstore" --out "$OUT/tsstore.json" --events "$EVENTS" \
-			--stream-events "$STREAM_EVENTS" --size "$SIZE" >"$OUT/tsstore.txt"
+			--stream-events "$STREAM_EVENTS" --size "$SIZE" | tee "$OUT/tsstore.txt" >&2
+		return
 	fi
-	cat "$OUT/tsstore.txt" >&2
+	if [[ ${TSSTORE_SPLIT:-1} == 1 ]]; then
+		parts=("$(only "$WORKLOADS" d,e,g)" "$(only "$WORKLOADS" a,b,c,f)")
+	else
+		parts=("$WORKLOADS")
+	fi
+	local files=()
+	for wl in "${parts[@]}"; do
+		[[ -z $wl ]] && continue
+		i=$((i + 1))
+		log "tsstore: bench --workloads $wl (its own three-node cluster under $DIR/tsstore)"
+		"$ts" bench --local "$DIR/tsstore" --json "$OUT/tsstore-$i.json" --workloads "$wl" \
+			--duration "$DURATION" --events "$EVENTS" --stream-events "$STREAM_EVENTS" --size "$SIZE" \
+			--producers "$PRODUCERS" --failovers "$FAILOVERS" 2>&1 | tee -a "$OUT/tsstore.txt" >&2
+		rm -rf "${DIR:?}/tsstore"
+		if [[ -f $OUT/tsstore-$i.json ]]; then files+=("$OUT/tsstore-$i.json"); fi
+	done
+	if [[ ${#files[@]} == 0 ]]; then return 1; fi
+	"$TOOLS/peerbench" merge "$OUT/tsstore.json" "${files[@]}"
 }
 
 # --- peers ------------------------------------------------------------------

@@ -35,6 +35,7 @@ func compareCmd(args []string, w io.Writer) error {
 	if len(reps) == 0 {
 		return fmt.Errorf("compare: no reports")
 	}
+	reps = merge(reps)
 	grid := table(reps)
 	if *md {
 		writeMarkdown(w, grid)
@@ -54,6 +55,55 @@ func compareCmd(args []string, w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// merge joins reports of the same system (run.sh runs tsstore bench once
+// for the replay workloads and once for the append ones), in order; a
+// later result for a workload replaces an earlier one.
+func merge(reps []*Report) []*Report {
+	var out []*Report
+	by := map[string]*Report{}
+	for _, r := range reps {
+		m, ok := by[r.System]
+		if !ok {
+			c := *r
+			c.Results = slices.Clone(r.Results)
+			by[r.System] = &c
+			out = append(out, &c)
+			continue
+		}
+		for _, res := range r.Results {
+			if i := slices.IndexFunc(m.Results, func(x Result) bool { return x.Workload == res.Workload }); i >= 0 {
+				m.Results[i] = res
+			} else {
+				m.Results = append(m.Results, res)
+			}
+		}
+		if m.Machine == nil {
+			m.Machine = r.Machine
+		}
+	}
+	return out
+}
+
+// mergeCmd writes the merged reports of one system to one file.
+func mergeCmd(args []string) error {
+	if len(args) < 2 {
+		return fmt.Errorf("merge OUT.json IN.json...")
+	}
+	var reps []*Report
+	for _, p := range args[1:] {
+		r, err := readReport(p)
+		if err != nil {
+			return err
+		}
+		reps = append(reps, r)
+	}
+	m := merge(reps)
+	if len(m) != 1 {
+		return fmt.Errorf("merge: reports of %d systems", len(m))
+	}
+	return writeReport(args[0], m[0])
 }
 
 // readReport reads one report. It also takes the older `tsstore bench
@@ -91,7 +141,8 @@ func readReport(path string) (*Report, error) {
 	return &r, nil
 }
 
-// order sorts workload ids: a, b, c, d by log size, e, f, g, then others.
+// order sorts workload ids: a, b, c, d by log size, e, e-scan, f, g, then
+// others.
 func order(id string) (int, int) {
 	switch {
 	case id == "a", id == "b", id == "c":
@@ -100,6 +151,8 @@ func order(id string) (int, int) {
 		return 3, logSize(id[2:])
 	case id == "e":
 		return 4, 0
+	case strings.HasPrefix(id, "e-"):
+		return 4, 1
 	case id == "f":
 		return 5, 0
 	case id == "g":

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,13 +46,13 @@ func TestTableRatiosAndMissing(t *testing.T) {
 
 func TestOrderSortsLogSizes(t *testing.T) {
 	grid := table([]*Report{{System: "etcd", Results: []Result{
-		{Workload: "g"}, {Workload: "d-10M"}, {Workload: "d-100k"}, {Workload: "d-1M"}, {Workload: "a"},
+		{Workload: "g"}, {Workload: "e-scan"}, {Workload: "d-10M"}, {Workload: "d-100k"}, {Workload: "d-1M"}, {Workload: "a"},
 	}}})
 	var ids []string
 	for _, row := range grid[1:] {
 		ids = append(ids, strings.Fields(row[0])[0])
 	}
-	if got, want := strings.Join(ids, ","), "a,b,c,d-100k,d-1M,d-10M,e,f,g"; got != want {
+	if got, want := strings.Join(ids, ","), "a,b,c,d-100k,d-1M,d-10M,e,e-scan,f,g"; got != want {
 		t.Errorf("order %s, want %s", got, want)
 	}
 }
@@ -90,5 +91,25 @@ func TestCompareMarkdown(t *testing.T) {
 		if !strings.Contains(out, s) {
 			t.Errorf("markdown lacks %q:\n%s", s, out)
 		}
+	}
+}
+
+func TestMergeSameSystem(t *testing.T) {
+	replay := &Report{System: "tsstore", Machine: map[string]any{"cores": 2}, Results: []Result{{Workload: "d-1M", EventsPS: 1}, {Workload: "g"}}}
+	appends := &Report{System: "tsstore", Results: []Result{{Workload: "a", EventsPS: 2}, {Workload: "d-1M", EventsPS: 3}}}
+	other := &Report{System: "etcd", Results: []Result{{Workload: "a"}}}
+	m := merge([]*Report{replay, other, appends})
+	if len(m) != 2 || m[0].System != "tsstore" || m[1].System != "etcd" {
+		t.Fatalf("merged systems %v", m)
+	}
+	var ids []string
+	for _, r := range m[0].Results {
+		ids = append(ids, fmt.Sprintf("%s=%g", r.Workload, r.EventsPS))
+	}
+	if got, want := strings.Join(ids, ","), "d-1M=3,g=0,a=2"; got != want {
+		t.Errorf("merged results %s, want %s", got, want)
+	}
+	if len(replay.Results) != 2 {
+		t.Errorf("merge changed its input")
 	}
 }

@@ -3,6 +3,7 @@
 //
 //	peerbench run --system etcd --kind etcd --endpoints ... --nodes n1=PID:DIR,... --json etcd.json
 //	peerbench compare [--markdown] tsstore.json nats-default.json ...
+//	peerbench merge tsstore.json tsstore-replay.json tsstore-append.json
 //
 // bench/peers/run.sh starts the clusters and calls both; see
 // bench/peers/README.md.
@@ -29,6 +30,8 @@ func main() {
 		err = runCmd(os.Args[2:])
 	case "compare":
 		err = compareCmd(os.Args[2:], os.Stdout)
+	case "merge":
+		err = mergeCmd(os.Args[2:])
 	default:
 		usage()
 	}
@@ -39,7 +42,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: peerbench run [flags] | peerbench compare [--markdown] FILE.json...")
+	fmt.Fprintln(os.Stderr, "usage: peerbench run [flags] | peerbench compare [--markdown] FILE.json... | peerbench merge OUT.json IN.json...")
 	os.Exit(2)
 }
 
