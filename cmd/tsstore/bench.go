@@ -35,6 +35,7 @@ type benchFlags struct {
 	streamEvents int
 	batch        int
 	inflight     int
+	window       int
 	failovers    int
 	jsonOut      string
 	plots        string
@@ -56,6 +57,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	fs.IntVar(&f.streamEvents, "stream-events", 100000, "events of the one stream e replays by itself (interleaved evenly into the log)")
 	fs.IntVar(&f.batch, "batch", client.DefaultAsyncOptions().MaxBatchEvents, "c: most events per append request")
 	fs.IntVar(&f.inflight, "inflight", client.DefaultAsyncOptions().MaxInflight, "c: append requests in flight (1-8)")
+	fs.IntVar(&f.window, "window", 0, "c: most events sent and not yet acknowledged (0: bounded only by the producer's own queue, about 34k events)")
 	fs.IntVar(&f.failovers, "failovers", 5, "f: leader kills (the median is reported)")
 	fs.StringVar(&f.jsonOut, "json", "", "write results as JSON to this file")
 	fs.StringVar(&f.jsonOut, "out", "", "same as --json")
@@ -86,7 +88,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	}
 	slices.Sort(f.events)
 	switch {
-	case f.duration <= 0 || f.producers <= 0 || f.size <= 0 || f.streamEvents <= 0 || f.batch <= 0 || f.failovers <= 0:
+	case f.duration <= 0 || f.producers <= 0 || f.size <= 0 || f.streamEvents <= 0 || f.batch <= 0 || f.failovers <= 0 || f.window < 0:
 		return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch and --failovers must be positive", errUsage)
 	case f.inflight < 1 || f.inflight > 8:
 		return nil, fmt.Errorf("%w: --inflight must be in [1, 8]", errUsage)
@@ -193,7 +195,7 @@ func (b *benchRun) config() map[string]any {
 	cfg := map[string]any{
 		"event_bytes": b.f.size, "duration_s": b.f.duration.Seconds(), "producers": b.f.producers,
 		"replay_log_events": b.f.events, "stream_events": b.f.streamEvents,
-		"c_max_batch_events": b.f.batch, "c_inflight": b.f.inflight, "failovers": b.f.failovers,
+		"c_max_batch_events": b.f.batch, "c_inflight": b.f.inflight, "c_window": b.f.window, "failovers": b.f.failovers,
 		"fsync": "raft-boltdb fsyncs every Raft log write on a majority before an append is acknowledged",
 	}
 	if b.lc != nil {

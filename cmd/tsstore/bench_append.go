@@ -79,6 +79,10 @@ func (b *benchRun) batching(ctx context.Context) ([]bench.Result, error) {
 		at time.Time
 	}
 	acks := make(chan sent, 1<<16)
+	var window chan struct{} // with --window: one token per unacknowledged event
+	if b.f.window > 0 {
+		window = make(chan struct{}, b.f.window)
+	}
 	var hist bench.Histogram
 	var events int64
 	var ackErr error
@@ -90,6 +94,9 @@ func (b *benchRun) batching(ctx context.Context) ([]bench.Result, error) {
 		for s := range acks {
 			_, err := s.f.Result()
 			now := time.Now()
+			if window != nil {
+				<-window
+			}
 			if err != nil {
 				ackErr = err
 				continue
@@ -114,6 +121,9 @@ func (b *benchRun) batching(ctx context.Context) ([]bench.Result, error) {
 	for i := 0; sendErr == nil; i++ {
 		if i%256 == 0 && time.Now().After(deadline) {
 			break
+		}
+		if window != nil {
+			window <- struct{}{}
 		}
 		var f *client.Pending
 		at := time.Now()
