@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -113,7 +114,7 @@ func newPeerPool(creds credentials.TransportCredentials) *peerPool {
 // the other node knows it is a node (tls.go, auth.go); plaintext otherwise.
 func (n *Node) peerCreds() credentials.TransportCredentials {
 	if n.sec.api != nil {
-		return credentials.NewTLS(n.sec.peerClient)
+		return peerCreds{n.sec}
 	}
 	return insecure.NewCredentials()
 }
@@ -124,7 +125,14 @@ func (p *peerPool) get(addr string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
+	// Reconnect backoff is capped at 2 s (gRPC's default grows to 2 min):
+	// a node that comes back, or a new member on a removed one's address,
+	// is reachable again at once for forwarding and membership checks.
 	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.creds),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
 	if err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -29,6 +30,12 @@ const (
 	// milliseconds since the answering node last heard from the leader
 	// (0 on the leader, -1 if never).
 	lastContactKey = "x-tsstore-last-contact-ms"
+	// raftAppliedKey carries, in the response header of Status, Raft's
+	// applied index, which counts configuration and no-op entries too
+	// (StatusResponse.applied_index is the FSM's: command entries only).
+	// Lag is measured with it, so a member is not one entry behind for
+	// ever after a configuration change.
+	raftAppliedKey = "x-tsstore-raft-applied-index"
 	// removalApplyWait bounds how long RemoveMember waits for the removed
 	// node to apply its own tombstone before taking it out of the Raft
 	// configuration, after which it hears nothing more.
@@ -37,8 +44,9 @@ const (
 
 // probe is what one member says about itself.
 type probe struct {
-	applied       uint64
-	lastContactMs int64 // -1: unknown
+	applied       uint64 // raft's applied index: entries of every kind
+	fsmApplied    uint64 // the last command entry the FSM applied
+	lastContactMs int64  // -1: unknown
 	incarnation   string
 	err           error
 	noAPI         bool // err: the member has not registered an API address
@@ -115,7 +123,8 @@ func (n *Node) unreachable(id raft.ServerID, p probe) string {
 // response message has no field for.
 func (n *Node) setStatusHeader(ctx context.Context) {
 	grpc.SetHeader(ctx, metadata.Pairs(incarnationKey, n.incarnation,
-		lastContactKey, strconv.FormatInt(n.lastContactMs(), 10)))
+		lastContactKey, strconv.FormatInt(n.lastContactMs(), 10),
+		raftAppliedKey, strconv.FormatUint(n.raft.AppliedIndex(), 10)))
 }
 
 func (n *Node) lastContactMs() int64 {
@@ -132,7 +141,7 @@ func (n *Node) lastContactMs() int64 {
 // probeMember asks one member for its Status, within probeTimeout.
 func (n *Node) probeMember(ctx context.Context, id, apiAddr string) probe {
 	if id == n.cfg.NodeID {
-		return probe{applied: n.proc.AppliedIndex(), lastContactMs: n.lastContactMs(), incarnation: n.incarnation}
+		return probe{applied: n.raft.AppliedIndex(), fsmApplied: n.proc.AppliedIndex(), lastContactMs: n.lastContactMs(), incarnation: n.incarnation}
 	}
 	p := probe{lastContactMs: -1}
 	if apiAddr == "" {
@@ -145,10 +154,16 @@ func (n *Node) probeMember(ctx context.Context, id, apiAddr string) probe {
 		p.err = err
 		return p
 	}
+	// The pooled channel may be waiting out its reconnect backoff after
+	// the node at this address was down: try again now, and wait for the
+	// connection (up to the timeout) instead of failing with the old error.
+	if conn.GetState() == connectivity.TransientFailure {
+		conn.ResetConnectBackoff()
+	}
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	var hdr metadata.MD
-	st, err := pb.NewEventStoreClient(conn).Status(ctx, &pb.StatusRequest{}, grpc.Header(&hdr))
+	st, err := pb.NewEventStoreClient(conn).Status(ctx, &pb.StatusRequest{}, grpc.Header(&hdr), grpc.WaitForReady(true))
 	switch {
 	case err != nil:
 		p.err = fmt.Errorf("node %s at %s is unreachable: %s", id, apiAddr, status.Convert(err).Message())
@@ -157,7 +172,12 @@ func (n *Node) probeMember(ctx context.Context, id, apiAddr string) probe {
 		p.err = fmt.Errorf("%s answers as node %s, not %s", apiAddr, st.NodeId, id)
 		return p
 	}
-	p.applied = st.AppliedIndex
+	p.applied, p.fsmApplied = st.AppliedIndex, st.AppliedIndex
+	if v := hdr.Get(raftAppliedKey); len(v) > 0 {
+		if i, err := strconv.ParseUint(v[0], 10, 64); err == nil {
+			p.applied = i
+		}
+	}
 	if v := hdr.Get(lastContactKey); len(v) > 0 {
 		if ms, err := strconv.ParseInt(v[0], 10, 64); err == nil {
 			p.lastContactMs = ms
@@ -486,7 +506,7 @@ func (n *Node) waitRemovalApplied(ctx context.Context, id, addr string, index ui
 	defer t.Stop()
 	for {
 		p := n.probeMember(ctx, id, addr)
-		if p.err != nil || p.applied >= index {
+		if p.err != nil || p.fsmApplied >= index {
 			return
 		}
 		select {
@@ -525,14 +545,17 @@ func (n *Node) removeSelfOnLeader(ctx context.Context, req *pb.RemoveMemberReque
 	if _, err := n.waitForLeader(ctx); err != nil {
 		return nil, toStatus(err)
 	}
-	c, fctx, err := n.toLeader(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if c == nil {
+	if n.raft.State() == raft.Leader {
 		return nil, status.Errorf(codes.FailedPrecondition, "node %s is leader again after handing leadership over; retry", n.cfg.NodeID)
 	}
-	return c.RemoveMember(fctx, req)
+	// Not toLeader: the call may have been forwarded here already, and
+	// this one more hop, to the leader this node just made, is the point.
+	conn, err := n.leaderConn()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	fctx := metadata.AppendToOutgoingContext(ctx, forwardedKey, n.cfg.NodeID)
+	return pb.NewClusterClient(conn).RemoveMember(fctx, req)
 }
 
 // transferTarget picks and checks the voter to hand leadership to: to, or

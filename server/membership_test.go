@@ -242,7 +242,9 @@ func TestMembershipAddPromoteRemoveRejoin(t *testing.T) {
 func TestMembershipRemoveLeader(t *testing.T) {
 	tc := newTestCluster(t, 3, nil)
 	leader := tc.registered()
-	c := dialCluster(t, leader)
+	// Through a follower: the leader gets a forwarded call and forwards it
+	// once more, to the leader it hands over to.
+	c := dialCluster(t, tc.follower())
 	var id string
 	for i, n := range tc.nodes {
 		if n == leader {
