@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"google.golang.org/grpc"
@@ -106,8 +107,9 @@ type tokenEntry struct {
 	hash [sha256.Size]byte
 }
 
+// tokenSet is the tokens file's entries; ReloadSecurity swaps the list.
 type tokenSet struct {
-	entries []tokenEntry
+	list atomic.Pointer[[]tokenEntry]
 }
 
 // minTokenLen is the shortest plaintext token accepted: 16 characters of
@@ -135,7 +137,7 @@ func loadTokens(path string) (*tokenSet, error) {
 	if fi.Mode().Perm()&0o002 != 0 {
 		return nil, fmt.Errorf("auth-tokens-file %s is writable by every user (mode %04o): chmod o-w", path, fi.Mode().Perm())
 	}
-	set := &tokenSet{}
+	var entries []tokenEntry
 	names := map[string]int{}
 	hashes := map[[sha256.Size]byte]string{}
 	plaintext := false
@@ -185,7 +187,7 @@ func loadTokens(path string) (*tokenSet, error) {
 			return nil, fmt.Errorf("auth-tokens-file %s line %d (%s): same token as %s", path, line, e.name, other)
 		}
 		hashes[e.hash] = e.name
-		set.entries = append(set.entries, e)
+		entries = append(entries, e)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("auth-tokens-file %s: %w", path, err)
@@ -194,9 +196,11 @@ func loadTokens(path string) (*tokenSet, error) {
 		return nil, fmt.Errorf("auth-tokens-file %s holds plaintext tokens and is readable by every user (mode %04o): chmod o-r, or store sha256: hashes",
 			path, fi.Mode().Perm())
 	}
-	if len(set.entries) == 0 {
+	if len(entries) == 0 {
 		return nil, fmt.Errorf("auth-tokens-file %s has no tokens: every call would be refused", path)
 	}
+	set := &tokenSet{}
+	set.list.Store(&entries)
 	return set, nil
 }
 
@@ -205,7 +209,7 @@ func (s *tokenSet) lookup(token string) (tokenEntry, bool) {
 	h := sha256.Sum256([]byte(token))
 	var found tokenEntry
 	ok := 0
-	for _, e := range s.entries {
+	for _, e := range *s.list.Load() {
 		if subtle.ConstantTimeCompare(h[:], e.hash[:]) == 1 {
 			found, ok = e, 1
 		}

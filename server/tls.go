@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -32,8 +34,8 @@ import (
 //   - ClientCAFile requires API TLS and makes client certificates
 //     mandatory (mutual TLS for clients).
 //
-// Certificates are read at start; replacing them takes a restart (a
-// rolling restart keeps the cluster available).
+// Node.ReloadSecurity (SIGHUP) reads the files again; which layers are
+// on is fixed at start.
 type TLSConfig struct {
 	// CertFile and KeyFile are the certificate (chain) and key the gRPC API
 	// presents to clients.
@@ -63,27 +65,39 @@ const tlsMinVersion = tls.VersionTLS12
 // connection.
 const peerHandshakeTimeout = 10 * time.Second
 
-// security is a node's loaded TLS and authentication setup.
+// security is a node's loaded TLS and authentication setup. Which layers
+// are on is fixed at start; ReloadSecurity swaps the certificates, CAs and
+// tokens underneath, for the next handshake and the next call.
 type security struct {
-	// api is the API listener's configuration, nil for plaintext. It
+	// api is the API listener's root configuration, nil for plaintext. It
 	// serves the peer identity to peers (by TLS server name) and the
 	// client-facing certificate to everyone else.
 	api *tls.Config
-	// peerServer and peerClient are the two ends of node-to-node mutual
-	// TLS; nil without peer TLS.
-	peerServer, peerClient *tls.Config
-	peerName               string
+	// peerServer is the root configuration of the Raft listener, nil
+	// without peer TLS.
+	peerServer *tls.Config
+	peerName   string
 	// clientCerts: the API requires client certificates.
 	clientCerts bool
 	// tokens enables bearer-token authentication; nil: none (auth.go).
 	tokens *tokenSet
+	// state holds the current configurations the roots pick from.
+	state atomic.Pointer[tlsState]
+}
+
+// tlsState is one loading of the certificate files.
+type tlsState struct {
+	clients    *tls.Config // the API, for clients
+	peerAPI    *tls.Config // the API, for nodes (peerServer with h2)
+	peerServer *tls.Config // the Raft listener
+	peerClient *tls.Config // Raft dials and node-to-node gRPC calls
 }
 
 // logAttrs describe what is on, for the start-up log.
 func (s *security) logAttrs() []any {
 	tokens := 0
 	if s.tokens != nil {
-		tokens = len(s.tokens.entries)
+		tokens = len(*s.tokens.list.Load())
 	}
 	return []any{"peer_mtls", s.peerServer != nil, "peer_name", s.peerName, "api_tls", s.api != nil,
 		"client_certs", s.clientCerts, "auth_tokens", tokens}
@@ -130,16 +144,18 @@ func (c Config) loadSecurity() (*security, error) {
 		return nil, errors.Join(errs...)
 	}
 	s := &security{peerName: t.peerName(c.ClusterName)}
+	st := &tlsState{}
 	if peerFiles == 3 {
-		if err := s.loadPeer(t); err != nil {
+		if err := s.loadPeer(t, st); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if t.CertFile != "" {
-		if err := s.loadAPI(t); err != nil {
+		if err := s.loadAPI(t, st); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	s.state.Store(st)
 	if c.AuthTokensFile != "" {
 		var err error
 		if s.tokens, err = loadTokens(c.AuthTokensFile); err != nil {
@@ -152,7 +168,7 @@ func (c Config) loadSecurity() (*security, error) {
 	return s, nil
 }
 
-func (s *security) loadPeer(t TLSConfig) error {
+func (s *security) loadPeer(t TLSConfig, st *tlsState) error {
 	cert, err := loadPair("peer-tls-cert", t.PeerCertFile, "peer-tls-key", t.PeerKeyFile)
 	if err != nil {
 		return err
@@ -180,7 +196,7 @@ func (s *security) loadPeer(t TLSConfig) error {
 			t.PeerCertFile, s.peerName, err)
 	}
 	name := s.peerName
-	s.peerServer = &tls.Config{
+	st.peerServer = &tls.Config{
 		MinVersion:   tlsMinVersion,
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
@@ -196,16 +212,22 @@ func (s *security) loadPeer(t TLSConfig) error {
 			return nil
 		},
 	}
-	s.peerClient = &tls.Config{
+	st.peerClient = &tls.Config{
 		MinVersion:   tlsMinVersion,
 		Certificates: []tls.Certificate{cert},
 		RootCAs:      pool,
 		ServerName:   name,
 	}
+	s.peerServer = &tls.Config{
+		MinVersion: tlsMinVersion,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return s.state.Load().peerServer, nil
+		},
+	}
 	return nil
 }
 
-func (s *security) loadAPI(t TLSConfig) error {
+func (s *security) loadAPI(t TLSConfig, st *tlsState) error {
 	cert, err := loadPair("tls-cert", t.CertFile, "tls-key", t.KeyFile)
 	if err != nil {
 		return err
@@ -224,24 +246,76 @@ func (s *security) loadAPI(t TLSConfig) error {
 		clients.ClientCAs = pool
 		s.clientCerts = true
 	}
-	var peers *tls.Config
-	if s.peerServer != nil {
-		peers = s.peerServer.Clone()
-		peers.NextProtos = []string{"h2"}
+	st.clients = clients
+	if st.peerServer != nil {
+		st.peerAPI = st.peerServer.Clone()
+		st.peerAPI.NextProtos = []string{"h2"}
 	}
 	name := s.peerName
 	s.api = &tls.Config{
 		MinVersion: tlsMinVersion,
 		NextProtos: []string{"h2"},
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			if peers != nil && hello.ServerName == name {
-				return peers, nil
+			cur := s.state.Load()
+			if cur.peerAPI != nil && hello.ServerName == name {
+				return cur.peerAPI, nil
 			}
-			return clients, nil
+			return cur.clients, nil
 		},
 	}
 	return nil
 }
+
+// ReloadSecurity reads the certificate, key, CA and tokens files named in
+// the configuration again (the serve command does on SIGHUP). New
+// handshakes and calls use them; established connections keep theirs.
+// Which layers are on and the file names are fixed until a restart. If
+// any file is wrong, nothing changes and the error says why.
+func (n *Node) ReloadSecurity() error {
+	fresh, err := n.cfg.loadSecurity()
+	if err == nil {
+		err = n.sec.reload(fresh)
+	}
+	if err != nil {
+		n.logger.Warn("security reload failed; keeping the current certificates and tokens", "error", err)
+		return err
+	}
+	n.logger.Info("security reloaded", n.sec.logAttrs()...)
+	return nil
+}
+
+// reload takes fresh's certificates and tokens.
+func (s *security) reload(fresh *security) error {
+	if (s.api == nil) != (fresh.api == nil) || (s.peerServer == nil) != (fresh.peerServer == nil) ||
+		(s.tokens == nil) != (fresh.tokens == nil) || s.clientCerts != fresh.clientCerts {
+		return errors.New("turning TLS, client certificates or tokens on or off needs a restart")
+	}
+	s.state.Store(fresh.state.Load())
+	if s.tokens != nil {
+		s.tokens.list.Store(fresh.tokens.list.Load())
+	}
+	return nil
+}
+
+// peerCreds are the gRPC credentials of calls to other nodes: the current
+// peer client configuration at each handshake.
+type peerCreds struct{ s *security }
+
+func (p peerCreds) current() credentials.TransportCredentials {
+	return credentials.NewTLS(p.s.state.Load().peerClient)
+}
+
+func (p peerCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return p.current().ClientHandshake(ctx, authority, conn)
+}
+
+func (p peerCreds) ServerHandshake(net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, errors.New("peer credentials are for dialling only")
+}
+
+func (p peerCreds) Info() credentials.ProtocolInfo          { return p.current().Info() }
+func (p peerCreds) Clone() credentials.TransportCredentials { return p }
+func (p peerCreds) OverrideServerName(string) error         { return nil }
 
 // loadPair loads a certificate and its key and checks the certificate's
 // validity period.
@@ -290,9 +364,9 @@ func loadCA(flag, file string) (*x509.CertPool, error) {
 // goroutine, so a slow or hostile peer cannot stall Accept.
 type tlsStreamLayer struct {
 	net.Listener
-	advertise      net.Addr
-	server, client *tls.Config
-	logger         *slog.Logger
+	advertise net.Addr
+	sec       *security
+	logger    *slog.Logger
 }
 
 var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
@@ -302,7 +376,7 @@ func newTLSStreamLayer(bind string, advertise net.Addr, s *security, logger *slo
 	if err != nil {
 		return nil, err
 	}
-	return &tlsStreamLayer{Listener: ln, advertise: advertise, server: s.peerServer, client: s.peerClient, logger: logger}, nil
+	return &tlsStreamLayer{Listener: ln, advertise: advertise, sec: s, logger: logger}, nil
 }
 
 func (l *tlsStreamLayer) Addr() net.Addr { return l.advertise }
@@ -312,12 +386,12 @@ func (l *tlsStreamLayer) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &serverTLSConn{Conn: tls.Server(c, l.server), logger: l.logger}, nil
+	return &serverTLSConn{Conn: tls.Server(c, l.sec.peerServer), logger: l.logger}, nil
 }
 
 // Dial connects to a peer; the timeout covers the TLS handshake.
 func (l *tlsStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: l.client}
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: l.sec.state.Load().peerClient}
 	c, err := d.Dial("tcp", string(addr))
 	if err != nil {
 		// A peer that is down is raft's business (it logs and backs off);

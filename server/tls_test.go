@@ -437,3 +437,67 @@ func handledTotal(t *testing.T, n *Node, method, code string) float64 {
 	}
 	return 0
 }
+
+// servedSerial is the serial of the certificate a TLS server at addr
+// presents under serverName, to a client holding client (may be nil).
+func servedSerial(t *testing.T, p *testPKI, addr, serverName string, client *testpki.Pair) string {
+	t.Helper()
+	cfg := trust(t, p.ca, client)
+	cfg.ServerName = serverName
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	if err != nil {
+		t.Fatalf("TLS dial %s as %q: %v", addr, serverName, err)
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+}
+
+// ReloadSecurity swaps certificates and tokens for new handshakes and
+// calls, on the API and the Raft port; a broken file changes nothing and
+// says what is wrong.
+func TestTLSReloadCertificatesAndTokens(t *testing.T) {
+	p := newTestPKI(t)
+	tokens := testTokens(t)
+	var logs *logBuf
+	tc := newTestCluster(t, 1, func(c *Config) { logs = p.secure(t, c, true); c.AuthTokensFile = tokens })
+	n, cfg := tc.nodes[0], tc.cfgs[0]
+	node := testpki.Pair{CertFile: cfg.TLS.PeerCertFile, KeyFile: cfg.TLS.PeerKeyFile}
+	apiBefore := servedSerial(t, p, n.APIAddr(), "localhost", nil)
+	raftBefore := servedSerial(t, p, cfg.RaftAddr, testPeerName, &node)
+
+	rotated := p.nodeCert(t, p.ca, "n1") // rewrites the same files
+	if err := os.WriteFile(tokens, []byte("read dashboard "+readTok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.ReloadSecurity(); err != nil {
+		t.Fatal(err)
+	}
+	want := rotated.Cert.SerialNumber.String()
+	if got := servedSerial(t, p, n.APIAddr(), "localhost", nil); got != want || got == apiBefore {
+		t.Fatalf("API serves certificate %s after reload, want %s (before %s)", got, want, apiBefore)
+	}
+	if got := servedSerial(t, p, cfg.RaftAddr, testPeerName, &node); got != want || got == raftBefore {
+		t.Fatalf("Raft port serves certificate %s after reload, want %s (before %s)", got, want, raftBefore)
+	}
+	es := pb.NewEventStoreClient(dialWith(t, n.APIAddr(), credentials.NewTLS(trust(t, p.ca, nil))))
+	_, err := es.Append(withToken(ctxT(t), appendTok), oneEvent())
+	wantStatus(t, err, codes.Unauthenticated, "not in this node's tokens file")
+	if _, err := es.Status(withToken(ctxT(t), readTok), &pb.StatusRequest{}); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := os.WriteFile(cfg.TLS.PeerKeyFile, []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = n.ReloadSecurity()
+	if err == nil || !strings.Contains(err.Error(), "peer-tls-key") {
+		t.Fatalf("reload with a broken key: %v", err)
+	}
+	logs.waitLog(t, "security reload failed; keeping the current certificates and tokens")
+	if got := servedSerial(t, p, n.APIAddr(), "localhost", nil); got != want {
+		t.Fatalf("a failed reload changed the API certificate to %s", got)
+	}
+	if _, err := es.Status(withToken(ctxT(t), readTok), &pb.StatusRequest{}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -152,6 +153,32 @@ func TestSecurityClusterFailover(t *testing.T) {
 	}
 	if out, err := run("-d", "{}", newLeader.APIAddr, "tsstore.v1.EventStore/Status"); err == nil || !strings.Contains(out, "Unauthenticated") {
 		t.Fatalf("grpcurl without a token: %v\n%s", err, out)
+	}
+
+	// Rotate the read token: SIGHUP makes every node re-read the file.
+	const rotated = "sys-read-token-rotated-0123456789"
+	if err := os.WriteFile(tokens, []byte(fmt.Sprintf("read dashboard %s\nappend trainer %s\n", rotated, sysAppendToken)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes {
+		if !n.Running() {
+			continue
+		}
+		if err := n.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(20 * time.Second); !strings.Contains(n.Logs(), `"msg":"security reloaded"`); {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not reload on SIGHUP", n.ID)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if out, err := run("-H", "authorization: Bearer "+sysReadToken, "-d", "{}", newLeader.APIAddr, "tsstore.v1.EventStore/Status"); err == nil || !strings.Contains(out, "Unauthenticated") {
+		t.Fatalf("grpcurl with the revoked token: %v\n%s", err, out)
+	}
+	if out, err := run("-H", "authorization: Bearer "+rotated, "-d", "{}", newLeader.APIAddr, "tsstore.v1.EventStore/Status"); err != nil {
+		t.Fatalf("grpcurl with the new token: %v\n%s", err, out)
 	}
 
 	// Health stays open to probes: TLS, no token.

@@ -213,17 +213,25 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sig)
 	sd := startNotify(node, logger) // systemd readiness and watchdog (notify.go)
-	select {
-	case got := <-sig:
-		logger.Info("shutting down", "signal", got.String())
-		sd.stopping("shutting down on " + got.String())
-		return node.Close()
-	case ferr := <-node.Fatal():
-		sd.stopping("failed: " + ferr.Error())
-		node.Close()
-		return ferr
+	for {
+		select {
+		case got := <-sig:
+			if got == syscall.SIGHUP {
+				// Re-read certificates, CAs and the tokens file; the node
+				// logs the outcome (docs/operations.md#security).
+				node.ReloadSecurity()
+				continue
+			}
+			logger.Info("shutting down", "signal", got.String())
+			sd.stopping("shutting down on " + got.String())
+			return node.Close()
+		case ferr := <-node.Fatal():
+			sd.stopping("failed: " + ferr.Error())
+			node.Close()
+			return ferr
+		}
 	}
 }
