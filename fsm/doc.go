@@ -8,7 +8,8 @@
 //   - timestamps (leader-proposed, clamped to never go backwards),
 //   - producer idempotency (last sequence and the last DedupWindows appends
 //     per producer) and expected-version checks,
-//   - the node table (node id -> client API address),
+//   - the node table (node id -> client API address), each node's
+//     incarnation and the tombstones of removed incarnations (membership.go),
 //   - snapshots (a manifest of hard-linked segment files plus the state
 //     tables) and restore, and the raft.SnapshotStore that links files.
 //
@@ -19,7 +20,9 @@
 //     same order give the same log and state on every replica.
 //   - Apply is idempotent by Raft index: append entries at or below the raft
 //     index of the last batch in the log (or the checkpoint's index) are
-//     skipped; node entries at or below the node file's index are skipped.
+//     skipped; node entries (register, remove) at or below the node file's
+//     index are skipped.
+//   - A tombstoned incarnation is never registered again (ErrNodeRemoved).
 //   - Streams and Producers are a function of the log's records alone, so a
 //     restarted node rebuilds them from the checkpoint plus a scan of the
 //     batches after it, with the same code Apply uses (State.applyBatch).

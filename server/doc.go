@@ -13,7 +13,12 @@
 //   - Status, the node table registration, and the mapping of internal
 //     errors to gRPC status codes with google.rpc.ErrorInfo details
 //     (errors.go), done only at the handler edge;
-//   - the data directory's identity (node.json) and start-up checks;
+//   - the data directory's identity (node.json with its incarnation,
+//     identity.go) and start-up checks;
+//   - cluster membership (membership.go, register.go): Members, AddMember,
+//     PromoteMember, RemoveMember and the checks of TransferLeadership;
+//     removal tombstones an incarnation first, and a node that finds its
+//     own tombstone writes DATA-DIR/removed and stops for good;
 //   - Prometheus metrics (metrics.go, metrics_collect.go): a registry per
 //     node, served on Config.MetricsAddr; docs/operations.md lists them;
 //   - data operations (backup.go, restore.go): the Snapshot and Backup
@@ -34,4 +39,6 @@
 //     node's shutdown channel closes;
 //   - nothing waits on a raft future without also watching shutdown
 //     (Node.await): raft v1.7.3 can leave futures unanswered when it stops.
+//   - a removed incarnation never takes part in the cluster again: it
+//     cannot register, be promoted or start (docs/design.md#membership).
 package server
