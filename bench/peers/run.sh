@@ -23,6 +23,8 @@
 #   NATS_PORT, ETCD_PORT  first of the loopback port ranges          [14221, 12379]
 #   TSSTORE_BIN    a tsstore binary to use instead of building one
 #   TSSTORE_SRC=head  build tsstore from the last commit, not the work tree
+#   TSSTORE_SPLIT=0   one tsstore bench invocation for all workloads (default:
+#                  replay d,e,g and append a,b,c,f on separate fresh clusters)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -188,7 +190,9 @@ only() {
 run_tsstore() {
 	local ts=$TSSTORE part wl parts=() i=0
 	if [[ -z $ts ]]; then return 1; fi
-	if ! "$ts" bench --help 2>&1 | grep -q -- '-workloads'; then
+	local help
+	help=$("$ts" bench --help 2>&1 || true)
+	if [[ $help != *-workloads* ]]; then
 		# Before the append workloads, bench only replays (d, e) and
 		# writes a bare array with --out; compare reads that too.
 		log "tsstore bench has no --workloads: replay workloads only"

@@ -116,7 +116,9 @@ func (s *natsSys) publishAsync(ctx context.Context, window int, payload []byte, 
 		if !ok {
 			break
 		}
-		f, perr := js.PublishAsync(subj, payload)
+		// A full window blocks the publisher until acks free it (the
+		// default stall wait of 200 ms would fail the publish instead).
+		f, perr := js.PublishAsync(subj, payload, jetstream.WithStallWait(time.Minute))
 		if perr != nil {
 			err = perr
 			break
