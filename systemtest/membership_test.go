@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -180,6 +181,23 @@ func TestMembershipUnderLoad(t *testing.T) {
 	})
 	mustCLI(t, all, "promoted n4 to voter", "members", "promote", "n4")
 	waitMember(t, all, "n4", "a voter", func(m memberJSON) bool { return m.Suffrage == "voter" })
+
+	// Leadership is not handed to a frozen voter, and the refusal is quick.
+	lead := waitLeader(t, c)
+	var frozen *proccluster.Node
+	for _, n := range all {
+		if n != lead && frozen == nil {
+			frozen = n
+		}
+	}
+	frozen.Signal(syscall.SIGSTOP)
+	start := time.Now()
+	out, err := tsstoreCLI(t, []*proccluster.Node{lead}, "leader", "transfer", "--to", frozen.ID)
+	took := time.Since(start)
+	frozen.Signal(syscall.SIGCONT)
+	if err == nil || !strings.Contains(out, "FailedPrecondition") || !strings.Contains(out, "unreachable") || took > 10*time.Second {
+		t.Fatalf("transfer to frozen %s: %v after %v: %q", frozen.ID, err, took, out)
+	}
 	waitAcked(acked() + 1000)
 
 	// Remove a follower other than n4: it applies its tombstone and exits.
@@ -246,7 +264,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 
 	// Leadership moves to the new node; a dead node is refused at once.
 	mustCLI(t, live, "leader is now n4", "leader", "transfer", "--to", "n4")
-	start := time.Now()
+	start = time.Now()
 	if out, err := tsstoreCLI(t, live, "leader", "transfer", "--to", leader.ID); err == nil || !strings.Contains(out, "NotFound") {
 		t.Fatalf("transfer to the removed leader: %v %q", err, out)
 	}
