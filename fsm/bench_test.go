@@ -69,7 +69,7 @@ func BenchmarkDecodeAppend(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				var cmd AppendCommand
-				if err := decode(data, &cmd); err != nil || len(cmd.Ops) != s.requests {
+				if err := decodeAppend(data, &cmd); err != nil || len(cmd.Ops) != s.requests {
 					b.Fatalf("decode: %v", err)
 				}
 			}

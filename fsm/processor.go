@@ -291,7 +291,7 @@ func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 			return &ApplyResult{Skipped: true}
 		}
 		var cmd AppendCommand
-		if err := decode(data, &cmd); err != nil {
+		if err := decodeAppend(data, &cmd); err != nil {
 			return p.fail(fmt.Errorf("entry %d: %w", index, err))
 		}
 		return p.applyAppend(index, &cmd)
