@@ -330,3 +330,35 @@ func TestMembershipRefusesDeadOrLaggingTargets(t *testing.T) {
 	_, err = c.RemoveMember(ctxT(t), &pb.RemoveMemberRequest{NodeId: tc.follower().cfg.NodeID})
 	wantMemberCode(t, "remove without a reachable quorum left", err, codes.FailedPrecondition, "reachable")
 }
+
+// TestMembershipOldNodeJSONGetsIncarnation: a data directory from before
+// incarnations starts, gets one, keeps it across restarts, and registers it.
+func TestMembershipOldNodeJSONGetsIncarnation(t *testing.T) {
+	tc := newTestCluster(t, 1, nil)
+	cfg := tc.cfgs[0]
+	tc.nodes[0].Close()
+	tc.nodes[0] = nil
+	path := filepath.Join(cfg.DataDir, identityFile)
+	if err := os.WriteFile(path, []byte(`{"cluster":"tsstore","node_id":"n1"}`), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inc := n.Incarnation()
+	b, _ := os.ReadFile(path)
+	if len(inc) != 16 || !strings.Contains(string(b), `"incarnation":"`+inc+`"`) {
+		t.Fatalf("incarnation %q, node.json %s", inc, b)
+	}
+	waitFor(t, "the incarnation to be registered", func() bool { return n.proc.Incarnation("n1") == inc })
+	n.Close()
+	n, err = New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if n.Incarnation() != inc {
+		t.Fatalf("incarnation changed across a restart: %q, was %q", n.Incarnation(), inc)
+	}
+}
