@@ -54,10 +54,10 @@ func newProposer(n *Node) *proposer {
 // propose submits one request and waits for its result.
 func (p *proposer) propose(ctx context.Context, op fsm.AppendOp, size int) (fsm.AppendResult, error) {
 	pr := &proposal{op: op, size: size, done: make(chan proposalResult, 1)}
-	p.gate.enter(ctx, op.ProducerID, op.Seq)
+	forced := p.gate.enter(ctx, op.ProducerID, op.Seq)
 	select {
 	case p.in <- pr:
-		p.gate.pass(op.ProducerID, op.Seq, uint64(len(op.Events)))
+		p.gate.pass(op.ProducerID, op.Seq, uint64(len(op.Events)), forced)
 	case <-ctx.Done():
 		return fsm.AppendResult{}, ctx.Err()
 	case <-p.n.shutdown:

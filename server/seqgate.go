@@ -15,21 +15,33 @@ import (
 // producer until the predecessor passes, for at most gateHold.
 //
 // It is only a hint: the FSM decides. What the gate remembers is lost on
-// restart or leader change (the first request of a producer passes), a
-// request held for gateHold passes anyway (the FSM then answers the gap),
-// and retries and duplicates (sequence below the next expected) pass at
-// once.
+// restart, and forgotten for a producer not seen for gateStale (its state
+// may come from an earlier term of this node as leader, when the producer
+// went on through another leader): its next request passes at once. A
+// request held for gateHold passes anyway (the FSM then answers the gap,
+// or accepts it if the gate's state was stale) and the chain continues
+// after it. Retries and duplicates (sequence below the next expected)
+// pass at once.
 type seqGate struct {
 	hold time.Duration // gateHold; tests lengthen it
 	mu   struct {
 		sync.Mutex
-		next    map[string]uint64 // producer -> sequence after the last request let through
-		changed chan struct{}     // closed and replaced when next changes
+		producers map[string]gateState
+		changed   chan struct{} // closed and replaced when a chain moves on
 	}
 }
 
-// gateHold bounds how long a request waits for its predecessor.
-const gateHold = 200 * time.Millisecond
+type gateState struct {
+	next uint64    // sequence after the last request let through in order
+	seen time.Time // when a request of the producer last passed
+}
+
+// gateHold bounds how long a request waits for its predecessor; gateStale
+// is how long the gate remembers an idle producer.
+const (
+	gateHold  = 200 * time.Millisecond
+	gateStale = 2 * time.Second
+)
 
 // gateProducers bounds the producers remembered; past it the table is
 // cleared (it is only a hint).
@@ -37,16 +49,27 @@ const gateProducers = 1 << 16
 
 func newSeqGate() *seqGate {
 	g := &seqGate{hold: gateHold}
-	g.mu.next = make(map[string]uint64)
+	g.mu.producers = make(map[string]gateState)
 	g.mu.changed = make(chan struct{})
 	return g
 }
 
+// expectLocked returns the producer's next sequence, if it is known and
+// fresh.
+func (g *seqGate) expectLocked(producer string, now time.Time) (uint64, bool) {
+	st, ok := g.mu.producers[producer]
+	if !ok || now.Sub(st.seen) > gateStale {
+		return 0, false
+	}
+	return st.next, true
+}
+
 // enter waits until the request with producer sequence seq may go to the
-// proposer. Call pass with the same arguments once it is queued there.
-func (g *seqGate) enter(ctx context.Context, producer string, seq uint64) {
+// proposer, and reports whether it stopped waiting at gateHold. Call pass
+// with the same arguments once the request is queued there.
+func (g *seqGate) enter(ctx context.Context, producer string, seq uint64) (forced bool) {
 	if producer == "" {
-		return
+		return false
 	}
 	var timer *time.Timer
 	defer func() {
@@ -56,11 +79,11 @@ func (g *seqGate) enter(ctx context.Context, producer string, seq uint64) {
 	}()
 	for {
 		g.mu.Lock()
-		next, known := g.mu.next[producer]
+		next, known := g.expectLocked(producer, time.Now())
 		changed := g.mu.changed
 		g.mu.Unlock()
 		if !known || seq <= next {
-			return
+			return false
 		}
 		if timer == nil {
 			timer = time.NewTimer(g.hold)
@@ -68,32 +91,35 @@ func (g *seqGate) enter(ctx context.Context, producer string, seq uint64) {
 		select {
 		case <-changed:
 		case <-timer.C:
-			return
+			return true
 		case <-ctx.Done():
-			return
+			return true
 		}
 	}
 }
 
 // pass records that the request [seq, seq+n) was queued for proposal.
-// Requests of one producer pass one at a time in practice: a producer
-// that sends two requests with the same sequence at once gets one of
-// them answered as a duplicate by the FSM.
-func (g *seqGate) pass(producer string, seq, n uint64) {
+// The chain moves on when the request continues it, or when the gate had
+// nothing fresh to go by or stopped waiting (forced). Requests of one
+// producer pass one at a time in practice: a producer that sends two
+// requests with the same sequence at once gets one of them answered as a
+// duplicate by the FSM.
+func (g *seqGate) pass(producer string, seq, n uint64, forced bool) {
 	if producer == "" {
 		return
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if len(g.mu.next) >= gateProducers {
-		clear(g.mu.next)
+	now := time.Now()
+	if len(g.mu.producers) >= gateProducers {
+		clear(g.mu.producers)
 	}
-	// Only a request that continues the chain moves it on: one let through
-	// after gateHold is ahead of it and will be a gap, and its re-send
-	// must again wait for its predecessor.
-	if next, known := g.mu.next[producer]; !known || seq == next {
-		g.mu.next[producer] = seq + n
+	next, known := g.expectLocked(producer, now)
+	st := gateState{next: next, seen: now}
+	if !known || forced || seq == next {
+		st.next = seq + n
 		close(g.mu.changed)
 		g.mu.changed = make(chan struct{})
 	}
+	g.mu.producers[producer] = st
 }
