@@ -314,10 +314,10 @@ func (lc *benchLocal) leader(ctx context.Context) (int, error) {
 	return slices.Index(lc.c.Nodes, n), nil
 }
 
-// signalContext is cancelled by Ctrl-C or SIGTERM, so the local cluster
-// is stopped and its temp dir removed.
+// signalContext is cancelled by Ctrl-C, SIGTERM or SIGHUP (a closed
+// terminal), so the local cluster is stopped and its temp dir removed.
 func signalContext() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 }
 
 // serverRaftTiming is the Raft timing the local cluster's nodes run with
