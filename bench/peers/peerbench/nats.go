@@ -204,6 +204,11 @@ func (s *natsSys) replay(ctx context.Context, method string, filter []string, wa
 		got := 0
 		for got < want {
 			b, err := c.Fetch(min(natsFetchBatch, want-got), jetstream.FetchMaxWait(5*time.Second))
+			if errors.Is(err, nats.ErrNoResponders) && ctx.Err() == nil {
+				// The new consumer is not serving yet.
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
 			if err != nil {
 				return "", err
 			}

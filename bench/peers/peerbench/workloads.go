@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -97,38 +98,42 @@ func runAll(ctx context.Context, sys system, cfg runConfig) ([]Result, error) {
 	if len(cfg.events) > 0 {
 		every = max(1, slices.Max(cfg.events)/max(1, cfg.streamEvents))
 	}
-	if wantD {
+	var errs []error
+	// A failing workload is reported and the others still run.
+	replays := func() error {
 		for _, n := range cfg.events {
 			if n <= loaded {
 				continue
 			}
 			t0 := time.Now()
 			if err := sys.Load(ctx, n-loaded, every, payload); err != nil {
-				return res, fmt.Errorf("load to %d: %w", n, err)
+				return fmt.Errorf("load to %d: %w", n, err)
 			}
 			fmt.Fprintf(cfg.log, "peerbench: loaded %d events at %.0f ev/s\n", n-loaded, float64(n-loaded)/time.Since(t0).Seconds())
 			loaded = n
 			if cfg.workloads["d"] {
 				r, err := fastest(ctx, sys, "d-"+short(n), "replay all from the start", cfg, n, sys.ReplayAll)
 				if err != nil {
-					return res, fmt.Errorf("replay %d: %w", n, err)
+					errs = append(errs, fmt.Errorf("replay %d: %w", n, err))
+				} else {
+					r.Note = fmt.Sprintf("log %d events; %s", n, r.Note)
+					add(r)
 				}
-				r.Note = fmt.Sprintf("log %d events; %s", n, r.Note)
-				add(r)
 			}
 		}
 		if cfg.workloads["e"] {
 			r, err := fastest(ctx, sys, "e", "replay one stream", cfg, targetCount(loaded, every), sys.ReplayStream)
 			if err != nil {
-				return res, fmt.Errorf("replay stream: %w", err)
+				errs = append(errs, fmt.Errorf("replay stream: %w", err))
+			} else {
+				r.Note = fmt.Sprintf("log %d events; %s", loaded, r.Note)
+				add(r)
 			}
-			r.Note = fmt.Sprintf("log %d events; %s", loaded, r.Note)
-			add(r)
 		}
 		if cfg.workloads["g"] && len(cfg.nodes) > 0 {
 			data, log, err := diskBytes(cfg.nodes, sys.RaftDir)
 			if err != nil {
-				return res, err
+				return err
 			}
 			per := float64(len(cfg.nodes)) * float64(loaded)
 			r := Result{Workload: "g", Name: "bytes on disk per event", Events: loaded}
@@ -137,6 +142,12 @@ func runAll(ctx context.Context, sys system, cfg runConfig) ([]Result, error) {
 			r.Note = fmt.Sprintf("per node, after loading %d events of %d B: whole data dir %.1f B/event, of which consensus log %.1f B/event (apparent file sizes, preallocation included)",
 				loaded, cfg.size, *r.SegmentBytesPerEvent, *r.RaftBytesPerEvent)
 			add(r)
+		}
+		return nil
+	}
+	if wantD {
+		if err := replays(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if cfg.workloads["a"] {
@@ -155,20 +166,22 @@ func runAll(ctx context.Context, sys system, cfg runConfig) ([]Result, error) {
 		t0 := time.Now()
 		n, lats, how, err := sys.Pipelined(ctx, cfg.duration, cfg.window, payload)
 		if err != nil {
-			return res, fmt.Errorf("pipelined: %w", err)
+			errs = append(errs, fmt.Errorf("pipelined: %w", err))
+		} else {
+			r := throughput("c", "1 producer, batched+pipelined", n, cfg.size, time.Since(t0)).withLatency(lats)
+			r.Note = how
+			add(r)
 		}
-		r := throughput("c", "1 producer, batched+pipelined", n, cfg.size, time.Since(t0)).withLatency(lats)
-		r.Note = how
-		add(r)
 	}
 	if cfg.workloads["f"] && len(cfg.nodes) > 0 {
 		r, err := failover(ctx, sys, cfg, payload)
 		if err != nil {
-			return res, err
+			errs = append(errs, fmt.Errorf("failover: %w", err))
+		} else {
+			add(r)
 		}
-		add(r)
 	}
-	return res, nil
+	return res, errors.Join(errs...)
 }
 
 // fastest replays want events with each of the system's methods and
@@ -176,14 +189,17 @@ func runAll(ctx context.Context, sys system, cfg runConfig) ([]Result, error) {
 func fastest(ctx context.Context, sys system, id, name string, cfg runConfig, want int,
 	replay func(context.Context, string, int, func(int)) (string, error)) (Result, error) {
 	var best Result
-	var others []string
+	var others, failed []string
 	for _, m := range sys.Methods() {
 		var got int
 		t0 := time.Now()
 		how, err := replay(ctx, m, want, func(int) { got++ })
 		el := time.Since(t0)
 		if err != nil {
-			return best, fmt.Errorf("%s: %w", m, err)
+			// One method failing leaves the others to report.
+			fmt.Fprintf(cfg.log, "peerbench: %s via %s failed: %v\n", id, m, err)
+			failed = append(failed, fmt.Sprintf("%s failed: %v", m, err))
+			continue
 		}
 		r := throughput(id, name, got, cfg.size, el)
 		r.Note = how
@@ -197,6 +213,10 @@ func fastest(ctx context.Context, sys system, id, name string, cfg runConfig, wa
 			others = append(others, fmt.Sprintf("%s %.0f ev/s", how, r.EventsPS))
 		}
 	}
+	if best.Events == 0 {
+		return best, fmt.Errorf("every replay method failed: %s", strings.Join(failed, "; "))
+	}
+	others = append(others, failed...)
 	if len(others) > 0 {
 		best.Note += " (fastest; also tried: " + strings.Join(others, "; ") + ")"
 	}
