@@ -26,16 +26,6 @@ const (
 	DefaultPromoteMaxLag = 1024
 	// probeTimeout bounds one Status call to a member.
 	probeTimeout = time.Second
-	// lastContactKey carries, in the response header of Status, the
-	// milliseconds since the answering node last heard from the leader
-	// (0 on the leader, -1 if never).
-	lastContactKey = "x-tsstore-last-contact-ms"
-	// raftAppliedKey carries, in the response header of Status, Raft's
-	// applied index, which counts configuration and no-op entries too
-	// (StatusResponse.applied_index is the FSM's: command entries only).
-	// Lag is measured with it, so a member is not one entry behind for
-	// ever after a configuration change.
-	raftAppliedKey = "x-tsstore-raft-applied-index"
 	// removalApplyWait bounds how long RemoveMember waits for the removed
 	// node to apply its own tombstone before taking it out of the Raft
 	// configuration, after which it hears nothing more.
@@ -119,14 +109,6 @@ func (n *Node) unreachable(id raft.ServerID, p probe) string {
 	return ""
 }
 
-// setStatusHeader adds to a Status answer what Members needs and the
-// response message has no field for.
-func (n *Node) setStatusHeader(ctx context.Context) {
-	grpc.SetHeader(ctx, metadata.Pairs(incarnationKey, n.incarnation,
-		lastContactKey, strconv.FormatInt(n.lastContactMs(), 10),
-		raftAppliedKey, strconv.FormatUint(n.raft.AppliedIndex(), 10)))
-}
-
 func (n *Node) lastContactMs() int64 {
 	if n.raft.State() == raft.Leader {
 		return 0
@@ -162,8 +144,7 @@ func (n *Node) probeMember(ctx context.Context, id, apiAddr string) probe {
 	}
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	var hdr metadata.MD
-	st, err := pb.NewEventStoreClient(conn).Status(ctx, &pb.StatusRequest{}, grpc.Header(&hdr), grpc.WaitForReady(true))
+	st, err := pb.NewEventStoreClient(conn).Status(ctx, &pb.StatusRequest{}, grpc.WaitForReady(true))
 	switch {
 	case err != nil:
 		p.err = fmt.Errorf("node %s at %s is unreachable: %s", id, apiAddr, status.Convert(err).Message())
@@ -172,20 +153,9 @@ func (n *Node) probeMember(ctx context.Context, id, apiAddr string) probe {
 		p.err = fmt.Errorf("%s answers as node %s, not %s", apiAddr, st.NodeId, id)
 		return p
 	}
-	p.applied, p.fsmApplied = st.AppliedIndex, st.AppliedIndex
-	if v := hdr.Get(raftAppliedKey); len(v) > 0 {
-		if i, err := strconv.ParseUint(v[0], 10, 64); err == nil {
-			p.applied = i
-		}
-	}
-	if v := hdr.Get(lastContactKey); len(v) > 0 {
-		if ms, err := strconv.ParseInt(v[0], 10, 64); err == nil {
-			p.lastContactMs = ms
-		}
-	}
-	if v := hdr.Get(incarnationKey); len(v) > 0 {
-		p.incarnation = v[0]
-	}
+	p.applied, p.fsmApplied = st.RaftAppliedIndex, st.AppliedIndex
+	p.lastContactMs = st.LastContactMs
+	p.incarnation = st.Incarnation
 	return p
 }
 

@@ -17,26 +17,12 @@ import (
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
-// incarnationKey carries the registering node's incarnation in the
-// metadata of RegisterNode (the request message has no field for it), and
-// a node's own incarnation in the response header of Status.
-const incarnationKey = "x-tsstore-incarnation"
-
-// reasonNodeRemoved is the ErrorInfo reason of a registration refused
-// because the incarnation was removed. Metadata: node_id, incarnation,
-// raft_index.
-const reasonNodeRemoved = "NODE_REMOVED"
-
 // removedStatus is the FailedPrecondition answer to a removed incarnation.
 func removedStatus(t fsm.Tombstone) error {
-	st := status.New(codes.FailedPrecondition, fmt.Sprintf("node %s incarnation %s was removed from the cluster at raft index %d; wipe its data directory to add it again",
-		t.NodeID, t.Incarnation, t.RaftIndex))
-	if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reasonNodeRemoved, Domain: ErrorDomain, Metadata: map[string]string{
-		"node_id": t.NodeID, "incarnation": t.Incarnation, "raft_index": strconv.FormatUint(t.RaftIndex, 10),
-	}}); err == nil {
-		st = d
-	}
-	return st.Err()
+	return withReason(codes.FailedPrecondition, pb.ErrorReason_ERROR_REASON_NODE_REMOVED,
+		fmt.Sprintf("node %s incarnation %s was removed from the cluster at raft index %d; wipe its data directory to add it again",
+			t.NodeID, t.Incarnation, t.RaftIndex),
+		map[string]string{"node_id": t.NodeID, "incarnation": t.Incarnation, "raft_index": strconv.FormatUint(t.RaftIndex, 10)})
 }
 
 // removedFrom returns the tombstone a removedStatus error carries.
@@ -46,20 +32,12 @@ func removedFrom(err error) (fsm.Tombstone, bool) {
 		return fsm.Tombstone{}, false
 	}
 	for _, d := range st.Details() {
-		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetDomain() == ErrorDomain && ei.GetReason() == reasonNodeRemoved {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetDomain() == ErrorDomain && ei.GetReason() == pb.ErrorReason_ERROR_REASON_NODE_REMOVED.String() {
 			idx, _ := strconv.ParseUint(ei.Metadata["raft_index"], 10, 64)
 			return fsm.Tombstone{NodeID: ei.Metadata["node_id"], Incarnation: ei.Metadata["incarnation"], RaftIndex: idx}, true
 		}
 	}
 	return fsm.Tombstone{}, false
-}
-
-func incomingIncarnation(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get(incarnationKey); len(v) > 0 {
-		return v[0]
-	}
-	return ""
 }
 
 // RegisterNode records a node's API address and incarnation through Raft.
@@ -69,7 +47,6 @@ func (s *service) RegisterNode(ctx context.Context, req *pb.RegisterNodeRequest)
 	if req.NodeId == "" || req.ApiAddress == "" {
 		return nil, invalidArg("node id and api address are required")
 	}
-	inc := incomingIncarnation(ctx)
 	if s.n.raft.State() != raft.Leader {
 		if isForwarded(ctx) {
 			return nil, toStatus(errNoLeader)
@@ -78,10 +55,10 @@ func (s *service) RegisterNode(ctx context.Context, req *pb.RegisterNodeRequest)
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		ctx = metadata.AppendToOutgoingContext(ctx, forwardedKey, s.n.cfg.NodeID, incarnationKey, inc)
+		ctx = metadata.AppendToOutgoingContext(ctx, forwardedKey, s.n.cfg.NodeID)
 		return pb.NewClusterClient(conn).RegisterNode(ctx, req)
 	}
-	if err := s.n.applyRegister(ctx, req.NodeId, req.ApiAddress, inc); err != nil {
+	if err := s.n.applyRegister(ctx, req.NodeId, req.ApiAddress, req.Incarnation); err != nil {
 		return nil, toStatus(err)
 	}
 	return &pb.RegisterNodeResponse{}, nil
@@ -177,7 +154,6 @@ func (n *Node) registerOnce(ctx context.Context, addr string, try int) error {
 	if err != nil {
 		return err
 	}
-	ctx = metadata.AppendToOutgoingContext(ctx, incarnationKey, n.incarnation)
-	_, err = pb.NewClusterClient(conn).RegisterNode(ctx, &pb.RegisterNodeRequest{NodeId: n.cfg.NodeID, ApiAddress: addr})
+	_, err = pb.NewClusterClient(conn).RegisterNode(ctx, &pb.RegisterNodeRequest{NodeId: n.cfg.NodeID, ApiAddress: addr, Incarnation: n.incarnation})
 	return err
 }

@@ -191,7 +191,6 @@ func (n *Node) waitReadable(ctx context.Context, req *pb.ReadRequest) error {
 // Status reports this node's view of the cluster.
 func (s *service) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
 	n := s.n
-	n.setStatusHeader(ctx) // membership.go
 	leaderAddr, leaderID := n.raft.LeaderWithID()
 	nodes := n.proc.Nodes()
 	resp := &pb.StatusResponse{
@@ -204,6 +203,9 @@ func (s *service) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRe
 		AppliedIndex:          n.proc.AppliedIndex(),
 		NextOffset:            n.proc.NextOffset(),
 		LastTimestampUnixNano: n.proc.LastTimestamp(),
+		Incarnation:           n.incarnation,
+		LastContactMs:         n.lastContactMs(),
+		RaftAppliedIndex:      n.raft.AppliedIndex(),
 	}
 	_ = n.proc.WithLog(func(l *segment.Log) error { resp.FirstOffset = l.FirstOffset(); return nil })
 	if st := n.raft.Stats(); st != nil {

@@ -160,6 +160,10 @@ const (
 	// the server allows while live; resume from the last delivered offset.
 	// Metadata: lag.
 	ErrorReason_ERROR_REASON_SLOW_CONSUMER ErrorReason = 11
+	// FailedPrecondition: this node incarnation was removed from the cluster;
+	// wipe its data directory to add it again. Metadata: node_id,
+	// incarnation, raft_index.
+	ErrorReason_ERROR_REASON_NODE_REMOVED ErrorReason = 12
 )
 
 // Enum value maps for ErrorReason.
@@ -177,6 +181,7 @@ var (
 		9:  "ERROR_REASON_REQUEST_TOO_LARGE",
 		10: "ERROR_REASON_STREAM_NOT_FOUND",
 		11: "ERROR_REASON_SLOW_CONSUMER",
+		12: "ERROR_REASON_NODE_REMOVED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -191,6 +196,7 @@ var (
 		"ERROR_REASON_REQUEST_TOO_LARGE":      9,
 		"ERROR_REASON_STREAM_NOT_FOUND":       10,
 		"ERROR_REASON_SLOW_CONSUMER":          11,
+		"ERROR_REASON_NODE_REMOVED":           12,
 	}
 )
 
@@ -1955,8 +1961,18 @@ type StatusResponse struct {
 	LastSnapshotIndex     uint64        `protobuf:"varint,10,opt,name=last_snapshot_index,json=lastSnapshotIndex,proto3" json:"last_snapshot_index,omitempty"`
 	Nodes                 []*NodeStatus `protobuf:"bytes,11,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	LastTimestampUnixNano int64         `protobuf:"varint,12,opt,name=last_timestamp_unix_nano,json=lastTimestampUnixNano,proto3" json:"last_timestamp_unix_nano,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// Random id of this node's data directory, created with it; a removed
+	// incarnation is never let back in (docs/design.md, membership).
+	Incarnation string `protobuf:"bytes,13,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// Time since this node last heard from the leader; 0 on the leader,
+	// negative when it never has.
+	LastContactMs int64 `protobuf:"varint,14,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
+	// Raft's applied index, which also counts entries that never reach the
+	// store (no-ops, barriers, configuration changes); applied_index is the
+	// store's.
+	RaftAppliedIndex uint64 `protobuf:"varint,15,opt,name=raft_applied_index,json=raftAppliedIndex,proto3" json:"raft_applied_index,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -2073,6 +2089,27 @@ func (x *StatusResponse) GetLastTimestampUnixNano() int64 {
 	return 0
 }
 
+func (x *StatusResponse) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetLastContactMs() int64 {
+	if x != nil {
+		return x.LastContactMs
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetRaftAppliedIndex() uint64 {
+	if x != nil {
+		return x.RaftAppliedIndex
+	}
+	return 0
+}
+
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2154,9 +2191,11 @@ func (x *ReadIndexResponse) GetCommitIndex() uint64 {
 }
 
 type RegisterNodeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	ApiAddress    string                 `protobuf:"bytes,2,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	NodeId     string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	ApiAddress string                 `protobuf:"bytes,2,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	// The node's incarnation (StatusResponse.incarnation).
+	Incarnation   string `protobuf:"bytes,3,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2201,6 +2240,13 @@ func (x *RegisterNodeRequest) GetNodeId() string {
 func (x *RegisterNodeRequest) GetApiAddress() string {
 	if x != nil {
 		return x.ApiAddress
+	}
+	return ""
+}
+
+func (x *RegisterNodeRequest) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
 	}
 	return ""
 }
@@ -2376,7 +2422,7 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\vapi_address\x18\x03 \x01(\tR\n" +
 	"apiAddress\x12\x1a\n" +
 	"\bsuffrage\x18\x04 \x01(\tR\bsuffrage\x12\x16\n" +
-	"\x06leader\x18\x05 \x01(\bR\x06leader\"\xbf\x03\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\"\xb7\x04\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1b\n" +
@@ -2391,14 +2437,18 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x13last_snapshot_index\x18\n" +
 	" \x01(\x04R\x11lastSnapshotIndex\x12,\n" +
 	"\x05nodes\x18\v \x03(\v2\x16.tsstore.v1.NodeStatusR\x05nodes\x127\n" +
-	"\x18last_timestamp_unix_nano\x18\f \x01(\x03R\x15lastTimestampUnixNano\"\x12\n" +
+	"\x18last_timestamp_unix_nano\x18\f \x01(\x03R\x15lastTimestampUnixNano\x12 \n" +
+	"\vincarnation\x18\r \x01(\tR\vincarnation\x12&\n" +
+	"\x0flast_contact_ms\x18\x0e \x01(\x03R\rlastContactMs\x12,\n" +
+	"\x12raft_applied_index\x18\x0f \x01(\x04R\x10raftAppliedIndex\"\x12\n" +
 	"\x10ReadIndexRequest\"6\n" +
 	"\x11ReadIndexResponse\x12!\n" +
-	"\fcommit_index\x18\x01 \x01(\x04R\vcommitIndex\"O\n" +
+	"\fcommit_index\x18\x01 \x01(\x04R\vcommitIndex\"q\n" +
 	"\x13RegisterNodeRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1f\n" +
 	"\vapi_address\x18\x02 \x01(\tR\n" +
-	"apiAddress\"\x16\n" +
+	"apiAddress\x12 \n" +
+	"\vincarnation\x18\x03 \x01(\tR\vincarnation\"\x16\n" +
 	"\x14RegisterNodeResponse*\xa3\x01\n" +
 	"\x13ExpectedVersionKind\x12\x1d\n" +
 	"\x19EXPECTED_VERSION_KIND_ANY\x10\x00\x12#\n" +
@@ -2407,7 +2457,7 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x1bEXPECTED_VERSION_KIND_EXACT\x10\x03*B\n" +
 	"\vConsistency\x12\x15\n" +
 	"\x11CONSISTENCY_LOCAL\x10\x00\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x01*\x9d\x03\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x01*\xbc\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ERROR_REASON_SEQUENCE_GAP\x10\x01\x12#\n" +
@@ -2421,7 +2471,8 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x1eERROR_REASON_REQUEST_TOO_LARGE\x10\t\x12!\n" +
 	"\x1dERROR_REASON_STREAM_NOT_FOUND\x10\n" +
 	"\x12\x1e\n" +
-	"\x1aERROR_REASON_SLOW_CONSUMER\x10\v2\xdd\x02\n" +
+	"\x1aERROR_REASON_SLOW_CONSUMER\x10\v\x12\x1d\n" +
+	"\x19ERROR_REASON_NODE_REMOVED\x10\f2\xdd\x02\n" +
 	"\n" +
 	"EventStore\x12?\n" +
 	"\x06Append\x12\x19.tsstore.v1.AppendRequest\x1a\x1a.tsstore.v1.AppendResponse\x12;\n" +
