@@ -213,6 +213,10 @@ func TestMembershipUnderLoad(t *testing.T) {
 	if !strings.Contains(victim.Logs(), "node removed from the cluster") {
 		t.Fatalf("removed %s did not log its removal", victim.ID)
 	}
+	// 78 keeps systemd from restarting it (RestartPreventExitStatus).
+	if code := victim.ExitCode(); code != 78 {
+		t.Fatalf("removed %s exited with %d, want 78", victim.ID, code)
+	}
 	// Restarted on its old data, it refuses to start.
 	if err := victim.Start(); err != nil {
 		t.Fatal(err)
@@ -222,6 +226,9 @@ func TestMembershipUnderLoad(t *testing.T) {
 	}
 	if !strings.Contains(victim.Logs(), "can never rejoin") {
 		t.Fatalf("refusal not explained in the log of %s", victim.ID)
+	}
+	if code := victim.ExitCode(); code != 78 {
+		t.Fatalf("removed %s refused to start with exit %d, want 78", victim.ID, code)
 	}
 	// Without the marker it still refuses: it had applied its tombstone.
 	if err := os.Remove(filepath.Join(victim.DataDir, "removed")); err != nil {

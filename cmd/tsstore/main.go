@@ -48,6 +48,21 @@ var commands = map[string]command{
 // errUsage marks errors whose message already explains the usage problem.
 var errUsage = errors.New("usage")
 
+// exitPermanent is serve's exit status when restarting cannot help: the
+// data directory belongs to another cluster or node, or this node was
+// removed from the cluster (EX_CONFIG from sysexits.h). The systemd unit
+// lists it in RestartPreventExitStatus, so a removed node does not loop.
+const exitPermanent = 78
+
+// exitError carries a specific exit status.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -76,6 +91,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		if errors.Is(err, errUsage) {
 			return 2
+		}
+		var ee exitError
+		if errors.As(err, &ee) {
+			return ee.code
 		}
 		return 1
 	}

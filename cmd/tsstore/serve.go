@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -210,7 +211,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}
 	node, err := server.New(s.cfg)
 	if err != nil {
-		return err
+		return permanent(err)
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -231,7 +232,15 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		case ferr := <-node.Fatal():
 			sd.stopping("failed: " + ferr.Error())
 			node.Close()
-			return ferr
+			return permanent(ferr)
 		}
 	}
+}
+
+// permanent gives errors that a restart cannot mend their own exit status.
+func permanent(err error) error {
+	if errors.Is(err, server.ErrNodeRemoved) || errors.Is(err, server.ErrWrongCluster) {
+		return exitError{code: exitPermanent, err: err}
+	}
+	return err
 }

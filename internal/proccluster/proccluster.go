@@ -65,10 +65,11 @@ type Node struct {
 	c    *Cluster
 	args []string
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the current process has exited
-	log  *os.File
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	done     chan struct{} // closed when the current process has exited
+	log      *os.File
+	exitCode int // of the last process that exited; -1 if killed by a signal
 }
 
 // Build compiles ./cmd/tsstore of the module rooted at moduleDir into dir
@@ -271,10 +272,19 @@ func (n *Node) Start() error {
 		if n.cmd == cmd {
 			n.cmd = nil
 		}
+		n.exitCode = cmd.ProcessState.ExitCode()
 		n.mu.Unlock()
 		close(done)
 	}()
 	return nil
+}
+
+// ExitCode is the exit status of the node's last exited process (-1 when
+// a signal ended it, 0 before any exit).
+func (n *Node) ExitCode() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.exitCode
 }
 
 // Running reports whether the node's process is alive.
