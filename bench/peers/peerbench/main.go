@@ -99,6 +99,8 @@ func runCmd(args []string) error {
 		}
 		sys = s
 	case "etcd":
+		// A Txn must stay under the server's 1.5 MiB --max-request-bytes.
+		*txnOps = max(1, min(*txnOps, (1<<20)/(*size+100)))
 		s, err := newEtcd(ctx, *endpoints, *opTimeout, *txnOps)
 		if err != nil {
 			return err
