@@ -30,7 +30,7 @@ var commands = map[string]command{
 	"serve":   {"run one tsstore node", runServe},
 	"dev":     {"run a local three-node cluster and a demo trainer", runDev},
 	"append":  {"append events to the store", runAppend},
-	"bench":   {"measure load and replay throughput", runBench},
+	"bench":   {"benchmark appends, replay, failover and disk use (docs/benchmarks.md)", runBench},
 	"read":    {"replay events from an offset", runRead},
 	"members": {"list, add, promote and remove cluster members", runMembers},
 	"leader":  {"hand leadership to another voter (leader transfer)", runLeader},
