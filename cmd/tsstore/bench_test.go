@@ -1,10 +1,19 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/tsstore/tsstore/bench"
+	"github.com/tsstore/tsstore/internal/proccluster"
 )
 
 func TestBenchFlags(t *testing.T) {
@@ -61,5 +70,75 @@ func TestFailoverRecovery(t *testing.T) {
 	}
 	if countName(10000000) != "10M" || countName(100000) != "100k" || countName(1234) != "1234" {
 		t.Fatal("countName")
+	}
+}
+
+// TestBenchRunsEveryWorkload runs the real binary's bench with tiny sizes
+// against its own local cluster and checks the report: every workload id,
+// the fields each one promises, and the plots.
+func TestBenchRunsEveryWorkload(t *testing.T) {
+	dir := t.TempDir()
+	bin, err := proccluster.Build("../..", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "bench.json")
+	plots := filepath.Join(dir, "plots")
+	cmd := exec.Command(bin, "bench", "--local", filepath.Join(dir, "cluster"), "--duration", "1s",
+		"--producers", "4", "--events", "3000,6000", "--stream-events", "400", "--failovers", "1",
+		"--json", out, "--plots", plots)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("bench: %v\n%s\n%s", err, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bench.Result{}
+	for _, r := range rep.Results {
+		got[r.Workload] = r
+	}
+	for _, id := range []string{"a", "b", "c", "d-3k", "d-6k", "e", "e-scan", "f", "g"} {
+		r, ok := got[id]
+		if !ok {
+			t.Fatalf("no result %q in %s", id, b)
+		}
+		if id != "g" && (r.Events <= 0 || r.EventsPS <= 0) {
+			t.Errorf("%s: %d events at %.0f/s", id, r.Events, r.EventsPS)
+		}
+	}
+	for _, id := range []string{"a", "b", "c", "f"} {
+		if r := got[id]; r.P50ms == nil || r.P999ms == nil || *r.P50ms > *r.P999ms {
+			t.Errorf("%s: latency quantiles %v %v", id, r.P50ms, r.P999ms)
+		}
+	}
+	if f := got["f"]; f.FirstAckms == nil || *f.FirstAckms <= 0 {
+		t.Errorf("f: first_ack_ms %v", f.FirstAckms)
+	}
+	if g := got["g"]; g.SegmentBytesPerEvent == nil || *g.SegmentBytesPerEvent < 256 || g.RaftBytesPerEvent == nil || *g.RaftBytesPerEvent < 256 {
+		t.Errorf("g: %v %v bytes per event, want at least the 256-byte payload", g.SegmentBytesPerEvent, g.RaftBytesPerEvent)
+	}
+	if e := got["e"]; e.Events != got["e-scan"].Events || e.Events < 400 {
+		t.Errorf("e delivered %d events, e-scan %d; the stream holds at least 400", e.Events, got["e-scan"].Events)
+	}
+	if d := got["d-6k"]; d.Events != 6000 {
+		t.Errorf("d-6k replayed %d events", d.Events)
+	}
+	if rep.System != "tsstore" || rep.Machine.Cores < 1 || !strings.Contains(stdout.String(), "p99.9 ms") {
+		t.Errorf("report header %+v; table:\n%s", rep.Machine, stdout.String())
+	}
+	for _, p := range []string{"latency.png", "failover.png"} {
+		if b, err := os.ReadFile(filepath.Join(plots, p)); err != nil || !bytes.HasPrefix(b, []byte("\x89PNG")) {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cluster")); err != nil {
+		t.Errorf("--local dir: %v", err)
 	}
 }
