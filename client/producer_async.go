@@ -89,6 +89,12 @@ const maxAsyncInflight = 8
 // Err returns it. NextSeq then says where a new producer with the same id
 // must resume (ResumeAsyncProducer).
 //
+// A request that holds several streams is stored as one record batch
+// (the server keeps a request's events together), so a later replay of one
+// of those streams reads the others' events too. A trainer with one stream
+// per run is unaffected; one that interleaves Sends of many streams and
+// replays them one by one should use one AsyncProducer per stream.
+//
 // The events' byte slices must not be modified until their Pending is
 // done. AsyncProducer is safe for concurrent use.
 type AsyncProducer struct {
