@@ -190,16 +190,6 @@ only() {
 run_tsstore() {
 	local ts=$TSSTORE part wl parts=() i=0
 	if [[ -z $ts ]]; then return 1; fi
-	local help
-	help=$("$ts" bench --help 2>&1 || true)
-	if [[ $help != *-workloads* ]]; then
-		# Before the append workloads, bench only replays (d, e) and
-		# writes a bare array with --out; compare reads that too.
-		log "tsstore bench has no --workloads: replay workloads only"
-		"$ts" bench --local "$DIR/tsstore" --out "$OUT/tsstore.json" --events "$EVENTS" \
-			--stream-events "$STREAM_EVENTS" --size "$SIZE" | tee "$OUT/tsstore.txt" >&2
-		return
-	fi
 	if [[ ${TSSTORE_SPLIT:-1} == 1 ]]; then
 		parts=("$(only "$WORKLOADS" d,e,g)" "$(only "$WORKLOADS" a,b,c,f)")
 	else
@@ -212,7 +202,8 @@ run_tsstore() {
 		log "tsstore: bench --workloads $wl (its own three-node cluster under $DIR/tsstore)"
 		"$ts" bench --local "$DIR/tsstore" --json "$OUT/tsstore-$i.json" --workloads "$wl" \
 			--duration "$DURATION" --events "$EVENTS" --stream-events "$STREAM_EVENTS" --size "$SIZE" \
-			--producers "$PRODUCERS" --failovers "$FAILOVERS" 2>&1 | tee -a "$OUT/tsstore.txt" >&2
+			--producers "$PRODUCERS" --failovers "$FAILOVERS" --window "$WINDOW" \
+			--plots "$OUT/plots" 2>&1 | tee -a "$OUT/tsstore.txt" >&2
 		rm -rf "${DIR:?}/tsstore"
 		if [[ -f $OUT/tsstore-$i.json ]]; then files+=("$OUT/tsstore-$i.json"); fi
 	done
