@@ -101,7 +101,7 @@ func DefaultConfig() Config {
 		ClusterName:        "tsstore",
 		HeartbeatTimeout:   300 * time.Millisecond, // docs/benchmarks.md, failover: why 300 ms
 		ElectionTimeout:    300 * time.Millisecond,
-		LeaderLeaseTimeout: 150 * time.Millisecond,
+		LeaderLeaseTimeout: 300 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
 		SnapshotThreshold:  4096,
 		SnapshotInterval:   10 * time.Second,
