@@ -46,8 +46,8 @@ type memberJSON struct {
 	ID           string `json:"id"`
 	Suffrage     string `json:"suffrage"`
 	Leader       bool   `json:"leader"`
-	ApiAddress   string `json:"apiAddress"`
-	AppliedIndex string `json:"appliedIndex"`
+	ApiAddress   string `json:"api_address"`
+	AppliedIndex string `json:"applied_index"`
 	Lag          string `json:"lag"`
 	Error        string `json:"error"`
 }

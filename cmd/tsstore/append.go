@@ -52,7 +52,7 @@ func runAppend(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if cf.json {
-		return json.NewEncoder(stdout).Encode(res)
+		return json.NewEncoder(stdout).Encode(toAppendJSON(res))
 	}
 	fmt.Fprintf(stdout, "appended %d event(s) at offsets %d..%d (raft index %d)\n",
 		len(events), res.FirstOffset, res.LastOffset, res.RaftIndex)

@@ -135,8 +135,11 @@ func statusError(err error) error {
 	return err
 }
 
+// printJSON prints a response message as indented JSON with the .proto
+// field names (snake_case, like every other --json output of the CLI);
+// 64-bit integers are strings, as protojson writes them.
 func printJSON(w io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(m)
+	b, err := protojson.MarshalOptions{EmitUnpopulated: true, UseProtoNames: true}.Marshal(m)
 	if err != nil {
 		return err
 	}

@@ -64,7 +64,7 @@ func TestMembersCLI(t *testing.T) {
 	}
 	code, out, _ := tsstore("members", "--json")
 	var js struct {
-		LeaderID string `json:"leaderId"`
+		LeaderID string `json:"leader_id"`
 		Members  []struct {
 			ID       string `json:"id"`
 			Suffrage string `json:"suffrage"`

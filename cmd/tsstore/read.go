@@ -124,7 +124,7 @@ func runRead(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if cf.json {
-			enc.Encode(ev)
+			enc.Encode(toEventJSON(ev))
 		} else {
 			printEvent(stdout, ev)
 		}

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protojson"
 )
 
 func runStatus(args []string, stdout, stderr io.Writer) error {
@@ -28,15 +25,7 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if cf.json {
-		b, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(st)
-		if err != nil {
-			return err
-		}
-		var v any
-		json.Unmarshal(b, &v)
-		out, _ := json.MarshalIndent(v, "", "  ")
-		fmt.Fprintln(stdout, string(out))
-		return nil
+		return printJSON(stdout, st)
 	}
 	fmt.Fprintf(stdout, "node %s: %s, term %d, leader %s (%s)\n", st.NodeId, st.Role, st.Term, st.LeaderId, st.LeaderApiAddress)
 	fmt.Fprintf(stdout, "commit index %d, applied index %d, last snapshot %d\n", st.CommitIndex, st.AppliedIndex, st.LastSnapshotIndex)

@@ -34,7 +34,7 @@ func runStreams(args []string, stdout, stderr io.Writer) error {
 		}
 		n++
 		if cf.json {
-			enc.Encode(st)
+			enc.Encode(toStreamJSON(st))
 			continue
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", st.Name, st.Version, st.FirstOffset, st.LastOffset,

@@ -51,7 +51,7 @@ func runTail(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if cf.json {
-			enc.Encode(ev)
+			enc.Encode(toEventJSON(ev))
 		} else {
 			printEvent(stdout, ev)
 		}
