@@ -120,18 +120,26 @@ func DefaultConfig() Config {
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
+// validateIdentity checks what names a node's data directory; serve and
+// restore share it.
+func validateIdentity(nodeID, cluster, dataDir string) []error {
+	var errs []error
+	if !idPattern.MatchString(nodeID) {
+		errs = append(errs, fmt.Errorf("node id %q: want 1-64 of [A-Za-z0-9._-]", nodeID))
+	}
+	if !idPattern.MatchString(cluster) {
+		errs = append(errs, fmt.Errorf("cluster name %q: want 1-64 of [A-Za-z0-9._-]", cluster))
+	}
+	if dataDir == "" {
+		errs = append(errs, errors.New("data dir is required"))
+	}
+	return errs
+}
+
 // Validate checks the configuration.
 func (c Config) Validate() error {
 	var errs []error
-	if !idPattern.MatchString(c.NodeID) {
-		errs = append(errs, fmt.Errorf("node id %q: want 1-64 of [A-Za-z0-9._-]", c.NodeID))
-	}
-	if !idPattern.MatchString(c.ClusterName) {
-		errs = append(errs, fmt.Errorf("cluster name %q: want 1-64 of [A-Za-z0-9._-]", c.ClusterName))
-	}
-	if c.DataDir == "" {
-		errs = append(errs, errors.New("data dir is required"))
-	}
+	errs = append(errs, validateIdentity(c.NodeID, c.ClusterName, c.DataDir)...)
 	for name, a := range map[string]string{"raft address": c.RaftAddr, "api address": c.APIAddr} {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %v", name, a, err))

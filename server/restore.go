@@ -55,15 +55,7 @@ type RestoreConfig struct {
 // Validate checks the configuration; errors match ErrRestoreRefused.
 func (c RestoreConfig) Validate() error {
 	var errs []error
-	if !idPattern.MatchString(c.NodeID) {
-		errs = append(errs, fmt.Errorf("node id %q: want 1-64 of [A-Za-z0-9._-]", c.NodeID))
-	}
-	if !idPattern.MatchString(c.ClusterName) {
-		errs = append(errs, fmt.Errorf("cluster name %q: want 1-64 of [A-Za-z0-9._-]", c.ClusterName))
-	}
-	if c.DataDir == "" {
-		errs = append(errs, errors.New("data dir is required"))
-	}
+	errs = append(errs, validateIdentity(c.NodeID, c.ClusterName, c.DataDir)...)
 	if len(c.Peers) == 0 {
 		errs = append(errs, errors.New("peers are required: every voter of the new cluster as id=raft-host:port"))
 	}
@@ -264,7 +256,7 @@ func seedRaftTerm(dir string, term uint64) error {
 	if err := os.MkdirAll(filepath.Join(dir, "raft"), 0o750); err != nil {
 		return err
 	}
-	store, err := raftboltdb.NewBoltStore(filepath.Join(dir, "raft", "raft.db"))
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft", "raft.db"), BoltOptions: boltOptions()})
 	if err != nil {
 		return err
 	}
