@@ -61,13 +61,7 @@ type backupInfo struct {
 // the backup's next offset on, readable from every node.
 func TestBackupRestoreIntoNewCluster(t *testing.T) {
 	src := startCluster(t, "--segment-bytes", "262144", "--snapshot-threshold", "200", "--snapshot-interval", "300ms", "--trailing-logs", "50")
-	cfg := client.DefaultConfig()
-	cfg.Addrs = src.APIAddrs()
-	cl, err := client.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := newClient(t, src.APIAddrs())
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -186,12 +180,7 @@ func TestBackupRestoreIntoNewCluster(t *testing.T) {
 	}
 
 	// New appends continue from the cut, on every node.
-	cfg.Addrs = dst.APIAddrs()
-	cl2, err := client.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl2.Close()
+	cl2 := newClient(t, dst.APIAddrs())
 	prod := cl2.NewProducer("after-restore")
 	var evs []client.Event
 	for i := range 10 {
@@ -259,13 +248,7 @@ func copyDir(t *testing.T, src, dst string) {
 // segment (in a copy) is flipped.
 func TestVerifyNamesCorruptSegment(t *testing.T) {
 	c := startCluster(t, "--segment-bytes", "65536")
-	cfg := client.DefaultConfig()
-	cfg.Addrs = c.APIAddrs()
-	cl, err := client.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := newClient(t, c.APIAddrs())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	p := cl.NewProducer("verify")

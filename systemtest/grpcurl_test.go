@@ -48,21 +48,7 @@ func grpcurl(t *testing.T) string {
 // it leads.
 func startNode(t *testing.T, env ...string) *proccluster.Node {
 	t.Helper()
-	c, err := proccluster.New(proccluster.Options{Binary: binary(t), Dir: t.TempDir(), Nodes: 1, Env: env})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		if t.Failed() {
-			var b strings.Builder
-			c.TailLogs(&b, 40)
-			t.Log(b.String())
-		}
-	})
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
+	c := launch(t, proccluster.Options{Binary: binary(t), Dir: t.TempDir(), Nodes: 1, Env: env}, nil)
 	return c.Nodes[0]
 }
 

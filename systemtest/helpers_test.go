@@ -56,7 +56,17 @@ func binary(t *testing.T) string {
 // leader. Node logs are printed if the test fails.
 func startCluster(t *testing.T, extra ...string) *proccluster.Cluster {
 	t.Helper()
-	c, err := proccluster.New(proccluster.Options{Binary: binary(t), Dir: t.TempDir(), ExtraArgs: extra})
+	c := launch(t, proccluster.Options{Binary: binary(t), Dir: t.TempDir(), ExtraArgs: extra}, nil)
+	waitLeader(t, c)
+	return c
+}
+
+// launch creates the cluster opts describes, lets configure adjust its
+// nodes (per-node flags), and starts it; it stops the nodes when the test
+// ends and prints their logs' tails if the test failed.
+func launch(t *testing.T, opts proccluster.Options, configure func(*proccluster.Cluster)) *proccluster.Cluster {
+	t.Helper()
+	c, err := proccluster.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,10 +78,12 @@ func startCluster(t *testing.T, extra ...string) *proccluster.Cluster {
 			t.Log(b.String())
 		}
 	})
+	if configure != nil {
+		configure(c)
+	}
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitLeader(t, c)
 	return c
 }
 

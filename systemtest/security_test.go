@@ -52,33 +52,20 @@ func TestSecurityClusterFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := proccluster.New(proccluster.Options{
+	c := launch(t, proccluster.Options{
 		Binary: binary(t), Dir: filepath.Join(dir, "cluster"),
 		ExtraArgs: []string{"--peer-tls-ca", ca.CertFile, "--auth-tokens-file", tokens},
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(caTLS)),
 			grpc.WithPerRPCCredentials(tokenCreds(sysReadToken))},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range c.Nodes {
-		// One certificate per node: the peer name (the cluster name,
-		// "tsstore") for the other nodes, loopback for clients.
-		cert := ca.Issue(t, n.ID, testpki.Leaf{DNSNames: []string{"tsstore"}}.Loopback())
-		n.AddArgs("--tls-cert", cert.CertFile, "--tls-key", cert.KeyFile,
-			"--peer-tls-cert", cert.CertFile, "--peer-tls-key", cert.KeyFile)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		if t.Failed() {
-			var b strings.Builder
-			c.TailLogs(&b, 40)
-			t.Log(b.String())
+	}, func(c *proccluster.Cluster) {
+		for _, n := range c.Nodes {
+			// One certificate per node: the peer name (the cluster name,
+			// "tsstore") for the other nodes, loopback for clients.
+			cert := ca.Issue(t, n.ID, testpki.Leaf{DNSNames: []string{"tsstore"}}.Loopback())
+			n.AddArgs("--tls-cert", cert.CertFile, "--tls-key", cert.KeyFile,
+				"--peer-tls-cert", cert.CertFile, "--peer-tls-key", cert.KeyFile)
 		}
 	})
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
 	leader := waitLeader(t, c)
 
 	connect := func(token string) *client.Client {

@@ -24,13 +24,7 @@ func TestLaggingFollowerCatchesUpViaInstallSnapshot(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg := client.DefaultConfig()
-	cfg.Addrs = c.APIAddrs()
-	cl, err := client.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := newClient(t, c.APIAddrs())
 	p := cl.NewProducer("catch-up")
 	appendN := func(n int) uint64 {
 		var last uint64
