@@ -3,19 +3,16 @@ package systemtest
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/internal/proccluster"
 )
 
@@ -95,75 +92,8 @@ func TestMembershipUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	const producers = 3
-	var (
-		mu   sync.Mutex
-		acks []ack
-		wg   sync.WaitGroup
-		stop = make(chan struct{})
-		errs = make(chan error, producers)
-	)
-	for p := range producers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cfg := client.DefaultConfig()
-			cfg.Addrs = c.APIAddrs()
-			cl, err := client.New(cfg)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer cl.Close()
-			prod := cl.NewProducer(fmt.Sprintf("member-producer-%d", p))
-			for i := 0; ; i += 5 {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				evs := make([]client.Event, 5)
-				for j := range evs {
-					evs[j] = client.Event{Stream: fmt.Sprintf("run/m%d", p), Type: "BatchCompleted", Payload: fmt.Appendf(nil, "m%d-%d", p, i+j)}
-				}
-				var res client.AppendResult
-				for {
-					res, err = prod.Append(ctx, evs...)
-					if err == nil || ctx.Err() != nil {
-						break
-					}
-					t.Logf("producer %d: append failed, retrying the same events: %v", p, err)
-				}
-				if err != nil {
-					errs <- fmt.Errorf("producer %d: %w", p, err)
-					return
-				}
-				mu.Lock()
-				for j := range evs {
-					acks = append(acks, ack{res.FirstOffset + uint64(j), string(evs[j].Payload)})
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	acked := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(acks)
-	}
-	waitAcked := func(n int) {
-		t.Helper()
-		for acked() < n {
-			select {
-			case err := <-errs:
-				t.Fatal(err)
-			case <-ctx.Done():
-				t.Fatal("producers stalled")
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}
-	waitAcked(2000)
+	l := startLoad(t, ctx, c.APIAddrs(), "m", 3, 0, 5)
+	l.waitAcked(2000)
 
 	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	// A fourth node joins as a non-voter, catches up and is promoted.
@@ -198,7 +128,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 	if err == nil || !strings.Contains(out, "FailedPrecondition") || !strings.Contains(out, "unreachable") || took > 10*time.Second {
 		t.Fatalf("transfer to frozen %s: %v after %v: %q", frozen.ID, err, took, out)
 	}
-	waitAcked(acked() + 1000)
+	l.waitAcked(l.acked() + 1000)
 
 	// Remove a follower other than n4: it applies its tombstone and exits.
 	leader := waitLeader(t, c)
@@ -243,7 +173,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(victim.DataDir, "removed")); err != nil {
 		t.Fatalf("%s did not write its marker again: %v", victim.ID, err)
 	}
-	waitAcked(acked() + 1000)
+	l.waitAcked(l.acked() + 1000)
 
 	// Remove the leader itself: it hands leadership over first.
 	var remaining []*proccluster.Node
@@ -267,7 +197,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 			live = append(live, n)
 		}
 	}
-	waitAcked(acked() + 1000)
+	l.waitAcked(l.acked() + 1000)
 
 	// Leadership moves to the new node; a dead node is refused at once.
 	mustCLI(t, live, "leader is now n4", "leader", "transfer", "--to", "n4")
@@ -297,7 +227,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 	})
 	mustCLI(t, live, "promoted "+victim.ID, "members", "promote", victim.ID)
 	live = append(live, victim)
-	waitAcked(acked() + 1000)
+	l.waitAcked(l.acked() + 1000)
 
 	// A node removed while it is down never hears of it from Raft. Started
 	// again on its old data, it asks a peer to register, is refused by the
@@ -325,73 +255,9 @@ func TestMembershipUnderLoad(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(down.DataDir, "removed")); err != nil {
 		t.Fatalf("refused %s did not write its marker: %v", down.ID, err)
 	}
-	waitAcked(acked() + 1000)
+	l.waitAcked(l.acked() + 1000)
 	mustCLI(t, live, "commit index", "members")
 
-	close(stop)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	acks := l.finish()
 	checkReplicas(t, live, acks)
-}
-
-// checkReplicas: every acknowledged event is present exactly once at its
-// offset, offsets are contiguous from 0, nothing unacknowledged is in the
-// log, and the nodes' logs are identical byte for byte.
-func checkReplicas(t *testing.T, nodes []*proccluster.Node, acks []ack) {
-	t.Helper()
-	var maxOff uint64
-	for _, a := range acks {
-		maxOff = max(maxOff, a.offset)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	for _, n := range nodes {
-		for {
-			st, err := n.Status(ctx)
-			if err == nil && st.NextOffset >= maxOff+1 {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				t.Fatalf("node %s did not reach offset %d: %v %v", n.ID, maxOff+1, st, err)
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}
-	var logs []rawLog
-	for _, n := range nodes {
-		logs = append(logs, readRaw(t, n.APIAddr, maxOff+1))
-	}
-	for i, l := range logs {
-		if l.hash != logs[0].hash {
-			t.Fatalf("replica %s log hash %s differs from %s's %s", nodes[i].ID, l.hash, nodes[0].ID, logs[0].hash)
-		}
-	}
-	recs := logs[0].records
-	seen := map[string]int{}
-	for i, r := range recs {
-		if r.Offset != uint64(i) {
-			t.Fatalf("record %d has offset %d: offsets not contiguous from 0", i, r.Offset)
-		}
-		seen[string(r.Payload)]++
-	}
-	for _, a := range acks {
-		if a.offset >= uint64(len(recs)) || string(recs[a.offset].Payload) != a.payload {
-			t.Fatalf("acknowledged %q at offset %d is not there", a.payload, a.offset)
-		}
-		if seen[a.payload] != 1 {
-			t.Fatalf("acknowledged %q appears %d times", a.payload, seen[a.payload])
-		}
-	}
-	if len(recs) != len(acks) {
-		t.Fatalf("log holds %d events, %d acknowledged: unacknowledged writes present", len(recs), len(acks))
-	}
-	var ids []string
-	for _, n := range nodes {
-		ids = append(ids, n.ID)
-	}
-	t.Logf("%d events, identical replicas on %v (sha256 %s)", len(recs), ids, logs[0].hash[:16])
 }
