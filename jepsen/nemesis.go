@@ -24,7 +24,7 @@ type PlannedFault struct {
 }
 
 // planFaults draws the schedule for [from, to): a fault, a quiet pause, a
-// fault, ... Every fault ends before to.
+// fault, ... Every fault, with the scenario's Overhead, ends before to.
 func planFaults(rng *rand.Rand, s Scenario, from, to time.Duration) []PlannedFault {
 	between := func(r [2]time.Duration) time.Duration {
 		return r[0] + time.Duration(rng.Int64N(int64(r[1]-r[0])+1))
@@ -32,11 +32,11 @@ func planFaults(rng *rand.Rand, s Scenario, from, to time.Duration) []PlannedFau
 	var plan []PlannedFault
 	for t := from; ; {
 		p := PlannedFault{At: t, Kind: s.Faults[rng.IntN(len(s.Faults))], Duration: between(s.Active)}
-		if t+p.Duration > to {
+		if t+p.Duration+s.Overhead > to {
 			return plan
 		}
 		plan = append(plan, p)
-		t += p.Duration + between(s.Quiet)
+		t += p.Duration + s.Overhead + between(s.Quiet)
 	}
 }
 
@@ -46,6 +46,9 @@ type nemesis struct {
 	rec  *recorder
 	rng  *rand.Rand
 	logf func(format string, args ...any)
+	// failures are violations the nemesis saw itself, outside the
+	// history (a removed node that kept running); they fail the run.
+	failures []string
 }
 
 // run follows the plan, then heals everything. It returns early (healed)
@@ -132,6 +135,8 @@ func (n *nemesis) inject(ctx context.Context, p PlannedFault, f *Fault) {
 		sleepCtx(ctx, p.Duration)
 	case "corrupt":
 		n.corrupt(ctx, p.Duration, f)
+	case "remove":
+		n.membership(ctx, p, f)
 	case "wipe":
 		t := n.pick(ctx, "follower")
 		f.Target = t.ID

@@ -52,6 +52,17 @@ func (n *Network) DialOverride(from string) string {
 	return strings.Join(parts, ",")
 }
 
+// Open counts the connections the proxy from -> to carries now.
+func (n *Network) Open(from, to string) int {
+	l := n.links[[2]string{from, to}]
+	if l == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.mu.conns)
+}
+
 // Close stops every proxy.
 func (n *Network) Close() {
 	for _, l := range n.links {

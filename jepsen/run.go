@@ -3,6 +3,7 @@ package jepsen
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -144,6 +145,9 @@ func execute(ctx context.Context, cfg Config, c *cluster, rec *recorder, seed ui
 	w.wait()
 	nem.healAll()
 	reps, err := finalPhase(ctx, c, rec, w.runID)
+	if len(nem.failures) > 0 {
+		err = errors.Join(err, fmt.Errorf("nemesis: %s", strings.Join(nem.failures, "; ")))
+	}
 	return rec.snapshot(), reps, err
 }
 

@@ -21,6 +21,10 @@ type Scenario struct {
 	FaultFS bool
 	// ServeArgs are added to every `tsstore serve`.
 	ServeArgs []string
+	// Overhead is how much longer than its drawn duration a fault takes
+	// (membership changes: removal, restart, catch-up, promotion); the
+	// planner leaves room for it.
+	Overhead time.Duration
 }
 
 // snapshotArgs make snapshots frequent and the Raft log short, so a
@@ -54,6 +58,10 @@ var Scenarios = []Scenario{
 	{Name: "transfer", Doc: "leadership transfers (to a named node or any), mixed with leader kills and pauses",
 		Faults: []string{"transfer", "transfer", "transfer-any", "kill-leader", "pause-leader"},
 		Active: [2]time.Duration{time.Second, 3 * time.Second}, Quiet: [2]time.Duration{500 * time.Millisecond, 2 * time.Second}},
+	{Name: "membership", Doc: "remove a follower or the leader (exit 78, again on its old data), wipe it, add it back as a non-voter, promote it; leader kills",
+		Faults: []string{"remove-follower", "remove-leader", "remove-kill", "kill-leader"},
+		Active: [2]time.Duration{time.Second, 3 * time.Second}, Quiet: [2]time.Duration{500 * time.Millisecond, 1500 * time.Millisecond},
+		Overhead: 2 * time.Second},
 }
 
 // FindScenarios resolves a comma-separated list of names, or "all".
