@@ -49,6 +49,9 @@ type nemesis struct {
 	// failures are violations the nemesis saw itself, outside the
 	// history (a removed node that kept running); they fail the run.
 	failures []string
+	// workarounds note where the nemesis worked around a known server
+	// limitation (see staleHeartbeats).
+	workarounds []string
 }
 
 // run follows the plan, then heals everything. It returns early (healed)
