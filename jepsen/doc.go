@@ -11,9 +11,9 @@
 // completion time and outcome (ok, fail, or unknown when it may or may not
 // have taken effect). Meanwhile a nemesis follows a fault schedule drawn
 // from the seed: process faults by PID (SIGKILL, SIGTERM, SIGSTOP/SIGCONT,
-// restart, wipe-and-rejoin), network faults on the proxies (isolate the
-// leader or a follower, bridge, one-way loss, flapping, slow or stalled
-// links), disk faults (a faultfs build that loses unsynced segment writes
+// restart, wipe-and-rejoin), membership changes (remove a node, add it
+// back), network faults on the proxies (isolate the leader or a follower,
+// bridge, one-way loss, flapping, slow or stalled links), disk faults (a faultfs build that loses unsynced segment writes
 // on a kill; bit flips and truncations of segment files), leadership
 // transfers and snapshot installs. Then everything is healed, the cluster
 // must accept an append again, all nodes must converge on one log end,
@@ -22,8 +22,11 @@
 //
 // Partitions cut Raft traffic only: clients reach every node directly, and
 // nodes' API-to-API calls (append forwarding, ReadIndex) are not proxied.
-// Membership changes are not exercised: the CLI cannot change membership
-// yet.
+// Membership changes go through the Cluster service (RemoveMember,
+// AddMember, PromoteMember): a removed node must exit with status 78, and
+// again when restarted on its old data; it rejoins only wiped, without
+// bootstrap peers, under its old id and raft address, so the proxies keep
+// carrying its links and the final checks cover it like any replica.
 //
 // # Workload
 //
