@@ -49,8 +49,9 @@ type nemesis struct {
 	// failures are violations the nemesis saw itself, outside the
 	// history (a removed node that kept running); they fail the run.
 	failures []string
-	// workarounds note where the nemesis worked around a known server
-	// limitation (see staleHeartbeats).
+	// workarounds note where the nemesis moved leadership to get a
+	// removal accepted that a healthy cluster refused (see
+	// staleHeartbeats).
 	workarounds []string
 }
 
