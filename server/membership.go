@@ -55,7 +55,7 @@ func (n *Node) watchHeartbeats() {
 	ch := make(chan raft.Observation, 256)
 	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
-		case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation, raft.LeaderObservation:
+		case raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation, raft.LeaderObservation, raft.PeerObservation:
 			return true
 		}
 		return false
@@ -76,6 +76,13 @@ func (n *Node) watchHeartbeats() {
 				delete(n.hb.failing, d.PeerID)
 			case raft.LeaderObservation:
 				clear(n.hb.failing) // a new term starts new heartbeats
+			case raft.PeerObservation:
+				// Replication to the peer started or stopped. A peer
+				// removed while its heartbeats failed never gets a
+				// Resumed observation (the failure count belongs to the
+				// stopped goroutine), so without this a re-added id would
+				// stay "unreachable" for the rest of the term.
+				delete(n.hb.failing, d.Peer.ID)
 			}
 			n.hb.mu.Unlock()
 		case <-n.shutdown:

@@ -221,6 +221,15 @@ func TestMembershipAddPromoteRemoveRejoin(t *testing.T) {
 	if again.Incarnation() == victimInc {
 		t.Fatal("wiped data directory kept its incarnation")
 	}
+	// The leader's heartbeats to the old incarnation may have failed before
+	// it was removed; replication to the re-added id is new and must not
+	// inherit that (it would count as unreachable for the rest of the term).
+	leader.hb.mu.Lock()
+	if leader.hb.failing == nil {
+		leader.hb.failing = map[raft.ServerID]time.Time{}
+	}
+	leader.hb.failing[raft.ServerID(cfgAgain.NodeID)] = time.Now().Add(-time.Minute)
+	leader.hb.mu.Unlock()
 	if _, err := fc.AddMember(ctxT(t), &pb.AddMemberRequest{NodeId: cfgAgain.NodeID, RaftAddress: cfgAgain.RaftAddr}); err != nil {
 		t.Fatal(err)
 	}
@@ -233,6 +242,10 @@ func TestMembershipAddPromoteRemoveRejoin(t *testing.T) {
 		t.Fatalf("re-added node stopped: %v (it applied the old incarnation's tombstone)", err)
 	default:
 	}
+	waitFor(t, "the leader to stop counting the re-added node unreachable", func() bool {
+		_, failing := leader.heartbeatFailing(raft.ServerID(cfgAgain.NodeID))
+		return !failing
+	})
 	if _, err := fc.PromoteMember(ctxT(t), &pb.PromoteMemberRequest{NodeId: cfgAgain.NodeID}); err != nil {
 		t.Fatal(err)
 	}
