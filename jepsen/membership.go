@@ -124,7 +124,7 @@ func (n *nemesis) removeMember(ctx context.Context, cl *client.Client, t *proccl
 			return "", err
 		case status.Code(err) == codes.FailedPrecondition && strings.Contains(err.Error(), "reachable"):
 			if why, members, ok := n.staleHeartbeats(ctx, cl); ok {
-				note = append(note, fmt.Sprintf("refused (%s) although %s; %s", status.Convert(err).Message(), why, n.transferAway(ctx, cl, members)))
+				note = append(note, fmt.Sprintf("refused (%s) although %s; %s", status.Convert(err).Message(), why, n.transferAway(ctx, cl, members, t.ID)))
 			}
 		}
 		last = err
@@ -316,12 +316,22 @@ func (n *nemesis) staleHeartbeats(ctx context.Context, cl *client.Client) (strin
 // transferAway tries to hand leadership to each other voter in turn,
 // noting each answer (a refusal says why the leader does not count on
 // that voter), until one transfer succeeds: the new leader starts afresh.
-func (n *nemesis) transferAway(ctx context.Context, cl *client.Client, members *pb.MembersResponse) string {
+// The voter being removed is tried last, so the answers show which of
+// the voters that stay the leader does not count on.
+func (n *nemesis) transferAway(ctx context.Context, cl *client.Client, members *pb.MembersResponse, removing string) string {
 	var out []string
+	var cands []*pb.Member
 	for _, m := range members.Members {
-		if m.Suffrage != "voter" || m.Id == members.LeaderId {
-			continue
+		if m.Suffrage == "voter" && m.Id != members.LeaderId && m.Id != removing {
+			cands = append(cands, m)
 		}
+	}
+	for _, m := range members.Members {
+		if m.Suffrage == "voter" && m.Id != members.LeaderId && m.Id == removing {
+			cands = append(cands, m)
+		}
+	}
+	for _, m := range cands {
 		var resp *pb.TransferLeadershipResponse
 		err := cl.Cluster(ctx, func(ctx context.Context, c pb.ClusterClient) (err error) {
 			resp, err = c.TransferLeadership(ctx, &pb.TransferLeadershipRequest{ToNodeId: m.Id})
