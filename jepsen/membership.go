@@ -290,10 +290,10 @@ func (n *nemesis) member(ctx context.Context, cl *client.Client, id string) (*pb
 
 // staleHeartbeats tells whether a removal refused for lack of reachable
 // voters was refused although every member answers, is caught up and is
-// in contact with the leader. Seen once (seed 4, before this check
-// existed): RemoveMember was refused for 35 s in a healthy cluster, just
-// after a removed node had been added back under its id. The cause is not
-// established; a leader change ends it.
+// in contact with the leader. Before server commit 3169b63 that happened
+// after a node was removed and added back under its id: the leader kept
+// counting it unreachable (a stale heartbeat-failure record) until
+// leadership changed. A fallback now, and a sign of a regression.
 func (n *nemesis) staleHeartbeats(ctx context.Context, cl *client.Client) (string, *pb.MembersResponse, bool) {
 	var resp *pb.MembersResponse
 	err := cl.Cluster(ctx, func(ctx context.Context, c pb.ClusterClient) (err error) {
