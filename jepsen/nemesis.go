@@ -49,10 +49,6 @@ type nemesis struct {
 	// failures are violations the nemesis saw itself, outside the
 	// history (a removed node that kept running); they fail the run.
 	failures []string
-	// workarounds note where the nemesis moved leadership to get a
-	// removal accepted that a healthy cluster refused (see
-	// staleHeartbeats).
-	workarounds []string
 }
 
 // run follows the plan, then heals everything. It returns early (healed)

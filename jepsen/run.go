@@ -140,9 +140,6 @@ func execute(ctx context.Context, cfg Config, c *cluster, rec *recorder, seed ui
 	nctx, stopNemesis := context.WithTimeout(ctx, to+10*time.Second)
 	nem.run(nctx, res.Schedule)
 	stopNemesis()
-	for _, w := range nem.workarounds {
-		logf("  nemesis worked around: %s", w)
-	}
 	sleepCtx(ctx, cfg.Duration-rec.now())
 	stopWorkload()
 	w.wait()
