@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -154,5 +155,23 @@ func TestFromStatusReadReasons(t *testing.T) {
 	var sg *StreamGapError
 	if !errors.Is(gap, ErrGap) || !errors.As(gap, &sg) || sg.ToVersion != 5 {
 		t.Fatalf("stream gap: %v", gap)
+	}
+}
+
+func TestMayHaveCommitted(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{context.DeadlineExceeded, true},
+		{ErrClosed, true},
+		{status.Error(codes.Unavailable, "leader lost"), true},
+		{status.Error(codes.FailedPrecondition, "wrong expected version"), false},
+		{status.Error(codes.PermissionDenied, "read token"), false},
+		{status.Error(codes.InvalidArgument, "too large"), false},
+	} {
+		if got := MayHaveCommitted(c.err); got != c.want {
+			t.Errorf("MayHaveCommitted(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }

@@ -232,7 +232,7 @@ func (p *Producer) finishLocked(req *tsstorev1.AppendRequest, resp *tsstorev1.Ap
 		// An earlier attempt committed and has since left the dedup window.
 		p.mu.next = req.GetProducerSeq() + n
 		p.mu.inDoubt = nil
-	case attempts == 0 || !ambiguous(err):
+	case attempts == 0 || !MayHaveCommitted(err):
 		// Never sent, or a definite answer: nothing was written. A
 		// definite answer to a retry also settles earlier attempts, since
 		// the server checks duplicates first.
@@ -245,8 +245,12 @@ func (p *Producer) finishLocked(req *tsstorev1.AppendRequest, resp *tsstorev1.Ap
 	return AppendResult{}, err
 }
 
-// ambiguous reports whether a failed append may have committed.
-func ambiguous(err error) bool {
+// MayHaveCommitted reports whether a failed append may still have been
+// committed: only definite rejections (invalid, precondition, auth,
+// too large, ...) are known not to have been; a timeout, a cancelled
+// context or a lost connection leave the outcome unknown. Retrying the
+// same Producer call is the safe way to learn it.
+func MayHaveCommitted(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrClosed) {
 		return true
 	}

@@ -174,7 +174,7 @@ func (l *asyncLoop) handle(r flightResult) {
 		l.count(func(s *AsyncStats) { s.Gaps++ })
 	case errors.Is(err, ErrClosed):
 		l.fatal(f, err)
-	case r.attempts > 0 && !ambiguous(err):
+	case r.attempts > 0 && !MayHaveCommitted(err):
 		l.fatal(f, fmt.Errorf("client: async producer %s: append at seq %d rejected: %w", l.a.p.id, f.req.GetProducerSeq(), err))
 	case time.Since(f.first) > l.a.opts.DeliveryTimeout:
 		l.fatal(f, fmt.Errorf("client: async producer %s: append at seq %d still in doubt after %v: %w",

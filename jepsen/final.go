@@ -70,7 +70,7 @@ func appendMarker(ctx context.Context, c *cluster, rec *recorder, runID string) 
 			rec.append(op)
 			return res.FirstOffset, nil
 		}
-		if !ambiguous(err) || time.Now().After(deadline) || ctx.Err() != nil {
+		if !client.MayHaveCommitted(err) || time.Now().After(deadline) || ctx.Err() != nil {
 			op.Outcome, op.Err, op.Complete = Unknown, err.Error(), rec.now()
 			rec.append(op)
 			return 0, fmt.Errorf("final phase: the healed cluster did not accept an append: %w", err)

@@ -89,21 +89,6 @@ func (w *workload) noteAck(last uint64) {
 	}
 }
 
-// ambiguous reports whether a failed append may have committed (the SDK's
-// own rule: only definite rejections are known not to have).
-func ambiguous(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, client.ErrClosed) {
-		return true
-	}
-	switch status.Code(err) {
-	case codes.InvalidArgument, codes.FailedPrecondition, codes.OutOfRange, codes.AlreadyExists,
-		codes.NotFound, codes.PermissionDenied, codes.Unauthenticated, codes.Unimplemented,
-		codes.ResourceExhausted:
-		return false
-	}
-	return true
-}
-
 func events(values []string) []client.Event {
 	evs := make([]client.Event, len(values))
 	for i, v := range values {
@@ -158,7 +143,7 @@ func (w *workload) idempotentAppender(ctx, stop context.Context, i int) {
 				break
 			}
 			op.Err = err.Error()
-			if !ambiguous(err) {
+			if !client.MayHaveCommitted(err) {
 				op.Outcome = Fail
 				break
 			}
@@ -286,7 +271,7 @@ func (w *workload) rawAppender(ctx, stop context.Context, i int) {
 			}
 			op.Err = err.Error()
 			node++ // try another node next
-			if !ambiguous(err) {
+			if !client.MayHaveCommitted(err) {
 				op.Outcome = Fail
 				break
 			}
