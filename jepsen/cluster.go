@@ -58,15 +58,6 @@ func (c *cluster) close() {
 
 func (c *cluster) apiAddrs() []string { return c.pc.APIAddrs() }
 
-func (c *cluster) node(id string) *proccluster.Node {
-	for _, n := range c.nodes {
-		if n.ID == id {
-			return n
-		}
-	}
-	return nil
-}
-
 // nodeStatus asks one node, bounded by a short timeout.
 func nodeStatus(ctx context.Context, n *proccluster.Node) (*pb.StatusResponse, error) {
 	if !n.Running() {

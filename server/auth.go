@@ -224,23 +224,12 @@ type authenticator struct {
 	logger   *slog.Logger
 }
 
-// callerKey carries the caller's name (a token's name, or "node") in a
-// handler's context.
-type callerKey struct{}
-
-// callerFrom returns who made the call: a token's name, "node", or "" when
-// authentication is off.
-func callerFrom(ctx context.Context) string {
-	s, _ := ctx.Value(callerKey{}).(string)
-	return s
-}
-
 // interceptors returns the auth interceptors for the server's chain.
 func (a *authenticator) interceptors() (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
 	return auth.UnaryServerInterceptor(a.authorize), auth.StreamServerInterceptor(a.authorize)
 }
 
-// authorize is the auth.AuthFunc: it names the caller or refuses the call.
+// authorize is the auth.AuthFunc: it lets the call through or refuses it.
 func (a *authenticator) authorize(ctx context.Context) (context.Context, error) {
 	method, _ := grpc.Method(ctx)
 	if strings.HasPrefix(method, healthPrefix) {
@@ -251,7 +240,7 @@ func (a *authenticator) authorize(ctx context.Context) (context.Context, error) 
 		need = roleAdmin
 	}
 	if a.fromNode(ctx) {
-		return context.WithValue(ctx, callerKey{}, "node"), nil
+		return ctx, nil
 	}
 	if need == roleNode {
 		return nil, a.refuse(ctx, codes.PermissionDenied, method, "",
@@ -270,7 +259,7 @@ func (a *authenticator) authorize(ctx context.Context) (context.Context, error) 
 		return nil, a.refuse(ctx, codes.PermissionDenied, method, e.name,
 			fmt.Sprintf("token %q has role %s; %s needs role %s or higher", e.name, e.role, method, need))
 	}
-	return context.WithValue(ctx, callerKey{}, e.name), nil
+	return ctx, nil
 }
 
 func (a *authenticator) refuse(ctx context.Context, code codes.Code, method, name, msg string) error {

@@ -274,14 +274,3 @@ func TestSlowSubscriberIsTold(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
-func seedBatch(t *testing.T, c pb.EventStoreClient, n int) {
-	t.Helper()
-	var evs []*pb.Event
-	for i := range n {
-		evs = append(evs, ev("s", fmt.Sprint(i)))
-	}
-	if _, err := c.Append(ctxT(t), &pb.AppendRequest{Events: evs}); err != nil {
-		t.Fatal(err)
-	}
-}

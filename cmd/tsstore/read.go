@@ -20,7 +20,6 @@ type selectFlags struct {
 	version uint64
 	prefix  string
 	types   multiFlag
-	set     map[string]bool
 	fs      *flag.FlagSet
 }
 
