@@ -142,3 +142,23 @@ func decode(data []byte, v any) error {
 	}
 	return nil
 }
+
+// CheckCommand decodes a command entry as Apply would, without applying
+// it: `tsstore verify` runs it over every entry of the Raft log.
+func CheckCommand(data []byte) error {
+	if len(data) == 0 {
+		return fmt.Errorf("%w: empty entry", ErrUnknownCommand)
+	}
+	switch CommandType(data[0]) {
+	case CmdAppend:
+		var cmd AppendCommand
+		return decodeAppend(data, &cmd)
+	case CmdRegisterNode:
+		var cmd RegisterNodeCommand
+		return decode(data, &cmd)
+	case CmdRemoveNode:
+		var cmd RemoveNodeCommand
+		return decode(data, &cmd)
+	}
+	return fmt.Errorf("%w: type %d", ErrUnknownCommand, data[0])
+}

@@ -8,9 +8,11 @@ import (
 
 // await waits for a raft future, the node's shutdown, or ctx (nil: none).
 //
-// raft v1.7.3 does not answer every future when it shuts down: committed
+// raft v1.7.2 does not answer every future when it shuts down: committed
 // entries queued for its FSM goroutine, barriers and applies among them,
-// are dropped with their futures unanswered. So nothing in the node blocks
+// are dropped with their futures unanswered (runFSM returns on shutdownCh
+// without draining fsmMutateCh; re-checked when pinning v1.7.2, and v1.7.3
+// is the same). So nothing in the node blocks
 // on a future unconditionally. The goroutine below outlives the call only
 // for such an orphaned future, and only after shutdown.
 func (n *Node) await(ctx context.Context, f raft.Future) error {

@@ -58,6 +58,16 @@ type Config struct {
 	TrailingLogs uint64
 	// SnapshotRetain is how many snapshots are kept on disk.
 	SnapshotRetain int
+	// SnapshotThresholdBytes takes a snapshot once the Raft log holds this
+	// many bytes more than TrailingBytes, in bytes (logbound.go): entries
+	// can be megabytes, so a count alone does not bound the log.
+	SnapshotThresholdBytes int64
+	// TrailingBytes bounds, in bytes, the entries kept after a snapshot
+	// (TrailingLogs bounds their count; the smaller wins).
+	TrailingBytes int64
+	// LogCacheBytes bounds, in bytes, the cache of recent Raft entries that
+	// the leader replicates from (logstore.go).
+	LogCacheBytes int64
 
 	// MaxEventBytes bounds one event's payload plus metadata, in bytes.
 	MaxEventBytes int
@@ -98,23 +108,26 @@ type Config struct {
 // APIAddr must still be set.
 func DefaultConfig() Config {
 	return Config{
-		ClusterName:        "tsstore",
-		HeartbeatTimeout:   300 * time.Millisecond, // docs/benchmarks.md, failover: why 300 ms
-		ElectionTimeout:    300 * time.Millisecond,
-		LeaderLeaseTimeout: 300 * time.Millisecond,
-		CommitTimeout:      5 * time.Millisecond,
-		SnapshotThreshold:  4096,
-		SnapshotInterval:   10 * time.Second,
-		TrailingLogs:       4096,
-		SnapshotRetain:     2,
-		MaxEventBytes:      1 << 20,
-		MaxRequestBytes:    16 << 20,
-		MaxEntryBytes:      4 << 20,
-		MaxEntryRequests:   4096,
-		MaxInflightEntries: 64,
-		ReadMessageBytes:   1 << 20,
-		MaxSubscriberLag:   1 << 20,
-		Segment:            segment.DefaultOptions(),
+		ClusterName:            "tsstore",
+		HeartbeatTimeout:       300 * time.Millisecond, // docs/benchmarks.md, failover: why 300 ms
+		ElectionTimeout:        300 * time.Millisecond,
+		LeaderLeaseTimeout:     300 * time.Millisecond,
+		CommitTimeout:          5 * time.Millisecond,
+		SnapshotThreshold:      4096,
+		SnapshotInterval:       10 * time.Second,
+		TrailingLogs:           4096,
+		SnapshotRetain:         2,
+		SnapshotThresholdBytes: 64 << 20,
+		TrailingBytes:          64 << 20,
+		LogCacheBytes:          16 << 20,
+		MaxEventBytes:          1 << 20,
+		MaxRequestBytes:        16 << 20,
+		MaxEntryBytes:          4 << 20,
+		MaxEntryRequests:       4096,
+		MaxInflightEntries:     64,
+		ReadMessageBytes:       1 << 20,
+		MaxSubscriberLag:       1 << 20,
+		Segment:                segment.DefaultOptions(),
 	}
 }
 
@@ -174,6 +187,9 @@ func (c Config) Validate() error {
 	}
 	if c.SnapshotThreshold == 0 || c.SnapshotInterval <= 0 || c.SnapshotRetain < 1 {
 		errs = append(errs, errors.New("snapshot threshold, interval and retain must be positive"))
+	}
+	if c.SnapshotThresholdBytes < 1<<20 || c.TrailingBytes < 1<<20 || c.LogCacheBytes < 0 {
+		errs = append(errs, errors.New("need snapshot threshold bytes and trailing bytes >= 1 MiB, log cache bytes >= 0"))
 	}
 	if c.MaxEventBytes <= 0 || c.MaxRequestBytes < c.MaxEventBytes || c.MaxRequestBytes > 32<<20 {
 		errs = append(errs, errors.New("need 0 < max event bytes <= max request bytes <= 32 MiB"))

@@ -1,5 +1,5 @@
 // Package server runs one tsstore node: it wires the FSM to hashicorp/raft
-// (raft-boltdb/v2 log and stable store, TCP or TLS transport, the FSM's
+// (raft-wal log, raft-boltdb/v2 stable store, TCP or TLS transport, the FSM's
 // hard-link snapshot store) and serves the gRPC API.
 //
 // It owns:
@@ -38,7 +38,7 @@
 //   - every goroutine is started through Node.goFunc and stops when the
 //     node's shutdown channel closes;
 //   - nothing waits on a raft future without also watching shutdown
-//     (Node.await): raft v1.7.3 can leave futures unanswered when it stops.
+//     (Node.await): raft v1.7.2 can leave futures unanswered when it stops.
 //   - a removed incarnation never takes part in the cluster again: it
 //     cannot register, be promoted or start (docs/design.md#membership).
 package server

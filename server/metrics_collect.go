@@ -38,13 +38,17 @@ var (
 	descLogFirstOffset    = desc("tsstore_log_first_offset", "First offset stored in the segment log.")
 	descSegments          = desc("tsstore_segments", "Segment files in the log, the active one included.")
 	descSegmentBytes      = desc("tsstore_segments_bytes", "Bytes of complete batches in the segment .log files (index files excluded).")
+	descRaftLogBytes      = desc("tsstore_raft_log_bytes", "Bytes of the entries in this node's Raft log (raft-wal), as the byte bounds count them (docs/design.md).")
+	descRaftLogEntries    = desc("tsstore_raft_log_entries", "Entries in this node's Raft log.")
+	descRaftLogCacheBytes = desc("tsstore_raft_log_cache_bytes", "Bytes of recent Raft entries held in memory for replication (bounded by log-cache-bytes).")
 	descQueued            = desc("tsstore_group_commit_queued_requests", "Append requests waiting for the proposer to put them into an entry.")
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descRaftCommitIndex, descRaftAppliedIndex,
 		descRaftLastLogIndex, descRaftSnapshotIndex, descRaftFSMPending, descRaftApplyLag, descRaftLastContact,
-		descFSMApplied, descFSMNextOffset, descFSMLastTimestamp, descLogFirstOffset, descSegments, descSegmentBytes, descQueued} {
+		descFSMApplied, descFSMNextOffset, descFSMLastTimestamp, descLogFirstOffset, descSegments, descSegmentBytes, descQueued,
+		descRaftLogBytes, descRaftLogEntries, descRaftLogCacheBytes} {
 		ch <- d
 	}
 }
@@ -101,6 +105,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descSegmentBytes, float64(size))
 		return nil
 	})
+	if n.logs != nil {
+		u := n.logs.usage()
+		gauge(descRaftLogBytes, float64(u.Bytes))
+		gauge(descRaftLogEntries, float64(u.Entries))
+		gauge(descRaftLogCacheBytes, float64(u.CacheBytes))
+	}
 	if n.prop != nil {
 		gauge(descQueued, float64(len(n.prop.in)))
 	}
@@ -168,7 +178,7 @@ func (s timedSnapshot) Persist(sink raft.SnapshotSink) error {
 	return err
 }
 
-// raftMetrics bridges hashicorp/raft's own metrics. raft v1.7.3 (and
+// raftMetrics bridges hashicorp/raft's own metrics. raft v1.7.2 (and
 // raft-boltdb/v2) emit through github.com/hashicorp/go-metrics/compat,
 // which forwards to armon/go-metrics unless built with the
 // hashicorpmetrics tag; going through compat here too picks the same

@@ -33,11 +33,14 @@ type Node struct {
 	// hb is, on the leader, the peers its heartbeats fail to (membership.go).
 	hb heartbeats
 
-	proc      *fsm.Processor
-	raft      *raft.Raft
-	trans     *raft.NetworkTransport
-	boltStore *raftboltdb.BoltStore
-	snaps     *fsm.SnapshotStore
+	proc  *fsm.Processor
+	raft  *raft.Raft
+	trans *raft.NetworkTransport
+	// stable is raft.db (term and vote), logs the Raft log in raft-wal
+	// (raftstores.go, logstore.go).
+	stable *raftboltdb.BoltStore
+	logs   *logStore
+	snaps  *fsm.SnapshotStore
 
 	grpc     *grpc.Server
 	listener net.Listener
@@ -116,6 +119,7 @@ func New(cfg Config) (*Node, error) {
 	n.goFunc(n.watchRemoval)
 	n.goFunc(n.watchHeartbeats)
 	n.goFunc(n.watchHealth)
+	n.goFunc(n.boundRaftLog)
 	ok = true
 	n.logger.Info("node started", "raft", cfg.RaftAddr, "api", n.APIAddr(), "data", cfg.DataDir)
 	return n, nil
@@ -142,36 +146,22 @@ func (n *Node) openStorage() error {
 	if n.snaps, err = fsm.NewSnapshotStore(filepath.Join(n.cfg.DataDir, "snapshots"), n.cfg.SnapshotRetain, n.logger); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(n.cfg.DataDir, "raft"), 0o750); err != nil {
-		return err
-	}
-	n.boltStore, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(n.cfg.DataDir, "raft", "raft.db"), BoltOptions: boltOptions()})
+	n.stable, n.logs, err = openRaftStores(filepath.Join(n.cfg.DataDir, "raft"), n.cfg.LogCacheBytes, n.cfg.NodeID, n.logger)
 	if err != nil {
-		return fmt.Errorf("opening raft log %s: %w", filepath.Join(n.cfg.DataDir, "raft", "raft.db"), err)
+		return err
 	}
 	return n.checkSnapshotCovered()
 }
 
-// boltOptions tune raft.db for a log of large entries that is appended at
-// the end and truncated at the front after every snapshot:
-//
-//   - NoFreelistSync: without it every commit also writes the whole free
-//     page list, which grows with every truncation; bbolt rebuilds it by
-//     scanning the file on open instead (etcd does the same).
-//   - FreelistMapType: allocation in a large free list is O(1) instead of a
-//     scan of a sorted array.
-//   - InitialMmapSize: growing the file past its mapping remaps it, and a
-//     remap copies every page the open transaction references; reserving
-//     address space (not memory) up front avoids that on the write path.
-//
-// None changes what is fsynced or when: each StoreLogs is still one bbolt
-// transaction, durable before it returns.
+// boltOptions open raft.db, which holds only the term and the vote since
+// the log moved to raft-wal (a few writes per election). NoFreelistSync and
+// the map free list still help when a pre-raft-wal raft.db, grown with the
+// log, is opened once to be migrated (raftstores.go).
 func boltOptions() *bbolt.Options {
 	return &bbolt.Options{
-		Timeout:         time.Second,
-		NoFreelistSync:  true,
-		FreelistType:    bbolt.FreelistMapType,
-		InitialMmapSize: 1 << 30,
+		Timeout:        time.Second,
+		NoFreelistSync: true,
+		FreelistType:   bbolt.FreelistMapType,
 	}
 }
 
@@ -223,7 +213,7 @@ func (n *Node) raftConfig() *raft.Config {
 	c.TrailingLogs = n.cfg.TrailingLogs
 	c.MaxAppendEntries = 256
 	// BatchApplyCh stays off: with a buffered apply channel, a future
-	// enqueued just before shutdown is never answered (raft v1.7.3 does
+	// enqueued just before shutdown is never answered (raft v1.7.2 does
 	// not drain the buffer), so Close would wait forever on it. The
 	// proposer already coalesces requests into large entries.
 	c.BatchApplyCh = false
@@ -232,11 +222,17 @@ func (n *Node) raftConfig() *raft.Config {
 	c.NoSnapshotRestoreOnStart = true
 	// Peer ids go in labels, not in metric names (server/metrics_collect.go).
 	c.NoLegacyTelemetry = true
-	c.Logger = hclog.New(&hclog.LoggerOptions{
-		Name: "raft", Level: hclog.Info, Output: os.Stderr,
-		JSONFormat: true, TimeFormat: time.RFC3339Nano,
-	}).With("node", n.cfg.NodeID)
+	c.Logger = raftLogger("raft", n.cfg.NodeID)
 	return c
+}
+
+// raftLogger is the hclog logger of hashicorp/raft and raft-wal: JSON on
+// stderr like the node's own logs.
+func raftLogger(name, nodeID string) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{
+		Name: name, Level: hclog.Info, Output: os.Stderr,
+		JSONFormat: true, TimeFormat: time.RFC3339Nano,
+	}).With("node", nodeID)
 }
 
 func (n *Node) startRaft() error {
@@ -269,15 +265,12 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("raft transport on %s: %w", n.cfg.RaftAddr, err)
 	}
 	rc := n.raftConfig()
-	logs, err := raft.NewLogCache(1024, n.boltStore)
+	rc.TrailingLogs = n.trailingLogs()
+	exists, err := raft.HasExistingState(n.logs, n.stable, n.snaps)
 	if err != nil {
 		return err
 	}
-	exists, err := raft.HasExistingState(logs, n.boltStore, n.snaps)
-	if err != nil {
-		return err
-	}
-	n.raft, err = raft.NewRaft(rc, timedFSM{FSM: &fsm.FSM{P: n.proc}, m: n.metrics}, logs, n.boltStore, n.snaps, n.trans)
+	n.raft, err = raft.NewRaft(rc, timedFSM{FSM: &fsm.FSM{P: n.proc}, m: n.metrics}, n.logs, n.stable, n.snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("starting raft: %w", err)
 	}
@@ -368,8 +361,11 @@ func (n *Node) Close() error {
 }
 
 func (n *Node) closeStorage() {
-	if n.boltStore != nil {
-		n.boltStore.Close()
+	if n.logs != nil {
+		n.logs.Close()
+	}
+	if n.stable != nil {
+		n.stable.Close()
 	}
 	if n.proc != nil {
 		n.proc.Close()

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/tsstore/tsstore/fsm"
 	"github.com/tsstore/tsstore/internal/atomicfile"
@@ -256,7 +255,7 @@ func seedRaftTerm(dir string, term uint64) error {
 	if err := os.MkdirAll(filepath.Join(dir, "raft"), 0o750); err != nil {
 		return err
 	}
-	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft", "raft.db"), BoltOptions: boltOptions()})
+	store, err := openBolt(filepath.Join(dir, "raft", raftDBName))
 	if err != nil {
 		return err
 	}

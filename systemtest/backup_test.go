@@ -330,6 +330,25 @@ func TestVerifyNamesCorruptSegment(t *testing.T) {
 		t.Fatal("verify changed the active segment")
 	}
 
+	// A flipped byte in the Raft log (raft-wal checks its CRCs only to
+	// find a torn tail) is found too.
+	bad3 := filepath.Join(t.TempDir(), "bad3")
+	copyDir(t, n.DataDir, bad3)
+	wals, _ := filepath.Glob(filepath.Join(bad3, "raft", "wal", "*.wal"))
+	if len(wals) == 0 {
+		t.Fatal("no raft-wal segment files")
+	}
+	wb, err := os.ReadFile(wals[0])
+	if err != nil || len(wb) < 40000 {
+		t.Fatalf("%s: %d bytes, %v", wals[0], len(wb), err)
+	}
+	wb[20000] ^= 0x01
+	os.WriteFile(wals[0], wb, 0o644)
+	out3, errOut3, code3 := runCLI(t, "verify", "--data-dir", bad3)
+	if code3 != 1 || !strings.Contains(out3, "raft log damaged") {
+		t.Fatalf("verify of a flipped byte in the raft log: exit %d\nstdout: %s\nstderr: %s", code3, out3, errOut3)
+	}
+
 	// dump shows the bad batch at that position.
 	out, _, code = runCLI(t, "dump", seg)
 	if code != 0 || !strings.Contains(out, fmt.Sprintf("%10d", res.Corruption.Position)) || !strings.Contains(out, " BAD") {

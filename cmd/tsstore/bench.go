@@ -196,7 +196,7 @@ func (b *benchRun) config() map[string]any {
 		"event_bytes": b.f.size, "duration_s": b.f.duration.Seconds(), "producers": b.f.producers,
 		"replay_log_events": b.f.events, "stream_events": b.f.streamEvents,
 		"c_max_batch_events": b.f.batch, "c_inflight": b.f.inflight, "c_window": b.f.window, "failovers": b.f.failovers,
-		"fsync": "raft-boltdb fsyncs every Raft log write on a majority before an append is acknowledged",
+		"fsync": "raft-wal fsyncs every Raft log write (one fsync per append batch) on a majority before an append is acknowledged",
 	}
 	if b.lc != nil {
 		cfg["cluster"] = "3 local tsstore processes on 127.0.0.1, one disk, sharing the cores with this client"

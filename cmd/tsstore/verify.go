@@ -12,6 +12,7 @@ import (
 
 	"github.com/tsstore/tsstore/fsm"
 	"github.com/tsstore/tsstore/segment"
+	"github.com/tsstore/tsstore/server"
 )
 
 // errCorrupt makes verify exit 1 after it printed its findings.
@@ -27,6 +28,7 @@ type verifyResult struct {
 	NextOffset  uint64              `json:"next_offset"`
 	Applied     uint64              `json:"applied_index"`
 	Snapshots   []fsm.SnapshotCheck `json:"snapshots"`
+	RaftLog     server.RaftLogCheck `json:"raft_log"`
 	Corruption  *corruptionJSON     `json:"corruption,omitempty"`
 	Error       string              `json:"error,omitempty"`
 }
@@ -73,7 +75,7 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 	} else {
 		printVerify(stdout, &res)
 	}
-	if res.Corruption != nil || errors.Is(err, segment.ErrCorrupt) || errors.Is(err, fsm.ErrBadSnapshot) || errors.Is(err, fsm.ErrDataLoss) || errSnap {
+	if res.Corruption != nil || errors.Is(err, segment.ErrCorrupt) || errors.Is(err, fsm.ErrBadSnapshot) || errors.Is(err, fsm.ErrDataLoss) || errors.Is(err, server.ErrRaftLogDamaged) || errSnap {
 		return fmt.Errorf("%w in %s: %v", errCorrupt, *dataDir, err)
 	}
 	return err
@@ -83,6 +85,12 @@ func printVerify(w io.Writer, r *verifyResult) {
 	if r.Segments > 0 {
 		fmt.Fprintf(w, "log: %d segments, %s, offsets [%d, %d), applied raft index %d\n",
 			r.Segments, humanBytes(r.Bytes), r.FirstOffset, r.NextOffset, r.Applied)
+	}
+	if r.RaftLog.Entries > 0 {
+		fmt.Fprintf(w, "raft log: %d files, %d entries [%d, %d], %s\n", r.RaftLog.Files, r.RaftLog.Entries, r.RaftLog.FirstIndex, r.RaftLog.LastIndex, humanBytes(r.RaftLog.Bytes))
+		if r.RaftLog.TornTail {
+			fmt.Fprintln(w, "raft log: the last write was torn by a crash; the node drops it at start")
+		}
 	}
 	for _, s := range r.Snapshots {
 		status := "ok"
@@ -103,7 +111,8 @@ func printVerify(w io.Writer, r *verifyResult) {
 
 // verifyDataDir scrubs a stopped node's data directory without changing
 // it: the FSM's checkpoint and node file, every segment (segment.Verify:
-// CRCs, records, offsets, timestamps, indexes) and the snapshots.
+// CRCs, records, offsets, timestamps, indexes), the snapshots and the Raft
+// log (server.VerifyRaftLog).
 func verifyDataDir(dir string, res *verifyResult, bar *progressBar) error {
 	if _, err := os.Stat(filepath.Join(dir, "fsm", "log")); err != nil {
 		return fmt.Errorf("%s does not look like a tsstore data directory: %w", dir, err)
@@ -114,6 +123,9 @@ func verifyDataDir(dir string, res *verifyResult, bar *progressBar) error {
 	var err error
 	res.Snapshots, err = fsm.CheckSnapshots(filepath.Join(dir, "snapshots"))
 	if err != nil {
+		return err
+	}
+	if res.RaftLog, err = server.VerifyRaftLog(dir); err != nil {
 		return err
 	}
 	cfg := fsm.DefaultConfig(filepath.Join(dir, "fsm"))
@@ -130,6 +142,13 @@ func verifyDataDir(dir string, res *verifyResult, bar *progressBar) error {
 	}
 	defer proc.Close()
 	res.Applied, res.NextOffset = proc.AppliedIndex(), proc.NextOffset()
+	if rl := res.RaftLog; rl.Entries > 0 && rl.LastIndex < res.Applied {
+		// Entries reach the FSM only after they are in this node's log,
+		// which only loses a prefix (compaction) or everything (a
+		// snapshot install): an end below applied is a damaged log.
+		return fmt.Errorf("%w: the raft log ends at index %d but the FSM applied up to %d: entries after %d are unreadable (a damaged raft/wal segment)",
+			server.ErrRaftLogDamaged, rl.LastIndex, res.Applied, rl.LastIndex)
+	}
 	defer bar.finish()
 	return proc.WithLog(func(l *segment.Log) error {
 		res.FirstOffset = l.FirstOffset()

@@ -14,7 +14,7 @@ import (
 
 // durability says when each known system acknowledges a write.
 var durability = map[string]string{
-	"tsstore":          "acknowledges after the entry is fsynced on a majority (raft-boltdb)",
+	"tsstore":          "acknowledges after the entry is fsynced on a majority (raft-wal)",
 	"nats-default":     "ACKNOWLEDGES BEFORE FSYNC: a majority has the message in the OS page cache; files are fsynced every 2 min (default sync_interval)",
 	"nats-sync-always": "sync_interval: always: the stream's Raft log is fsynced on every write (the message files sync on flush) before the ack",
 	"etcd":             "acknowledges after the Raft WAL entry is fsynced on a majority",
