@@ -102,6 +102,11 @@ type Config struct {
 	Segment segment.Options
 	// Logger receives structured logs; nil uses slog.Default().
 	Logger *slog.Logger
+	// OnOpen, if set, is called by New at each step of opening the node
+	// (segment log, Raft log, Raft, API), with a line for an operator; the
+	// serve command forwards it to systemd as STATUS=. New logs each step
+	// either way.
+	OnOpen func(step string)
 }
 
 // DefaultConfig returns defaults for a node; NodeID, DataDir, RaftAddr and

@@ -28,6 +28,8 @@ var ErrWrongCluster = errors.New("data directory belongs to another cluster or n
 type Node struct {
 	cfg    Config
 	logger *slog.Logger
+	// started is when New began (open time in the logs).
+	started time.Time
 	// incarnation is the random id of this data directory (identity.go).
 	incarnation string
 	// hb is, on the leader, the peers its heartbeats fail to (membership.go).
@@ -73,7 +75,7 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	n := &Node{cfg: cfg, logger: cfg.Logger, fatal: make(chan error, 1), draining: make(chan struct{}), shutdown: make(chan struct{})}
+	n := &Node{cfg: cfg, logger: cfg.Logger, started: time.Now(), fatal: make(chan error, 1), draining: make(chan struct{}), shutdown: make(chan struct{})}
 	if n.logger == nil {
 		n.logger = slog.Default()
 	}
@@ -104,9 +106,11 @@ func New(cfg Config) (*Node, error) {
 	if err := n.checkNotRemoved(); err != nil {
 		return nil, err
 	}
+	n.opening("starting raft")
 	if err := n.startRaft(); err != nil {
 		return nil, err
 	}
+	n.opening("starting the API")
 	if err := n.serve(); err != nil {
 		return nil, err
 	}
@@ -121,7 +125,8 @@ func New(cfg Config) (*Node, error) {
 	n.goFunc(n.watchHealth)
 	n.goFunc(n.boundRaftLog)
 	ok = true
-	n.logger.Info("node started", "raft", cfg.RaftAddr, "api", n.APIAddr(), "data", cfg.DataDir)
+	n.logger.Info("node started", "raft", cfg.RaftAddr, "api", n.APIAddr(), "data", cfg.DataDir,
+		"open_time", time.Since(n.started).Round(time.Millisecond).String())
 	return n, nil
 }
 
@@ -134,8 +139,17 @@ func (n *Node) goFunc(f func()) {
 	}()
 }
 
+// opening reports a step of New: in the log, and to Config.OnOpen.
+func (n *Node) opening(step string) {
+	n.logger.Info("opening", "step", step, "since_start", time.Since(n.started).Round(time.Millisecond).String())
+	if n.cfg.OnOpen != nil {
+		n.cfg.OnOpen(step)
+	}
+}
+
 func (n *Node) openStorage() error {
 	var err error
+	n.opening("opening the segment log")
 	fcfg := fsm.DefaultConfig(filepath.Join(n.cfg.DataDir, "fsm"))
 	fcfg.Segment = n.cfg.Segment
 	fcfg.Logger = n.logger.With("component", "fsm")
@@ -146,6 +160,7 @@ func (n *Node) openStorage() error {
 	if n.snaps, err = fsm.NewSnapshotStore(filepath.Join(n.cfg.DataDir, "snapshots"), n.cfg.SnapshotRetain, n.logger); err != nil {
 		return err
 	}
+	n.opening("reading the raft log")
 	n.stable, n.logs, err = openRaftStores(filepath.Join(n.cfg.DataDir, "raft"), n.cfg.LogCacheBytes, n.cfg.NodeID, n.logger)
 	if err != nil {
 		return err

@@ -65,6 +65,14 @@ func TestServeNotifiesSystemd(t *testing.T) {
 	sock := listenNotify(t)
 	n := startNode(t, "NOTIFY_SOCKET="+sock.path, "WATCHDOG_USEC=400000")
 
+	// While it opens, each step is a STATUS= line that also pushes back a
+	// start timeout.
+	first := sock.next()
+	if !strings.HasPrefix(first[0], "STATUS=opening: ") || len(first) != 2 || first[1] != "EXTEND_TIMEOUT_USEC=30000000" {
+		t.Errorf("first datagram %q, want STATUS=opening: ... and EXTEND_TIMEOUT_USEC", first)
+	}
+	sock.until("STATUS=opening: reading the raft log")
+	sock.until("STATUS=opening: starting raft")
 	ready := sock.until("READY=1")
 	conn, err := grpc.NewClient(n.APIAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

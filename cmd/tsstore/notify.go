@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -89,21 +88,95 @@ type notifier struct {
 	wg       sync.WaitGroup
 }
 
-// startNotify starts telling systemd about node; it returns nil when not
-// run under a notify-type unit. A nil *notifier is ready to stop.
-func startNotify(node *server.Node, logger *slog.Logger) *notifier {
+// openNotify connects to systemd's notify socket: nil when not run under
+// a notify-type unit, or (logged) when the environment is wrong.
+func openNotify(logger *slog.Logger) *sdConn {
 	sd, err := openSDNotify()
-	if err == nil && sd == nil {
-		return nil
+	if err == nil && sd != nil {
+		_, err = watchdogInterval()
 	}
-	wd, werr := watchdogInterval()
-	if err = errors.Join(err, werr); err != nil {
+	if err != nil {
 		logger.Warn("systemd notification disabled", "error", err)
 		if sd != nil {
 			sd.conn.Close()
 		}
 		return nil
 	}
+	return sd
+}
+
+// openStatus tells systemd what the node is doing while server.New opens
+// it (Config.OnOpen): STATUS=opening: <step>, with EXTEND_TIMEOUT_USEC so
+// that a bounded start timeout is pushed back while the node makes
+// progress, repeated every openExtendEvery. A slow open never looks like a
+// hang. A nil *openStatus does nothing.
+type openStatus struct {
+	sd   *sdConn
+	mu   sync.Mutex
+	step string
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+const (
+	openExtendEvery = 5 * time.Second
+	openExtendBy    = 30 * time.Second
+)
+
+func startOpenStatus(sd *sdConn) *openStatus {
+	if sd == nil {
+		return nil
+	}
+	o := &openStatus{sd: sd, step: "starting", stop: make(chan struct{})}
+	o.wg.Go(func() {
+		t := time.NewTicker(openExtendEvery)
+		defer t.Stop()
+		for {
+			o.send()
+			select {
+			case <-t.C:
+			case <-o.stop:
+				return
+			}
+		}
+	})
+	return o
+}
+
+// onOpen is Config.OnOpen.
+func (o *openStatus) onOpen(step string) {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	o.step = step
+	o.mu.Unlock()
+	o.send()
+}
+
+func (o *openStatus) send() {
+	o.mu.Lock()
+	msg := fmt.Sprintf("STATUS=opening: %s\nEXTEND_TIMEOUT_USEC=%d\n", o.step, openExtendBy.Microseconds())
+	o.mu.Unlock()
+	o.sd.send(msg)
+}
+
+// done stops the repeats; New has returned.
+func (o *openStatus) done() {
+	if o == nil {
+		return
+	}
+	close(o.stop)
+	o.wg.Wait()
+}
+
+// startNotify starts telling systemd about node; it returns nil when not
+// run under a notify-type unit (sd nil). A nil *notifier is ready to stop.
+func startNotify(sd *sdConn, node *server.Node, logger *slog.Logger) *notifier {
+	if sd == nil {
+		return nil
+	}
+	wd, _ := watchdogInterval() // checked by openNotify
 	n := &notifier{sd: sd, node: node, logger: logger, watchdog: wd, stop: make(chan struct{})}
 	n.wg.Go(n.run)
 	return n

@@ -212,14 +212,21 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 		s.cfg.Segment.FS = segmentFS
 		logger.Warn("fault-injection filesystem: unsynced segment writes are lost on kill")
 	}
+	sdc := openNotify(logger) // systemd status, readiness and watchdog (notify.go)
+	opening := startOpenStatus(sdc)
+	s.cfg.OnOpen = opening.onOpen
 	node, err := server.New(s.cfg)
+	opening.done()
 	if err != nil {
+		if sdc != nil {
+			sdc.send("STATUS=failed to open: " + err.Error() + "\n")
+		}
 		return permanent(err)
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sig)
-	sd := startNotify(node, logger) // systemd readiness and watchdog (notify.go)
+	sd := startNotify(sdc, node, logger)
 	for {
 		select {
 		case got := <-sig:
