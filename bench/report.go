@@ -53,9 +53,13 @@ type Result struct {
 	// until throughput is back (see the workload's note).
 	FirstAckms  *float64 `json:"first_ack_ms,omitempty"`
 	Recoveredms *float64 `json:"recovered_ms,omitempty"`
-	// Disk use (g).
+	// Disk use (g): everything on disk per event, and the Raft log's share.
 	SegmentBytesPerEvent *float64 `json:"segment_bytes_per_event,omitempty"`
 	RaftBytesPerEvent    *float64 `json:"raft_bytes_per_event,omitempty"`
+	// Memory and restart (h): the largest figure over the nodes.
+	HeapInuseMB *float64 `json:"heap_inuse_mib,omitempty"`
+	RSSMB       *float64 `json:"rss_mib,omitempty"`
+	RestartMs   *float64 `json:"restart_ms,omitempty"`
 }
 
 // F returns a pointer to v, for the optional fields.
@@ -140,10 +144,16 @@ func (r *Report) PrintTable(w io.Writer) error {
 			extra = append(extra, fmt.Sprintf("throughput back after %.0f ms", *x.Recoveredms))
 		}
 		if x.SegmentBytesPerEvent != nil {
-			extra = append(extra, fmt.Sprintf("segments %.1f B/event", *x.SegmentBytesPerEvent))
+			extra = append(extra, fmt.Sprintf("on disk %.1f B/event", *x.SegmentBytesPerEvent))
 		}
 		if x.RaftBytesPerEvent != nil {
 			extra = append(extra, fmt.Sprintf("raft log %.1f B/event", *x.RaftBytesPerEvent))
+		}
+		if x.HeapInuseMB != nil {
+			extra = append(extra, fmt.Sprintf("heap in use %.0f MiB, RSS %.0f MiB", *x.HeapInuseMB, *x.RSSMB))
+		}
+		if x.RestartMs != nil {
+			extra = append(extra, fmt.Sprintf("restart to SERVING %.0f ms", *x.RestartMs))
 		}
 		if x.Note != "" {
 			extra = append(extra, x.Note)

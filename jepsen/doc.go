@@ -13,8 +13,8 @@
 // from the seed: process faults by PID (SIGKILL, SIGTERM, SIGSTOP/SIGCONT,
 // restart, wipe-and-rejoin), membership changes (remove a node, add it
 // back), network faults on the proxies (isolate the leader or a follower,
-// bridge, one-way loss, flapping, slow or stalled links), disk faults (a faultfs build that loses unsynced segment writes
-// on a kill; bit flips and truncations of segment files), leadership
+// bridge, one-way loss, flapping, slow or stalled links), disk faults (a faultfs build that loses unsynced writes of the
+// segment log and of the Raft log on a kill; bit flips and truncations of segment files), leadership
 // transfers and snapshot installs. Then everything is healed, the cluster
 // must accept an append again, all nodes must converge on one log end,
 // and the whole log is replayed from every node. The checkers judge the

@@ -46,7 +46,7 @@ var Scenarios = []Scenario{
 	{Name: "link", Doc: "one-way loss, flapping partitions, slow links, one stalled link",
 		Faults: []string{"oneway", "flap", "slow", "stall-link"},
 		Active: [2]time.Duration{2 * time.Second, 6 * time.Second}, Quiet: [2]time.Duration{time.Second, 3 * time.Second}},
-	{Name: "lossy-disk", Doc: "faultfs build: unsynced segment writes (and torn tails) lost on SIGKILL of one node or all three",
+	{Name: "lossy-disk", Doc: "faultfs build: unsynced writes (and torn tails) of the segment log and of the Raft log (raft-wal) lost on SIGKILL of one node or all three",
 		Faults: []string{"kill-leader", "kill-follower", "kill-all"}, FaultFS: true,
 		Active: [2]time.Duration{500 * time.Millisecond, 3 * time.Second}, Quiet: [2]time.Duration{time.Second, 3 * time.Second}},
 	{Name: "corrupt", Doc: "bit flip or truncation in a segment file of a stopped follower; detected, then wiped and rejoined",

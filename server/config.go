@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/hashicorp/raft-wal/types"
+
 	"github.com/tsstore/tsstore/segment"
 )
 
@@ -100,6 +102,10 @@ type Config struct {
 
 	// Segment configures the segment log.
 	Segment segment.Options
+	// RaftLogFS, if set, is the filesystem of the Raft log's segment files
+	// (raft-wal's VFS); nil is the operating system's. The fault-injection
+	// build sets one that loses unsynced writes on a kill.
+	RaftLogFS types.VFS
 	// Logger receives structured logs; nil uses slog.Default().
 	Logger *slog.Logger
 	// OnOpen, if set, is called by New at each step of opening the node
@@ -123,7 +129,7 @@ func DefaultConfig() Config {
 		TrailingLogs:           4096,
 		SnapshotRetain:         2,
 		SnapshotThresholdBytes: 64 << 20,
-		TrailingBytes:          64 << 20,
+		TrailingBytes:          128 << 20,
 		LogCacheBytes:          16 << 20,
 		MaxEventBytes:          1 << 20,
 		MaxRequestBytes:        16 << 20,

@@ -9,6 +9,9 @@ import (
 
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
+	walfs "github.com/hashicorp/raft-wal/fs"
+	walsegment "github.com/hashicorp/raft-wal/segment"
+	"github.com/hashicorp/raft-wal/types"
 )
 
 // logStore is the node's Raft log: github.com/hashicorp/raft-wal under
@@ -49,6 +52,13 @@ var (
 	_ raft.MonotonicLogStore = (*logStore)(nil)
 )
 
+// walSegmentBytes is the size of raft-wal's segment files (its default is
+// 64 MiB). Files are preallocated, and deleted only when every entry in
+// them is below a snapshot's trailing cut, so smaller files keep less of a
+// log that is bounded to a few tens of MiB on disk; a segment rolls after
+// 16 MiB, a cheap step (create, preallocate, seal with an index frame).
+const walSegmentBytes = 16 << 20
+
 // entrySize is what an entry counts for in the byte bounds: its payload
 // plus a fixed allowance for raft-wal's frame and the struct.
 func entrySize(l *raft.Log) int64 {
@@ -57,11 +67,15 @@ func entrySize(l *raft.Log) int64 {
 
 // openLogStore opens (or creates) the raft-wal log in dir and reads it
 // once to learn every entry's size, keeping the newest in the cache.
-func openLogStore(dir string, cacheBytes int64, nodeID string, logger *slog.Logger) (*logStore, error) {
+func openLogStore(dir string, cacheBytes int64, vfs types.VFS, nodeID string, logger *slog.Logger) (*logStore, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
 	}
-	w, err := wal.Open(dir, wal.WithLogger(raftLogger("raft-wal", nodeID)))
+	if vfs == nil {
+		vfs = walfs.New()
+	}
+	w, err := wal.Open(dir, wal.WithLogger(raftLogger("raft-wal", nodeID)), wal.WithSegmentSize(walSegmentBytes),
+		wal.WithSegmentFiler(walsegment.NewFiler(dir, vfs)))
 	if err != nil {
 		return nil, fmt.Errorf("opening raft log %s: %w", dir, err)
 	}

@@ -19,7 +19,7 @@ import (
 func BenchmarkStoreLogs(b *testing.B) {
 	stores := map[string]func(b *testing.B) raft.LogStore{
 		"raft-wal": func(b *testing.B) raft.LogStore {
-			s, err := openLogStore(filepath.Join(b.TempDir(), "wal"), 16<<20, "b", slog.New(slog.DiscardHandler))
+			s, err := openLogStore(filepath.Join(b.TempDir(), "wal"), 16<<20, nil, "b", slog.New(slog.DiscardHandler))
 			if err != nil {
 				b.Fatal(err)
 			}

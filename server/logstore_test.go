@@ -23,7 +23,7 @@ func testLogs(from, to uint64, size int) []*raft.Log {
 
 func openTestLogStore(t *testing.T, dir string, cacheBytes int64) *logStore {
 	t.Helper()
-	s, err := openLogStore(dir, cacheBytes, "t", slog.New(slog.DiscardHandler))
+	s, err := openLogStore(dir, cacheBytes, nil, "t", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestLogStoreDeleteRangeKeepsAccounting(t *testing.T) {
 // A reopened store knows every entry's size again and caches the newest.
 func TestLogStoreReopenRebuildsSizes(t *testing.T) {
 	dir := t.TempDir()
-	s, err := openLogStore(dir, 1<<20, "t", slog.New(slog.DiscardHandler))
+	s, err := openLogStore(dir, 1<<20, nil, "t", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func writeBoltLog(t *testing.T, raftDir string, first, last uint64, size int) {
 
 func checkMigrated(t *testing.T, raftDir string, first, last uint64, size int) {
 	t.Helper()
-	stable, logs, err := openRaftStores(raftDir, 1<<20, "t", slog.New(slog.DiscardHandler))
+	stable, logs, err := openRaftStores(raftDir, 1<<20, nil, "t", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,7 +281,7 @@ func TestOpenRaftStoresMigrationCrashes(t *testing.T) {
 		if err := os.MkdirAll(tmp, 0o750); err != nil {
 			t.Fatal(err)
 		}
-		half, err := openLogStore(tmp, 0, "t", slog.New(slog.DiscardHandler))
+		half, err := openLogStore(tmp, 0, nil, "t", slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -315,7 +315,7 @@ func TestOpenRaftStoresMigrationCrashes(t *testing.T) {
 func TestVerifyRaftLogChecksEveryCommit(t *testing.T) {
 	write := func(t *testing.T) (string, string) {
 		dataDir := t.TempDir()
-		s, err := openLogStore(filepath.Join(dataDir, "raft", walDirName), 0, "t", slog.New(slog.DiscardHandler))
+		s, err := openLogStore(filepath.Join(dataDir, "raft", walDirName), 0, nil, "t", slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}

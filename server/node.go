@@ -161,7 +161,7 @@ func (n *Node) openStorage() error {
 		return err
 	}
 	n.opening("reading the raft log")
-	n.stable, n.logs, err = openRaftStores(filepath.Join(n.cfg.DataDir, "raft"), n.cfg.LogCacheBytes, n.cfg.NodeID, n.logger)
+	n.stable, n.logs, err = openRaftStores(filepath.Join(n.cfg.DataDir, "raft"), n.cfg.LogCacheBytes, n.cfg.RaftLogFS, n.cfg.NodeID, n.logger)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/migrate"
+	"github.com/hashicorp/raft-wal/types"
 
 	"github.com/tsstore/tsstore/internal/atomicfile"
 )
@@ -53,7 +54,7 @@ func openBolt(path string) (*raftboltdb.BoltStore, error) {
 
 // openRaftStores opens the stable store and the log under raftDir,
 // moving a log left in raft.db into raft-wal first.
-func openRaftStores(raftDir string, cacheBytes int64, nodeID string, logger *slog.Logger) (*raftboltdb.BoltStore, *logStore, error) {
+func openRaftStores(raftDir string, cacheBytes int64, vfs types.VFS, nodeID string, logger *slog.Logger) (*raftboltdb.BoltStore, *logStore, error) {
 	if err := os.MkdirAll(raftDir, 0o750); err != nil {
 		return nil, nil, err
 	}
@@ -77,7 +78,7 @@ func openRaftStores(raftDir string, cacheBytes int64, nodeID string, logger *slo
 		}
 		return nil, nil, err
 	}
-	logs, err := openLogStore(filepath.Join(raftDir, walDirName), cacheBytes, nodeID, logger)
+	logs, err := openLogStore(filepath.Join(raftDir, walDirName), cacheBytes, vfs, nodeID, logger)
 	if err != nil {
 		stable.Close()
 		return nil, nil, err

@@ -21,7 +21,7 @@ import (
 
 // The workloads of `tsstore bench`, in the order they run. f kills the
 // leader, so it runs last; g measures the log the others wrote.
-var benchWorkloads = []string{"a", "b", "c", "d", "e", "g", "f"}
+var benchWorkloads = []string{"a", "b", "c", "d", "e", "g", "h", "f"}
 
 type benchFlags struct {
 	addrs        string
@@ -49,7 +49,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	fs.StringVar(&f.addrs, "addr", "", "comma-separated API addresses of a running cluster (default: start a local three-node cluster)")
 	fs.StringVar(&f.local, "local", "", "data directory of the local cluster (default: a temp dir, removed afterwards)")
 	fs.BoolVar(&f.keep, "keep", false, "keep the local cluster's data directory")
-	wl := fs.String("workloads", "a,b,c,d,e,f,g", "workloads to run: a (1 waiting producer), b (N waiting producers), c (batching producer), d (replay), e (stream replay), f (failover), g (disk use)")
+	wl := fs.String("workloads", "a,b,c,d,e,f,g,h", "workloads to run: a (1 waiting producer), b (N waiting producers), c (batching producer), d (replay), e (stream replay), f (failover), g (disk use), h (memory and restart per log size)")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "length of each timed workload (a, b, c) and of the steady phase around each kill (f)")
 	fs.IntVar(&f.producers, "producers", 64, "concurrent waiting producers in b and f")
 	fs.IntVar(&f.size, "size", 256, "payload bytes per event")
@@ -75,7 +75,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	for _, w := range strings.Split(*wl, ",") {
 		w = strings.TrimSpace(w)
 		if !slices.Contains(benchWorkloads, w) {
-			return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g)", errUsage, w)
+			return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g,h)", errUsage, w)
 		}
 		f.workloads[w] = true
 	}
@@ -92,8 +92,8 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 		return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch and --failovers must be positive", errUsage)
 	case f.inflight < 1 || f.inflight > 8:
 		return nil, fmt.Errorf("%w: --inflight must be in [1, 8]", errUsage)
-	case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.profile != ""):
-		return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories) and --profile need the local cluster; drop --addr or select other workloads", errUsage)
+	case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.workloads["h"] || f.profile != ""):
+		return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories), h (restarts a node) and --profile need the local cluster; drop --addr or select other workloads", errUsage)
 	}
 	return &f, nil
 }
@@ -168,6 +168,8 @@ func (b *benchRun) workload(ctx context.Context, w string) ([]bench.Result, erro
 		return b.streamReplay(ctx)
 	case "g":
 		return b.diskUse(ctx)
+	case "h":
+		return b.memoryAndRestart(ctx)
 	case "f":
 		return b.failover(ctx)
 	}

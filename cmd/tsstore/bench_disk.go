@@ -4,21 +4,24 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io/fs"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/tsstore/tsstore/bench"
 )
 
-// diskUse runs g: bytes on disk per event in the leader's segments (the
-// .log files; index files in the note), and what the Raft log is written
-// per event: the encoded Raft entries' bytes over their events, from the
-// leader's group-commit metrics since it started. raft.db itself keeps
-// only the entries since the last snapshot (plus TrailingLogs) and reuses
-// its pages, so its file size is in the note rather than divided.
+// diskUse runs g: bytes on disk per event on the leader, everything under
+// its data directory (segments, indexes, snapshots, the Raft log, the
+// FSM's checkpoint), as du counts them: allocated blocks, a file linked
+// into a snapshot counted once. The Raft log's share (raft/: raft-wal's
+// segment files, preallocated, and raft.db) is reported beside it, and the
+// note splits the rest; it also says what the Raft log was written per
+// event (encoded entries over their events, from the group-commit
+// metrics), which raft-wal drops again after each snapshot.
 func (b *benchRun) diskUse(ctx context.Context) ([]bench.Result, error) {
 	li, err := b.lc.leader(ctx)
 	if err != nil {
@@ -33,36 +36,65 @@ func (b *benchRun) diskUse(ctx context.Context) ([]bench.Result, error) {
 	if events == 0 {
 		return nil, fmt.Errorf("the log is empty; run g with other workloads")
 	}
-	sizes := map[string]int64{}
-	logDir := filepath.Join(node.DataDir, "fsm", "log")
-	ents, err := os.ReadDir(logDir)
+	use, err := diskBytes(node.DataDir)
 	if err != nil {
 		return nil, err
-	}
-	for _, e := range ents {
-		if fi, err := e.Info(); err == nil && !e.IsDir() {
-			sizes[filepath.Ext(e.Name())] += fi.Size()
-		}
-	}
-	var raftDB int64
-	if fi, err := os.Stat(filepath.Join(node.DataDir, "raft", "raft.db")); err == nil {
-		raftDB = fi.Size()
 	}
 	m, err := scrapeMetrics(ctx, b.lc.metrics[li], "tsstore_group_commit_entry_bytes_sum", "tsstore_group_commit_events_per_entry_sum")
 	if err != nil {
 		return nil, err
 	}
-	r := bench.Result{Workload: "g", Name: "bytes on disk per event", Events: int64(events),
-		SegmentBytesPerEvent: bench.F(float64(sizes[".log"]) / float64(events))}
-	if ev := m["tsstore_group_commit_events_per_entry_sum"]; ev > 0 {
-		r.RaftBytesPerEvent = bench.F(m["tsstore_group_commit_entry_bytes_sum"] / ev)
+	var total int64
+	for _, v := range use {
+		total += v
 	}
-	idx := sizes[".index"] + sizes[".timeindex"] + sizes[".streams"]
-	r.Note = fmt.Sprintf("%d-byte payloads; leader %s: %d events in %.1f MB of segments (.log) plus %.1f MB of indexes (%.2f B/event: offset, time and stream indexes); "+
-		"raft bytes are encoded Raft entries over the events they carried (%.0f events), written once to raft.db on each node; the raft.db file is %.1f MB (bolt reuses the pages of entries dropped after a snapshot and never shrinks)",
-		b.f.size, node.ID, events, float64(sizes[".log"])/1e6, float64(idx)/1e6, float64(idx)/float64(events),
-		m["tsstore_group_commit_events_per_entry_sum"], float64(raftDB)/1e6)
+	per := func(v int64) float64 { return float64(v) / float64(events) }
+	r := bench.Result{Workload: "g", Name: "bytes on disk per event", Events: int64(events),
+		SegmentBytesPerEvent: bench.F(per(total)), RaftBytesPerEvent: bench.F(per(use["raft"]))}
+	written := "n/a"
+	if ev := m["tsstore_group_commit_events_per_entry_sum"]; ev > 0 {
+		written = fmt.Sprintf("%.0f B", m["tsstore_group_commit_entry_bytes_sum"]/ev)
+	}
+	r.Note = fmt.Sprintf("%d-byte payloads; leader %s, %d events, %.1f MB on disk in all: segment .log %.1f B/event, "+
+		"indexes %.2f B/event, raft/ %.1f MB (%.1f B/event), snapshots and checkpoint %.1f MB; the raft log was written %s per event and is dropped after each snapshot",
+		b.f.size, node.ID, events, float64(total)/1e6, per(use["log"]), per(use["index"]),
+		float64(use["raft"])/1e6, per(use["raft"]), float64(use["other"])/1e6, written)
 	return []bench.Result{r}, nil
+}
+
+// diskBytes is du of a data directory, by kind: "log" (segment .log
+// files), "index" (their index files), "raft" (raft/), "other". A file
+// with several links (a segment in a snapshot) counts once.
+func diskBytes(dir string) (map[string]int64, error) {
+	use := map[string]int64{}
+	seen := map[uint64]bool{}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || seen[st.Ino] {
+			return nil
+		}
+		seen[st.Ino] = true
+		rel, _ := filepath.Rel(dir, path)
+		kind := "other"
+		switch {
+		case strings.HasPrefix(rel, "raft"+string(filepath.Separator)):
+			kind = "raft"
+		case strings.HasPrefix(rel, filepath.Join("fsm", "log")) && filepath.Ext(rel) == ".log":
+			kind = "log"
+		case strings.HasPrefix(rel, filepath.Join("fsm", "log")):
+			kind = "index"
+		}
+		use[kind] += st.Blocks * 512
+		return nil
+	})
+	return use, err
 }
 
 // scrapeMetrics reads the named unlabelled-or-labelled samples (summed

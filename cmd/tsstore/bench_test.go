@@ -25,7 +25,7 @@ func TestBenchFlags(t *testing.T) {
 		f.events[0] != 1000 || f.events[1] != 2000 || f.jsonOut != "x.json" || f.producers != 64 || f.size != 256 {
 		t.Fatalf("parsed %+v", f)
 	}
-	if f, err := parseBenchFlags([]string{"--out", "y.json"}, io.Discard); err != nil || f.jsonOut != "y.json" || len(f.workloads) != 7 {
+	if f, err := parseBenchFlags([]string{"--out", "y.json"}, io.Discard); err != nil || f.jsonOut != "y.json" || len(f.workloads) != 8 {
 		t.Fatalf("--out: %+v %v", f, err)
 	}
 	for _, bad := range [][]string{
@@ -104,12 +104,12 @@ func TestBenchRunsEveryWorkload(t *testing.T) {
 	for _, r := range rep.Results {
 		got[r.Workload] = r
 	}
-	for _, id := range []string{"a", "b", "c", "d-3k", "d-6k", "e", "e-scan", "f", "g"} {
+	for _, id := range []string{"a", "b", "c", "d-3k", "d-6k", "e", "e-scan", "f", "g", "h-3k", "h-6k"} {
 		r, ok := got[id]
 		if !ok {
 			t.Fatalf("no result %q in %s", id, b)
 		}
-		if id != "g" && (r.Events <= 0 || r.EventsPS <= 0) {
+		if id != "g" && !strings.HasPrefix(id, "h-") && (r.Events <= 0 || r.EventsPS <= 0) {
 			t.Errorf("%s: %d events at %.0f/s", id, r.Events, r.EventsPS)
 		}
 	}
@@ -121,8 +121,14 @@ func TestBenchRunsEveryWorkload(t *testing.T) {
 	if f := got["f"]; f.FirstAckms == nil || *f.FirstAckms <= 0 {
 		t.Errorf("f: first_ack_ms %v", f.FirstAckms)
 	}
-	if g := got["g"]; g.SegmentBytesPerEvent == nil || *g.SegmentBytesPerEvent < 256 || g.RaftBytesPerEvent == nil || *g.RaftBytesPerEvent < 256 {
-		t.Errorf("g: %v %v bytes per event, want at least the 256-byte payload", g.SegmentBytesPerEvent, g.RaftBytesPerEvent)
+	if g := got["g"]; g.SegmentBytesPerEvent == nil || *g.SegmentBytesPerEvent < 256 || g.RaftBytesPerEvent == nil || *g.RaftBytesPerEvent <= 0 ||
+		*g.RaftBytesPerEvent >= *g.SegmentBytesPerEvent {
+		t.Errorf("g: %v bytes per event, raft log %v: want at least the 256-byte payload in all, the raft log a part", g.SegmentBytesPerEvent, g.RaftBytesPerEvent)
+	}
+	for _, id := range []string{"h-3k", "h-6k"} {
+		if h := got[id]; h.HeapInuseMB == nil || *h.HeapInuseMB <= 0 || h.RSSMB == nil || *h.RSSMB < *h.HeapInuseMB || h.RestartMs == nil || *h.RestartMs <= 0 {
+			t.Errorf("%s: heap %v MiB, RSS %v MiB, restart %v ms", id, h.HeapInuseMB, h.RSSMB, h.RestartMs)
+		}
 	}
 	if e := got["e"]; e.Events != got["e-scan"].Events || e.Events < 400 {
 		t.Errorf("e delivered %d events, e-scan %d; the stream holds at least 400", e.Events, got["e-scan"].Events)

@@ -10,7 +10,7 @@ import (
 )
 
 // Built with -tags faultfs (only by the jepsen harness), serve keeps the
-// segment log's unsynced writes in memory, so a SIGKILL loses them like a
+// segment log's and the Raft log's (raft-wal) unsynced writes in memory, so a SIGKILL loses them like a
 // power cut. FAULTFS_SEED seeds the writeback choices; FAULTFS_PARTIAL is
 // the probability (0..1, default 0.05) that a write also flushes a random
 // prefix of the unsynced bytes, which can leave a torn batch on disk.
@@ -21,4 +21,5 @@ func init() {
 		partial = v
 	}
 	segmentFS = faultfs.New(seed, partial)
+	raftLogFS = faultfs.NewWALFS(seed, partial)
 }

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/BurntSushi/toml"
+	"github.com/hashicorp/raft-wal/types"
 
 	"github.com/tsstore/tsstore/segment"
 	"github.com/tsstore/tsstore/server"
@@ -20,6 +21,9 @@ import (
 // segmentFS, when set (by faultfs.go under the faultfs build tag),
 // replaces the segment log's filesystem.
 var segmentFS segment.FS
+
+// raftLogFS, likewise, is the Raft log's (raft-wal's) filesystem.
+var raftLogFS types.VFS
 
 // serveFlags binds every server setting to a flag. The same names, with
 // dashes as underscores, are the keys of the config file, and with a
@@ -210,7 +214,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	s.cfg.Logger = logger
 	if segmentFS != nil {
 		s.cfg.Segment.FS = segmentFS
-		logger.Warn("fault-injection filesystem: unsynced segment writes are lost on kill")
+		s.cfg.RaftLogFS = raftLogFS
+		logger.Warn("fault-injection filesystem: unsynced segment and raft log writes are lost on kill")
 	}
 	sdc := openNotify(logger) // systemd status, readiness and watchdog (notify.go)
 	opening := startOpenStatus(sdc)
