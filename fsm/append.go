@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/tsstore/tsstore/record"
 )
@@ -12,6 +13,8 @@ type entry struct {
 	versions map[string]uint64
 	seqs     map[string]uint64
 	windows  map[string][]pendingWindow
+	// ts is the entry's (clamped) timestamp, ttl its ProducerTTL.
+	ts, ttl int64
 }
 
 type pendingWindow struct {
@@ -30,7 +33,7 @@ func (e *entry) lastSeq(st *State, producer string) uint64 {
 	if v, ok := e.seqs[producer]; ok {
 		return v
 	}
-	if p := st.Producers[producer]; p != nil {
+	if p := st.Producers[producer]; p != nil && !p.expired(e.ts, e.ttl) {
 		return p.LastSeq
 	}
 	return 0
@@ -41,7 +44,7 @@ func (p *Processor) applyAppend(index uint64, cmd *AppendCommand) *ApplyResult {
 	st := p.mu.state
 	ts := max(cmd.Timestamp, st.LastTimestamp)
 	p.batches.reset(st.NextOffset, index, ts)
-	e := entry{versions: map[string]uint64{}, seqs: map[string]uint64{}, windows: map[string][]pendingWindow{}}
+	e := entry{versions: map[string]uint64{}, seqs: map[string]uint64{}, windows: map[string][]pendingWindow{}, ts: ts, ttl: cmd.ProducerTTL}
 	results := make([]AppendResult, len(cmd.Ops))
 	for i := range cmd.Ops {
 		results[i] = p.applyOp(st, &e, cmd.Ops, results, i, index, ts)
@@ -51,6 +54,7 @@ func (p *Processor) applyAppend(index uint64, cmd *AppendCommand) *ApplyResult {
 			return r
 		}
 	}
+	p.sweepProducers(ts, cmd.ProducerTTL)
 	for i := range results {
 		if results[i].Err == nil && results[i].Duplicate && results[i].StreamVersions == nil {
 			results[i].StreamVersions = p.versionsAt(results[i].FirstOffset, results[i].LastOffset)
@@ -192,4 +196,26 @@ func (p *Processor) duplicate(st *State, e *entry, ops []AppendOp, results []App
 		}
 	}
 	return AppendResult{Err: &DuplicateSequenceError{Producer: op.ProducerID, Seq: op.Seq, LastSeq: last}}
+}
+
+// sweepEvery is how much log time passes between sweeps of expired
+// producers.
+const sweepEvery = int64(time.Minute)
+
+// sweepProducers forgets producers expired at ts, at most once per
+// sweepEvery of log time: an expired producer is treated as unknown
+// whether it is still in the table or not (state.go), so this only bounds
+// memory and checkpoint size, and replicas may sweep at different times.
+func (p *Processor) sweepProducers(ts, ttl int64) {
+	if ttl <= 0 || ts-p.lastSweep < sweepEvery {
+		return
+	}
+	p.lastSweep = ts
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, ps := range p.mu.state.Producers {
+		if ps.expired(ts, ttl) {
+			delete(p.mu.state.Producers, id)
+		}
+	}
 }

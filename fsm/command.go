@@ -71,11 +71,55 @@ type AppendOp struct {
 
 // AppendCommand is one Raft entry carrying one or more coalesced requests
 // (group commit). Timestamp is proposed by the leader and clamped by Apply
-// so that timestamps never go backwards in the log.
+// so that timestamps never go backwards in the log. ProducerTTL, in
+// nanoseconds, is the leader's producer expiry (0: never): a producer whose
+// last append is older than that at this entry's timestamp is treated as
+// unknown (state.go, Producer expiry). Frozen: a msgpack array of 2
+// elements (the first version) or 3.
 type AppendCommand struct {
-	_msgpack  struct{} `msgpack:",as_array"`
-	Timestamp int64
-	Ops       []AppendOp
+	Timestamp   int64
+	Ops         []AppendOp
+	ProducerTTL int64
+}
+
+// EncodeMsgpack writes the 2-element form when ProducerTTL is 0, so such
+// entries stay readable by the first version.
+func (c AppendCommand) EncodeMsgpack(e *msgpack.Encoder) error {
+	n := 2
+	if c.ProducerTTL != 0 {
+		n = 3
+	}
+	if err := e.EncodeArrayLen(n); err != nil {
+		return err
+	}
+	if err := e.EncodeInt(c.Timestamp); err != nil {
+		return err
+	}
+	if err := e.Encode(c.Ops); err != nil {
+		return err
+	}
+	if n == 3 {
+		return e.EncodeInt(c.ProducerTTL)
+	}
+	return nil
+}
+
+// DecodeMsgpack reads a command of 2 or 3 elements.
+func (c *AppendCommand) DecodeMsgpack(d *msgpack.Decoder) error {
+	n, err := arrayLen(d, "append command", 2, 3)
+	if err != nil {
+		return err
+	}
+	if c.Timestamp, err = d.DecodeInt64(); err != nil {
+		return err
+	}
+	if err := d.Decode(&c.Ops); err != nil {
+		return err
+	}
+	if n == 3 {
+		c.ProducerTTL, err = d.DecodeInt64()
+	}
+	return err
 }
 
 // RegisterNodeCommand records a node's client-facing address and the

@@ -29,21 +29,27 @@ type rawDecoder struct {
 }
 
 func (d *rawDecoder) appendCommand(cmd *AppendCommand) bool {
-	if d.arrayLen() != 2 {
+	fields := d.arrayLen()
+	if fields != 2 && fields != 3 {
 		return false
 	}
 	cmd.Timestamp = d.int()
 	n := d.arrayLen()
-	if n < 0 || d.bad {
-		return n == -1 && !d.bad // nil Ops
-	}
-	cmd.Ops = make([]AppendOp, n)
-	for i := range cmd.Ops {
-		if !d.appendOp(&cmd.Ops[i]) {
-			return false
+	switch {
+	case d.bad || n < -1:
+		return false
+	case n >= 0:
+		cmd.Ops = make([]AppendOp, n)
+		for i := range cmd.Ops {
+			if !d.appendOp(&cmd.Ops[i]) {
+				return false
+			}
 		}
 	}
-	return true
+	if fields == 3 {
+		cmd.ProducerTTL = d.int()
+	}
+	return !d.bad
 }
 
 func (d *rawDecoder) appendOp(op *AppendOp) bool {

@@ -13,7 +13,7 @@ import (
 // sameCommand compares two decoded commands, treating nil and empty byte
 // slices alike (both mean "none" to the FSM).
 func sameCommand(a, b *AppendCommand) bool {
-	if a.Timestamp != b.Timestamp || len(a.Ops) != len(b.Ops) {
+	if a.Timestamp != b.Timestamp || a.ProducerTTL != b.ProducerTTL || len(a.Ops) != len(b.Ops) {
 		return false
 	}
 	for i := range a.Ops {

@@ -40,6 +40,9 @@ type SequenceGapError struct {
 }
 
 func (e *SequenceGapError) Error() string {
+	if e.Expected == 1 {
+		return fmt.Sprintf("producer %q: sequence gap: expected 1, got %d: the producer is unknown (never seen, or expired after appending nothing for longer than the producer TTL); start a new sequence at 1", e.Producer, e.Got)
+	}
 	return fmt.Sprintf("producer %q: sequence gap: expected %d, got %d", e.Producer, e.Expected, e.Got)
 }
 func (e *SequenceGapError) Unwrap() error { return ErrSequenceGap }

@@ -77,9 +77,10 @@ type Processor struct {
 	}
 
 	// Owned by the apply goroutine.
-	appendWM uint64 // append commands at or below this index are in the log
-	nodesWM  uint64 // node commands at or below this index are in the node table
-	batches  batcher
+	appendWM  uint64 // append commands at or below this index are in the log
+	nodesWM   uint64 // node commands at or below this index are in the node table
+	batches   batcher
+	lastSweep int64 // log timestamp of the last sweepProducers
 
 	applied    atomic.Uint64
 	nextOffset atomic.Uint64

@@ -38,6 +38,22 @@ type ProducerState struct {
 	Windows  []Window // oldest first, at most DedupWindows
 }
 
+// Producer expiry. A producer whose last append is more than the entry's
+// ProducerTTL older than the entry being applied is treated as unknown:
+// its next append must start a new sequence at 1, and anything else is a
+// sequence gap (expected 1). The decision depends only on the entry and on
+// state that every replica has, so replicas agree; whether the producer is
+// still in Producers or already swept (Processor.sweepProducers, at any
+// time, on any replica) makes no difference to it, which is why the sweep
+// needs no Raft command of its own. A new sequence drops the producer's old
+// dedup windows (applyBatch), so an old retry can never be answered with
+// another sequence's offsets.
+
+// expired reports whether p is unknown at timestamp ts under ttl.
+func (p *ProducerState) expired(ts, ttl int64) bool {
+	return ttl > 0 && len(p.Windows) > 0 && ts-p.Windows[len(p.Windows)-1].Timestamp > ttl
+}
+
 // State is everything the FSM derives from the log, plus the node table.
 // Streams and Producers are a pure function of the log's records, which is
 // what lets a restarted node rebuild them from a checkpoint and the log.
@@ -119,6 +135,11 @@ func (s *State) applyBatch(b record.Batch) error {
 		if p == nil {
 			p = &ProducerState{}
 			s.Producers[string(r.ProducerID)] = p
+		}
+		if r.ProducerSeq <= p.LastSeq {
+			// A new sequence (the producer had expired): its old windows
+			// describe other events.
+			p.Windows = p.Windows[:0]
 		}
 		if len(p.Windows) == DedupWindows {
 			copy(p.Windows, p.Windows[1:])

@@ -84,6 +84,11 @@ type Config struct {
 	MaxInflightEntries int
 	// ReadMessageBytes is the default size of one Read response message.
 	ReadMessageBytes int
+	// ProducerTTL forgets a producer's dedup state once it has not
+	// appended for this long (Kafka expires producer ids after 7 days);
+	// it comes back only with a new sequence starting at 1. 0: never. The
+	// leader puts it in every entry, so replicas decide alike.
+	ProducerTTL time.Duration
 	// MaxSubscriberLag is how many offsets a live subscriber may fall
 	// behind the log end before it is told it is too slow.
 	MaxSubscriberLag uint64
@@ -207,6 +212,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEntryBytes <= 0 || c.MaxEntryBytes > 16<<20 || c.MaxEntryRequests <= 0 || c.MaxInflightEntries <= 0 {
 		errs = append(errs, errors.New("need 0 < max entry bytes <= 16 MiB, positive max entry requests and inflight entries"))
+	}
+	if c.ProducerTTL < 0 {
+		errs = append(errs, errors.New("producer ttl must not be negative (0: never expire)"))
 	}
 	if c.MaxSubscriberLag == 0 {
 		errs = append(errs, errors.New("max subscriber lag must be positive"))

@@ -96,7 +96,7 @@ func (p *proposer) run() {
 			}
 		}
 		orderBySeq(props)
-		cmd := fsm.AppendCommand{Timestamp: time.Now().UnixNano(), Ops: make([]fsm.AppendOp, len(props))}
+		cmd := fsm.AppendCommand{Timestamp: time.Now().UnixNano(), Ops: make([]fsm.AppendOp, len(props)), ProducerTTL: int64(cfg.ProducerTTL)}
 		for i, q := range props {
 			cmd.Ops[i] = q.op
 		}
