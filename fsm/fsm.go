@@ -11,7 +11,10 @@ type FSM struct {
 	P *Processor
 }
 
-var _ raft.FSM = (*FSM)(nil)
+var (
+	_ raft.FSM                = (*FSM)(nil)
+	_ raft.ConfigurationStore = (*FSM)(nil)
+)
 
 // Apply implements raft.FSM. It returns *ApplyResult for command entries.
 func (f *FSM) Apply(l *raft.Log) any {
@@ -19,6 +22,16 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return nil
 	}
 	return f.P.Apply(l.Index, l.Data)
+}
+
+// StoreConfiguration implements raft.ConfigurationStore. The FSM keeps no
+// copy of the configuration (raft has it in its log and snapshots); being
+// told of the entry advances the applied index over it, so that an index
+// whose last entry is a configuration change counts as applied: snapshots
+// can be taken and linearizable reads return right after a membership
+// change, with no append since.
+func (f *FSM) StoreConfiguration(index uint64, _ raft.Configuration) {
+	f.P.ApplyNonCommand(index)
 }
 
 // Snapshot implements raft.FSM.

@@ -279,6 +279,15 @@ func (p *Processor) Apply(index uint64, data []byte) *ApplyResult {
 	return res
 }
 
+// ApplyNonCommand records that the Raft entry at index, which carries no
+// command for the FSM (a configuration change), has been applied.
+func (p *Processor) ApplyNonCommand(index uint64) {
+	if index > p.applied.Load() {
+		p.applied.Store(index)
+	}
+	p.notify()
+}
+
 func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 	if err := p.Failed(); err != nil {
 		return &ApplyResult{Err: err}

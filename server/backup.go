@@ -14,6 +14,7 @@ import (
 
 	"github.com/tsstore/tsstore/fsm"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/segment"
 )
 
 // backupChunkBytes is the data carried by one BackupChunk message.
@@ -23,7 +24,7 @@ const backupChunkBytes = 1 << 20
 // nothing since the last one (raft's ErrNothingNewToSnapshot), it answers
 // with the newest existing snapshot instead.
 func (s *service) Snapshot(ctx context.Context, _ *pb.SnapshotRequest) (*pb.SnapshotResponse, error) {
-	meta, rc, err := s.n.openSnapshot(ctx, false)
+	meta, rc, err := s.n.openSnapshot(ctx)
 	if err != nil {
 		return nil, snapshotStatus(err)
 	}
@@ -44,7 +45,10 @@ func (s *service) Backup(_ *pb.BackupRequest, stream pb.Cluster_BackupServer) er
 	n.backupsActive.Add(1)
 	defer n.backupsActive.Add(-1)
 	started := time.Now()
-	meta, rc, err := n.openSnapshot(ctx, true)
+	if err := n.catchUpForBackup(ctx); err != nil {
+		return err
+	}
+	meta, rc, err := n.openSnapshot(ctx)
 	if err != nil {
 		return snapshotStatus(err)
 	}
@@ -53,6 +57,9 @@ func (s *service) Backup(_ *pb.BackupRequest, stream pb.Cluster_BackupServer) er
 	if err != nil {
 		return status.Errorf(codes.DataLoss, "snapshot %s: %v", meta.ID, err)
 	}
+	// Every batch is checked as it is sent: a backup of a damaged segment
+	// fails naming it, it never completes with bytes restore would refuse.
+	r = fsm.VerifySnapshotStream(r)
 	info := &pb.BackupInfo{
 		Cluster: n.cfg.ClusterName, NodeId: n.cfg.NodeID,
 		RaftIndex: meta.Index, RaftTerm: meta.Term, NextOffset: si.NextOffset,
@@ -84,7 +91,13 @@ func (s *service) Backup(_ *pb.BackupRequest, stream pb.Cluster_BackupServer) er
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			break
 		}
-		if err != nil {
+		var ce *segment.CorruptionError
+		switch {
+		case errors.As(err, &ce) || errors.Is(err, fsm.ErrBadSnapshot):
+			n.logger.Error("backup stopped: the snapshot's data is damaged", "snapshot", meta.ID, "error", err)
+			return withReason(codes.DataLoss, pb.ErrorReason_ERROR_REASON_CORRUPTION,
+				fmt.Sprintf("backup of snapshot %s on node %s: %v; take the backup from another node", meta.ID, n.cfg.NodeID, err), nil)
+		case err != nil:
 			return status.Errorf(codes.Internal, "reading snapshot %s: %v", meta.ID, err)
 		}
 	}
@@ -98,13 +111,35 @@ func (s *service) Backup(_ *pb.BackupRequest, stream pb.Cluster_BackupServer) er
 // errNoSnapshot: nothing applied since start and no snapshot on disk.
 var errNoSnapshot = errors.New("no snapshot: this node has applied nothing and holds no snapshot")
 
+// catchUpForBackup waits until this node has applied everything the
+// cluster had committed when the backup started (the leader's read
+// index), so the cut holds every append acknowledged before it. A node
+// that cannot learn that index, or is too far behind, refuses: the client
+// takes the backup elsewhere or later.
+func (n *Node) catchUpForBackup(ctx context.Context) error {
+	wctx, cancel := context.WithTimeout(ctx, behindWait)
+	defer cancel()
+	idx, err := n.readIndex(wctx)
+	if err == nil {
+		err = n.proc.WaitApplied(wctx, idx)
+	}
+	if err != nil && ctx.Err() == nil {
+		return status.Errorf(codes.Unavailable, "node %s cannot take a backup that holds every acknowledged append: %v (applied %d); retry, or take it from another node",
+			n.cfg.NodeID, err, n.proc.AppliedIndex())
+	}
+	if err != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	return nil
+}
+
 // openSnapshot takes a snapshot and opens it, or opens the newest one when
-// there is nothing new to snapshot. With orNewest, it also falls back to
-// the newest snapshot when Raft cannot snapshot now (a configuration
-// change is being applied, the FSM has stopped): any snapshot is a
-// consistent cut. If the new snapshot is reaped before it could be opened
-// (two more snapshots completed in between), it tries again.
-func (n *Node) openSnapshot(ctx context.Context, orNewest bool) (*raft.SnapshotMeta, io.ReadCloser, error) {
+// there is nothing new to snapshot (the newest is then at the FSM's
+// applied index). Any other reason raft cannot snapshot now is an error:
+// an older snapshot would be a cut without the latest appends. If the new
+// snapshot is reaped before it could be opened (two more snapshots
+// completed in between), it tries again.
+func (n *Node) openSnapshot(ctx context.Context) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	for attempt := 1; ; attempt++ {
 		f := n.raft.Snapshot()
 		err := n.await(ctx, f)
@@ -113,11 +148,7 @@ func (n *Node) openSnapshot(ctx context.Context, orNewest bool) (*raft.SnapshotM
 		switch {
 		case err == nil:
 			meta, rc, err = f.Open()
-		case errors.Is(err, raft.ErrNothingNewToSnapshot),
-			orNewest && ctx.Err() == nil && !errors.Is(err, raft.ErrRaftShutdown):
-			if !errors.Is(err, raft.ErrNothingNewToSnapshot) {
-				n.logger.Warn("cannot snapshot now; using the newest snapshot", "error", err)
-			}
+		case errors.Is(err, raft.ErrNothingNewToSnapshot):
 			meta, rc, err = n.openLatestSnapshot()
 		}
 		if err == nil {

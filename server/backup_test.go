@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -255,5 +257,52 @@ func TestSnapshotRPCWithNothingNew(t *testing.T) {
 	}
 	if again.Index == first.Index && again.Id != first.Id {
 		t.Fatalf("nothing new, yet a new snapshot %s (before %s)", again.Id, first.Id)
+	}
+}
+
+// A backup includes every append acknowledged before it started, even
+// from a follower that is told of the commit only by the leader, and a
+// backup of a node with a damaged sealed segment fails naming the segment
+// instead of completing with bytes a restore would refuse.
+func TestBackupIsCompleteOrFails(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) { c.Segment.SegmentBytes = 16 << 10 })
+	c := dial(t, tc.leader())
+	var last *pb.AppendResponse
+	for i := range 60 {
+		var evs []*pb.Event
+		for j := range 10 {
+			evs = append(evs, ev("run/b", strings.Repeat("x", 100)+string(rune('a'+(i+j)%26))))
+		}
+		var err error
+		if last, err = c.Append(ctxT(t), &pb.AppendRequest{Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := tc.follower()
+	info, _ := fetchBackup(t, f)
+	if info.NextOffset <= last.LastOffset {
+		t.Fatalf("backup from %s ends at offset %d; the last acknowledged append ends at %d", f.cfg.NodeID, info.NextOffset, last.LastOffset)
+	}
+	// Damage a sealed segment on the follower, below the active one.
+	var sealed string
+	f.proc.WithLog(func(l *segment.Log) error {
+		segs := l.Segments()
+		sealed = segs[0].Path
+		return nil
+	})
+	b, err := os.ReadFile(sealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x20
+	if err := os.WriteFile(sealed, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := dialCluster(t, f).Backup(ctxT(t), &pb.BackupRequest{})
+	for err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), filepath.Base(sealed)) {
+		t.Fatalf("backup of a damaged segment: %v; want DataLoss naming %s", err, filepath.Base(sealed))
 	}
 }

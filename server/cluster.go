@@ -40,7 +40,21 @@ func (n *Node) localReadIndex(ctx context.Context) (uint64, error) {
 	if err := n.await(ctx, n.raft.VerifyLeader()); err != nil {
 		return 0, err
 	}
+	if b := n.termBarrier.Load(); b != nil && b.term == n.raft.CurrentTerm() && idx <= b.index {
+		// Nothing committed since this term's barrier: the newest entries
+		// are the term's no-op and the barrier, which never reach the FSM,
+		// so waiting for idx would wait for the next append. Everything
+		// the FSM applies up to idx was applied when the barrier returned.
+		idx = b.applied
+	}
 	return idx, ctx.Err()
+}
+
+// barrierMark is a leader's barrier of its term: its index, and the FSM's
+// applied index once it had returned. Every entry after it in the term is
+// a command or a configuration change, which the FSM is told of.
+type barrierMark struct {
+	term, index, applied uint64
 }
 
 // readIndex returns the index a linearizable read on this node must wait
@@ -70,9 +84,13 @@ func (n *Node) watchLeadership() {
 				continue
 			}
 			term := n.raft.CurrentTerm()
-			if err := n.await(nil, n.raft.Barrier(10*time.Second)); err != nil {
+			f := n.raft.Barrier(10 * time.Second)
+			if err := n.await(nil, f); err != nil {
 				n.logger.Warn("leader barrier failed", "error", err)
 				continue
+			}
+			if idx, ok := f.(raft.IndexFuture); ok {
+				n.termBarrier.Store(&barrierMark{term: term, index: idx.Index(), applied: n.proc.AppliedIndex()})
 			}
 			n.leaderReady.Store(term)
 			n.logger.Info("leader ready", "term", term)

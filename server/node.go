@@ -55,6 +55,9 @@ type Node struct {
 	// leaderReady is the term in which this node, as leader, has applied
 	// everything committed before it (a barrier). ReadIndex waits for it.
 	leaderReady atomic.Uint64
+	// termBarrier is that barrier's index and the applied index after it
+	// (cluster.go, localReadIndex).
+	termBarrier atomic.Pointer[barrierMark]
 	// health is the grpc.health.v1 status (health.go).
 	health nodeHealth
 	// backupsActive counts Backup streams being served (backup.go).

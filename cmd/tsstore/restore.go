@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/tsstore/tsstore/backup"
+	"github.com/tsstore/tsstore/fsm"
 	"github.com/tsstore/tsstore/server"
 )
 
@@ -21,7 +22,7 @@ type restoreResult struct {
 
 func runRestore(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("restore", stderr,
-		"restore --backup FILE --data-dir DIR --node-id ID --peers id1=raft-host:port,... [--cluster NAME | --rename-cluster NEW] [--json]")
+		"restore --backup FILE --data-dir DIR --node-id ID --peers id1=raft-host:port,... [--cluster NAME | --rename-cluster NEW] [--json]\n       tsstore restore --dry-run --backup FILE [--json]")
 	file := fs.String("backup", "", "backup file written by 'tsstore backup' (required)")
 	dataDir := fs.String("data-dir", "", "data directory of the new node; must not exist or be empty (required)")
 	nodeID := fs.String("node-id", "", "this node's id in the new cluster (required)")
@@ -29,10 +30,13 @@ func runRestore(args []string, stdout, stderr io.Writer) error {
 	cluster := fs.String("cluster", "", "refuse unless the backup is of this cluster")
 	rename := fs.String("rename-cluster", "", "give the new cluster this name instead of the backup's")
 	asJSON := fs.Bool("json", false, "print JSON instead of text")
+	dryRun := fs.Bool("dry-run", false, "check the backup file end to end (checksum, snapshot header, every batch's CRC and offsets) and write nothing")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	switch {
+	case *dryRun && *file != "" && fs.NArg() == 0:
+		return checkBackupFile(*file, *asJSON, stdout, stderr)
 	case fs.NArg() > 0:
 		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	case *file == "" || *dataDir == "" || *nodeID == "" || *peersFlag == "":
@@ -85,5 +89,35 @@ func runRestore(args []string, stdout, stderr io.Writer) error {
 		*nodeID, name, *dataDir, info.RaftIndex, info.RaftTerm, info.NextOffset, strings.Join(ps, ","))
 	fmt.Fprintf(stdout, "start it with: tsstore serve --id %s --cluster %s --data-dir %s --raft-addr %s --api-addr HOST:PORT\n",
 		*nodeID, name, *dataDir, self)
+	return nil
+}
+
+// checkBackupFile is restore --dry-run: the file's length and SHA-256
+// (backup.Open), then the snapshot stream inside it batch by batch, as a
+// restore would read it.
+func checkBackupFile(path string, asJSON bool, stdout, stderr io.Writer) error {
+	bar := newProgressBar(stderr, "verify ")
+	f, err := backup.Open(path, bar.update)
+	bar.finish()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	n, err := io.Copy(io.Discard, fsm.VerifySnapshotStream(f.Stream()))
+	if err != nil {
+		return fmt.Errorf("%w: backup %s: %v", errCorrupt, path, err)
+	}
+	if uint64(n) != f.Info.SizeBytes {
+		return fmt.Errorf("%w: backup %s: the snapshot stream is %d bytes, the header says %d", errCorrupt, path, n, f.Info.SizeBytes)
+	}
+	if asJSON {
+		return json.NewEncoder(stdout).Encode(struct {
+			File string      `json:"file"`
+			OK   bool        `json:"ok"`
+			Info backup.Info `json:"backup"`
+		}{path, true, f.Info})
+	}
+	fmt.Fprintf(stdout, "%s: ok: cluster %s, node %s, raft index %d, offsets [0, %d), %s; every batch verified\n",
+		path, f.Info.Cluster, f.Info.NodeID, f.Info.RaftIndex, f.Info.NextOffset, humanBytes(int64(f.Info.SizeBytes)))
 	return nil
 }
