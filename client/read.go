@@ -37,6 +37,10 @@ func (c *Client) read(ctx context.Context, from uint64, o *readOptions, live boo
 	if o.to != 0 && from >= o.to {
 		return nil
 	}
+	if !live && !o.local {
+		// Replay and ReadBatches are never silently short (Local).
+		o.linearizable = true
+	}
 	cur := newCursor(from, o)
 	minNext := o.minNext
 	if !o.linearizable {

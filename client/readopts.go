@@ -14,6 +14,7 @@ type ReadOption func(*readOptions)
 type readOptions struct {
 	to           uint64 // exclusive end; 0: the end of the log
 	linearizable bool
+	local        bool
 	minNext      uint64
 	maxMsgBytes  uint32
 
@@ -35,8 +36,17 @@ func To(offset uint64) ReadOption { return func(o *readOptions) { o.to = offset 
 
 // Linearizable makes the read start only once the serving node has applied
 // everything committed when the read was issued, so it observes every
-// append that completed before, by any client.
-func Linearizable() ReadOption { return func(o *readOptions) { o.linearizable = true } }
+// append that completed before, by any client. It is the default of
+// Replay and ReadBatches (see Local); Subscribe takes it as an option.
+func Linearizable() ReadOption { return func(o *readOptions) { o.linearizable, o.local = true, false } }
+
+// Local lets a Replay or ReadBatches be served by whichever node answers,
+// from what that node has applied: it also works while the cluster has no
+// leader, but a lagging node ends the read early (at its own log end).
+// Without it, a read observes everything committed when it was issued
+// (Linearizable): a lagging or not-serving node hands the read over to
+// another, and the read is never silently short.
+func Local() ReadOption { return func(o *readOptions) { o.local, o.linearizable = true, false } }
 
 // MinNextOffset makes a local read wait (up to ctx's deadline) until the
 // serving node holds offsets below n. The client already applies this for

@@ -471,15 +471,18 @@ func TestReplayReadYourWrites(t *testing.T) {
 	if _, err := c.Append(testCtx(t), ev("a"), ev("b")); err != nil {
 		t.Fatal(err)
 	}
-	for _, err := range c.Replay(testCtx(t), 0, To(50), MaxMessageBytes(4096)) {
+	for _, err := range c.Replay(testCtx(t), 0, To(50), MaxMessageBytes(4096), Local()) {
 		t.Fatalf("empty log yielded %v", err)
 	}
 	for _, err := range c.Replay(testCtx(t), 0, Linearizable(), MinNextOffset(5)) {
 		t.Fatalf("empty log yielded %v", err)
 	}
+	for _, err := range c.Replay(testCtx(t), 0) {
+		t.Fatalf("empty log yielded %v", err)
+	}
 	reads := f.reads()
-	if len(reads) != 2 {
-		t.Fatalf("%d Read calls, want 2", len(reads))
+	if len(reads) != 3 {
+		t.Fatalf("%d Read calls, want 3", len(reads))
 	}
 	if r := reads[0]; r.GetMinNextOffset() != 12 || r.GetToOffset() != 50 || r.GetMaxMessageBytes() != 4096 ||
 		r.GetConsistency() != tsstorev1.Consistency_CONSISTENCY_LOCAL {
@@ -487,6 +490,10 @@ func TestReplayReadYourWrites(t *testing.T) {
 	}
 	if r := reads[1]; r.GetConsistency() != tsstorev1.Consistency_CONSISTENCY_LINEARIZABLE || r.GetMinNextOffset() != 5 {
 		t.Fatalf("linearizable read request %v", r)
+	}
+	// Without an option a replay is linearizable: never silently short.
+	if r := reads[2]; r.GetConsistency() != tsstorev1.Consistency_CONSISTENCY_LINEARIZABLE {
+		t.Fatalf("default replay request %v, want linearizable", r)
 	}
 }
 

@@ -183,6 +183,8 @@ func (w *workload) replay(ctx context.Context, cl *client.Client, r *ReadOp, ext
 	}
 	if r.Linearizable {
 		opts = append(opts, client.Linearizable())
+	} else {
+		opts = append(opts, client.Local()) // the SDK's default is linearizable
 	}
 	if r.MinNext != 0 {
 		opts = append(opts, client.MinNextOffset(r.MinNext))

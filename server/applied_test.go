@@ -2,8 +2,12 @@ package server
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
@@ -87,5 +91,37 @@ func TestSnapshotRightAfterMembershipChange(t *testing.T) {
 		if err != nil {
 			t.Fatalf("linearizable read on %s after the membership change: %v", n.cfg.NodeID, err)
 		}
+	}
+}
+
+// A node whose FSM has stopped hands a linearizable read over at once with
+// Unavailable, so the SDK reads from another node instead of returning a
+// short log (one that is only behind gets behindWait to catch up).
+func TestNotServingNodeHandsReadOver(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	if _, err := dial(t, tc.leader()).Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("s", "v")}}); err != nil {
+		t.Fatal(err)
+	}
+	f := tc.follower()
+	f.setFatal(errors.New("test: the FSM stopped"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		if serving, _ := f.Health(); !serving {
+			break
+		}
+		select {
+		case <-f.HealthChanged():
+		case <-ctx.Done():
+			t.Fatal("the stuck follower never went NOT_SERVING")
+		}
+	}
+	start := time.Now()
+	stream, err := dial(t, f).Read(ctx, &pb.ReadRequest{Consistency: pb.Consistency_CONSISTENCY_LINEARIZABLE})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.Unavailable || time.Since(start) > 2*time.Second {
+		t.Fatalf("linearizable read on a NOT_SERVING node: %v after %v, want Unavailable at once", err, time.Since(start))
 	}
 }

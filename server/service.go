@@ -167,11 +167,22 @@ const behindWait = 10 * time.Second
 // waitReadable applies the read's consistency rule before serving.
 func (n *Node) waitReadable(ctx context.Context, req *pb.ReadRequest) error {
 	if req.Consistency == pb.Consistency_CONSISTENCY_LINEARIZABLE {
-		idx, err := n.readIndex(ctx)
-		if err != nil {
-			return err
+		// A node whose FSM has stopped hands the read over at once; one
+		// that is merely behind gets behindWait to catch up.
+		if n.health.failed.Load() {
+			return status.Errorf(codes.Unavailable, "node %s has stopped applying entries; read from another node", n.cfg.NodeID)
 		}
-		if err := n.proc.WaitApplied(ctx, idx); err != nil {
+		wctx, cancel := context.WithTimeout(ctx, behindWait)
+		defer cancel()
+		idx, err := n.readIndex(wctx)
+		if err == nil {
+			err = n.proc.WaitApplied(wctx, idx)
+		}
+		if err != nil && ctx.Err() == nil && wctx.Err() != nil {
+			return status.Errorf(codes.Unavailable, "node %s has not applied the cluster's commit index %d within %v (applied %d); read from another node",
+				n.cfg.NodeID, idx, behindWait, n.proc.AppliedIndex())
+		}
+		if err != nil {
 			return err
 		}
 	}

@@ -95,10 +95,11 @@ func parseSince(v string) (time.Time, error) {
 func runRead(args []string, stdout, stderr io.Writer) error {
 	var cf clientFlags
 	var sf selectFlags
-	fs := newFlagSet("read", stderr, "read [--from N] [--to N] [--since T] [--stream S [--version V]] [--prefix P] [--type T]... [--linearizable]")
+	fs := newFlagSet("read", stderr, "read [--from N] [--to N] [--since T] [--stream S [--version V]] [--prefix P] [--type T]... [--local]")
 	cf.register(fs)
 	sf.register(fs, true)
-	linear := fs.Bool("linearizable", false, "linearizable read (confirmed with the leader)")
+	linear := fs.Bool("linearizable", false, "linearizable read, confirmed with the leader (the default; kept for scripts)")
+	local := fs.Bool("local", false, "read what the answering node has applied, even without a leader; a lagging node ends the read early")
 	limit := fs.Int("limit", 0, "stop after this many events (0: no limit)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -107,8 +108,11 @@ func runRead(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *linear {
-		opts = append(opts, client.Linearizable())
+	switch {
+	case *linear && *local:
+		return fmt.Errorf("%w: --linearizable and --local exclude each other", errUsage)
+	case *local:
+		opts = append(opts, client.Local())
 	}
 	cl, ctx, cancel, err := cf.connect()
 	if err != nil {
