@@ -2,12 +2,16 @@ package fsm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/tsstore/tsstore/record"
 	"github.com/tsstore/tsstore/segment"
 )
 
@@ -119,7 +123,7 @@ func Open(cfg Config) (*Processor, error) {
 }
 
 func (p *Processor) load(log *segment.Log) error {
-	cp, err := readCheckpoint(p.cfg.Dir)
+	cp, err := p.readOrRebuildCheckpoint(log)
 	if err != nil {
 		return err
 	}
@@ -159,6 +163,29 @@ func (p *Processor) load(log *segment.Log) error {
 		"append_watermark", p.appendWM, "next_offset", st.NextOffset,
 		"recovery", log.Recovery())
 	return nil
+}
+
+// readOrRebuildCheckpoint reads the checkpoint. A damaged one (bit rot, a
+// bad disk block) is moved aside and the state rebuilt from the whole log,
+// of which it is a pure function: the node starts, slower once, instead of
+// failing at every restart. That needs the log from offset 0.
+func (p *Processor) readOrRebuildCheckpoint(log *segment.Log) (checkpoint, error) {
+	cp, err := readCheckpoint(p.cfg.Dir)
+	if err == nil || !errors.Is(err, record.ErrCorrupt) {
+		return cp, err
+	}
+	path := filepath.Join(p.cfg.Dir, checkpointName)
+	if log.FirstOffset() > 0 {
+		return cp, fmt.Errorf("%w: %v; the log starts at offset %d, so the state cannot be rebuilt from it: wipe this node's data directory and let it rejoin from a peer (docs/operations.md, Damaged FSM files)",
+			ErrDataLoss, err, log.FirstOffset())
+	}
+	aside := fmt.Sprintf("%s.damaged-%d", path, time.Now().UnixNano())
+	if rerr := os.Rename(path, aside); rerr != nil {
+		return cp, fmt.Errorf("%v; moving it aside: %w", err, rerr)
+	}
+	p.logger.Error("fsm checkpoint damaged; moved aside, rebuilding the state from the whole log", "error", err, "moved_to", aside,
+		"log_next_offset", log.NextOffset())
+	return checkpoint{}, nil
 }
 
 // Close closes the segment log.

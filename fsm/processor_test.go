@@ -250,6 +250,45 @@ func TestCheckpointThenReopenRebuildsSameState(t *testing.T) {
 	}
 }
 
+// A damaged checkpoint is moved aside and the state rebuilt from the
+// whole log: the node opens with the same state instead of failing at
+// every restart.
+func TestDamagedCheckpointIsRebuiltFromTheLog(t *testing.T) {
+	dir := t.TempDir()
+	p := openProc(t, dir)
+	for i := range 60 {
+		mustApply(t, p, uint64(i+1), appendEntry(t, int64(i), op("p", uint64(i*2+1), fmt.Sprint("s", i%4), 2)))
+		if i == 30 {
+			snap, err := p.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := snap.Persist(&bytes.Buffer{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := p.mu.state.clone()
+	p.Close()
+	cpPath := filepath.Join(dir, checkpointName)
+	b, err := os.ReadFile(cpPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x40
+	if err := os.WriteFile(cpPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p2 := openProc(t, dir)
+	if !reflect.DeepEqual(want.Streams, p2.mu.state.Streams) || !reflect.DeepEqual(want.Producers, p2.mu.state.Producers) ||
+		want.NextOffset != p2.mu.state.NextOffset || p2.AppliedIndex() != 60 {
+		t.Fatalf("state rebuilt from the log differs (applied %d)", p2.AppliedIndex())
+	}
+	if aside, _ := filepath.Glob(cpPath + ".damaged-*"); len(aside) != 1 {
+		t.Fatalf("the damaged checkpoint was not kept aside: %v", aside)
+	}
+}
+
 func TestOpenDetectsLostSegmentData(t *testing.T) {
 	dir := t.TempDir()
 	p := openProc(t, dir)

@@ -49,8 +49,10 @@ var commands = map[string]command{
 var errUsage = errors.New("usage")
 
 // exitPermanent is serve's exit status when restarting cannot help: the
-// data directory belongs to another cluster or node, or this node was
-// removed from the cluster (EX_CONFIG from sysexits.h). The systemd unit
+// data directory belongs to another cluster or node, this node was
+// removed from the cluster, or its data is damaged or lost beyond what a
+// start repairs (docs/operations.md, Damaged FSM files) (EX_CONFIG from
+// sysexits.h). The systemd unit
 // lists it in RestartPreventExitStatus, so a removed node does not loop.
 const exitPermanent = 78
 

@@ -14,6 +14,8 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/hashicorp/raft-wal/types"
 
+	"github.com/tsstore/tsstore/fsm"
+	"github.com/tsstore/tsstore/record"
 	"github.com/tsstore/tsstore/segment"
 	"github.com/tsstore/tsstore/server"
 )
@@ -255,7 +257,8 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 
 // permanent gives errors that a restart cannot mend their own exit status.
 func permanent(err error) error {
-	if errors.Is(err, server.ErrNodeRemoved) || errors.Is(err, server.ErrWrongCluster) {
+	if errors.Is(err, server.ErrNodeRemoved) || errors.Is(err, server.ErrWrongCluster) || errors.Is(err, fsm.ErrDataLoss) ||
+		errors.Is(err, record.ErrCorrupt) {
 		return exitError{code: exitPermanent, err: err}
 	}
 	return err
