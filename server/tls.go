@@ -321,8 +321,14 @@ func (p peerCreds) OverrideServerName(string) error         { return nil }
 // validity period.
 func loadPair(certFlag, certFile, keyFlag, keyFile string) (tls.Certificate, error) {
 	for _, f := range [][2]string{{certFlag, certFile}, {keyFlag, keyFile}} {
-		if _, err := os.Stat(f[1]); err != nil {
+		fi, err := os.Stat(f[1])
+		if err != nil {
 			return tls.Certificate{}, fmt.Errorf("%s: %w", f[0], err)
+		}
+		if f[1] == keyFile && fi.Mode().Perm()&0o004 != 0 {
+			// A private key every local user can read is a leaked key.
+			return tls.Certificate{}, fmt.Errorf("%s %s is readable by every user (mode %04o): chmod o-rwx (0600, or 0640 for a group)",
+				keyFlag, keyFile, fi.Mode().Perm())
 		}
 	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)

@@ -364,6 +364,10 @@ func TestTLSConfigRefusals(t *testing.T) {
 	expired := p.ca.Issue(t, "expired", testpki.Leaf{DNSNames: []string{testPeerName}}.Expired())
 	noName := p.ca.Issue(t, "noname", testpki.Leaf{DNSNames: []string{"something-else"}})
 	serverOnly := p.ca.Issue(t, "serveronly", testpki.Leaf{DNSNames: []string{testPeerName}, ServerOnly: true})
+	worldKey := filepath.Join(p.dir, "world.key")
+	if b, err := os.ReadFile(node.KeyFile); err != nil || os.WriteFile(worldKey, b, 0o644) != nil || os.Chmod(worldKey, 0o644) != nil {
+		t.Fatal("copying the key", err)
+	}
 	notPEM := filepath.Join(p.dir, "not.pem")
 	os.WriteFile(notPEM, []byte("hello\n"), 0o644)
 	tokens := writeTokens(t, "append trainer 0123456789abcdef0123\n")
@@ -385,6 +389,8 @@ func TestTLSConfigRefusals(t *testing.T) {
 		want   string
 	}{
 		{"missing key file", func(c *Config) { c.TLS.KeyFile = filepath.Join(p.dir, "nope.key") }, "tls-key: stat " + filepath.Join(p.dir, "nope.key") + ": no such file"},
+		{"world-readable key", func(c *Config) { c.TLS.KeyFile = worldKey }, "tls-key " + worldKey + " is readable by every user (mode 0644)"},
+		{"world-readable peer key", func(c *Config) { c.TLS.PeerKeyFile = worldKey }, "peer-tls-key " + worldKey + " is readable by every user"},
 		{"missing peer cert file", func(c *Config) { c.TLS.PeerCertFile = filepath.Join(p.dir, "nope.crt") }, "peer-tls-cert: stat"},
 		{"cert and key do not match", func(c *Config) { c.TLS.KeyFile = otherNode.KeyFile }, "private key does not match public key"},
 		{"expired api certificate", func(c *Config) { c.TLS.CertFile, c.TLS.KeyFile = expired.CertFile, expired.KeyFile }, "tls-cert " + expired.CertFile + ` ("expired") expired at`},

@@ -83,6 +83,9 @@ func (s *selectFlags) options() ([]client.ReadOption, error) {
 
 func parseSince(v string) (time.Time, error) {
 	if d, err := time.ParseDuration(v); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("%w: --since %q: a duration ago must not be negative (a time in the future selects nothing)", errUsage, v)
+		}
 		return time.Now().Add(-d), nil
 	}
 	t, err := time.Parse(time.RFC3339Nano, v)
