@@ -49,8 +49,9 @@ func (n *Node) serve() error {
 	// Authentication (auth.go), when on, sits inside the metrics
 	// interceptors, so refused calls are counted (Unauthenticated,
 	// PermissionDenied), and outside the inner recovery.
-	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(onPanic), n.metrics.grpc.UnaryServerInterceptor()}
-	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(onPanic), n.metrics.grpc.StreamServerInterceptor()}
+	codec := newStrictCodec() // malformed requests are InvalidArgument (codec.go)
+	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(onPanic), n.metrics.grpc.UnaryServerInterceptor(), codec.unary}
+	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(onPanic), n.metrics.grpc.StreamServerInterceptor(), codec.stream}
 	if n.sec.tokens != nil {
 		a := &authenticator{tokens: n.sec.tokens, peerName: n.sec.peerName, logger: n.logger.With("component", "auth")}
 		u, s := a.interceptors()
@@ -60,6 +61,7 @@ func (n *Node) serve() error {
 	stream = append(stream, recovery.StreamServerInterceptor(onPanic))
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(n.cfg.MaxRequestBytes + (1 << 20)),
+		grpc.ForceServerCodecV2(codec),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	}
@@ -166,6 +168,10 @@ const behindWait = 10 * time.Second
 
 // waitReadable applies the read's consistency rule before serving.
 func (n *Node) waitReadable(ctx context.Context, req *pb.ReadRequest) error {
+	if _, known := pb.Consistency_name[int32(req.Consistency)]; !known {
+		return withReason(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_INVALID_EVENT,
+			fmt.Sprintf("unknown consistency %d", req.Consistency), nil)
+	}
 	if req.Consistency == pb.Consistency_CONSISTENCY_LINEARIZABLE {
 		// A node whose FSM has stopped hands the read over at once; one
 		// that is merely behind gets behindWait to catch up.
