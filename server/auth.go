@@ -13,11 +13,13 @@ import (
 	"sync/atomic"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
@@ -222,6 +224,7 @@ type authenticator struct {
 	tokens   *tokenSet
 	peerName string
 	logger   *slog.Logger
+	refused  *prometheus.CounterVec // by method (short name) and code
 }
 
 // interceptors returns the auth interceptors for the server's chain.
@@ -229,9 +232,33 @@ func (a *authenticator) interceptors() (grpc.UnaryServerInterceptor, grpc.Stream
 	return auth.UnaryServerInterceptor(a.authorize), auth.StreamServerInterceptor(a.authorize)
 }
 
-// authorize is the auth.AuthFunc: it lets the call through or refuses it.
+// authorizedKey marks a call the tap handle already let through.
+type authorizedKey struct{}
+
+// tapHandle decides a call on its headers alone, when the stream opens and
+// before grpc reads (and allocates) any of its request body: a client
+// without a valid token cannot make the node hold megabytes of a body it
+// sends slowly. grpc answers a refusal with the status at once.
+func (a *authenticator) tapHandle(ctx context.Context, info *tap.Info) (context.Context, error) {
+	ctx, err := a.authorizeMethod(ctx, info.FullMethodName)
+	if err != nil {
+		return nil, err
+	}
+	return context.WithValue(ctx, authorizedKey{}, true), nil
+}
+
+// authorize is the auth.AuthFunc of the interceptors: calls the tap
+// handle let through pass; it decides any other (defence in depth).
 func (a *authenticator) authorize(ctx context.Context) (context.Context, error) {
+	if ok, _ := ctx.Value(authorizedKey{}).(bool); ok {
+		return ctx, nil
+	}
 	method, _ := grpc.Method(ctx)
+	return a.authorizeMethod(ctx, method)
+}
+
+// authorizeMethod lets a call of method through or refuses it.
+func (a *authenticator) authorizeMethod(ctx context.Context, method string) (context.Context, error) {
 	if strings.HasPrefix(method, healthPrefix) {
 		return ctx, nil
 	}
@@ -268,6 +295,9 @@ func (a *authenticator) refuse(ctx context.Context, code codes.Code, method, nam
 		remote = p.Addr.String()
 	}
 	a.logger.Warn("call refused", "code", code.String(), "method", method, "token_name", name, "remote", remote, "reason", msg)
+	if a.refused != nil {
+		a.refused.WithLabelValues(method[strings.LastIndexByte(method, '/')+1:], code.String()).Inc()
+	}
 	return status.Error(code, msg)
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"io"
 	"os"
 	"path/filepath"
@@ -157,11 +159,12 @@ func TestAuthRoles(t *testing.T) {
 		}
 	})
 
-	if got := handledTotal(t, n, "Append", "PermissionDenied"); got != 1 {
-		t.Errorf("grpc_server_handled_total{Append,PermissionDenied} = %v, want 1", got)
+	// Refused on their headers, before grpc read a body: counted by auth.
+	if got := counterValue(t, n.metrics.authRefused.WithLabelValues("Append", "PermissionDenied")); got != 1 {
+		t.Errorf("tsstore_auth_refused_total{Append,PermissionDenied} = %v, want 1", got)
 	}
-	if got := handledTotal(t, n, "Status", "Unauthenticated"); got != 3 {
-		t.Errorf("grpc_server_handled_total{Status,Unauthenticated} = %v, want 3", got)
+	if got := counterValue(t, n.metrics.authRefused.WithLabelValues("Status", "Unauthenticated")); got != 3 {
+		t.Errorf("tsstore_auth_refused_total{Status,Unauthenticated} = %v, want 3", got)
 	}
 	out := logs.String()
 	if !strings.Contains(out, "msg=security peer_mtls=true peer_name="+testPeerName+" api_tls=true client_certs=false auth_tokens=3") {
@@ -328,4 +331,13 @@ func TestTokenLookup(t *testing.T) {
 	if _, err := loadTokens(hashes); err != nil {
 		t.Fatalf("world-readable file of hashes refused: %v", err)
 	}
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }

@@ -55,6 +55,11 @@ type nodeMetrics struct {
 	subscriptions   prometheus.Gauge
 	slowConsumers   prometheus.Counter
 
+	// authRefused counts calls refused by authentication, by method and
+	// code; most are refused on their headers (auth.go, tapHandle), before
+	// grpc's own metrics see them.
+	authRefused *prometheus.CounterVec
+
 	// Raft and snapshots.
 	leaderChanges   prometheus.Counter
 	persistDuration prometheus.Histogram
@@ -121,6 +126,8 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 	m.read, m.subscribe = rm("Read"), rm("Subscribe")
 	m.subscriptions = f.gauge("tsstore_subscriptions_active",
 		"Subscribe calls being served.")
+	m.authRefused = f.counterVec("tsstore_auth_refused_total",
+		"Calls refused by token authentication (Unauthenticated, PermissionDenied), by method, usually before their body was read.", "grpc_method", "code")
 	m.slowConsumers = f.counter("tsstore_subscriptions_slow_consumer_total",
 		"Subscriptions ended with ResourceExhausted/SLOW_CONSUMER for falling more than MaxSubscriberLag offsets behind.")
 

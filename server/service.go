@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	"github.com/tsstore/tsstore/fsm"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
@@ -52,10 +53,12 @@ func (n *Node) serve() error {
 	codec := newStrictCodec() // malformed requests are InvalidArgument (codec.go)
 	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(onPanic), n.metrics.grpc.UnaryServerInterceptor(), codec.unary}
 	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(onPanic), n.metrics.grpc.StreamServerInterceptor(), codec.stream}
+	var tapHandle tap.ServerInHandle
 	if n.sec.tokens != nil {
-		a := &authenticator{tokens: n.sec.tokens, peerName: n.sec.peerName, logger: n.logger.With("component", "auth")}
+		a := &authenticator{tokens: n.sec.tokens, peerName: n.sec.peerName, logger: n.logger.With("component", "auth"), refused: n.metrics.authRefused}
 		u, s := a.interceptors()
 		unary, stream = append(unary, u), append(stream, s)
+		tapHandle = a.tapHandle
 	}
 	unary = append(unary, recovery.UnaryServerInterceptor(onPanic))
 	stream = append(stream, recovery.StreamServerInterceptor(onPanic))
@@ -64,6 +67,9 @@ func (n *Node) serve() error {
 		grpc.ForceServerCodecV2(codec),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
+	}
+	if tapHandle != nil {
+		opts = append(opts, grpc.InTapHandle(tapHandle))
 	}
 	if n.sec.api != nil {
 		opts = append(opts, grpc.Creds(loggedCreds{TransportCredentials: credentials.NewTLS(n.sec.api), logger: n.logger.With("component", "api-tls")}))
