@@ -89,6 +89,15 @@ type Config struct {
 	// it comes back only with a new sequence starting at 1. 0: never. The
 	// leader puts it in every entry, so replicas decide alike.
 	ProducerTTL time.Duration
+	// MinFreeBytes is the low watermark of free space on the data
+	// directory's filesystem, in bytes: below it the leader refuses
+	// appends (ResourceExhausted) and the node is not serving (disk.go).
+	// DiskResumeBytes is the hysteresis: appends resume once the free
+	// space is MinFreeBytes + DiskResumeBytes again.
+	MinFreeBytes    int64
+	DiskResumeBytes int64
+	// freeSpace, if set, replaces the statfs of the data directory (tests).
+	freeSpace func(dir string) (int64, error)
 	// MaxSubscriberLag is how many offsets a live subscriber may fall
 	// behind the log end before it is told it is too slow.
 	MaxSubscriberLag uint64
@@ -212,6 +221,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEntryBytes <= 0 || c.MaxEntryBytes > 16<<20 || c.MaxEntryRequests <= 0 || c.MaxInflightEntries <= 0 {
 		errs = append(errs, errors.New("need 0 < max entry bytes <= 16 MiB, positive max entry requests and inflight entries"))
+	}
+	if c.MinFreeBytes < 0 || c.DiskResumeBytes < 0 {
+		errs = append(errs, errors.New("min free bytes and disk resume bytes must not be negative"))
 	}
 	if c.ProducerTTL < 0 {
 		errs = append(errs, errors.New("producer ttl must not be negative (0: never expire)"))

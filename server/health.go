@@ -206,6 +206,10 @@ func (w *healthWatch) step(now time.Time) (waitApplied bool) {
 		w.setServing(false, "raft is shut down")
 		return false
 	}
+	if p := n.diskProblem(); p != "" {
+		w.setServing(false, p)
+		return false
+	}
 	_, leader := n.raft.LeaderWithID()
 	if leader == "" {
 		if w.leaderlessSince.IsZero() {

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
@@ -31,6 +32,9 @@ import (
 type logStore struct {
 	wal           *wal.WAL
 	maxCacheBytes int64
+	// werr is the error of the last StoreLogs, nil once one succeeds
+	// (health: a node that cannot persist is not serving).
+	werr atomic.Pointer[error]
 
 	mu struct {
 		sync.RWMutex
@@ -167,8 +171,10 @@ func (s *logStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{
 // fsync), then the entries are recorded.
 func (s *logStore) StoreLogs(logs []*raft.Log) error {
 	if err := s.wal.StoreLogs(logs); err != nil {
+		s.werr.Store(&err)
 		return err
 	}
+	s.werr.Store(nil)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, l := range logs {
@@ -271,6 +277,14 @@ func (s *logStore) trailingFor(maxBytes int64) uint64 {
 		k++
 	}
 	return max(k, 1)
+}
+
+// writeError is the error of the last StoreLogs if it failed.
+func (s *logStore) writeError() error {
+	if p := s.werr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Close closes the WAL; a second Close does nothing.

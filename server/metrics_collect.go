@@ -41,6 +41,8 @@ var (
 	descRaftLogBytes      = desc("tsstore_raft_log_bytes", "Bytes of the entries in this node's Raft log (raft-wal), as the byte bounds count them (docs/design.md).")
 	descRaftLogEntries    = desc("tsstore_raft_log_entries", "Entries in this node's Raft log.")
 	descRaftLogCacheBytes = desc("tsstore_raft_log_cache_bytes", "Bytes of recent Raft entries held in memory for replication (bounded by log-cache-bytes).")
+	descDiskFree          = desc("tsstore_disk_free_bytes", "Free bytes on the data directory's filesystem (available to the node), read every second.")
+	descDiskLow           = desc("tsstore_disk_low", "1 while free space is below min-free-bytes (appends refused, NOT_SERVING), else 0.")
 	descQueued            = desc("tsstore_group_commit_queued_requests", "Append requests waiting for the proposer to put them into an entry.")
 )
 
@@ -48,7 +50,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descRaftCommitIndex, descRaftAppliedIndex,
 		descRaftLastLogIndex, descRaftSnapshotIndex, descRaftFSMPending, descRaftApplyLag, descRaftLastContact,
 		descFSMApplied, descFSMNextOffset, descFSMLastTimestamp, descLogFirstOffset, descSegments, descSegmentBytes, descQueued,
-		descRaftLogBytes, descRaftLogEntries, descRaftLogCacheBytes} {
+		descRaftLogBytes, descRaftLogEntries, descRaftLogCacheBytes, descDiskFree, descDiskLow} {
 		ch <- d
 	}
 }
@@ -110,6 +112,14 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descRaftLogBytes, float64(u.Bytes))
 		gauge(descRaftLogEntries, float64(u.Entries))
 		gauge(descRaftLogCacheBytes, float64(u.CacheBytes))
+	}
+	if free := n.disk.free.Load(); free >= 0 {
+		gauge(descDiskFree, float64(free))
+		low := 0.0
+		if n.disk.low.Load() {
+			low = 1
+		}
+		gauge(descDiskLow, low)
 	}
 	if n.prop != nil {
 		gauge(descQueued, float64(len(n.prop.in)))

@@ -60,6 +60,8 @@ type Node struct {
 	termBarrier atomic.Pointer[barrierMark]
 	// health is the grpc.health.v1 status (health.go).
 	health nodeHealth
+	// disk is the free space of the data directory (disk.go).
+	disk diskState
 	// backupsActive counts Backup streams being served (backup.go).
 	backupsActive atomic.Int64
 
@@ -109,6 +111,8 @@ func New(cfg Config) (*Node, error) {
 	if err := n.checkNotRemoved(); err != nil {
 		return nil, err
 	}
+	n.disk.free.Store(-1)
+	n.checkDisk()
 	n.opening("starting raft")
 	if err := n.startRaft(); err != nil {
 		return nil, err
@@ -127,6 +131,7 @@ func New(cfg Config) (*Node, error) {
 	n.goFunc(n.watchHeartbeats)
 	n.goFunc(n.watchHealth)
 	n.goFunc(n.boundRaftLog)
+	n.goFunc(n.watchDisk)
 	ok = true
 	n.logger.Info("node started", "raft", cfg.RaftAddr, "api", n.APIAddr(), "data", cfg.DataDir,
 		"open_time", time.Since(n.started).Round(time.Millisecond).String())

@@ -102,6 +102,10 @@ func (s *service) Append(ctx context.Context, req *pb.AppendRequest) (_ *pb.Appe
 		obs.forwarded = true
 		return s.forwardAppend(ctx, req)
 	}
+	if p := s.n.diskProblem(); p != "" {
+		return nil, withReason(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_DISK_FULL,
+			fmt.Sprintf("node %s refuses appends: %s; free space and it resumes by itself", s.n.cfg.NodeID, p), nil)
+	}
 	res, err := s.n.prop.propose(ctx, op, size)
 	if err == nil {
 		err = res.Err

@@ -76,6 +76,8 @@ func newServeFlags(stderr io.Writer) *serveFlags {
 	fs.Int64Var(&c.SnapshotThresholdBytes, "snapshot-threshold-bytes", c.SnapshotThresholdBytes, "raft log bytes beyond trailing-bytes that trigger a snapshot")
 	fs.Int64Var(&c.TrailingBytes, "trailing-bytes", c.TrailingBytes, "raft log bytes kept after a snapshot (trailing-logs caps their count)")
 	fs.Int64Var(&c.LogCacheBytes, "log-cache-bytes", c.LogCacheBytes, "bytes of recent raft entries cached in memory for replication")
+	fs.Int64Var(&c.MinFreeBytes, "min-free-bytes", c.MinFreeBytes, "low watermark of free disk space, bytes: below it appends are refused and the node is not serving")
+	fs.Int64Var(&c.DiskResumeBytes, "disk-resume-bytes", c.DiskResumeBytes, "appends resume once free space is min-free-bytes plus this many bytes")
 	fs.DurationVar(&c.ProducerTTL, "producer-ttl", c.ProducerTTL, "forget a producer's dedup state after it has not appended for this long (0: never)")
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest event (payload + metadata), bytes")
 	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", c.MaxRequestBytes, "largest append request, bytes")

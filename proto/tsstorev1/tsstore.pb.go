@@ -164,6 +164,10 @@ const (
 	// wipe its data directory to add it again. Metadata: node_id,
 	// incarnation, raft_index.
 	ErrorReason_ERROR_REASON_NODE_REMOVED ErrorReason = 12
+	// ResourceExhausted: the leader's disk is below its free-space low
+	// watermark (min-free-bytes), or its Raft log writes fail; nothing was
+	// written. Appends resume by themselves once space is freed.
+	ErrorReason_ERROR_REASON_DISK_FULL ErrorReason = 13
 )
 
 // Enum value maps for ErrorReason.
@@ -182,6 +186,7 @@ var (
 		10: "ERROR_REASON_STREAM_NOT_FOUND",
 		11: "ERROR_REASON_SLOW_CONSUMER",
 		12: "ERROR_REASON_NODE_REMOVED",
+		13: "ERROR_REASON_DISK_FULL",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -197,6 +202,7 @@ var (
 		"ERROR_REASON_STREAM_NOT_FOUND":       10,
 		"ERROR_REASON_SLOW_CONSUMER":          11,
 		"ERROR_REASON_NODE_REMOVED":           12,
+		"ERROR_REASON_DISK_FULL":              13,
 	}
 )
 
@@ -2457,7 +2463,7 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x1bEXPECTED_VERSION_KIND_EXACT\x10\x03*B\n" +
 	"\vConsistency\x12\x15\n" +
 	"\x11CONSISTENCY_LOCAL\x10\x00\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x01*\xbc\x03\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x01*\xd8\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ERROR_REASON_SEQUENCE_GAP\x10\x01\x12#\n" +
@@ -2472,7 +2478,8 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x1dERROR_REASON_STREAM_NOT_FOUND\x10\n" +
 	"\x12\x1e\n" +
 	"\x1aERROR_REASON_SLOW_CONSUMER\x10\v\x12\x1d\n" +
-	"\x19ERROR_REASON_NODE_REMOVED\x10\f2\xdd\x02\n" +
+	"\x19ERROR_REASON_NODE_REMOVED\x10\f\x12\x1a\n" +
+	"\x16ERROR_REASON_DISK_FULL\x10\r2\xdd\x02\n" +
 	"\n" +
 	"EventStore\x12?\n" +
 	"\x06Append\x12\x19.tsstore.v1.AppendRequest\x1a\x1a.tsstore.v1.AppendResponse\x12;\n" +

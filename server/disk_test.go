@@ -1,0 +1,74 @@
+package server
+
+import (
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+)
+
+// Below the free-space watermark the leader refuses appends at once with
+// ResourceExhausted/DISK_FULL and the node is not serving; once space is
+// back above the watermark plus the hysteresis, appends resume, with no
+// restart.
+func TestDiskFullIsAStateNotAHang(t *testing.T) {
+	var free atomic.Int64
+	free.Store(10 << 30)
+	tc := newTestCluster(t, 1, func(c *Config) {
+		c.MinFreeBytes, c.DiskResumeBytes = 1<<30, 256<<20
+		c.freeSpace = func(string) (int64, error) { return free.Load(), nil }
+	})
+	n := tc.leader()
+	c := dial(t, n)
+	if _, err := c.Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("s", "before")}}); err != nil {
+		t.Fatal(err)
+	}
+	free.Store(100 << 20)
+	waitHealth(t, n, false, "disk space low")
+	start := time.Now()
+	_, err := c.Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("s", "refused")}})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "disk space low") || time.Since(start) > time.Second {
+		t.Fatalf("append on a full disk: %v after %v, want ResourceExhausted at once", err, time.Since(start))
+	}
+	if _, r := reason(err); r != pb.ErrorReason_ERROR_REASON_DISK_FULL.String() {
+		t.Fatalf("reason %q, want DISK_FULL", r)
+	}
+	// Above the watermark but within the hysteresis: still refused.
+	free.Store(1<<30 + 100<<20)
+	time.Sleep(2 * diskCheckEvery)
+	if _, err := c.Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("s", "refused")}}); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("append within the hysteresis: %v", err)
+	}
+	free.Store(2 << 30)
+	waitHealth(t, n, true, "")
+	if _, err := c.Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("s", "after")}}); err != nil {
+		t.Fatalf("append once space is back: %v", err)
+	}
+	got := readAll(t, c, &pb.ReadRequest{})
+	if len(got) != 2 || got[0] != "before" || got[1] != "after" {
+		t.Fatalf("log %v, want exactly before and after", got)
+	}
+}
+
+func waitHealth(t *testing.T, n *Node, serving bool, reason string) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		ch := n.HealthChanged()
+		s, r := n.Health()
+		if s == serving && strings.Contains(r, reason) {
+			return
+		}
+		select {
+		case <-ch:
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("%s: health serving=%v (%s), want %v (%q)", n.cfg.NodeID, s, r, serving, reason)
+		}
+	}
+}
