@@ -76,7 +76,10 @@ func (c *Client) read(ctx context.Context, from uint64, o *readOptions, live boo
 			return fmt.Errorf("%w (last attempt: %w)", ctx.Err(), fromStatus(err))
 		}
 		slow := isSlowConsumer(err)
-		if !slow && !retryable(ctx, err) && !errors.Is(err, errStreamEnded) {
+		// DataLoss: the node found the bytes damaged on its disk and
+		// refused to serve them; another replica holds the same log.
+		damaged := status.Code(err) == codes.DataLoss
+		if !slow && !damaged && !retryable(ctx, err) && !errors.Is(err, errStreamEnded) {
 			return fromStatus(err)
 		}
 		c.failed(n.addr, err)

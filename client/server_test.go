@@ -460,6 +460,42 @@ func TestReplayResumesAfterStreamBreak(t *testing.T) {
 	}
 }
 
+// A node that finds a segment damaged answers DataLoss; the replay resumes
+// on another replica, which holds the same bytes.
+func TestReplayResumesOnAnotherNodeAfterDataLoss(t *testing.T) {
+	bs := logBatches(t)
+	damaged := startFake(t, &fakeNode{
+		read: func(_ int, req *tsstorev1.ReadRequest, s tsstorev1.EventStore_ReadServer) error {
+			if err := serveFrom(s, bs, req.GetFromOffset(), 1); err != nil {
+				return err
+			}
+			return status.Error(codes.DataLoss, "segment: corrupt 00000000000000000000.log at position 4096")
+		},
+	})
+	good := startFake(t, &fakeNode{
+		read: func(_ int, req *tsstorev1.ReadRequest, s tsstorev1.EventStore_ReadServer) error {
+			return serveFrom(s, bs, req.GetFromOffset(), len(bs))
+		},
+	})
+	c := newTestClient(t, damaged.addr, good.addr)
+	c.mu.Lock()
+	c.mu.cursor = 0 // the damaged node first
+	c.mu.Unlock()
+	var offs []uint64
+	for ev, err := range c.Replay(testCtx(t), 0) {
+		if err != nil {
+			t.Fatalf("Replay: %v", err)
+		}
+		offs = append(offs, ev.Offset)
+	}
+	if !slices.Equal(offs, span(0, 30)) {
+		t.Fatalf("offsets %v, want 0..29 exactly once", offs)
+	}
+	if len(damaged.reads()) != 1 || len(good.reads()) != 1 {
+		t.Fatalf("reads: %d on the damaged node, %d on the good one; want 1 and 1", len(damaged.reads()), len(good.reads()))
+	}
+}
+
 func TestReplayReadYourWrites(t *testing.T) {
 	f := startFake(t, &fakeNode{
 		append: func(_ int, req *tsstorev1.AppendRequest) (*tsstorev1.AppendResponse, error) {
