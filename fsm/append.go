@@ -43,6 +43,14 @@ func (p *Processor) applyAppend(index uint64, cmd *AppendCommand) *ApplyResult {
 	// The state is only read here, and only this goroutine writes it.
 	st := p.mu.state
 	ts := max(cmd.Timestamp, st.LastTimestamp)
+	for i := range cmd.Ops {
+		if op := &cmd.Ops[i]; op.HasEventSum && SumEvents(op.Events) != op.EventSum {
+			// Deciding the op would depend on bytes another replica does
+			// not have; stop before anything of the entry is written.
+			return p.fail(fmt.Errorf("%w: entry %d, op %d (producer %q, sequence %d): the events sum to %08x, the producer's checksum is %08x",
+				ErrChecksumMismatch, index, i, op.ProducerID, op.Seq, SumEvents(op.Events), op.EventSum))
+		}
+	}
 	p.batches.reset(st.NextOffset, index, ts)
 	e := entry{versions: map[string]uint64{}, seqs: map[string]uint64{}, windows: map[string][]pendingWindow{}, ts: ts, ttl: cmd.ProducerTTL}
 	results := make([]AppendResult, len(cmd.Ops))

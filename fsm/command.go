@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/tsstore/tsstore/record"
 )
 
 // CommandType is the first byte of every Raft entry the FSM applies. The
@@ -61,12 +63,80 @@ func (e Expectation) String() string {
 }
 
 // AppendOp is one client request: its events commit together or not at all.
+// EventSum, when HasEventSum, is record.AddEvent folded over Events: the
+// end-to-end checksum every replica checks before writing (append.go).
+// Frozen: a msgpack array of 4 elements (the first version, no sum) or 5
+// (the sum last).
 type AppendOp struct {
-	_msgpack   struct{} `msgpack:",as_array"`
-	ProducerID string
-	Seq        uint64
-	Events     []Event
-	Expect     []Expectation
+	ProducerID  string
+	Seq         uint64
+	Events      []Event
+	Expect      []Expectation
+	EventSum    uint32
+	HasEventSum bool
+}
+
+// EncodeMsgpack writes the 4- or 5-element form.
+func (o AppendOp) EncodeMsgpack(e *msgpack.Encoder) error {
+	n := 4
+	if o.HasEventSum {
+		n = 5
+	}
+	if err := e.EncodeArrayLen(n); err != nil {
+		return err
+	}
+	if err := e.EncodeString(o.ProducerID); err != nil {
+		return err
+	}
+	if err := e.EncodeUint(o.Seq); err != nil {
+		return err
+	}
+	if err := e.Encode(o.Events); err != nil {
+		return err
+	}
+	if err := e.Encode(o.Expect); err != nil {
+		return err
+	}
+	if n == 5 {
+		return e.EncodeUint(uint64(o.EventSum))
+	}
+	return nil
+}
+
+// DecodeMsgpack reads the 4- or 5-element form.
+func (o *AppendOp) DecodeMsgpack(d *msgpack.Decoder) error {
+	n, err := arrayLen(d, "append op", 4, 5)
+	if err != nil {
+		return err
+	}
+	if o.ProducerID, err = d.DecodeString(); err != nil {
+		return err
+	}
+	if o.Seq, err = d.DecodeUint64(); err != nil {
+		return err
+	}
+	if err := d.Decode(&o.Events); err != nil {
+		return err
+	}
+	if err := d.Decode(&o.Expect); err != nil {
+		return err
+	}
+	if n == 5 {
+		sum, err := d.DecodeUint32()
+		o.EventSum, o.HasEventSum = sum, true
+		return err
+	}
+	return nil
+}
+
+// SumEvents is record.AddEvent folded over events.
+func SumEvents(events []Event) uint32 {
+	var sum uint32
+	for i := range events {
+		ev := &events[i]
+		sum = record.AddEvent(sum, ev.Stream, ev.Type, ev.Metadata, ev.Payload)
+	}
+	return sum
 }
 
 // AppendCommand is one Raft entry carrying one or more coalesced requests
@@ -196,7 +266,15 @@ func CheckCommand(data []byte) error {
 	switch CommandType(data[0]) {
 	case CmdAppend:
 		var cmd AppendCommand
-		return decodeAppend(data, &cmd)
+		if err := decodeAppend(data, &cmd); err != nil {
+			return err
+		}
+		for i := range cmd.Ops {
+			if op := &cmd.Ops[i]; op.HasEventSum && SumEvents(op.Events) != op.EventSum {
+				return fmt.Errorf("%w: op %d (producer %q, sequence %d)", ErrChecksumMismatch, i, op.ProducerID, op.Seq)
+			}
+		}
+		return nil
 	case CmdRegisterNode:
 		var cmd RegisterNodeCommand
 		return decode(data, &cmd)

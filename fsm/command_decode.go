@@ -53,7 +53,8 @@ func (d *rawDecoder) appendCommand(cmd *AppendCommand) bool {
 }
 
 func (d *rawDecoder) appendOp(op *AppendOp) bool {
-	if d.arrayLen() != 4 {
+	fields := d.arrayLen()
+	if fields != 4 && fields != 5 {
 		return false
 	}
 	op.ProducerID = d.str(&d.producer)
@@ -82,6 +83,13 @@ func (d *rawDecoder) appendOp(op *AppendOp) bool {
 			x.Stream = d.str(&none)
 			x.Kind = ExpectKind(d.int())
 			x.Version = uint64(d.int())
+		}
+	}
+	if fields == 5 {
+		sum := d.int()
+		op.EventSum, op.HasEventSum = uint32(sum), true
+		if sum < 0 || sum > 1<<32-1 {
+			return false
 		}
 	}
 	return !d.bad

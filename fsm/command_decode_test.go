@@ -18,7 +18,8 @@ func sameCommand(a, b *AppendCommand) bool {
 	}
 	for i := range a.Ops {
 		x, y := &a.Ops[i], &b.Ops[i]
-		if x.ProducerID != y.ProducerID || x.Seq != y.Seq || len(x.Events) != len(y.Events) || len(x.Expect) != len(y.Expect) {
+		if x.ProducerID != y.ProducerID || x.Seq != y.Seq || len(x.Events) != len(y.Events) || len(x.Expect) != len(y.Expect) ||
+			x.EventSum != y.EventSum || x.HasEventSum != y.HasEventSum {
 			return false
 		}
 		for j := range x.Events {
@@ -65,6 +66,9 @@ func randomCommand(r *rand.Rand) *AppendCommand {
 		}
 		for range r.IntN(3) {
 			op.Expect = append(op.Expect, Expectation{Stream: name(), Kind: ExpectKind(r.IntN(4)), Version: uint64(r.IntN(1 << 20))})
+		}
+		if r.IntN(2) == 0 {
+			op.EventSum, op.HasEventSum = SumEvents(op.Events), true
 		}
 		cmd.Ops = append(cmd.Ops, op)
 	}

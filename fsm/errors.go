@@ -25,6 +25,11 @@ var (
 	// ErrDataLoss: the segment log ends before state that was made durable
 	// (a checkpoint or snapshot) says it must. The node must not serve.
 	ErrDataLoss = errors.New("segment data lost")
+	// ErrChecksumMismatch: an append's events do not match the end-to-end
+	// checksum the producer (or the leader) computed: the entry was damaged
+	// between them and this replica. The replica stops applying rather
+	// than write different bytes from the other replicas.
+	ErrChecksumMismatch = errors.New("event checksum mismatch")
 	// ErrBadSnapshot: a snapshot stream is malformed.
 	ErrBadSnapshot = errors.New("bad snapshot")
 	// ErrNodeRemoved: a node registered with an incarnation that was

@@ -360,7 +360,7 @@ func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 // fail makes the processor refuse all further entries. The node must
 // restart; the Raft log still holds every entry not yet in the segments.
 func (p *Processor) fail(err error) *ApplyResult {
-	ferr := fmt.Errorf("%w: %v", ErrStorageFailed, err)
+	ferr := fmt.Errorf("%w: %w", ErrStorageFailed, err)
 	p.failed.Store(&ferr)
 	p.logger.Error("fsm stopped applying", "error", ferr)
 	if p.cfg.OnFail != nil {

@@ -146,6 +146,19 @@ func (s *service) toOp(req *pb.AppendRequest) (fsm.AppendOp, int, error) {
 	}
 	for _, x := range req.Expectations {
 		op.Expect = append(op.Expect, fsm.Expectation{Stream: x.Stream, Kind: fsm.ExpectKind(x.Kind), Version: x.Version})
+		size += len(x.Stream) + 16
+	}
+	if size > s.n.cfg.MaxRequestBytes {
+		return op, 0, withReason(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_REQUEST_TOO_LARGE,
+			fmt.Sprintf("append of %d bytes with its expectations exceeds %d", size, s.n.cfg.MaxRequestBytes),
+			map[string]string{"limit_bytes": strconv.Itoa(s.n.cfg.MaxRequestBytes)})
+	}
+	// The end-to-end checksum: checked against the producer's here, then
+	// carried in the entry so that every replica checks it before writing.
+	op.EventSum, op.HasEventSum = fsm.SumEvents(op.Events), true
+	if req.EventsCrc32C != nil && *req.EventsCrc32C != op.EventSum {
+		return op, 0, withReason(codes.DataLoss, pb.ErrorReason_ERROR_REASON_CHECKSUM_MISMATCH,
+			fmt.Sprintf("the events sum to %08x but the request says %08x: they were damaged on the way; nothing was written, resend", op.EventSum, *req.EventsCrc32C), nil)
 	}
 	if err := fsm.ValidateOp(&op); err != nil {
 		return op, 0, toStatus(err)

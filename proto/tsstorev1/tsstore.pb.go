@@ -168,6 +168,9 @@ const (
 	// watermark (min-free-bytes), or its Raft log writes fail; nothing was
 	// written. Appends resume by themselves once space is freed.
 	ErrorReason_ERROR_REASON_DISK_FULL ErrorReason = 13
+	// DataLoss: the request's events do not match its events_crc32c: they
+	// were damaged on the way; nothing was written. Resend the request.
+	ErrorReason_ERROR_REASON_CHECKSUM_MISMATCH ErrorReason = 14
 )
 
 // Enum value maps for ErrorReason.
@@ -187,6 +190,7 @@ var (
 		11: "ERROR_REASON_SLOW_CONSUMER",
 		12: "ERROR_REASON_NODE_REMOVED",
 		13: "ERROR_REASON_DISK_FULL",
+		14: "ERROR_REASON_CHECKSUM_MISMATCH",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -203,6 +207,7 @@ var (
 		"ERROR_REASON_SLOW_CONSUMER":          11,
 		"ERROR_REASON_NODE_REMOVED":           12,
 		"ERROR_REASON_DISK_FULL":              13,
+		"ERROR_REASON_CHECKSUM_MISMATCH":      14,
 	}
 )
 
@@ -1158,9 +1163,17 @@ type AppendRequest struct {
 	// Sequence number of the first event; event i carries producer_seq + i.
 	// A producer's first sequence is 1, and each append continues where the
 	// last committed one ended.
-	ProducerSeq   uint64               `protobuf:"varint,2,opt,name=producer_seq,json=producerSeq,proto3" json:"producer_seq,omitempty"`
-	Events        []*Event             `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
-	Expectations  []*StreamExpectation `protobuf:"bytes,4,rep,name=expectations,proto3" json:"expectations,omitempty"`
+	ProducerSeq  uint64               `protobuf:"varint,2,opt,name=producer_seq,json=producerSeq,proto3" json:"producer_seq,omitempty"`
+	Events       []*Event             `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
+	Expectations []*StreamExpectation `protobuf:"bytes,4,rep,name=expectations,proto3" json:"expectations,omitempty"`
+	// End-to-end checksum of the events as the producer sent them: CRC-32C
+	// (Castagnoli) over each event in order, each as four fields (stream,
+	// type, metadata, payload), each field its length as an unsigned varint
+	// then its bytes. The leader refuses a request that does not match it
+	// (DataLoss, CHECKSUM_MISMATCH) and it travels in the Raft entry to
+	// every replica, which checks it before writing. Unset: the leader
+	// computes it from what it received.
+	EventsCrc32C  *uint32 `protobuf:"fixed32,5,opt,name=events_crc32c,json=eventsCrc32c,proto3,oneof" json:"events_crc32c,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1221,6 +1234,13 @@ func (x *AppendRequest) GetExpectations() []*StreamExpectation {
 		return x.Expectations
 	}
 	return nil
+}
+
+func (x *AppendRequest) GetEventsCrc32C() uint32 {
+	if x != nil && x.EventsCrc32C != nil {
+		return *x.EventsCrc32C
+	}
+	return 0
 }
 
 type StreamVersion struct {
@@ -2361,13 +2381,15 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x11StreamExpectation\x12\x16\n" +
 	"\x06stream\x18\x01 \x01(\tR\x06stream\x123\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1f.tsstore.v1.ExpectedVersionKindR\x04kind\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\x04R\aversion\"\xc1\x01\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\"\xfd\x01\n" +
 	"\rAppendRequest\x12\x1f\n" +
 	"\vproducer_id\x18\x01 \x01(\tR\n" +
 	"producerId\x12!\n" +
 	"\fproducer_seq\x18\x02 \x01(\x04R\vproducerSeq\x12)\n" +
 	"\x06events\x18\x03 \x03(\v2\x11.tsstore.v1.EventR\x06events\x12A\n" +
-	"\fexpectations\x18\x04 \x03(\v2\x1d.tsstore.v1.StreamExpectationR\fexpectations\"A\n" +
+	"\fexpectations\x18\x04 \x03(\v2\x1d.tsstore.v1.StreamExpectationR\fexpectations\x12(\n" +
+	"\revents_crc32c\x18\x05 \x01(\aH\x00R\feventsCrc32c\x88\x01\x01B\x10\n" +
+	"\x0e_events_crc32c\"A\n" +
 	"\rStreamVersion\x12\x16\n" +
 	"\x06stream\x18\x01 \x01(\tR\x06stream\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\"\x85\x02\n" +
@@ -2463,7 +2485,7 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x1bEXPECTED_VERSION_KIND_EXACT\x10\x03*B\n" +
 	"\vConsistency\x12\x15\n" +
 	"\x11CONSISTENCY_LOCAL\x10\x00\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x01*\xd8\x03\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x01*\xfc\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ERROR_REASON_SEQUENCE_GAP\x10\x01\x12#\n" +
@@ -2479,7 +2501,8 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x12\x1e\n" +
 	"\x1aERROR_REASON_SLOW_CONSUMER\x10\v\x12\x1d\n" +
 	"\x19ERROR_REASON_NODE_REMOVED\x10\f\x12\x1a\n" +
-	"\x16ERROR_REASON_DISK_FULL\x10\r2\xdd\x02\n" +
+	"\x16ERROR_REASON_DISK_FULL\x10\r\x12\"\n" +
+	"\x1eERROR_REASON_CHECKSUM_MISMATCH\x10\x0e2\xdd\x02\n" +
 	"\n" +
 	"EventStore\x12?\n" +
 	"\x06Append\x12\x19.tsstore.v1.AppendRequest\x1a\x1a.tsstore.v1.AppendResponse\x12;\n" +
@@ -2600,6 +2623,7 @@ func file_tsstore_v1_tsstore_proto_init() {
 	if File_tsstore_v1_tsstore_proto != nil {
 		return
 	}
+	file_tsstore_v1_tsstore_proto_msgTypes[16].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
