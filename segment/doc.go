@@ -35,9 +35,23 @@
 //
 // One writer (Append, Sync, Close; serialized by a mutex) and any number
 // of concurrent readers (ReadBatches, Scan, OffsetForTime, StreamBatches,
-// StreamOffset, Segments, Verify). Readers take a read lock only to look up a segment and its
-// index, then pread with File.ReadAt, so they keep working on a segment
-// that is being sealed.
+// StreamOffset, Segments, Verify). Readers take a read lock only to look
+// up a segment (and, in the active segment, its in-memory index entry),
+// then pread with File.ReadAt, a sealed segment's index files included,
+// so they keep working on a segment that is being sealed.
+//
+// # Memory
+//
+// What a Log holds does not grow with the bytes of sealed segments. Per
+// sealed segment it holds a constant: its offsets, sizes and timestamps,
+// three open files (.log, .index, .streams) and the .streams directory,
+// one record per distinct stream in the segment (38 bytes plus the name
+// on disk), which is the one per-segment cost that grows with the data:
+// with the stream count of a segment. The sparse indexes of sealed
+// segments stay in their files and are read with pread per lookup
+// (through the page cache); the active segment keeps its sparse index
+// and stream index in memory, bounded by SegmentBytes. Open reads the
+// first and last entries of each sealed index file, not the whole file.
 //
 // # Files (frozen)
 //
@@ -81,11 +95,20 @@
 //
 // Index files are written when a segment is sealed, .index and
 // .timeindex also at Close (tmp, fsync, rename, fsync directory). Open
-// trusts a sealed segment's .index and .timeindex if they pass the
-// structural checks (sizes, order, positions inside the file) and the
-// batches after the last entry verify, and otherwise rebuilds them from
-// the log; it always rebuilds the active segment's indexes from its full
-// scan. The sparse indexes are also held in memory.
+// checks a sealed segment's .index and .timeindex without reading them
+// whole: the sizes (a positive multiple of 8, and 12 bytes per entry),
+// entry 0 and the last entry of each (they agree, the last points inside
+// the log), and that the batches after the last entry verify, which
+// gives the segment's end; anything wrong or a missing file means a
+// rebuild from the log. It always rebuilds the active segment's indexes
+// from its full scan. Only the active segment's sparse index is held in
+// memory: lookups in a sealed segment pread its .index (or .timeindex)
+// file, first the entries around an interpolated guess, then by
+// bisection, and check the entries they read (order, positions inside the
+// log, entry 0, the two files agreeing). A lookup that finds an entry out
+// of order, or an entry that does not match the batch it points at, is a
+// *CorruptionError naming the .index file (delete it and reopen to
+// rebuild); it never returns another batch. Verify checks every entry.
 //
 // # Stream index (frozen, version 1)
 //

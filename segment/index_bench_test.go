@@ -21,6 +21,7 @@ const (
 // It also reports what reopening that log costs: heap-B is the heap Open
 // retains (sparse indexes, stream directories, segment structs), measured
 // as HeapInuse after a GC; open-read-B is the bytes Open reads with ReadAt.
+// read-B/op is the bytes each lookup reads (log and index files).
 func BenchmarkSealedRandomRead(b *testing.B) {
 	dir := b.TempDir()
 	o := DefaultOptions()
@@ -43,6 +44,7 @@ func BenchmarkSealedRandomRead(b *testing.B) {
 	end := segs[len(segs)-1].BaseOffset // sealed segments only
 	rng := rand.New(rand.NewPCG(1, 2))
 	buf := make([]byte, 0, 64<<10)
+	cfs.read.Store(0)
 	for b.Loop() {
 		from := rng.Uint64N(end)
 		var err error
@@ -54,6 +56,7 @@ func BenchmarkSealedRandomRead(b *testing.B) {
 	}
 	b.ReportMetric(float64(heap), "heap-B")
 	b.ReportMetric(float64(openRead), "open-read-B")
+	b.ReportMetric(float64(cfs.read.Load())/float64(b.N), "read-B/op")
 	runtime.KeepAlive(l)
 }
 

@@ -11,8 +11,7 @@ import (
 	"github.com/tsstore/tsstore/record"
 )
 
-// segment is one .log file, its in-memory sparse index and its
-// per-stream index.
+// segment is one .log file, its sparse index and its per-stream index.
 type segment struct {
 	base uint64 // offset of the first batch; fixed by the file name
 	path string
@@ -20,12 +19,16 @@ type segment struct {
 
 	// Guarded by Log.mu: written by the writer with the lock held, read by
 	// readers with the read lock held. The writer reads them lock-free.
-	size    int64        // bytes of complete batches
-	next    uint64       // NextOffset of the last batch, base if empty
-	firstTS int64        // timestamp of the first batch
-	lastTS  int64        // timestamp of the last batch
-	index   []indexEntry // only ever appended to
-	sealed  bool
+	size    int64  // bytes of complete batches
+	next    uint64 // NextOffset of the last batch, base if empty
+	firstTS int64  // timestamp of the first batch
+	lastTS  int64  // timestamp of the last batch
+	// The sparse index: index (in memory, only ever appended to) while the
+	// segment is active, ix (in the .index and .timeindex files) once it is
+	// sealed. Exactly one is set.
+	index  []indexEntry
+	ix     *fileIndex
+	sealed bool
 	// The per-stream index: live (all entries in memory) while the segment
 	// is active, streams (directory in memory, entries in the .streams
 	// file) once it is sealed. Exactly one is set.
@@ -287,8 +290,9 @@ func (l *Log) syncLocked() error {
 // rollLocked seals the active segment and starts a new one at NextOffset.
 // Sealing fsyncs the .log first, then publishes the index files (.streams
 // last), then fsyncs the directory, so index files never describe unsynced
-// bytes. Readers keep reading the sealed segment through its open file;
-// readers that captured its in-memory stream entries keep using them.
+// bytes. The in-memory indexes are then dropped for the files. Readers
+// keep reading the sealed segment through its open file; readers that
+// captured its in-memory stream entries keep using them.
 func (l *Log) rollLocked() error {
 	a := l.active()
 	if err := a.f.Sync(); err != nil {
@@ -308,10 +312,16 @@ func (l *Log) rollLocked() error {
 	if err != nil {
 		return l.failLocked("reopen "+spath, err)
 	}
+	x, err := newFileIndex(l.fs, l.dir, a.base, int64(len(a.index)))
+	if err != nil {
+		sx.f.Close()
+		return l.failLocked("reopen index of "+a.path, err)
+	}
 	path := filepath.Join(l.dir, FileName(a.next))
 	f, err := l.fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
 	if err != nil {
 		sx.f.Close()
+		x.f.Close()
 		return l.failLocked("create "+path, err)
 	}
 	l.w.dirDirty = true
@@ -319,6 +329,7 @@ func (l *Log) rollLocked() error {
 	l.mu.Lock()
 	a.sealed = true
 	a.streams, a.live = sx, nil
+	a.ix, a.index = x, nil
 	l.mu.segs = append(l.mu.segs, s)
 	l.mu.Unlock()
 	return nil
@@ -348,15 +359,27 @@ func (l *Log) Close() error {
 		}
 	}
 	for _, s := range l.mu.segs {
-		if cerr := s.f.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("segment: close %s: %w", s.path, cerr)
+		if cerr := s.closeFiles(); err == nil {
+			err = cerr
 		}
-		if s.streams == nil {
-			continue
+	}
+	return err
+}
+
+// closeFiles closes the segment's open files and returns the first error.
+func (s *segment) closeFiles() error {
+	var err error
+	closeOne := func(f File, path string) {
+		if cerr := f.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("segment: close %s: %w", path, cerr)
 		}
-		if cerr := s.streams.f.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("segment: close %s: %w", s.streams.path, cerr)
-		}
+	}
+	closeOne(s.f, s.path)
+	if s.streams != nil {
+		closeOne(s.streams.f, s.streams.path)
+	}
+	if s.ix != nil {
+		closeOne(s.ix.f, s.ix.path)
 	}
 	return err
 }

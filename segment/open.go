@@ -17,9 +17,11 @@ import (
 //
 //   - leftover *.tmp files are removed;
 //   - every sealed segment (all but the last) gets its index files
-//     (.index, .timeindex, .streams) loaded, or rebuilt if missing or
-//     invalid, and its tail verified. Corruption in a sealed segment is an
-//     error: it is never truncated or skipped;
+//     (.index, .timeindex, .streams) opened and checked cheaply (sizes,
+//     first and last entries, the .streams header and directory), or
+//     rebuilt if missing or invalid, and the batches after its last index
+//     entry verified. Corruption in a sealed segment is an error: it is
+//     never truncated or skipped;
 //   - segments must be contiguous;
 //   - the active (last) segment is scanned in full, which also builds its
 //     in-memory stream index, and cut at the first torn or corrupt batch,
@@ -43,10 +45,7 @@ func Open(dir string, opts Options) (*Log, error) {
 	}
 	if err := l.openSegments(bases); err != nil {
 		for _, s := range l.mu.segs {
-			s.f.Close()
-			if s.streams != nil {
-				s.streams.f.Close()
-			}
+			s.closeFiles()
 		}
 		return nil, err
 	}
@@ -130,10 +129,11 @@ func (l *Log) createFirst() error {
 	return nil
 }
 
-// openSealed loads (or rebuilds) a sealed segment's index files and finds
-// its end by verifying every batch after the last index entry. A .streams
-// file that is missing, damaged or describes another log is rebuilt by a
-// full scan that decodes every record.
+// openSealed opens a sealed segment, checks its index files cheaply and
+// finds its end by verifying every batch after the last index entry (see
+// checkSealedIndex). Index files that are missing or fail the checks are
+// rebuilt; a .streams file that is missing, damaged or describes another
+// log is rebuilt by a full scan that decodes every record.
 func (l *Log) openSealed(s *segment) error {
 	f, err := l.fs.OpenFile(s.path, os.O_RDONLY, 0)
 	if err != nil {
@@ -155,25 +155,14 @@ func (l *Log) openSealed(s *segment) error {
 			sx.f.Close()
 		}
 	}()
-	entries, err := l.loadIndex(s)
-	rebuildIndex := err != nil
-	if !rebuildIndex {
-		last := entries[len(entries)-1]
-		err := l.scanSealed(s, int64(last.pos), s.base+uint64(last.rel), false, nil)
-		switch {
-		case err == nil && sx != nil && sx.header.next == s.next:
-			s.index, s.firstTS, s.streams = entries, entries[0].ts, sx
-			return nil
-		case err == nil:
-			s.index = entries // only .streams needs the full scan
-		case errors.Is(err, ErrCorrupt):
-			// The last entry may be what is wrong: rebuild, which tells a
-			// bad index from a bad log.
-			rebuildIndex = true
-		default:
-			return err
-		}
+	if s.ix, err = l.checkSealedIndex(s); err != nil {
+		return err
 	}
+	if s.ix != nil && sx != nil && sx.header.next == s.next {
+		s.streams = sx
+		return nil
+	}
+	rebuildIndex := s.ix == nil
 	s.next, s.lastTS = 0, 0
 	set := make(map[string]*liveStream)
 	if err := l.scanSealed(s, 0, s.base, rebuildIndex, set); err != nil {
@@ -183,6 +172,10 @@ func (l *Log) openSealed(s *segment) error {
 		if err := writeIndexFiles(l.fs, l.dir, s.base, s.index); err != nil {
 			return fmt.Errorf("segment: rewrite index of %s: %w", s.path, err)
 		}
+		if s.ix, err = newFileIndex(l.fs, l.dir, s.base, int64(len(s.index))); err != nil {
+			return fmt.Errorf("segment: reopen index of %s: %w", s.path, err)
+		}
+		s.index = nil
 	}
 	if sx == nil || sx.header.next != s.next {
 		if err := writeFileAtomic(l.fs, spath, encodeStreams(s.base, s.next, s.size, set)); err != nil {
@@ -203,16 +196,31 @@ func (l *Log) openSealed(s *segment) error {
 	return nil
 }
 
-func (l *Log) loadIndex(s *segment) ([]indexEntry, error) {
-	index, err := readWhole(l.fs, filepath.Join(l.dir, indexName(s.base)))
+// checkSealedIndex opens a sealed segment's index files and checks them
+// without reading them whole (openIndex), then verifies every batch after
+// the last index entry, which sets the segment's end. It returns nil and
+// no error when the index must be rebuilt: the files are missing or fail
+// the checks, or the batches from the last entry on do not verify (the
+// entry may be what is wrong; the rebuild's full scan tells a bad index
+// from a bad log). The entries in between are checked when lookups read
+// them, and by Verify.
+func (l *Log) checkSealedIndex(s *segment) (*fileIndex, error) {
+	x, first, last, err := openIndex(l.fs, l.dir, s.base, s.size)
 	if err != nil {
+		return nil, nil
+	}
+	s.firstTS = first.ts
+	err = l.scanSealed(s, int64(last.pos), s.base+uint64(last.rel), false, nil)
+	switch {
+	case err == nil:
+		return x, nil
+	case errors.Is(err, ErrCorrupt):
+		x.f.Close()
+		return nil, nil
+	default:
+		x.f.Close()
 		return nil, err
 	}
-	times, err := readWhole(l.fs, filepath.Join(l.dir, timeIndexName(s.base)))
-	if err != nil {
-		return nil, err
-	}
-	return decodeIndex(index, times, s.size)
 }
 
 // scanSealed verifies the batches of a sealed segment from pos to EOF and
@@ -222,7 +230,9 @@ func (l *Log) loadIndex(s *segment) ([]indexEntry, error) {
 // sealed segments were fsynced before they were sealed, so they have no
 // torn tail.
 func (l *Log) scanSealed(s *segment, pos int64, expect uint64, buildIndex bool, set map[string]*liveStream) error {
-	sc := newScanner(s.f, pos, s.size, scanBufSize)
+	// A tail scan reads a few KiB: do not allocate a full scan buffer per
+	// segment for it. (The scanner grows the buffer for a larger batch.)
+	sc := newScanner(s.f, pos, s.size, int(min(scanBufSize, max(s.size-pos, record.HeaderSize))))
 	var c streamCollector
 	if buildIndex {
 		s.index = nil

@@ -23,31 +23,69 @@ type segView struct {
 	pos    int64  // start position for the reader: an index entry
 	expect uint64 // base offset of the batch at pos
 	slack  int64  // bytes from pos to the next index entry (or end)
+	// ixPath and ixPos locate the index entry in a sealed segment's .index
+	// file; ixPath is empty for the active segment.
+	ixPath string
+	ixPos  int64
 }
 
 // view locates the segment holding from and its index entry at or before
-// from. done is true when from >= NextOffset.
+// from. done is true when from >= NextOffset. A sealed segment's entry is
+// looked up in its .index file after the read lock is released.
 func (l *Log) view(from uint64) (v segView, done bool, err error) {
+	v, ix, base, next, done, err := l.captureView(from)
+	if ix == nil || done || err != nil {
+		return v, done, err
+	}
+	e, k, nextPos, err := ix.find(from-base, next-base, v.end, base)
+	if err != nil {
+		return v, false, err
+	}
+	v.pos, v.expect, v.slack = int64(e.pos), base+uint64(e.rel), max(nextPos-int64(e.pos), 0)
+	v.ixPath, v.ixPos = ix.path, k*IndexEntrySize
+	return v, false, nil
+}
+
+// captureView does view's work under the read lock: all of it for the
+// active segment; for a sealed one it returns the segment's index files,
+// base offset and next offset instead of an index entry.
+func (l *Log) captureView(from uint64) (v segView, ix *fileIndex, base, next uint64, done bool, err error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	segs := l.mu.segs
 	switch {
 	case l.mu.closed:
-		return v, false, ErrClosed
+		return v, nil, 0, 0, false, ErrClosed
 	case from >= segs[len(segs)-1].next:
-		return v, true, nil
+		return v, nil, 0, 0, true, nil
 	case from < segs[0].base:
-		return v, false, &OffsetCompactedError{Offset: from, FirstOffset: segs[0].base}
+		return v, nil, 0, 0, false, &OffsetCompactedError{Offset: from, FirstOffset: segs[0].base}
 	}
 	i := sort.Search(len(segs), func(i int) bool { return segs[i].base > from }) - 1
 	s := segs[i]
+	v = segView{f: s.f, path: s.path, end: s.size}
+	if s.ix != nil {
+		return v, s.ix, s.base, s.next, false, nil
+	}
 	j := lookup(s.index, from-s.base)
 	e := s.index[j]
-	v = segView{f: s.f, path: s.path, end: s.size, pos: int64(e.pos), expect: s.base + uint64(e.rel), slack: s.size - int64(e.pos)}
+	v.pos, v.expect, v.slack = int64(e.pos), s.base+uint64(e.rel), s.size-int64(e.pos)
 	if j+1 < len(s.index) {
 		v.slack = int64(s.index[j+1].pos - e.pos)
 	}
-	return v, false, nil
+	return v, nil, 0, 0, false, nil
+}
+
+// badBatch reports that the bytes at at are not the batch the reader
+// expects. At the position a sealed segment's index entry points at, the
+// entry may be what is wrong, so the error names the .index file.
+func (v *segView) badBatch(at int64, expect uint64, format string, args ...any) error {
+	reason := fmt.Sprintf(format, args...)
+	if at == v.pos && v.ixPath != "" {
+		return corruptf(v.ixPath, v.ixPos, expect, "entry says offset %d is at position %d of %s, but there: %s (the index or the log is damaged; Verify tells which)",
+			expect, at, v.path, reason)
+	}
+	return corruptf(v.path, at, expect, "%s", reason)
 }
 
 // reader is the state of one ReadBatches call.
@@ -77,7 +115,7 @@ func (l *Log) ReadBatches(dst []byte, from uint64, maxBytes int) (out []byte, ne
 	for {
 		v, done, err := l.view(r.from)
 		if err != nil || done {
-			return r.dst, r.next, err
+			return r.dst, r.next, l.errClosedRead(err)
 		}
 		full, err := r.readSegment(v)
 		if err != nil {
@@ -133,20 +171,20 @@ func (r *reader) walk(v segView, buf []byte, pos int64, expect *uint64) (kept in
 		at := pos + int64(off)
 		if len(buf)-off < record.HeaderSize {
 			if v.end-at < record.HeaderSize {
-				return kept, int64(off), 0, false, corruptf(v.path, at, *expect, "%d bytes left, less than a batch header", v.end-at)
+				return kept, int64(off), 0, false, v.badBatch(at, *expect, "%d bytes left, less than a batch header", v.end-at)
 			}
 			return kept, int64(off), record.HeaderSize, false, nil
 		}
 		h, err := record.ParseHeader(buf[off:])
 		if err != nil {
-			return kept, int64(off), 0, false, corruptf(v.path, at, *expect, "%v", err)
+			return kept, int64(off), 0, false, v.badBatch(at, *expect, "%v", err)
 		}
 		size := h.Size()
 		switch {
 		case h.BaseOffset != *expect:
-			return kept, int64(off), 0, false, corruptf(v.path, at, *expect, "batch base offset %d, want %d", h.BaseOffset, *expect)
+			return kept, int64(off), 0, false, v.badBatch(at, *expect, "batch base offset %d, want %d", h.BaseOffset, *expect)
 		case at+int64(size) > v.end:
-			return kept, int64(off), 0, false, corruptf(v.path, at, *expect, "batch of %d bytes runs past the end of the segment", size)
+			return kept, int64(off), 0, false, v.badBatch(at, *expect, "batch of %d bytes runs past the end of the segment", size)
 		}
 		skip := h.NextOffset() <= r.from
 		if !skip && r.added > 0 && r.added+size > r.maxBytes {
@@ -206,11 +244,13 @@ func (l *Log) Scan(from uint64, fn func(b record.Batch) error) error {
 
 // OffsetForTime returns the first offset whose batch timestamp is >= ts,
 // or NextOffset if there is none. It binary-searches the segments by
-// timestamp, then the segment's time index, then reads batch headers from
-// that index entry on: at most about IndexIntervalBytes of log. If that
-// read fails (I/O error, corruption, Close) it returns the offset of the
-// index entry, which is at or before the answer, so a reader starting
-// there sees the error itself.
+// timestamp, then the segment's time index (in memory for the active
+// segment, in the .timeindex file for a sealed one), then reads batch
+// headers from that index entry on: at most about IndexIntervalBytes of
+// log. If a sealed segment's index entry does not match its batch, it
+// scans the segment from its start instead. If a read fails (I/O error,
+// corruption, Close) it returns the offset it started from, which is at
+// or before the answer, so a reader starting there sees the error itself.
 func (l *Log) OffsetForTime(ts int64) uint64 {
 	l.mu.RLock()
 	segs := l.mu.segs
@@ -225,23 +265,44 @@ func (l *Log) OffsetForTime(ts int64) uint64 {
 		return next
 	}
 	s := segs[i]
-	f, base, end := s.f, s.base, s.size
-	j := sort.Search(len(s.index), func(j int) bool { return s.index[j].ts >= ts }) - 1
-	e := s.index[max(j, 0)]
+	f, base, end, ix, firstTS, lastTS := s.f, s.base, s.size, s.ix, s.firstTS, s.lastTS
+	var e indexEntry
+	if ix == nil {
+		j := sort.Search(len(s.index), func(j int) bool { return s.index[j].ts >= ts }) - 1
+		e = s.index[max(j, 0)]
+	}
 	l.mu.RUnlock()
 
-	start := base + uint64(e.rel)
-	if j < 0 {
-		return start // the segment's first batch is already late enough
+	if ix == nil {
+		off, _ := scanForTime(f, base, end, e, ts, false)
+		return off
 	}
+	if e, err := ix.findTime(l.fs, ts, firstTS, lastTS, base); err == nil {
+		if off, ok := scanForTime(f, base, end, e, ts, true); ok {
+			return off
+		}
+	}
+	off, _ := scanForTime(f, base, end, indexEntry{}, ts, false)
+	return off
+}
+
+// scanForTime reads batch headers from index entry e on and returns the
+// offset of the first batch whose timestamp is >= ts. If check, the first
+// batch must be the one e describes (offset and timestamp); if it is not,
+// ok is false. A failed read returns e's offset.
+func scanForTime(f File, base uint64, end int64, e indexEntry, ts int64, check bool) (off uint64, ok bool) {
+	start := base + uint64(e.rel)
 	sc := newScanner(f, int64(e.pos), end, 2*minRead)
-	for {
+	for first := true; ; first = false {
 		_, _, h, err := sc.next()
 		if err != nil {
-			return start
+			return start, !(first && check)
+		}
+		if first && check && (h.BaseOffset != start || h.Timestamp != e.ts) {
+			return start, false
 		}
 		if h.Timestamp >= ts {
-			return h.BaseOffset
+			return h.BaseOffset, true
 		}
 	}
 }

@@ -14,7 +14,8 @@ const progressEvery = 4 << 20
 
 // Verify scrubs the log: it re-reads every segment as of the call,
 // verifies every CRC, decodes every record, and checks offsets,
-// timestamps, segment contiguity, the sparse indexes and the stream
+// timestamps, segment contiguity, the sparse indexes (every entry of a
+// sealed segment's .index and .timeindex files) and the stream
 // indexes (a sealed segment's .streams file must equal, byte for byte, the
 // file rebuilt from its log; the active segment's in-memory index must
 // equal the one rebuilt from its bytes). It returns the
@@ -29,7 +30,7 @@ func (l *Log) Verify(progress func(done, total int64)) error {
 	segs := make([]segment, len(l.mu.segs))
 	var total int64
 	for i, s := range l.mu.segs {
-		segs[i] = segment{base: s.base, path: s.path, f: s.f, size: s.size, next: s.next, index: s.index, streams: s.streams}
+		segs[i] = segment{base: s.base, path: s.path, f: s.f, size: s.size, next: s.next, index: s.index, ix: s.ix, streams: s.streams}
 		if s.live != nil {
 			// Entries are only appended to, so copying the slice headers
 			// captures the index as of s.next.
@@ -57,7 +58,16 @@ func (l *Log) Verify(progress func(done, total int64)) error {
 		if i > 0 && s.base != segs[i-1].next {
 			return corruptf(s.path, 0, segs[i-1].next, "segment starts at offset %d but %s ends at %d", s.base, segs[i-1].path, segs[i-1].next)
 		}
+		if s.ix != nil {
+			// One sealed segment's index in memory at a time.
+			entries, err := s.ix.load(l.fs, s.size, s.base)
+			if err != nil {
+				return l.errClosedRead(err)
+			}
+			s.index = entries
+		}
 		err := verifySegment(s, &lastTS, func(n int64) { done += n; report(false) })
+		s.index = nil
 		if err != nil {
 			return l.errClosedRead(err)
 		}
