@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -172,8 +173,12 @@ func (as *appendStream) do(ctx context.Context, req *tsstorev1.AppendRequest) (*
 	id := as.mu.next
 	as.mu.waiting[id] = ch
 	as.mu.Unlock()
+	m := &tsstorev1.AppendStreamRequest{Id: id, Append: req}
+	if d, ok := ctx.Deadline(); ok { // the server stops waiting when this attempt does
+		m.TimeoutMs = uint32(min(max(time.Until(d).Milliseconds()+1, 1), math.MaxUint32))
+	}
 	select {
-	case as.sendq <- &tsstorev1.AppendStreamRequest{Id: id, Append: req}:
+	case as.sendq <- m:
 	case a := <-ch: // broke before req was sent
 		return a.resp, a.err
 	case <-ctx.Done():

@@ -44,7 +44,8 @@ func (p *producerLogs) append(call int, req *tsstorev1.AppendRequest) (*tsstorev
 // f.Append on its own goroutine and answered in completion order. With
 // breakEvery > 0 the call ends with Unavailable right after every
 // breakEvery-th request was applied, before its answer is sent, so the
-// client cannot know it committed. served counts requests decided.
+// client cannot know it committed. served counts requests decided. A
+// request must carry the attempt's timeout (RequestTimeout).
 func streamServer(f *fakeNode, breakEvery int64, served *atomic.Int64) func(int, tsstorev1.EventStore_AppendStreamServer) error {
 	return func(_ int, s tsstorev1.EventStore_AppendStreamServer) error {
 		ctx := s.Context()
@@ -74,6 +75,13 @@ func streamServer(f *fakeNode, breakEvery int64, served *atomic.Int64) func(int,
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
+					if ms := r.GetTimeoutMs(); ms == 0 || ms > 10_001 { // the attempt's RequestTimeout, 10 s
+						sendMu.Lock()
+						defer sendMu.Unlock()
+						_ = s.Send(&tsstorev1.AppendStreamResponse{Id: r.GetId(), Result: &tsstorev1.AppendStreamResponse_Error{
+							Error: status.Newf(codes.InvalidArgument, "timeout_ms %d, want the attempt's", ms).Proto()}})
+						return
+					}
 					resp, err := f.Append(ctx, r.GetAppend())
 					if k := served.Add(1); breakEvery > 0 && k%breakEvery == 0 {
 						once.Do(func() { close(broke) })

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -133,7 +134,13 @@ func (st *appendStream) handle(req *pb.AppendStreamRequest) {
 	if ar == nil {
 		ar = &pb.AppendRequest{} // answered as an append with no events
 	}
-	if r, err := st.decide(st.ctx, ar); err != nil {
+	ctx := st.ctx
+	if ms := req.GetTimeoutMs(); ms > 0 { // as grpc-timeout bounds a unary Append
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
+		defer cancel()
+	}
+	if r, err := st.decide(ctx, ar); err != nil {
 		resp.Result = errorResult(err)
 	} else {
 		resp.Result = &pb.AppendStreamResponse_Append{Append: r}

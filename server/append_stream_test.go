@@ -384,3 +384,26 @@ func TestAppendStreamNeedsAppendRole(t *testing.T) {
 		t.Fatalf("append token: %v %v", r, err)
 	}
 }
+
+// A request's timeout_ms bounds the wait for it, as grpc-timeout bounds a
+// unary Append: the answer is DeadlineExceeded.
+func TestAppendStreamRequestTimeout(t *testing.T) {
+	b := &blockingDecide{release: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := newFakeAppendStream(ctx)
+	st := newAppendStream(ctx, 8, b.decide, make(chan struct{}), slog.Default())
+	done := runFakeStream(st, f, cancel)
+	r := streamReq(1)
+	r.TimeoutMs = 1
+	f.in <- r
+	waitUntil(t, "the answer", func() bool { _, sent := f.counts(); return len(sent) == 1 })
+	close(f.in)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	_, sent := f.counts()
+	if code := status.FromProto(sent[0].GetError()).Code(); code != codes.DeadlineExceeded {
+		t.Fatalf("answer %v, want DeadlineExceeded", sent[0])
+	}
+}

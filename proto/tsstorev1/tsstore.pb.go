@@ -1222,8 +1222,13 @@ type AppendStreamRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Chosen by the client, unique among its requests awaiting an answer on
 	// this call; the response carries it back.
-	Id            uint64         `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Append        *AppendRequest `protobuf:"bytes,2,opt,name=append,proto3" json:"append,omitempty"`
+	Id     uint64         `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Append *AppendRequest `protobuf:"bytes,2,opt,name=append,proto3" json:"append,omitempty"`
+	// How long the client waits for the answer, in milliseconds, as the
+	// grpc-timeout of a unary Append: past it the server stops waiting for
+	// the append (which may still commit) and answers DEADLINE_EXCEEDED.
+	// 0: no bound but the call's.
+	TimeoutMs     uint32 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1270,6 +1275,13 @@ func (x *AppendStreamRequest) GetAppend() *AppendRequest {
 		return x.Append
 	}
 	return nil
+}
+
+func (x *AppendStreamRequest) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
 }
 
 type AppendStreamResponse struct {
@@ -2509,10 +2521,12 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"producerId\x12!\n" +
 	"\fproducer_seq\x18\x02 \x01(\x04R\vproducerSeq\x12)\n" +
 	"\x06events\x18\x03 \x03(\v2\x11.tsstore.v1.EventR\x06events\x12A\n" +
-	"\fexpectations\x18\x04 \x03(\v2\x1d.tsstore.v1.StreamExpectationR\fexpectations\"X\n" +
+	"\fexpectations\x18\x04 \x03(\v2\x1d.tsstore.v1.StreamExpectationR\fexpectations\"w\n" +
 	"\x13AppendStreamRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x121\n" +
-	"\x06append\x18\x02 \x01(\v2\x19.tsstore.v1.AppendRequestR\x06append\"\x92\x01\n" +
+	"\x06append\x18\x02 \x01(\v2\x19.tsstore.v1.AppendRequestR\x06append\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\rR\ttimeoutMs\"\x92\x01\n" +
 	"\x14AppendStreamResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
 	"\x06append\x18\x02 \x01(\v2\x1a.tsstore.v1.AppendResponseH\x00R\x06append\x12*\n" +
