@@ -46,9 +46,10 @@ const maxReadMessageBytes = record.MaxBatchSize + 1<<20
 
 // node is one lazily connected gRPC channel.
 type node struct {
-	addr string
-	conn *grpc.ClientConn
-	api  tsstorev1.EventStoreClient
+	addr   string
+	conn   *grpc.ClientConn
+	api    tsstorev1.EventStoreClient
+	stream streamSlot // the appends' shared AppendStream (append_stream.go)
 }
 
 // New returns a Client for the nodes in cfg.Addrs. Connections are made
@@ -81,6 +82,7 @@ func (c *Client) Close() error {
 	c.mu.closed = true
 	var errs []error
 	for _, n := range c.mu.nodes {
+		n.stream.close()
 		errs = append(errs, n.conn.Close())
 	}
 	return errors.Join(errs...)

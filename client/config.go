@@ -56,6 +56,11 @@ type Config struct {
 	// InsecureToken lets Token go over plaintext connections: only for a
 	// TLS-terminating proxy on the same host.
 	InsecureToken bool
+	// UnaryAppend makes producers send each append as its own unary Append
+	// call instead of over the client's shared AppendStream to the node
+	// (append_stream.go): for a proxy that does not pass bidirectional
+	// streams, or to compare the two.
+	UnaryAppend bool
 }
 
 // DefaultConfig returns a Config for a cluster at addrs. The defaults ride

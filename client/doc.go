@@ -20,6 +20,15 @@
 // Idempotency holds for one Producer id at a time; a restarted process that
 // reuses an id must continue its sequence (Client.ResumeProducer).
 //
+// Transport. The appends of every Producer and AsyncProducer of a Client
+// that go to one node share one AppendStream call to it, opened on first
+// use: it saves the per-call cost of a unary Append. It changes nothing
+// above: each append is one attempt with the retries and rules above; a
+// broken stream fails the appends on it as Unavailable (outcome unknown,
+// retried with the same sequence). A node without AppendStream gets unary
+// Appends, as do appends over 1 MiB and every append when
+// Config.UnaryAppend is set (append_stream.go).
+//
 // Batching. An AsyncProducer (Client.NewAsyncProducer) is for high event
 // rates such as a trainer's: Send queues events and returns at once; they
 // are coalesced into append requests and several requests are in flight,

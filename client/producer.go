@@ -299,7 +299,7 @@ func (p *Producer) send(ctx context.Context, req *tsstorev1.AppendRequest) (*tss
 			return n.addr, err
 		}
 		attempts++
-		resp, err = n.api.Append(ctx, req)
+		resp, err = p.c.appendTo(ctx, n, req)
 		return n.addr, err
 	})
 	return resp, attempts, err

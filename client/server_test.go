@@ -27,6 +27,9 @@ type fakeNode struct {
 	subscribe func(call int, req *tsstorev1.ReadRequest, s tsstorev1.EventStore_SubscribeServer) error
 	list      func(call int, req *tsstorev1.ListStreamsRequest) (*tsstorev1.ListStreamsResponse, error)
 	status    func() (*tsstorev1.StatusResponse, error)
+	// stream serves AppendStream; nil answers Unimplemented, as a server
+	// older than AppendStream does.
+	stream func(call int, s tsstorev1.EventStore_AppendStreamServer) error
 
 	// stop kills the node: it closes the listener and every connection.
 	stop func()
@@ -37,6 +40,7 @@ type fakeNode struct {
 		reads   []*tsstorev1.ReadRequest
 		subs    []*tsstorev1.ReadRequest
 		lists   []*tsstorev1.ListStreamsRequest
+		streams int // AppendStream calls
 	}
 }
 
@@ -83,6 +87,23 @@ func (f *fakeNode) Append(_ context.Context, req *tsstorev1.AppendRequest) (*tss
 		return nil, status.Error(codes.Unimplemented, "no append")
 	}
 	return f.append(call, req)
+}
+
+func (f *fakeNode) AppendStream(s tsstorev1.EventStore_AppendStreamServer) error {
+	f.mu.Lock()
+	f.mu.streams++
+	call := f.mu.streams
+	f.mu.Unlock()
+	if f.stream == nil {
+		return status.Error(codes.Unimplemented, "unknown method AppendStream for service tsstore.v1.EventStore")
+	}
+	return f.stream(call, s)
+}
+
+func (f *fakeNode) streams() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mu.streams
 }
 
 func (f *fakeNode) Read(req *tsstorev1.ReadRequest, s tsstorev1.EventStore_ReadServer) error {

@@ -31,7 +31,7 @@ import (
 // the method's:
 //
 //	read    Read, Subscribe, Status, ListStreams, server reflection
-//	append  read + Append
+//	append  read + Append, AppendStream
 //	admin   append + the Cluster service's admin RPCs (membership,
 //	        leadership transfer, snapshot, backup)
 //	node    everything, including ReadIndex and RegisterNode
@@ -85,6 +85,9 @@ var methodRoles = map[string]role{
 	pb.EventStore_Status_FullMethodName:      roleRead,
 	pb.EventStore_ListStreams_FullMethodName: roleRead,
 	pb.EventStore_Append_FullMethodName:      roleAppend,
+	// The whole stream is authorized when it opens; each of its requests
+	// is an append.
+	pb.EventStore_AppendStream_FullMethodName: roleAppend,
 
 	pb.Cluster_TransferLeadership_FullMethodName: roleAdmin,
 	pb.Cluster_Members_FullMethodName:            roleAdmin,

@@ -82,6 +82,10 @@ type Config struct {
 	MaxEntryRequests int
 	// MaxInflightEntries bounds Raft entries proposed but not yet applied.
 	MaxInflightEntries int
+	// MaxStreamInflight bounds the requests of one AppendStream call that
+	// the server has read and not yet answered (count). At the bound it
+	// stops reading the call, so HTTP/2 flow control holds the client back.
+	MaxStreamInflight int
 	// ReadMessageBytes is the default size of one Read response message.
 	ReadMessageBytes int
 	// ProducerTTL forgets a producer's dedup state once it has not
@@ -150,6 +154,7 @@ func DefaultConfig() Config {
 		MaxEntryBytes:          4 << 20,
 		MaxEntryRequests:       4096,
 		MaxInflightEntries:     64,
+		MaxStreamInflight:      256,
 		ReadMessageBytes:       1 << 20,
 		MaxSubscriberLag:       1 << 20,
 		Segment:                segment.DefaultOptions(),
@@ -227,6 +232,9 @@ func (c Config) Validate() error {
 	}
 	if c.ProducerTTL < 0 {
 		errs = append(errs, errors.New("producer ttl must not be negative (0: never expire)"))
+	}
+	if c.MaxStreamInflight <= 0 || c.MaxStreamInflight > 1<<16 {
+		errs = append(errs, errors.New("max stream inflight must be in [1, 65536]"))
 	}
 	if c.MaxSubscriberLag == 0 {
 		errs = append(errs, errors.New("max subscriber lag must be positive"))

@@ -91,7 +91,14 @@ func (n *Node) serve() error {
 
 // Append validates a request, forwards it to the leader if this node is
 // not the leader, and otherwise proposes it through group commit.
-func (s *service) Append(ctx context.Context, req *pb.AppendRequest) (_ *pb.AppendResponse, err error) {
+func (s *service) Append(ctx context.Context, req *pb.AppendRequest) (*pb.AppendResponse, error) {
+	return s.append(ctx, req)
+}
+
+// append decides one append, for Append and for each request of an
+// AppendStream (append_stream.go): validation and limits, forwarding to
+// the leader, group commit, metrics. Errors are gRPC statuses.
+func (s *service) append(ctx context.Context, req *pb.AppendRequest) (_ *pb.AppendResponse, err error) {
 	obs := s.n.metrics.startAppend(req)
 	defer func() { obs.done(err) }()
 	op, size, err := s.toOp(req)

@@ -41,6 +41,7 @@ type benchFlags struct {
 	plots        string
 	profile      string
 	serveArgs    []string
+	unaryAppend  bool
 }
 
 func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
@@ -63,6 +64,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	fs.StringVar(&f.jsonOut, "out", "", "same as --json")
 	fs.StringVar(&f.plots, "plots", "", "write plots (PNG) into this directory")
 	fs.StringVar(&f.profile, "profile", "", "local cluster: write CPU profiles of the leader (and of this client) during a, b and c into this directory")
+	fs.BoolVar(&f.unaryAppend, "unary-append", false, "send every append as a unary Append call instead of over the client's shared AppendStream (to compare the two)")
 	serveArgs := fs.String("serve-args", "", "local cluster: extra `tsstore serve` flags for every node, space-separated (e.g. \"--heartbeat-timeout 300ms\")")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -115,7 +117,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 		defer lc.close(f.keep)
 		addrs = lc.c.APIAddrs()
 	}
-	cl, err := client.New(client.DefaultConfig(addrs...))
+	ccfg := client.DefaultConfig(addrs...)
+	ccfg.UnaryAppend = f.unaryAppend
+	cl, err := client.New(ccfg)
 	if err != nil {
 		return err
 	}
@@ -198,7 +202,8 @@ func (b *benchRun) config() map[string]any {
 		"event_bytes": b.f.size, "duration_s": b.f.duration.Seconds(), "producers": b.f.producers,
 		"replay_log_events": b.f.events, "stream_events": b.f.streamEvents,
 		"c_max_batch_events": b.f.batch, "c_inflight": b.f.inflight, "c_window": b.f.window, "failovers": b.f.failovers,
-		"fsync": "raft-wal fsyncs every Raft log write (one fsync per append batch) on a majority before an append is acknowledged",
+		"append_transport": map[bool]string{false: "AppendStream", true: "unary Append"}[b.f.unaryAppend],
+		"fsync":            "raft-wal fsyncs every Raft log write (one fsync per append batch) on a majority before an append is acknowledged",
 	}
 	if b.lc != nil {
 		cfg["cluster"] = "3 local tsstore processes on 127.0.0.1, one disk, sharing the cores with this client"

@@ -10,6 +10,7 @@
 package tsstorev1
 
 import (
+	status "google.golang.org/genproto/googleapis/rpc/status"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -1243,6 +1244,165 @@ func (x *AppendRequest) GetEventsCrc32C() uint32 {
 	return 0
 }
 
+type AppendStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client, unique among its requests awaiting an answer on
+	// this call; the response carries it back.
+	Id     uint64         `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Append *AppendRequest `protobuf:"bytes,2,opt,name=append,proto3" json:"append,omitempty"`
+	// How long the client waits for the answer, in milliseconds, as the
+	// grpc-timeout of a unary Append: past it the server stops waiting for
+	// the append (which may still commit) and answers DEADLINE_EXCEEDED.
+	// 0: no bound but the call's.
+	TimeoutMs     uint32 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendStreamRequest) Reset() {
+	*x = AppendStreamRequest{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendStreamRequest) ProtoMessage() {}
+
+func (x *AppendStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendStreamRequest.ProtoReflect.Descriptor instead.
+func (*AppendStreamRequest) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *AppendStreamRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *AppendStreamRequest) GetAppend() *AppendRequest {
+	if x != nil {
+		return x.Append
+	}
+	return nil
+}
+
+func (x *AppendStreamRequest) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+type AppendStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of the request answered.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*AppendStreamResponse_Append
+	//	*AppendStreamResponse_Error
+	Result        isAppendStreamResponse_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendStreamResponse) Reset() {
+	*x = AppendStreamResponse{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendStreamResponse) ProtoMessage() {}
+
+func (x *AppendStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendStreamResponse.ProtoReflect.Descriptor instead.
+func (*AppendStreamResponse) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *AppendStreamResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *AppendStreamResponse) GetResult() isAppendStreamResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *AppendStreamResponse) GetAppend() *AppendResponse {
+	if x != nil {
+		if x, ok := x.Result.(*AppendStreamResponse_Append); ok {
+			return x.Append
+		}
+	}
+	return nil
+}
+
+func (x *AppendStreamResponse) GetError() *status.Status {
+	if x != nil {
+		if x, ok := x.Result.(*AppendStreamResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isAppendStreamResponse_Result interface {
+	isAppendStreamResponse_Result()
+}
+
+type AppendStreamResponse_Append struct {
+	Append *AppendResponse `protobuf:"bytes,2,opt,name=append,proto3,oneof"`
+}
+
+type AppendStreamResponse_Error struct {
+	// The error unary Append would have returned: the same code, message
+	// and details (google.rpc.ErrorInfo with an ErrorReason).
+	Error *status.Status `protobuf:"bytes,3,opt,name=error,proto3,oneof"`
+}
+
+func (*AppendStreamResponse_Append) isAppendStreamResponse_Result() {}
+
+func (*AppendStreamResponse_Error) isAppendStreamResponse_Result() {}
+
 type StreamVersion struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Stream        string                 `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
@@ -1253,7 +1413,7 @@ type StreamVersion struct {
 
 func (x *StreamVersion) Reset() {
 	*x = StreamVersion{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[17]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1265,7 +1425,7 @@ func (x *StreamVersion) String() string {
 func (*StreamVersion) ProtoMessage() {}
 
 func (x *StreamVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[17]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1278,7 +1438,7 @@ func (x *StreamVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamVersion.ProtoReflect.Descriptor instead.
 func (*StreamVersion) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{17}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StreamVersion) GetStream() string {
@@ -1313,7 +1473,7 @@ type AppendResponse struct {
 
 func (x *AppendResponse) Reset() {
 	*x = AppendResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[18]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1485,7 @@ func (x *AppendResponse) String() string {
 func (*AppendResponse) ProtoMessage() {}
 
 func (x *AppendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[18]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1498,7 @@ func (x *AppendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendResponse.ProtoReflect.Descriptor instead.
 func (*AppendResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{18}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AppendResponse) GetFirstOffset() uint64 {
@@ -1413,7 +1573,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[19]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1585,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[19]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1598,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{19}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ReadRequest) GetFromOffset() uint64 {
@@ -1528,7 +1688,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[20]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +1700,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[20]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +1713,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{20}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReadResponse) GetBatches() []byte {
@@ -1591,7 +1751,7 @@ type ListStreamsRequest struct {
 
 func (x *ListStreamsRequest) Reset() {
 	*x = ListStreamsRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[21]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1763,7 @@ func (x *ListStreamsRequest) String() string {
 func (*ListStreamsRequest) ProtoMessage() {}
 
 func (x *ListStreamsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[21]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1776,7 @@ func (x *ListStreamsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStreamsRequest.ProtoReflect.Descriptor instead.
 func (*ListStreamsRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{21}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListStreamsRequest) GetPrefix() string {
@@ -1654,7 +1814,7 @@ type StreamInfo struct {
 
 func (x *StreamInfo) Reset() {
 	*x = StreamInfo{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[22]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1826,7 @@ func (x *StreamInfo) String() string {
 func (*StreamInfo) ProtoMessage() {}
 
 func (x *StreamInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[22]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1839,7 @@ func (x *StreamInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamInfo.ProtoReflect.Descriptor instead.
 func (*StreamInfo) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{22}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StreamInfo) GetName() string {
@@ -1728,7 +1888,7 @@ type ListStreamsResponse struct {
 
 func (x *ListStreamsResponse) Reset() {
 	*x = ListStreamsResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[23]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +1900,7 @@ func (x *ListStreamsResponse) String() string {
 func (*ListStreamsResponse) ProtoMessage() {}
 
 func (x *ListStreamsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[23]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +1913,7 @@ func (x *ListStreamsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStreamsResponse.ProtoReflect.Descriptor instead.
 func (*ListStreamsResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{23}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListStreamsResponse) GetStreams() []*StreamInfo {
@@ -1779,7 +1939,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[24]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1791,7 +1951,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[24]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1804,7 +1964,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{24}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TransferLeadershipRequest) GetToNodeId() string {
@@ -1823,7 +1983,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[25]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1835,7 +1995,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[25]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1848,7 +2008,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{25}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TransferLeadershipResponse) GetNewLeaderId() string {
@@ -1866,7 +2026,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[26]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1878,7 +2038,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[26]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1891,7 +2051,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{26}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{28}
 }
 
 type NodeStatus struct {
@@ -1908,7 +2068,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[27]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1920,7 +2080,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[27]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1933,7 +2093,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{27}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -2003,7 +2163,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[28]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2015,7 +2175,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[28]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2028,7 +2188,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{28}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -2144,7 +2304,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[29]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2316,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[29]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2329,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{29}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{31}
 }
 
 type ReadIndexResponse struct {
@@ -2181,7 +2341,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[30]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2353,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[30]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2366,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{30}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReadIndexResponse) GetCommitIndex() uint64 {
@@ -2228,7 +2388,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[31]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2240,7 +2400,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[31]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2253,7 +2413,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{31}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RegisterNodeRequest) GetNodeId() string {
@@ -2285,7 +2445,7 @@ type RegisterNodeResponse struct {
 
 func (x *RegisterNodeResponse) Reset() {
 	*x = RegisterNodeResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[32]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2297,7 +2457,7 @@ func (x *RegisterNodeResponse) String() string {
 func (*RegisterNodeResponse) ProtoMessage() {}
 
 func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[32]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2310,7 +2470,7 @@ func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterNodeResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{32}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{34}
 }
 
 var File_tsstore_v1_tsstore_proto protoreflect.FileDescriptor
@@ -2318,7 +2478,7 @@ var File_tsstore_v1_tsstore_proto protoreflect.FileDescriptor
 const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\n" +
 	"\x18tsstore/v1/tsstore.proto\x12\n" +
-	"tsstore.v1\"\x10\n" +
+	"tsstore.v1\x1a\x17google/rpc/status.proto\"\x10\n" +
 	"\x0eMembersRequest\"\x85\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
@@ -2389,7 +2549,17 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x06events\x18\x03 \x03(\v2\x11.tsstore.v1.EventR\x06events\x12A\n" +
 	"\fexpectations\x18\x04 \x03(\v2\x1d.tsstore.v1.StreamExpectationR\fexpectations\x12(\n" +
 	"\revents_crc32c\x18\x05 \x01(\aH\x00R\feventsCrc32c\x88\x01\x01B\x10\n" +
-	"\x0e_events_crc32c\"A\n" +
+	"\x0e_events_crc32c\"w\n" +
+	"\x13AppendStreamRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x121\n" +
+	"\x06append\x18\x02 \x01(\v2\x19.tsstore.v1.AppendRequestR\x06append\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\rR\ttimeoutMs\"\x92\x01\n" +
+	"\x14AppendStreamResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
+	"\x06append\x18\x02 \x01(\v2\x1a.tsstore.v1.AppendResponseH\x00R\x06append\x12*\n" +
+	"\x05error\x18\x03 \x01(\v2\x12.google.rpc.StatusH\x00R\x05errorB\b\n" +
+	"\x06result\"A\n" +
 	"\rStreamVersion\x12\x16\n" +
 	"\x06stream\x18\x01 \x01(\tR\x06stream\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\"\x85\x02\n" +
@@ -2502,14 +2672,15 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x1aERROR_REASON_SLOW_CONSUMER\x10\v\x12\x1d\n" +
 	"\x19ERROR_REASON_NODE_REMOVED\x10\f\x12\x1a\n" +
 	"\x16ERROR_REASON_DISK_FULL\x10\r\x12\"\n" +
-	"\x1eERROR_REASON_CHECKSUM_MISMATCH\x10\x0e2\xdd\x02\n" +
+	"\x1eERROR_REASON_CHECKSUM_MISMATCH\x10\x0e2\xb4\x03\n" +
 	"\n" +
 	"EventStore\x12?\n" +
 	"\x06Append\x12\x19.tsstore.v1.AppendRequest\x1a\x1a.tsstore.v1.AppendResponse\x12;\n" +
 	"\x04Read\x12\x17.tsstore.v1.ReadRequest\x1a\x18.tsstore.v1.ReadResponse0\x01\x12?\n" +
 	"\x06Status\x12\x19.tsstore.v1.StatusRequest\x1a\x1a.tsstore.v1.StatusResponse\x12@\n" +
 	"\tSubscribe\x12\x17.tsstore.v1.ReadRequest\x1a\x18.tsstore.v1.ReadResponse0\x01\x12N\n" +
-	"\vListStreams\x12\x1e.tsstore.v1.ListStreamsRequest\x1a\x1f.tsstore.v1.ListStreamsResponse2\xc9\x05\n" +
+	"\vListStreams\x12\x1e.tsstore.v1.ListStreamsRequest\x1a\x1f.tsstore.v1.ListStreamsResponse\x12U\n" +
+	"\fAppendStream\x12\x1f.tsstore.v1.AppendStreamRequest\x1a .tsstore.v1.AppendStreamResponse(\x010\x012\xc9\x05\n" +
 	"\aCluster\x12H\n" +
 	"\tReadIndex\x12\x1c.tsstore.v1.ReadIndexRequest\x1a\x1d.tsstore.v1.ReadIndexResponse\x12Q\n" +
 	"\fRegisterNode\x12\x1f.tsstore.v1.RegisterNodeRequest\x1a .tsstore.v1.RegisterNodeResponse\x12c\n" +
@@ -2534,7 +2705,7 @@ func file_tsstore_v1_tsstore_proto_rawDescGZIP() []byte {
 }
 
 var file_tsstore_v1_tsstore_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_tsstore_v1_tsstore_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_tsstore_v1_tsstore_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_tsstore_v1_tsstore_proto_goTypes = []any{
 	(ExpectedVersionKind)(0),           // 0: tsstore.v1.ExpectedVersionKind
 	(Consistency)(0),                   // 1: tsstore.v1.Consistency
@@ -2556,22 +2727,25 @@ var file_tsstore_v1_tsstore_proto_goTypes = []any{
 	(*Event)(nil),                      // 17: tsstore.v1.Event
 	(*StreamExpectation)(nil),          // 18: tsstore.v1.StreamExpectation
 	(*AppendRequest)(nil),              // 19: tsstore.v1.AppendRequest
-	(*StreamVersion)(nil),              // 20: tsstore.v1.StreamVersion
-	(*AppendResponse)(nil),             // 21: tsstore.v1.AppendResponse
-	(*ReadRequest)(nil),                // 22: tsstore.v1.ReadRequest
-	(*ReadResponse)(nil),               // 23: tsstore.v1.ReadResponse
-	(*ListStreamsRequest)(nil),         // 24: tsstore.v1.ListStreamsRequest
-	(*StreamInfo)(nil),                 // 25: tsstore.v1.StreamInfo
-	(*ListStreamsResponse)(nil),        // 26: tsstore.v1.ListStreamsResponse
-	(*TransferLeadershipRequest)(nil),  // 27: tsstore.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 28: tsstore.v1.TransferLeadershipResponse
-	(*StatusRequest)(nil),              // 29: tsstore.v1.StatusRequest
-	(*NodeStatus)(nil),                 // 30: tsstore.v1.NodeStatus
-	(*StatusResponse)(nil),             // 31: tsstore.v1.StatusResponse
-	(*ReadIndexRequest)(nil),           // 32: tsstore.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),          // 33: tsstore.v1.ReadIndexResponse
-	(*RegisterNodeRequest)(nil),        // 34: tsstore.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil),       // 35: tsstore.v1.RegisterNodeResponse
+	(*AppendStreamRequest)(nil),        // 20: tsstore.v1.AppendStreamRequest
+	(*AppendStreamResponse)(nil),       // 21: tsstore.v1.AppendStreamResponse
+	(*StreamVersion)(nil),              // 22: tsstore.v1.StreamVersion
+	(*AppendResponse)(nil),             // 23: tsstore.v1.AppendResponse
+	(*ReadRequest)(nil),                // 24: tsstore.v1.ReadRequest
+	(*ReadResponse)(nil),               // 25: tsstore.v1.ReadResponse
+	(*ListStreamsRequest)(nil),         // 26: tsstore.v1.ListStreamsRequest
+	(*StreamInfo)(nil),                 // 27: tsstore.v1.StreamInfo
+	(*ListStreamsResponse)(nil),        // 28: tsstore.v1.ListStreamsResponse
+	(*TransferLeadershipRequest)(nil),  // 29: tsstore.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 30: tsstore.v1.TransferLeadershipResponse
+	(*StatusRequest)(nil),              // 31: tsstore.v1.StatusRequest
+	(*NodeStatus)(nil),                 // 32: tsstore.v1.NodeStatus
+	(*StatusResponse)(nil),             // 33: tsstore.v1.StatusResponse
+	(*ReadIndexRequest)(nil),           // 34: tsstore.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),          // 35: tsstore.v1.ReadIndexResponse
+	(*RegisterNodeRequest)(nil),        // 36: tsstore.v1.RegisterNodeRequest
+	(*RegisterNodeResponse)(nil),       // 37: tsstore.v1.RegisterNodeResponse
+	(*status.Status)(nil),              // 38: google.rpc.Status
 }
 var file_tsstore_v1_tsstore_proto_depIdxs = []int32{
 	4,  // 0: tsstore.v1.MembersResponse.members:type_name -> tsstore.v1.Member
@@ -2579,43 +2753,48 @@ var file_tsstore_v1_tsstore_proto_depIdxs = []int32{
 	0,  // 2: tsstore.v1.StreamExpectation.kind:type_name -> tsstore.v1.ExpectedVersionKind
 	17, // 3: tsstore.v1.AppendRequest.events:type_name -> tsstore.v1.Event
 	18, // 4: tsstore.v1.AppendRequest.expectations:type_name -> tsstore.v1.StreamExpectation
-	20, // 5: tsstore.v1.AppendResponse.stream_versions:type_name -> tsstore.v1.StreamVersion
-	1,  // 6: tsstore.v1.ReadRequest.consistency:type_name -> tsstore.v1.Consistency
-	25, // 7: tsstore.v1.ListStreamsResponse.streams:type_name -> tsstore.v1.StreamInfo
-	30, // 8: tsstore.v1.StatusResponse.nodes:type_name -> tsstore.v1.NodeStatus
-	19, // 9: tsstore.v1.EventStore.Append:input_type -> tsstore.v1.AppendRequest
-	22, // 10: tsstore.v1.EventStore.Read:input_type -> tsstore.v1.ReadRequest
-	29, // 11: tsstore.v1.EventStore.Status:input_type -> tsstore.v1.StatusRequest
-	22, // 12: tsstore.v1.EventStore.Subscribe:input_type -> tsstore.v1.ReadRequest
-	24, // 13: tsstore.v1.EventStore.ListStreams:input_type -> tsstore.v1.ListStreamsRequest
-	32, // 14: tsstore.v1.Cluster.ReadIndex:input_type -> tsstore.v1.ReadIndexRequest
-	34, // 15: tsstore.v1.Cluster.RegisterNode:input_type -> tsstore.v1.RegisterNodeRequest
-	27, // 16: tsstore.v1.Cluster.TransferLeadership:input_type -> tsstore.v1.TransferLeadershipRequest
-	3,  // 17: tsstore.v1.Cluster.Members:input_type -> tsstore.v1.MembersRequest
-	6,  // 18: tsstore.v1.Cluster.AddMember:input_type -> tsstore.v1.AddMemberRequest
-	8,  // 19: tsstore.v1.Cluster.PromoteMember:input_type -> tsstore.v1.PromoteMemberRequest
-	10, // 20: tsstore.v1.Cluster.RemoveMember:input_type -> tsstore.v1.RemoveMemberRequest
-	12, // 21: tsstore.v1.Cluster.Snapshot:input_type -> tsstore.v1.SnapshotRequest
-	14, // 22: tsstore.v1.Cluster.Backup:input_type -> tsstore.v1.BackupRequest
-	21, // 23: tsstore.v1.EventStore.Append:output_type -> tsstore.v1.AppendResponse
-	23, // 24: tsstore.v1.EventStore.Read:output_type -> tsstore.v1.ReadResponse
-	31, // 25: tsstore.v1.EventStore.Status:output_type -> tsstore.v1.StatusResponse
-	23, // 26: tsstore.v1.EventStore.Subscribe:output_type -> tsstore.v1.ReadResponse
-	26, // 27: tsstore.v1.EventStore.ListStreams:output_type -> tsstore.v1.ListStreamsResponse
-	33, // 28: tsstore.v1.Cluster.ReadIndex:output_type -> tsstore.v1.ReadIndexResponse
-	35, // 29: tsstore.v1.Cluster.RegisterNode:output_type -> tsstore.v1.RegisterNodeResponse
-	28, // 30: tsstore.v1.Cluster.TransferLeadership:output_type -> tsstore.v1.TransferLeadershipResponse
-	5,  // 31: tsstore.v1.Cluster.Members:output_type -> tsstore.v1.MembersResponse
-	7,  // 32: tsstore.v1.Cluster.AddMember:output_type -> tsstore.v1.AddMemberResponse
-	9,  // 33: tsstore.v1.Cluster.PromoteMember:output_type -> tsstore.v1.PromoteMemberResponse
-	11, // 34: tsstore.v1.Cluster.RemoveMember:output_type -> tsstore.v1.RemoveMemberResponse
-	13, // 35: tsstore.v1.Cluster.Snapshot:output_type -> tsstore.v1.SnapshotResponse
-	16, // 36: tsstore.v1.Cluster.Backup:output_type -> tsstore.v1.BackupChunk
-	23, // [23:37] is the sub-list for method output_type
-	9,  // [9:23] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	19, // 5: tsstore.v1.AppendStreamRequest.append:type_name -> tsstore.v1.AppendRequest
+	23, // 6: tsstore.v1.AppendStreamResponse.append:type_name -> tsstore.v1.AppendResponse
+	38, // 7: tsstore.v1.AppendStreamResponse.error:type_name -> google.rpc.Status
+	22, // 8: tsstore.v1.AppendResponse.stream_versions:type_name -> tsstore.v1.StreamVersion
+	1,  // 9: tsstore.v1.ReadRequest.consistency:type_name -> tsstore.v1.Consistency
+	27, // 10: tsstore.v1.ListStreamsResponse.streams:type_name -> tsstore.v1.StreamInfo
+	32, // 11: tsstore.v1.StatusResponse.nodes:type_name -> tsstore.v1.NodeStatus
+	19, // 12: tsstore.v1.EventStore.Append:input_type -> tsstore.v1.AppendRequest
+	24, // 13: tsstore.v1.EventStore.Read:input_type -> tsstore.v1.ReadRequest
+	31, // 14: tsstore.v1.EventStore.Status:input_type -> tsstore.v1.StatusRequest
+	24, // 15: tsstore.v1.EventStore.Subscribe:input_type -> tsstore.v1.ReadRequest
+	26, // 16: tsstore.v1.EventStore.ListStreams:input_type -> tsstore.v1.ListStreamsRequest
+	20, // 17: tsstore.v1.EventStore.AppendStream:input_type -> tsstore.v1.AppendStreamRequest
+	34, // 18: tsstore.v1.Cluster.ReadIndex:input_type -> tsstore.v1.ReadIndexRequest
+	36, // 19: tsstore.v1.Cluster.RegisterNode:input_type -> tsstore.v1.RegisterNodeRequest
+	29, // 20: tsstore.v1.Cluster.TransferLeadership:input_type -> tsstore.v1.TransferLeadershipRequest
+	3,  // 21: tsstore.v1.Cluster.Members:input_type -> tsstore.v1.MembersRequest
+	6,  // 22: tsstore.v1.Cluster.AddMember:input_type -> tsstore.v1.AddMemberRequest
+	8,  // 23: tsstore.v1.Cluster.PromoteMember:input_type -> tsstore.v1.PromoteMemberRequest
+	10, // 24: tsstore.v1.Cluster.RemoveMember:input_type -> tsstore.v1.RemoveMemberRequest
+	12, // 25: tsstore.v1.Cluster.Snapshot:input_type -> tsstore.v1.SnapshotRequest
+	14, // 26: tsstore.v1.Cluster.Backup:input_type -> tsstore.v1.BackupRequest
+	23, // 27: tsstore.v1.EventStore.Append:output_type -> tsstore.v1.AppendResponse
+	25, // 28: tsstore.v1.EventStore.Read:output_type -> tsstore.v1.ReadResponse
+	33, // 29: tsstore.v1.EventStore.Status:output_type -> tsstore.v1.StatusResponse
+	25, // 30: tsstore.v1.EventStore.Subscribe:output_type -> tsstore.v1.ReadResponse
+	28, // 31: tsstore.v1.EventStore.ListStreams:output_type -> tsstore.v1.ListStreamsResponse
+	21, // 32: tsstore.v1.EventStore.AppendStream:output_type -> tsstore.v1.AppendStreamResponse
+	35, // 33: tsstore.v1.Cluster.ReadIndex:output_type -> tsstore.v1.ReadIndexResponse
+	37, // 34: tsstore.v1.Cluster.RegisterNode:output_type -> tsstore.v1.RegisterNodeResponse
+	30, // 35: tsstore.v1.Cluster.TransferLeadership:output_type -> tsstore.v1.TransferLeadershipResponse
+	5,  // 36: tsstore.v1.Cluster.Members:output_type -> tsstore.v1.MembersResponse
+	7,  // 37: tsstore.v1.Cluster.AddMember:output_type -> tsstore.v1.AddMemberResponse
+	9,  // 38: tsstore.v1.Cluster.PromoteMember:output_type -> tsstore.v1.PromoteMemberResponse
+	11, // 39: tsstore.v1.Cluster.RemoveMember:output_type -> tsstore.v1.RemoveMemberResponse
+	13, // 40: tsstore.v1.Cluster.Snapshot:output_type -> tsstore.v1.SnapshotResponse
+	16, // 41: tsstore.v1.Cluster.Backup:output_type -> tsstore.v1.BackupChunk
+	27, // [27:42] is the sub-list for method output_type
+	12, // [12:27] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_tsstore_v1_tsstore_proto_init() }
@@ -2624,13 +2803,17 @@ func file_tsstore_v1_tsstore_proto_init() {
 		return
 	}
 	file_tsstore_v1_tsstore_proto_msgTypes[16].OneofWrappers = []any{}
+	file_tsstore_v1_tsstore_proto_msgTypes[18].OneofWrappers = []any{
+		(*AppendStreamResponse_Append)(nil),
+		(*AppendStreamResponse_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tsstore_v1_tsstore_proto_rawDesc), len(file_tsstore_v1_tsstore_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -22,11 +22,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	EventStore_Append_FullMethodName      = "/tsstore.v1.EventStore/Append"
-	EventStore_Read_FullMethodName        = "/tsstore.v1.EventStore/Read"
-	EventStore_Status_FullMethodName      = "/tsstore.v1.EventStore/Status"
-	EventStore_Subscribe_FullMethodName   = "/tsstore.v1.EventStore/Subscribe"
-	EventStore_ListStreams_FullMethodName = "/tsstore.v1.EventStore/ListStreams"
+	EventStore_Append_FullMethodName       = "/tsstore.v1.EventStore/Append"
+	EventStore_Read_FullMethodName         = "/tsstore.v1.EventStore/Read"
+	EventStore_Status_FullMethodName       = "/tsstore.v1.EventStore/Status"
+	EventStore_Subscribe_FullMethodName    = "/tsstore.v1.EventStore/Subscribe"
+	EventStore_ListStreams_FullMethodName  = "/tsstore.v1.EventStore/ListStreams"
+	EventStore_AppendStream_FullMethodName = "/tsstore.v1.EventStore/AppendStream"
 )
 
 // EventStoreClient is the client API for EventStore service.
@@ -46,6 +47,16 @@ type EventStoreClient interface {
 	Subscribe(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadResponse], error)
 	// ListStreams lists streams in name order, a page at a time.
 	ListStreams(ctx context.Context, in *ListStreamsRequest, opts ...grpc.CallOption) (*ListStreamsResponse, error)
+	// AppendStream carries many appends on one call, to save the per-call
+	// cost of unary Append. Each request is an Append with an id chosen by the
+	// client; it is decided exactly as a unary Append (same checks, limits,
+	// forwarding and ordering) and answered by one response with the same
+	// id, in completion order, not request order. Needs the same role as
+	// Append. The server reads at most a bounded number of requests ahead of
+	// their answers (flow control holds the client back). When the node shuts
+	// down it answers the requests it has read and ends the call with
+	// UNAVAILABLE; a request it never read is not answered.
+	AppendStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AppendStreamRequest, AppendStreamResponse], error)
 }
 
 type eventStoreClient struct {
@@ -124,6 +135,19 @@ func (c *eventStoreClient) ListStreams(ctx context.Context, in *ListStreamsReque
 	return out, nil
 }
 
+func (c *eventStoreClient) AppendStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AppendStreamRequest, AppendStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &EventStore_ServiceDesc.Streams[2], EventStore_AppendStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AppendStreamRequest, AppendStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EventStore_AppendStreamClient = grpc.BidiStreamingClient[AppendStreamRequest, AppendStreamResponse]
+
 // EventStoreServer is the server API for EventStore service.
 // All implementations must embed UnimplementedEventStoreServer
 // for forward compatibility.
@@ -141,6 +165,16 @@ type EventStoreServer interface {
 	Subscribe(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error
 	// ListStreams lists streams in name order, a page at a time.
 	ListStreams(context.Context, *ListStreamsRequest) (*ListStreamsResponse, error)
+	// AppendStream carries many appends on one call, to save the per-call
+	// cost of unary Append. Each request is an Append with an id chosen by the
+	// client; it is decided exactly as a unary Append (same checks, limits,
+	// forwarding and ordering) and answered by one response with the same
+	// id, in completion order, not request order. Needs the same role as
+	// Append. The server reads at most a bounded number of requests ahead of
+	// their answers (flow control holds the client back). When the node shuts
+	// down it answers the requests it has read and ends the call with
+	// UNAVAILABLE; a request it never read is not answered.
+	AppendStream(grpc.BidiStreamingServer[AppendStreamRequest, AppendStreamResponse]) error
 	mustEmbedUnimplementedEventStoreServer()
 }
 
@@ -165,6 +199,9 @@ func (UnimplementedEventStoreServer) Subscribe(*ReadRequest, grpc.ServerStreamin
 }
 func (UnimplementedEventStoreServer) ListStreams(context.Context, *ListStreamsRequest) (*ListStreamsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListStreams not implemented")
+}
+func (UnimplementedEventStoreServer) AppendStream(grpc.BidiStreamingServer[AppendStreamRequest, AppendStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method AppendStream not implemented")
 }
 func (UnimplementedEventStoreServer) mustEmbedUnimplementedEventStoreServer() {}
 func (UnimplementedEventStoreServer) testEmbeddedByValue()                    {}
@@ -263,6 +300,13 @@ func _EventStore_ListStreams_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EventStore_AppendStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(EventStoreServer).AppendStream(&grpc.GenericServerStream[AppendStreamRequest, AppendStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EventStore_AppendStreamServer = grpc.BidiStreamingServer[AppendStreamRequest, AppendStreamResponse]
+
 // EventStore_ServiceDesc is the grpc.ServiceDesc for EventStore service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -293,6 +337,12 @@ var EventStore_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Subscribe",
 			Handler:       _EventStore_Subscribe_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "AppendStream",
+			Handler:       _EventStore_AppendStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "tsstore/v1/tsstore.proto",
