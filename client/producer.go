@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/record"
 )
 
 // Event is one event to append.
@@ -282,6 +283,7 @@ func (p *Producer) request(events []Event, opts []AppendOption) (*tsstorev1.Appe
 		}
 		req.Expectations = append(req.Expectations, pe)
 	}
+	sealRequest(req)
 	return req, nil
 }
 
@@ -320,4 +322,16 @@ func result(resp *tsstorev1.AppendResponse) AppendResult {
 		}
 	}
 	return r
+}
+
+// sealRequest sets the request's end-to-end checksum over its events as
+// they are sent (record.AddEvent): the leader refuses the request if the
+// events it received differ, and every replica checks the same sum before
+// it writes them.
+func sealRequest(req *tsstorev1.AppendRequest) {
+	var sum uint32
+	for _, e := range req.Events {
+		sum = record.AddEvent(sum, e.Stream, e.Type, e.Metadata, e.Payload)
+	}
+	req.EventsCrc32C = &sum
 }

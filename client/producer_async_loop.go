@@ -131,6 +131,7 @@ func (l *asyncLoop) ready() bool {
 func (l *asyncLoop) dispatch() {
 	f := l.cur
 	f.req.ProducerSeq = l.next
+	sealRequest(f.req)
 	l.next += uint64(len(f.req.Events))
 	f.first = time.Now()
 	l.window = append(l.window, f)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/record"
 )
 
 // fakeNode is a tiny in-test EventStore server. Each handler delegates to
@@ -684,5 +685,35 @@ func TestNewProducerIDs(t *testing.T) {
 	}
 	if _, err := a.AppendWith(testCtx(t), []Event{ev("x")}, WithExpectedVersion("s", ExpectedVersion(-9))); err == nil {
 		t.Fatal("invalid expected version accepted")
+	}
+}
+
+// Every append the SDK sends carries the end-to-end checksum of its events.
+func TestAppendCarriesEventChecksum(t *testing.T) {
+	var got []*tsstorev1.AppendRequest
+	var mu sync.Mutex
+	f := startFake(t, &fakeNode{
+		append: func(_ int, req *tsstorev1.AppendRequest) (*tsstorev1.AppendResponse, error) {
+			mu.Lock()
+			got = append(got, req)
+			mu.Unlock()
+			return okAppend(req, false), nil
+		},
+	})
+	c := newTestClient(t, f.addr)
+	if _, err := c.Append(testCtx(t), Event{Stream: "run/a", Type: "T", Payload: []byte("x"), Metadata: []byte("m")}, ev("b")); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0].EventsCrc32C == nil {
+		t.Fatalf("requests %v: no checksum", got)
+	}
+	var want uint32
+	for _, e := range got[0].Events {
+		want = record.AddEvent(want, e.Stream, e.Type, e.Metadata, e.Payload)
+	}
+	if *got[0].EventsCrc32C != want {
+		t.Fatalf("checksum %08x, want %08x", *got[0].EventsCrc32C, want)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/tsstore/tsstore/fsm"
+	"github.com/tsstore/tsstore/internal/ratelog"
 )
 
 // ErrWrongCluster is returned when the data directory belongs to another
@@ -84,6 +85,7 @@ func New(cfg Config) (*Node, error) {
 	if n.logger == nil {
 		n.logger = slog.Default()
 	}
+	n.logger = slog.New(ratelog.NewHandler(n.logger.Handler(), logFlood))
 	sec, err := cfg.loadSecurity()
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -251,12 +253,19 @@ func (n *Node) raftConfig() *raft.Config {
 
 // raftLogger is the hclog logger of hashicorp/raft and raft-wal: JSON on
 // stderr like the node's own logs.
+// Its warnings and errors share the process's flood limit (logFlood).
 func raftLogger(name, nodeID string) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{
-		Name: name, Level: hclog.Info, Output: os.Stderr,
+		Name: name, Level: hclog.Info, Output: ratelog.NewWriter(os.Stderr, logFlood),
 		JSONFormat: true, TimeFormat: time.RFC3339Nano,
 	}).With("node", nodeID)
 }
+
+// logFlood limits each warning or error message to 10 lines per 10 s (the
+// next line says how many were dropped): a client opening garbage
+// connections, or a peer failing its handshakes, must not write a line
+// per attempt.
+var logFlood = ratelog.New(10*time.Second, 10)
 
 func (n *Node) startRaft() error {
 	addr, err := net.ResolveTCPAddr("tcp", n.cfg.RaftAddr)
@@ -272,7 +281,7 @@ func (n *Node) startRaft() error {
 		ServerAddressProvider: provider,
 		MaxPool:               8,
 		Timeout:               10 * time.Second,
-		Logger:                hclog.New(&hclog.LoggerOptions{Name: "raft-net", Level: hclog.Warn, Output: os.Stderr, JSONFormat: true}),
+		Logger:                hclog.New(&hclog.LoggerOptions{Name: "raft-net", Level: hclog.Warn, Output: ratelog.NewWriter(os.Stderr, logFlood), JSONFormat: true}),
 	}
 	if n.sec.peerServer != nil {
 		// Mutual TLS between nodes (tls.go); the override table still

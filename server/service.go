@@ -6,6 +6,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/hashicorp/raft"
@@ -135,6 +137,9 @@ func (s *service) toOp(req *pb.AppendRequest) (fsm.AppendOp, int, error) {
 	if len(req.Events) == 0 {
 		return fsm.AppendOp{}, 0, invalidArg("append has no events")
 	}
+	if err := printable("producer id", req.ProducerId); err != nil {
+		return fsm.AppendOp{}, 0, err
+	}
 	op := fsm.AppendOp{ProducerID: req.ProducerId, Seq: req.ProducerSeq, Events: make([]fsm.Event, len(req.Events))}
 	size := len(req.ProducerId)
 	for i, ev := range req.Events {
@@ -142,6 +147,9 @@ func (s *service) toOp(req *pb.AppendRequest) (fsm.AppendOp, int, error) {
 			return op, 0, withReason(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_EVENT_TOO_LARGE,
 				fmt.Sprintf("event %d is %d bytes, limit %d", i, n, s.n.cfg.MaxEventBytes),
 				map[string]string{"limit_bytes": strconv.Itoa(s.n.cfg.MaxEventBytes), "size_bytes": strconv.Itoa(n)})
+		}
+		if err := printable(fmt.Sprintf("event %d type", i), ev.Type); err != nil {
+			return op, 0, err
 		}
 		op.Events[i] = fsm.Event{Stream: ev.Stream, Type: ev.Type, Metadata: ev.Metadata, Payload: ev.Payload}
 		size += len(ev.Stream) + len(ev.Type) + len(ev.Metadata) + len(ev.Payload) + 16
@@ -289,4 +297,21 @@ func suffrageName(s raft.ServerSuffrage) string {
 		return "nonvoter"
 	}
 	return "staging"
+}
+
+// printable refuses names that a terminal would interpret (control
+// characters, ANSI escapes) or that are not UTF-8: event types and
+// producer ids are printed by `tsstore read` and in logs. It is checked
+// at the edge only, not by the FSM, so entries already in a log are never
+// judged by a newer rule.
+func printable(what, s string) error {
+	if !utf8.ValidString(s) {
+		return invalidArg("%s %q is not UTF-8", what, s)
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return invalidArg("%s %q holds the control character %U", what, s, r)
+		}
+	}
+	return nil
 }

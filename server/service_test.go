@@ -147,7 +147,7 @@ func TestLinearizableReadOnFollower(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
-	tc := newTestCluster(t, 1, func(c *Config) { c.MaxEventBytes = 1024 })
+	tc := newTestCluster(t, 1, func(c *Config) { c.MaxEventBytes, c.MaxRequestBytes = 1024, 64<<10 })
 	c := dial(t, tc.leader())
 	cases := []struct {
 		name   string
@@ -158,6 +158,10 @@ func TestBadInput(t *testing.T) {
 		{"empty", &pb.AppendRequest{}, codes.InvalidArgument, "ERROR_REASON_INVALID_EVENT"},
 		{"too large", &pb.AppendRequest{Events: []*pb.Event{{Stream: "s", Type: "t", Payload: make([]byte, 2000)}}}, codes.InvalidArgument, "ERROR_REASON_EVENT_TOO_LARGE"},
 		{"bad stream", &pb.AppendRequest{Events: []*pb.Event{{Stream: "bad name", Type: "t"}}}, codes.InvalidArgument, "ERROR_REASON_INVALID_EVENT"},
+		{"escape in type", &pb.AppendRequest{Events: []*pb.Event{{Stream: "s", Type: "\x1b[31mRed"}}}, codes.InvalidArgument, "ERROR_REASON_INVALID_EVENT"},
+		{"newline in producer", &pb.AppendRequest{ProducerId: "p\nq", ProducerSeq: 1, Events: []*pb.Event{{Stream: "s", Type: "t"}}}, codes.InvalidArgument, "ERROR_REASON_INVALID_EVENT"},
+		{"expectations count toward the limit", &pb.AppendRequest{Events: []*pb.Event{{Stream: "s", Type: "t"}},
+			Expectations: expectations(1000)}, codes.InvalidArgument, "ERROR_REASON_REQUEST_TOO_LARGE"},
 		{"no type", &pb.AppendRequest{Events: []*pb.Event{{Stream: "s"}}}, codes.InvalidArgument, "ERROR_REASON_INVALID_EVENT"},
 		{"seq zero", &pb.AppendRequest{ProducerId: "p", Events: []*pb.Event{ev("s", "x")}}, codes.InvalidArgument, "ERROR_REASON_INVALID_EVENT"},
 		{"long type", &pb.AppendRequest{Events: []*pb.Event{{Stream: "s", Type: strings.Repeat("t", 300)}}}, codes.InvalidArgument, "ERROR_REASON_INVALID_EVENT"},
@@ -261,4 +265,12 @@ func TestCloseDuringLeadershipChurn(t *testing.T) {
 		cancel()
 		wg.Wait()
 	}
+}
+
+func expectations(n int) []*pb.StreamExpectation {
+	var out []*pb.StreamExpectation
+	for i := range n {
+		out = append(out, &pb.StreamExpectation{Stream: fmt.Sprintf("stream/%0150d", i)})
+	}
+	return out
 }
