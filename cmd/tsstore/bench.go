@@ -21,7 +21,7 @@ import (
 
 // The workloads of `tsstore bench`, in the order they run. f kills the
 // leader, so it runs last; g measures the log the others wrote.
-var benchWorkloads = []string{"a", "b", "c", "d", "e", "g", "h", "f"}
+var benchWorkloads = []string{"a", "b", "c", "d", "e", "h", "g", "f"}
 
 type benchFlags struct {
 	addrs        string
