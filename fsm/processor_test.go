@@ -224,12 +224,15 @@ func TestRestoreRejectsCorruptStream(t *testing.T) {
 	}
 }
 
-func TestCheckpointThenReopenRebuildsSameState(t *testing.T) {
-	dir := t.TempDir()
+// applyCheckpointed applies n entries over 4 streams to a processor of its
+// own in dir, persisting a snapshot (and so a checkpoint) after entry at,
+// closes it and returns its state.
+func applyCheckpointed(t *testing.T, dir string, n, at int) *State {
+	t.Helper()
 	p := openProc(t, dir)
-	for i := range 100 {
+	for i := range n {
 		mustApply(t, p, uint64(i+1), appendEntry(t, int64(i), op("p", uint64(i*2+1), fmt.Sprint("s", i%4), 2)))
-		if i == 40 {
+		if i == at {
 			snap, err := p.Snapshot()
 			if err != nil {
 				t.Fatal(err)
@@ -239,8 +242,14 @@ func TestCheckpointThenReopenRebuildsSameState(t *testing.T) {
 			}
 		}
 	}
-	want := p.mu.state.clone()
+	st := p.mu.state.clone()
 	p.Close()
+	return st
+}
+
+func TestCheckpointThenReopenRebuildsSameState(t *testing.T) {
+	dir := t.TempDir()
+	want := applyCheckpointed(t, dir, 100, 40)
 	p2 := openProc(t, dir)
 	if !reflect.DeepEqual(want, p2.mu.state) {
 		t.Fatal("state rebuilt from checkpoint + log differs from the state before restart")
@@ -255,21 +264,7 @@ func TestCheckpointThenReopenRebuildsSameState(t *testing.T) {
 // every restart.
 func TestDamagedCheckpointIsRebuiltFromTheLog(t *testing.T) {
 	dir := t.TempDir()
-	p := openProc(t, dir)
-	for i := range 60 {
-		mustApply(t, p, uint64(i+1), appendEntry(t, int64(i), op("p", uint64(i*2+1), fmt.Sprint("s", i%4), 2)))
-		if i == 30 {
-			snap, err := p.Snapshot()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := snap.Persist(&bytes.Buffer{}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	want := p.mu.state.clone()
-	p.Close()
+	want := applyCheckpointed(t, dir, 60, 30)
 	cpPath := filepath.Join(dir, checkpointName)
 	b, err := os.ReadFile(cpPath)
 	if err != nil {
