@@ -284,3 +284,36 @@ func CheckCommand(data []byte) error {
 	}
 	return fmt.Errorf("%w: type %d", ErrUnknownCommand, data[0])
 }
+
+// DescribeCommand summarises a command entry for `tsstore dump`.
+func DescribeCommand(data []byte) string {
+	if len(data) == 0 {
+		return "empty"
+	}
+	switch CommandType(data[0]) {
+	case CmdAppend:
+		var cmd AppendCommand
+		if err := decodeAppend(data, &cmd); err != nil {
+			return "append (does not decode)"
+		}
+		events, summed := 0, 0
+		for i := range cmd.Ops {
+			events += len(cmd.Ops[i].Events)
+			if cmd.Ops[i].HasEventSum {
+				summed++
+			}
+		}
+		return fmt.Sprintf("append: %d ops (%d with an event checksum), %d events", len(cmd.Ops), summed, events)
+	case CmdRegisterNode:
+		var cmd RegisterNodeCommand
+		if decode(data, &cmd) == nil {
+			return fmt.Sprintf("register node %s at %s", cmd.ID, cmd.APIAddress)
+		}
+	case CmdRemoveNode:
+		var cmd RemoveNodeCommand
+		if decode(data, &cmd) == nil {
+			return fmt.Sprintf("remove node %s (incarnation %s)", cmd.ID, cmd.Incarnation)
+		}
+	}
+	return fmt.Sprintf("command type %d", data[0])
+}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/raft"
+	wal "github.com/hashicorp/raft-wal"
 	"google.golang.org/grpc"
 
 	"github.com/tsstore/tsstore/backup"
@@ -283,5 +285,43 @@ func TestProgressBarOnlyOnATerminal(t *testing.T) {
 	p.finish()
 	if got := buf.String(); !strings.Contains(got, "3.0 MiB / 4.0 MiB  75.0%") || !strings.HasSuffix(got, "\n") {
 		t.Fatalf("progress line %q", got)
+	}
+}
+
+// dump of a raft-wal file lists its entries and what their commands hold,
+// and exits 1 when a commit's CRC or an event checksum fails.
+func TestDumpRaftLogFile(t *testing.T) {
+	dir := t.TempDir()
+	w, err := wal.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(1); i <= 3; i++ {
+		op := fsm.AppendOp{ProducerID: "p", Seq: i, Events: []fsm.Event{{Stream: "run/a", Type: "Step", Payload: bytes.Repeat([]byte{'Q'}, 200)}}}
+		op.EventSum, op.HasEventSum = fsm.SumEvents(op.Events), true
+		data, err := fsm.Encode(fsm.CmdAppend, &fsm.AppendCommand{Timestamp: 1, Ops: []fsm.AppendOp{op}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.StoreLogs([]*raft.Log{{Index: i, Term: 2, Type: raft.LogCommand, Data: data}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Close()
+	files, _ := filepath.Glob(filepath.Join(dir, "*.wal"))
+	if len(files) != 1 {
+		t.Fatalf("files %v", files)
+	}
+	out, stderr, code := runCmd("dump", files[0])
+	if code != 0 || strings.Count(out, "append: 1 ops (1 with an event checksum), 1 events") != 3 || !strings.Contains(out, "3 entries; commits: ok") {
+		t.Fatalf("dump: exit %d\n%s%s", code, out, stderr)
+	}
+	b, _ := os.ReadFile(files[0])
+	at := bytes.Index(b, bytes.Repeat([]byte{'Q'}, 200)) // the first entry
+	b[at+100] ^= 0x02
+	os.WriteFile(files[0], b, 0o644)
+	out, stderr, code = runCmd("dump", files[0])
+	if code != 1 || !strings.Contains(out, "BAD: event checksum mismatch") || !strings.Contains(out, "fails its CRC") {
+		t.Fatalf("dump of a flipped byte: exit %d\n%s%s", code, out, stderr)
 	}
 }
