@@ -28,7 +28,11 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		return printJSON(stdout, st)
 	}
 	fmt.Fprintf(stdout, "node %s: %s, term %d, leader %s (%s)\n", st.NodeId, st.Role, st.Term, st.LeaderId, st.LeaderApiAddress)
-	fmt.Fprintf(stdout, "commit index %d, applied index %d, last snapshot %d\n", st.CommitIndex, st.AppliedIndex, st.LastSnapshotIndex)
+	// "applied" is raft's applied index, as `tsstore members` shows it; the
+	// FSM's may trail it by entries that never reach the FSM (a new
+	// leader's no-op and barrier).
+	fmt.Fprintf(stdout, "commit index %d, applied index %d (fsm %d), last snapshot %d\n",
+		st.CommitIndex, st.RaftAppliedIndex, st.AppliedIndex, st.LastSnapshotIndex)
 	last := "-"
 	if st.LastTimestampUnixNano > 0 {
 		last = time.Unix(0, st.LastTimestampUnixNano).UTC().Format(time.RFC3339Nano)
