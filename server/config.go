@@ -102,6 +102,12 @@ type Config struct {
 	DiskResumeBytes int64
 	// freeSpace, if set, replaces the statfs of the data directory (tests).
 	freeSpace func(dir string) (int64, error)
+	// MaxReadStreams bounds the Read and Subscribe streams a node serves at
+	// once (a count); more are refused with ResourceExhausted.
+	// MaxStreamsPerConn bounds the concurrent calls of one client
+	// connection (HTTP/2 streams; more wait for the client's turn).
+	MaxReadStreams    int
+	MaxStreamsPerConn uint32
 	// MaxSubscriberLag is how many offsets a live subscriber may fall
 	// behind the log end before it is told it is too slow.
 	MaxSubscriberLag uint64
@@ -157,6 +163,11 @@ func DefaultConfig() Config {
 		MaxStreamInflight:      256,
 		ReadMessageBytes:       1 << 20,
 		MaxSubscriberLag:       1 << 20,
+		ProducerTTL:            7 * 24 * time.Hour,
+		MinFreeBytes:           256 << 20,
+		DiskResumeBytes:        64 << 20,
+		MaxReadStreams:         4096,
+		MaxStreamsPerConn:      1024,
 		Segment:                segment.DefaultOptions(),
 	}
 }
@@ -232,6 +243,9 @@ func (c Config) Validate() error {
 	}
 	if c.ProducerTTL < 0 {
 		errs = append(errs, errors.New("producer ttl must not be negative (0: never expire)"))
+	}
+	if c.MaxReadStreams <= 0 || c.MaxStreamsPerConn == 0 {
+		errs = append(errs, errors.New("max read streams and max streams per connection must be positive"))
 	}
 	if c.MaxStreamInflight <= 0 || c.MaxStreamInflight > 1<<16 {
 		errs = append(errs, errors.New("max stream inflight must be in [1, 65536]"))

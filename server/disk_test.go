@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -70,5 +71,43 @@ func waitHealth(t *testing.T, n *Node, serving bool, reason string) {
 		case <-deadline:
 			t.Fatalf("%s: health serving=%v (%s), want %v (%q)", n.cfg.NodeID, s, r, serving, reason)
 		}
+	}
+}
+
+// Beyond max-read-streams a new Read or Subscribe is refused at once with
+// ResourceExhausted; once one ends, a new one is served.
+func TestReadStreamsAreCapped(t *testing.T) {
+	tc := newTestCluster(t, 1, func(c *Config) { c.MaxReadStreams = 2 })
+	n := tc.leader()
+	c := dial(t, n)
+	if _, err := c.Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("s", "v")}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(ctxT(t))
+	var subs []pb.EventStore_SubscribeClient
+	for range 2 {
+		s, err := c.Subscribe(ctx, &pb.ReadRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		subs = append(subs, s)
+	}
+	stream, err := c.Read(ctxT(t), &pb.ReadRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a third stream: %v, want ResourceExhausted", err)
+	}
+	cancel()
+	deadline := time.Now().Add(5 * time.Second)
+	for n.readStreams.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := readAll(t, c, &pb.ReadRequest{}); len(got) != 1 {
+		t.Fatalf("read after the subscriptions ended: %v", got)
 	}
 }

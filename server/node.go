@@ -65,6 +65,8 @@ type Node struct {
 	disk diskState
 	// backupsActive counts Backup streams being served (backup.go).
 	backupsActive atomic.Int64
+	// readStreams counts Read and Subscribe streams being served (read.go).
+	readStreams atomic.Int64
 
 	fatal     chan error
 	fatalOnce sync.Once

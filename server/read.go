@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 	"github.com/tsstore/tsstore/record"
@@ -210,6 +211,11 @@ func put(b *[]byte) {
 func (s *service) Read(req *pb.ReadRequest, stream pb.EventStore_ReadServer) error {
 	n := s.n
 	ctx := stream.Context()
+	release, err := n.acquireReadStream()
+	if err != nil {
+		return err
+	}
+	defer release()
 	sel, err := n.newSelection(req)
 	if err != nil {
 		return err
@@ -275,4 +281,17 @@ func (s *service) ListStreams(ctx context.Context, req *pb.ListStreamsRequest) (
 		resp.NextAfter = list[len(list)-1].Name
 	}
 	return resp, nil
+}
+
+// acquireReadStream counts one Read or Subscribe stream against
+// Config.MaxReadStreams: beyond it a new one is refused at once
+// (ResourceExhausted), so stalled readers cannot take the node's memory
+// one held message at a time. The caller calls release when it ends.
+func (n *Node) acquireReadStream() (release func(), err error) {
+	if n.readStreams.Add(1) > int64(n.cfg.MaxReadStreams) {
+		n.readStreams.Add(-1)
+		return nil, status.Errorf(codes.ResourceExhausted, "node %s serves %d Read and Subscribe streams already (max-read-streams); retry later or on another node",
+			n.cfg.NodeID, n.cfg.MaxReadStreams)
+	}
+	return func() { n.readStreams.Add(-1) }, nil
 }

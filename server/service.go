@@ -67,6 +67,7 @@ func (n *Node) serve() error {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(n.cfg.MaxRequestBytes + (1 << 20)),
 		grpc.ForceServerCodecV2(codec),
+		grpc.MaxConcurrentStreams(n.cfg.MaxStreamsPerConn),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	}

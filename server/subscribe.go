@@ -26,6 +26,11 @@ const subscribeHeartbeat = 5 * time.Second
 func (s *service) Subscribe(req *pb.ReadRequest, stream pb.EventStore_SubscribeServer) error {
 	n := s.n
 	ctx := stream.Context()
+	release, err := n.acquireReadStream()
+	if err != nil {
+		return err
+	}
+	defer release()
 	n.metrics.subscriptions.Inc()
 	defer n.metrics.subscriptions.Dec()
 	if req.ToOffset != 0 {

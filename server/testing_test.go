@@ -60,6 +60,7 @@ func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
 		cfg.ElectionTimeout = 200 * time.Millisecond
 		cfg.LeaderLeaseTimeout = 100 * time.Millisecond
 		cfg.Segment.SegmentBytes = 1 << 20
+		cfg.MinFreeBytes = 0 // tests share a disk of any size
 		if tweak != nil {
 			tweak(&cfg)
 		}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -78,6 +79,12 @@ func newServeFlags(stderr io.Writer) *serveFlags {
 	fs.Int64Var(&c.LogCacheBytes, "log-cache-bytes", c.LogCacheBytes, "bytes of recent raft entries cached in memory for replication")
 	fs.Int64Var(&c.MinFreeBytes, "min-free-bytes", c.MinFreeBytes, "low watermark of free disk space, bytes: below it appends are refused and the node is not serving")
 	fs.Int64Var(&c.DiskResumeBytes, "disk-resume-bytes", c.DiskResumeBytes, "appends resume once free space is min-free-bytes plus this many bytes")
+	fs.IntVar(&c.MaxReadStreams, "max-read-streams", c.MaxReadStreams, "Read and Subscribe streams served at once; more are refused (ResourceExhausted)")
+	fs.Func("max-streams-per-conn", fmt.Sprintf("concurrent calls of one client connection (default %d)", c.MaxStreamsPerConn), func(v string) error {
+		n, err := strconv.ParseUint(v, 10, 32)
+		c.MaxStreamsPerConn = uint32(n)
+		return err
+	})
 	fs.DurationVar(&c.ProducerTTL, "producer-ttl", c.ProducerTTL, "forget a producer's dedup state after it has not appended for this long (0: never)")
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest event (payload + metadata), bytes")
 	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", c.MaxRequestBytes, "largest append request, bytes")

@@ -148,7 +148,7 @@ func New(opts Options) (*Cluster, error) {
 	for _, n := range c.Nodes {
 		n.args = append([]string{"serve", "--id", n.ID, "--data-dir", n.DataDir,
 			"--raft-addr", n.RaftAddr, "--api-addr", n.APIAddr,
-			"--bootstrap", strings.Join(peers, ",")}, opts.ExtraArgs...)
+			"--bootstrap", strings.Join(peers, ","), localMinFree[0], localMinFree[1]}, opts.ExtraArgs...)
 	}
 	return c, nil
 }
@@ -179,7 +179,7 @@ func (c *Cluster) AddNode() (*Node, error) {
 		c:        c,
 	}
 	n.args = append([]string{"serve", "--id", n.ID, "--data-dir", n.DataDir,
-		"--raft-addr", n.RaftAddr, "--api-addr", n.APIAddr}, c.opts.ExtraArgs...)
+		"--raft-addr", n.RaftAddr, "--api-addr", n.APIAddr, localMinFree[0], localMinFree[1]}, c.opts.ExtraArgs...)
 	c.Nodes = append(c.Nodes, n)
 	return n, n.Start()
 }
@@ -231,6 +231,12 @@ func (c *Cluster) Close() {
 		n.Kill()
 	}
 }
+
+// localMinFree lowers the free-space watermark for local clusters (dev,
+// tests, bench) to 32 MiB: their nodes share one small disk, and a
+// developer's nearly full disk should not refuse a demo. ExtraArgs come
+// after it and may set another.
+var localMinFree = [2]string{"--min-free-bytes", "33554432"}
 
 // AddArgs appends arguments to this node's `tsstore serve` command line,
 // e.g. a per-node --raft-dial-override routing its peers through fault
