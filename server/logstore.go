@@ -152,7 +152,12 @@ func (s *logStore) LastIndex() (uint64, error) { return s.wal.LastIndex() }
 // log after installing a snapshot instead of leaving a gap.
 func (s *logStore) IsMonotonic() bool { return s.wal.IsMonotonic() }
 
-// GetLog implements raft.LogStore: from the cache if it holds idx.
+// GetLog implements raft.LogStore: from the cache if it holds idx. An
+// index below FirstIndex is not found, as raft expects after it compacted
+// the log: raft-wal v0.4.2 still returns such entries while they are in
+// its tail segment (its head truncation moves the segment's MinIndex, not
+// the tail writer's), which would make the leader send a far-behind
+// follower old entries instead of the snapshot.
 func (s *logStore) GetLog(idx uint64, l *raft.Log) error {
 	s.mu.RLock()
 	if idx >= s.mu.cacheFirst && idx-s.mu.cacheFirst < uint64(len(s.mu.cache)) {
@@ -161,6 +166,9 @@ func (s *logStore) GetLog(idx uint64, l *raft.Log) error {
 		return nil
 	}
 	s.mu.RUnlock()
+	if first, err := s.wal.FirstIndex(); err == nil && idx < first {
+		return raft.ErrLogNotFound
+	}
 	return s.wal.GetLog(idx, l)
 }
 

@@ -87,6 +87,7 @@ func TestLogStoreDeleteRangeKeepsAccounting(t *testing.T) {
 	if err := s.DeleteRange(1, 20); err != nil {
 		t.Fatal(err)
 	}
+
 	if u := s.usage(); u.Entries != 30 || u.Bytes != 30*(size+48) || u.CacheBytes != 30*(size+48) {
 		t.Fatalf("after prefix delete: %+v", u)
 	}
@@ -369,4 +370,22 @@ func TestVerifyRaftLogChecksEveryCommit(t *testing.T) {
 			t.Fatalf("a flipped byte in the last commit of the newest file is a torn write: %+v, %v", c, err)
 		}
 	})
+}
+
+// Compacted entries are gone, even those still in raft-wal's tail segment
+// (which raft-wal itself would return): raft must send a far-behind
+// follower the snapshot.
+func TestLogStoreCompactedEntriesAreGone(t *testing.T) {
+	s := openTestLogStore(t, t.TempDir(), 0)
+	if err := s.StoreLogs(testLogs(1, 50, 100)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteRange(1, 20); err != nil {
+		t.Fatal(err)
+	}
+	var l raft.Log
+	if err := s.GetLog(20, &l); err != raft.ErrLogNotFound {
+		t.Fatalf("GetLog of a compacted entry: %v, want ErrLogNotFound", err)
+	}
+	checkEntry(t, s, 21, 100)
 }
