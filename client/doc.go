@@ -35,11 +35,16 @@
 // with the same guarantees (Send order, exactly once, by the producer
 // sequence) and acknowledgements in Send order (Pending).
 //
-// Read-your-writes. A local Replay from a Client waits until the serving
-// node holds the highest offset that Client has appended (min_next_offset),
-// so a replay after an append sees it even on a lagging follower. Use
-// Linearizable to also see other clients' completed appends. A resumed
-// read also never goes to a node behind what it has already read.
+// Consistency. Replay and ReadBatches are linearizable by default: the
+// serving node first applies everything the cluster had committed when the
+// read was issued (the leader's read index), so the read sees every append
+// that completed before it, by any client, and is never silently short on
+// a lagging or stuck node (that node hands the read to another). Local()
+// reads what the answering node has applied instead, which works without a
+// leader; such a read still waits until the node holds the highest offset
+// this Client has appended (read-your-writes, min_next_offset). A resumed
+// read never goes to a node behind what it has already read, and a node
+// that refuses with DataLoss (a damaged segment) is replaced by another.
 //
 // # Reads and subscriptions
 //
