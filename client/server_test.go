@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -715,5 +716,38 @@ func TestAppendCarriesEventChecksum(t *testing.T) {
 	}
 	if *got[0].EventsCrc32C != want {
 		t.Fatalf("checksum %08x, want %08x", *got[0].EventsCrc32C, want)
+	}
+}
+
+// AppendOnce sends one request without a producer id, and does not retry
+// an append whose outcome is unknown.
+func TestAppendOnce(t *testing.T) {
+	var got []*tsstorev1.AppendRequest
+	var mu sync.Mutex
+	fail := true
+	f := startFake(t, &fakeNode{
+		append: func(_ int, req *tsstorev1.AppendRequest) (*tsstorev1.AppendResponse, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, req)
+			if fail {
+				return nil, status.Error(codes.Unavailable, "connection lost")
+			}
+			return okAppend(req, false), nil
+		},
+	})
+	c := newTestClient(t, f.addr)
+	_, err := c.AppendOnce(testCtx(t), ev("a"))
+	if err == nil || !MayHaveCommitted(err) || !strings.Contains(err.Error(), "may or may not have been committed") {
+		t.Fatalf("AppendOnce on a lost connection: %v", err)
+	}
+	mu.Lock()
+	if len(got) != 1 || got[0].ProducerId != "" || got[0].EventsCrc32C == nil {
+		t.Fatalf("requests %v: want one, without a producer, with its checksum", got)
+	}
+	fail = false
+	mu.Unlock()
+	if _, err := c.AppendOnce(testCtx(t), ev("b")); err != nil {
+		t.Fatal(err)
 	}
 }

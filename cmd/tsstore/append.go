@@ -18,7 +18,7 @@ func runAppend(args []string, stdout, stderr io.Writer) error {
 	typ := fs.String("type", "", "event type (required)")
 	data := fs.String("data", "", "payload of one event")
 	stdin := fs.Bool("stdin", false, "append one event per line of standard input, in one atomic batch")
-	producer := fs.String("producer", "", "producer id for idempotent retries (default: a fresh one)")
+	producer := fs.String("producer", "", "producer id for idempotent retries (default: none: the append is sent once, and a server keeps no state for it)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -47,7 +47,14 @@ func runAppend(args []string, stdout, stderr io.Writer) error {
 	}
 	defer cancel()
 	defer cl.Close()
-	res, err := cl.NewProducer(*producer).Append(ctx, events...)
+	// Without --producer the append leaves no producer behind on the
+	// server (Client.AppendOnce): it is sent once and not retried.
+	var res client.AppendResult
+	if *producer == "" {
+		res, err = cl.AppendOnce(ctx, events...)
+	} else {
+		res, err = cl.NewProducer(*producer).Append(ctx, events...)
+	}
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,40 @@
+package client
+
+import (
+	"context"
+	"fmt"
+)
+
+// AppendOnce commits events atomically without a producer: the server
+// keeps no dedup state for it, so nothing is left behind (an operator's
+// one-off append, `tsstore append`). Without a producer a retry could write
+// the events twice, so the request is sent once: a definite refusal is
+// returned as is, and an error for which MayHaveCommitted is true means
+// the events may or may not be in the log (read to find out). Use a
+// Producer for anything that must be exactly once.
+func (c *Client) AppendOnce(ctx context.Context, events ...Event) (AppendResult, error) {
+	req, err := (&Producer{c: c}).request(events, nil)
+	if err != nil {
+		return AppendResult{}, err
+	}
+	if c.cfg.RequestTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		defer cancel()
+	}
+	n, err := c.leaderNode(ctx, "")
+	if n == nil {
+		return AppendResult{}, fromStatus(err)
+	}
+	resp, err := c.appendTo(ctx, n, req)
+	if err != nil {
+		c.failed(n.addr, err)
+		err = fromStatus(err)
+		if MayHaveCommitted(err) {
+			return AppendResult{}, fmt.Errorf("%w (sent once, without a producer, and not retried: the events may or may not have been committed; read the stream to find out)", err)
+		}
+		return AppendResult{}, err
+	}
+	c.noteAppended(resp.GetLastOffset())
+	return result(resp), nil
+}
