@@ -108,6 +108,12 @@ type Config struct {
 	// connection (HTTP/2 streams; more wait for the client's turn).
 	MaxReadStreams    int
 	MaxStreamsPerConn uint32
+	// ConnSendBytes and NodeSendBytes bound, in bytes, the Read and
+	// Subscribe messages handed to gRPC and not yet known to have left it,
+	// per client connection and per node (sendbudget.go): readers that do
+	// not read cannot make the node hold more.
+	ConnSendBytes int64
+	NodeSendBytes int64
 	// MaxSubscriberLag is how many offsets a live subscriber may fall
 	// behind the log end before it is told it is too slow.
 	MaxSubscriberLag uint64
@@ -168,6 +174,8 @@ func DefaultConfig() Config {
 		DiskResumeBytes:        64 << 20,
 		MaxReadStreams:         4096,
 		MaxStreamsPerConn:      1024,
+		ConnSendBytes:          16 << 20,
+		NodeSendBytes:          256 << 20,
 		Segment:                segment.DefaultOptions(),
 	}
 }
@@ -246,6 +254,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxReadStreams <= 0 || c.MaxStreamsPerConn == 0 {
 		errs = append(errs, errors.New("max read streams and max streams per connection must be positive"))
+	}
+	if c.ConnSendBytes < 4*int64(c.ReadMessageBytes) || c.NodeSendBytes < c.ConnSendBytes {
+		errs = append(errs, errors.New("need conn send bytes >= 4 x read message bytes, node send bytes >= conn send bytes"))
 	}
 	if c.MaxStreamInflight <= 0 || c.MaxStreamInflight > 1<<16 {
 		errs = append(errs, errors.New("max stream inflight must be in [1, 65536]"))

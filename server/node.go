@@ -67,6 +67,9 @@ type Node struct {
 	backupsActive atomic.Int64
 	// readStreams counts Read and Subscribe streams being served (read.go).
 	readStreams atomic.Int64
+	// sendBytes is the node-wide budget of read messages in gRPC's hands
+	// (sendbudget.go).
+	sendBytes *byteBudget
 
 	fatal     chan error
 	fatalOnce sync.Once
@@ -83,7 +86,8 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	n := &Node{cfg: cfg, logger: cfg.Logger, started: time.Now(), fatal: make(chan error, 1), draining: make(chan struct{}), shutdown: make(chan struct{})}
+	n := &Node{cfg: cfg, logger: cfg.Logger, started: time.Now(), fatal: make(chan error, 1), draining: make(chan struct{}), shutdown: make(chan struct{}),
+		sendBytes: newByteBudget(cfg.NodeSendBytes)}
 	if n.logger == nil {
 		n.logger = slog.Default()
 	}

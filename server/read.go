@@ -95,6 +95,8 @@ type reader struct {
 	sel *selection
 	b   record.Builder
 	m   *readMetrics
+	// budget bounds what the stream has handed to gRPC (sendbudget.go).
+	budget *sendBudget
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20); return &b }}
@@ -236,7 +238,8 @@ func (s *service) Read(req *pb.ReadRequest, stream pb.EventStore_ReadServer) err
 	if sel.to != 0 {
 		end = min(end, sel.to)
 	}
-	r := &reader{n: n, sel: sel, m: n.metrics.read}
+	r := &reader{n: n, sel: sel, m: n.metrics.read, budget: n.newSendBudget(ctx)}
+	defer r.budget.done()
 	for sel.from < end {
 		if err := r.send(stream, end, end); err != nil {
 			return err
@@ -249,11 +252,15 @@ func (s *service) Read(req *pb.ReadRequest, stream pb.EventStore_ReadServer) err
 // batches; the next message then covers the skipped range too.
 func (r *reader) send(stream pb.EventStore_ReadServer, end, logEnd uint64) error {
 	start := time.Now()
+	if err := r.budget.take(stream.Context(), int64(r.sel.maxBytes)); err != nil {
+		return status.FromContextError(err).Err()
+	}
 	buf, next, err := r.next(end)
 	if err != nil {
 		return toStatus(err)
 	}
 	defer put(buf)
+	r.budget.sized(int64(len(*buf)))
 	if next <= r.sel.from {
 		return toStatus(fmt.Errorf("read made no progress at offset %d", r.sel.from))
 	}
@@ -262,6 +269,9 @@ func (r *reader) send(stream pb.EventStore_ReadServer, end, logEnd uint64) error
 		return nil
 	}
 	err = stream.Send(&pb.ReadResponse{Batches: *buf, NextOffset: next, LogNextOffset: logEnd})
+	if err == nil {
+		r.budget.sent()
+	}
 	r.m.sent(*buf, start, err)
 	return err
 }

@@ -68,6 +68,7 @@ func (n *Node) serve() error {
 		grpc.MaxRecvMsgSize(n.cfg.MaxRequestBytes + (1 << 20)),
 		grpc.ForceServerCodecV2(codec),
 		grpc.MaxConcurrentStreams(n.cfg.MaxStreamsPerConn),
+		grpc.StatsHandler(connBudgets{bytes: n.cfg.ConnSendBytes}),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	}

@@ -46,7 +46,8 @@ func (s *service) Subscribe(req *pb.ReadRequest, stream pb.EventStore_SubscribeS
 	if err := n.resolveStart(sel); err != nil {
 		return toStatus(err)
 	}
-	r := &reader{n: n, sel: sel, m: n.metrics.subscribe}
+	r := &reader{n: n, sel: sel, m: n.metrics.subscribe, budget: n.newSendBudget(ctx)}
+	defer r.budget.done()
 	hb := time.NewTicker(subscribeHeartbeat)
 	defer hb.Stop()
 	live := false
