@@ -174,7 +174,7 @@ func DefaultConfig() Config {
 		DiskResumeBytes:        64 << 20,
 		MaxReadStreams:         4096,
 		MaxStreamsPerConn:      1024,
-		ConnSendBytes:          16 << 20,
+		ConnSendBytes:          32 << 20,
 		NodeSendBytes:          256 << 20,
 		Segment:                segment.DefaultOptions(),
 	}

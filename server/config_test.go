@@ -18,7 +18,7 @@ func TestDefaultConfigBounds(t *testing.T) {
 		"read streams 4096":            c.MaxReadStreams == 4096,
 		"streams per connection 1024":  c.MaxStreamsPerConn == 1024,
 		"stream inflight 256 requests": c.MaxStreamInflight == 256,
-		"conn send budget 16 MiB":      c.ConnSendBytes == 16<<20,
+		"conn send budget 32 MiB":      c.ConnSendBytes == 32<<20,
 		"node send budget 256 MiB":     c.NodeSendBytes == 256<<20,
 	} {
 		if !got {
