@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"crypto/tls"
 	"net"
 	"runtime"
 	"strings"
@@ -31,6 +32,15 @@ func stallReaders(t *testing.T, addr string, n int) net.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An empty ReadRequest: from offset 0, no filter.
+	rawStreams(t, conn, addr, "/tsstore.v1.EventStore/Read", n, []byte{0, 0, 0, 0, 0}, true)
+	return conn
+}
+
+// rawStreams opens n calls of path on conn, each sending data and ending
+// its request side if end is set, and never reads anything back.
+func rawStreams(t *testing.T, conn net.Conn, addr, path string, n int, data []byte, end bool) {
+	t.Helper()
 	if _, err := conn.Write([]byte(http2.ClientPreface)); err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +55,7 @@ func stallReaders(t *testing.T, addr string, n int) net.Conn {
 	enc := hpack.NewEncoder(&hb)
 	for i := range n {
 		hb.Reset()
-		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/tsstore.v1.EventStore/Read"},
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", path},
 			{":authority", addr}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
 			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 		}
@@ -53,12 +63,53 @@ func stallReaders(t *testing.T, addr string, n int) net.Conn {
 		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
 			t.Fatal(err)
 		}
-		// An empty ReadRequest: from offset 0, no filter.
-		if err := fr.WriteData(id, true, []byte{0, 0, 0, 0, 0}); err != nil {
-			t.Fatal(err)
+		for rest := data; len(rest) > 0; {
+			k := min(len(rest), 16<<10) // the default max frame size
+			if err := fr.WriteData(id, end && k == len(rest), rest[:k]); err != nil {
+				return // the node reset the stream or the connection: it refused the call
+			}
+			rest = rest[k:]
 		}
 	}
-	return conn
+}
+
+// 100 Appends without a token that announce 15 MiB and send 8 MiB, then
+// stall: the node refuses each on its headers and never reads or
+// allocates the body (auth.go, tap handle).
+func TestHalfSentUnauthenticatedAppendsCostNothing(t *testing.T) {
+	p := newTestPKI(t)
+	tokens := testTokens(t)
+	tc := newTestCluster(t, 1, func(c *Config) { p.secure(t, c, true); c.AuthTokensFile = tokens })
+	n := tc.leader()
+	before := heapInuse()
+	body := make([]byte, 5+8<<20)
+	body[1], body[2], body[3], body[4] = 0, 0xf0, 0, 0 // a 15 MiB message announced, 8 MiB sent
+	var conns []net.Conn
+	for range 10 {
+		cfg := trust(t, p.ca, nil)
+		cfg.NextProtos = []string{"h2"}
+		conn, err := tls.Dial("tcp", n.APIAddr(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+		conn.SetWriteDeadline(time.Now().Add(5 * time.Second)) // a node that stops reading must not hang the test
+		rawStreams(t, conn, n.APIAddr(), "/tsstore.v1.EventStore/Append", 10, body, false)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	time.Sleep(time.Second) // let the node read what it will read
+	grew := int64(heapInuse()) - int64(before)
+	t.Logf("100 half-sent (8 of 15 MiB) unauthenticated appends: the node's heap grew %.1f MiB", float64(grew)/(1<<20))
+	if grew > 64<<20 {
+		t.Fatalf("100 half-sent unauthenticated appends hold %.0f MiB", float64(grew)/(1<<20))
+	}
+	if got := counterValue(t, n.metrics.authRefused.WithLabelValues("Append", "Unauthenticated")); got != 100 {
+		t.Fatalf("%v appends refused, want 100", got)
+	}
 }
 
 // Readers that never read cannot make the node hold more than its
