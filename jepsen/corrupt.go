@@ -26,14 +26,28 @@ import (
 // log. It must never serve or replicate the corrupt bytes: reads of it are
 // checked by the probe here and by the final replica comparison. A node
 // that detected the damage is wiped and rejoins.
-func (n *nemesis) corrupt(ctx context.Context, d time.Duration, f *Fault) {
-	t := n.pick(ctx, "follower")
+//
+// With raftLog, the damage goes into the node's Raft log (raft-wal's
+// segment files) instead: a flipped bit there must be caught by raft-wal's
+// CRC at start (a torn tail, dropped) or by the end-to-end event checksum
+// when the entry is applied (the node stops), never applied as other bytes.
+func (n *nemesis) corrupt(ctx context.Context, d time.Duration, f *Fault, role string, raftLog bool) {
+	t := n.pick(ctx, role)
 	f.Target = t.ID
 	if err := t.Stop(10 * time.Second); err != nil {
 		f.Detail = err.Error()
 		return
 	}
-	what, err := n.damage(filepath.Join(t.DataDir, "fsm", "log"))
+	var what string
+	var err error
+	if raftLog {
+		what, err = n.flipRaftLog(filepath.Join(t.DataDir, "raft", "wal"))
+	} else {
+		what, err = n.damage(filepath.Join(t.DataDir, "fsm", "log"))
+	}
+	if role == "leader" {
+		what = "leader: " + what
+	}
 	if err != nil {
 		f.Detail = "no damage done: " + err.Error()
 		t.Start()
@@ -93,6 +107,33 @@ func (n *nemesis) damage(dir string) (string, error) {
 		return "", err
 	}
 	return fmt.Sprintf("flipped bit %d of byte %d in %s (%d of %d, %d bytes)", bit, pos, name, i+1, len(paths), size), fh.Sync()
+}
+
+// flipRaftLog flips one bit in the written part of a random raft-wal
+// segment file (they are preallocated: the rest is zeros).
+func (n *nemesis) flipRaftLog(dir string) (string, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.wal"))
+	if err != nil || len(files) == 0 {
+		return "", fmt.Errorf("no raft-wal file in %s (%v)", dir, err)
+	}
+	path := files[n.rng.IntN(len(files))]
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	end := len(b)
+	for end > 0 && b[end-1] == 0 {
+		end--
+	}
+	if end <= 64 {
+		return "", fmt.Errorf("%s holds no entry", path)
+	}
+	pos, bit := 32+n.rng.IntN(end-32), n.rng.IntN(8) // past the file header
+	b[pos] ^= 1 << bit
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("flipped bit %d of byte %d of %d written in raft log file %s", bit, pos, end, filepath.Base(path)), nil
 }
 
 // probe decides whether a damaged node detected the damage: it exited at

@@ -134,7 +134,10 @@ func (n *nemesis) inject(ctx context.Context, p PlannedFault, f *Fault) {
 		n.transfer(ctx, p.Kind == "transfer-any", f)
 		sleepCtx(ctx, p.Duration)
 	case "corrupt":
-		n.corrupt(ctx, p.Duration, f)
+		n.corrupt(ctx, p.Duration, f, "follower", false)
+	case "bitrot":
+		// Any node, the leader too; its segments or its Raft log.
+		n.corrupt(ctx, p.Duration, f, []string{"leader", "follower"}[n.rng.IntN(2)], n.rng.IntN(2) == 0)
 	case "remove":
 		n.membership(ctx, p, f)
 	case "wipe":

@@ -75,6 +75,9 @@ func openLogStore(dir string, cacheBytes int64, vfs types.VFS, nodeID string, lo
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
 	}
+	if err := checkWALFiles(dir); err != nil {
+		return nil, err
+	}
 	if vfs == nil {
 		vfs = walfs.New()
 	}

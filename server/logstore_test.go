@@ -389,3 +389,25 @@ func TestLogStoreCompactedEntriesAreGone(t *testing.T) {
 	}
 	checkEntry(t, s, 21, 100)
 }
+
+// A node does not start on a Raft log with a damaged commit before its
+// last one: raft-wal would read a different log. A torn last write is
+// fine (raft-wal drops it).
+func TestOpenRefusesDamagedRaftLog(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "wal")
+	s := openTestLogStore(t, dir, 0)
+	for i := uint64(1); i <= 30; i += 10 {
+		if err := s.StoreLogs(testLogs(i, i+9, 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	files, _ := filepath.Glob(filepath.Join(dir, "*.wal"))
+	b, _ := os.ReadFile(files[0])
+	at := bytes.Index(b, bytes.Repeat([]byte{15}, 1000))
+	b[at+1] ^= 0x01
+	os.WriteFile(files[0], b, 0o644)
+	if _, err := openLogStore(dir, 0, nil, "t", slog.New(slog.DiscardHandler)); !errors.Is(err, ErrRaftLogDamaged) {
+		t.Fatalf("open of a damaged raft log: %v, want ErrRaftLogDamaged", err)
+	}
+}

@@ -93,6 +93,26 @@ func VerifyRaftLog(dataDir string) (RaftLogCheck, error) {
 	return c, err
 }
 
+// checkWALFiles checks every commit CRC of the raft-wal files in dir at
+// open. raft-wal itself checks only the last commit of the newest file (a
+// torn write) and trusts the rest; a bit flipped in an earlier commit, in a
+// frame's length say, would make it read a different log, losing or
+// changing entries this node acknowledged. A damaged log is refused with
+// ErrRaftLogDamaged: the node must not start on it (wipe and rejoin).
+func checkWALFiles(dir string) error {
+	names, err := filepath.Glob(filepath.Join(dir, "*.wal"))
+	if err != nil {
+		return err
+	}
+	slices.Sort(names)
+	for i, name := range names {
+		if _, err := checkWALFile(name, i == len(names)-1); err != nil {
+			return fmt.Errorf("%w; this node must not start on it: move its data directory away and let it rejoin from its peers", err)
+		}
+	}
+	return nil
+}
+
 // checkWALFile checks the CRC of every commit in one raft-wal segment
 // file. A failing last commit of the newest file is a torn write (torn is
 // set); anywhere else it is damage.
