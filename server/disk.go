@@ -1,10 +1,16 @@
 package server
 
 import (
+	"context"
 	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // A full disk is a state, not a hang. Every diskCheckEvery the node reads
@@ -85,4 +91,81 @@ func (n *Node) diskProblem() string {
 		return fmt.Sprintf("raft log writes failing: %v", err)
 	}
 	return ""
+}
+
+// votersDisk is, on the leader, the last view of the voters' disks: a
+// majority of them unable to persist means an entry cannot commit, so
+// appends are refused at once rather than left to time out.
+type votersDisk struct {
+	mu      sync.Mutex
+	problem string // "" while a majority can persist
+}
+
+// appendDiskProblem says why the leader refuses appends, or "": its own
+// disk, or a majority of voters that cannot persist.
+func (n *Node) appendDiskProblem() string {
+	if p := n.diskProblem(); p != "" {
+		return p
+	}
+	n.voters.mu.Lock()
+	defer n.voters.mu.Unlock()
+	return n.voters.problem
+}
+
+// watchVotersDisk runs on every node; while it leads, every
+// voterDiskEvery it asks the other voters for their disk state.
+func (n *Node) watchVotersDisk() {
+	t := time.NewTicker(voterDiskEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-n.shutdown:
+			return
+		}
+		problem := ""
+		if n.raft.State() == raft.Leader {
+			problem = n.votersDiskProblem()
+		}
+		n.voters.mu.Lock()
+		changed := problem != n.voters.problem
+		n.voters.problem = problem
+		n.voters.mu.Unlock()
+		if changed && problem != "" {
+			n.logger.Error("a majority of voters cannot persist: appends refused", "reason", problem)
+		} else if changed {
+			n.logger.Info("a majority of voters can persist again: appends accepted")
+		}
+	}
+}
+
+const voterDiskEvery = 2 * time.Second
+
+func (n *Node) votersDiskProblem() string {
+	servers, _, err := n.configuration()
+	if err != nil {
+		return ""
+	}
+	var voters []raft.Server
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter {
+			voters = append(voters, s)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+	defer cancel()
+	var bad []string
+	for id, p := range n.probeAll(ctx, voters) {
+		if id == raft.ServerID(n.cfg.NodeID) {
+			p.diskProblem = n.diskProblem()
+		}
+		if p.diskProblem != "" {
+			bad = append(bad, fmt.Sprintf("%s: %s", id, p.diskProblem))
+		}
+	}
+	if len(bad) <= len(voters)/2 {
+		return ""
+	}
+	slices.Sort(bad)
+	return fmt.Sprintf("%d of %d voters cannot persist (%s)", len(bad), len(voters), strings.Join(bad, "; "))
 }

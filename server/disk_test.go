@@ -111,3 +111,52 @@ func TestReadStreamsAreCapped(t *testing.T) {
 		t.Fatalf("read after the subscriptions ended: %v", got)
 	}
 }
+
+// When a majority of voters cannot persist (here two followers below their
+// watermark, the leader fine), no entry can commit: the leader refuses
+// appends at once with DISK_FULL instead of letting them time out, and
+// accepts them again once the followers have space.
+func TestLeaderRefusesWhenAMajorityCannotPersist(t *testing.T) {
+	var free [3]atomic.Int64
+	for i := range free {
+		free[i].Store(10 << 30)
+	}
+	tc := newTestCluster(t, 3, func(c *Config) {
+		i := int(c.NodeID[1] - '1')
+		c.MinFreeBytes, c.DiskResumeBytes = 1<<30, 0
+		c.freeSpace = func(string) (int64, error) { return free[i].Load(), nil }
+	})
+	l := tc.leader()
+	c := dial(t, l)
+	for i, n := range tc.nodes {
+		if n != l {
+			free[i].Store(1 << 20)
+			waitHealth(t, n, false, "disk space low")
+		}
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		_, err = c.Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("s", "v")}})
+		if _, r := reason(err); r == pb.ErrorReason_ERROR_REASON_DISK_FULL.String() {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, r := reason(err); r != pb.ErrorReason_ERROR_REASON_DISK_FULL.String() || !strings.Contains(err.Error(), "2 of 3 voters cannot persist") {
+		t.Fatalf("append while two of three voters are full: %v", err)
+	}
+	for i := range free {
+		free[i].Store(10 << 30)
+	}
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		if _, err = c.Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("s", "w")}}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("appends not accepted again once space is back: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

@@ -36,6 +36,7 @@ const (
 type probe struct {
 	applied       uint64 // raft's applied index: entries of every kind
 	fsmApplied    uint64 // the last command entry the FSM applied
+	diskProblem   string // why the member cannot persist, or ""
 	lastContactMs int64  // -1: unknown
 	incarnation   string
 	err           error
@@ -161,6 +162,7 @@ func (n *Node) probeMember(ctx context.Context, id, apiAddr string) probe {
 		return p
 	}
 	p.applied, p.fsmApplied = st.RaftAppliedIndex, st.AppliedIndex
+	p.diskProblem = st.DiskProblem
 	p.lastContactMs = st.LastContactMs
 	p.incarnation = st.Incarnation
 	return p

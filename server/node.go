@@ -61,8 +61,10 @@ type Node struct {
 	termBarrier atomic.Pointer[barrierMark]
 	// health is the grpc.health.v1 status (health.go).
 	health nodeHealth
-	// disk is the free space of the data directory (disk.go).
-	disk diskState
+	// disk is the free space of the data directory (disk.go); voters, on
+	// the leader, the voters' disks.
+	disk   diskState
+	voters votersDisk
 	// backupsActive counts Backup streams being served (backup.go).
 	backupsActive atomic.Int64
 	// readStreams counts Read and Subscribe streams being served (read.go).
@@ -140,6 +142,7 @@ func New(cfg Config) (*Node, error) {
 	n.goFunc(n.watchHealth)
 	n.goFunc(n.boundRaftLog)
 	n.goFunc(n.watchDisk)
+	n.goFunc(n.watchVotersDisk)
 	ok = true
 	n.logger.Info("node started", "raft", cfg.RaftAddr, "api", n.APIAddr(), "data", cfg.DataDir,
 		"open_time", time.Since(n.started).Round(time.Millisecond).String())

@@ -113,7 +113,7 @@ func (s *service) append(ctx context.Context, req *pb.AppendRequest) (_ *pb.Appe
 		obs.forwarded = true
 		return s.forwardAppend(ctx, req)
 	}
-	if p := s.n.diskProblem(); p != "" {
+	if p := s.n.appendDiskProblem(); p != "" {
 		return nil, withReason(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_DISK_FULL,
 			fmt.Sprintf("node %s refuses appends: %s; free space and it resumes by itself", s.n.cfg.NodeID, p), nil)
 	}
@@ -263,6 +263,7 @@ func (s *service) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRe
 		Incarnation:           n.incarnation,
 		LastContactMs:         n.lastContactMs(),
 		RaftAppliedIndex:      n.raft.AppliedIndex(),
+		DiskProblem:           n.diskProblem(),
 	}
 	_ = n.proc.WithLog(func(l *segment.Log) error { resp.FirstOffset = l.FirstOffset(); return nil })
 	if st := n.raft.Stats(); st != nil {

@@ -2157,8 +2157,12 @@ type StatusResponse struct {
 	// store (no-ops, barriers, configuration changes); applied_index is the
 	// store's.
 	RaftAppliedIndex uint64 `protobuf:"varint,15,opt,name=raft_applied_index,json=raftAppliedIndex,proto3" json:"raft_applied_index,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Why this node cannot persist now, or empty: its disk is below its
+	// free-space watermark, or its Raft log writes fail. The leader refuses
+	// appends while a majority of voters (itself included) say so.
+	DiskProblem   string `protobuf:"bytes,16,opt,name=disk_problem,json=diskProblem,proto3" json:"disk_problem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -2294,6 +2298,13 @@ func (x *StatusResponse) GetRaftAppliedIndex() uint64 {
 		return x.RaftAppliedIndex
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetDiskProblem() string {
+	if x != nil {
+		return x.DiskProblem
+	}
+	return ""
 }
 
 type ReadIndexRequest struct {
@@ -2620,7 +2631,7 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\vapi_address\x18\x03 \x01(\tR\n" +
 	"apiAddress\x12\x1a\n" +
 	"\bsuffrage\x18\x04 \x01(\tR\bsuffrage\x12\x16\n" +
-	"\x06leader\x18\x05 \x01(\bR\x06leader\"\xb7\x04\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\"\xda\x04\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1b\n" +
@@ -2638,7 +2649,8 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x18last_timestamp_unix_nano\x18\f \x01(\x03R\x15lastTimestampUnixNano\x12 \n" +
 	"\vincarnation\x18\r \x01(\tR\vincarnation\x12&\n" +
 	"\x0flast_contact_ms\x18\x0e \x01(\x03R\rlastContactMs\x12,\n" +
-	"\x12raft_applied_index\x18\x0f \x01(\x04R\x10raftAppliedIndex\"\x12\n" +
+	"\x12raft_applied_index\x18\x0f \x01(\x04R\x10raftAppliedIndex\x12!\n" +
+	"\fdisk_problem\x18\x10 \x01(\tR\vdiskProblem\"\x12\n" +
 	"\x10ReadIndexRequest\"6\n" +
 	"\x11ReadIndexResponse\x12!\n" +
 	"\fcommit_index\x18\x01 \x01(\x04R\vcommitIndex\"q\n" +
