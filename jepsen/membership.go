@@ -92,6 +92,7 @@ func (n *nemesis) membership(ctx context.Context, p PlannedFault, f *Fault) {
 		}
 		return n.awaitRemovedExit(t, "refused to start")
 	})
+	n.backupStep(ctx, cl, s)
 	if p.Kind == "remove-kill" {
 		n.killDuring(ctx, s, p.Duration)
 	} else {
