@@ -269,7 +269,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 // permanent gives errors that a restart cannot mend their own exit status.
 func permanent(err error) error {
 	if errors.Is(err, server.ErrNodeRemoved) || errors.Is(err, server.ErrWrongCluster) || errors.Is(err, fsm.ErrDataLoss) ||
-		errors.Is(err, record.ErrCorrupt) || errors.Is(err, server.ErrRaftLogDamaged) {
+		errors.Is(err, record.ErrCorrupt) || errors.Is(err, server.ErrRaftLogDamaged) || errors.Is(err, fsm.ErrChecksumMismatch) {
 		return exitError{code: exitPermanent, err: err}
 	}
 	return err
