@@ -75,8 +75,8 @@ func openLogStore(dir string, cacheBytes int64, vfs types.VFS, nodeID string, lo
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
 	}
-	if err := checkWALFiles(dir); err != nil {
-		return nil, err
+	if _, _, err := checkWALFiles(dir); err != nil {
+		return nil, fmt.Errorf("%w; this node must not start on it: move its data directory away and let it rejoin from its peers", err)
 	}
 	if vfs == nil {
 		vfs = walfs.New()

@@ -54,19 +54,11 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 func VerifyRaftLog(dataDir string) (RaftLogCheck, error) {
 	var c RaftLogCheck
 	dir := filepath.Join(dataDir, "raft", walDirName)
-	names, err := filepath.Glob(filepath.Join(dir, "*.wal"))
-	if err != nil || len(names) == 0 {
+	files, torn, err := checkWALFiles(dir)
+	if err != nil || files == 0 {
 		return c, err // none: a node that never started
 	}
-	slices.Sort(names) // base index, then id: oldest first
-	for i, name := range names {
-		torn, err := checkWALFile(name, i == len(names)-1)
-		if err != nil {
-			return c, err
-		}
-		c.TornTail = c.TornTail || torn
-		c.Files++
-	}
+	c.Files, c.TornTail = files, torn
 	codec := &wal.BinaryCodec{}
 	var l raft.Log
 	err = walsegment.NewFiler(dir, fs.New()).DumpLogs(0, 0, func(info types.SegmentInfo, e types.LogEntry) (bool, error) {
@@ -99,18 +91,20 @@ func VerifyRaftLog(dataDir string) (RaftLogCheck, error) {
 // frame's length say, would make it read a different log, losing or
 // changing entries this node acknowledged. A damaged log is refused with
 // ErrRaftLogDamaged: the node must not start on it (wipe and rejoin).
-func checkWALFiles(dir string) error {
+func checkWALFiles(dir string) (files int, torn bool, err error) {
 	names, err := filepath.Glob(filepath.Join(dir, "*.wal"))
 	if err != nil {
-		return err
+		return 0, false, err
 	}
-	slices.Sort(names)
+	slices.Sort(names) // base index, then id: oldest first
 	for i, name := range names {
-		if _, err := checkWALFile(name, i == len(names)-1); err != nil {
-			return fmt.Errorf("%w; this node must not start on it: move its data directory away and let it rejoin from its peers", err)
+		t, err := checkWALFile(name, i == len(names)-1)
+		if err != nil {
+			return i, false, err
 		}
+		torn = torn || t
 	}
-	return nil
+	return len(names), torn, nil
 }
 
 // checkWALFile checks the CRC of every commit in one raft-wal segment
