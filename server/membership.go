@@ -189,7 +189,7 @@ func (n *Node) probeAll(ctx context.Context, servers []raft.Server) map[raft.Ser
 // configuration returns the latest Raft configuration and its index.
 func (n *Node) configuration() ([]raft.Server, uint64, error) {
 	f := n.raft.GetConfiguration()
-	if err := f.Error(); err != nil {
+	if err := n.await(nil, f); err != nil { // raft may never answer once it shuts down
 		return nil, 0, err
 	}
 	return f.Configuration().Servers, f.Index(), nil
