@@ -15,6 +15,10 @@ type entry struct {
 	windows  map[string][]pendingWindow
 	// ts is the entry's (clamped) timestamp, ttl its ProducerTTL.
 	ts, ttl int64
+	// gens and snapCovers are the run generations fenced and the run
+	// snapshots indexed by the entry's earlier ops (runs.go).
+	gens       map[string]uint64
+	snapCovers map[string]uint64
 }
 
 type pendingWindow struct {
@@ -52,7 +56,8 @@ func (p *Processor) applyAppend(index uint64, cmd *AppendCommand) *ApplyResult {
 		}
 	}
 	p.batches.reset(st.NextOffset, index, ts)
-	e := entry{versions: map[string]uint64{}, seqs: map[string]uint64{}, windows: map[string][]pendingWindow{}, ts: ts, ttl: cmd.ProducerTTL}
+	e := entry{versions: map[string]uint64{}, seqs: map[string]uint64{}, windows: map[string][]pendingWindow{}, ts: ts, ttl: cmd.ProducerTTL,
+		gens: map[string]uint64{}, snapCovers: map[string]uint64{}}
 	results := make([]AppendResult, len(cmd.Ops))
 	for i := range cmd.Ops {
 		results[i] = p.applyOp(st, &e, cmd.Ops, results, i, index, ts)
@@ -107,6 +112,12 @@ func (p *Processor) applyOp(st *State, e *entry, ops []AppendOp, results []Appen
 		if op.Seq <= last {
 			return p.duplicate(st, e, ops, results, i)
 		}
+	}
+	if err := checkRun(st, e, op); err != nil {
+		return AppendResult{Err: err}
+	}
+	if op.ProducerID != "" {
+		last := e.lastSeq(st, op.ProducerID)
 		if op.Seq != last+1 {
 			return AppendResult{Err: &SequenceGapError{Producer: op.ProducerID, Expected: last + 1, Got: op.Seq}}
 		}

@@ -42,15 +42,7 @@ func readCheckpoint(dir string) (checkpoint, error) {
 	var cp checkpoint
 	err := readFile(filepath.Join(dir, checkpointName), &cp)
 	if err == nil && cp.State != nil {
-		if cp.State.Streams == nil {
-			cp.State.Streams = map[string]*StreamState{}
-		}
-		if cp.State.Producers == nil {
-			cp.State.Producers = map[string]*ProducerState{}
-		}
-		if cp.State.Nodes == nil {
-			cp.State.Nodes = map[string]string{}
-		}
+		cp.State.fillMaps()
 	}
 	return cp, err
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
 
 	"github.com/tsstore/tsstore/record"
 )
@@ -65,8 +66,10 @@ func (e Expectation) String() string {
 // AppendOp is one client request: its events commit together or not at all.
 // EventSum, when HasEventSum, is record.AddEvent folded over Events: the
 // end-to-end checksum every replica checks before writing (append.go).
-// Frozen: a msgpack array of 4 elements (the first version, no sum) or 5
-// (the sum last).
+// Generation, when not 0, is the run generation the writer holds: an op
+// on a run's stream must carry the run's current generation (runs.go).
+// Frozen: a msgpack array of 4 elements (the first version, no sum), 5
+// (the sum last) or 6 (sum, or nil when there is none, then Generation).
 type AppendOp struct {
 	ProducerID  string
 	Seq         uint64
@@ -74,13 +77,18 @@ type AppendOp struct {
 	Expect      []Expectation
 	EventSum    uint32
 	HasEventSum bool
+	Generation  uint64
 }
 
-// EncodeMsgpack writes the 4- or 5-element form.
+// EncodeMsgpack writes the 4-, 5- or 6-element form: the shortest that
+// holds the op, so ops without a generation keep the older bytes.
 func (o AppendOp) EncodeMsgpack(e *msgpack.Encoder) error {
 	n := 4
 	if o.HasEventSum {
 		n = 5
+	}
+	if o.Generation != 0 {
+		n = 6
 	}
 	if err := e.EncodeArrayLen(n); err != nil {
 		return err
@@ -97,15 +105,26 @@ func (o AppendOp) EncodeMsgpack(e *msgpack.Encoder) error {
 	if err := e.Encode(o.Expect); err != nil {
 		return err
 	}
-	if n == 5 {
-		return e.EncodeUint(uint64(o.EventSum))
+	if n >= 5 {
+		var err error
+		if o.HasEventSum {
+			err = e.EncodeUint(uint64(o.EventSum))
+		} else {
+			err = e.EncodeNil()
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if n == 6 {
+		return e.EncodeUint(o.Generation)
 	}
 	return nil
 }
 
-// DecodeMsgpack reads the 4- or 5-element form.
+// DecodeMsgpack reads the 4-, 5- or 6-element form.
 func (o *AppendOp) DecodeMsgpack(d *msgpack.Decoder) error {
-	n, err := arrayLen(d, "append op", 4, 5)
+	n, err := arrayLen(d, "append op", 4, 6)
 	if err != nil {
 		return err
 	}
@@ -121,10 +140,30 @@ func (o *AppendOp) DecodeMsgpack(d *msgpack.Decoder) error {
 	if err := d.Decode(&o.Expect); err != nil {
 		return err
 	}
-	if n == 5 {
-		sum, err := d.DecodeUint32()
-		o.EventSum, o.HasEventSum = sum, true
-		return err
+	if n >= 5 {
+		c, err := d.PeekCode()
+		if err != nil {
+			return err
+		}
+		if c == msgpcode.Nil {
+			if err := d.DecodeNil(); err != nil {
+				return err
+			}
+		} else {
+			sum, err := d.DecodeUint32()
+			if err != nil {
+				return err
+			}
+			o.EventSum, o.HasEventSum = sum, true
+		}
+	}
+	if n == 6 {
+		if o.Generation, err = d.DecodeUint64(); err != nil {
+			return err
+		}
+		if o.Generation == 0 {
+			return fmt.Errorf("msgpack: append op of 6 elements with generation 0")
+		}
 	}
 	return nil
 }

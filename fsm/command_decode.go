@@ -54,7 +54,7 @@ func (d *rawDecoder) appendCommand(cmd *AppendCommand) bool {
 
 func (d *rawDecoder) appendOp(op *AppendOp) bool {
 	fields := d.arrayLen()
-	if fields != 4 && fields != 5 {
+	if fields < 4 || fields > 6 {
 		return false
 	}
 	op.ProducerID = d.str(&d.producer)
@@ -85,10 +85,19 @@ func (d *rawDecoder) appendOp(op *AppendOp) bool {
 			x.Version = uint64(d.int())
 		}
 	}
-	if fields == 5 {
-		sum := d.int()
-		op.EventSum, op.HasEventSum = uint32(sum), true
-		if sum < 0 || sum > 1<<32-1 {
+	if fields >= 5 {
+		if d.peekNil() {
+			d.take(1)
+		} else {
+			sum := d.int()
+			op.EventSum, op.HasEventSum = uint32(sum), true
+			if sum < 0 || sum > 1<<32-1 {
+				return false
+			}
+		}
+	}
+	if fields == 6 {
+		if op.Generation = uint64(d.int()); op.Generation == 0 {
 			return false
 		}
 	}
@@ -105,6 +114,9 @@ func (d *rawDecoder) take(n int) []byte {
 	d.b = d.b[n:]
 	return v
 }
+
+// peekNil reports whether the next value is nil, without consuming it.
+func (d *rawDecoder) peekNil() bool { return !d.bad && len(d.b) > 0 && d.b[0] == 0xc0 }
 
 func (d *rawDecoder) code() byte {
 	c := d.take(1)

@@ -19,7 +19,7 @@ func sameCommand(a, b *AppendCommand) bool {
 	for i := range a.Ops {
 		x, y := &a.Ops[i], &b.Ops[i]
 		if x.ProducerID != y.ProducerID || x.Seq != y.Seq || len(x.Events) != len(y.Events) || len(x.Expect) != len(y.Expect) ||
-			x.EventSum != y.EventSum || x.HasEventSum != y.HasEventSum {
+			x.EventSum != y.EventSum || x.HasEventSum != y.HasEventSum || x.Generation != y.Generation {
 			return false
 		}
 		for j := range x.Events {
@@ -69,6 +69,9 @@ func randomCommand(r *rand.Rand) *AppendCommand {
 		}
 		if r.IntN(2) == 0 {
 			op.EventSum, op.HasEventSum = SumEvents(op.Events), true
+		}
+		if r.IntN(3) == 0 { // the 6-element form, with or without a sum
+			op.Generation = []uint64{1, 127, 128, 1 << 40, math.MaxUint64}[r.IntN(5)]
 		}
 		cmd.Ops = append(cmd.Ops, op)
 	}

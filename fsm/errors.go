@@ -36,6 +36,10 @@ var (
 	// removed from the cluster (a tombstone in the node table). Only that
 	// registration is refused; the processor keeps applying.
 	ErrNodeRemoved = errors.New("node incarnation was removed from the cluster")
+	// ErrFenced: an append to a training run carried a generation other
+	// than the run's current one (a zombie of an older job attempt), or
+	// a generation for a stream that is not a run (runs.go).
+	ErrFenced = errors.New("run generation fenced")
 )
 
 // SequenceGapError carries the sequence the producer must send next.

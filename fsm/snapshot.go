@@ -205,17 +205,7 @@ func (p *Processor) Restore(r io.Reader) error {
 		return err
 	}
 	st := h.State
-	for _, m := range []*map[string]string{&st.Nodes} {
-		if *m == nil {
-			*m = map[string]string{}
-		}
-	}
-	if st.Streams == nil {
-		st.Streams = map[string]*StreamState{}
-	}
-	if st.Producers == nil {
-		st.Producers = map[string]*ProducerState{}
-	}
+	st.fillMaps()
 	check, err := segment.Open(tmp, p.cfg.Segment)
 	if err != nil {
 		os.RemoveAll(tmp)

@@ -66,8 +66,9 @@ type State struct {
 	LastTimestamp int64
 	Streams       map[string]*StreamState
 	Producers     map[string]*ProducerState
-	Nodes         map[string]string // node id -> client API address
-	Members       Membership        // incarnations and removal tombstones
+	Nodes         map[string]string   // node id -> client API address
+	Members       Membership          // incarnations and removal tombstones
+	Runs          map[string]*RunInfo // training runs by stream name (runs.go)
 }
 
 func newState() *State {
@@ -75,6 +76,24 @@ func newState() *State {
 		Streams:   map[string]*StreamState{},
 		Producers: map[string]*ProducerState{},
 		Nodes:     map[string]string{},
+		Runs:      map[string]*RunInfo{},
+	}
+}
+
+// fillMaps makes the nil maps of a decoded state (msgpack decodes an
+// empty or absent map as nil) empty ones.
+func (s *State) fillMaps() {
+	if s.Streams == nil {
+		s.Streams = map[string]*StreamState{}
+	}
+	if s.Producers == nil {
+		s.Producers = map[string]*ProducerState{}
+	}
+	if s.Nodes == nil {
+		s.Nodes = map[string]string{}
+	}
+	if s.Runs == nil {
+		s.Runs = map[string]*RunInfo{}
 	}
 }
 
@@ -88,6 +107,10 @@ func (s *State) clone() *State {
 		Producers:     make(map[string]*ProducerState, len(s.Producers)),
 		Nodes:         maps.Clone(s.Nodes),
 		Members:       s.Members.clone(),
+		Runs:          make(map[string]*RunInfo, len(s.Runs)),
+	}
+	for k, v := range s.Runs {
+		c.Runs[k] = v.clone()
 	}
 	for k, v := range s.Streams {
 		cp := *v
@@ -118,6 +141,9 @@ func (s *State) applyBatch(b record.Batch) error {
 			st.Version = r.StreamVersion
 			st.LastOffset = r.Offset
 			st.LastTimestamp = h.Timestamp
+		}
+		if len(r.Type) > 0 && r.Type[0] == '$' {
+			s.applyRunRecord(string(r.Stream), string(r.Type), r.Payload, r.Offset, h.Timestamp)
 		}
 		if len(r.ProducerID) == 0 {
 			cur, curID = nil, nil

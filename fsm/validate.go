@@ -47,7 +47,9 @@ func ValidateOp(op *AppendOp) error {
 	}
 	for i := range op.Events {
 		ev := &op.Events[i]
-		if err := ValidateStreamName(ev.Stream); err != nil {
+		if ev.Stream == SnapshotStream && ev.Type == SnapshotType {
+			// The one system stream (runs.go); checkRun checks the rest.
+		} else if err := ValidateStreamName(ev.Stream); err != nil {
 			return err
 		}
 		if ev.Type == "" || len(ev.Type) > record.MaxNameLen {

@@ -172,6 +172,11 @@ const (
 	// DataLoss: the request's events do not match its events_crc32c: they
 	// were damaged on the way; nothing was written. Resend the request.
 	ErrorReason_ERROR_REASON_CHECKSUM_MISMATCH ErrorReason = 14
+	// FailedPrecondition: the append carried a run generation other than
+	// the run's current one (a newer job attempt fenced this writer), or a
+	// generation for a stream that is not a run; nothing was written.
+	// Metadata: run, generation (the request's), current_generation.
+	ErrorReason_ERROR_REASON_FENCED ErrorReason = 15
 )
 
 // Enum value maps for ErrorReason.
@@ -192,6 +197,7 @@ var (
 		12: "ERROR_REASON_NODE_REMOVED",
 		13: "ERROR_REASON_DISK_FULL",
 		14: "ERROR_REASON_CHECKSUM_MISMATCH",
+		15: "ERROR_REASON_FENCED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -209,6 +215,7 @@ var (
 		"ERROR_REASON_NODE_REMOVED":           12,
 		"ERROR_REASON_DISK_FULL":              13,
 		"ERROR_REASON_CHECKSUM_MISMATCH":      14,
+		"ERROR_REASON_FENCED":                 15,
 	}
 )
 
@@ -1174,7 +1181,12 @@ type AppendRequest struct {
 	// (DataLoss, CHECKSUM_MISMATCH) and it travels in the Raft entry to
 	// every replica, which checks it before writing. Unset: the leader
 	// computes it from what it received.
-	EventsCrc32C  *uint32 `protobuf:"fixed32,5,opt,name=events_crc32c,json=eventsCrc32c,proto3,oneof" json:"events_crc32c,omitempty"`
+	EventsCrc32C *uint32 `protobuf:"fixed32,5,opt,name=events_crc32c,json=eventsCrc32c,proto3,oneof" json:"events_crc32c,omitempty"`
+	// The training-run generation this writer holds (Runs.StartRun). An
+	// append to a run's stream must carry the run's current generation;
+	// 0 for streams that are not runs. Checked when the entry is applied,
+	// on every replica: a stale generation fails FailedPrecondition/FENCED.
+	RunGeneration uint64 `protobuf:"varint,6,opt,name=run_generation,json=runGeneration,proto3" json:"run_generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1240,6 +1252,13 @@ func (x *AppendRequest) GetExpectations() []*StreamExpectation {
 func (x *AppendRequest) GetEventsCrc32C() uint32 {
 	if x != nil && x.EventsCrc32C != nil {
 		return *x.EventsCrc32C
+	}
+	return 0
+}
+
+func (x *AppendRequest) GetRunGeneration() uint64 {
+	if x != nil {
+		return x.RunGeneration
 	}
 	return 0
 }
@@ -2552,14 +2571,15 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x11StreamExpectation\x12\x16\n" +
 	"\x06stream\x18\x01 \x01(\tR\x06stream\x123\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1f.tsstore.v1.ExpectedVersionKindR\x04kind\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\x04R\aversion\"\xfd\x01\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\"\xa4\x02\n" +
 	"\rAppendRequest\x12\x1f\n" +
 	"\vproducer_id\x18\x01 \x01(\tR\n" +
 	"producerId\x12!\n" +
 	"\fproducer_seq\x18\x02 \x01(\x04R\vproducerSeq\x12)\n" +
 	"\x06events\x18\x03 \x03(\v2\x11.tsstore.v1.EventR\x06events\x12A\n" +
 	"\fexpectations\x18\x04 \x03(\v2\x1d.tsstore.v1.StreamExpectationR\fexpectations\x12(\n" +
-	"\revents_crc32c\x18\x05 \x01(\aH\x00R\feventsCrc32c\x88\x01\x01B\x10\n" +
+	"\revents_crc32c\x18\x05 \x01(\aH\x00R\feventsCrc32c\x88\x01\x01\x12%\n" +
+	"\x0erun_generation\x18\x06 \x01(\x04R\rrunGenerationB\x10\n" +
 	"\x0e_events_crc32c\"w\n" +
 	"\x13AppendStreamRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x121\n" +
@@ -2667,7 +2687,7 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x1bEXPECTED_VERSION_KIND_EXACT\x10\x03*B\n" +
 	"\vConsistency\x12\x15\n" +
 	"\x11CONSISTENCY_LOCAL\x10\x00\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x01*\xfc\x03\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x01*\x95\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ERROR_REASON_SEQUENCE_GAP\x10\x01\x12#\n" +
@@ -2684,7 +2704,8 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x1aERROR_REASON_SLOW_CONSUMER\x10\v\x12\x1d\n" +
 	"\x19ERROR_REASON_NODE_REMOVED\x10\f\x12\x1a\n" +
 	"\x16ERROR_REASON_DISK_FULL\x10\r\x12\"\n" +
-	"\x1eERROR_REASON_CHECKSUM_MISMATCH\x10\x0e2\xb4\x03\n" +
+	"\x1eERROR_REASON_CHECKSUM_MISMATCH\x10\x0e\x12\x17\n" +
+	"\x13ERROR_REASON_FENCED\x10\x0f2\xb4\x03\n" +
 	"\n" +
 	"EventStore\x12?\n" +
 	"\x06Append\x12\x19.tsstore.v1.AppendRequest\x1a\x1a.tsstore.v1.AppendResponse\x12;\n" +
