@@ -98,6 +98,10 @@ var methodRoles = map[string]role{
 	pb.Cluster_Backup_FullMethodName:             roleAdmin,
 	pb.Cluster_ReadIndex_FullMethodName:          roleNode,
 	pb.Cluster_RegisterNode_FullMethodName:       roleNode,
+	pb.Runs_StartRun_FullMethodName:              roleAppend,
+	pb.Runs_GetRun_FullMethodName:                roleRead,
+	pb.Runs_ListRuns_FullMethodName:              roleRead,
+	pb.Runs_GetRunSnapshot_FullMethodName:        roleRead,
 
 	// Reflection describes the API (its .proto is public) to grpcurl and
 	// the like; any valid token may use it.

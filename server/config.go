@@ -93,6 +93,10 @@ type Config struct {
 	// it comes back only with a new sequence starting at 1. 0: never. The
 	// leader puts it in every entry, so replicas decide alike.
 	ProducerTTL time.Duration
+	// RunSnapshotBatches is how many BatchCompleted events of a training
+	// run the leader folds between two run snapshots (runsnap.go): the
+	// bound on what a resume replays after the newest snapshot. 0: none.
+	RunSnapshotBatches uint64
 	// MinFreeBytes is the low watermark of free space on the data
 	// directory's filesystem, in bytes: below it the leader refuses
 	// appends (ResourceExhausted) and the node is not serving (disk.go).
@@ -170,6 +174,7 @@ func DefaultConfig() Config {
 		ReadMessageBytes:       1 << 20,
 		MaxSubscriberLag:       1 << 20,
 		ProducerTTL:            7 * 24 * time.Hour,
+		RunSnapshotBatches:     5000,
 		MinFreeBytes:           256 << 20,
 		DiskResumeBytes:        64 << 20,
 		MaxReadStreams:         4096,

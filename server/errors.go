@@ -43,6 +43,7 @@ func toStatus(err error) error {
 		dup  *fsm.DuplicateSequenceError
 		wev  *fsm.WrongExpectedVersionError
 		comp *segment.OffsetCompactedError
+		fen  *fsm.FencedError
 	)
 	u := strconv.FormatUint
 	switch {
@@ -55,6 +56,9 @@ func toStatus(err error) error {
 	case errors.As(err, &wev):
 		return withReason(codes.FailedPrecondition, pb.ErrorReason_ERROR_REASON_WRONG_EXPECTED_VERSION, err.Error(),
 			map[string]string{"stream": wev.Stream, "actual_version": u(wev.Actual, 10), "expected": wev.Expected})
+	case errors.As(err, &fen):
+		return withReason(codes.FailedPrecondition, pb.ErrorReason_ERROR_REASON_FENCED, err.Error(),
+			map[string]string{"run": fen.Run, "generation": u(fen.Have, 10), "current_generation": u(fen.Current, 10)})
 	case errors.Is(err, fsm.ErrInvalidEvent):
 		return withReason(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_INVALID_EVENT, err.Error(), nil)
 	case errors.As(err, &comp):

@@ -65,6 +65,10 @@ type nodeMetrics struct {
 	persistDuration prometheus.Histogram
 	persistErrors   prometheus.Counter
 
+	// Training runs (runsnap.go).
+	runSnapshots      prometheus.Counter
+	runSnapshotsStuck prometheus.Counter
+
 	// The HTTP endpoint; nil when MetricsAddr is empty.
 	lis net.Listener
 	srv *http.Server
@@ -137,6 +141,10 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 		"Duration of successful FSM snapshot Persist calls (header, segment hard links, sink close with fsync), in seconds.", persistBuckets)
 	m.persistErrors = f.counter("tsstore_fsm_snapshot_persist_errors_total",
 		"FSM snapshot Persist calls that failed.")
+	m.runSnapshots = f.counter("tsstore_run_snapshots_total",
+		"Training-run state snapshots this node proposed as leader and saw committed.")
+	m.runSnapshotsStuck = f.counter("tsstore_run_snapshots_stuck_total",
+		"Runs whose snapshots this leader stopped because the fold could not take one of their events (a newer schema version, a malformed payload) or their start is compacted away; see the log for which.")
 
 	m.grpc = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(latencyBuckets)))
 	m.regr.MustRegister(m.grpc, &stateCollector{n: n},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -82,6 +83,7 @@ func (n *Node) serve() error {
 	s := &service{n: n}
 	pb.RegisterEventStoreServer(n.grpc, s)
 	pb.RegisterClusterServer(n.grpc, s)
+	pb.RegisterRunsServer(n.grpc, &runsService{n: n})
 	n.registerHealth()
 	reflection.Register(n.grpc)
 	n.peers = newPeerPool(n.peerCreds())
@@ -142,7 +144,7 @@ func (s *service) toOp(req *pb.AppendRequest) (fsm.AppendOp, int, error) {
 	if err := printable("producer id", req.ProducerId); err != nil {
 		return fsm.AppendOp{}, 0, err
 	}
-	op := fsm.AppendOp{ProducerID: req.ProducerId, Seq: req.ProducerSeq, Events: make([]fsm.Event, len(req.Events))}
+	op := fsm.AppendOp{ProducerID: req.ProducerId, Seq: req.ProducerSeq, Events: make([]fsm.Event, len(req.Events)), Generation: req.RunGeneration}
 	size := len(req.ProducerId)
 	for i, ev := range req.Events {
 		if n := len(ev.Payload) + len(ev.Metadata); n > s.n.cfg.MaxEventBytes {
@@ -152,6 +154,9 @@ func (s *service) toOp(req *pb.AppendRequest) (fsm.AppendOp, int, error) {
 		}
 		if err := printable(fmt.Sprintf("event %d type", i), ev.Type); err != nil {
 			return op, 0, err
+		}
+		if strings.HasPrefix(ev.Type, "$") {
+			return op, 0, invalidArg("event %d: type %q: types beginning with '$' are reserved for the store's own events", i, ev.Type)
 		}
 		op.Events[i] = fsm.Event{Stream: ev.Stream, Type: ev.Type, Metadata: ev.Metadata, Payload: ev.Payload}
 		size += len(ev.Stream) + len(ev.Type) + len(ev.Metadata) + len(ev.Payload) + 16

@@ -88,6 +88,7 @@ func newServeFlags(stderr io.Writer) *serveFlags {
 	fs.Int64Var(&c.ConnSendBytes, "conn-send-bytes", c.ConnSendBytes, "read messages one client connection may have in gRPC's hands, bytes")
 	fs.Int64Var(&c.NodeSendBytes, "node-send-bytes", c.NodeSendBytes, "read messages the node may have in gRPC's hands, bytes")
 	fs.DurationVar(&c.ProducerTTL, "producer-ttl", c.ProducerTTL, "forget a producer's dedup state after it has not appended for this long (0: never)")
+	fs.Uint64Var(&c.RunSnapshotBatches, "run-snapshot-batches", c.RunSnapshotBatches, "write a training run's state snapshot every this many BatchCompleted events of the run (0: never)")
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest event (payload + metadata), bytes")
 	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", c.MaxRequestBytes, "largest append request, bytes")
 	fs.IntVar(&c.MaxEntryBytes, "max-entry-bytes", c.MaxEntryBytes, "group commit: bytes per raft entry")
