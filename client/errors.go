@@ -25,6 +25,7 @@ const ErrorDomain = "tsstore.io"
 //	ErrOffsetCompacted      *OffsetCompactedError
 //	ErrSlowConsumer         *SlowConsumerError
 //	ErrGap                  *GapError, *StreamGapError
+//	ErrFenced               *FencedError
 //
 // A server error without a tsstore ErrorInfo detail is returned as the gRPC
 // status error itself.
@@ -69,6 +70,11 @@ var (
 	// next_offset that goes backwards, or a record that does not match the
 	// read's filters.
 	ErrProtocol = errors.New("tsstore: protocol violation")
+	// ErrFenced: an append to a training run carried a generation other
+	// than the run's current one: a newer job attempt started the run
+	// again (StartRun), so this writer is a zombie of an older attempt
+	// (FailedPrecondition). Nothing was written; do not retry.
+	ErrFenced = errors.New("tsstore: run generation fenced")
 	// ErrClosed: the Client was closed.
 	ErrClosed = errors.New("tsstore: client closed")
 )
@@ -109,6 +115,19 @@ func (e *WrongExpectedVersionError) Error() string {
 func (e *WrongExpectedVersionError) Unwrap() []error {
 	return []error{ErrWrongExpectedVersion, e.cause}
 }
+
+// FencedError details ErrFenced.
+type FencedError struct {
+	Run        string
+	Generation uint64 // the generation the append carried
+	Current    uint64 // the run's generation
+	cause      error
+}
+
+func (e *FencedError) Error() string {
+	return fmt.Sprintf("%v: run %q is at generation %d, the append carried %d", ErrFenced, e.Run, e.Current, e.Generation)
+}
+func (e *FencedError) Unwrap() []error { return []error{ErrFenced, e.cause} }
 
 // OffsetCompactedError details ErrOffsetCompacted.
 type OffsetCompactedError struct {
@@ -216,6 +235,8 @@ func fromStatus(err error) error {
 		return &reasonError{ErrStreamNotFound, err}
 	case tsstorev1.ErrorReason_ERROR_REASON_SLOW_CONSUMER:
 		return &SlowConsumerError{Lag: u("lag"), cause: err}
+	case tsstorev1.ErrorReason_ERROR_REASON_FENCED:
+		return &FencedError{Run: md["run"], Generation: u("generation"), Current: u("current_generation"), cause: err}
 	}
 	return err
 }

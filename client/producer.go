@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -82,6 +83,7 @@ type AppendOption func(*appendOptions)
 
 type appendOptions struct {
 	expect []expectation
+	gen    uint64
 }
 
 type expectation struct {
@@ -96,14 +98,23 @@ func WithExpectedVersion(stream string, v ExpectedVersion) AppendOption {
 	return func(o *appendOptions) { o.expect = append(o.expect, expectation{stream, v}) }
 }
 
+// WithRunGeneration makes the append carry a training run's generation
+// (Client.StartRun), overriding the producer's (SetRunGeneration). An
+// append to a run's stream must carry the run's current generation, or
+// it fails with a *FencedError and writes nothing.
+func WithRunGeneration(gen uint64) AppendOption {
+	return func(o *appendOptions) { o.gen = gen }
+}
+
 // Producer appends events with idempotent retries. It numbers events with
 // a producer sequence (the first event is 1) and sends one append at a
 // time, in call order; a retried append carries the same sequence, so the
 // server commits it at most once and answers a retry with the original
 // offsets. Producer is safe for concurrent use; calls are serialized.
 type Producer struct {
-	c  *Client
-	id string
+	c   *Client
+	id  string
+	gen atomic.Uint64 // run generation of its appends (SetRunGeneration)
 
 	mu struct {
 		sync.Mutex
@@ -146,6 +157,11 @@ func randomProducerID() string {
 	}
 	return id
 }
+
+// SetRunGeneration makes the producer's later appends carry a training
+// run's generation, as returned by Client.StartRun: once a newer attempt
+// starts the run, this producer's appends to it fail with *FencedError.
+func (p *Producer) SetRunGeneration(gen uint64) { p.gen.Store(gen) }
 
 // ID returns the producer id.
 func (p *Producer) ID() string { return p.id }
@@ -272,7 +288,11 @@ func (p *Producer) request(events []Event, opts []AppendOption) (*tsstorev1.Appe
 	for _, opt := range opts {
 		opt(&o)
 	}
-	req := &tsstorev1.AppendRequest{ProducerId: p.id, Events: make([]*tsstorev1.Event, len(events))}
+	gen := o.gen
+	if gen == 0 {
+		gen = p.gen.Load()
+	}
+	req := &tsstorev1.AppendRequest{ProducerId: p.id, Events: make([]*tsstorev1.Event, len(events)), RunGeneration: gen}
 	for i, e := range events {
 		req.Events[i] = &tsstorev1.Event{Stream: e.Stream, Type: e.Type, Metadata: e.Metadata, Payload: e.Payload}
 	}

@@ -29,6 +29,10 @@ type AsyncOptions struct {
 	// DeliveryTimeout (duration) bounds how long one request is retried
 	// after failures whose outcome is unknown before the producer gives up.
 	DeliveryTimeout time.Duration
+	// RunGeneration is the training-run generation every append carries
+	// (Client.StartRun); 0 for streams that are not runs. Appends of a
+	// fenced generation fail with *FencedError.
+	RunGeneration uint64
 }
 
 // DefaultAsyncOptions returns the defaults: batches of up to 8192 events

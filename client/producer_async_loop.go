@@ -110,7 +110,7 @@ func (l *asyncLoop) accept(f *Pending) {
 }
 
 func (l *asyncLoop) start(f *Pending) {
-	l.cur = &flight{req: &tsstorev1.AppendRequest{ProducerId: l.a.p.id, Events: f.events}, sends: []*Pending{f}, bytes: f.bytes}
+	l.cur = &flight{req: &tsstorev1.AppendRequest{ProducerId: l.a.p.id, Events: f.events, RunGeneration: l.a.opts.RunGeneration}, sends: []*Pending{f}, bytes: f.bytes}
 	l.lingered = false
 	l.lingerC = nil
 	if l.a.opts.Linger > 0 {
