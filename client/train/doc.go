@@ -72,5 +72,88 @@
 //
 //	0x92 | generation (msgpack unsigned integer, shortest form) | reason (msgpack str)
 //
-// EncodeFence(2, "node 3 failed") is 92 02 ad 6e6f64652033206661696c6564.
+// EncodeFence(2, "node 3 failed") is 92 02 ad 6e6f64652033206661696c6564.//
+// # The fold
+//
+// A State is a run folded from its events in log order by State.Apply, a
+// pure function of the inputs: the same inputs give the same State, byte
+// for byte (MarshalBinary) and hash, on any machine, whether folded from
+// zero or from a snapshot (UnmarshalState) and the inputs after it. The
+// server computes run snapshots with it and clients check them with it.
+//
+//   - Order. Offsets must strictly increase (ErrOutOfOrder, state
+//     unchanged): a replay out of order is caught at once. They need not
+//     be contiguous; other streams interleave.
+//   - Every input applied is chained into Hash and counted in Events,
+//     whatever its type. Types other than the built-in ones and the fence
+//     (user and system types) change nothing else.
+//   - Built-in types are decoded with the built-in registry alone, so no
+//     registration changes a fold. A newer schema version
+//     (*UnknownVersionError) or a payload that does not decode
+//     (ErrMalformed) is refused with the state unchanged; the caller
+//     stops, or passes the input to Skip, which chains and counts it (and
+//     counts it in Skipped) without interpreting it.
+//   - Attempts. A fence whose generation is above Generation starts a new
+//     job attempt: Generation is set, Status becomes running, and the
+//     attempt's fields (Epoch, Batch, Step, LossStep, Loss, LearningRate,
+//     Ranks, Pending) are reset. The run's fields (Events, Batches,
+//     MaxStep, the TrainingStarted configuration, LastCheckpoint,
+//     FirstNaN) are kept. Any other fence is only chained and counted.
+//   - Progress. Step is the highest step (see StepOf) of the attempt,
+//     MaxStep that of the run. Loss, LearningRate, Batch and Epoch come
+//     from the last BatchCompleted whose step is not below LossStep, so a
+//     straggling rank's older step does not move them; EpochStarted and
+//     EpochCompleted also set Epoch. FirstNaN is the first BatchCompleted
+//     of the run whose loss is NaN or ±Inf. Every NaN kept is the one
+//     math.NaN returns, so NaN payload bits never reach a snapshot.
+//   - Ranks. NodeJoined makes a rank live; NodeLeft and NodeFailed mark
+//     it left or failed; a BatchCompleted or CheckpointSaved from a rank
+//     no event named before adds it as live. WorldSize is informational.
+//   - Checkpoints. A step's checkpoint is pending until every live rank,
+//     and at least one, has saved it; this is checked on every save and
+//     whenever a rank leaves or fails (a failed rank no longer counts).
+//     The highest complete step becomes LastCheckpoint, with the offset
+//     that completed it, the majority SHA256 (ties: the smallest) and the
+//     ranks that disagree with it, and it and every pending step below it
+//     are dropped. A rank's second save of a step replaces its first;
+//     saves at or below LastCheckpoint.Step of the same attempt are
+//     ignored; at most MaxPending steps stay pending (the highest). The
+//     majority rule assumes replicated checkpoints (data parallel); with
+//     sharded ones every file differs.
+//   - Status: TrainingStarted and a new fence make the run running,
+//     TrainingFinished finished, TrainingAborted aborted.
+//
+// FoldVersion numbers these rules and the snapshot layout; any change to
+// either bumps it (testdata/fold.golden catches one made by mistake).
+//
+// # Hash chain (frozen)
+//
+// Hash covers the raw inputs, not the fold, so it does not depend on the
+// fold's logic, its version or any re-encoding: two folds have the same
+// Hash exactly when they applied the same inputs (Chain):
+//
+//	Hash_0 = 32 zero bytes
+//	Hash_n = SHA-256(Hash_n-1 || offset || timestamp || len(type) || type || len(payload) || payload)
+//
+//	offset       8 bytes, big-endian uint64
+//	timestamp    8 bytes, big-endian int64 (unix nanoseconds)
+//	len(type)    4 bytes, big-endian uint32, then the type's bytes
+//	len(payload) 4 bytes, big-endian uint32, then the payload's raw bytes
+//
+// # Snapshot (frozen for each FoldVersion)
+//
+// MarshalBinary writes a msgpack array of three elements, the hash at a
+// fixed place so it can be compared without decoding the rest:
+//
+//	+------+-------------+-----------+--------------+---------------------------+
+//	| 0x93 | FoldVersion | 0xc4 0x20 | Hash         | State fields              |
+//	+------+-------------+-----------+--------------+---------------------------+
+//	 byte 0  byte 1 (0x01) bytes 2-3   bytes 4-35     msgpack array, to the end
+//
+// The State fields are a msgpack array of State's exported fields but
+// Hash, in declaration order; nested structs are arrays too, maps have
+// sorted keys, slices are sorted (Ranks and Files by rank, Pending by
+// step). UnmarshalState refuses another FoldVersion (ErrFoldVersion)
+// before reading further, and anything that does not decode strictly or
+// breaks those orders (ErrMalformed).
 package train
