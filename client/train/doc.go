@@ -155,5 +155,16 @@
 // sorted keys, slices are sorted (Ranks and Files by rank, Pending by
 // step). UnmarshalState refuses another FoldVersion (ErrFoldVersion)
 // before reading further, and anything that does not decode strictly or
-// breaks those orders (ErrMalformed).
+// breaks those orders (ErrMalformed).//
+// # Time travel
+//
+// To see a run as it was at some point, fold its log from the start (or
+// from a snapshot taken before that point) and stop before the first
+// input Target.Beyond reports: AtOffset and AtTime stop at the first
+// input past an offset or a timestamp, AtStep at the first input whose
+// own step (StepOf) is past a step, so events without a step that come
+// before it are included. The fold is always a prefix of the log, so the
+// state and its Hash are those the run had at that point.
+// State.StepsBeforeFirstNaN gives the target "n steps before the loss
+// first turned NaN".
 package train
