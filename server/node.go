@@ -143,6 +143,7 @@ func New(cfg Config) (*Node, error) {
 	n.goFunc(n.boundRaftLog)
 	n.goFunc(n.watchDisk)
 	n.goFunc(n.watchVotersDisk)
+	n.goFunc(n.snapshotRuns)
 	ok = true
 	n.logger.Info("node started", "raft", cfg.RaftAddr, "api", n.APIAddr(), "data", cfg.DataDir,
 		"open_time", time.Since(n.started).Round(time.Millisecond).String())

@@ -115,3 +115,27 @@ func (s *State) StepsBeforeFirstNaN(n uint64) (t Target, ok bool) {
 	}
 	return AtStep(s.FirstNaN.Step - min(n, s.FirstNaN.Step)), true
 }
+
+// PointKind says what a Target is compared with.
+type PointKind uint8
+
+const (
+	PointEnd    PointKind = iota // the end of the log
+	PointOffset                  // an offset
+	PointStep                    // a step
+	PointTime                    // a time, unix nanoseconds
+)
+
+// Point returns what t selects: its kind and its offset or step (n) or
+// time (ns). A store looks up the newest snapshot at or before it.
+func (t Target) Point() (kind PointKind, n uint64, ns int64) {
+	switch t.kind {
+	case toOffset:
+		return PointOffset, t.n, 0
+	case toStep:
+		return PointStep, t.n, 0
+	case toTime:
+		return PointTime, 0, t.t
+	}
+	return PointEnd, 0, 0
+}

@@ -1,0 +1,264 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/tsstore/tsstore/client"
+	"github.com/tsstore/tsstore/client/train"
+	"github.com/tsstore/tsstore/fsm"
+)
+
+func sdk(t *testing.T, tc *testCluster) *client.Client {
+	t.Helper()
+	var addrs []string
+	for _, n := range tc.nodes {
+		if n != nil {
+			addrs = append(addrs, n.APIAddr())
+		}
+	}
+	cfg := client.DefaultConfig()
+	cfg.Addrs = addrs
+	c, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// appendTyped appends typed events to run through p.
+func appendTyped(t *testing.T, ctx context.Context, p *client.Producer, run string, evs ...train.Event) (client.AppendResult, error) {
+	t.Helper()
+	var out []client.Event
+	for _, e := range evs {
+		ce, err := client.TrainEvent(run, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ce)
+	}
+	return p.Append(ctx, out...)
+}
+
+// The fence and snapshot payloads the FSM writes are the ones
+// client/train reads: one format, two packages.
+func TestFencePayloadIsTrainsFormat(t *testing.T) {
+	g, r, err := train.DecodeFence(fsm.EncodeFence(9, "attempt 9"))
+	if err != nil || g != 9 || r != "attempt 9" {
+		t.Fatalf("train reads the fsm's fence as %d %q %v", g, r, err)
+	}
+	if g, r, err := fsm.DecodeFence(train.EncodeFence(3, "x")); err != nil || g != 3 || r != "x" {
+		t.Fatalf("fsm reads train's fence as %d %q %v", g, r, err)
+	}
+	if train.FenceType != fsm.FenceType {
+		t.Fatalf("fence type %q vs %q", train.FenceType, fsm.FenceType)
+	}
+}
+
+// Fencing holds across a leader kill: a zombie producer of the old
+// attempt is refused by the new leader too, and nothing it sent after its
+// fence is in the log.
+func TestRunFencingAcrossLeaderKill(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	c := sdk(t, tc)
+	ctx := ctxT(t)
+	const run = "resnet50-7"
+	gen1, err := c.StartRun(ctx, run, "attempt 1")
+	if err != nil || gen1 != 1 {
+		t.Fatalf("start: %d %v", gen1, err)
+	}
+	zombie := c.NewProducer("rank0-attempt1")
+	zombie.SetRunGeneration(gen1)
+	if _, err := appendTyped(t, ctx, zombie, run, train.TrainingStarted{Model: "resnet50", WorldSize: 2}); err != nil {
+		t.Fatal(err)
+	}
+	gen2, err := c.StartRun(ctx, run, "attempt 2")
+	if err != nil || gen2 != 2 {
+		t.Fatalf("restart: %d %v", gen2, err)
+	}
+	var fe *client.FencedError
+	if _, err := appendTyped(t, ctx, zombie, run, train.EpochStarted{Epoch: 1}); !errors.As(err, &fe) || fe.Current != 2 || fe.Generation != 1 {
+		t.Fatalf("zombie append after the fence: %v", err)
+	}
+	old := tc.leader()
+	for i, n := range tc.nodes {
+		if n == old {
+			n.Close()
+			tc.nodes[i] = nil
+		}
+	}
+	tc.leader()
+	if _, err := appendTyped(t, ctx, zombie, run, train.EpochStarted{Epoch: 2}); !errors.Is(err, client.ErrFenced) {
+		t.Fatalf("zombie append on the new leader: %v", err)
+	}
+	live := c.NewProducer("rank0-attempt2")
+	live.SetRunGeneration(gen2)
+	if _, err := appendTyped(t, ctx, live, run, train.EpochStarted{Epoch: 1}); err != nil {
+		t.Fatalf("live generation on the new leader: %v", err)
+	}
+	// A plain append (no generation) to the run is fenced as well.
+	if _, err := c.Append(ctx, client.Event{Stream: run, Type: "Note", Payload: []byte("x")}); !errors.Is(err, client.ErrFenced) {
+		t.Fatalf("append without generation: %v", err)
+	}
+	st, err := c.FoldRun(ctx, run, train.Target{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// fence 1, TrainingStarted, fence 2, EpochStarted 1: nothing of the zombie's.
+	if st.Events != 4 || st.Generation != 2 || st.Epoch != 1 {
+		t.Fatalf("run after the fence: %d events, generation %d, epoch %d", st.Events, st.Generation, st.Epoch)
+	}
+	// Every remaining node refuses the zombie on its own FSM.
+	for _, n := range tc.nodes {
+		if n == nil {
+			continue
+		}
+		if r, ok := n.proc.Run(run); !ok || r.Generation != 2 {
+			t.Fatalf("%s: run %+v", n.cfg.NodeID, r)
+		}
+	}
+}
+
+// writeRun appends a typed run: epochs x batches BatchCompleted from two
+// ranks, with a checkpoint every 50 steps.
+func writeRun(t *testing.T, ctx context.Context, c *client.Client, run string, gen uint64, fromStep, steps uint64) {
+	t.Helper()
+	p := c.NewProducer("")
+	p.SetRunGeneration(gen)
+	if fromStep == 1 {
+		if _, err := appendTyped(t, ctx, p, run, train.TrainingStarted{Model: "m", WorldSize: 2},
+			train.NodeJoined{Rank: 0, Host: "a"}, train.NodeJoined{Rank: 1, Host: "b"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for step := fromStep; step < fromStep+steps; step++ {
+		evs := []train.Event{
+			train.BatchCompleted{Rank: 0, Epoch: step / 100, Batch: step % 100, Step: step, Loss: 1 / float64(step), LearningRate: 0.1, Samples: 32},
+			train.BatchCompleted{Rank: 1, Epoch: step / 100, Batch: step % 100, Step: step, Loss: 1 / float64(step), LearningRate: 0.1, Samples: 32},
+		}
+		if step%50 == 0 {
+			for r := range 2 {
+				evs = append(evs, train.CheckpointSaved{Step: step, Rank: r, URI: fmt.Sprintf("s3://ck/%d/%d", step, r), Size: 1, SHA256: fmt.Sprint("h", step)})
+			}
+		}
+		if _, err := appendTyped(t, ctx, p, run, evs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// The leader snapshots a run every RunSnapshotBatches BatchCompleted
+// events; resume reads the newest snapshot and only the tail, and gives
+// the same state and hash as a fold from zero, on every node, also after
+// the snapshotting leader is gone and the new leader goes on.
+func TestRunSnapshotsAndResume(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) { c.RunSnapshotBatches = 40 })
+	c := sdk(t, tc)
+	ctx := ctxT(t)
+	const run = "bert-1"
+	gen, err := c.StartRun(ctx, run, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRun(t, ctx, c, run, gen, 1, 130) // 260 batches: snapshots at 40, 80, ..., 240
+	waitSnapshots := func(want uint64) *client.RunSnapshot {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			info, err := c.RunInfo(ctx, run)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.SnapshotsTaken >= want {
+				snap, ok, err := c.RunSnapshotAt(ctx, run, train.Target{})
+				if err != nil || !ok {
+					t.Fatalf("newest snapshot: %v %v", ok, err)
+				}
+				return snap
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d snapshots after 10s, want %d", info.SnapshotsTaken, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	snap := waitSnapshots(6)
+	if snap.State.Batches != 240 {
+		t.Fatalf("newest snapshot after %d batches, want 240", snap.State.Batches)
+	}
+	check := func(what string) {
+		t.Helper()
+		full, err := c.FoldRun(ctx, run, train.Target{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.ResumeRun(ctx, run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Info.Snapshot == nil {
+			t.Fatalf("%s: resume did not start from a snapshot", what)
+		}
+		if r.State.Hash != full.Hash || r.State.Events != full.Events {
+			t.Fatalf("%s: resume state (hash %x, %d events) differs from the full fold (%x, %d)", what, r.State.Hash[:4], r.State.Events, full.Hash[:4], full.Events)
+		}
+		a, _ := r.State.MarshalBinary()
+		b, _ := full.MarshalBinary()
+		if string(a) != string(b) {
+			t.Fatalf("%s: resumed state bytes differ from the full fold", what)
+		}
+		if r.Checkpoint == nil || r.NextStep != r.Checkpoint.Step+1 || r.Checkpoint.Step%50 != 0 {
+			t.Fatalf("%s: resume position %+v, next %d", what, r.Checkpoint, r.NextStep)
+		}
+		if r.Info.Folded >= full.Events/2 {
+			t.Fatalf("%s: resume folded %d of %d events: not just the tail", what, r.Info.Folded, full.Events)
+		}
+	}
+	check("first leader")
+	// Time travel: the state at step 70 is the same from a snapshot and
+	// from zero.
+	at := train.AtStep(70)
+	fromSnap, info, err := c.RunState(ctx, run, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero, err := c.FoldRun(ctx, run, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Snapshot == nil || fromSnap.Hash != zero.Hash || fromSnap.MaxStep != 70 {
+		t.Fatalf("state at step 70: from snapshot %v (max step %d), hashes equal %v", info.Snapshot != nil, fromSnap.MaxStep, fromSnap.Hash == zero.Hash)
+	}
+	// Kill the leader; the new one continues the snapshots from the index.
+	old := tc.leader()
+	for i, n := range tc.nodes {
+		if n == old {
+			n.Close()
+			tc.nodes[i] = nil
+		}
+	}
+	tc.leader()
+	writeRun(t, ctx, c, run, gen, 131, 60) // 380 batches: the next snapshots at 280, 320, 360
+	if snap := waitSnapshots(9); snap.State.Batches != 360 {
+		t.Fatalf("newest snapshot after the leader change: %d batches, want 360", snap.State.Batches)
+	}
+	check("second leader")
+	// The snapshot index is identical on the remaining nodes.
+	var refs [][]fsm.RunSnapshotRef
+	for _, n := range tc.nodes {
+		if n != nil {
+			if err := n.proc.WaitApplied(ctx, tc.leader().proc.AppliedIndex()); err != nil {
+				t.Fatal(err)
+			}
+			r, _ := n.proc.Run(run)
+			refs = append(refs, r.Snapshots)
+		}
+	}
+	if fmt.Sprint(refs[0]) != fmt.Sprint(refs[1]) {
+		t.Fatalf("snapshot indexes differ:\n%v\n%v", refs[0], refs[1])
+	}
+}
