@@ -21,7 +21,7 @@ import (
 
 // The workloads of `tsstore bench`, in the order they run. f kills the
 // leader, so it runs last; g measures the log the others wrote.
-var benchWorkloads = []string{"a", "b", "c", "d", "e", "h", "g", "f"}
+var benchWorkloads = []string{"a", "b", "c", "d", "e", "h", "g", "r", "f"}
 
 type benchFlags struct {
 	addrs        string
@@ -50,7 +50,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	fs.StringVar(&f.addrs, "addr", "", "comma-separated API addresses of a running cluster (default: start a local three-node cluster)")
 	fs.StringVar(&f.local, "local", "", "data directory of the local cluster (default: a temp dir, removed afterwards)")
 	fs.BoolVar(&f.keep, "keep", false, "keep the local cluster's data directory")
-	wl := fs.String("workloads", "a,b,c,d,e,f,g,h", "workloads to run: a (1 waiting producer), b (N waiting producers), c (batching producer), d (replay), e (stream replay), f (failover), g (disk use), h (memory and restart per log size)")
+	wl := fs.String("workloads", "a,b,c,d,e,f,g,h", "workloads to run: a (1 waiting producer), b (N waiting producers), c (batching producer), d (replay), e (stream replay), f (failover), g (disk use), h (memory and restart per log size), r (training run: resume and time travel per run size; not in the default set)")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "length of each timed workload (a, b, c) and of the steady phase around each kill (f)")
 	fs.IntVar(&f.producers, "producers", 64, "concurrent waiting producers in b and f")
 	fs.IntVar(&f.size, "size", 256, "payload bytes per event")
@@ -77,7 +77,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	for _, w := range strings.Split(*wl, ",") {
 		w = strings.TrimSpace(w)
 		if !slices.Contains(benchWorkloads, w) {
-			return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g,h)", errUsage, w)
+			return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g,h,r)", errUsage, w)
 		}
 		f.workloads[w] = true
 	}
@@ -174,6 +174,8 @@ func (b *benchRun) workload(ctx context.Context, w string) ([]bench.Result, erro
 		return b.diskUse(ctx)
 	case "h":
 		return b.memoryAndRestart(ctx)
+	case "r":
+		return b.runs(ctx)
 	case "f":
 		return b.failover(ctx)
 	}
