@@ -11,7 +11,10 @@
 //   - the node table (node id -> client API address), each node's
 //     incarnation and the tombstones of removed incarnations (membership.go),
 //   - snapshots (a manifest of hard-linked segment files plus the state
-//     tables) and restore, and the raft.SnapshotStore that links files.
+//     tables) and restore, and the raft.SnapshotStore that links files,
+//   - training runs (runs.go): the generation fence every append to a run
+//     must pass, and the index of run snapshots ("$fence" and "$snapshot"
+//     events; formats frozen there).
 //
 // Processor does all of this without Raft; FSM adapts it to raft.FSM.
 //
@@ -23,7 +26,7 @@
 //     skipped; node entries (register, remove) at or below the node file's
 //     index are skipped.
 //   - A tombstoned incarnation is never registered again (ErrNodeRemoved).
-//   - Streams and Producers are a function of the log's records alone, so a
+//   - Streams, Producers and Runs are a function of the log's records alone, so a
 //     restarted node rebuilds them from the checkpoint plus a scan of the
 //     batches after it, with the same code Apply uses (State.applyBatch).
 //   - Before a snapshot is taken the log is fsynced, so Raft never drops an
