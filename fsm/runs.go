@@ -49,7 +49,7 @@ const (
 // like a format (every replica must thin the same way).
 const (
 	RunSnapshotKeep = 16
-	RunSnapshotMax  = 64
+	RunSnapshotMax  = 256
 )
 
 // RunInfo is what the FSM knows of one run. Frozen: a msgpack array.
