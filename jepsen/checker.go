@@ -38,7 +38,7 @@ func (c *CheckResult) note(key string, n int) {
 // Check runs every checker on a history and the final replicas.
 func Check(h *History, reps []Replica) []CheckResult {
 	L := reference(reps)
-	return []CheckResult{
+	res := []CheckResult{
 		checkLost(h, reps),
 		checkOneValue(h, reps),
 		checkDuplicates(h, reps),
@@ -49,6 +49,7 @@ func Check(h *History, reps []Replica) []CheckResult {
 		checkSubscriptions(h, L),
 		checkReplicas(reps),
 	}
+	return res
 }
 
 // Valid reports whether no checker found a violation.
@@ -222,8 +223,8 @@ func checkUnexpected(h *History, L []string) CheckResult {
 	org := origins(h)
 	count := map[string]int{}
 	for off, v := range L {
-		if v == controlValue {
-			continue
+		if isSystemValue(v) {
+			continue // a control record or a run's fence
 		}
 		c.Checked++
 		count[v]++

@@ -42,6 +42,13 @@
 // no Subscribe they emulate it with repeated Reads and the history says
 // so).
 //
+// The fencing scenario adds training runs (fencing.go): per run an
+// orchestrator calls StartRun again and again, each call recorded with
+// its outcome and generation, and starts a writer with each generation it
+// gets; the writer it replaced keeps appending with its old generation
+// for a while, a zombie. Writers append through producers of their own,
+// each payload naming the run, writer, generation and sequence.
+//
 // # Invariants checked (Check)
 //
 //  1. Every acknowledged append is in the final log at its acknowledged
