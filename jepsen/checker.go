@@ -35,7 +35,8 @@ func (c *CheckResult) note(key string, n int) {
 	c.Notes[key] += n
 }
 
-// Check runs every checker on a history and the final replicas.
+// Check runs every checker on a history and the final replicas; rule 10
+// (fencecheck.go) only on a history of the fencing workload.
 func Check(h *History, reps []Replica) []CheckResult {
 	L := reference(reps)
 	res := []CheckResult{
@@ -48,6 +49,9 @@ func Check(h *History, reps []Replica) []CheckResult {
 		checkStale(h),
 		checkSubscriptions(h, L),
 		checkReplicas(reps),
+	}
+	if len(h.Fences) > 0 { // the fencing workload ran
+		res = append(res, checkFencing(h, reps))
 	}
 	return res
 }
@@ -224,7 +228,7 @@ func checkUnexpected(h *History, L []string) CheckResult {
 	count := map[string]int{}
 	for off, v := range L {
 		if isSystemValue(v) {
-			continue // a control record or a run's fence
+			continue // a control record or a run's fence (rule 10)
 		}
 		c.Checked++
 		count[v]++

@@ -74,6 +74,12 @@
 //     resumes, with the final log's values.
 //  9. Replicas agree: every node replays the same number of events with
 //     the same SHA-256 over the raw batches.
+//  10. Fencing (fencing workload only): in every replica's stream of a
+//     run, each event carries the generation of the "$fence" before it,
+//     the fences are generations 1, 2, 3, ..., every acknowledged
+//     StartRun's generation is there (a failed one wrote none), an
+//     append refused FENCED is absent and was refused by a newer
+//     generation that is there, and replicas hold identical run streams.
 //
 // A run also fails if it cannot reach its checks: the healed cluster
 // accepts no append, or the replicas do not converge within a minute.
