@@ -35,10 +35,11 @@ func (c *CheckResult) note(key string, n int) {
 	c.Notes[key] += n
 }
 
-// Check runs every checker on a history and the final replicas.
+// Check runs every checker on a history and the final replicas; rule 10
+// (fencecheck.go) only on a history of the fencing workload.
 func Check(h *History, reps []Replica) []CheckResult {
 	L := reference(reps)
-	return []CheckResult{
+	res := []CheckResult{
 		checkLost(h, reps),
 		checkOneValue(h, reps),
 		checkDuplicates(h, reps),
@@ -49,6 +50,10 @@ func Check(h *History, reps []Replica) []CheckResult {
 		checkSubscriptions(h, L),
 		checkReplicas(reps),
 	}
+	if len(h.Fences) > 0 { // the fencing workload ran
+		res = append(res, checkFencing(h, reps))
+	}
+	return res
 }
 
 // Valid reports whether no checker found a violation.
@@ -222,8 +227,8 @@ func checkUnexpected(h *History, L []string) CheckResult {
 	org := origins(h)
 	count := map[string]int{}
 	for off, v := range L {
-		if v == controlValue {
-			continue
+		if isSystemValue(v) {
+			continue // a control record or a run's fence (rule 10)
 		}
 		c.Checked++
 		count[v]++

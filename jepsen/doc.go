@@ -42,6 +42,13 @@
 // no Subscribe they emulate it with repeated Reads and the history says
 // so).
 //
+// The fencing scenario adds training runs (fencing.go): per run an
+// orchestrator calls StartRun again and again, each call recorded with
+// its outcome and generation, and starts a writer with each generation it
+// gets; the writer it replaced keeps appending with its old generation
+// for a while, a zombie. Writers append through producers of their own,
+// each payload naming the run, writer, generation and sequence.
+//
 // # Invariants checked (Check)
 //
 //  1. Every acknowledged append is in the final log at its acknowledged
@@ -67,6 +74,12 @@
 //     resumes, with the final log's values.
 //  9. Replicas agree: every node replays the same number of events with
 //     the same SHA-256 over the raw batches.
+//  10. Fencing (fencing workload only): in every replica's stream of a
+//     run, each event carries the generation of the "$fence" before it,
+//     the fences are generations 1, 2, 3, ..., every acknowledged
+//     StartRun's generation is there (a failed one wrote none), an
+//     append refused FENCED is absent and was refused by a newer
+//     generation that is there, and replicas hold identical run streams.
 //
 // A run also fails if it cannot reach its checks: the healed cluster
 // accepts no append, or the replicas do not converge within a minute.

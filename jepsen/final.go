@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tsstore/tsstore/client"
+	"github.com/tsstore/tsstore/client/train"
 	"github.com/tsstore/tsstore/internal/proccluster"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 	"github.com/tsstore/tsstore/record"
@@ -20,6 +22,24 @@ import (
 // controlValue stands for a record of a control batch (not an event) in a
 // replayed log.
 const controlValue = "\x00control"
+
+// recordValue is how the checkers see one stored record: its payload,
+// except for records no client appended as such, which start with a NUL
+// (isSystemValue): control records, and a run's "$fence" events, which
+// become fenceValue(stream, payload). Replicas, reads, subscriptions and
+// backups all map records through it, so they compare equal.
+func recordValue(control bool, stream, typ string, payload []byte) string {
+	switch {
+	case control:
+		return controlValue
+	case typ == train.FenceType:
+		return fenceValue(stream, payload)
+	}
+	return string(payload)
+}
+
+// isSystemValue reports whether v stands for a record the server wrote.
+func isSystemValue(v string) bool { return strings.HasPrefix(v, "\x00") }
 
 // finalPhase runs after every fault is healed and the clients stopped: it
 // waits for a leader, appends a marker (the cluster must accept writes
@@ -178,16 +198,21 @@ func decodeInto(rep *Replica, buf []byte, end uint64) error {
 				rep.Gaps = append(rep.Gaps, uint64(len(rep.Values)))
 				for uint64(len(rep.Values)) < r.Offset {
 					rep.Values = append(rep.Values, "")
+					rep.Streams = append(rep.Streams, "")
 				}
 				if r.Offset < uint64(len(rep.Values)) {
 					continue // overlap: keep the first value
 				}
 			}
-			v := string(r.Payload)
-			if h.IsControl() {
-				v = controlValue
+			// Batches are stream-homogeneous: share the previous string.
+			var stream string
+			if n := len(rep.Streams); n > 0 && rep.Streams[n-1] == string(r.Stream) {
+				stream = rep.Streams[n-1]
+			} else {
+				stream = string(r.Stream)
 			}
-			rep.Values = append(rep.Values, v)
+			rep.Values = append(rep.Values, recordValue(h.IsControl(), stream, string(r.Type), r.Payload))
+			rep.Streams = append(rep.Streams, stream)
 		}
 		if err := it.Err(); err != nil {
 			return fmt.Errorf("bad record in batch at offset %d: %w", h.BaseOffset, err)

@@ -34,6 +34,13 @@ type AppendOp struct {
 	// Recovered: OK after at least one attempt with an unknown outcome.
 	Recovered bool   `json:"recovered,omitempty"`
 	Err       string `json:"error,omitempty"`
+	// Run and Generation: an append to a training run's stream carrying
+	// that run generation (the fencing workload). Fenced: it failed with
+	// FENCED, and Current is the generation the error said the run is at.
+	Run        string `json:"run,omitempty"`
+	Generation uint64 `json:"generation,omitempty"`
+	Fenced     bool   `json:"fenced,omitempty"`
+	Current    uint64 `json:"current_generation,omitempty"`
 }
 
 // Last is the offset of the op's last value (OK ops only).
@@ -82,6 +89,22 @@ type Subscription struct {
 	Integrity []string `json:"integrity_errors,omitempty"`
 }
 
+// FenceOp is one StartRun: it fences Run to a new generation. Reason is
+// unique per op and is stored in the "$fence" event, so the checker can
+// tell which op wrote which fence. The SDK retries a StartRun whose
+// outcome is unknown, so one op may write more than one fence; Generation
+// (with OK) is the one it returned.
+type FenceOp struct {
+	Process    string        `json:"process"`
+	Run        string        `json:"run"`
+	Reason     string        `json:"reason"`
+	Invoke     time.Duration `json:"invoke_ns"`
+	Complete   time.Duration `json:"complete_ns"`
+	Outcome    Outcome       `json:"outcome"`
+	Generation uint64        `json:"generation,omitempty"`
+	Err        string        `json:"error,omitempty"`
+}
+
 // Fault is one fault the nemesis injected.
 type Fault struct {
 	Kind   string        `json:"kind"`
@@ -97,16 +120,19 @@ type History struct {
 	Reads   []ReadOp       `json:"reads"`
 	Subs    []Subscription `json:"subscriptions"`
 	Faults  []Fault        `json:"faults"`
+	Fences  []FenceOp      `json:"fences,omitempty"`
 }
 
 // Replica is the final log of one node, replayed in full.
 type Replica struct {
 	Node string `json:"node"`
-	// Values[i] is the payload at offset i.
-	Values []string `json:"-"`
-	Length int      `json:"length"`
-	Bytes  int      `json:"bytes"`
-	Hash   string   `json:"sha256"`
+	// Values[i] is the payload at offset i (recordValue), Streams[i] the
+	// stream of that event.
+	Values  []string `json:"-"`
+	Streams []string `json:"-"`
+	Length  int      `json:"length"`
+	Bytes   int      `json:"bytes"`
+	Hash    string   `json:"sha256"`
 	// Gaps lists offsets where the replica's records were not contiguous.
 	Gaps []uint64 `json:"gaps,omitempty"`
 	Err  string   `json:"error,omitempty"`
@@ -144,6 +170,12 @@ func (r *recorder) sub(s Subscription) {
 	r.mu.Unlock()
 }
 
+func (r *recorder) fence(op FenceOp) {
+	r.mu.Lock()
+	r.h.Fences = append(r.h.Fences, op)
+	r.mu.Unlock()
+}
+
 func (r *recorder) fault(f Fault) {
 	r.mu.Lock()
 	r.h.Faults = append(r.h.Faults, f)
@@ -156,11 +188,12 @@ func (r *recorder) snapshot() *History {
 	defer r.mu.Unlock()
 	h := &History{
 		Appends: slices.Clone(r.h.Appends), Reads: slices.Clone(r.h.Reads),
-		Subs: slices.Clone(r.h.Subs), Faults: slices.Clone(r.h.Faults),
+		Subs: slices.Clone(r.h.Subs), Faults: slices.Clone(r.h.Faults), Fences: slices.Clone(r.h.Fences),
 	}
 	slices.SortStableFunc(h.Appends, func(a, b AppendOp) int { return int(a.Invoke - b.Invoke) })
 	slices.SortStableFunc(h.Reads, func(a, b ReadOp) int { return int(a.Invoke - b.Invoke) })
 	slices.SortStableFunc(h.Faults, func(a, b Fault) int { return int(a.Start - b.Start) })
+	slices.SortStableFunc(h.Fences, func(a, b FenceOp) int { return int(a.Invoke - b.Invoke) })
 	return h
 }
 
@@ -183,6 +216,9 @@ func writeHistory(path string, h *History) error {
 	}
 	for i := range h.Reads {
 		lines = append(lines, histLine{h.Reads[i].Invoke, "read", &h.Reads[i]})
+	}
+	for i := range h.Fences {
+		lines = append(lines, histLine{h.Fences[i].Invoke, "fence", &h.Fences[i]})
 	}
 	slices.SortStableFunc(lines, func(a, b histLine) int { return int(a.at - b.at) })
 	for i := range h.Subs {

@@ -21,6 +21,10 @@ type Scenario struct {
 	FaultFS bool
 	// ServeArgs are added to every `tsstore serve`.
 	ServeArgs []string
+	// Fencing adds the fencing workload (fencing.go): training runs whose
+	// job attempts are replaced while the old writers keep appending; its
+	// history is judged by rule 10 too.
+	Fencing bool
 	// Overhead is how much longer than its drawn duration a fault takes
 	// (membership changes: removal, restart, catch-up, promotion); the
 	// planner leaves room for it.
@@ -65,6 +69,10 @@ var Scenarios = []Scenario{
 		Faults: []string{"remove-follower", "remove-leader", "remove-kill", "kill-leader"},
 		Active: [2]time.Duration{time.Second, 3 * time.Second}, Quiet: [2]time.Duration{500 * time.Millisecond, 1500 * time.Millisecond},
 		Overhead: 2 * time.Second},
+	{Name: "fencing", Doc: "training runs re-fenced (StartRun) every 0.4-1.5 s while the replaced writers keep appending as zombies; leader kills, pauses and isolation, a follower caught up through InstallSnapshot or wiped",
+		Faults: []string{"kill-leader", "pause-leader", "isolate-leader", "isolate-follower-long", "wipe-follower"}, ServeArgs: snapshotArgs,
+		Active: [2]time.Duration{2 * time.Second, 5 * time.Second}, Quiet: [2]time.Duration{time.Second, 2 * time.Second},
+		Fencing: true},
 }
 
 // FindScenarios resolves a comma-separated list of names, or "all".

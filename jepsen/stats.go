@@ -17,6 +17,8 @@ type AppendStats struct {
 	Idempotent int `json:"idempotent_attempted"`
 	// Retries counts attempts beyond the first.
 	Retries int `json:"retries"`
+	// Fenced counts failed appends refused FENCED (fencing workload).
+	Fenced int `json:"fenced,omitempty"`
 }
 
 // ReadStats counts reads and subscription deliveries.
@@ -69,6 +71,9 @@ func appendStats(h *History) AppendStats {
 			}
 		case Fail:
 			s.Failed++
+			if a.Fenced {
+				s.Fenced++
+			}
 		default:
 			s.Unknown++
 		}

@@ -108,10 +108,7 @@ func (w *workload) drain(stream grpc.ServerStreamingClient[pb.ReadResponse], s *
 				if fresh && r.Offset < *next {
 					continue
 				}
-				v := string(r.Payload)
-				if h.IsControl() {
-					v = controlValue
-				}
+				v := recordValue(h.IsControl(), string(r.Stream), string(r.Type), r.Payload)
 				s.Deliveries = append(s.Deliveries, Delivery{r.Offset, v})
 				*next = r.Offset + 1
 			}

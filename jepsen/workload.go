@@ -38,6 +38,8 @@ type workload struct {
 	rec   *recorder
 	seed  uint64
 	runID string
+	// fencing adds the fencing workload's training runs (fencing.go).
+	fencing bool
 	// maxAck is 1 + the highest acknowledged offset (readers aim near it).
 	maxAck atomic.Uint64
 	wg     sync.WaitGroup
@@ -63,6 +65,11 @@ func (w *workload) start(ctx, stop context.Context) {
 	w.goFunc(func() { w.recentReader(ctx, stop) })
 	for i := range subscribers {
 		w.goFunc(func() { w.subscriber(ctx, stop, i) })
+	}
+	if w.fencing {
+		for i := range fencedRuns {
+			w.goFunc(func() { w.orchestrator(ctx, stop, i) })
+		}
 	}
 }
 
@@ -112,10 +119,8 @@ func nextValues(rng *rand.Rand, proc string, n *int) []string {
 	return vs
 }
 
-// idempotentAppender appends through an SDK Producer. An attempt with an
-// unknown outcome is retried with the same events (the producer keeps the
-// same sequence), so retries never duplicate; after giveUpAfter the op
-// stays unknown. Every fourth acknowledged append is followed by a
+// idempotentAppender appends through an SDK Producer (producerAppend), so
+// retries never duplicate. Every fourth acknowledged append is followed by a
 // read-your-writes read of it.
 func (w *workload) idempotentAppender(ctx, stop context.Context, i int) {
 	proc := fmt.Sprintf("idem%d", i)
@@ -128,33 +133,7 @@ func (w *workload) idempotentAppender(ctx, stop context.Context, i int) {
 	prod := cl.NewProducer(proc + "-" + w.runID)
 	for n, ops := 0, 0; stop.Err() == nil; ops++ {
 		op := AppendOp{Process: proc, Idempotent: true, Values: nextValues(rng, proc, &n), Invoke: w.rec.now()}
-		evs := events(op.Values)
-		for {
-			actx, cancel := context.WithTimeout(ctx, attemptTimeout)
-			res, err := prod.Append(actx, evs...)
-			cancel()
-			op.Attempts++
-			if err == nil {
-				op.Outcome, op.First, op.Err = OK, res.FirstOffset, ""
-				op.Recovered = op.Attempts > 1
-				if res.LastOffset-res.FirstOffset+1 != uint64(len(evs)) {
-					op.Err = fmt.Sprintf("acknowledged %d events at %d..%d", len(evs), res.FirstOffset, res.LastOffset)
-				}
-				break
-			}
-			op.Err = err.Error()
-			if !client.MayHaveCommitted(err) {
-				op.Outcome = Fail
-				break
-			}
-			op.Outcome = Unknown
-			if ctx.Err() != nil || w.rec.now()-op.Invoke > giveUpAfter {
-				break
-			}
-			sleepCtx(ctx, 100*time.Millisecond)
-		}
-		op.Complete = w.rec.now()
-		w.rec.append(op)
+		w.producerAppend(ctx, prod, &op, events(op.Values))
 		if op.Outcome == OK {
 			w.noteAck(op.Last())
 			if ops%4 == 0 {
@@ -163,6 +142,43 @@ func (w *workload) idempotentAppender(ctx, stop context.Context, i int) {
 		}
 		sleepCtx(stop, thinkTime)
 	}
+}
+
+// producerAppend runs one logical append through prod and records it. An
+// attempt with an unknown outcome is retried with the same events (the
+// producer keeps the same sequence); after giveUpAfter the op stays
+// unknown. A FENCED refusal is recorded with the generation the run is at.
+func (w *workload) producerAppend(ctx context.Context, prod *client.Producer, op *AppendOp, evs []client.Event) {
+	for {
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		res, err := prod.Append(actx, evs...)
+		cancel()
+		op.Attempts++
+		if err == nil {
+			op.Outcome, op.First, op.Err = OK, res.FirstOffset, ""
+			op.Recovered = op.Attempts > 1
+			if res.LastOffset-res.FirstOffset+1 != uint64(len(evs)) {
+				op.Err = fmt.Sprintf("acknowledged %d events at %d..%d", len(evs), res.FirstOffset, res.LastOffset)
+			}
+			break
+		}
+		op.Err = err.Error()
+		if !client.MayHaveCommitted(err) {
+			op.Outcome = Fail
+			var fe *client.FencedError
+			if errors.As(err, &fe) {
+				op.Fenced, op.Current = true, fe.Current
+			}
+			break
+		}
+		op.Outcome = Unknown
+		if ctx.Err() != nil || w.rec.now()-op.Invoke > giveUpAfter {
+			break
+		}
+		sleepCtx(ctx, 100*time.Millisecond)
+	}
+	op.Complete = w.rec.now()
+	w.rec.append(*op)
 }
 
 // readYourWrites reads back an acknowledged append from any node: the SDK
@@ -200,7 +216,7 @@ func (w *workload) replay(ctx context.Context, cl *client.Client, r *ReadOp, ext
 				(errors.Is(err, client.ErrCorruption) && status.Code(err) != codes.DataLoss)
 			break
 		}
-		r.Values = append(r.Values, string(ev.Payload))
+		r.Values = append(r.Values, recordValue(false, ev.Stream, ev.Type, ev.Payload))
 	}
 	r.Complete = w.rec.now()
 	w.rec.read(*r)
