@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -29,9 +31,16 @@ import (
 // to the run's stream must carry that generation (Producer.
 // SetRunGeneration, WithRunGeneration, AsyncOptions.RunGeneration); those
 // of any older attempt fail with *FencedError and write nothing, on every
-// node. reason is kept in the run's "$fence" event.
+// node. reason is kept in the run's "$fence" event. Retries after an
+// ambiguous failure are safe: the call carries an idempotency token, so
+// it fences at most once.
 func (c *Client) StartRun(ctx context.Context, run, reason string) (generation uint64, err error) {
 	var resp *tsstorev1.StartRunResponse
+	// One token for every retry of this call: a retry of a fence that
+	// committed answers its generation instead of fencing again.
+	var tok [12]byte
+	_, _ = rand.Read(tok[:]) // never fails on supported platforms
+	req := &tsstorev1.StartRunRequest{Run: run, Reason: reason, Token: hex.EncodeToString(tok[:])}
 	err = c.call(ctx, func(ctx context.Context, avoid string) (string, error) {
 		n, err := c.leaderNode(ctx, avoid)
 		if n == nil {
@@ -40,7 +49,7 @@ func (c *Client) StartRun(ctx context.Context, run, reason string) (generation u
 		if err != nil {
 			return n.addr, err
 		}
-		resp, err = tsstorev1.NewRunsClient(n.conn).StartRun(ctx, &tsstorev1.StartRunRequest{Run: run, Reason: reason})
+		resp, err = tsstorev1.NewRunsClient(n.conn).StartRun(ctx, req)
 		return n.addr, err
 	})
 	if err != nil {

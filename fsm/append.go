@@ -15,9 +15,11 @@ type entry struct {
 	windows  map[string][]pendingWindow
 	// ts is the entry's (clamped) timestamp, ttl its ProducerTTL.
 	ts, ttl int64
-	// gens and snapCovers are the run generations fenced and the run
-	// snapshots indexed by the entry's earlier ops (runs.go).
+	// gens, tokens and snapCovers are the run generations fenced and
+	// the run snapshots indexed by the entry's earlier ops (runs.go);
+	// nil until an op of the entry fences or snapshots a run.
 	gens       map[string]uint64
+	tokens     map[string]string
 	snapCovers map[string]uint64
 }
 
@@ -56,8 +58,7 @@ func (p *Processor) applyAppend(index uint64, cmd *AppendCommand) *ApplyResult {
 		}
 	}
 	p.batches.reset(st.NextOffset, index, ts)
-	e := entry{versions: map[string]uint64{}, seqs: map[string]uint64{}, windows: map[string][]pendingWindow{}, ts: ts, ttl: cmd.ProducerTTL,
-		gens: map[string]uint64{}, snapCovers: map[string]uint64{}}
+	e := entry{versions: map[string]uint64{}, seqs: map[string]uint64{}, windows: map[string][]pendingWindow{}, ts: ts, ttl: cmd.ProducerTTL}
 	results := make([]AppendResult, len(cmd.Ops))
 	for i := range cmd.Ops {
 		results[i] = p.applyOp(st, &e, cmd.Ops, results, i, index, ts)

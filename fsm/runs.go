@@ -43,10 +43,13 @@ const (
 )
 
 // Snapshot index bounds per run: the newest RunSnapshotKeep are always
-// kept; beyond RunSnapshotMax, every other older one is dropped, so the
-// index stays bounded and older history is kept at a coarser spacing.
-// Changing them changes which snapshots replicas index: they are frozen
-// like a format (every replica must thin the same way).
+// kept; older ones are kept one per Spacing snapshots (Seq a multiple of
+// Spacing), and Spacing doubles whenever the index would hold more than
+// RunSnapshotMax. So the index stays bounded (at most RunSnapshotMax,
+// about 16 KiB) while the kept snapshots stay evenly spread over the
+// whole run, and time travel to any point folds at most Spacing snapshot
+// intervals. Changing them changes which snapshots replicas index: they
+// are frozen like a format (every replica must thin the same way).
 const (
 	RunSnapshotKeep = 16
 	RunSnapshotMax  = 256
@@ -58,7 +61,9 @@ type RunInfo struct {
 	Generation  uint64
 	FenceOffset uint64 // offset of the newest "$fence" event
 	FenceTime   int64  // its timestamp, unix nanoseconds
+	FenceToken  string // the newest fence's idempotency token ("" if none)
 	Taken       uint64 // snapshots of the run indexed so far (thinned or not)
+	Spacing     uint64 // older snapshots are kept when Seq % Spacing == 0 (0: all)
 	Snapshots   []RunSnapshotRef
 }
 
@@ -86,17 +91,22 @@ func (r *RunInfo) addSnapshot(ref RunSnapshotRef) {
 	r.Taken++
 	ref.Seq = r.Taken
 	r.Snapshots = append(r.Snapshots, ref)
-	if len(r.Snapshots) <= RunSnapshotMax {
-		return
+	// The snapshot that just left the newest RunSnapshotKeep stays only
+	// if it falls on the spacing.
+	if i := len(r.Snapshots) - RunSnapshotKeep - 1; i >= 0 && r.Spacing > 1 && r.Snapshots[i].Seq%r.Spacing != 0 {
+		r.Snapshots = slices.Delete(r.Snapshots, i, i+1)
 	}
-	old := r.Snapshots[:len(r.Snapshots)-RunSnapshotKeep]
-	kept := old[:0]
-	for i := range old {
-		if i%2 == 0 {
-			kept = append(kept, old[i])
+	for len(r.Snapshots) > RunSnapshotMax {
+		r.Spacing = max(2, r.Spacing*2)
+		old := r.Snapshots[:len(r.Snapshots)-RunSnapshotKeep]
+		kept := old[:0]
+		for _, s := range old {
+			if s.Seq%r.Spacing == 0 {
+				kept = append(kept, s)
+			}
 		}
+		r.Snapshots = append(kept, r.Snapshots[len(old):]...)
 	}
-	r.Snapshots = append(kept, r.Snapshots[len(old):]...)
 }
 
 // RunSnapshot is the payload of a "$snapshot" event. State is the run's
@@ -140,34 +150,66 @@ func DecodeRunSnapshot(b []byte) (*RunSnapshot, error) {
 	return &s, nil
 }
 
-// fence is the payload of a "$fence" event. Frozen: msgpack array
-// (Generation, Reason). client/train decodes the same bytes.
-type fence struct {
-	_msgpack   struct{} `msgpack:",as_array"`
+// Fence is the payload of a "$fence" event. Frozen: msgpack array
+// (Generation, Reason) or (Generation, Reason, Token); client/train
+// decodes the same bytes. Token, when not empty, makes StartRun
+// idempotent: a fence whose token is the run's newest fence's token is a
+// retry of that fence and changes nothing (checkRun).
+type Fence struct {
 	Generation uint64
 	Reason     string
+	Token      string
 }
 
-// EncodeFence is the payload of a "$fence" event.
-func EncodeFence(generation uint64, reason string) []byte {
-	b, err := msgpack.Marshal(&fence{Generation: generation, Reason: reason})
-	if err != nil {
-		panic(err) // a uint64 and a string always encode
+// EncodeFence is the payload of a "$fence" event: the 2-element form
+// when there is no token.
+func EncodeFence(f Fence) []byte {
+	e := msgpack.GetEncoder()
+	defer msgpack.PutEncoder(e)
+	var buf bytes.Buffer
+	e.Reset(&buf)
+	n := 2
+	if f.Token != "" {
+		n = 3
 	}
-	return b
+	err := e.EncodeArrayLen(n)
+	if err == nil {
+		err = e.EncodeUint(f.Generation)
+	}
+	if err == nil {
+		err = e.EncodeString(f.Reason)
+	}
+	if err == nil && n == 3 {
+		err = e.EncodeString(f.Token)
+	}
+	if err != nil {
+		panic(err) // a uint64 and strings always encode into memory
+	}
+	return buf.Bytes()
 }
 
-// DecodeFence parses a "$fence" payload.
-func DecodeFence(b []byte) (generation uint64, reason string, err error) {
-	var f fence
-	rd := bytes.NewReader(b)
-	if err := msgpack.NewDecoder(rd).Decode(&f); err != nil {
-		return 0, "", invalidf("fence: %v", err)
+// DecodeFence parses a "$fence" payload strictly.
+func DecodeFence(b []byte) (Fence, error) {
+	var f Fence
+	rd := bytes.NewReader(b) // a ByteScanner: the decoder reads no further than it needs
+	d := msgpack.NewDecoder(rd)
+	n, err := arrayLen(d, "fence", 2, 3)
+	if err == nil {
+		f.Generation, err = d.DecodeUint64()
+	}
+	if err == nil {
+		f.Reason, err = d.DecodeString()
+	}
+	if err == nil && n == 3 {
+		f.Token, err = d.DecodeString()
+	}
+	if err != nil {
+		return Fence{}, invalidf("fence: %v", err)
 	}
 	if rd.Len() != 0 || f.Generation == 0 {
-		return 0, "", invalidf("fence: malformed payload")
+		return Fence{}, invalidf("fence: malformed payload")
 	}
-	return f.Generation, f.Reason, nil
+	return f, nil
 }
 
 // generation is a stream's run generation as this entry sees it.
@@ -179,6 +221,17 @@ func (e *entry) generation(st *State, stream string) uint64 {
 		return r.Generation
 	}
 	return 0
+}
+
+// fenceToken is the token of a stream's newest fence as this entry sees it.
+func (e *entry) fenceToken(st *State, stream string) string {
+	if t, ok := e.tokens[stream]; ok {
+		return t
+	}
+	if r := st.Runs[stream]; r != nil {
+		return r.FenceToken
+	}
+	return ""
 }
 
 // checkRun applies the run rules to op: fences, run snapshots and the
@@ -193,15 +246,21 @@ func checkRun(st *State, e *entry, op *AppendOp) error {
 	ev := &op.Events[0]
 	switch {
 	case ev.Type == FenceType:
-		gen, _, err := DecodeFence(ev.Payload)
+		f, err := DecodeFence(ev.Payload)
 		if err != nil {
 			return err
 		}
-		cur := e.generation(st, ev.Stream)
-		if gen != cur+1 || op.Generation != gen {
+		cur, token := e.generation(st, ev.Stream), e.fenceToken(st, ev.Stream)
+		if f.Token != "" && f.Token == token {
+			return &FencedError{Run: ev.Stream, Have: op.Generation, Current: cur, Fencing: true, Retry: true}
+		}
+		if f.Generation != cur+1 || op.Generation != f.Generation {
 			return &FencedError{Run: ev.Stream, Have: op.Generation, Current: cur, Fencing: true}
 		}
-		e.gens[ev.Stream] = gen
+		if e.gens == nil {
+			e.gens, e.tokens = map[string]uint64{}, map[string]string{}
+		}
+		e.gens[ev.Stream], e.tokens[ev.Stream] = f.Generation, f.Token
 		return nil
 	case ev.Type == SnapshotType || ev.Stream == SnapshotStream:
 		if ev.Type != SnapshotType || ev.Stream != SnapshotStream {
@@ -221,6 +280,9 @@ func checkRun(st *State, e *entry, op *AppendOp) error {
 		}
 		if s.Covers >= st.NextOffset || (ok && s.Covers <= last) {
 			return invalidf("run snapshot of %q covers offset %d: not after the previous one and before the log's end", s.Run, s.Covers)
+		}
+		if e.snapCovers == nil {
+			e.snapCovers = map[string]uint64{}
 		}
 		e.snapCovers[s.Run] = s.Covers
 		return nil
@@ -251,7 +313,7 @@ func checkRun(st *State, e *entry, op *AppendOp) error {
 func (s *State) applyRunRecord(stream, typ string, payload []byte, offset uint64, ts int64) {
 	switch typ {
 	case FenceType:
-		gen, _, err := DecodeFence(payload)
+		f, err := DecodeFence(payload)
 		if err != nil {
 			return
 		}
@@ -260,7 +322,7 @@ func (s *State) applyRunRecord(stream, typ string, payload []byte, offset uint64
 			r = &RunInfo{}
 			s.Runs[stream] = r
 		}
-		r.Generation, r.FenceOffset, r.FenceTime = gen, offset, ts
+		r.Generation, r.FenceOffset, r.FenceTime, r.FenceToken = f.Generation, offset, ts, f.Token
 	case SnapshotType:
 		if stream != SnapshotStream {
 			return
@@ -368,6 +430,7 @@ type FencedError struct {
 	Have    uint64 // the generation the op carried
 	Current uint64 // the run's generation
 	Fencing bool   // the op was itself a fence that lost a race
+	Retry   bool   // ... or a retry of the newest fence (same token): it is at Current
 	NotARun bool   // the op carried a generation for a stream that is not a run
 }
 

@@ -9,7 +9,11 @@ import (
 )
 
 func fenceOp(run string, gen uint64) AppendOp {
-	o := AppendOp{Events: []Event{{Stream: run, Type: FenceType, Payload: EncodeFence(gen, "attempt")}}, Generation: gen}
+	return tokenFenceOp(run, gen, "")
+}
+
+func tokenFenceOp(run string, gen uint64, token string) AppendOp {
+	o := AppendOp{Events: []Event{{Stream: run, Type: FenceType, Payload: EncodeFence(Fence{Generation: gen, Reason: "attempt", Token: token})}}, Generation: gen}
 	o.EventSum, o.HasEventSum = SumEvents(o.Events), true
 	return o
 }
@@ -78,6 +82,26 @@ func TestRunFencing(t *testing.T) {
 	}
 }
 
+// A fence with the token of the run's newest fence is a retry of it:
+// refused (Retry) without a new generation, also within one entry.
+func TestFenceTokenMakesStartRunIdempotent(t *testing.T) {
+	p := openProc(t, t.TempDir())
+	rs := mustApply(t, p, 1, appendEntry(t, 1, tokenFenceOp("r", 1, "a"), tokenFenceOp("r", 2, "a"))).Appends
+	var fe *FencedError
+	if rs[0].Err != nil || !errors.As(rs[1].Err, &fe) || !fe.Retry || fe.Current != 1 {
+		t.Fatalf("retry in the same entry: %v, %v", rs[0].Err, rs[1].Err)
+	}
+	if err := mustApply(t, p, 2, appendEntry(t, 1, tokenFenceOp("r", 2, "a"))).Appends[0].Err; !errors.As(err, &fe) || !fe.Retry {
+		t.Fatalf("retry in a later entry: %v", err)
+	}
+	if r := mustApply(t, p, 3, appendEntry(t, 1, tokenFenceOp("r", 2, "b"))).Appends[0]; r.Err != nil {
+		t.Fatalf("another call: %v", r.Err)
+	}
+	if run, _ := p.Run("r"); run.Generation != 2 || run.FenceToken != "b" || run.Stream.Version != 2 {
+		t.Fatalf("run %+v", run)
+	}
+}
+
 // A producer's retry of an append committed before the fence is still
 // answered as a duplicate (it did commit); new appends are fenced.
 func TestFencedProducerRetryIsDuplicate(t *testing.T) {
@@ -102,7 +126,8 @@ func TestRunSnapshotIndex(t *testing.T) {
 	mustApply(t, p, 1, appendEntry(t, 10, fenceOp("r", 1)))
 	idx := uint64(2)
 	var covers []uint64
-	for i := range RunSnapshotMax + 40 {
+	const taken = 5*RunSnapshotMax + 40
+	for i := range taken {
 		res := mustApply(t, p, idx, appendEntry(t, int64(100+i), genOp("r", 1, 3))).Appends[0]
 		idx++
 		s := &RunSnapshot{Run: "r", FoldVersion: 1, Generation: 1, Covers: res.LastOffset, Step: uint64(10 * (i + 1)), Time: res.Timestamp, Events: uint64(3 * (i + 1))}
@@ -113,8 +138,23 @@ func TestRunSnapshotIndex(t *testing.T) {
 		covers = append(covers, res.LastOffset)
 	}
 	run, _ := p.Run("r")
-	if len(run.Snapshots) > RunSnapshotMax || run.Taken != RunSnapshotMax+40 {
-		t.Fatalf("index holds %d snapshots, taken %d", len(run.Snapshots), run.Taken)
+	if len(run.Snapshots) > RunSnapshotMax || run.Taken != taken || run.Spacing < 4 {
+		t.Fatalf("index holds %d snapshots, taken %d, spacing %d", len(run.Snapshots), run.Taken, run.Spacing)
+	}
+	// Older snapshots are evenly spread over the whole run: one per
+	// Spacing, from the first multiple on, so time travel to any point
+	// folds at most Spacing intervals.
+	old := run.Snapshots[:len(run.Snapshots)-RunSnapshotKeep]
+	if old[0].Seq != run.Spacing {
+		t.Fatalf("oldest kept snapshot #%d, spacing %d", old[0].Seq, run.Spacing)
+	}
+	for i := 1; i < len(old); i++ {
+		if old[i].Seq-old[i-1].Seq != run.Spacing {
+			t.Fatalf("kept snapshots #%d and #%d: not %d apart", old[i-1].Seq, old[i].Seq, run.Spacing)
+		}
+	}
+	if gap := run.Snapshots[len(old)].Seq - old[len(old)-1].Seq; gap > run.Spacing {
+		t.Fatalf("gap of %d between the older and the newest snapshots", gap)
 	}
 	newest := run.Snapshots[len(run.Snapshots)-RunSnapshotKeep:]
 	for i, s := range newest {
@@ -232,11 +272,13 @@ func TestRunsSurviveRestartAndSnapshot(t *testing.T) {
 }
 
 func TestFenceAndSnapshotPayloadsAreStrict(t *testing.T) {
-	if g, r, err := DecodeFence(EncodeFence(7, "job 7")); err != nil || g != 7 || r != "job 7" {
-		t.Fatalf("fence round trip: %d %q %v", g, r, err)
+	for _, f := range []Fence{{Generation: 7, Reason: "job 7"}, {Generation: 8, Token: "t"}} {
+		if got, err := DecodeFence(EncodeFence(f)); err != nil || got != f {
+			t.Fatalf("fence round trip: %+v %v", got, err)
+		}
 	}
-	for _, b := range [][]byte{nil, {0x92, 0x00, 0xa0}, append(EncodeFence(1, ""), 0)} {
-		if _, _, err := DecodeFence(b); err == nil {
+	for _, b := range [][]byte{nil, {0x92, 0x00, 0xa0}, append(EncodeFence(Fence{Generation: 1}), 0), {0x94, 1, 0xa0, 0xa0, 0xa0}} {
+		if _, err := DecodeFence(b); err == nil {
 			t.Fatalf("fence %x decoded", b)
 		}
 	}

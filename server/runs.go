@@ -34,8 +34,11 @@ func (s *runsService) StartRun(ctx context.Context, req *pb.StartRunRequest) (*p
 	if err := printable("reason", req.Reason); err != nil {
 		return nil, err
 	}
-	if len(req.Reason) > 1024 {
-		return nil, invalidArg("reason of %d bytes exceeds 1024", len(req.Reason))
+	if len(req.Reason) > 1024 || len(req.Token) > 128 {
+		return nil, invalidArg("reason of %d bytes or token of %d exceeds 1024 or 128", len(req.Reason), len(req.Token))
+	}
+	if err := printable("token", req.Token); err != nil {
+		return nil, err
 	}
 	n := s.n
 	if n.raft.State() != raft.Leader {
@@ -61,18 +64,26 @@ func (s *runsService) StartRun(ctx context.Context, req *pb.StartRunRequest) (*p
 		if r, ok := n.proc.Run(req.Run); ok {
 			cur = r.Generation
 		}
+		if r, ok := n.proc.Run(req.Run); ok && req.Token != "" && r.FenceToken == req.Token {
+			// A retry of a StartRun that committed: its answer again.
+			return &pb.StartRunResponse{Generation: r.Generation, Offset: r.FenceOffset}, nil
+		}
 		if req.ExpectGeneration != 0 && req.ExpectGeneration != cur {
 			return nil, toStatus(&fsm.FencedError{Run: req.Run, Have: req.ExpectGeneration, Current: cur, Fencing: true})
 		}
 		gen := cur + 1
-		op := fsm.AppendOp{Events: []fsm.Event{{Stream: req.Run, Type: fsm.FenceType, Payload: fsm.EncodeFence(gen, req.Reason)}}, Generation: gen}
+		op := fsm.AppendOp{Events: []fsm.Event{{Stream: req.Run, Type: fsm.FenceType,
+			Payload: fsm.EncodeFence(fsm.Fence{Generation: gen, Reason: req.Reason, Token: req.Token})}}, Generation: gen}
 		op.EventSum, op.HasEventSum = fsm.SumEvents(op.Events), true
 		res, err := n.prop.propose(ctx, op, len(req.Run)+len(req.Reason)+32)
 		if err == nil {
 			err = res.Err
 		}
 		var fe *fsm.FencedError
-		if errors.As(err, &fe) && fe.Fencing && req.ExpectGeneration == 0 && attempt+1 < startRunAttempts {
+		// A lost race is tried again with the newer generation; a retry of
+		// a fence that committed meanwhile (same token) is answered from
+		// the run's state at the top of the loop.
+		if errors.As(err, &fe) && fe.Fencing && (fe.Retry || req.ExpectGeneration == 0) && attempt+1 < startRunAttempts {
 			continue
 		}
 		if err != nil {

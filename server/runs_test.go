@@ -47,12 +47,14 @@ func appendTyped(t *testing.T, ctx context.Context, p *client.Producer, run stri
 // The fence and snapshot payloads the FSM writes are the ones
 // client/train reads: one format, two packages.
 func TestFencePayloadIsTrainsFormat(t *testing.T) {
-	g, r, err := train.DecodeFence(fsm.EncodeFence(9, "attempt 9"))
-	if err != nil || g != 9 || r != "attempt 9" {
-		t.Fatalf("train reads the fsm's fence as %d %q %v", g, r, err)
+	for _, tok := range []string{"", "tok-1"} {
+		g, r, err := train.DecodeFence(fsm.EncodeFence(fsm.Fence{Generation: 9, Reason: "attempt 9", Token: tok}))
+		if err != nil || g != 9 || r != "attempt 9" {
+			t.Fatalf("train reads the fsm's fence (token %q) as %d %q %v", tok, g, r, err)
+		}
 	}
-	if g, r, err := fsm.DecodeFence(train.EncodeFence(3, "x")); err != nil || g != 3 || r != "x" {
-		t.Fatalf("fsm reads train's fence as %d %q %v", g, r, err)
+	if f, err := fsm.DecodeFence(train.EncodeFence(3, "x")); err != nil || f.Generation != 3 || f.Reason != "x" {
+		t.Fatalf("fsm reads train's fence as %+v %v", f, err)
 	}
 	if train.FenceType != fsm.FenceType {
 		t.Fatalf("fence type %q vs %q", train.FenceType, fsm.FenceType)

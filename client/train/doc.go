@@ -68,11 +68,16 @@
 //
 // The system event FenceType ("$fence") is written by the server when a
 // job attempt starts. Its payload (EncodeFence, DecodeFence) is a msgpack
-// array [generation, reason], with no schema version:
+// array [generation, reason] or [generation, reason, token], with no
+// schema version:
 //
 //	0x92 | generation (msgpack unsigned integer, shortest form) | reason (msgpack str)
+//	0x93 | generation | reason | token (msgpack str)
 //
-// EncodeFence(2, "node 3 failed") is 92 02 ad 6e6f64652033206661696c6564.//
+// The token is the StartRun call's idempotency key (the server writes the
+// 3-element form when the client sent one); the fold ignores it.
+// EncodeFence(2, "node 3 failed") is 92 02 ad 6e6f64652033206661696c6564.
+//
 // # The fold
 //
 // A State is a run folded from its events in log order by State.Apply, a

@@ -73,6 +73,10 @@ func readUint(b []byte) (v uint64, n int, ok bool) {
 	return u, 1 + width, true
 }
 
+// fenceTokenArray starts the 3-element fence, which carries StartRun's
+// idempotency token.
+const fenceTokenArray = 0x93
+
 // EncodeFence returns the payload of a FenceType event: a msgpack array
 // [generation, reason] (frozen; see the package doc).
 func EncodeFence(generation uint64, reason string) []byte {
@@ -88,8 +92,8 @@ func EncodeFence(generation uint64, reason string) []byte {
 
 // DecodeFence decodes a FenceType payload strictly (ErrMalformed).
 func DecodeFence(p []byte) (generation uint64, reason string, err error) {
-	if len(p) == 0 || p[0] != envelopeArray {
-		return 0, "", fmt.Errorf("%w: fence is not a msgpack array of 2", ErrMalformed)
+	if len(p) == 0 || p[0] != envelopeArray && p[0] != fenceTokenArray {
+		return 0, "", fmt.Errorf("%w: fence is not a msgpack array of 2 or 3", ErrMalformed)
 	}
 	generation, n, ok := readUint(p[1:])
 	if !ok {
@@ -103,6 +107,9 @@ func DecodeFence(p []byte) (generation uint64, reason string, err error) {
 	d := msgpack.GetDecoder()
 	d.Reset(r)
 	reason, err = d.DecodeString()
+	if err == nil && p[0] == fenceTokenArray {
+		_, err = d.DecodeString() // the idempotency token
+	}
 	msgpack.PutDecoder(d)
 	if err == nil && r.Len() != 0 {
 		err = errTrailing

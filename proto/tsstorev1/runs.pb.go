@@ -29,8 +29,12 @@ type StartRunRequest struct {
 	// If not 0, the fence succeeds only if the run is at this generation
 	// (compare-and-fence); FailedPrecondition/FENCED otherwise.
 	ExpectGeneration uint64 `protobuf:"varint,3,opt,name=expect_generation,json=expectGeneration,proto3" json:"expect_generation,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Idempotency key of this call, the same on every retry of it (the
+	// SDK picks a random one): a StartRun whose token is the run's newest
+	// fence's returns that fence's generation instead of fencing again.
+	Token         string `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartRunRequest) Reset() {
@@ -82,6 +86,13 @@ func (x *StartRunRequest) GetExpectGeneration() uint64 {
 		return x.ExpectGeneration
 	}
 	return 0
+}
+
+func (x *StartRunRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
 }
 
 type StartRunResponse struct {
@@ -734,11 +745,12 @@ var File_tsstore_v1_runs_proto protoreflect.FileDescriptor
 const file_tsstore_v1_runs_proto_rawDesc = "" +
 	"\n" +
 	"\x15tsstore/v1/runs.proto\x12\n" +
-	"tsstore.v1\x1a\x18tsstore/v1/tsstore.proto\"h\n" +
+	"tsstore.v1\x1a\x18tsstore/v1/tsstore.proto\"~\n" +
 	"\x0fStartRunRequest\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12+\n" +
-	"\x11expect_generation\x18\x03 \x01(\x04R\x10expectGeneration\"J\n" +
+	"\x11expect_generation\x18\x03 \x01(\x04R\x10expectGeneration\x12\x14\n" +
+	"\x05token\x18\x04 \x01(\tR\x05token\"J\n" +
 	"\x10StartRunResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
