@@ -99,6 +99,9 @@ func (n *Node) diskProblem() string {
 type votersDisk struct {
 	mu      sync.Mutex
 	problem string // "" while a majority can persist
+	// peers is every other server's last reported problem, by Raft
+	// address, "" or absent when it can persist (snapguard.go).
+	peers map[raft.ServerAddress]string
 }
 
 // appendDiskProblem says why the leader refuses appends, or "": its own
@@ -124,12 +127,13 @@ func (n *Node) watchVotersDisk() {
 			return
 		}
 		problem := ""
+		var peers map[raft.ServerAddress]string
 		if n.raft.State() == raft.Leader {
-			problem = n.votersDiskProblem()
+			problem, peers = n.probeDisks()
 		}
 		n.voters.mu.Lock()
 		changed := problem != n.voters.problem
-		n.voters.problem = problem
+		n.voters.problem, n.voters.peers = problem, peers
 		n.voters.mu.Unlock()
 		if changed && problem != "" {
 			n.logger.Error("a majority of voters cannot persist: appends refused", "reason", problem)
@@ -141,31 +145,37 @@ func (n *Node) watchVotersDisk() {
 
 const voterDiskEvery = 2 * time.Second
 
-func (n *Node) votersDiskProblem() string {
+// probeDisks asks every server of the configuration for its disk state.
+// It returns why appends must be refused ("" while a majority of voters
+// can persist) and each server's problem by Raft address.
+func (n *Node) probeDisks() (string, map[raft.ServerAddress]string) {
 	servers, _, err := n.configuration()
 	if err != nil {
-		return ""
-	}
-	var voters []raft.Server
-	for _, s := range servers {
-		if s.Suffrage == raft.Voter {
-			voters = append(voters, s)
-		}
+		return "", nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
+	probes := n.probeAll(ctx, servers)
+	peers := make(map[raft.ServerAddress]string, len(servers))
 	var bad []string
-	for id, p := range n.probeAll(ctx, voters) {
-		if id == raft.ServerID(n.cfg.NodeID) {
+	voters := 0
+	for _, s := range servers {
+		p := probes[s.ID]
+		if s.ID == raft.ServerID(n.cfg.NodeID) {
 			p.diskProblem = n.diskProblem()
 		}
+		peers[s.Address] = p.diskProblem
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
 		if p.diskProblem != "" {
-			bad = append(bad, fmt.Sprintf("%s: %s", id, p.diskProblem))
+			bad = append(bad, fmt.Sprintf("%s: %s", s.ID, p.diskProblem))
 		}
 	}
-	if len(bad) <= len(voters)/2 {
-		return ""
+	if len(bad) <= voters/2 {
+		return "", peers
 	}
 	slices.Sort(bad)
-	return fmt.Sprintf("%d of %d voters cannot persist (%s)", len(bad), len(voters), strings.Join(bad, "; "))
+	return fmt.Sprintf("%d of %d voters cannot persist (%s)", len(bad), voters, strings.Join(bad, "; ")), peers
 }

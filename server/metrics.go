@@ -66,6 +66,8 @@ type nodeMetrics struct {
 	persistErrors   prometheus.Counter
 
 	// Training runs (runsnap.go).
+	snapshotSendsDeferred prometheus.Counter
+
 	runSnapshots      prometheus.Counter
 	runSnapshotsStuck prometheus.Counter
 
@@ -141,6 +143,8 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 		"Duration of successful FSM snapshot Persist calls (header, segment hard links, sink close with fsync), in seconds.", persistBuckets)
 	m.persistErrors = f.counter("tsstore_fsm_snapshot_persist_errors_total",
 		"FSM snapshot Persist calls that failed.")
+	m.snapshotSendsDeferred = f.counter("tsstore_raft_snapshot_sends_deferred_total",
+		"InstallSnapshot sends this leader skipped because the target reported it cannot persist (disk below min-free-bytes, Raft log writes failing); raft retries them with backoff.")
 	m.runSnapshots = f.counter("tsstore_run_snapshots_total",
 		"Training-run state snapshots this node proposed as leader and saw committed.")
 	m.runSnapshotsStuck = f.counter("tsstore_run_snapshots_stuck_total",

@@ -312,7 +312,7 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return err
 	}
-	n.raft, err = raft.NewRaft(rc, timedFSM{FSM: &fsm.FSM{P: n.proc}, m: n.metrics}, n.logs, n.stable, n.snaps, n.trans)
+	n.raft, err = raft.NewRaft(rc, timedFSM{FSM: &fsm.FSM{P: n.proc}, m: n.metrics}, n.logs, n.stable, snapStoreGuard{SnapshotStore: n.snaps, n: n}, snapGuard{NetworkTransport: n.trans, n: n})
 	if err != nil {
 		return fmt.Errorf("starting raft: %w", err)
 	}

@@ -1,0 +1,71 @@
+package server
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/tsstore/tsstore/fsm"
+)
+
+// Snapshot sends to a node that cannot persist back off.
+//
+// A follower whose disk is full cannot install a snapshot: it reads the
+// whole stream, fails to write it and answers failure, and raft's
+// replication sends the whole snapshot again after a backoff of at most
+// about ten seconds, for ever: hundreds of megabytes a time over the
+// network and from the leader's disk. snapGuard is the leader's Raft
+// transport: while the last disk probe of the target (watchVotersDisk,
+// every voterDiskEvery, every server of the configuration) says it cannot
+// persist, InstallSnapshot fails at once without sending anything. Raft
+// counts the failure and retries with its growing backoff, each retry
+// now free; once the target reports free space again the next retry
+// sends the snapshot, with no restart anywhere. AppendEntries are not
+// held back: they are small, and a node that can write again should
+// catch up at once.
+type snapGuard struct {
+	*raft.NetworkTransport
+	n *Node
+}
+
+// InstallSnapshot implements raft.Transport.
+func (g snapGuard) InstallSnapshot(id raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest,
+	resp *raft.InstallSnapshotResponse, data io.Reader) error {
+	if p := g.n.peerDiskProblem(target); p != "" {
+		g.n.metrics.snapshotSendsDeferred.Inc()
+		return fmt.Errorf("not sending the snapshot at index %d (%d bytes) to %s: it reports it cannot persist (%s); raft retries with backoff",
+			args.LastLogIndex, args.Size, id, p)
+	}
+	return g.NetworkTransport.InstallSnapshot(id, target, args, resp, data)
+}
+
+// peerDiskProblem is the last disk problem the server at addr reported
+// to this node as leader ("" if none or unknown).
+func (n *Node) peerDiskProblem(addr raft.ServerAddress) string {
+	n.voters.mu.Lock()
+	defer n.voters.mu.Unlock()
+	return n.voters.peers[addr]
+}
+
+// snapStoreGuard is the node's snapshot store as raft sees it: a node
+// that cannot persist refuses to install a snapshot from the leader at
+// once (Create fails before a byte is written), rather than filling its
+// disk with it. A snapshot at or below the FSM's applied index is one this
+// node takes itself: cheap (segments are hard links) and what lets raft
+// truncate its log, so it is never refused.
+type snapStoreGuard struct {
+	*fsm.SnapshotStore
+	n *Node
+}
+
+// Create implements raft.SnapshotStore.
+func (g snapStoreGuard) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
+	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
+	if index > g.n.proc.AppliedIndex() {
+		if p := g.n.diskProblem(); p != "" {
+			return nil, fmt.Errorf("refusing to install the snapshot at index %d: this node cannot persist (%s)", index, p)
+		}
+	}
+	return g.SnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
+}

@@ -1,0 +1,71 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+)
+
+// A follower that cannot persist is not sent snapshots: the leader skips
+// InstallSnapshot while the follower reports a full disk (counted), so
+// nothing is streamed in a loop, and once the follower has space again it
+// gets the snapshot and catches up, with no restart.
+func TestSnapshotSendsToAFullNodeBackOff(t *testing.T) {
+	const plenty, none = 100 << 30, 1 << 20
+	free := map[string]*atomic.Int64{}
+	for i := range 3 {
+		free[fmt.Sprintf("n%d", i+1)] = new(atomic.Int64)
+		free[fmt.Sprintf("n%d", i+1)].Store(plenty)
+	}
+	tc := newTestCluster(t, 3, func(c *Config) {
+		id := c.NodeID
+		c.MinFreeBytes, c.DiskResumeBytes = 1<<30, 1<<20
+		c.freeSpace = func(string) (int64, error) { return free[id].Load(), nil }
+		c.TrailingLogs = 8
+	})
+	l := tc.leader()
+	fi := 0
+	for i, n := range tc.nodes {
+		if n != l {
+			fi = i
+			break
+		}
+	}
+	f := restartNode(t, tc, fi, func() {
+		l = tc.leader()
+		c := dial(t, l)
+		for i := range 200 {
+			if _, err := c.Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("s", fmt.Sprint(i))}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := dialCluster(t, l).Snapshot(ctxT(t), &pb.SnapshotRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		free[tc.cfgs[fi].NodeID].Store(none) // it comes back on a full disk
+	})
+	l = tc.leader()
+	if f.diskProblem() == "" {
+		t.Fatal("the restarted follower does not report its full disk")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for counterValue(t, l.metrics.snapshotSendsDeferred) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the leader never deferred a snapshot send to the full follower")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if f.proc.AppliedIndex() >= l.proc.AppliedIndex() {
+		t.Fatalf("the full follower applied %d of %d without a snapshot", f.proc.AppliedIndex(), l.proc.AppliedIndex())
+	}
+	free[tc.cfgs[fi].NodeID].Store(plenty)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	if err := f.proc.WaitApplied(ctx, l.proc.AppliedIndex()); err != nil {
+		t.Fatalf("the follower did not catch up once it had space: applied %d of %d: %v", f.proc.AppliedIndex(), l.proc.AppliedIndex(), err)
+	}
+}
