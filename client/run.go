@@ -166,7 +166,8 @@ func (c *Client) RunState(ctx context.Context, run string, target train.Target, 
 	st := train.NewState(run)
 	from := uint64(0)
 	if ok {
-		st, info.Snapshot, from = snap.State, snap, snap.Covers+1
+		// Fold a copy: info.Snapshot keeps describing the snapshot.
+		st, info.Snapshot, from = snap.State.Clone(), snap, snap.Covers+1
 	}
 	if err := c.foldRun(ctx, st, from, target, &info, opts); err != nil {
 		return nil, info, err

@@ -256,4 +256,7 @@ func registerBuiltins(r *Registry) {
 			panic(err) // a bug in this file, caught by every test
 		}
 	}
+	withFast(r, "BatchCompleted", fastBatchCompleted)
+	withFast(r, "GradientSync", fastGradientSync)
+	withFast(r, "WeightUpdateApplied", fastWeightUpdateApplied)
 }
