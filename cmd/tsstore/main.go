@@ -9,6 +9,7 @@
 //	tsstore leader  hand leadership to another voter
 //	tsstore streams list streams
 //	tsstore tail    follow events as they commit
+//	tsstore run     start, show, time-travel and verify one training run
 //	tsstore snapshot, backup, restore, verify, dump: data operations
 package main
 
@@ -37,6 +38,8 @@ var commands = map[string]command{
 	"status":  {"show a node's view of the cluster", runStatus},
 	"streams": {"list streams with their versions", runStreams},
 	"tail":    {"follow events live as they commit", runTail},
+	// Training runs (run.go).
+	"run": {"start, show, time-travel and list checkpoints of a training run", runRun},
 	// Data operations (backup.go, restore.go, snapshot.go, verify.go, dump.go).
 	"snapshot": {"force a Raft snapshot on a node", runSnapshot},
 	"backup":   {"write a consistent backup of the store to a file", runBackup},
