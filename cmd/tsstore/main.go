@@ -9,6 +9,7 @@
 //	tsstore leader  hand leadership to another voter
 //	tsstore streams list streams
 //	tsstore tail    follow events as they commit
+//	tsstore runs    list training runs
 //	tsstore run     start, show, time-travel and verify one training run
 //	tsstore snapshot, backup, restore, verify, dump: data operations
 package main
@@ -38,8 +39,9 @@ var commands = map[string]command{
 	"status":  {"show a node's view of the cluster", runStatus},
 	"streams": {"list streams with their versions", runStreams},
 	"tail":    {"follow events live as they commit", runTail},
-	// Training runs (run.go).
-	"run": {"start, show, time-travel and list checkpoints of a training run", runRun},
+	// Training runs (runs.go, run.go).
+	"runs": {"list training runs with a summary of their state", runRuns},
+	"run":  {"start, show, time-travel and list checkpoints of a training run", runRun},
 	// Data operations (backup.go, restore.go, snapshot.go, verify.go, dump.go).
 	"snapshot": {"force a Raft snapshot on a node", runSnapshot},
 	"backup":   {"write a consistent backup of the store to a file", runBackup},
