@@ -13,13 +13,14 @@ import (
 
 // `tsstore run`: one training run (client/run.go). start fences it to a
 // new generation, show/state/checkpoints fold it (newest snapshot plus
-// the tail).
+// the tail), verify (run_verify.go) folds it from zero on every node.
 
 const runUsage = `run start RUN [--reason R]   start (or restart) a job attempt: fence the run to a new generation
        tsstore run show RUN                the run's index entry, its current state and where to resume
        tsstore run state RUN --at-step N | --at-offset O | --at-time T | --before-nan N
                                            the run's state at a point, with its hash
        tsstore run checkpoints RUN         the last complete checkpoint and the pending ones, with their files
+       tsstore run verify RUN              fold the run from zero on every node and check its snapshots (exit 1 on a difference)
 All take --addr, --timeout and --json.`
 
 var runSubcommands = map[string]func(args []string, stdout, stderr io.Writer) error{
@@ -27,6 +28,7 @@ var runSubcommands = map[string]func(args []string, stdout, stderr io.Writer) er
 	"show":        runRunShow,
 	"state":       runRunState,
 	"checkpoints": runRunCheckpoints,
+	"verify":      runRunVerify,
 }
 
 func runRun(args []string, stdout, stderr io.Writer) error {
@@ -36,7 +38,7 @@ func runRun(args []string, stdout, stderr io.Writer) error {
 	}
 	if len(args) == 0 || runSubcommands[args[0]] == nil {
 		fmt.Fprintf(stderr, "usage: tsstore %s\n", runUsage)
-		return fmt.Errorf("%w: want run start|show|state|checkpoints RUN", errUsage)
+		return fmt.Errorf("%w: want run start|show|state|checkpoints|verify RUN", errUsage)
 	}
 	return runSubcommands[args[0]](args[1:], stdout, stderr)
 }
