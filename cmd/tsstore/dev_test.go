@@ -49,7 +49,7 @@ func TestDevCommand(t *testing.T) {
 			t.Errorf("no %q in the demo's output", want)
 		}
 	}
-	if !regexp.MustCompile(`ResumeRun took [^:]+: from snapshot #\d+ \(covers offset \d+, step \d+\) \+ \d+ tail events\n`).MatchString(out) {
+	if !regexp.MustCompile(`ResumeRun took [^:]+: from snapshot #\d+ \(covers offset \d+\) \+ \d+ tail events\n`).MatchString(out) {
 		t.Errorf("the resume did not start from a snapshot")
 	}
 	resumed := regexp.MustCompile(`resumed state hash +([0-9a-f]{64}) \((\d+) events\)`).FindStringSubmatch(out)

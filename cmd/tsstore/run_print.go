@@ -208,15 +208,17 @@ type snapshotJSON struct {
 	Seq    uint64 `json:"seq"`
 	Offset uint64 `json:"offset"`
 	Covers uint64 `json:"covers"`
-	Step   uint64 `json:"step"`
 	Time   string `json:"time"`
 }
 
+// toSnapshotJSON describes the snapshot a RunState started from. Not its
+// State: RunState folds the tail into that very State, so after the call
+// it is the state returned, not the snapshot's.
 func toSnapshotJSON(s *client.RunSnapshot) *snapshotJSON {
 	if s == nil {
 		return nil
 	}
-	return &snapshotJSON{Seq: s.Seq, Offset: s.Offset, Covers: s.Covers, Step: s.State.MaxStep, Time: s.Time.UTC().Format(time.RFC3339Nano)}
+	return &snapshotJSON{Seq: s.Seq, Offset: s.Offset, Covers: s.Covers, Time: s.Time.UTC().Format(time.RFC3339Nano)}
 }
 
 func toComputedJSON(info client.RunStateInfo) computedJSON {
@@ -228,7 +230,7 @@ func toComputedJSON(info client.RunStateInfo) computedJSON {
 func describeComputed(info client.RunStateInfo) string {
 	from := "from the run's first event (no snapshot at or before the target)"
 	if s := info.Snapshot; s != nil {
-		from = fmt.Sprintf("from snapshot #%d (covers offset %d, step %d)", s.Seq, s.Covers, s.State.MaxStep)
+		from = fmt.Sprintf("from snapshot #%d (covers offset %d)", s.Seq, s.Covers)
 	}
 	return fmt.Sprintf("%s, folded %d events, took %v", from, info.Folded, info.Took.Round(10*time.Microsecond))
 }

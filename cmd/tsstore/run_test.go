@@ -225,6 +225,7 @@ func TestRunShowCommand(t *testing.T) {
 		"run bert-7: generation 1 (fenced at offset 0, ",
 		"snapshots: 6 taken, 6 indexed, newest #6 ",
 		"state now (from snapshot #6 (covers offset ",
+		"), folded 1 events, took ",
 		"  status      running, generation 1\n",
 		"  model       bert, world size 2, config cfg1, lr=0.1\n",
 		"  first NaN   loss NaN at step 50 (rank 0, offset ",
@@ -337,7 +338,8 @@ func TestRunStateCommand(t *testing.T) {
 		} `json:"state"`
 		Computed struct {
 			Snapshot *struct {
-				Seq uint64 `json:"seq"`
+				Seq    uint64 `json:"seq"`
+				Covers uint64 `json:"covers"`
 			} `json:"snapshot"`
 		} `json:"computed"`
 	}
@@ -356,6 +358,16 @@ func TestRunStateCommand(t *testing.T) {
 	if js.Target != "step 30" || js.State.MaxStep != 30 || js.State.Hash != hex.EncodeToString(at30.Hash[:]) ||
 		js.State.Loss != 1.0/30 || js.Computed.Snapshot == nil {
 		t.Fatalf("--at-step 30: %+v, want hash %x from a snapshot", js, at30.Hash)
+	}
+	// The snapshot described is the one in the index, not the state
+	// folded on from it.
+	info, err := rc.cl.RunInfo(rc.ctx, "bert-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref := info.Snapshots[js.Computed.Snapshot.Seq-1]; ref.Seq != js.Computed.Snapshot.Seq || ref.Covers != js.Computed.Snapshot.Covers ||
+		ref.Step != 30 {
+		t.Fatalf("--at-step 30 from snapshot %+v; the index has %v", js.Computed.Snapshot, ref)
 	}
 	if js := state("--before-nan", "20"); js.Target != "step 30" || js.State.Hash != hex.EncodeToString(at30.Hash[:]) {
 		t.Fatalf("--before-nan 20: %+v", js)

@@ -237,7 +237,8 @@ func (t *trainer) resume(ctx context.Context) (*client.RunResume, error) {
 	}
 	from := "the run's first event (no snapshot yet)"
 	if s := r.Info.Snapshot; s != nil {
-		from = fmt.Sprintf("snapshot #%d (covers offset %d, step %d)", s.Seq, s.Covers, s.State.MaxStep)
+		// (s.State is the resumed state: RunState folds the tail into it.)
+		from = fmt.Sprintf("snapshot #%d (covers offset %d)", s.Seq, s.Covers)
 	}
 	fmt.Fprintf(t.out, "  ResumeRun took %v: from %s + %d tail events\n", r.Info.Took.Round(10*time.Microsecond), from, r.Info.Folded)
 	if c := r.Checkpoint; c != nil {
