@@ -85,21 +85,24 @@ func runDev(args []string, stdout, stderr io.Writer) error {
 	if *exit {
 		return nil
 	}
-	addr := strings.Join(c.APIAddrs(), ",")
-	if *basePort == 7101 {
-		addr = "" // the CLI's default addresses
-	} else {
-		addr = " --addr " + addr
-	}
-	fmt.Fprintf(stdout, "\ncluster is serving; try:\n  tsstore status%[1]s\n  tsstore runs%[1]s\n  tsstore run show %[2]s%[1]s\n"+
-		"  tsstore run state %[2]s --at-step %[3]d%[1]s\n  tsstore run checkpoints %[2]s%[1]s\n  tsstore run verify %[2]s%[1]s\n"+
-		"  tsstore read --stream %[2]s --limit 20%[1]s\nCtrl-C stops all three nodes.\n", addr, tr.run, *steps)
+	printTry(stdout, tr.run, *steps, *basePort, c.APIAddrs())
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
 	for _, n := range c.Nodes {
 		n.Stop(10 * time.Second)
 	}
 	return nil
+}
+
+// printTry suggests commands to try against the demo's cluster.
+func printTry(out io.Writer, run string, steps, basePort int, addrs []string) {
+	addr := "" // the CLI's default addresses are the default base port's
+	if basePort != 7101 {
+		addr = " --addr " + strings.Join(addrs, ",")
+	}
+	fmt.Fprintf(out, "\ncluster is serving; try:\n  tsstore status%[1]s\n  tsstore runs%[1]s\n  tsstore run show %[2]s%[1]s\n"+
+		"  tsstore run state %[2]s --at-step %[3]d%[1]s\n  tsstore run checkpoints %[2]s%[1]s\n  tsstore run verify %[2]s%[1]s\n"+
+		"  tsstore read --stream %[2]s --limit 20%[1]s\nCtrl-C stops all three nodes.\n", addr, run, steps)
 }
 
 // verifyDemo folds the run on every node and checks its snapshots, as

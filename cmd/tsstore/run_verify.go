@@ -247,23 +247,41 @@ func foldOnNode(ctx context.Context, cfg client.Config, f *nodeFold, run string,
 // reference) and the snapshots with the reference fold.
 func judge(run string, target uint64, folds []nodeFold, snaps []snapCheck) verifyReport {
 	rep := verifyReport{Run: run, TargetOffset: target, Nodes: []nodeVerifyJSON{}, Snapshots: []snapVerifyJSON{}, Problems: []string{}}
-	problem := func(format string, args ...any) { rep.Problems = append(rep.Problems, fmt.Sprintf(format, args...)) }
-	type key struct {
-		hash                  [32]byte
-		events, last, skipped uint64
+	ref := rep.judgeFolds(folds)
+	for _, sc := range snaps {
+		rep.Snapshots = append(rep.Snapshots, rep.judgeSnapshot(sc, folds, ref))
 	}
-	keyOf := func(f *nodeFold) key {
-		return key{f.State.Hash, f.State.Events, f.State.LastOffset, f.State.Skipped}
-	}
+	rep.Agree = len(rep.Problems) == 0
+	return rep
+}
+
+func (rep *verifyReport) problem(format string, args ...any) {
+	rep.Problems = append(rep.Problems, fmt.Sprintf(format, args...))
+}
+
+// foldKey is what two folds of the same run must share.
+type foldKey struct {
+	hash                  [32]byte
+	events, last, skipped uint64
+}
+
+func keyOf(f *nodeFold) foldKey {
+	return foldKey{f.State.Hash, f.State.Events, f.State.LastOffset, f.State.Skipped}
+}
+
+// judgeFolds groups the folds that agree, reports every node outside the
+// largest group (or that there is no majority) and fills rep.Nodes. It
+// returns the index of a fold of the majority, or -1.
+func (rep *verifyReport) judgeFolds(folds []nodeFold) (ref int) {
 	if len(folds) == 0 {
-		problem("the cluster's status lists no node")
+		rep.problem("the cluster's status lists no node")
 	}
-	groups := map[key][]int{}
-	var order []key
+	groups := map[foldKey][]int{}
+	var order []foldKey
 	for i := range folds {
 		f := &folds[i]
 		if f.Err != nil {
-			problem("node %s (%s): %v", f.ID, f.Addr, f.Err)
+			rep.problem("node %s (%s): %v", f.ID, f.Addr, f.Err)
 			continue
 		}
 		k := keyOf(f)
@@ -272,35 +290,35 @@ func judge(run string, target uint64, folds []nodeFold, snaps []snapCheck) verif
 		}
 		groups[k] = append(groups[k], i)
 	}
-	slices.SortStableFunc(order, func(a, b key) int { return len(groups[b]) - len(groups[a]) })
-	ref := -1 // a fold of the majority
+	slices.SortStableFunc(order, func(a, b foldKey) int { return len(groups[b]) - len(groups[a]) })
+	ref = -1
 	if len(order) == 1 || len(order) > 1 && len(groups[order[0]]) > len(groups[order[1]]) {
 		ref = groups[order[0]][0]
 	}
-	ids := func(k key) string {
+	ids := func(k foldKey) string {
 		var s []string
 		for _, i := range groups[k] {
 			s = append(s, folds[i].ID)
 		}
 		return strings.Join(s, ", ")
 	}
-	desc := func(k key) string {
+	desc := func(k foldKey) string {
 		return fmt.Sprintf("hash %x, %d events, last offset %d", k.hash[:8], k.events, k.last)
 	}
 	switch {
 	case ref >= 0:
 		for _, k := range order[1:] {
-			problem("node(s) %s diverge: %s; the majority (%s) has %s", ids(k), desc(k), ids(order[0]), desc(order[0]))
+			rep.problem("node(s) %s diverge: %s; the majority (%s) has %s", ids(k), desc(k), ids(order[0]), desc(order[0]))
 		}
-		if r := folds[ref].State; r.LastOffset != target {
-			problem("the folds end at offset %d, but the run's last event is at offset %d", r.LastOffset, target)
+		if last := folds[ref].State.LastOffset; last != rep.TargetOffset {
+			rep.problem("the folds end at offset %d, but the run's last event is at offset %d", last, rep.TargetOffset)
 		}
 	case len(order) > 1:
 		var parts []string
 		for _, k := range order {
 			parts = append(parts, ids(k)+": "+desc(k))
 		}
-		problem("the nodes disagree with no majority: %s", strings.Join(parts, "; "))
+		rep.problem("the nodes disagree with no majority: %s", strings.Join(parts, "; "))
 	}
 	for i := range folds {
 		f := &folds[i]
@@ -313,37 +331,40 @@ func judge(run string, target uint64, folds []nodeFold, snaps []snapCheck) verif
 		}
 		rep.Nodes = append(rep.Nodes, j)
 	}
-	for _, sc := range snaps {
-		j := snapVerifyJSON{Seq: sc.ref.Seq, Offset: sc.ref.Offset, Covers: sc.ref.Covers, Step: sc.ref.Step}
-		switch {
-		case sc.skip != "":
-			j.Result, j.Detail = "skipped", sc.skip
-		case sc.err != nil:
-			j.Result, j.Detail = "error", sc.err.Error()
-			problem("snapshot #%d (offset %d): %v", sc.ref.Seq, sc.ref.Offset, sc.err)
-		case ref < 0:
-			j.Result, j.Detail = "skipped", "no fold to compare with: the nodes failed or disagree"
-		default:
-			j.Hash = fmt.Sprintf("%x", sc.hash)
-			p, ok := folds[ref].At[sc.ref.Covers]
-			switch {
-			case !ok:
-				j.Result, j.Detail = "differs", fmt.Sprintf("it covers offset %d, which holds no event of the run", sc.ref.Covers)
-			case p.hash != sc.hash:
-				j.Result, j.Detail = "differs", fmt.Sprintf("hash %x, the fold from zero on %s has %x", sc.hash[:8], folds[ref].ID, p.hash[:8])
-			case string(p.state) != string(sc.state):
-				j.Result, j.Detail = "differs", fmt.Sprintf("same hash as the fold from zero on %s, but another state: the server's fold and this client's disagree", folds[ref].ID)
-			default:
-				j.Result = "equal"
-			}
-			if j.Result == "differs" {
-				problem("snapshot #%d (offset %d, covers %d) differs from the fold from zero: %s", sc.ref.Seq, sc.ref.Offset, sc.ref.Covers, j.Detail)
-			}
-		}
-		rep.Snapshots = append(rep.Snapshots, j)
+	return ref
+}
+
+// judgeSnapshot compares one snapshot with the fold folds[ref] at the
+// offset it covers.
+func (rep *verifyReport) judgeSnapshot(sc snapCheck, folds []nodeFold, ref int) snapVerifyJSON {
+	j := snapVerifyJSON{Seq: sc.ref.Seq, Offset: sc.ref.Offset, Covers: sc.ref.Covers, Step: sc.ref.Step}
+	switch {
+	case sc.skip != "":
+		j.Result, j.Detail = "skipped", sc.skip
+		return j
+	case sc.err != nil:
+		j.Result, j.Detail = "error", sc.err.Error()
+		rep.problem("snapshot #%d (offset %d): %v", sc.ref.Seq, sc.ref.Offset, sc.err)
+		return j
+	case ref < 0:
+		j.Result, j.Detail = "skipped", "no fold to compare with: the nodes failed or disagree"
+		return j
 	}
-	rep.Agree = len(rep.Problems) == 0
-	return rep
+	j.Hash = fmt.Sprintf("%x", sc.hash)
+	p, ok := folds[ref].At[sc.ref.Covers]
+	switch {
+	case !ok:
+		j.Result, j.Detail = "differs", fmt.Sprintf("it covers offset %d, which holds no event of the run", sc.ref.Covers)
+	case p.hash != sc.hash:
+		j.Result, j.Detail = "differs", fmt.Sprintf("hash %x, the fold from zero on %s has %x", sc.hash[:8], folds[ref].ID, p.hash[:8])
+	case string(p.state) != string(sc.state):
+		j.Result, j.Detail = "differs", fmt.Sprintf("same hash as the fold from zero on %s, but another state: the server's fold and this client's disagree", folds[ref].ID)
+	default:
+		j.Result = "equal"
+		return j
+	}
+	rep.problem("snapshot #%d (offset %d, covers %d) differs from the fold from zero: %s", sc.ref.Seq, sc.ref.Offset, sc.ref.Covers, j.Detail)
+	return j
 }
 
 // printRunVerify prints a verify report for people.

@@ -107,55 +107,15 @@ func demoHash(what string, step int) string {
 
 func (t *trainer) train(ctx context.Context) error {
 	total := t.epochs * t.steps
-	// Rank failedRank fails in the middle of the second epoch (of the
-	// first if there is one), between two checkpoints; the survivors of
-	// attempt 1 write a few more steps before the job is restarted.
-	failStep := (min(2, t.epochs)-1)*t.steps + t.steps/2 + t.every/2
-	failStep = max(1, min(failStep, total-1))
-	stopStep := min(failStep+max(1, t.every/4), total-1)
 	fmt.Fprintf(t.out, "demo trainer: run %s, %d ranks, %d epochs x %d steps, a checkpoint every %d steps\n",
 		t.run, t.ranks, t.epochs, t.steps, t.every)
 	start := time.Now()
-
-	gen1, err := t.cl.StartRun(ctx, t.run, "job 1, attempt 1")
+	p1, live, stopStep, err := t.attempt1(ctx, total)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(t.out, "attempt 1: StartRun -> generation %d\n", gen1)
-	p1 := t.cl.NewProducer("")
-	p1.SetRunGeneration(gen1)
-	evs := []train.Event{train.TrainingStarted{Model: "bert-base", ConfigHash: demoHash("config", 1)[:12], WorldSize: t.ranks,
-		Hyperparameters: train.Params{"lr": demoLR, "batch_size": float64(32 * t.ranks)}}}
-	for r := range t.ranks {
-		evs = append(evs, train.NodeJoined{Rank: r, Host: fmt.Sprintf("gpu-%d", r)})
-	}
-	if err := t.emit(ctx, p1, evs...); err != nil {
-		return err
-	}
-	failed := -1
-	live := func(r int) bool { return r != failed }
-	for step := 1; step <= stopStep; step++ {
-		if step == failStep {
-			failed = t.failedRank()
-			if err := t.emit(ctx, p1, train.NodeFailed{Rank: failed, Host: fmt.Sprintf("gpu-%d", failed), Reason: "NCCL watchdog timeout"}); err != nil {
-				return err
-			}
-			fmt.Fprintf(t.out, "  !! step %d (epoch %d): rank %d failed (NodeFailed); its %d peers write on\n", step, (step-1)/t.steps+1, failed, t.ranks-1)
-			if t.failure != nil {
-				if err := t.failure(); err != nil {
-					return err
-				}
-			}
-		}
-		if err := t.emit(ctx, p1, t.stepEvents(step, live)...); err != nil {
-			return err
-		}
-		if step%t.steps == 0 {
-			t.progress(ctx, step)
-		}
-	}
+	failed := t.failedRank()
 	fmt.Fprintf(t.out, "attempt 1 stopped at step %d; the orchestrator restarts the job with rank %d on a new host\n\n", stopStep, failed)
-
 	gen2, err := t.cl.StartRun(ctx, t.run, fmt.Sprintf("job 1, attempt 2: rank %d failed", failed))
 	if err != nil {
 		return err
@@ -168,13 +128,72 @@ func (t *trainer) train(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := t.attempt2(ctx, gen2, int(max(r.NextStep, 1)), total); err != nil {
+		return err
+	}
+	el := time.Since(start)
+	fmt.Fprintf(t.out, "attempt 2 finished at step %d: %d events in %v (%.0f events/s, every append acknowledged after a majority fsync)\n",
+		total, t.appended, el.Round(time.Millisecond), float64(t.appended)/el.Seconds())
+	return nil
+}
 
+// attempt1 starts the run and trains until rank failedRank fails in the
+// middle of the second epoch (of the first if there is one), between two
+// checkpoints; the survivors write a few more steps (stopStep) before the
+// job is restarted. It returns the attempt's producer and its live ranks.
+func (t *trainer) attempt1(ctx context.Context, total int) (p1 *client.Producer, live func(int) bool, stopStep int, err error) {
+	failStep := (min(2, t.epochs)-1)*t.steps + t.steps/2 + t.every/2
+	failStep = max(1, min(failStep, total-1))
+	stopStep = min(failStep+max(1, t.every/4), total-1)
+	gen1, err := t.cl.StartRun(ctx, t.run, "job 1, attempt 1")
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	fmt.Fprintf(t.out, "attempt 1: StartRun -> generation %d\n", gen1)
+	p1 = t.cl.NewProducer("")
+	p1.SetRunGeneration(gen1)
+	evs := []train.Event{train.TrainingStarted{Model: "bert-base", ConfigHash: demoHash("config", 1)[:12], WorldSize: t.ranks,
+		Hyperparameters: train.Params{"lr": demoLR, "batch_size": float64(32 * t.ranks)}}}
+	for r := range t.ranks {
+		evs = append(evs, train.NodeJoined{Rank: r, Host: fmt.Sprintf("gpu-%d", r)})
+	}
+	if err := t.emit(ctx, p1, evs...); err != nil {
+		return nil, nil, 0, err
+	}
+	failed := -1
+	live = func(r int) bool { return r != failed }
+	for step := 1; step <= stopStep; step++ {
+		if step == failStep {
+			failed = t.failedRank()
+			if err := t.emit(ctx, p1, train.NodeFailed{Rank: failed, Host: fmt.Sprintf("gpu-%d", failed), Reason: "NCCL watchdog timeout"}); err != nil {
+				return nil, nil, 0, err
+			}
+			fmt.Fprintf(t.out, "  !! step %d (epoch %d): rank %d failed (NodeFailed); its %d peers write on\n", step, (step-1)/t.steps+1, failed, t.ranks-1)
+			if t.failure != nil {
+				if err := t.failure(); err != nil {
+					return nil, nil, 0, err
+				}
+			}
+		}
+		if err := t.emit(ctx, p1, t.stepEvents(step, live)...); err != nil {
+			return nil, nil, 0, err
+		}
+		if step%t.steps == 0 {
+			t.progress(ctx, step)
+		}
+	}
+	return p1, live, stopStep, nil
+}
+
+// attempt2 trains from step from to the end with generation gen, the
+// failed rank replaced by a new host.
+func (t *trainer) attempt2(ctx context.Context, gen uint64, from, total int) error {
 	p2 := t.cl.NewProducer("")
-	p2.SetRunGeneration(gen2)
-	evs = evs[:0]
+	p2.SetRunGeneration(gen)
+	var evs []train.Event
 	for rk := range t.ranks {
 		host := fmt.Sprintf("gpu-%d", rk)
-		if rk == failed {
+		if rk == t.failedRank() {
 			host = fmt.Sprintf("gpu-%d", t.ranks) // the replacement
 		}
 		evs = append(evs, train.NodeJoined{Rank: rk, Host: host})
@@ -183,7 +202,7 @@ func (t *trainer) train(ctx context.Context) error {
 		return err
 	}
 	all := func(int) bool { return true }
-	for step := int(max(r.NextStep, 1)); step <= total; step++ {
+	for step := from; step <= total; step++ {
 		if err := t.emit(ctx, p2, t.stepEvents(step, all)...); err != nil {
 			return err
 		}
@@ -191,13 +210,7 @@ func (t *trainer) train(ctx context.Context) error {
 			t.progress(ctx, step)
 		}
 	}
-	if err := t.emit(ctx, p2, train.TrainingFinished{Step: uint64(total), Reason: "done"}); err != nil {
-		return err
-	}
-	el := time.Since(start)
-	fmt.Fprintf(t.out, "attempt 2 finished at step %d: %d events in %v (%.0f events/s, every append acknowledged after a majority fsync)\n",
-		total, t.appended, el.Round(time.Millisecond), float64(t.appended)/el.Seconds())
-	return nil
+	return t.emit(ctx, p2, train.TrainingFinished{Step: uint64(total), Reason: "done"})
 }
 
 // progress prints the end of an epoch with the run's snapshot count.
