@@ -14,6 +14,7 @@ import (
 
 	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/client/train"
+	"github.com/tsstore/tsstore/internal/proccluster"
 	"github.com/tsstore/tsstore/server"
 )
 
@@ -28,27 +29,22 @@ type runCluster struct {
 
 func startRunCluster(t *testing.T) *runCluster {
 	t.Helper()
-	var peers []server.Peer
-	var cfgs []server.Config
-	for i := range 3 {
-		cfg := server.DefaultConfig()
-		cfg.NodeID, cfg.DataDir, cfg.RaftAddr, cfg.APIAddr = fmt.Sprintf("n%d", i+1), t.TempDir(), freeAddr(t), freeAddr(t)
-		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 200*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond
-		cfg.MinFreeBytes = 0
-		cfg.RunSnapshotBatches = 20
-		peers = append(peers, server.Peer{ID: cfg.NodeID, RaftAddr: cfg.RaftAddr})
-		cfgs = append(cfgs, cfg)
-	}
 	rc := &runCluster{}
-	var addrs []string
-	for _, cfg := range cfgs {
-		cfg.Bootstrap = peers
-		n, err := server.New(cfg)
-		if err != nil {
+	// Ports are free when picked, but another process may take one before
+	// a node binds it: start again on new ports then.
+	for attempt := 1; ; attempt++ {
+		nodes, err := startRunNodes(t)
+		if err == nil {
+			rc.nodes = nodes
+			break
+		}
+		if !strings.Contains(err.Error(), "address already in use") || attempt == 3 {
 			t.Fatal(err)
 		}
+	}
+	var addrs []string
+	for _, n := range rc.nodes {
 		t.Cleanup(func() { n.Close() })
-		rc.nodes = append(rc.nodes, n)
 		addrs = append(addrs, n.APIAddr())
 	}
 	rc.addr = "--addr=" + strings.Join(addrs, ",")
@@ -81,6 +77,37 @@ func startRunCluster(t *testing.T) *runCluster {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// startRunNodes starts the three nodes, or none.
+func startRunNodes(t *testing.T) ([]*server.Node, error) {
+	ports, err := proccluster.FreePorts("127.0.0.1", 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := func(i int) string { return fmt.Sprintf("127.0.0.1:%d", ports[i]) }
+	var peers []server.Peer
+	for i := range 3 {
+		peers = append(peers, server.Peer{ID: fmt.Sprintf("n%d", i+1), RaftAddr: addr(2 * i)})
+	}
+	var nodes []*server.Node
+	for i := range 3 {
+		cfg := server.DefaultConfig()
+		cfg.NodeID, cfg.DataDir, cfg.RaftAddr, cfg.APIAddr = peers[i].ID, t.TempDir(), addr(2*i), addr(2*i+1)
+		cfg.Bootstrap = peers
+		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 200*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond
+		cfg.MinFreeBytes = 0
+		cfg.RunSnapshotBatches = 20
+		n, err := server.New(cfg)
+		if err != nil {
+			for _, n := range nodes {
+				n.Close()
+			}
+			return nil, err
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes, nil
 }
 
 // tsstore runs the CLI against the cluster.
