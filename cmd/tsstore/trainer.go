@@ -33,7 +33,6 @@ type trainer struct {
 	every   int // steps between checkpoints
 	failure func() error
 
-	first    uint64
 	appended int
 }
 
@@ -52,12 +51,8 @@ func (t *trainer) emit(ctx context.Context, p *client.Producer, evs ...train.Eve
 		}
 		out = append(out, ce)
 	}
-	res, err := p.Append(ctx, out...)
-	if err != nil {
+	if _, err := p.Append(ctx, out...); err != nil {
 		return err
-	}
-	if t.appended == 0 {
-		t.first = res.FirstOffset
 	}
 	t.appended += len(evs)
 	return nil
