@@ -32,9 +32,13 @@ type securityFlags struct {
 	token                     string
 }
 
-func (c *clientFlags) register(fs *flag.FlagSet) {
+func (c *clientFlags) register(fs *flag.FlagSet) { c.registerTimeout(fs, 10*time.Second) }
+
+// registerTimeout is register with another default --timeout, for a
+// command whose work grows with the data (run verify folds whole runs).
+func (c *clientFlags) registerTimeout(fs *flag.FlagSet, timeout time.Duration) {
 	fs.StringVar(&c.addrs, "addr", "127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203", "comma-separated API addresses of any cluster nodes")
-	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "overall time limit of the command")
+	fs.DurationVar(&c.timeout, "timeout", timeout, "overall time limit of the command")
 	fs.BoolVar(&c.json, "json", false, "print JSON instead of text")
 	c.sec.register(fs)
 }
@@ -105,14 +109,20 @@ func securityHint(err error) string {
 	return ""
 }
 
-func (c *clientFlags) connect() (*client.Client, context.Context, context.CancelFunc, error) {
+// config is the client configuration the flags select.
+func (c *clientFlags) config() (client.Config, error) {
 	cfg := client.DefaultConfig()
 	for _, a := range strings.Split(c.addrs, ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			cfg.Addrs = append(cfg.Addrs, a)
 		}
 	}
-	if err := c.sec.apply(&cfg); err != nil {
+	return cfg, c.sec.apply(&cfg)
+}
+
+func (c *clientFlags) connect() (*client.Client, context.Context, context.CancelFunc, error) {
+	cfg, err := c.config()
+	if err != nil {
 		return nil, nil, nil, err
 	}
 	cl, err := client.New(cfg)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -15,15 +16,22 @@ import (
 )
 
 func runDev(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("dev", stderr, "dev [--dir DIR] [--base-port P] [--batches N] [--exit]")
+	fs := newFlagSet("dev", stderr, "dev [--dir DIR] [--base-port P] [--epochs N] [--batches N] [--ranks N] [--exit]")
 	dir := fs.String("dir", "tsstore-dev", "directory for the three nodes' data and logs")
-	basePort := fs.Int("base-port", 7101, "node i uses raft port base+i and API port base+100+i")
+	basePort := fs.Int("base-port", 7101, "node i uses raft port base+i and API port base+100+i (0: free ports)")
 	epochs := fs.Int("epochs", 3, "epochs the demo trainer runs")
-	batches := fs.Int("batches", 200, "batches per epoch")
-	failover := fs.Bool("failover", true, "kill the leader with SIGKILL after the first epoch, and restart it")
+	steps := fs.Int("batches", 200, "batches (optimizer steps) per epoch")
+	ranks := fs.Int("ranks", 8, "ranks (data-parallel workers) of the demo job")
+	every := fs.Int("checkpoint-every", 50, "steps between checkpoints")
+	snapEvery := fs.Int("run-snapshot-batches", 200, "the nodes snapshot the run every this many BatchCompleted events")
+	failover := fs.Bool("failover", true, "kill the leader with SIGKILL when a rank fails, and restart it")
 	exit := fs.Bool("exit", false, "stop the cluster after the demo instead of serving until Ctrl-C")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *epochs < 1 || *steps < 4 || *ranks < 2 || *every < 1 || *snapEvery < 1 {
+		fs.Usage()
+		return fmt.Errorf("%w: want --epochs >= 1, --batches >= 4, --ranks >= 2, --checkpoint-every >= 1 and --run-snapshot-batches >= 1", errUsage)
 	}
 	bin, err := os.Executable()
 	if err != nil {
@@ -34,7 +42,8 @@ func runDev(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	c, err := proccluster.New(proccluster.Options{Binary: bin, Dir: abs, BasePort: *basePort,
-		ExtraArgs: []string{"--log-format", "text", "--snapshot-threshold", "4096", "--snapshot-interval", "5s"}})
+		ExtraArgs: []string{"--log-format", "text", "--snapshot-threshold", "4096", "--snapshot-interval", "5s",
+			"--run-snapshot-batches", fmt.Sprint(*snapEvery)}})
 	if err != nil {
 		return err
 	}
@@ -62,31 +71,68 @@ func runDev(args []string, stdout, stderr io.Writer) error {
 	}
 	defer cl.Close()
 	tr := &trainer{cl: cl, out: stdout, run: fmt.Sprintf("run/demo-%d", time.Now().Unix()),
-		epochs: *epochs, batches: *batches}
+		ranks: *ranks, epochs: *epochs, steps: *steps, every: *every}
 	if *failover {
-		tr.afterEpoch = func(epoch int) error {
-			if epoch != 1 {
-				return nil
-			}
-			return killLeader(ctx, c, stdout)
-		}
+		tr.failure = func() error { return killLeader(ctx, c, stdout) }
 	}
 	if err := tr.train(ctx); err != nil {
 		c.TailLogs(stderr, 20)
 		return err
 	}
-	if err := tr.verifyReplicas(ctx, c); err != nil {
+	if err := verifyDemo(ctx, cl, cfg, tr.run, stdout); err != nil {
 		return err
 	}
 	if *exit {
 		return nil
 	}
-	fmt.Fprintf(stdout, "\ncluster is serving; try:\n  tsstore status\n  tsstore read --from %d --limit 20\n  tsstore append --stream %s --type Note --data hello\nCtrl-C stops all three nodes.\n", tr.first, tr.run)
+	printTry(stdout, tr.run, *steps, *basePort, c.APIAddrs())
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
 	for _, n := range c.Nodes {
 		n.Stop(10 * time.Second)
 	}
+	return nil
+}
+
+// printTry suggests commands to try against the demo's cluster.
+func printTry(out io.Writer, run string, steps, basePort int, addrs []string) {
+	addr := "" // the CLI's default addresses are the default base port's
+	if basePort != 7101 {
+		addr = " --addr " + strings.Join(addrs, ",")
+	}
+	fmt.Fprintf(out, "\ncluster is serving; try:\n  tsstore status%[1]s\n  tsstore runs%[1]s\n  tsstore run show %[2]s%[1]s\n"+
+		"  tsstore run state %[2]s --at-step %[3]d%[1]s\n  tsstore run checkpoints %[2]s%[1]s\n  tsstore run verify %[2]s%[1]s\n"+
+		"  tsstore read --stream %[2]s --limit 20%[1]s\nCtrl-C stops all three nodes.\n", addr, run, steps)
+}
+
+// verifyDemo folds the run on every node and checks its snapshots, as
+// `tsstore run verify` does.
+func verifyDemo(ctx context.Context, cl *client.Client, cfg client.Config, run string, out io.Writer) error {
+	fmt.Fprintln(out, "\nfolding the run from zero on each node (tsstore run verify):")
+	vctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	rep, err := verifyRun(vctx, cl, cfg, run)
+	if err != nil {
+		return err
+	}
+	for _, n := range rep.Nodes {
+		if n.Error != "" {
+			fmt.Fprintf(out, "  %s: %s\n", n.ID, n.Error)
+			continue
+		}
+		fmt.Fprintf(out, "  %s: %d events up to offset %d, hash %s\n", n.ID, n.Events, n.LastOffset, n.Hash)
+	}
+	equal := 0
+	for _, s := range rep.Snapshots {
+		if s.Result == "equal" {
+			equal++
+		}
+	}
+	fmt.Fprintf(out, "  %d of the run's %d indexed snapshots equal the fold from zero at the offset they cover\n", equal, len(rep.Snapshots))
+	if !rep.Agree {
+		return fmt.Errorf("run %s does not verify: %s", run, strings.Join(rep.Problems, "; "))
+	}
+	fmt.Fprintln(out, "all 3 replicas identical")
 	return nil
 }
 

@@ -9,6 +9,8 @@
 //	tsstore leader  hand leadership to another voter
 //	tsstore streams list streams
 //	tsstore tail    follow events as they commit
+//	tsstore runs    list training runs
+//	tsstore run     start, show, time-travel and verify one training run
 //	tsstore snapshot, backup, restore, verify, dump: data operations
 package main
 
@@ -37,6 +39,9 @@ var commands = map[string]command{
 	"status":  {"show a node's view of the cluster", runStatus},
 	"streams": {"list streams with their versions", runStreams},
 	"tail":    {"follow events live as they commit", runTail},
+	// Training runs (runs.go, run.go, run_verify.go).
+	"runs": {"list training runs with a summary of their state", runRuns},
+	"run":  {"start, show, time-travel, list checkpoints of and verify a training run", runRun},
 	// Data operations (backup.go, restore.go, snapshot.go, verify.go, dump.go).
 	"snapshot": {"force a Raft snapshot on a node", runSnapshot},
 	"backup":   {"write a consistent backup of the store to a file", runBackup},

@@ -81,16 +81,20 @@ func (s *selectFlags) options() ([]client.ReadOption, error) {
 	return opts, nil
 }
 
-func parseSince(v string) (time.Time, error) {
+func parseSince(v string) (time.Time, error) { return parseTimeFlag("--since", v) }
+
+// parseTimeFlag reads a time flag: an RFC 3339 time, or a duration ago
+// (15m), never negative (a time in the future selects nothing).
+func parseTimeFlag(name, v string) (time.Time, error) {
 	if d, err := time.ParseDuration(v); err == nil {
 		if d < 0 {
-			return time.Time{}, fmt.Errorf("%w: --since %q: a duration ago must not be negative (a time in the future selects nothing)", errUsage, v)
+			return time.Time{}, fmt.Errorf("%w: %s %q: a duration ago must not be negative (a time in the future selects nothing)", errUsage, name, v)
 		}
 		return time.Now().Add(-d), nil
 	}
 	t, err := time.Parse(time.RFC3339Nano, v)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("%w: --since %q: want RFC 3339 time or a duration", errUsage, v)
+		return time.Time{}, fmt.Errorf("%w: %s %q: want RFC 3339 time or a duration", errUsage, name, v)
 	}
 	return t, nil
 }
