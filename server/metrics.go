@@ -65,6 +65,10 @@ type nodeMetrics struct {
 	persistDuration prometheus.Histogram
 	persistErrors   prometheus.Counter
 
+	// repairs counts repairs of damaged sealed segments, by result
+	// (repaired, failed); repair.go.
+	repairs *prometheus.CounterVec
+
 	// The HTTP endpoint; nil when MetricsAddr is empty.
 	lis net.Listener
 	srv *http.Server
@@ -137,6 +141,15 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 		"Duration of successful FSM snapshot Persist calls (header, segment hard links, sink close with fsync), in seconds.", persistBuckets)
 	m.persistErrors = f.counter("tsstore_fsm_snapshot_persist_errors_total",
 		"FSM snapshot Persist calls that failed.")
+
+	m.repairs = f.counterVec("tsstore_segment_repairs_total",
+		"Repairs of damaged sealed segments by this node, by result: repaired (a peer's verified copy, or the local .log for a damaged index file, swapped in) or failed (no peer had a good copy, or none answered; retried).", "result")
+	for _, r := range []string{repairRepaired, repairFailed} {
+		m.repairs.WithLabelValues(r)
+	}
+	m.regr.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tsstore_segments_damaged",
+		Help: "Sealed segments this node knows to be damaged and has not repaired yet (read at scrape time)."},
+		func() float64 { return float64(n.damagedCount()) }))
 
 	m.grpc = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(latencyBuckets)))
 	m.regr.MustRegister(m.grpc, &stateCollector{n: n},

@@ -72,6 +72,9 @@ type Node struct {
 	// sendBytes is the node-wide budget of read messages in gRPC's hands
 	// (sendbudget.go).
 	sendBytes *byteBudget
+	// repairs is the queue of damaged sealed segments to repair from a
+	// peer (repair.go).
+	repairs repairQueue
 
 	fatal     chan error
 	fatalOnce sync.Once
@@ -94,6 +97,7 @@ func New(cfg Config) (*Node, error) {
 		n.logger = slog.Default()
 	}
 	n.logger = slog.New(ratelog.NewHandler(n.logger.Handler(), logFlood))
+	n.repairs.init()
 	sec, err := cfg.loadSecurity()
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -143,6 +147,7 @@ func New(cfg Config) (*Node, error) {
 	n.goFunc(n.boundRaftLog)
 	n.goFunc(n.watchDisk)
 	n.goFunc(n.watchVotersDisk)
+	n.goFunc(n.repairLoop)
 	ok = true
 	n.logger.Info("node started", "raft", cfg.RaftAddr, "api", n.APIAddr(), "data", cfg.DataDir,
 		"open_time", time.Since(n.started).Round(time.Millisecond).String())
@@ -171,6 +176,9 @@ func (n *Node) openStorage() error {
 	n.opening("opening the segment log")
 	fcfg := fsm.DefaultConfig(filepath.Join(n.cfg.DataDir, "fsm"))
 	fcfg.Segment = n.cfg.Segment
+	// A damaged sealed segment does not keep the node from starting: it
+	// serves the rest and repairs the segment from a peer (repair.go).
+	fcfg.Segment.OpenDamaged = true
 	fcfg.Logger = n.logger.With("component", "fsm")
 	fcfg.OnFail = n.setFatal
 	if n.proc, err = fsm.Open(fcfg); err != nil {
@@ -311,7 +319,7 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return err
 	}
-	n.raft, err = raft.NewRaft(rc, timedFSM{FSM: &fsm.FSM{P: n.proc}, m: n.metrics}, n.logs, n.stable, n.snaps, n.trans)
+	n.raft, err = raft.NewRaft(rc, timedFSM{FSM: &fsm.FSM{P: n.proc}, n: n}, n.logs, n.stable, verifiedSnapshots{n.snaps, n}, n.trans)
 	if err != nil {
 		return fmt.Errorf("starting raft: %w", err)
 	}

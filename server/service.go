@@ -82,6 +82,7 @@ func (n *Node) serve() error {
 	s := &service{n: n}
 	pb.RegisterEventStoreServer(n.grpc, s)
 	pb.RegisterClusterServer(n.grpc, s)
+	pb.RegisterRepairServer(n.grpc, &repairService{n: n})
 	n.registerHealth()
 	reflection.Register(n.grpc)
 	n.peers = newPeerPool(n.peerCreds())

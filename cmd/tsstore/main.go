@@ -9,7 +9,7 @@
 //	tsstore leader  hand leadership to another voter
 //	tsstore streams list streams
 //	tsstore tail    follow events as they commit
-//	tsstore snapshot, backup, restore, verify, dump: data operations
+//	tsstore snapshot, backup, restore, verify, repair, dump: data operations
 package main
 
 import (
@@ -37,11 +37,12 @@ var commands = map[string]command{
 	"status":  {"show a node's view of the cluster", runStatus},
 	"streams": {"list streams with their versions", runStreams},
 	"tail":    {"follow events live as they commit", runTail},
-	// Data operations (backup.go, restore.go, snapshot.go, verify.go, dump.go).
+	// Data operations (backup.go, restore.go, snapshot.go, verify.go, repair.go, dump.go).
 	"snapshot": {"force a Raft snapshot on a node", runSnapshot},
 	"backup":   {"write a consistent backup of the store to a file", runBackup},
 	"restore":  {"seed one node of a new cluster from a backup (offline)", runRestore},
 	"verify":   {"scrub a stopped node's data directory", runVerify},
+	"repair":   {"check a node's sealed segments and repair damaged ones from a peer", runRepair},
 	"dump":     {"print the batches of a segment file", runDump},
 }
 
