@@ -85,3 +85,19 @@ func (s *SnapshotStore) Relink(old os.FileInfo, newPath string) (int, error) {
 	}
 	return n, nil
 }
+
+// KnownNodes returns the node table (node id -> API address) as the data
+// directory dir last recorded it, in its node file or its checkpoint,
+// whichever is newer; empty if neither can be read. A node whose log
+// cannot be opened uses it to find peers to repair from before it starts.
+func KnownNodes(dir string) map[string]string {
+	nodes, nerr := readNodes(dir)
+	cp, cerr := readCheckpoint(dir)
+	switch {
+	case cerr == nil && cp.State != nil && (nerr != nil || cp.Index > nodes.Index):
+		return cp.State.Nodes
+	case nerr == nil:
+		return nodes.Nodes
+	}
+	return map[string]string{}
+}

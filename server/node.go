@@ -182,7 +182,14 @@ func (n *Node) openStorage() error {
 	fcfg.Logger = n.logger.With("component", "fsm")
 	fcfg.OnFail = n.setFatal
 	if n.proc, err = fsm.Open(fcfg); err != nil {
-		return fmt.Errorf("opening fsm: %w", err)
+		// The state may need a damaged sealed segment to roll forward:
+		// repair it from a peer first (repair_open.go), then open again.
+		if rerr := n.repairBeforeOpen(fcfg, err); rerr != nil {
+			return fmt.Errorf("opening fsm: %w", rerr)
+		}
+		if n.proc, err = fsm.Open(fcfg); err != nil {
+			return fmt.Errorf("opening fsm: %w", err)
+		}
 	}
 	if n.snaps, err = fsm.NewSnapshotStore(filepath.Join(n.cfg.DataDir, "snapshots"), n.cfg.SnapshotRetain, n.logger); err != nil {
 		return err

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tsstore/tsstore/fsm"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 	"github.com/tsstore/tsstore/segment"
 )
@@ -300,9 +301,22 @@ func (n *Node) fetchAndReplace(ctx context.Context, id, addr string, base uint64
 	if err != nil {
 		return 0, err
 	}
+	var size int64
+	err = n.proc.WithLog(func(l *segment.Log) error {
+		var err error
+		size, err = n.fetchInto(ctx, pb.NewRepairClient(conn), base, l, n.snaps)
+		return err
+	})
+	return size, err
+}
+
+// fetchInto fetches the segment at base through c and replaces the
+// damaged copy in l with it; snapshots in snaps (if not nil) that linked
+// the old file then link the new one.
+func (n *Node) fetchInto(ctx context.Context, c pb.RepairClient, base uint64, l *segment.Log, snaps *fsm.SnapshotStore) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, repairFetchTimeout)
 	defer cancel()
-	stream, err := pb.NewRepairClient(conn).FetchSegment(ctx, &pb.FetchSegmentRequest{BaseOffset: base})
+	stream, err := c.FetchSegment(ctx, &pb.FetchSegmentRequest{BaseOffset: base})
 	if err != nil {
 		return 0, err
 	}
@@ -316,24 +330,19 @@ func (n *Node) fetchAndReplace(ctx context.Context, id, addr string, base uint64
 	}
 	r := &fetchReader{recv: stream.Recv, size: int64(info.SizeBytes), crc: crc32.New(castagnoli)}
 	r.take(first)
-	var size int64
-	err = n.proc.WithLog(func(l *segment.Log) error {
-		path := filepath.Join(l.Dir(), segment.FileName(base))
-		old, statErr := os.Stat(path)
-		if err := l.ReplaceSealed(base, r); err != nil {
-			return err
+	path := filepath.Join(l.Dir(), segment.FileName(base))
+	old, statErr := os.Stat(path)
+	if err := l.ReplaceSealed(base, r); err != nil {
+		return 0, err
+	}
+	if statErr == nil && snaps != nil {
+		if k, err := snaps.Relink(old, path); err != nil {
+			n.logger.Warn("pointing snapshots at the repaired segment", "segment", segment.FileName(base), "error", err)
+		} else if k > 0 {
+			n.logger.Info("snapshots now link the repaired segment", "segment", segment.FileName(base), "links", k)
 		}
-		size = r.got
-		if statErr == nil {
-			if k, err := n.snaps.Relink(old, path); err != nil {
-				n.logger.Warn("pointing snapshots at the repaired segment", "segment", segment.FileName(base), "error", err)
-			} else if k > 0 {
-				n.logger.Info("snapshots now link the repaired segment", "segment", segment.FileName(base), "links", k)
-			}
-		}
-		return nil
-	})
-	return size, err
+	}
+	return r.got, nil
 }
 
 // fetchReader reads a FetchSegment stream as the .log's bytes. At the end

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -209,16 +211,29 @@ func TestReadRepairsDamagedSegment(t *testing.T) {
 
 // TestDamagedSegmentAtOpenIsRepaired damages the last batch of a sealed
 // segment of a stopped follower, where Open looks: the node used to refuse
-// to start; now it starts, serves, and repairs the segment from a peer.
+// to start. With a checkpoint past the segment (a snapshot was taken), it
+// now starts, serves, and repairs the segment in the background. Without
+// one, the FSM needs the segment to rebuild its state: the node repairs it
+// from a peer (found in its recorded node table) before it starts.
 func TestDamagedSegmentAtOpenIsRepaired(t *testing.T) {
+	for _, snapshot := range []bool{true, false} {
+		t.Run(fmt.Sprintf("snapshot=%v", snapshot), func(t *testing.T) {
+			testDamagedSegmentAtOpen(t, snapshot)
+		})
+	}
+}
+
+func testDamagedSegmentAtOpen(t *testing.T, snapshot bool) {
 	tc := newTestCluster(t, 3, smallSegments)
 	next := appendBatches(t, tc, "repair-open", 60)
 	waitNextOffset(t, tc.nodes, next)
 	f := tc.follower()
-	// A snapshot writes the FSM checkpoint past the segment, so the start
-	// does not need to read it to rebuild the state.
-	if _, err := dialCluster(t, f).Snapshot(ctxT(t), &pb.SnapshotRequest{}); err != nil {
-		t.Fatal(err)
+	if snapshot {
+		// A snapshot writes the FSM checkpoint past the segment, so the
+		// start does not need to read it to rebuild the state.
+		if _, err := dialCluster(t, f).Snapshot(ctxT(t), &pb.SnapshotRequest{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	seg := sealedSegments(t, f)[1]
 	var i int
@@ -231,15 +246,20 @@ func TestDamagedSegmentAtOpenIsRepaired(t *testing.T) {
 	f.Close()
 	tc.nodes[i] = nil
 	flipInPlace(t, seg.Path, seg.Size-5)
-	opts := tc.cfgs[i].Segment
-	if _, err := segment.Open(strings.TrimSuffix(seg.Path, "/"+segment.FileName(seg.BaseOffset)), opts); !errors.Is(err, segment.ErrCorrupt) {
+	if _, err := segment.Open(filepath.Dir(seg.Path), tc.cfgs[i].Segment); !errors.Is(err, segment.ErrCorrupt) {
 		t.Fatalf("the damage is not where Open looks: %v", err)
 	}
-	n, err := New(tc.cfgs[i])
+	var steps []string
+	cfg := tc.cfgs[i]
+	cfg.OnOpen = func(step string) { steps = append(steps, step) }
+	n, err := New(cfg)
 	if err != nil {
 		t.Fatalf("restart with a damaged sealed segment: %v", err)
 	}
 	tc.nodes[i] = n
+	if before := slices.Contains(steps, "repairing damaged segments from a peer"); before == snapshot {
+		t.Fatalf("repaired before the start: %v, want %v (steps %q)", before, !snapshot, steps)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for len(n.proc.Damaged()) > 0 {
 		if time.Now().After(deadline) {
