@@ -15,6 +15,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
@@ -350,4 +351,61 @@ func TestFollowerCatchesUpWhileLeaderSegmentDamaged(t *testing.T) {
 	}
 	next = appendBatches(t, tc, "repair-snap-3", 5)
 	waitNextOffset(t, tc.nodes, next)
+}
+
+// TestRepairWithTLSAndTokens: with mutual TLS between nodes and tokens
+// on, RepairSegments needs an admin token, FetchSegment is for nodes only
+// (an admin token is refused), and a repair asked for by an operator
+// fetches the good copy from a peer as a node.
+func TestRepairWithTLSAndTokens(t *testing.T) {
+	p := newTestPKI(t)
+	tokens := testTokens(t)
+	tc := newTestCluster(t, 3, func(c *Config) {
+		p.secure(t, c, true)
+		c.AuthTokensFile = tokens
+		smallSegments(c)
+	})
+	ctx := ctxT(t)
+	creds := credentials.NewTLS(trust(t, p.ca, nil))
+	es := pb.NewEventStoreClient(dialWith(t, tc.leader().APIAddr(), creds))
+	var last uint64
+	for i := range 40 {
+		evs := make([]*pb.Event, 10)
+		for j := range evs {
+			evs[j] = ev("run/tls", repairPayload)
+		}
+		req := &pb.AppendRequest{ProducerId: "repair-tls", ProducerSeq: uint64(10*i + 1), Events: evs}
+		err := retryUnavailable(ctx, func() error {
+			resp, err := es.Append(withToken(ctx, appendTok), req)
+			if err == nil {
+				last = resp.LastOffset
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitNextOffset(t, tc.nodes, last+1)
+	f := tc.follower()
+	seg := sealedSegments(t, f)[1]
+	flipInPlace(t, seg.Path, seg.Size/2)
+
+	rc := pb.NewRepairClient(dialWith(t, f.APIAddr(), creds))
+	_, err := rc.RepairSegments(withToken(ctx, readTok), &pb.RepairSegmentsRequest{})
+	wantStatus(t, err, codes.PermissionDenied, "admin")
+	stream, err := rc.FetchSegment(withToken(ctx, adminTok), &pb.FetchSegmentRequest{BaseOffset: seg.BaseOffset})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	wantStatus(t, err, codes.PermissionDenied, "node")
+
+	resp, err := rc.RepairSegments(withToken(ctx, adminTok), &pb.RepairSegmentsRequest{BaseOffsets: []uint64{seg.BaseOffset}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Segments) != 1 || resp.Segments[0].Result != repairRepaired || resp.Segments[0].FromNodeId == f.cfg.NodeID {
+		t.Fatalf("RepairSegments: %v", resp)
+	}
+	sameFile(t, seg.Path, strings.Replace(seg.Path, f.cfg.DataDir, tc.leader().cfg.DataDir, 1))
 }
