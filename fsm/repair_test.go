@@ -115,3 +115,72 @@ func TestSnapshotRefusesDamagedSegmentAndRelinkHealsSnapshots(t *testing.T) {
 	}
 	persist() // the repaired log snapshots again
 }
+
+// TestRepairSnapshotFromLog: a snapshot received from a leader holds the
+// whole stream in its state.bin; a bit rotted there (the log's own files
+// are fine). RepairFromLog replaces it with a snapshot of the same index
+// and term built from the log's files, which verifies and restores; the
+// damaged one is gone. A log that lacks the bytes is refused.
+func TestRepairSnapshotFromLog(t *testing.T) {
+	src := openProc(t, t.TempDir())
+	const entries = 1000
+	for i := range entries {
+		mustApply(t, src, uint64(i+1), appendEntry(t, int64(i), op("p", uint64(i*4+1), fmt.Sprint("run/", i%5), 4)))
+	}
+	snap, err := src.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stream bytes.Buffer
+	if err := snap.Persist(&stream); err != nil {
+		t.Fatal(err)
+	}
+	store, err := NewSnapshotStore(t.TempDir(), 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := store.Create(1, snap.Index(), 3, raft.Configuration{}, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := stream.Bytes()
+	b[len(b)-len(b)/3] ^= 0x02 // inside the segment bytes
+	if _, err := sink.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+	id := sink.ID()
+	verify := func(id string) ([]byte, error) {
+		_, rc, err := store.Open(id)
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		return io.ReadAll(VerifySnapshotStream(rc))
+	}
+	if _, err := verify(id); !errors.Is(err, segment.ErrCorrupt) {
+		t.Fatalf("the damaged snapshot verifies: %v", err)
+	}
+	segs := src.log.Segments()
+	if _, err := store.RepairFromLog(id, segs[1:]); err == nil {
+		t.Fatal("repaired from a log without its first segment")
+	}
+	newID, err := store.RepairFromLog(id, segs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metas, err := store.List()
+	if err != nil || len(metas) != 1 || metas[0].ID != newID || metas[0].Index != snap.Index() || metas[0].Term != 3 {
+		t.Fatalf("snapshots after the repair: %+v, %v", metas, err)
+	}
+	good, err := verify(newID)
+	if err != nil {
+		t.Fatalf("the repaired snapshot: %v", err)
+	}
+	dst := openProc(t, t.TempDir())
+	if err := dst.Restore(bytes.NewReader(good)); err != nil || dst.NextOffset() != 4*entries {
+		t.Fatalf("restore of the repaired snapshot: next offset %d, %v", dst.NextOffset(), err)
+	}
+}

@@ -52,6 +52,9 @@ const (
 	repairRetryMax = time.Minute
 	// repairFetchTimeout bounds one fetch of a segment from one peer.
 	repairFetchTimeout = 2 * time.Minute
+	// snapshotRepairRetry is how often a snapshot that still fails to
+	// verify is checked again.
+	snapshotRepairRetry = 5 * time.Second
 )
 
 // repairQueue is the set of segments waiting for a repair.
@@ -60,6 +63,9 @@ type repairQueue struct {
 		sync.Mutex
 		pending map[uint64]time.Time // base offset -> not before
 		delay   map[uint64]time.Duration
+		// snapshots are snapshot ids whose stream failed to verify
+		// (repair_snapshots.go), checked again once segments are repaired.
+		snapshots map[string]bool
 	}
 	kick chan struct{}
 	// running serializes repairs (the loop's and RepairSegments').
@@ -69,6 +75,7 @@ type repairQueue struct {
 func (q *repairQueue) init() {
 	q.mu.pending = map[uint64]time.Time{}
 	q.mu.delay = map[uint64]time.Duration{}
+	q.mu.snapshots = map[string]bool{}
 	q.kick = make(chan struct{}, 1)
 }
 
@@ -134,6 +141,9 @@ func (n *Node) repairLoop() {
 		if !ok {
 			wait = time.Hour
 		}
+		if n.repairSnapshots() > 0 {
+			wait = min(wait, snapshotRepairRetry)
+		}
 		timer.Reset(wait)
 		select {
 		case <-q.kick:
@@ -173,6 +183,9 @@ func (n *Node) repairQueued(base uint64) {
 	q := &n.repairs
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if r.Result == repairHealthy {
+		n.logger.Info("segment checks out healthy on this node; nothing to repair", "segment", segment.FileName(base))
+	}
 	if r.Result != repairFailed || r.gone {
 		// Repaired, healthy, or no longer a sealed segment of this log
 		// (a snapshot install replaced the whole log meanwhile).

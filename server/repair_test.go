@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -287,6 +288,43 @@ func testDamagedSegmentAtOpen(t *testing.T, snapshot bool) {
 // the segment from the other follower and relinks its snapshot, and the
 // lagging follower catches up with a log identical to the healthy nodes'.
 func TestFollowerCatchesUpWhileLeaderSegmentDamaged(t *testing.T) {
+	testCatchUpWithDamage(t, false)
+}
+
+// TestFollowerCatchesUpWhileLeaderSnapshotDamaged is the same with the
+// rot only in the leader's snapshot (its link to the segment replaced by
+// a damaged copy), the log's file intact: the send fails on the bad
+// bytes, the segment checks out healthy, and the leader rebuilds the
+// snapshot from its log (same index and term, a new id) for the next
+// attempt.
+func TestFollowerCatchesUpWhileLeaderSnapshotDamaged(t *testing.T) {
+	testCatchUpWithDamage(t, true)
+}
+
+// damageSnapshotCopy replaces the newest snapshot's link to seg (the
+// segment at index i of the log) with a damaged copy of the file.
+func damageSnapshotCopy(t *testing.T, n *Node, i int) string {
+	t.Helper()
+	metas, err := n.snaps.List()
+	if err != nil || len(metas) == 0 {
+		t.Fatalf("no snapshot: %v", err)
+	}
+	link := filepath.Join(n.cfg.DataDir, "snapshots", metas[0].ID, fmt.Sprintf("%06d.seg", i))
+	b, err := os.ReadFile(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x04
+	if err := os.WriteFile(link+".x", b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(link+".x", link); err != nil {
+		t.Fatal(err)
+	}
+	return metas[0].ID
+}
+
+func testCatchUpWithDamage(t *testing.T, snapshotOnly bool) {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		smallSegments(c)
 		c.SnapshotThreshold, c.TrailingLogs, c.SnapshotInterval = 32, 8, 100*time.Millisecond
@@ -322,7 +360,12 @@ func TestFollowerCatchesUpWhileLeaderSegmentDamaged(t *testing.T) {
 	}
 	segs := sealedSegments(t, leader)
 	seg := segs[len(segs)-2]
-	flipInPlace(t, seg.Path, seg.Size/2)
+	var damagedSnap string
+	if snapshotOnly {
+		damagedSnap = damageSnapshotCopy(t, leader, len(segs)-2)
+	} else {
+		flipInPlace(t, seg.Path, seg.Size/2)
+	}
 
 	n, err := New(tc.cfgs[i])
 	if err != nil {
@@ -338,8 +381,18 @@ func TestFollowerCatchesUpWhileLeaderSegmentDamaged(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if got := repairsCounted(leader, repairRepaired); got != 1 {
-		t.Fatalf("leader repairs counted %v, want 1", got)
+	wantRepairs := 1.0
+	if snapshotOnly {
+		wantRepairs = 0 // the log's copy was never damaged
+		if metas, _ := leader.snaps.List(); metas[0].ID == damagedSnap {
+			t.Fatalf("the damaged snapshot %s is still the newest", damagedSnap)
+		}
+		if err := leader.checkSnapshot(damagedSnap); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("the damaged snapshot is still there: %v", err)
+		}
+	}
+	if got := repairsCounted(leader, repairRepaired); got != wantRepairs {
+		t.Fatalf("leader repairs counted %v, want %v", got, wantRepairs)
 	}
 	for _, m := range tc.nodes {
 		if m != leader {
