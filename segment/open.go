@@ -283,44 +283,28 @@ func (l *Log) checkSealedIndex(s *segment) (*fileIndex, error) {
 // sealed segments were fsynced before they were sealed, so they have no
 // torn tail.
 func (l *Log) scanSealed(s *segment, pos int64, expect uint64, buildIndex bool, set map[string]*liveStream) error {
-	// A tail scan reads a few KiB: do not allocate a full scan buffer per
-	// segment for it. (The scanner grows the buffer for a larger batch.)
-	sc := newScanner(s.f, pos, s.size, int(min(scanBufSize, max(s.size-pos, record.HeaderSize))))
 	var c streamCollector
 	if buildIndex {
 		s.index = nil
 	}
-	for {
-		pos, raw, h, err := sc.next()
-		if err == io.EOF {
-			return nil
-		}
-		if err == nil {
-			_, err = record.Verify(raw)
-		}
-		var streams []batchStream
-		if err == nil && set != nil {
-			streams, err = c.collect(raw)
-		}
-		if err != nil {
-			return scanError(s.path, pos, expect, err)
-		}
-		if h.BaseOffset != expect {
-			return corruptf(s.path, pos, expect, "batch base offset %d, want %d", h.BaseOffset, expect)
+	return walkBatches(s.f, s.path, pos, s.size, expect, func(pos int64, raw []byte, h record.Header) error {
+		if set != nil {
+			streams, err := c.collect(raw)
+			if err != nil {
+				return scanError(s.path, pos, h.BaseOffset, err)
+			}
+			addBatch(set, s.base, h, pos, streams)
 		}
 		if buildIndex && l.idx.want(s.index, pos) {
 			s.index = append(s.index, indexEntry{rel: uint32(h.BaseOffset - s.base), pos: uint32(pos), ts: h.Timestamp})
-		}
-		if set != nil {
-			addBatch(set, s.base, h, pos, streams)
 		}
 		if pos == 0 {
 			s.firstTS = h.Timestamp
 		}
 		s.next, s.lastTS = h.NextOffset(), h.Timestamp
 		l.mu.last, l.mu.hasLast = h, true
-		expect = h.NextOffset()
-	}
+		return nil
+	})
 }
 
 // scanError turns a scan failure into a CorruptionError, leaving I/O
