@@ -415,40 +415,53 @@ type repairService struct {
 // for repair here).
 func (s *repairService) FetchSegment(req *pb.FetchSegmentRequest, stream pb.Repair_FetchSegmentServer) error {
 	n := s.n
+	var r *segment.SealedReader
 	err := n.proc.WithLog(func(l *segment.Log) error {
-		r, err := l.OpenSealed(req.BaseOffset)
-		if err != nil {
+		var err error
+		if r, err = l.OpenSealed(req.BaseOffset); err != nil {
 			return err
 		}
-		defer r.Close()
 		if err := l.VerifySegment(req.BaseOffset); err != nil {
+			r.Close()
 			return n.noteCorruption(err)
 		}
-		info := r.Info()
-		if err := stream.Send(&pb.FetchSegmentResponse{Info: &pb.SegmentFileInfo{
-			BaseOffset: info.BaseOffset, NextOffset: info.NextOffset, SizeBytes: uint64(info.Size)}}); err != nil {
-			return err
-		}
-		crc := crc32.New(castagnoli)
-		for pos := int64(0); pos < info.Size; {
-			// A fresh buffer per message: gRPC may hold a sent message.
-			buf := make([]byte, min(repairChunkBytes, info.Size-pos))
-			if k, err := r.ReadAt(buf, pos); k < len(buf) {
-				return fmt.Errorf("segment: read %s at %d: %d of %d bytes: %w", info.Path, pos, k, len(buf), err)
-			}
-			crc.Write(buf)
-			if err := stream.Send(&pb.FetchSegmentResponse{Data: buf}); err != nil {
-				return err
-			}
-			pos += int64(len(buf))
-		}
-		sum := crc.Sum32()
-		return stream.Send(&pb.FetchSegmentResponse{FileCrc32C: &sum})
+		return nil
 	})
 	if errors.Is(err, segment.ErrNotSealed) {
 		return status.Error(codes.NotFound, err.Error())
 	}
-	return toStatus(err)
+	if err != nil {
+		return toStatus(err)
+	}
+	// The reader holds the file open by itself (a replace or a snapshot
+	// install meanwhile does not cut it off), so the log is not held for
+	// the length of the stream.
+	defer r.Close()
+	return toStatus(sendSegment(stream, r))
+}
+
+// sendSegment streams r: its info, its bytes, then their CRC-32C.
+func sendSegment(stream pb.Repair_FetchSegmentServer, r *segment.SealedReader) error {
+	info := r.Info()
+	if err := stream.Send(&pb.FetchSegmentResponse{Info: &pb.SegmentFileInfo{
+		BaseOffset: info.BaseOffset, NextOffset: info.NextOffset, SizeBytes: uint64(info.Size)}}); err != nil {
+		return err
+	}
+	crc := crc32.New(castagnoli)
+	for pos := int64(0); pos < info.Size; {
+		// A fresh buffer per message: gRPC may hold a sent message.
+		buf := make([]byte, min(repairChunkBytes, info.Size-pos))
+		if k, err := r.ReadAt(buf, pos); k < len(buf) {
+			return fmt.Errorf("segment: read %s at %d: %d of %d bytes: %w", info.Path, pos, k, len(buf), err)
+		}
+		crc.Write(buf)
+		if err := stream.Send(&pb.FetchSegmentResponse{Data: buf}); err != nil {
+			return err
+		}
+		pos += int64(len(buf))
+	}
+	sum := crc.Sum32()
+	return stream.Send(&pb.FetchSegmentResponse{FileCrc32C: &sum})
 }
 
 // RepairSegments checks the asked segments (or every sealed segment) and

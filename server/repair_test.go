@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -461,4 +462,92 @@ func TestRepairWithTLSAndTokens(t *testing.T) {
 		t.Fatalf("RepairSegments: %v", resp)
 	}
 	sameFile(t, seg.Path, strings.Replace(seg.Path, f.cfg.DataDir, tc.leader().cfg.DataDir, 1))
+}
+
+// TestFetchReaderChecksTheWholeFile: the bytes of a FetchSegment stream
+// reach ReplaceSealed only with an io.EOF that vouches for them: the
+// stream must end with the whole file's CRC-32C, and the size and sum
+// must match what the peer announced.
+func TestFetchReaderChecksTheWholeFile(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789"), 1000)
+	sum := crc32.Checksum(data, castagnoli)
+	bad := sum ^ 1
+	for _, tc := range []struct {
+		name string
+		msgs []*pb.FetchSegmentResponse
+		size int
+		want string
+	}{
+		{"whole", []*pb.FetchSegmentResponse{{Data: data[:4000]}, {Data: data[4000:]}, {FileCrc32C: &sum}}, len(data), ""},
+		{"no checksum", []*pb.FetchSegmentResponse{{Data: data}}, len(data), "without the file's checksum"},
+		{"wrong checksum", []*pb.FetchSegmentResponse{{Data: data}, {FileCrc32C: &bad}}, len(data), "CRC-32C"},
+		{"short", []*pb.FetchSegmentResponse{{Data: data[:9000]}, {FileCrc32C: &sum}}, len(data), "announced"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			msgs := tc.msgs
+			r := &fetchReader{size: int64(tc.size), crc: crc32.New(castagnoli), recv: func() (*pb.FetchSegmentResponse, error) {
+				if len(msgs) == 0 {
+					return nil, io.EOF
+				}
+				m := msgs[0]
+				msgs = msgs[1:]
+				return m, nil
+			}}
+			got, err := io.ReadAll(r)
+			switch {
+			case tc.want == "" && (err != nil || !bytes.Equal(got, data)):
+				t.Fatalf("read %d bytes, %v", len(got), err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestRepairSkipsPeersWithDamagedCopies damages the same sealed segment
+// on two nodes: a read on one repairs it from the only healthy copy (a
+// peer whose copy is damaged refuses to send it and is skipped), and the
+// other damaged peer, which found its damage when asked, repairs itself.
+// Then the segment is damaged on every node: no repair can succeed, the
+// read keeps failing with DataLoss, and the failure is counted.
+func TestRepairSkipsPeersWithDamagedCopies(t *testing.T) {
+	tc := newTestCluster(t, 3, smallSegments)
+	next := appendBatches(t, tc, "repair-skip", 60)
+	waitNextOffset(t, tc.nodes, next)
+	a, b := tc.nodes[0], tc.nodes[1]
+	healthy := tc.nodes[2]
+	seg := sealedSegments(t, a)[2]
+	pathOn := func(n *Node) string { return strings.Replace(seg.Path, a.cfg.DataDir, n.cfg.DataDir, 1) }
+	flipInPlace(t, pathOn(a), seg.Size/2)
+	flipInPlace(t, pathOn(b), seg.Size/3)
+	waitRepaired(t, a, seg)
+	sameFile(t, pathOn(a), pathOn(healthy))
+	// b learns of its damage when a asks it (if it asked b first) or when
+	// it is read; read it to be sure, and it repairs too.
+	waitRepaired(t, b, seg)
+	sameFile(t, pathOn(b), pathOn(healthy))
+
+	for i, n := range tc.nodes {
+		flipInPlace(t, pathOn(n), seg.Size/4+int64(i))
+	}
+	if err := readRange(t, a, seg.BaseOffset, seg.NextOffset); status.Code(err) != codes.DataLoss {
+		t.Fatalf("read with every copy damaged: %v, want DataLoss", err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for repairsCounted(a, repairFailed) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no failed repair counted")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r := a.repairSegment(ctxT(t), seg.BaseOffset, "")
+	if r.Result != repairFailed || !strings.Contains(r.Error, "no peer had a good copy") {
+		t.Fatalf("repair with every copy damaged: %v", r.SegmentRepair)
+	}
+	if a.damagedCount() == 0 {
+		t.Fatal("the damaged segment is not counted in tsstore_segments_damaged")
+	}
+	if err := readRange(t, a, seg.BaseOffset, seg.NextOffset); status.Code(err) != codes.DataLoss {
+		t.Fatalf("read after the failed repairs: %v, want DataLoss", err)
+	}
 }
