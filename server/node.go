@@ -19,6 +19,7 @@ import (
 
 	"github.com/tsstore/tsstore/fsm"
 	"github.com/tsstore/tsstore/internal/ratelog"
+	"github.com/tsstore/tsstore/segment"
 )
 
 // ErrWrongCluster is returned when the data directory belongs to another
@@ -181,13 +182,19 @@ func (n *Node) openStorage() error {
 	fcfg.Segment.OpenDamaged = true
 	fcfg.Logger = n.logger.With("component", "fsm")
 	fcfg.OnFail = n.setFatal
-	if n.proc, err = fsm.Open(fcfg); err != nil {
-		// The state may need a damaged sealed segment to roll forward:
-		// repair it from a peer first (repair_open.go), then open again.
-		if rerr := n.repairBeforeOpen(fcfg, err); rerr != nil {
-			return fmt.Errorf("opening fsm: %w", rerr)
+	// The state may need a damaged sealed segment to roll forward: repair
+	// it from a peer first (repair_open.go), then open again, until the
+	// roll-forward finds no other damaged segment.
+	for tried := map[uint64]bool{}; ; {
+		if n.proc, err = fsm.Open(fcfg); err == nil {
+			break
 		}
-		if n.proc, err = fsm.Open(fcfg); err != nil {
+		base, ok := segment.CorruptSegment(err)
+		if !ok || tried[base] {
+			return fmt.Errorf("opening fsm: %w", err)
+		}
+		tried[base] = true
+		if err := n.repairBeforeOpen(fcfg, err); err != nil {
 			return fmt.Errorf("opening fsm: %w", err)
 		}
 	}
