@@ -117,7 +117,15 @@ func (l *Log) openSegments(bases []uint64) error {
 			prev.next = s.base // a damaged segment ends where the next one starts
 		}
 		if prev != nil && s.base != prev.next {
-			return corruptf(s.path, 0, prev.next, "segment starts at offset %d but %s ends at %d", s.base, prev.path, prev.next)
+			if !l.opts.OpenDamaged {
+				return corruptf(s.path, 0, prev.next, "segment starts at offset %d but %s ends at %d", s.base, prev.path, prev.next)
+			}
+			// The sealed segment before ends short (or long): its tail is
+			// what is missing, most likely; keep it as damaged, to end
+			// where the next one starts once repaired.
+			l.keepDamaged(prev, corruptf(prev.path, prev.size, prev.next, "segment ends at offset %d but the next one, %s, starts at %d",
+				prev.next, s.path, s.base))
+			prev.next = s.base
 		}
 		prev = s
 	}

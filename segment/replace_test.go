@@ -432,3 +432,43 @@ func TestReplaceSealedCrash(t *testing.T) {
 		t.Fatalf("saw old %v, new %v", sawOld, sawNew)
 	}
 }
+
+// TestOpenDamagedKeepsShortSegment: a sealed segment cut at a batch
+// boundary verifies on its own but ends before the next segment starts.
+// Open refuses the gap; with OpenDamaged it keeps the short segment as
+// damaged (reads of the missing tail fail, never come back short) and
+// ReplaceSealed with the whole copy repairs it.
+func TestOpenDamagedKeepsShortSegment(t *testing.T) {
+	dir := t.TempDir()
+	bs, seg, good := damagedLog(t, dir)
+	first, _, err := record.Next(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(seg.Path, good[:len(first)], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir, testOptions()); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Open: %v, want corruption", err)
+	}
+	o := testOptions()
+	o.OpenDamaged = true
+	l := mustOpen(t, dir, o)
+	if d := l.Damaged(); len(d) != 1 || d[0].BaseOffset != seg.BaseOffset {
+		t.Fatalf("Damaged = %+v", d)
+	}
+	if _, _, err := l.ReadBatches(nil, seg.NextOffset-1, 1<<20); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("read of the missing tail: %v", err)
+	}
+	if err := l.ReplaceSealed(seg.BaseOffset, bytes.NewReader(good)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readAll(t, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameBatches(t, got, bs)
+	if err := l.Verify(nil); err != nil {
+		t.Fatal(err)
+	}
+}
