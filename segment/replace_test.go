@@ -106,17 +106,24 @@ func TestReplaceSealedWhileReading(t *testing.T) {
 	var wg sync.WaitGroup
 	var reads atomic.Int64
 	errs := make(chan error, 4)
+	var started sync.WaitGroup // each reader has read once before the replace
 	for range 3 {
 		wg.Add(1)
+		started.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
+			for first := true; ; first = false {
+				if !first {
+					select {
+					case <-stop:
+						return
+					default:
+					}
 				}
 				_, _, err := l.ReadBatches(nil, seg.BaseOffset, 4096)
+				if first {
+					started.Done()
+				}
 				if err != nil && !errors.Is(err, ErrCorrupt) {
 					errs <- err
 					return
@@ -125,6 +132,7 @@ func TestReplaceSealedWhileReading(t *testing.T) {
 			}
 		}()
 	}
+	started.Wait()
 	if err := l.ReplaceSealed(seg.BaseOffset, bytes.NewReader(good)); err != nil {
 		t.Fatalf("ReplaceSealed: %v", err)
 	}
