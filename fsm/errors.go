@@ -30,6 +30,11 @@ var (
 	// between them and this replica. The replica stops applying rather
 	// than write different bytes from the other replicas.
 	ErrChecksumMismatch = errors.New("event checksum mismatch")
+	// ErrSegmentDamaged: a sealed segment of the log is known to be
+	// damaged (segment.Options.OpenDamaged), so no snapshot is taken until
+	// it is repaired: a snapshot would link the bad bytes and ship them to
+	// followers. The error wraps the segment's *segment.CorruptionError.
+	ErrSegmentDamaged = errors.New("sealed segment damaged")
 	// ErrBadSnapshot: a snapshot stream is malformed.
 	ErrBadSnapshot = errors.New("bad snapshot")
 	// ErrNodeRemoved: a node registered with an incarnation that was

@@ -77,6 +77,12 @@ func (p *Processor) Snapshot() (*Snapshot, error) {
 		p.fail(err)
 		return nil, p.Failed()
 	}
+	if d := p.log.Damaged(); len(d) > 0 {
+		// Fail fast rather than link bad bytes into a snapshot that
+		// followers would download and refuse; the node repairs the
+		// segment from a peer, and the next snapshot goes through.
+		return nil, fmt.Errorf("%w: %d damaged, the first: %w", ErrSegmentDamaged, len(d), d[0].Err)
+	}
 	p.mu.RLock()
 	st := p.mu.state.clone()
 	p.mu.RUnlock()
@@ -206,7 +212,7 @@ func (p *Processor) Restore(r io.Reader) error {
 	}
 	st := h.State
 	st.fillMaps()
-	check, err := segment.Open(tmp, p.cfg.Segment)
+	check, err := segment.Open(tmp, p.strictSegment())
 	if err != nil {
 		os.RemoveAll(tmp)
 		return fmt.Errorf("%w: %v", ErrBadSnapshot, err)
@@ -266,7 +272,7 @@ func (p *Processor) swapIn(tmp string, h *snapshotHeader) error {
 	if err := os.RemoveAll(old); err != nil {
 		return err
 	}
-	log, err := segment.Open(live, p.cfg.Segment)
+	log, err := segment.Open(live, p.strictSegment())
 	if err != nil {
 		return p.fail(err).Err
 	}

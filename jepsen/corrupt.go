@@ -21,9 +21,10 @@ import (
 
 // corrupt stops a follower cleanly, flips a bit in (or truncates) one of
 // its segment files, and restarts it. The node must then either refuse to
-// start, refuse to serve the damaged range (DataLoss), or have cut the
-// damage off its active segment's tail and re-applied it from the Raft
-// log. It must never serve or replicate the corrupt bytes: reads of it are
+// start, refuse to serve the damaged range (DataLoss), have repaired a
+// damaged sealed segment with a peer's copy, or have cut the damage off
+// its active segment's tail and re-applied it from the Raft log. It must
+// never serve or replicate the corrupt bytes: reads of it are
 // checked by the probe here and by the final replica comparison. A node
 // that detected the damage is wiped and rejoins.
 //
@@ -157,7 +158,7 @@ func (n *nemesis) probe(ctx context.Context, t *proccluster.Node) (verdict strin
 	err := readLocal(ctx, t.APIAddr, st.NextOffset)
 	switch {
 	case err == nil:
-		return fmt.Sprintf("started; all %d local events read back intact (damage cut off the tail and re-applied, or not yet read)", st.NextOffset), false
+		return fmt.Sprintf("started; all %d local events read back intact (a sealed segment repaired from a peer, damage cut off the tail and re-applied, or not yet read)", st.NextOffset), false
 	case status.Code(err) == codes.DataLoss:
 		return "refused to serve the damaged range: " + err.Error(), true
 	case errors.Is(err, errServedCorrupt):

@@ -29,16 +29,25 @@
 //     until reopened; Open then repairs the tail.
 //   - At Open, a torn or corrupt tail of the active segment is truncated
 //     (a crash leaves it); corruption in a sealed segment is reported as a
-//     *CorruptionError and never truncated or skipped.
+//     *CorruptionError and never truncated or skipped. With
+//     Options.OpenDamaged such a segment is kept as damaged instead: its
+//     readers get the error, never fewer batches.
+//   - A sealed segment changes only through ReplaceSealed, which verifies
+//     the whole replacement (CRCs, offsets, end offset, size), rebuilds
+//     its index files from it and publishes it atomically; readers that
+//     hold the old segment keep its files (reference counts) until they
+//     are done.
 //
 // # Concurrency
 //
 // One writer (Append, Sync, Close; serialized by a mutex) and any number
 // of concurrent readers (ReadBatches, Scan, OffsetForTime, StreamBatches,
-// StreamOffset, Segments, Verify). Readers take a read lock only to look
-// up a segment (and, in the active segment, its in-memory index entry),
-// then pread with File.ReadAt, a sealed segment's index files included,
-// so they keep working on a segment that is being sealed.
+// StreamOffset, Segments, Verify, VerifySegment, OpenSealed). Readers take
+// a read lock only to look up a segment (and, in the active segment, its
+// in-memory index entry) and a reference on it, then pread with
+// File.ReadAt, a sealed segment's index files included, so they keep
+// working on a segment that is being sealed or replaced. ReplaceSealed
+// runs beside the writer (it never touches the active segment).
 //
 // # Memory
 //
@@ -62,7 +71,8 @@
 //	<B>.index      sparse offset index
 //	<B>.timeindex  sparse time index
 //	<B>.streams    per-stream index (sealed segments only)
-//	*.tmp          a file being published; removed at Open
+//	*.tmp          a file being published (<B>.log.replace.tmp: a
+//	               replacement of a sealed .log); removed at Open
 //
 // A .log file is record batches back to back, as drawn in package record,
 // with no file header or trailer:

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tsstore/tsstore/record"
 )
@@ -15,7 +16,19 @@ import (
 type segment struct {
 	base uint64 // offset of the first batch; fixed by the file name
 	path string
-	f    File // kept open for the life of the Log; readers use ReadAt
+	f    File // kept open while referenced (refs); readers use ReadAt
+
+	// refs counts who uses the segment's open files: the Log, while the
+	// segment is in l.mu.segs, and every reader between acquire (under
+	// l.mu) and release. A sealed segment is replaced (ReplaceSealed) by a
+	// new segment value; the old one's files close when its last reference
+	// goes, so a reader that captured it keeps preading the old file.
+	refs atomic.Int64
+	// damaged is set (to a *CorruptionError) on a sealed segment that Open
+	// could not verify with Options.OpenDamaged: its .log is open, its end
+	// is the next segment's base, it has no index files, and every read
+	// of it returns this error until ReplaceSealed swaps in a good copy.
+	damaged error
 
 	// Guarded by Log.mu: written by the writer with the lock held, read by
 	// readers with the read lock held. The writer reads them lock-free.
@@ -72,6 +85,17 @@ type RecoveryInfo struct {
 	RebuiltIndexes []string
 	// RemovedTemp lists leftover temporary files that were removed.
 	RemovedTemp []string
+	// Damaged lists the sealed segments that failed Open's checks and were
+	// kept as damaged (Options.OpenDamaged); without that option Open
+	// fails on the first instead.
+	Damaged []DamagedSegment
+}
+
+// DamagedSegment is a sealed segment whose bytes are known to be bad.
+type DamagedSegment struct {
+	BaseOffset uint64
+	Path       string // the .log file
+	Err        error  // a *CorruptionError saying where and why
 }
 
 // Log is an append-only sequence of record batches stored as segment files
@@ -83,6 +107,8 @@ type Log struct {
 	fs       FS
 	idx      indexer
 	recovery RecoveryInfo
+	// repl serializes ReplaceSealed calls.
+	repl sync.Mutex
 
 	// w is the writer's state.
 	w struct {
@@ -326,6 +352,7 @@ func (l *Log) rollLocked() error {
 	}
 	l.w.dirDirty = true
 	s := &segment{base: a.next, path: path, f: f, next: a.next, live: make(map[string]*liveStream)}
+	s.refs.Store(1)
 	l.mu.Lock()
 	a.sealed = true
 	a.streams, a.live = sx, nil
@@ -359,11 +386,25 @@ func (l *Log) Close() error {
 		}
 	}
 	for _, s := range l.mu.segs {
-		if cerr := s.closeFiles(); err == nil {
+		// Files a reader still holds close when it releases them.
+		if cerr := s.release(); err == nil {
 			err = cerr
 		}
 	}
 	return err
+}
+
+// acquire takes a reference on the segment's files. The caller holds l.mu
+// (read or write) and found s in l.mu.segs, so the Log's own reference is
+// still there and the files are open.
+func (s *segment) acquire() { s.refs.Add(1) }
+
+// release drops a reference and closes the files with the last one.
+func (s *segment) release() error {
+	if s.refs.Add(-1) == 0 {
+		return s.closeFiles()
+	}
+	return nil
 }
 
 // closeFiles closes the segment's open files and returns the first error.

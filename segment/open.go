@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -94,9 +95,15 @@ func (l *Log) openSegments(bases []uint64) error {
 	var prev *segment
 	for i, base := range bases {
 		s := &segment{base: base, path: filepath.Join(l.dir, FileName(base))}
+		s.refs.Store(1)
 		var err error
 		if i < len(bases)-1 {
 			err = l.openSealed(s)
+			var ce *CorruptionError
+			if err != nil && l.opts.OpenDamaged && s.f != nil && errors.As(err, &ce) {
+				l.keepDamaged(s, err)
+				err = nil
+			}
 		} else {
 			err = l.openActive(s)
 		}
@@ -106,12 +113,65 @@ func (l *Log) openSegments(bases []uint64) error {
 		if err != nil {
 			return err
 		}
+		if prev != nil && prev.damaged != nil {
+			prev.next = s.base // a damaged segment ends where the next one starts
+		}
 		if prev != nil && s.base != prev.next {
-			return corruptf(s.path, 0, prev.next, "segment starts at offset %d but %s ends at %d", s.base, prev.path, prev.next)
+			if !l.opts.OpenDamaged {
+				return corruptf(s.path, 0, prev.next, "segment starts at offset %d but %s ends at %d", s.base, prev.path, prev.next)
+			}
+			// The sealed segment before ends short (or long): its tail is
+			// what is missing, most likely; keep it as damaged, to end
+			// where the next one starts once repaired.
+			l.keepDamaged(prev, corruptf(prev.path, prev.size, prev.next, "segment ends at offset %d but the next one, %s, starts at %d",
+				prev.next, s.path, s.base))
+			prev.next = s.base
 		}
 		prev = s
 	}
+	l.boundDamagedTimes()
 	return nil
+}
+
+// keepDamaged records a sealed segment that failed Open's checks
+// (Options.OpenDamaged): it stays in the log, with its .log open and no
+// index files, and its readers get err until ReplaceSealed repairs it.
+func (l *Log) keepDamaged(s *segment, err error) {
+	if s.streams != nil {
+		s.streams.f.Close()
+	}
+	if s.ix != nil {
+		s.ix.f.Close()
+	}
+	s.streams, s.ix, s.index, s.live = nil, nil, nil, nil
+	s.sealed, s.damaged = true, err
+	if fi, serr := s.f.Stat(); serr == nil {
+		s.size = fi.Size()
+	}
+	l.recovery.Damaged = append(l.recovery.Damaged, DamagedSegment{BaseOffset: s.base, Path: s.path, Err: err})
+}
+
+// boundDamagedTimes gives each damaged segment the widest timestamps its
+// neighbours allow (timestamps never decrease along the log), so that
+// OffsetForTime lands on it for any time it may hold and its reader gets
+// the error instead of skipping the segment.
+func (l *Log) boundDamagedTimes() {
+	segs := l.mu.segs
+	for i, s := range segs {
+		if s.damaged == nil {
+			continue
+		}
+		s.firstTS, s.lastTS = math.MinInt64, math.MaxInt64
+		if i > 0 {
+			s.firstTS = segs[i-1].lastTS
+		}
+		for _, n := range segs[i+1:] {
+			if n.damaged == nil && n.size > 0 {
+				s.lastTS = n.firstTS
+				break
+			}
+		}
+	}
 }
 
 func (l *Log) createFirst() error {
@@ -121,6 +181,7 @@ func (l *Log) createFirst() error {
 		return fmt.Errorf("segment: create %s: %w", s.path, err)
 	}
 	s.f = f
+	s.refs.Store(1)
 	l.mu.segs = append(l.mu.segs, s)
 	l.recovery.Path = s.path
 	if err := l.fs.SyncDir(l.dir); err != nil {
@@ -230,44 +291,28 @@ func (l *Log) checkSealedIndex(s *segment) (*fileIndex, error) {
 // sealed segments were fsynced before they were sealed, so they have no
 // torn tail.
 func (l *Log) scanSealed(s *segment, pos int64, expect uint64, buildIndex bool, set map[string]*liveStream) error {
-	// A tail scan reads a few KiB: do not allocate a full scan buffer per
-	// segment for it. (The scanner grows the buffer for a larger batch.)
-	sc := newScanner(s.f, pos, s.size, int(min(scanBufSize, max(s.size-pos, record.HeaderSize))))
 	var c streamCollector
 	if buildIndex {
 		s.index = nil
 	}
-	for {
-		pos, raw, h, err := sc.next()
-		if err == io.EOF {
-			return nil
-		}
-		if err == nil {
-			_, err = record.Verify(raw)
-		}
-		var streams []batchStream
-		if err == nil && set != nil {
-			streams, err = c.collect(raw)
-		}
-		if err != nil {
-			return scanError(s.path, pos, expect, err)
-		}
-		if h.BaseOffset != expect {
-			return corruptf(s.path, pos, expect, "batch base offset %d, want %d", h.BaseOffset, expect)
+	return walkBatches(s.f, s.path, pos, s.size, expect, func(pos int64, raw []byte, h record.Header) error {
+		if set != nil {
+			streams, err := c.collect(raw)
+			if err != nil {
+				return scanError(s.path, pos, h.BaseOffset, err)
+			}
+			addBatch(set, s.base, h, pos, streams)
 		}
 		if buildIndex && l.idx.want(s.index, pos) {
 			s.index = append(s.index, indexEntry{rel: uint32(h.BaseOffset - s.base), pos: uint32(pos), ts: h.Timestamp})
-		}
-		if set != nil {
-			addBatch(set, s.base, h, pos, streams)
 		}
 		if pos == 0 {
 			s.firstTS = h.Timestamp
 		}
 		s.next, s.lastTS = h.NextOffset(), h.Timestamp
 		l.mu.last, l.mu.hasLast = h, true
-		expect = h.NextOffset()
-	}
+		return nil
+	})
 }
 
 // scanError turns a scan failure into a CorruptionError, leaving I/O

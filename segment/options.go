@@ -25,6 +25,14 @@ type Options struct {
 	// entries. Smaller means bigger indexes and shorter scans on lookup.
 	// Default 4096 bytes; must be in [1, MaxIndexIntervalBytes].
 	IndexIntervalBytes int
+	// OpenDamaged makes Open keep a sealed segment that fails its checks
+	// (a *CorruptionError) instead of failing: the segment is recorded as
+	// damaged (Damaged, Recovery().Damaged), its offsets stay in the log,
+	// every read that needs it returns the corruption error, and
+	// ReplaceSealed can swap in a good copy from another replica. Nothing
+	// of a damaged segment is rewritten. Off, Open fails on the first
+	// damaged sealed segment, as `tsstore verify` wants.
+	OpenDamaged bool
 	// FS is the filesystem seam every file operation goes through. Nil
 	// means the operating system's filesystem (OSFS).
 	FS FS

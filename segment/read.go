@@ -17,6 +17,7 @@ const minRead = 4 << 10
 // segView is what a reader needs of one segment, captured under the read
 // lock so that the reader can work without it.
 type segView struct {
+	seg    *segment // acquired by view; the reader releases it
 	f      File
 	path   string
 	end    int64  // bytes of complete batches at capture time
@@ -39,6 +40,7 @@ func (l *Log) view(from uint64) (v segView, done bool, err error) {
 	}
 	e, k, nextPos, err := ix.find(from-base, next-base, v.end, base)
 	if err != nil {
+		v.seg.release()
 		return v, false, err
 	}
 	v.pos, v.expect, v.slack = int64(e.pos), base+uint64(e.rel), max(nextPos-int64(e.pos), 0)
@@ -48,7 +50,8 @@ func (l *Log) view(from uint64) (v segView, done bool, err error) {
 
 // captureView does view's work under the read lock: all of it for the
 // active segment; for a sealed one it returns the segment's index files,
-// base offset and next offset instead of an index entry.
+// base offset and next offset instead of an index entry. Unless it returns
+// an error or done, it has acquired v.seg, which the caller releases.
 func (l *Log) captureView(from uint64) (v segView, ix *fileIndex, base, next uint64, done bool, err error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -63,7 +66,11 @@ func (l *Log) captureView(from uint64) (v segView, ix *fileIndex, base, next uin
 	}
 	i := sort.Search(len(segs), func(i int) bool { return segs[i].base > from }) - 1
 	s := segs[i]
-	v = segView{f: s.f, path: s.path, end: s.size}
+	if s.damaged != nil {
+		return v, nil, 0, 0, false, s.damaged
+	}
+	s.acquire()
+	v = segView{seg: s, f: s.f, path: s.path, end: s.size}
 	if s.ix != nil {
 		return v, s.ix, s.base, s.next, false, nil
 	}
@@ -118,6 +125,7 @@ func (l *Log) ReadBatches(dst []byte, from uint64, maxBytes int) (out []byte, ne
 			return r.dst, r.next, l.errClosedRead(err)
 		}
 		full, err := r.readSegment(v)
+		v.seg.release()
 		if err != nil {
 			return r.dst, r.next, l.errClosedRead(err)
 		}
@@ -265,6 +273,13 @@ func (l *Log) OffsetForTime(ts int64) uint64 {
 		return next
 	}
 	s := segs[i]
+	if s.damaged != nil {
+		// Its reader starts here and gets the corruption error.
+		l.mu.RUnlock()
+		return s.base
+	}
+	s.acquire()
+	defer s.release()
 	f, base, end, ix, firstTS, lastTS := s.f, s.base, s.size, s.ix, s.firstTS, s.lastTS
 	var e indexEntry
 	if ix == nil {

@@ -138,6 +138,7 @@ func (src *entrySource) search(pred func(streamEntry) bool) (int, error) {
 // streamSeg is what a stream reader needs of one segment, captured under
 // the read lock.
 type streamSeg struct {
+	seg         *segment // acquired by the finder; the reader releases it
 	stream      string
 	base        uint64
 	limit       uint64 // entries of batches at or after this offset are ignored
@@ -154,7 +155,7 @@ type streamSeg struct {
 // streamSegLocked captures s's index of stream, or reports that s holds
 // none of it. The caller holds l.mu (read or write).
 func (s *segment) streamSegLocked(stream string) (v streamSeg, ok bool) {
-	v = streamSeg{stream: stream, base: s.base, limit: s.next, log: s.f, logPath: s.path, logEnd: s.size}
+	v = streamSeg{seg: s, stream: stream, base: s.base, limit: s.next, log: s.f, logPath: s.path, logEnd: s.size}
 	switch {
 	case s.streams != nil:
 		d, ok := lookupStream(s.streams.dirs, stream)
@@ -250,6 +251,7 @@ func (l *Log) StreamBatches(dst []byte, stream string, fromOffset uint64, maxByt
 			return r.dst, max(end, fromOffset), nil
 		}
 		full, err := r.readSegment(&v)
+		v.seg.release()
 		if err != nil {
 			return r.dst, r.next, l.errClosedRead(err)
 		}
@@ -281,8 +283,13 @@ func (l *Log) nextStreamSeg(stream string, from uint64, end *uint64, first bool)
 	}
 	i := sort.Search(len(segs), func(i int) bool { return segs[i].base > from }) - 1
 	for ; i < len(segs) && segs[i].base < *end; i++ {
+		if segs[i].damaged != nil {
+			// Whether it holds the stream is unknown: never skip it.
+			return v, false, segs[i].damaged
+		}
 		if v, ok := segs[i].streamSegLocked(stream); ok && v.endOffset > from {
 			v.limit = min(v.limit, *end)
+			segs[i].acquire()
 			return v, true, nil
 		}
 	}
@@ -375,6 +382,7 @@ func (l *Log) StreamOffset(stream string, version uint64) (offset uint64, ok boo
 		return 0, false, err
 	}
 	offset, err = v.offsetOf(version)
+	v.seg.release()
 	if err != nil {
 		return 0, false, l.errClosedRead(err)
 	}
@@ -390,7 +398,11 @@ func (l *Log) streamVersionSeg(stream string, version uint64) (v streamSeg, foun
 		return v, false, ErrClosed
 	}
 	for _, s := range l.mu.segs {
+		if s.damaged != nil {
+			return v, false, s.damaged
+		}
 		if v, ok := s.streamSegLocked(stream); ok && v.maxVer >= version {
+			s.acquire()
 			return v, true, nil
 		}
 	}

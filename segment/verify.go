@@ -29,8 +29,12 @@ func (l *Log) Verify(progress func(done, total int64)) error {
 	}
 	segs := make([]segment, len(l.mu.segs))
 	var total int64
+	for _, s := range l.mu.segs {
+		s.acquire()
+		defer s.release()
+	}
 	for i, s := range l.mu.segs {
-		segs[i] = segment{base: s.base, path: s.path, f: s.f, size: s.size, next: s.next, index: s.index, ix: s.ix, streams: s.streams}
+		segs[i] = segment{damaged: s.damaged, base: s.base, path: s.path, f: s.f, size: s.size, next: s.next, index: s.index, ix: s.ix, streams: s.streams}
 		if s.live != nil {
 			// Entries are only appended to, so copying the slice headers
 			// captures the index as of s.next.
@@ -57,6 +61,9 @@ func (l *Log) Verify(progress func(done, total int64)) error {
 		s := &segs[i]
 		if i > 0 && s.base != segs[i-1].next {
 			return corruptf(s.path, 0, segs[i-1].next, "segment starts at offset %d but %s ends at %d", s.base, segs[i-1].path, segs[i-1].next)
+		}
+		if s.damaged != nil {
+			return s.damaged
 		}
 		if s.ix != nil {
 			// One sealed segment's index in memory at a time.

@@ -33,8 +33,9 @@ import (
 //	read    Read, Subscribe, Status, ListStreams, server reflection
 //	append  read + Append, AppendStream
 //	admin   append + the Cluster service's admin RPCs (membership,
-//	        leadership transfer, snapshot, backup)
-//	node    everything, including ReadIndex and RegisterNode
+//	        leadership transfer, snapshot, backup) and RepairSegments
+//	node    everything, including ReadIndex, RegisterNode and
+//	        FetchSegment
 //
 // The node role is never a token: a call is from a node when it arrived on
 // a TLS connection that asked for the peer name (TLSConfig.PeerName) as
@@ -102,6 +103,9 @@ var methodRoles = map[string]role{
 	pb.Runs_GetRun_FullMethodName:                roleRead,
 	pb.Runs_ListRuns_FullMethodName:              roleRead,
 	pb.Runs_GetRunSnapshot_FullMethodName:        roleRead,
+
+	pb.Repair_RepairSegments_FullMethodName: roleAdmin,
+	pb.Repair_FetchSegment_FullMethodName:   roleNode,
 
 	// Reflection describes the API (its .proto is public) to grpcurl and
 	// the like; any valid token may use it.

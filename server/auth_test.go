@@ -253,6 +253,7 @@ func TestAuthMethodTableCoversEveryMethod(t *testing.T) {
 	s := &service{}
 	pb.RegisterEventStoreServer(srv, s)
 	pb.RegisterClusterServer(srv, s)
+	pb.RegisterRepairServer(srv, &repairService{})
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	reflection.Register(srv)
 	seen := map[string]bool{}

@@ -57,9 +57,10 @@ func (s *service) Backup(_ *pb.BackupRequest, stream pb.Cluster_BackupServer) er
 	if err != nil {
 		return status.Errorf(codes.DataLoss, "snapshot %s: %v", meta.ID, err)
 	}
-	// Every batch is checked as it is sent: a backup of a damaged segment
-	// fails naming it, it never completes with bytes restore would refuse.
-	r = fsm.VerifySnapshotStream(r)
+	// Every batch is checked as it is sent (the snapshot store Raft and
+	// this call open through verifies the stream, repair_snapshots.go): a
+	// backup of a damaged segment fails naming it, it never completes
+	// with bytes restore would refuse, and the segment is repaired.
 	info := &pb.BackupInfo{
 		Cluster: n.cfg.ClusterName, NodeId: n.cfg.NodeID,
 		RaftIndex: meta.Index, RaftTerm: meta.Term, NextOffset: si.NextOffset,
@@ -169,7 +170,7 @@ func (n *Node) openLatestSnapshot() (*raft.SnapshotMeta, io.ReadCloser, error) {
 	if len(metas) == 0 {
 		return nil, nil, errNoSnapshot
 	}
-	return n.snaps.Open(metas[0].ID)
+	return verifiedSnapshots{n.snaps, n}.Open(metas[0].ID)
 }
 
 func snapshotStatus(err error) error {

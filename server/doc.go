@@ -25,6 +25,12 @@
 //     RPCs (a consistent cut streamed from a live node) and the offline
 //     Restore that seeds a node of a new cluster from a backup, above the
 //     backup's Raft index and term (docs/design.md#backup-and-restore);
+//   - self-repair of damaged sealed segments (repair.go,
+//     repair_snapshots.go): a node fetches a healthy peer's copy
+//     (Repair.FetchSegment), verifies it and swaps it in; found at open, on
+//     read, by a backup or snapshot, or on request (Repair.RepairSegments,
+//     `tsstore repair`); snapshots are verified as they are sent, so a
+//     leader never ships bad bytes to a follower;
 //   - security, off by default: TLS for the API, mutual TLS between nodes
 //     (a TLS raft.StreamLayer and the node-to-node gRPC calls), and
 //     bearer tokens with roles checked by an auth interceptor (tls.go,

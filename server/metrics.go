@@ -71,6 +71,10 @@ type nodeMetrics struct {
 	runSnapshots      prometheus.Counter
 	runSnapshotsStuck prometheus.Counter
 
+	// repairs counts repairs of damaged sealed segments, by result
+	// (repaired, failed); repair.go.
+	repairs *prometheus.CounterVec
+
 	// The HTTP endpoint; nil when MetricsAddr is empty.
 	lis net.Listener
 	srv *http.Server
@@ -149,6 +153,15 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 		"Training-run state snapshots this node proposed as leader and saw committed.")
 	m.runSnapshotsStuck = f.counter("tsstore_run_snapshots_stuck_total",
 		"Runs whose snapshots this leader stopped because the fold could not take one of their events (a newer schema version, a malformed payload) or their start is compacted away; see the log for which.")
+
+	m.repairs = f.counterVec("tsstore_segment_repairs_total",
+		"Repairs of damaged sealed segments by this node, by result: repaired (a peer's verified copy, or the local .log for a damaged index file, swapped in) or failed (no peer had a good copy, or none answered; retried).", "result")
+	for _, r := range []string{repairRepaired, repairFailed} {
+		m.repairs.WithLabelValues(r)
+	}
+	m.regr.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tsstore_segments_damaged",
+		Help: "Sealed segments this node knows to be damaged and has not repaired yet (read at scrape time)."},
+		func() float64 { return float64(n.damagedCount()) }))
 
 	m.grpc = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(latencyBuckets)))
 	m.regr.MustRegister(m.grpc, &stateCollector{n: n},

@@ -158,18 +158,21 @@ func (n *Node) countLeaderChanges() {
 }
 
 // timedFSM times the FSM snapshot's Persist (header, hard links and the
-// sink's Close with its fsyncs) without touching package fsm.
+// sink's Close with its fsyncs) without touching package fsm, and
+// schedules the repair of a segment that made a snapshot fail.
 type timedFSM struct {
 	*fsm.FSM
-	m *nodeMetrics
+	n *Node
 }
 
 func (f timedFSM) Snapshot() (raft.FSMSnapshot, error) {
 	s, err := f.FSM.Snapshot()
 	if err != nil {
-		return nil, err
+		// A snapshot refused for a damaged segment (fsm.ErrSegmentDamaged)
+		// names it: repair it, and a later snapshot goes through.
+		return nil, f.n.noteCorruption(err)
 	}
-	return timedSnapshot{FSMSnapshot: s, m: f.m}, nil
+	return timedSnapshot{FSMSnapshot: s, m: f.n.metrics}, nil
 }
 
 type timedSnapshot struct {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tsstore/tsstore/fsm"
 	"github.com/tsstore/tsstore/internal/ratelog"
+	"github.com/tsstore/tsstore/segment"
 )
 
 // ErrWrongCluster is returned when the data directory belongs to another
@@ -72,6 +73,9 @@ type Node struct {
 	// sendBytes is the node-wide budget of read messages in gRPC's hands
 	// (sendbudget.go).
 	sendBytes *byteBudget
+	// repairs is the queue of damaged sealed segments to repair from a
+	// peer (repair.go).
+	repairs repairQueue
 
 	fatal     chan error
 	fatalOnce sync.Once
@@ -94,6 +98,7 @@ func New(cfg Config) (*Node, error) {
 		n.logger = slog.Default()
 	}
 	n.logger = slog.New(ratelog.NewHandler(n.logger.Handler(), logFlood))
+	n.repairs.init()
 	sec, err := cfg.loadSecurity()
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -144,6 +149,7 @@ func New(cfg Config) (*Node, error) {
 	n.goFunc(n.watchDisk)
 	n.goFunc(n.watchVotersDisk)
 	n.goFunc(n.snapshotRuns)
+	n.goFunc(n.repairLoop)
 	ok = true
 	n.logger.Info("node started", "raft", cfg.RaftAddr, "api", n.APIAddr(), "data", cfg.DataDir,
 		"open_time", time.Since(n.started).Round(time.Millisecond).String())
@@ -172,10 +178,26 @@ func (n *Node) openStorage() error {
 	n.opening("opening the segment log")
 	fcfg := fsm.DefaultConfig(filepath.Join(n.cfg.DataDir, "fsm"))
 	fcfg.Segment = n.cfg.Segment
+	// A damaged sealed segment does not keep the node from starting: it
+	// serves the rest and repairs the segment from a peer (repair.go).
+	fcfg.Segment.OpenDamaged = true
 	fcfg.Logger = n.logger.With("component", "fsm")
 	fcfg.OnFail = n.setFatal
-	if n.proc, err = fsm.Open(fcfg); err != nil {
-		return fmt.Errorf("opening fsm: %w", err)
+	// The state may need a damaged sealed segment to roll forward: repair
+	// it from a peer first (repair_open.go), then open again, until the
+	// roll-forward finds no other damaged segment.
+	for tried := map[uint64]bool{}; ; {
+		if n.proc, err = fsm.Open(fcfg); err == nil {
+			break
+		}
+		base, ok := segment.CorruptSegment(err)
+		if !ok || tried[base] {
+			return fmt.Errorf("opening fsm: %w", err)
+		}
+		tried[base] = true
+		if err := n.repairBeforeOpen(fcfg, err); err != nil {
+			return fmt.Errorf("opening fsm: %w", err)
+		}
 	}
 	if n.snaps, err = fsm.NewSnapshotStore(filepath.Join(n.cfg.DataDir, "snapshots"), n.cfg.SnapshotRetain, n.logger); err != nil {
 		return err
@@ -312,7 +334,8 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return err
 	}
-	n.raft, err = raft.NewRaft(rc, timedFSM{FSM: &fsm.FSM{P: n.proc}, m: n.metrics}, n.logs, n.stable, snapStoreGuard{SnapshotStore: n.snaps, n: n}, snapGuard{NetworkTransport: n.trans, n: n})
+	n.raft, err = raft.NewRaft(rc, timedFSM{FSM: &fsm.FSM{P: n.proc}, n: n}, n.logs, n.stable,
+		snapStoreGuard{SnapshotStore: verifiedSnapshots{n.snaps, n}, n: n}, snapGuard{NetworkTransport: n.trans, n: n})
 	if err != nil {
 		return fmt.Errorf("starting raft: %w", err)
 	}

@@ -232,7 +232,7 @@ func (s *service) Read(req *pb.ReadRequest, stream pb.EventStore_ReadServer) err
 		}
 	}
 	if err := n.resolveStart(sel); err != nil {
-		return toStatus(err)
+		return toStatus(n.noteCorruption(err))
 	}
 	end := n.proc.NextOffset()
 	if sel.to != 0 {
@@ -257,7 +257,9 @@ func (r *reader) send(stream pb.EventStore_ReadServer, end, logEnd uint64) error
 	}
 	buf, next, err := r.next(end)
 	if err != nil {
-		return toStatus(err)
+		// DataLoss for the reader (the SDK resumes on another node); a
+		// damaged sealed segment is repaired from a peer (repair.go).
+		return toStatus(r.n.noteCorruption(err))
 	}
 	defer put(buf)
 	r.budget.sized(int64(len(*buf)))

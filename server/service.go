@@ -84,6 +84,7 @@ func (n *Node) serve() error {
 	pb.RegisterEventStoreServer(n.grpc, s)
 	pb.RegisterClusterServer(n.grpc, s)
 	pb.RegisterRunsServer(n.grpc, &runsService{n: n})
+	pb.RegisterRepairServer(n.grpc, &repairService{n: n})
 	n.registerHealth()
 	reflection.Register(n.grpc)
 	n.peers = newPeerPool(n.peerCreds())

@@ -5,8 +5,6 @@ import (
 	"io"
 
 	"github.com/hashicorp/raft"
-
-	"github.com/tsstore/tsstore/fsm"
 )
 
 // Snapshot sends to a node that cannot persist back off.
@@ -55,7 +53,7 @@ func (n *Node) peerDiskProblem(addr raft.ServerAddress) string {
 // node takes itself: cheap (segments are hard links) and what lets raft
 // truncate its log, so it is never refused.
 type snapStoreGuard struct {
-	*fsm.SnapshotStore
+	raft.SnapshotStore
 	n *Node
 }
 

@@ -44,7 +44,7 @@ func (s *service) Subscribe(req *pb.ReadRequest, stream pb.EventStore_SubscribeS
 		return toStatus(err)
 	}
 	if err := n.resolveStart(sel); err != nil {
-		return toStatus(err)
+		return toStatus(n.noteCorruption(err))
 	}
 	r := &reader{n: n, sel: sel, m: n.metrics.subscribe, budget: n.newSendBudget(ctx)}
 	defer r.budget.done()

@@ -11,7 +11,7 @@
 //	tsstore tail    follow events as they commit
 //	tsstore runs    list training runs
 //	tsstore run     start, show, time-travel and verify one training run
-//	tsstore snapshot, backup, restore, verify, dump: data operations
+//	tsstore snapshot, backup, restore, verify, repair, dump: data operations
 package main
 
 import (
@@ -42,11 +42,12 @@ var commands = map[string]command{
 	// Training runs (runs.go, run.go, run_verify.go).
 	"runs": {"list training runs with a summary of their state", runRuns},
 	"run":  {"start, show, time-travel, list checkpoints of and verify a training run", runRun},
-	// Data operations (backup.go, restore.go, snapshot.go, verify.go, dump.go).
+	// Data operations (backup.go, restore.go, snapshot.go, verify.go, repair.go, dump.go).
 	"snapshot": {"force a Raft snapshot on a node", runSnapshot},
 	"backup":   {"write a consistent backup of the store to a file", runBackup},
 	"restore":  {"seed one node of a new cluster from a backup (offline)", runRestore},
 	"verify":   {"scrub a stopped node's data directory", runVerify},
+	"repair":   {"check a node's sealed segments and repair damaged ones from a peer", runRepair},
 	"dump":     {"print the batches of a segment file", runDump},
 }
 
