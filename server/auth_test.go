@@ -250,10 +250,7 @@ func retryUnavailable(ctx context.Context, fn func() error) error {
 // method that does not exist.
 func TestAuthMethodTableCoversEveryMethod(t *testing.T) {
 	srv := grpc.NewServer()
-	s := &service{}
-	pb.RegisterEventStoreServer(srv, s)
-	pb.RegisterClusterServer(srv, s)
-	pb.RegisterRepairServer(srv, &repairService{})
+	(&Node{}).registerAPI(srv)
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	reflection.Register(srv)
 	seen := map[string]bool{}

@@ -80,11 +80,7 @@ func (n *Node) serve() error {
 		opts = append(opts, grpc.Creds(loggedCreds{TransportCredentials: credentials.NewTLS(n.sec.api), logger: n.logger.With("component", "api-tls")}))
 	}
 	n.grpc = grpc.NewServer(opts...)
-	s := &service{n: n}
-	pb.RegisterEventStoreServer(n.grpc, s)
-	pb.RegisterClusterServer(n.grpc, s)
-	pb.RegisterRunsServer(n.grpc, &runsService{n: n})
-	pb.RegisterRepairServer(n.grpc, &repairService{n: n})
+	n.registerAPI(n.grpc)
 	n.registerHealth()
 	reflection.Register(n.grpc)
 	n.peers = newPeerPool(n.peerCreds())
@@ -94,6 +90,16 @@ func (n *Node) serve() error {
 		}
 	})
 	return nil
+}
+
+// registerAPI registers every tsstore service of n on srv (the auth
+// table's test registers them the same way, so none can lack a role).
+func (n *Node) registerAPI(srv *grpc.Server) {
+	s := &service{n: n}
+	pb.RegisterEventStoreServer(srv, s)
+	pb.RegisterClusterServer(srv, s)
+	pb.RegisterRunsServer(srv, &runsService{n: n})
+	pb.RegisterRepairServer(srv, &repairService{n: n})
 }
 
 // Append validates a request, forwards it to the leader if this node is
