@@ -10,6 +10,7 @@ import (
 	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/client/train"
 	"github.com/tsstore/tsstore/fsm"
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
 func sdk(t *testing.T, tc *testCluster) *client.Client {
@@ -262,5 +263,71 @@ func TestRunSnapshotsAndResume(t *testing.T) {
 	}
 	if fmt.Sprint(refs[0]) != fmt.Sprint(refs[1]) {
 		t.Fatalf("snapshot indexes differ:\n%v\n%v", refs[0], refs[1])
+	}
+}
+
+// A follower that catches up by InstallSnapshot rebuilds the run index
+// (fences and snapshots) from the snapshot's segments: the same lookups
+// give the same answers on it as on the leader, and it fences alike.
+func TestRunIndexAfterInstallSnapshot(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) { c.RunSnapshotBatches = 20; c.TrailingLogs = 8 })
+	c := sdk(t, tc)
+	ctx := ctxT(t)
+	const run = "gpt-small"
+	l := tc.leader()
+	fi := 0
+	for i, n := range tc.nodes {
+		if n != l {
+			fi = i
+			break
+		}
+	}
+	f := restartNode(t, tc, fi, func() {
+		gen, err := c.StartRun(ctx, run, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeRun(t, ctx, c, run, gen, 1, 60) // 120 batches: 6 run snapshots
+		if _, err := c.StartRun(ctx, run, "attempt 2"); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if r, _ := tc.leader().proc.Run(run); r.Taken >= 6 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no run snapshots")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if _, err := dialCluster(t, tc.leader()).Snapshot(ctx, &pb.SnapshotRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		// The Raft log after the snapshot no longer reaches back to what
+		// the stopped follower has: it needs the snapshot.
+		writeRun(t, ctx, c, run+"-other", 0, 1, 20)
+	})
+	l = tc.leader()
+	if err := f.proc.WaitApplied(ctx, l.proc.AppliedIndex()); err != nil {
+		t.Fatal(err)
+	}
+	if idx := f.raft.Stats()["last_snapshot_index"]; idx == "0" {
+		t.Fatal("the follower caught up without a snapshot: the test needs InstallSnapshot")
+	}
+	want, _ := l.proc.Run(run)
+	got, ok := f.proc.Run(run)
+	if !ok || got.Generation != 2 || fmt.Sprint(got.Snapshots) != fmt.Sprint(want.Snapshots) || got.Taken != want.Taken {
+		t.Fatalf("run index on the caught-up follower:\n%+v\nleader:\n%+v", got, want)
+	}
+	for _, step := range []uint64{10, 35, 60} {
+		a, aok := l.proc.RunSnapshotAt(run, fsm.ByStep, step, 0)
+		b, bok := f.proc.RunSnapshotAt(run, fsm.ByStep, step, 0)
+		if a != b || aok != bok {
+			t.Fatalf("snapshot at step %d: leader %+v, follower %+v", step, a, b)
+		}
+	}
+	if r, err := f.readRunSnapshot(want.Snapshots[len(want.Snapshots)-1].Offset); err != nil || r.Run != run {
+		t.Fatalf("reading the newest run snapshot on the follower: %+v %v", r, err)
 	}
 }
