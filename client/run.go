@@ -10,6 +10,7 @@ import (
 
 	"github.com/tsstore/tsstore/client/train"
 	tsstorev1 "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/record"
 )
 
 // Training runs. A run is a stream of typed training events (package
@@ -195,25 +196,45 @@ func (c *Client) foldRun(ctx context.Context, st *train.State, from uint64, targ
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	opts = append(opts[:len(opts):len(opts)], Stream(st.Run))
-	for ev, err := range c.Replay(ctx, from, opts...) {
+	// Raw batches rather than Replay: the fold needs no RecordedEvent, and
+	// a resume folds thousands of records. Payloads alias the receive
+	// buffer; Apply keeps none of them.
+	types := map[string]string{}
+	var r record.Record
+	for b, err := range c.ReadBatches(ctx, from, opts...) {
 		if errors.Is(err, ErrStreamNotFound) && from == 0 {
 			return fmt.Errorf("%w: run %q has no events", ErrStreamNotFound, st.Run)
 		}
 		if err != nil {
 			return err
 		}
-		in := train.Input{Offset: ev.Offset, Timestamp: ev.Timestamp.UnixNano(), Type: ev.Type, Payload: ev.Payload}
-		beyond, err := target.Beyond(st, in)
-		if err != nil {
-			return fmt.Errorf("run %q: %w", st.Run, err)
+		ts := b.Header().Timestamp
+		it := b.Records()
+		for it.Next(&r) {
+			if r.Offset < from || string(r.Stream) != st.Run {
+				continue
+			}
+			typ, ok := types[string(r.Type)]
+			if !ok {
+				typ = string(r.Type)
+				types[typ] = typ
+			}
+			in := train.Input{Offset: r.Offset, Timestamp: ts, Type: typ, Payload: r.Payload}
+			beyond, err := target.Beyond(st, in)
+			if err != nil {
+				return fmt.Errorf("run %q: %w", st.Run, err)
+			}
+			if beyond {
+				return nil
+			}
+			if err := st.Apply(in); err != nil {
+				return fmt.Errorf("run %q: %w", st.Run, err)
+			}
+			info.Folded++
 		}
-		if beyond {
-			return nil
+		if err := it.Err(); err != nil {
+			return fmt.Errorf("%w: run %q: %v", ErrCorruption, st.Run, err)
 		}
-		if err := st.Apply(in); err != nil {
-			return fmt.Errorf("run %q: %w", st.Run, err)
-		}
-		info.Folded++
 	}
 	return nil
 }
