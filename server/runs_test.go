@@ -331,3 +331,54 @@ func TestRunIndexAfterInstallSnapshot(t *testing.T) {
 		t.Fatalf("reading the newest run snapshot on the follower: %+v %v", r, err)
 	}
 }
+
+// A backup carries runs: the cluster restored from it has the same run
+// index, fences the old generation, and resumes the run from a snapshot
+// to the same state hash as before.
+func TestRunsSurviveBackupAndRestore(t *testing.T) {
+	src := newTestCluster(t, 3, func(c *Config) { c.RunSnapshotBatches = 20 })
+	c := sdk(t, src)
+	ctx := ctxT(t)
+	const run = "vit-3"
+	gen, err := c.StartRun(ctx, run, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRun(t, ctx, c, run, gen, 1, 50)
+	gen2, err := c.StartRun(ctx, run, "attempt 2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := c.ResumeRun(ctx, run)
+	if err != nil || before.Info.Snapshot == nil {
+		t.Fatalf("resume before the backup: %+v %v", before, err)
+	}
+	want, _ := src.leader().proc.Run(run)
+	f := src.follower()
+	if err := f.proc.WaitApplied(ctx, src.leader().proc.AppliedIndex()); err != nil {
+		t.Fatal(err)
+	}
+	info, data := fetchBackup(t, f)
+	src.close()
+
+	dst := restoreCluster(t, 3, info, data)
+	dst.leader()
+	dc := sdk(t, dst)
+	got, ok := dst.leader().proc.Run(run)
+	if !ok || got.Generation != gen2 || fmt.Sprint(got.Snapshots) != fmt.Sprint(want.Snapshots) {
+		t.Fatalf("run index after restore:\n%+v\nbefore:\n%+v", got, want)
+	}
+	after, err := dc.ResumeRun(ctx, run)
+	if err != nil || after.Info.Snapshot == nil || after.State.Hash != before.State.Hash {
+		t.Fatalf("resume after restore: %+v %v (hash before %x)", after, err, before.State.Hash[:4])
+	}
+	p := dc.NewProducer("")
+	p.SetRunGeneration(gen)
+	if _, err := appendTyped(t, ctx, p, run, train.EpochStarted{Epoch: 9}); !errors.Is(err, client.ErrFenced) {
+		t.Fatalf("generation 1 after restore: %v", err)
+	}
+	p.SetRunGeneration(gen2)
+	if _, err := appendTyped(t, ctx, p, run, train.EpochStarted{Epoch: 9}); err != nil {
+		t.Fatalf("generation 2 after restore: %v", err)
+	}
+}
