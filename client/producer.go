@@ -207,9 +207,10 @@ func (p *Producer) AppendWith(ctx context.Context, events []Event, opts ...Appen
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	retry := false // req is the in-doubt append again: an earlier call's attempt reached a server
 	if d := p.mu.inDoubt; d != nil {
 		req.ProducerSeq = d.ProducerSeq
-		if !proto.Equal(req, d) {
+		if retry = proto.Equal(req, d); !retry {
 			if err := p.settleLocked(ctx); err != nil {
 				return AppendResult{}, err
 			}
@@ -217,6 +218,9 @@ func (p *Producer) AppendWith(ctx context.Context, events []Event, opts ...Appen
 	}
 	req.ProducerSeq = p.mu.next
 	resp, attempts, err := p.send(ctx, req)
+	if retry && attempts > 0 {
+		attempts++
+	}
 	return p.finishLocked(req, resp, attempts, err)
 }
 
@@ -249,18 +253,54 @@ func (p *Producer) finishLocked(req *tsstorev1.AppendRequest, resp *tsstorev1.Ap
 		// An earlier attempt committed and has since left the dedup window.
 		p.mu.next = req.GetProducerSeq() + n
 		p.mu.inDoubt = nil
-	case attempts == 0 || !MayHaveCommitted(err):
-		// Never sent, or a definite answer: nothing was written. A
-		// definite answer to a retry also settles earlier attempts, since
-		// the server checks duplicates first.
-		if attempts > 0 {
-			p.mu.inDoubt = nil
-		}
+	case attempts == 0:
+		// Never sent: an in-doubt append stays in doubt.
+	case !MayHaveCommitted(err) && (attempts == 1 || settlesEarlier(err)):
+		// A definite answer: nothing was written, by this attempt or, for
+		// an answer decided after the duplicate check, any earlier one.
+		p.mu.inDoubt = nil
+	case !MayHaveCommitted(err):
+		// A definite refusal of a retry that says nothing of the earlier
+		// attempts (DISK_FULL before proposing, say): one of them may have
+		// committed, so the append stays in doubt and the caller is told.
+		p.mu.inDoubt = proto.CloneOf(req)
+		return AppendResult{}, &EarlierAttemptError{Seq: req.GetProducerSeq(), Err: err}
 	default:
 		p.mu.inDoubt = proto.CloneOf(req) // the caller may reuse its buffers
 	}
 	return AppendResult{}, err
 }
+
+// settlesEarlier reports whether a definite error, answered to a retry,
+// also means that no earlier attempt of the append committed. Errors the
+// FSM decides when it applies an entry do (it checks duplicates first, so
+// a committed earlier attempt would have been answered as a duplicate), and
+// so do refusals that depend only on the request's bytes (the earlier
+// attempt, the same bytes, was refused alike). Refusals that depend on the
+// node's state at the time (a full disk, budgets, credentials) do not.
+func settlesEarlier(err error) bool {
+	for _, e := range []error{ErrSequenceGap, ErrWrongExpectedVersion, ErrFenced, ErrInvalidEvent, ErrEventTooLarge, ErrRequestTooLarge} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// EarlierAttemptError: a retry of an append was refused in a way that says
+// nothing about its earlier attempts (for instance DISK_FULL before the
+// leader proposed it), and one of those reached a server, so the append may
+// have committed. The producer keeps it in doubt: call Append again with
+// the same events to learn its outcome. MayHaveCommitted reports true.
+type EarlierAttemptError struct {
+	Seq uint64
+	Err error
+}
+
+func (e *EarlierAttemptError) Error() string {
+	return fmt.Sprintf("client: append at seq %d refused on a retry, and an earlier attempt may have committed (retry it with the same events): %v", e.Seq, e.Err)
+}
+func (e *EarlierAttemptError) Unwrap() error { return e.Err }
 
 // MayHaveCommitted reports whether a failed append may still have been
 // committed: only definite rejections (invalid, precondition, auth,
@@ -268,6 +308,10 @@ func (p *Producer) finishLocked(req *tsstorev1.AppendRequest, resp *tsstorev1.Ap
 // context or a lost connection leave the outcome unknown. Retrying the
 // same Producer call is the safe way to learn it.
 func MayHaveCommitted(err error) bool {
+	var earlier *EarlierAttemptError
+	if errors.As(err, &earlier) {
+		return true
+	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrClosed) {
 		return true
 	}

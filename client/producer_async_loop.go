@@ -175,8 +175,11 @@ func (l *asyncLoop) handle(r flightResult) {
 		l.count(func(s *AsyncStats) { s.Gaps++ })
 	case errors.Is(err, ErrClosed):
 		l.fatal(f, err)
-	case r.attempts > 0 && !MayHaveCommitted(err):
+	case r.attempts > 0 && !MayHaveCommitted(err) && (f.tries == 1 && r.attempts == 1 || settlesEarlier(err)):
 		l.fatal(f, fmt.Errorf("client: async producer %s: append at seq %d rejected: %w", l.a.p.id, f.req.GetProducerSeq(), err))
+		// A retry refused in a way that says nothing of its earlier
+		// attempts (DISK_FULL) falls through: one may have committed, so
+		// it is sent again like an unknown outcome, up to DeliveryTimeout.
 	case time.Since(f.first) > l.a.opts.DeliveryTimeout:
 		l.fatal(f, fmt.Errorf("client: async producer %s: append at seq %d still in doubt after %v: %w",
 			l.a.p.id, f.req.GetProducerSeq(), l.a.opts.DeliveryTimeout, err))

@@ -751,3 +751,87 @@ func TestAppendOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A retry refused before the leader proposed it (DISK_FULL) says nothing
+// of the earlier attempt, which may have committed: the append stays in
+// doubt (EarlierAttemptError, MayHaveCommitted) and is settled before the
+// next different append, which never reuses its sequence. Found by the
+// jepsen disk-full scenario: the earlier attempt had committed, and the
+// next append got its offsets as a "duplicate".
+func TestRetryRefusedBeforeProposalStaysInDoubt(t *testing.T) {
+	var diskFull error
+	f := startFake(t, &fakeNode{
+		append: func(call int, req *tsstorev1.AppendRequest) (*tsstorev1.AppendResponse, error) {
+			switch call {
+			case 1:
+				return nil, status.Error(codes.Unavailable, "leader died after committing")
+			case 2:
+				return nil, diskFull
+			}
+			return okAppend(req, call == 3), nil // 3: the settle finds it committed
+		},
+	})
+	diskFull = statusErr(t, codes.ResourceExhausted, tsstorev1.ErrorReason_ERROR_REASON_DISK_FULL, nil)
+	cfg := DefaultConfig(f.addr)
+	cfg.MaxRetries = 0
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := c.NewProducer("prod-disk")
+	if _, err := p.Append(testCtx(t), ev("a")); !MayHaveCommitted(err) {
+		t.Fatalf("first attempt: %v", err)
+	}
+	_, err = p.Append(testCtx(t), ev("a")) // the caller retries: DISK_FULL
+	var earlier *EarlierAttemptError
+	if !errors.As(err, &earlier) || !MayHaveCommitted(err) || earlier.Seq != 1 {
+		t.Fatalf("retry refused DISK_FULL: %v, want an EarlierAttemptError that may have committed", err)
+	}
+	if p.NextSeq() != 1 {
+		t.Fatalf("NextSeq %d after the refused retry, want 1 (still in doubt)", p.NextSeq())
+	}
+	if _, err := p.Append(testCtx(t), ev("b")); err != nil {
+		t.Fatal(err)
+	}
+	got := f.appends()
+	if len(got) != 4 || got[2].GetProducerSeq() != 1 || string(got[2].GetEvents()[0].GetPayload()) != "a" || got[3].GetProducerSeq() != 2 {
+		t.Fatalf("appends after the refusal: %d, want the settle of seq 1 (a) then b at seq 2", len(got))
+	}
+}
+
+// A retry answered with an error decided after the duplicate check (a
+// sequence gap, a wrong expected version) settles the earlier attempts.
+func TestRetryRefusedAfterDedupSettles(t *testing.T) {
+	var gap error
+	f := startFake(t, &fakeNode{
+		append: func(call int, req *tsstorev1.AppendRequest) (*tsstorev1.AppendResponse, error) {
+			if call == 1 {
+				return nil, status.Error(codes.Unavailable, "lost")
+			}
+			if call == 2 {
+				return nil, gap
+			}
+			return okAppend(req, false), nil
+		},
+	})
+	gap = statusErr(t, codes.FailedPrecondition, tsstorev1.ErrorReason_ERROR_REASON_WRONG_EXPECTED_VERSION, map[string]string{"stream": "s"})
+	cfg := DefaultConfig(f.addr)
+	cfg.MaxRetries = 0
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := c.NewProducer("prod-wev")
+	p.Append(testCtx(t), ev("a"))
+	if _, err := p.Append(testCtx(t), ev("a")); !errors.Is(err, ErrWrongExpectedVersion) || MayHaveCommitted(err) {
+		t.Fatalf("retry: %v", err)
+	}
+	if _, err := p.Append(testCtx(t), ev("b")); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.appends(); len(got) != 3 || got[2].GetProducerSeq() != 1 {
+		t.Fatalf("after a settled refusal the next append takes seq 1 again: %d appends", len(got))
+	}
+}

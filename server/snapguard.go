@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/hashicorp/raft"
 )
@@ -35,8 +36,24 @@ func (g snapGuard) InstallSnapshot(id raft.ServerID, target raft.ServerAddress, 
 		return fmt.Errorf("not sending the snapshot at index %d (%d bytes) to %s: it reports it cannot persist (%s); raft retries with backoff",
 			args.LastLogIndex, args.Size, id, p)
 	}
-	return g.NetworkTransport.InstallSnapshot(id, target, args, resp, data)
+	err := g.NetworkTransport.InstallSnapshot(id, target, args, resp, data)
+	if err != nil && strings.Contains(err.Error(), refuseInstallPhrase) {
+		// The target refused before writing: remember it until the next
+		// disk probe, so raft's quick retries send nothing either (a node
+		// restarted on a full disk answered no probe while it was down).
+		g.n.voters.mu.Lock()
+		if g.n.voters.peers == nil {
+			g.n.voters.peers = map[raft.ServerAddress]string{}
+		}
+		g.n.voters.peers[target] = err.Error()
+		g.n.voters.mu.Unlock()
+	}
+	return err
 }
+
+// refuseInstallPhrase is in the error a node that cannot persist answers
+// InstallSnapshot with (snapStoreGuard); the leader recognizes it.
+const refuseInstallPhrase = "this node cannot persist"
 
 // peerDiskProblem is the last disk problem the server at addr reported
 // to this node as leader ("" if none or unknown).
@@ -62,7 +79,7 @@ func (g snapStoreGuard) Create(version raft.SnapshotVersion, index, term uint64,
 	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
 	if index > g.n.proc.AppliedIndex() {
 		if p := g.n.diskProblem(); p != "" {
-			return nil, fmt.Errorf("refusing to install the snapshot at index %d: this node cannot persist (%s)", index, p)
+			return nil, fmt.Errorf("refusing to install the snapshot at index %d: %s (%s)", index, refuseInstallPhrase, p)
 		}
 	}
 	return g.SnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
