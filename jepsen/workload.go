@@ -290,7 +290,7 @@ func (w *workload) rawAppender(ctx, stop context.Context, i int) {
 			op.Err = err.Error()
 			node++ // try another node next
 			if !client.MayHaveCommitted(err) {
-				op.Outcome = Fail
+				op.Outcome = rawDefinite(op.Attempts)
 				break
 			}
 			op.Outcome = Unknown
@@ -306,6 +306,18 @@ func (w *workload) rawAppender(ctx, stop context.Context, i int) {
 		}
 		sleepCtx(stop, thinkTime)
 	}
+}
+
+// rawDefinite is the outcome of a raw append whose attempt number attempts
+// got a definite refusal: failed on the first attempt, unknown on a retry,
+// since a definite answer to a retry says nothing of the earlier attempts
+// (without a producer id nothing deduplicates them; one may have
+// committed).
+func rawDefinite(attempts int) Outcome {
+	if attempts > 1 {
+		return Unknown
+	}
+	return Fail
 }
 
 // sleepCtx sleeps for d or until ctx is done.
