@@ -41,6 +41,10 @@ type AppendOp struct {
 	Generation uint64 `json:"generation,omitempty"`
 	Fenced     bool   `json:"fenced,omitempty"`
 	Current    uint64 `json:"current_generation,omitempty"`
+	// DiskFull: it failed with ResourceExhausted/DISK_FULL, the leader's
+	// refusal while its disk or a majority's is below the free-space
+	// watermark (nothing written).
+	DiskFull bool `json:"disk_full,omitempty"`
 }
 
 // Last is the offset of the op's last value (OK ops only).

@@ -196,8 +196,8 @@ func (r *Result) Summary() string {
 	}
 	fmt.Fprintf(&b, "%s %s seed=%d faults=%d leaders=%d\n", verdict, r.Scenario, r.Seed, len(r.Faults), r.Changes)
 	a := r.Appends
-	fmt.Fprintf(&b, "  appends attempted=%d ok=%d failed=%d (fenced %d) unknown=%d recovered=%d retries=%d events=%d\n",
-		a.Attempted, a.OK, a.Failed, a.Fenced, a.Unknown, a.Recovered, a.Retries, a.Events)
+	fmt.Fprintf(&b, "  appends attempted=%d ok=%d failed=%d (fenced %d, disk full %d) unknown=%d recovered=%d retries=%d events=%d\n",
+		a.Attempted, a.OK, a.Failed, a.Fenced, a.DiskFull, a.Unknown, a.Recovered, a.Retries, a.Events)
 	rd := r.Reads
 	fmt.Fprintf(&b, "  reads ok=%d/%d linearizable=%d ryw=%d events=%d; subscriptions delivered=%d resumes=%d emulated=%v\n",
 		rd.ReadsOK, rd.Reads, rd.Linearizable, rd.ReadYourWrites, rd.EventsRead, rd.Delivered, rd.Resumes, rd.Emulated)
