@@ -116,6 +116,8 @@ type Fault struct {
 	Detail string        `json:"detail,omitempty"`
 	Start  time.Duration `json:"start_ns"`
 	End    time.Duration `json:"end_ns"` // when it was healed
+	// Disk is what a disk fault did and saw (diskfault.go).
+	Disk *DiskFault `json:"disk,omitempty"`
 }
 
 // History is everything the clients and the nemesis observed in a run.
