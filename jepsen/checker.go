@@ -35,8 +35,19 @@ func (c *CheckResult) note(key string, n int) {
 	c.Notes[key] += n
 }
 
+// noteMax keeps the largest v seen for key.
+func (c *CheckResult) noteMax(key string, v int) {
+	if c.Notes == nil {
+		c.Notes = map[string]int{}
+	}
+	if old, ok := c.Notes[key]; !ok || v > old {
+		c.Notes[key] = v
+	}
+}
+
 // Check runs every checker on a history and the final replicas; rule 10
-// (fencecheck.go) only on a history of the fencing workload.
+// (fencecheck.go) only on a history of the fencing workload, rule 11
+// (diskcheck.go) only on one with disk faults or DISK_FULL refusals.
 func Check(h *History, reps []Replica) []CheckResult {
 	L := reference(reps)
 	res := []CheckResult{
@@ -52,6 +63,9 @@ func Check(h *History, reps []Replica) []CheckResult {
 	}
 	if len(h.Fences) > 0 { // the fencing workload ran
 		res = append(res, checkFencing(h, reps))
+	}
+	if hasDiskFull(h) {
+		res = append(res, checkDiskFull(h, reps))
 	}
 	return res
 }

@@ -161,6 +161,15 @@ func TestCatchesUnexpected(t *testing.T) {
 	expectOnly(t, h, reps, 1, 4, 5, 8)
 }
 
+// Rule 4 trusts the workload's outcomes. A raw append (no producer id:
+// nothing deduplicates its retries) refused definitely on a retry may have
+// committed on an earlier attempt: its outcome is unknown, not failed.
+func TestRawDefinite(t *testing.T) {
+	if rawDefinite(1) != Fail || rawDefinite(2) != Unknown {
+		t.Errorf("rawDefinite(1) = %v, rawDefinite(2) = %v", rawDefinite(1), rawDefinite(2))
+	}
+}
+
 // Rule 5: a gap in a replica, a read that skipped an offset, and a read
 // the client flagged for an integrity error.
 func TestCatchesGap(t *testing.T) {

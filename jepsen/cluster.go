@@ -18,12 +18,19 @@ type cluster struct {
 	nodes []*proccluster.Node
 }
 
-// startCluster lays out, starts and waits for a leader. On error nothing is
-// left running.
-func startCluster(ctx context.Context, binary, dir string, serveArgs, env []string) (*cluster, error) {
+// startCluster lays out, starts and waits for a leader. prepare, if not
+// nil, runs on the laid-out nodes before any starts (the disk-full
+// scenario mounts their filesystems). On error nothing is left running.
+func startCluster(ctx context.Context, binary, dir string, serveArgs, env []string,
+	prepare func([]*proccluster.Node) error) (*cluster, error) {
 	pc, err := proccluster.New(proccluster.Options{Binary: binary, Dir: dir, ExtraArgs: serveArgs, Env: env})
 	if err != nil {
 		return nil, err
+	}
+	if prepare != nil {
+		if err := prepare(pc.Nodes); err != nil {
+			return nil, err
+		}
 	}
 	raft := map[string]string{}
 	for _, n := range pc.Nodes {

@@ -14,8 +14,9 @@
 // restart, wipe-and-rejoin), membership changes (remove a node, add it
 // back), network faults on the proxies (isolate the leader or a follower,
 // bridge, one-way loss, flapping, slow or stalled links), disk faults (a faultfs build that loses unsynced writes of the
-// segment log and of the Raft log on a kill; bit flips and truncations of segment files), leadership
-// transfers and snapshot installs. Then everything is healed, the cluster
+// segment log and of the Raft log on a kill; bit flips and truncations of segment files), full disks
+// (each node's data directory on a small tmpfs of its own, filled to just below its free-space
+// watermark or completely, diskfault.go), leadership transfers and snapshot installs. Then everything is healed, the cluster
 // must accept an append again, all nodes must converge on one log end,
 // and the whole log is replayed from every node. The checkers judge the
 // history against those replicas.
@@ -80,6 +81,14 @@
 //     StartRun's generation is there (a failed one wrote none), an
 //     append refused FENCED is absent and was refused by a newer
 //     generation that is there, and replicas hold identical run streams.
+//  11. Disk full is a state, not a hang (disk-full scenario only,
+//     diskcheck.go): an append refused DISK_FULL is in no replica; every
+//     filled node reports its problem or exits; while the leader's or a
+//     majority's disk is below the watermark, appends are refused at once
+//     (not acknowledged, not left hanging); no node exits 78 for it; no
+//     snapshot is streamed to a node that has reported for long enough
+//     that its leader knows; within 20 s of the heal every node runs,
+//     serves and reports no problem and an append is acknowledged.
 //
 // A run also fails if it cannot reach its checks: the healed cluster
 // accepts no append, or the replicas do not converge within a minute.

@@ -41,6 +41,10 @@ type AppendOp struct {
 	Generation uint64 `json:"generation,omitempty"`
 	Fenced     bool   `json:"fenced,omitempty"`
 	Current    uint64 `json:"current_generation,omitempty"`
+	// DiskFull: it failed with ResourceExhausted/DISK_FULL, the leader's
+	// refusal while its disk or a majority's is below the free-space
+	// watermark (nothing written).
+	DiskFull bool `json:"disk_full,omitempty"`
 }
 
 // Last is the offset of the op's last value (OK ops only).
@@ -112,6 +116,8 @@ type Fault struct {
 	Detail string        `json:"detail,omitempty"`
 	Start  time.Duration `json:"start_ns"`
 	End    time.Duration `json:"end_ns"` // when it was healed
+	// Disk is what a disk fault did and saw (diskfault.go).
+	Disk *DiskFault `json:"disk,omitempty"`
 }
 
 // History is everything the clients and the nemesis observed in a run.

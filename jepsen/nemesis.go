@@ -49,6 +49,10 @@ type nemesis struct {
 	// failures are violations the nemesis saw itself, outside the
 	// history (a removed node that kept running); they fail the run.
 	failures []string
+	// disk is the scenario's per-node filesystems (disk-full), fillers the
+	// data directories holding a filler now.
+	disk    *DiskSpec
+	fillers map[string]bool
 }
 
 // run follows the plan, then heals everything. It returns early (healed)
@@ -68,9 +72,16 @@ func (n *nemesis) run(ctx context.Context, plan []PlannedFault) {
 	}
 }
 
-// healAll heals the network and resumes or restarts every node.
+// healAll heals the network, frees the disks and resumes or restarts
+// every node.
 func (n *nemesis) healAll() {
 	n.c.net.Heal()
+	for dir := range n.fillers {
+		if err := removeFiller(dir); err != nil {
+			n.logf("  heal: %v", err)
+		}
+		delete(n.fillers, dir)
+	}
 	for _, node := range n.c.nodes {
 		node.Signal(syscall.SIGCONT)
 		if !node.Running() {
@@ -140,6 +151,8 @@ func (n *nemesis) inject(ctx context.Context, p PlannedFault, f *Fault) {
 		n.corrupt(ctx, p.Duration, f, []string{"leader", "follower"}[n.rng.IntN(2)], n.rng.IntN(2) == 0)
 	case "remove":
 		n.membership(ctx, p, f)
+	case "disk":
+		n.diskFault(ctx, p, f)
 	case "wipe":
 		t := n.pick(ctx, "follower")
 		f.Target = t.ID

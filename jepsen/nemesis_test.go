@@ -3,6 +3,7 @@ package jepsen
 import (
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -60,6 +61,42 @@ func TestMembershipScenario(t *testing.T) {
 		if !slices.Contains([]string{"remove-follower", "remove-leader", "remove-kill", "kill-leader"}, k) {
 			t.Errorf("unknown membership fault kind %q", k)
 		}
+	}
+	from, to := phases(Profiles["short"].Duration)
+	for seed := uint64(1); seed <= 20; seed++ {
+		if plan := planFaults(rand.New(rand.NewPCG(seed, 1)), s, from, to); len(plan) < 2 {
+			t.Errorf("seed %d: only %d faults in the short profile", seed, len(plan))
+		}
+	}
+}
+
+// TestDiskFullScenario pins what the disk-full scenario needs: every
+// fault kind is disk-<depth>-<scope> for both depths and every scope the
+// nemesis handles, the watermarks fit the filesystem (a low fill leaves
+// writes room: raft-wal preallocates 16 MiB files), and the short
+// profile's fault window holds at least two faults.
+func TestDiskFullScenario(t *testing.T) {
+	ss, err := FindScenarios("disk-full")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := ss[0]
+	seen := map[string]bool{}
+	for _, k := range s.Faults {
+		kind, rest, _ := strings.Cut(k, "-")
+		depth, scope, _ := strings.Cut(rest, "-")
+		if kind != "disk" || !slices.Contains([]string{"low", "full"}, depth) ||
+			!slices.Contains([]string{"follower", "leader", "majority", "all", "restart"}, scope) {
+			t.Errorf("fault kind %q is not disk-<low|full>-<follower|leader|majority|all|restart>", k)
+		}
+		seen[depth+"-"+scope] = true
+	}
+	if len(seen) != 10 {
+		t.Errorf("want both depths of all five scopes, have %v", seen)
+	}
+	d := s.Disk
+	if d == nil || d.MinFree-d.LowMargin < 32<<20 || d.MinFree+d.Resume >= d.Size/2 {
+		t.Errorf("disk spec %+v: a low fill must leave at least 32 MiB, and healing must free well past the resume mark", d)
 	}
 	from, to := phases(Profiles["short"].Duration)
 	for seed := uint64(1); seed <= 20; seed++ {

@@ -10,8 +10,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/tsstore/tsstore/internal/proccluster"
 )
 
 // Config is one scenario run.
@@ -80,7 +83,21 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 	}
 	seed := scenarioSeed(cfg.Seed, s.Name)
 	env := []string{fmt.Sprintf("FAULTFS_SEED=%d", seed)}
-	c, err := startCluster(ctx, bin, dataDir, s.ServeArgs, env)
+	serveArgs := s.ServeArgs
+	var disks *nodeDisks
+	var prepare func([]*proccluster.Node) error
+	if s.Disk != nil {
+		serveArgs = append(slices.Clone(serveArgs), s.Disk.serveArgs()...)
+		prepare = func(nodes []*proccluster.Node) (err error) {
+			disks, err = mountDisks(nodes, s.Disk)
+			return err
+		}
+		// Unmounts if the cluster does not start; after a run the
+		// deferred function below does it, copying the data out first
+		// when it keeps it.
+		defer func() { disks.release(false) }()
+	}
+	c, err := startCluster(ctx, bin, dataDir, serveArgs, env, prepare)
 	if err != nil {
 		return res, fmt.Errorf("starting cluster: %w", err)
 	}
@@ -89,7 +106,11 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 			err = fmt.Errorf("panic: %v", p)
 		}
 		c.close()
-		if err == nil && res.Valid && !cfg.Keep {
+		keep := err != nil || !res.Valid || cfg.Keep
+		if derr := disks.release(keep); derr != nil {
+			logf("  releasing the nodes' filesystems: %v", derr)
+		}
+		if !keep {
 			os.RemoveAll(dataDir)
 		} else {
 			logf("  cluster data and node logs kept in %s", dataDir)
@@ -136,7 +157,7 @@ func execute(ctx context.Context, cfg Config, c *cluster, rec *recorder, seed ui
 	defer stopWorkload()
 	w := &workload{c: c, rec: rec, seed: seed, runID: fmt.Sprintf("%x", seed), fencing: cfg.Scenario.Fencing}
 	w.start(ctx, stop)
-	nem := &nemesis{c: c, rec: rec, rng: rng, logf: logf}
+	nem := &nemesis{c: c, rec: rec, rng: rng, logf: logf, disk: cfg.Scenario.Disk, fillers: map[string]bool{}}
 	nctx, stopNemesis := context.WithTimeout(ctx, to+10*time.Second)
 	nem.run(nctx, res.Schedule)
 	stopNemesis()
@@ -196,8 +217,8 @@ func (r *Result) Summary() string {
 	}
 	fmt.Fprintf(&b, "%s %s seed=%d faults=%d leaders=%d\n", verdict, r.Scenario, r.Seed, len(r.Faults), r.Changes)
 	a := r.Appends
-	fmt.Fprintf(&b, "  appends attempted=%d ok=%d failed=%d (fenced %d) unknown=%d recovered=%d retries=%d events=%d\n",
-		a.Attempted, a.OK, a.Failed, a.Fenced, a.Unknown, a.Recovered, a.Retries, a.Events)
+	fmt.Fprintf(&b, "  appends attempted=%d ok=%d failed=%d (fenced %d, disk full %d) unknown=%d recovered=%d retries=%d events=%d\n",
+		a.Attempted, a.OK, a.Failed, a.Fenced, a.DiskFull, a.Unknown, a.Recovered, a.Retries, a.Events)
 	rd := r.Reads
 	fmt.Fprintf(&b, "  reads ok=%d/%d linearizable=%d ryw=%d events=%d; subscriptions delivered=%d resumes=%d emulated=%v\n",
 		rd.ReadsOK, rd.Reads, rd.Linearizable, rd.ReadYourWrites, rd.EventsRead, rd.Delivered, rd.Resumes, rd.Emulated)

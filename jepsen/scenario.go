@@ -29,6 +29,10 @@ type Scenario struct {
 	// (membership changes: removal, restart, catch-up, promotion); the
 	// planner leaves room for it.
 	Overhead time.Duration
+	// Disk puts every node's data directory on a small filesystem of its
+	// own, which disk faults fill (diskfault.go), and sets the nodes'
+	// free-space watermarks.
+	Disk *DiskSpec
 }
 
 // snapshotArgs make snapshots frequent and the Raft log short, so a
@@ -73,6 +77,12 @@ var Scenarios = []Scenario{
 		Faults: []string{"kill-leader", "pause-leader", "isolate-leader", "isolate-follower-long", "wipe-follower"}, ServeArgs: snapshotArgs,
 		Active: [2]time.Duration{2 * time.Second, 5 * time.Second}, Quiet: [2]time.Duration{time.Second, 2 * time.Second},
 		Fencing: true},
+	{Name: "disk-full", Doc: "real full disks (a 256 MiB tmpfs per node): a follower's, the leader's, a majority's or all disks filled to just below min-free-bytes (refused at once, NOT_SERVING) or completely (ENOSPC: the node exits and is restarted on its full disk), or a node killed and restarted on its filled disk; healed by deleting the filler, no restart",
+		Faults: []string{"disk-low-follower", "disk-low-leader", "disk-low-majority", "disk-low-all", "disk-low-restart",
+			"disk-full-follower", "disk-full-leader", "disk-full-majority", "disk-full-all", "disk-full-restart"},
+		ServeArgs: snapshotArgs, Disk: &DiskSpec{Size: 256 << 20, MinFree: 64 << 20, Resume: 16 << 20, LowMargin: 4 << 20},
+		Active: [2]time.Duration{3 * time.Second, 5 * time.Second}, Quiet: [2]time.Duration{time.Second, 2 * time.Second},
+		Overhead: 6 * time.Second},
 }
 
 // FindScenarios resolves a comma-separated list of names, or "all".

@@ -19,6 +19,8 @@ type AppendStats struct {
 	Retries int `json:"retries"`
 	// Fenced counts failed appends refused FENCED (fencing workload).
 	Fenced int `json:"fenced,omitempty"`
+	// DiskFull counts failed appends refused DISK_FULL (disk-full).
+	DiskFull int `json:"disk_full,omitempty"`
 }
 
 // ReadStats counts reads and subscription deliveries.
@@ -73,6 +75,9 @@ func appendStats(h *History) AppendStats {
 			s.Failed++
 			if a.Fenced {
 				s.Fenced++
+			}
+			if a.DiskFull {
+				s.DiskFull++
 			}
 		default:
 			s.Unknown++
