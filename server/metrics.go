@@ -338,7 +338,16 @@ func (r *readMetrics) sent(batches []byte, start time.Time, err error) {
 		events += int(h.RecordCount)
 		rest = rest[h.Size():]
 	}
+	r.sentEvents(events, len(batches), start, nil)
+}
+
+// sentEvents records one message of events events and size bytes sent
+// (err == nil) to a reader; a decoded read counts its events this way.
+func (r *readMetrics) sentEvents(events, size int, start time.Time, err error) {
+	if r == nil || err != nil {
+		return
+	}
 	r.events.Add(float64(events))
-	r.bytes.Add(float64(len(batches)))
+	r.bytes.Add(float64(size))
 	r.duration.Observe(time.Since(start).Seconds())
 }
