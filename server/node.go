@@ -26,6 +26,11 @@ import (
 // cluster or another node id.
 var ErrWrongCluster = errors.New("data directory belongs to another cluster or node")
 
+// ErrConfig marks New's errors of the configuration itself
+// (Config.Validate): invalid settings, unusable or unsafe TLS and token
+// files. Starting again with the same configuration cannot succeed.
+var ErrConfig = errors.New("config")
+
 // Node is one running tsstore server: storage, Raft, and the gRPC API.
 type Node struct {
 	cfg    Config
@@ -90,7 +95,7 @@ type Node struct {
 // New opens the node's storage, starts Raft and serves the API.
 func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n := &Node{cfg: cfg, logger: cfg.Logger, started: time.Now(), fatal: make(chan error, 1), draining: make(chan struct{}), shutdown: make(chan struct{}),
 		sendBytes: newByteBudget(cfg.NodeSendBytes)}
@@ -101,7 +106,7 @@ func New(cfg Config) (*Node, error) {
 	n.repairs.init()
 	sec, err := cfg.loadSecurity()
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n.sec = sec
 	n.logger.Info("security", n.sec.logAttrs()...)

@@ -44,11 +44,21 @@ func TestSystemdUnit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(unit), "ExecStart=/usr/local/bin/tsstore serve --config /etc/tsstore/tsstore.toml\n") {
-		t.Fatal("unit no longer starts /usr/local/bin/tsstore serve --config /etc/tsstore/tsstore.toml")
+	for _, line := range []string{
+		"ExecStart=/usr/local/bin/tsstore serve --config /etc/tsstore/tsstore.toml\n",
+		// Fail safe (issue #15): check the config first, never retry a
+		// configuration error, never wait for ever to start.
+		"ExecStartPre=/usr/local/bin/tsstore serve --config /etc/tsstore/tsstore.toml --check-config\n",
+		"RestartPreventExitStatus=78\n",
+		"TimeoutStartSec=90s\n",
+		"WatchdogSec=30s\n",
+	} {
+		if !strings.Contains(string(unit), line) {
+			t.Errorf("unit lacks %q", strings.TrimSpace(line))
+		}
 	}
 	path := filepath.Join(t.TempDir(), "tsstore.service")
-	text := strings.Replace(string(unit), "ExecStart=/usr/local/bin/tsstore ", "ExecStart="+binary(t)+" ", 1)
+	text := strings.ReplaceAll(string(unit), "=/usr/local/bin/tsstore ", "="+binary(t)+" ")
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
