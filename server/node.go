@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -284,18 +283,8 @@ func (n *Node) raftConfig() *raft.Config {
 	c.NoSnapshotRestoreOnStart = true
 	// Peer ids go in labels, not in metric names (server/metrics_collect.go).
 	c.NoLegacyTelemetry = true
-	c.Logger = raftLogger("raft", n.cfg.NodeID)
+	c.Logger = raftLogger(n.logger, "raft", hclog.Info)
 	return c
-}
-
-// raftLogger is the hclog logger of hashicorp/raft and raft-wal: JSON on
-// stderr like the node's own logs.
-// Its warnings and errors share the process's flood limit (logFlood).
-func raftLogger(name, nodeID string) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{
-		Name: name, Level: hclog.Info, Output: ratelog.NewWriter(os.Stderr, logFlood),
-		JSONFormat: true, TimeFormat: time.RFC3339Nano,
-	}).With("node", nodeID)
 }
 
 // logFlood limits each warning or error message to 10 lines per 10 s (the
@@ -318,7 +307,7 @@ func (n *Node) startRaft() error {
 		ServerAddressProvider: provider,
 		MaxPool:               8,
 		Timeout:               10 * time.Second,
-		Logger:                hclog.New(&hclog.LoggerOptions{Name: "raft-net", Level: hclog.Warn, Output: ratelog.NewWriter(os.Stderr, logFlood), JSONFormat: true}),
+		Logger:                raftLogger(n.logger, "raft-net", hclog.Warn),
 	}
 	if n.sec.peerServer != nil {
 		// Mutual TLS between nodes (tls.go); the override table still
