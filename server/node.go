@@ -18,6 +18,7 @@ import (
 
 	"github.com/tsstore/tsstore/fsm"
 	"github.com/tsstore/tsstore/internal/ratelog"
+	"github.com/tsstore/tsstore/internal/version"
 	"github.com/tsstore/tsstore/segment"
 )
 
@@ -102,6 +103,8 @@ func New(cfg Config) (*Node, error) {
 		n.logger = slog.Default()
 	}
 	n.logger = slog.New(ratelog.NewHandler(n.logger.Handler(), logFlood))
+	// The first line: which build this is.
+	n.logger.Info("starting tsstore", "version", version.String(), "node", cfg.NodeID)
 	n.repairs.init()
 	sec, err := cfg.loadSecurity()
 	if err != nil {
