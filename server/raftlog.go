@@ -15,7 +15,8 @@ import (
 // node's attributes and flood limit), with "component" set to name and
 // their levels corrected by raftLevel.
 func raftLogger(logger *slog.Logger, name string, level hclog.Level) hclog.Logger {
-	return hclogslog.New(logger, hclogslog.Options{Name: name, Level: level, Remap: raftLevel})
+	// hashicorp/raft logs its own node as "node" (a *Raft) on some lines.
+	return hclogslog.New(logger, hclogslog.Options{Name: name, Level: level, Remap: raftLevel, Reserved: []string{"node", "component"}})
 }
 
 // raftPeerTrouble are hashicorp/raft v1.7.2's ERROR lines about a call to

@@ -97,6 +97,9 @@ func TestRaftLogsInNodeSchema(t *testing.T) {
 			continue
 		}
 		raftLines++
+		if strings.Count(line, `"node":`) != 1 {
+			t.Fatalf("raft line with the node key twice (or not at all): %q", line)
+		}
 		if m["node"] == nil {
 			t.Fatalf("raft line without the node: %q", line)
 		}

@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -39,6 +38,10 @@ type Options struct {
 	Level hclog.Level
 	// Remap, when set, chooses each line's level (see Remap).
 	Remap Remap
+	// Reserved are attribute keys the slog logger already carries (such
+	// as "node"): a line's argument of the same key is logged as
+	// <Name>_<key> instead, so a line never holds one key twice.
+	Reserved []string
 }
 
 // Logger is an hclog.Logger writing to a slog.Logger.
@@ -46,9 +49,16 @@ type Logger struct {
 	sl      *slog.Logger // with implied args and the component
 	name    string
 	implied []any
-	level   *atomic.Int32 // shared with the loggers derived by With and Named
-	remap   Remap
 	base    *slog.Logger // without implied args or component
+	shared  *shared
+}
+
+// shared is what the loggers derived from one New by With and Named share.
+type shared struct {
+	level    atomic.Int32
+	remap    Remap
+	prefix   string // for reserved keys: New's name and "_"
+	reserved map[string]bool
 }
 
 var _ hclog.Logger = (*Logger)(nil)
@@ -59,20 +69,23 @@ func New(l *slog.Logger, o Options) *Logger {
 	if lv == hclog.NoLevel {
 		lv = hclog.Info
 	}
-	level := new(atomic.Int32)
-	level.Store(int32(lv))
-	return newLogger(l, o.Name, nil, level, o.Remap)
+	sh := &shared{remap: o.Remap, prefix: o.Name + "_", reserved: map[string]bool{}}
+	for _, k := range o.Reserved {
+		sh.reserved[k] = true
+	}
+	sh.level.Store(int32(lv))
+	return newLogger(l, o.Name, nil, sh)
 }
 
-func newLogger(base *slog.Logger, name string, implied []any, level *atomic.Int32, remap Remap) *Logger {
+func newLogger(base *slog.Logger, name string, implied []any, sh *shared) *Logger {
 	sl := base
 	if name != "" {
 		sl = sl.With("component", name)
 	}
 	if len(implied) > 0 {
-		sl = sl.With(attrs(implied)...)
+		sl = sl.With(sh.attrs(implied)...)
 	}
-	return &Logger{sl: sl, name: name, implied: implied, level: level, remap: remap, base: base}
+	return &Logger{sl: sl, name: name, implied: implied, base: base, shared: sh}
 }
 
 // Level returns the slog level of an hclog level.
@@ -91,14 +104,19 @@ func Level(l hclog.Level) slog.Level {
 }
 
 // attrs turns hclog's key/value arguments into slog's: hclog.Format values
-// are formatted, and a missing last value is logged as hclog does.
-func attrs(args []any) []any {
+// are formatted, other fmt.Stringers (hashicorp/raft passes its *Raft) are
+// logged as their String, a reserved key is renamed, and a missing last
+// value is logged as hclog does.
+func (sh *shared) attrs(args []any) []any {
 	out := make([]any, 0, len(args)+1)
 	for i := 0; i < len(args); i += 2 {
 		key := fmt.Sprint(args[i])
 		if i+1 == len(args) {
 			out = append(out, hclog.MissingKey, args[i])
 			break
+		}
+		if sh.reserved[key] {
+			key = sh.prefix + key
 		}
 		v := args[i+1]
 		switch f := v.(type) {
@@ -108,7 +126,8 @@ func attrs(args []any) []any {
 					v = fmt.Sprintf(format, f[1:]...)
 				}
 			}
-		case time.Duration:
+		case error, slog.LogValuer:
+		case fmt.Stringer:
 			v = f.String()
 		}
 		out = append(out, key, v)
@@ -120,13 +139,13 @@ func (l *Logger) Log(level hclog.Level, msg string, args ...any) {
 	if level == hclog.Off || level == hclog.NoLevel {
 		return
 	}
-	if l.remap != nil {
-		level = l.remap(level, msg, args)
+	if l.shared.remap != nil {
+		level = l.shared.remap(level, msg, args)
 	}
-	if level < hclog.Level(l.level.Load()) {
+	if level < hclog.Level(l.shared.level.Load()) {
 		return
 	}
-	l.sl.Log(context.Background(), Level(level), msg, attrs(args)...)
+	l.sl.Log(context.Background(), Level(level), msg, l.shared.attrs(args)...)
 }
 
 func (l *Logger) Trace(msg string, args ...any) { l.Log(hclog.Trace, msg, args...) }
@@ -136,7 +155,7 @@ func (l *Logger) Warn(msg string, args ...any)  { l.Log(hclog.Warn, msg, args...
 func (l *Logger) Error(msg string, args ...any) { l.Log(hclog.Error, msg, args...) }
 
 func (l *Logger) enabled(level hclog.Level) bool {
-	return level >= hclog.Level(l.level.Load()) && l.sl.Enabled(context.Background(), Level(level))
+	return level >= hclog.Level(l.shared.level.Load()) && l.sl.Enabled(context.Background(), Level(level))
 }
 
 func (l *Logger) IsTrace() bool { return l.enabled(hclog.Trace) }
@@ -149,7 +168,7 @@ func (l *Logger) ImpliedArgs() []any { return l.implied }
 
 func (l *Logger) With(args ...any) hclog.Logger {
 	implied := append(append([]any(nil), l.implied...), args...)
-	return newLogger(l.base, l.name, implied, l.level, l.remap)
+	return newLogger(l.base, l.name, implied, l.shared)
 }
 
 func (l *Logger) Name() string { return l.name }
@@ -159,18 +178,18 @@ func (l *Logger) Named(name string) hclog.Logger {
 	if l.name != "" {
 		name = l.name + "." + name
 	}
-	return newLogger(l.base, name, l.implied, l.level, l.remap)
+	return newLogger(l.base, name, l.implied, l.shared)
 }
 
 func (l *Logger) ResetNamed(name string) hclog.Logger {
-	return newLogger(l.base, name, l.implied, l.level, l.remap)
+	return newLogger(l.base, name, l.implied, l.shared)
 }
 
 // SetLevel changes the level of this logger and of every logger derived
 // from the same New.
-func (l *Logger) SetLevel(level hclog.Level) { l.level.Store(int32(level)) }
+func (l *Logger) SetLevel(level hclog.Level) { l.shared.level.Store(int32(level)) }
 
-func (l *Logger) GetLevel() hclog.Level { return hclog.Level(l.level.Load()) }
+func (l *Logger) GetLevel() hclog.Level { return hclog.Level(l.shared.level.Load()) }
 
 // StandardLogger returns a *log.Logger whose lines are logged at
 // opts.ForceLevel, or at the level their "[ERROR]"-style prefix names when

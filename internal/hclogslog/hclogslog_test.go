@@ -129,3 +129,24 @@ func TestStandardLogger(t *testing.T) {
 		t.Fatalf("lines %v", got)
 	}
 }
+
+type peer struct{ addr string }
+
+func (p *peer) String() string { return "Node at " + p.addr }
+
+// A Stringer argument is logged as its String (hashicorp/raft passes its
+// *Raft, which slog would print as {}), and an argument whose key the
+// slog logger already carries is renamed rather than repeated.
+func TestStringersAndReservedKeys(t *testing.T) {
+	var buf bytes.Buffer
+	l := newJSON(&buf, Options{Name: "raft", Reserved: []string{"node"}})
+	l.Info("entering candidate state", "node", &peer{"10.0.0.1:7000"}, "term", 2)
+	line := strings.TrimSpace(buf.String())
+	if strings.Count(line, `"node":`) != 1 {
+		t.Fatalf("key node twice: %s", line)
+	}
+	m := lines(t, &buf)[0]
+	if m["node"] != "n1" || m["raft_node"] != "Node at 10.0.0.1:7000" || m["term"] != float64(2) {
+		t.Fatalf("line %v", m)
+	}
+}
