@@ -88,3 +88,38 @@ func TestSystemdUnit(t *testing.T) {
 		t.Fatalf("tsstore serve --check-config %s: %v\n%s", cfg, err, out)
 	}
 }
+
+// The backup service and its timer pass `systemd-analyze verify`, and the
+// service is sandboxed as tightly as the node's.
+func TestSystemdBackupUnits(t *testing.T) {
+	sa := systemdAnalyze(t)
+	dir := t.TempDir()
+	var paths []string
+	for _, name := range []string{"tsstore-backup.service", "tsstore-backup.timer"} {
+		unit, err := os.ReadFile(filepath.Join(moduleRoot(), "deploy", "systemd", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.ReplaceAll(string(unit), "/usr/local/bin/tsstore ", binary(t)+" ")
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	out, err := exec.Command(sa, append([]string{"verify", "--man=false"}, paths...)...).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	out, err = exec.Command(sa, "security", "--no-pager", "--offline=true", paths[0]).CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze security: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`Overall exposure level for tsstore-backup\.service: ([0-9.]+)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no overall exposure level in:\n%s", out)
+	}
+	if score, _ := strconv.ParseFloat(string(m[1]), 64); score > maxExposure {
+		t.Fatalf("backup service exposure %.1f above %.1f\n%s", score, maxExposure, out)
+	}
+}
