@@ -8,14 +8,17 @@ import (
 	"reflect"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/tsstore/tsstore/client"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
 // readDecoded reads req with decoded set and checks the message-level
 // contract: next_offset never goes back, every event lies in [previous
-// next_offset, next_offset), and no message is empty but the last.
-func readDecoded(t *testing.T, recv func() (*pb.ReadResponse, error), start uint64, n int) ([]*pb.DecodedEvent, int) {
+// next_offset, next_offset), and a message of more than one event is at
+// most maxBytes (unless 0).
+func readDecoded(t *testing.T, recv func() (*pb.ReadResponse, error), start uint64, n, maxBytes int) ([]*pb.DecodedEvent, int) {
 	t.Helper()
 	var out []*pb.DecodedEvent
 	msgs := 0
@@ -30,6 +33,9 @@ func readDecoded(t *testing.T, recv func() (*pb.ReadResponse, error), start uint
 		msgs++
 		if len(resp.Batches) != 0 {
 			t.Fatalf("decoded message carries %d bytes of batches", len(resp.Batches))
+		}
+		if size := proto.Size(resp); maxBytes > 0 && len(resp.Events) > 1 && size > maxBytes {
+			t.Fatalf("message of %d events is %d bytes, over max_message_bytes %d", len(resp.Events), size, maxBytes)
 		}
 		if resp.NextOffset < start {
 			t.Fatalf("next_offset went back from %d to %d", start, resp.NextOffset)
@@ -119,7 +125,7 @@ func TestDecodedReadEqualsSDK(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				got, msgs := readDecoded(t, s.Recv, req.FromOffset, -1)
+				got, msgs := readDecoded(t, s.Recv, req.FromOffset, -1, int(maxBytes))
 				opts := append([]client.ReadOption{client.MaxMessageBytes(maxBytes)}, tt.opts...)
 				sameEvents(t, tt.name, got, fromSDK(t, sdkc, req.FromOffset, opts...))
 				if maxBytes == 200 && msgs < len(got)/10 {
@@ -152,7 +158,7 @@ func TestDecodedSubscribeLive(t *testing.T) {
 	}
 	done := make(chan []*pb.DecodedEvent, 1)
 	go func() {
-		evs, _ := readDecoded(t, sub.Recv, 0, 16)
+		evs, _ := readDecoded(t, sub.Recv, 0, 16, 0)
 		done <- evs
 	}()
 	for i := range 10 {
