@@ -1829,6 +1829,7 @@ type ReadResponse struct {
 	// One or more complete record batches, concatenated. The format is
 	// drawn in package record; the first batch may start before from_offset
 	// and the last may end after to_offset: readers skip those records.
+	// Empty in a decoded read (ReadRequest.decoded): see events.
 	Batches []byte `protobuf:"bytes,1,opt,name=batches,proto3" json:"batches,omitempty"`
 	// Resume token: the offset after the last batch in this message.
 	NextOffset uint64 `protobuf:"varint,2,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
