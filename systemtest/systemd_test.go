@@ -1,6 +1,7 @@
 package systemtest
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -86,6 +87,19 @@ func TestSystemdUnit(t *testing.T) {
 	cfg := filepath.Join(moduleRoot(), "deploy", "systemd", "tsstore.toml")
 	if out, err := exec.Command(binary(t), "serve", "--check-config", "--config", cfg).CombinedOutput(); err != nil {
 		t.Fatalf("tsstore serve --check-config %s: %v\n%s", cfg, err, out)
+	}
+	// A config error exits 78, which RestartPreventExitStatus= lists: in
+	// ExecStartPre (--check-config) and in ExecStart alike.
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	if err := os.WriteFile(bad, []byte("id = \"n1\"\nheartbeat_timout = \"1s\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"serve", "--config", bad, "--check-config"}, {"serve", "--config", bad}} {
+		out, err := exec.Command(binary(t), args...).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 78 || !strings.Contains(string(out), "unknown keys heartbeat_timout") {
+			t.Errorf("tsstore %s: %v, want exit 78\n%s", strings.Join(args, " "), err, out)
+		}
 	}
 }
 
