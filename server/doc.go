@@ -9,7 +9,12 @@
 //     into one Raft entry with a bounded number of entries in flight;
 //   - the Read path: raw record batches straight from the segment log, with
 //     local (read-your-writes via min_next_offset) or linearizable
-//     (ReadIndex through the leader) consistency;
+//     (ReadIndex through the leader) consistency; on request
+//     (ReadRequest.decoded, read_decoded.go) the selected events decoded,
+//     for clients without the batch decoder;
+//   - the log schema: hashicorp/raft's, its transport's and raft-wal's
+//     hclog lines go through the node's slog logger, with Raft's normal
+//     events below ERROR (raftlog.go);
 //   - Status, the node table registration, and the mapping of internal
 //     errors to gRPC status codes with google.rpc.ErrorInfo details
 //     (errors.go), done only at the handler edge;

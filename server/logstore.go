@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
 	walfs "github.com/hashicorp/raft-wal/fs"
@@ -81,7 +82,7 @@ func openLogStore(dir string, cacheBytes int64, vfs types.VFS, nodeID string, lo
 	if vfs == nil {
 		vfs = walfs.New()
 	}
-	w, err := wal.Open(dir, wal.WithLogger(raftLogger("raft-wal", nodeID)), wal.WithSegmentSize(walSegmentBytes),
+	w, err := wal.Open(dir, wal.WithLogger(raftLogger(logger, "raft-wal", hclog.Info)), wal.WithSegmentSize(walSegmentBytes),
 		wal.WithSegmentFiler(walsegment.NewFiler(dir, vfs)))
 	if err != nil {
 		return nil, fmt.Errorf("opening raft log %s: %w", dir, err)

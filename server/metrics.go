@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc/status"
 
+	"github.com/tsstore/tsstore/internal/version"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 	"github.com/tsstore/tsstore/record"
 )
@@ -163,6 +164,11 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 		Help: "Sealed segments this node knows to be damaged and has not repaired yet (read at scrape time)."},
 		func() float64 { return float64(n.damagedCount()) }))
 
+	bi := version.Info()
+	build := f.gaugeVec("tsstore_build_info",
+		"Always 1; the labels say which build of tsstore this node runs (`tsstore version`).", "version", "revision", "go_version")
+	build.WithLabelValues(bi.Version, bi.Revision, bi.GoVersion).Set(1)
+
 	m.grpc = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(latencyBuckets)))
 	m.regr.MustRegister(m.grpc, &stateCollector{n: n},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -186,6 +192,12 @@ func (f promFactory) counterVec(name, help string, labels ...string) *prometheus
 
 func (f promFactory) gauge(name, help string) prometheus.Gauge {
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+	f.r.MustRegister(g)
+	return g
+}
+
+func (f promFactory) gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
 	f.r.MustRegister(g)
 	return g
 }
@@ -338,7 +350,16 @@ func (r *readMetrics) sent(batches []byte, start time.Time, err error) {
 		events += int(h.RecordCount)
 		rest = rest[h.Size():]
 	}
+	r.sentEvents(events, len(batches), start, nil)
+}
+
+// sentEvents records one message of events events and size bytes sent
+// (err == nil) to a reader; a decoded read counts its events this way.
+func (r *readMetrics) sentEvents(events, size int, start time.Time, err error) {
+	if r == nil || err != nil {
+		return
+	}
 	r.events.Add(float64(events))
-	r.bytes.Add(float64(len(batches)))
+	r.bytes.Add(float64(size))
 	r.duration.Observe(time.Since(start).Seconds())
 }

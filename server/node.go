@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -19,12 +18,18 @@ import (
 
 	"github.com/tsstore/tsstore/fsm"
 	"github.com/tsstore/tsstore/internal/ratelog"
+	"github.com/tsstore/tsstore/internal/version"
 	"github.com/tsstore/tsstore/segment"
 )
 
 // ErrWrongCluster is returned when the data directory belongs to another
 // cluster or another node id.
 var ErrWrongCluster = errors.New("data directory belongs to another cluster or node")
+
+// ErrConfig marks New's errors of the configuration itself
+// (Config.Validate): invalid settings, unusable or unsafe TLS and token
+// files. Starting again with the same configuration cannot succeed.
+var ErrConfig = errors.New("config")
 
 // Node is one running tsstore server: storage, Raft, and the gRPC API.
 type Node struct {
@@ -90,7 +95,7 @@ type Node struct {
 // New opens the node's storage, starts Raft and serves the API.
 func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n := &Node{cfg: cfg, logger: cfg.Logger, started: time.Now(), fatal: make(chan error, 1), draining: make(chan struct{}), shutdown: make(chan struct{}),
 		sendBytes: newByteBudget(cfg.NodeSendBytes)}
@@ -98,10 +103,12 @@ func New(cfg Config) (*Node, error) {
 		n.logger = slog.Default()
 	}
 	n.logger = slog.New(ratelog.NewHandler(n.logger.Handler(), logFlood))
+	// The first line: which build this is.
+	n.logger.Info("starting tsstore", "version", version.String(), "node", cfg.NodeID)
 	n.repairs.init()
 	sec, err := cfg.loadSecurity()
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n.sec = sec
 	n.logger.Info("security", n.sec.logAttrs()...)
@@ -279,18 +286,8 @@ func (n *Node) raftConfig() *raft.Config {
 	c.NoSnapshotRestoreOnStart = true
 	// Peer ids go in labels, not in metric names (server/metrics_collect.go).
 	c.NoLegacyTelemetry = true
-	c.Logger = raftLogger("raft", n.cfg.NodeID)
+	c.Logger = raftLogger(n.logger, "raft", hclog.Info)
 	return c
-}
-
-// raftLogger is the hclog logger of hashicorp/raft and raft-wal: JSON on
-// stderr like the node's own logs.
-// Its warnings and errors share the process's flood limit (logFlood).
-func raftLogger(name, nodeID string) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{
-		Name: name, Level: hclog.Info, Output: ratelog.NewWriter(os.Stderr, logFlood),
-		JSONFormat: true, TimeFormat: time.RFC3339Nano,
-	}).With("node", nodeID)
 }
 
 // logFlood limits each warning or error message to 10 lines per 10 s (the
@@ -313,7 +310,7 @@ func (n *Node) startRaft() error {
 		ServerAddressProvider: provider,
 		MaxPool:               8,
 		Timeout:               10 * time.Second,
-		Logger:                hclog.New(&hclog.LoggerOptions{Name: "raft-net", Level: hclog.Warn, Output: ratelog.NewWriter(os.Stderr, logFlood), JSONFormat: true}),
+		Logger:                raftLogger(n.logger, "raft-net", hclog.Warn),
 	}
 	if n.sec.peerServer != nil {
 		// Mutual TLS between nodes (tls.go); the override table still

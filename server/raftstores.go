@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/hashicorp/go-hclog"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/migrate"
@@ -140,7 +141,7 @@ func copyBoltLog(raftDir string, old *raftboltdb.BoltStore, nodeID string, logge
 	if err := os.MkdirAll(tmp, 0o750); err != nil {
 		return err
 	}
-	w, err := wal.Open(tmp, wal.WithLogger(raftLogger("raft-wal", nodeID)))
+	w, err := wal.Open(tmp, wal.WithLogger(raftLogger(logger, "raft-wal", hclog.Info)))
 	if err != nil {
 		return err
 	}

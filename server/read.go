@@ -25,6 +25,7 @@ type selection struct {
 	filtered   bool
 	fromVer    uint64
 	fromTimeNs int64
+	decoded    bool // send DecodedEvents, not batches (read_decoded.go)
 }
 
 func (n *Node) newSelection(req *pb.ReadRequest) (*selection, error) {
@@ -35,7 +36,7 @@ func (n *Node) newSelection(req *pb.ReadRequest) (*selection, error) {
 		return nil, invalidArg("from_version needs stream")
 	}
 	sel := &selection{from: req.FromOffset, to: req.ToOffset, stream: req.Stream, prefix: req.StreamPrefix,
-		fromVer: req.FromVersion, fromTimeNs: req.FromTimestampUnixNano}
+		fromVer: req.FromVersion, fromTimeNs: req.FromTimestampUnixNano, decoded: req.Decoded}
 	if len(req.EventTypes) > 0 {
 		sel.types = make(map[string]bool, len(req.EventTypes))
 		for _, t := range req.EventTypes {
@@ -262,6 +263,9 @@ func (r *reader) send(stream pb.EventStore_ReadServer, end, logEnd uint64) error
 		return toStatus(r.n.noteCorruption(err))
 	}
 	defer put(buf)
+	if r.sel.decoded {
+		return r.sendDecoded(stream, *buf, next, end, logEnd, start)
+	}
 	r.budget.sized(int64(len(*buf)))
 	if next <= r.sel.from {
 		return toStatus(fmt.Errorf("read made no progress at offset %d", r.sel.from))

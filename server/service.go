@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/tap"
 
 	"github.com/tsstore/tsstore/fsm"
+	"github.com/tsstore/tsstore/internal/version"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 	"github.com/tsstore/tsstore/segment"
 )
@@ -264,6 +265,7 @@ func (s *service) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRe
 	nodes := n.proc.Nodes()
 	resp := &pb.StatusResponse{
 		NodeId:                n.cfg.NodeID,
+		Version:               version.String(),
 		Role:                  roleName(n.raft.State()),
 		LeaderId:              string(leaderID),
 		LeaderApiAddress:      nodes[string(leaderID)],

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"runtime"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
@@ -26,14 +28,19 @@ func heapInuse() uint64 {
 // connection that grants the server large flow-control windows and then
 // never reads from its socket: what the node sends fills the socket
 // buffers and then waits in the node.
-func stallReaders(t *testing.T, addr string, n int) net.Conn {
+func stallReaders(t *testing.T, addr string, n int, req *pb.ReadRequest) net.Conn {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// An empty ReadRequest: from offset 0, no filter.
-	rawStreams(t, conn, addr, "/tsstore.v1.EventStore/Read", n, []byte{0, 0, 0, 0, 0}, true)
+	body, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One gRPC message: not compressed, its length, the request.
+	msg := append([]byte{0, byte(len(body) >> 24), byte(len(body) >> 16), byte(len(body) >> 8), byte(len(body))}, body...)
+	rawStreams(t, conn, addr, "/tsstore.v1.EventStore/Read", n, msg, true)
 	return conn
 }
 
@@ -114,8 +121,15 @@ func TestHalfSentUnauthenticatedAppendsCostNothing(t *testing.T) {
 
 // Readers that never read cannot make the node hold more than its
 // connection's send budget (sendbudget.go): without it, 200 such streams on
-// one connection over a 16 MiB log held ~600 MiB of the node's heap.
+// one connection over a 16 MiB log held ~600 MiB of the node's heap. The
+// same holds for decoded reads.
 func TestStalledReadersAreBounded(t *testing.T) {
+	for _, decoded := range []bool{false, true} {
+		t.Run(fmt.Sprintf("decoded=%v", decoded), func(t *testing.T) { stalledReadersAreBounded(t, decoded) })
+	}
+}
+
+func stalledReadersAreBounded(t *testing.T, decoded bool) {
 	tc := newTestCluster(t, 1, func(c *Config) { c.ConnSendBytes = 8 << 20 })
 	n := tc.leader()
 	c := dial(t, n)
@@ -130,7 +144,8 @@ func TestStalledReadersAreBounded(t *testing.T) {
 		}
 	}
 	before := heapInuse()
-	conn := stallReaders(t, n.APIAddr(), 200)
+	// From offset 0, no filter.
+	conn := stallReaders(t, n.APIAddr(), 200, &pb.ReadRequest{Decoded: decoded})
 	defer conn.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for n.readStreams.Load() < 200 && time.Now().Before(deadline) {
@@ -141,6 +156,9 @@ func TestStalledReadersAreBounded(t *testing.T) {
 	time.Sleep(time.Second)
 	grew := int64(heapInuse()) - int64(before)
 	t.Logf("%d stalled readers on one connection: the node's heap grew %.1f MiB", n.readStreams.Load(), float64(grew)/(1<<20))
+	if got, sent := n.readStreams.Load(), counterValue(t, n.metrics.read.events); got != 200 || sent == 0 {
+		t.Fatalf("%d readers served, %v events sent: the test proves nothing", got, sent)
+	}
 	if grew > 64<<20 {
 		t.Fatalf("200 stalled readers hold %.0f MiB; the connection's budget is 8 MiB", float64(grew)/(1<<20))
 	}

@@ -1,6 +1,7 @@
 package systemtest
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,11 +45,21 @@ func TestSystemdUnit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(unit), "ExecStart=/usr/local/bin/tsstore serve --config /etc/tsstore/tsstore.toml\n") {
-		t.Fatal("unit no longer starts /usr/local/bin/tsstore serve --config /etc/tsstore/tsstore.toml")
+	for _, line := range []string{
+		"ExecStart=/usr/local/bin/tsstore serve --config /etc/tsstore/tsstore.toml\n",
+		// Fail safe (issue #15): check the config first, never retry a
+		// configuration error, never wait for ever to start.
+		"ExecStartPre=/usr/local/bin/tsstore serve --config /etc/tsstore/tsstore.toml --check-config\n",
+		"RestartPreventExitStatus=78\n",
+		"TimeoutStartSec=90s\n",
+		"WatchdogSec=30s\n",
+	} {
+		if !strings.Contains(string(unit), line) {
+			t.Errorf("unit lacks %q", strings.TrimSpace(line))
+		}
 	}
 	path := filepath.Join(t.TempDir(), "tsstore.service")
-	text := strings.Replace(string(unit), "ExecStart=/usr/local/bin/tsstore ", "ExecStart="+binary(t)+" ", 1)
+	text := strings.ReplaceAll(string(unit), "=/usr/local/bin/tsstore ", "="+binary(t)+" ")
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -76,5 +87,53 @@ func TestSystemdUnit(t *testing.T) {
 	cfg := filepath.Join(moduleRoot(), "deploy", "systemd", "tsstore.toml")
 	if out, err := exec.Command(binary(t), "serve", "--check-config", "--config", cfg).CombinedOutput(); err != nil {
 		t.Fatalf("tsstore serve --check-config %s: %v\n%s", cfg, err, out)
+	}
+	// A config error exits 78, which RestartPreventExitStatus= lists: in
+	// ExecStartPre (--check-config) and in ExecStart alike.
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	if err := os.WriteFile(bad, []byte("id = \"n1\"\nheartbeat_timout = \"1s\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"serve", "--config", bad, "--check-config"}, {"serve", "--config", bad}} {
+		out, err := exec.Command(binary(t), args...).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 78 || !strings.Contains(string(out), "unknown keys heartbeat_timout") {
+			t.Errorf("tsstore %s: %v, want exit 78\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
+
+// The backup service and its timer pass `systemd-analyze verify`, and the
+// service is sandboxed as tightly as the node's.
+func TestSystemdBackupUnits(t *testing.T) {
+	sa := systemdAnalyze(t)
+	dir := t.TempDir()
+	var paths []string
+	for _, name := range []string{"tsstore-backup.service", "tsstore-backup.timer"} {
+		unit, err := os.ReadFile(filepath.Join(moduleRoot(), "deploy", "systemd", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.ReplaceAll(string(unit), "/usr/local/bin/tsstore ", binary(t)+" ")
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	out, err := exec.Command(sa, append([]string{"verify", "--man=false"}, paths...)...).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	out, err = exec.Command(sa, "security", "--no-pager", "--offline=true", paths[0]).CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze security: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`Overall exposure level for tsstore-backup\.service: ([0-9.]+)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no overall exposure level in:\n%s", out)
+	}
+	if score, _ := strconv.ParseFloat(string(m[1]), 64); score > maxExposure {
+		t.Fatalf("backup service exposure %.1f above %.1f\n%s", score, maxExposure, out)
 	}
 }

@@ -3,78 +3,58 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
-	"strconv"
 	"sync"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/hashicorp/raft"
 
 	"github.com/tsstore/tsstore/server"
 )
 
 // systemd integration for `tsstore serve` (deploy/systemd/tsstore.service,
-// Type=notify). The sd_notify protocol is one datagram of newline-separated
-// KEY=VALUE lines to the unix socket named by $NOTIFY_SOCKET (a name
-// starting with '@' is in the abstract namespace; Go's net package maps the
-// '@' to the leading NUL). It is a few lines, so no dependency.
+// Type=notify), through github.com/coreos/go-systemd/v22/daemon:
 //
+//   - STATUS=opening: <step> with EXTEND_TIMEOUT_USEC while server.New
+//     opens the data, so the unit's bounded TimeoutStartSec is pushed back
+//     while the node makes progress (openStatus);
 //   - READY=1 once the node's health is SERVING (it knows a leader and has
-//     caught up), so `systemctl start` returns when the node serves;
+//     caught up), or readyGrace after it opened without that: readiness
+//     never waits for a quorum for ever, so `systemctl start` and
+//     `systemctl restart` return even when the other nodes are down (the
+//     STATUS line then says the node is not serving yet). Until READY=1
+//     the start timeout is extended too;
 //   - STATUS=... on every health change and every statusEvery
 //     (`systemctl status tsstore` shows it);
-//   - WATCHDOG=1 every WATCHDOG_USEC/2 while server.Node.Live reports the
+//   - WATCHDOG=1 at half of WatchdogSec while server.Node.Live reports the
 //     node can make progress (not merely while it is SERVING: a node cut
 //     off from its peers must not be restarted for that);
 //   - STOPPING=1 on SIGTERM, before Close drains the API.
 //
 // Without $NOTIFY_SOCKET all of this is off.
 
-// statusEvery is how often the STATUS= line is refreshed at most.
-const statusEvery = 5 * time.Second
+const (
+	// statusEvery is how often the STATUS= line is refreshed at most.
+	statusEvery = 5 * time.Second
+	// readyGrace is how long after opening the node waits to be SERVING
+	// before it reports READY=1 anyway.
+	readyGrace = 30 * time.Second
+)
 
-// sdConn sends sd_notify datagrams.
-type sdConn struct {
-	conn *net.UnixConn
-}
+// sdConn sends sd_notify datagrams; nil when not run under a notify unit.
+type sdConn struct{}
 
-// openSDNotify connects to $NOTIFY_SOCKET; nil (and no error) when unset.
-func openSDNotify() (*sdConn, error) {
-	name := os.Getenv("NOTIFY_SOCKET")
-	if name == "" {
-		return nil, nil
-	}
-	if name[0] != '/' && name[0] != '@' {
-		return nil, fmt.Errorf("NOTIFY_SOCKET %q: want an absolute path or @abstract name", name)
-	}
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: name, Net: "unixgram"})
-	if err != nil {
-		return nil, fmt.Errorf("NOTIFY_SOCKET: %w", err)
-	}
-	return &sdConn{conn: c}, nil
-}
-
-func (s *sdConn) send(state string) error {
-	_, err := s.conn.Write([]byte(state))
+func (*sdConn) send(state string) error {
+	_, err := daemon.SdNotify(false, state)
 	return err
 }
 
-// watchdogInterval is half of $WATCHDOG_USEC, or 0 when systemd asks for
-// no watchdog pings (unset, or meant for another process).
+// watchdogInterval is half of systemd's WatchdogSec, or 0 when systemd
+// asks for no watchdog pings (unset, or meant for another process).
 func watchdogInterval() (time.Duration, error) {
-	v := os.Getenv("WATCHDOG_USEC")
-	if v == "" {
-		return 0, nil
-	}
-	if pid := os.Getenv("WATCHDOG_PID"); pid != "" && pid != strconv.Itoa(os.Getpid()) {
-		return 0, nil
-	}
-	usec, err := strconv.ParseUint(v, 10, 63)
-	if err != nil || usec == 0 {
-		return 0, fmt.Errorf("WATCHDOG_USEC %q: want a positive number of microseconds", v)
-	}
-	return time.Duration(usec) * time.Microsecond / 2, nil
+	d, err := daemon.SdWatchdogEnabled(false)
+	return d / 2, err
 }
 
 // notifier runs the notify loop for one node.
@@ -83,26 +63,23 @@ type notifier struct {
 	node     *server.Node
 	logger   *slog.Logger
 	watchdog time.Duration
+	grace    time.Duration // readyGrace
 	stop     chan struct{}
 	once     sync.Once
 	wg       sync.WaitGroup
 }
 
-// openNotify connects to systemd's notify socket: nil when not run under
-// a notify-type unit, or (logged) when the environment is wrong.
+// openNotify returns the notify sender: nil when not run under a
+// notify-type unit, or (logged) when the watchdog environment is wrong.
 func openNotify(logger *slog.Logger) *sdConn {
-	sd, err := openSDNotify()
-	if err == nil && sd != nil {
-		_, err = watchdogInterval()
-	}
-	if err != nil {
-		logger.Warn("systemd notification disabled", "error", err)
-		if sd != nil {
-			sd.conn.Close()
-		}
+	if os.Getenv("NOTIFY_SOCKET") == "" {
 		return nil
 	}
-	return sd
+	if _, err := watchdogInterval(); err != nil {
+		logger.Warn("systemd notification disabled", "error", err)
+		return nil
+	}
+	return &sdConn{}
 }
 
 // openStatus tells systemd what the node is doing while server.New opens
@@ -172,12 +149,13 @@ func (o *openStatus) done() {
 
 // startNotify starts telling systemd about node; it returns nil when not
 // run under a notify-type unit (sd nil). A nil *notifier is ready to stop.
-func startNotify(sd *sdConn, node *server.Node, logger *slog.Logger) *notifier {
+// It reports READY=1 at the latest grace after it starts (readyGrace).
+func startNotify(sd *sdConn, node *server.Node, logger *slog.Logger, grace time.Duration) *notifier {
 	if sd == nil {
 		return nil
 	}
 	wd, _ := watchdogInterval() // checked by openNotify
-	n := &notifier{sd: sd, node: node, logger: logger, watchdog: wd, stop: make(chan struct{})}
+	n := &notifier{sd: sd, node: node, logger: logger, watchdog: wd, grace: grace, stop: make(chan struct{})}
 	n.wg.Go(n.run)
 	return n
 }
@@ -192,19 +170,26 @@ func (n *notifier) run() {
 	}
 	refresh := time.NewTicker(statusEvery)
 	defer refresh.Stop()
-	ready, last := false, ""
+	grace := time.NewTimer(n.grace)
+	defer grace.Stop()
+	ready, graceOver, last := false, false, ""
 	for {
 		changed := n.node.HealthChanged()
 		serving, _ := n.node.Health()
 		msg := ""
-		if serving && !ready {
+		if (serving || graceOver) && !ready {
 			ready = true
 			msg = "READY=1\n"
-			n.logger.Info("told systemd the node is ready")
+			n.logger.Info("told systemd the node is ready", "serving", serving)
 		}
 		if st := statusLine(n.node); st != last {
 			msg += "STATUS=" + st + "\n"
 			last = st
+		}
+		if !ready {
+			// Keep the bounded start timeout from firing while the node
+			// waits for a leader, up to readyGrace.
+			msg += fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d\n", openExtendBy.Microseconds())
 		}
 		if msg != "" {
 			n.send(msg)
@@ -212,6 +197,8 @@ func (n *notifier) run() {
 		select {
 		case <-changed:
 		case <-refresh.C:
+		case <-grace.C:
+			graceOver = true
 		case <-ping:
 			n.pingWatchdog()
 		case <-n.stop:
@@ -245,7 +232,6 @@ func (n *notifier) stopping(why string) {
 		close(n.stop)
 		n.wg.Wait()
 		n.send("STOPPING=1\nSTATUS=" + why + "\n")
-		n.sd.conn.Close()
 	})
 }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -178,6 +179,7 @@ func (s *serveFlags) applyFile(path string, set map[string]bool) error {
 		}
 	}
 	if len(unknown) > 0 {
+		sort.Strings(unknown)
 		return fmt.Errorf("config %s: unknown keys %s", path, strings.Join(unknown, ", "))
 	}
 	return nil
@@ -216,15 +218,18 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 func runServe(args []string, stdout, stderr io.Writer) error {
 	s := newServeFlags(stderr)
 	if err := s.parse(args); err != nil {
-		return err
-	}
-	if s.check {
-		fmt.Fprintln(stdout, "configuration ok")
-		return nil
+		return configError(err)
 	}
 	logger, err := newLogger(stderr, s.logFormat, s.logLevel)
 	if err != nil {
-		return err
+		return configError(err)
+	}
+	if s.check {
+		// parse validated the settings and loaded the TLS and token files
+		// (server.Config.Validate), as New does before it opens the data
+		// (ExecStartPre in deploy/systemd/tsstore.service).
+		fmt.Fprintln(stdout, "configuration ok")
+		return nil
 	}
 	s.cfg.Logger = logger
 	if segmentFS != nil {
@@ -246,7 +251,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sig)
-	sd := startNotify(sdc, node, logger)
+	sd := startNotify(sdc, node, logger, readyGrace)
 	for {
 		select {
 		case got := <-sig:
@@ -267,8 +272,28 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}
 }
 
+// configError gives a configuration error of serve (a bad flag, value,
+// environment variable or config file; invalid settings; unusable TLS or
+// token files) exit status 78, EX_CONFIG: starting again with the same
+// configuration cannot succeed, and the systemd unit does not restart on
+// it (RestartPreventExitStatus). -h still exits 0.
+func configError(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	if errors.Is(err, errUsage) {
+		// The command dispatcher maps errUsage to 2 before it looks at
+		// exitError; for serve a usage error is a configuration error.
+		err = errors.New(strings.TrimPrefix(err.Error(), errUsage.Error()+": "))
+	}
+	return exitError{code: exitPermanent, err: err}
+}
+
 // permanent gives errors that a restart cannot mend their own exit status.
 func permanent(err error) error {
+	if errors.Is(err, server.ErrConfig) {
+		return configError(err)
+	}
 	if errors.Is(err, server.ErrNodeRemoved) || errors.Is(err, server.ErrWrongCluster) || errors.Is(err, fsm.ErrDataLoss) ||
 		errors.Is(err, record.ErrCorrupt) || errors.Is(err, server.ErrRaftLogDamaged) || errors.Is(err, fsm.ErrChecksumMismatch) {
 		return exitError{code: exitPermanent, err: err}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,5 +56,68 @@ func TestServeCheckConfig(t *testing.T) {
 	if code := run([]string{"serve", "--check-config", "--id", "bad id"}, &out, &errOut); code == 0 ||
 		!strings.Contains(errOut.String(), "node id") {
 		t.Fatalf("invalid config accepted: exit %d, %q", code, errOut.String())
+	}
+}
+
+// Every configuration error of serve exits 78 (EX_CONFIG), so systemd's
+// RestartPreventExitStatus=78 stops a unit from retrying a typo for ever;
+// --check-config (the unit's ExecStartPre) exits 78 on the same errors.
+func TestServeConfigErrorsExit78(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"--id", "n1", "--data-dir", filepath.Join(dir, "data"), "--raft-addr", freeAddr(t), "--api-addr", freeAddr(t)}
+	write := func(name, body string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	_, ca, node, _ := securityFiles(t)
+	os.Chmod(node.KeyFile, 0o644)
+	tlsArgs := []string{"--cluster", "rack-a", "--tls-cert", node.CertFile, "--tls-key", node.KeyFile,
+		"--peer-tls-cert", node.CertFile, "--peer-tls-key", node.KeyFile, "--peer-tls-ca", ca.CertFile}
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"bad flag value", []string{"--heartbeat-timeout", "soon"}, "invalid value"},
+		{"unknown flag", []string{"--heartbeat-timout", "1s"}, "flag provided but not defined"},
+		{"extra argument", []string{"now"}, "unexpected arguments"},
+		{"missing config file", []string{"--config", filepath.Join(dir, "nope.toml")}, "no such file"},
+		{"invalid TOML", []string{"--config", write("bad.toml", "id = \n", 0o644)}, "config " + dir},
+		{"unknown key", []string{"--config", write("typo.toml", "heartbeat_timout = \"1s\"\n", 0o644)}, "unknown keys heartbeat_timout"},
+		{"unreadable config file", []string{"--config", dir}, "is a directory"},
+		{"bad environment", nil, "TSSTORE_ELECTION_TIMEOUT"},
+		{"invalid setting", []string{"--id", "bad id"}, "node id"},
+		{"bad log level", []string{"--log-level", "loud"}, "log level"},
+		{"world-readable TLS key", tlsArgs, "is readable by every user"},
+	} {
+		for _, check := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/check=%v", tt.name, check), func(t *testing.T) {
+				if tt.name == "bad environment" {
+					t.Setenv("TSSTORE_ELECTION_TIMEOUT", "soon")
+				}
+				args := append([]string{"serve"}, base...)
+				if check {
+					args = append(args, "--check-config")
+				}
+				var out, errOut bytes.Buffer
+				code := run(append(args, tt.args...), &out, &errOut)
+				if code != 78 || !strings.Contains(errOut.String(), tt.want) {
+					t.Fatalf("exit %d, stderr %q; want 78 and %q", code, errOut.String(), tt.want)
+				}
+				if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
+					t.Fatal("a configuration error created the data directory")
+				}
+			})
+		}
+	}
+	var out, errOut bytes.Buffer
+	if code := run([]string{"serve", "-h"}, &out, &errOut); code != 0 {
+		t.Fatalf("serve -h: exit %d", code)
+	}
+	if code := run(append(append([]string{"serve", "--check-config"}, base...), "--log-format", "text"), &out, &errOut); code != 0 {
+		t.Fatalf("valid configuration: exit %d, %q", code, errOut.String())
 	}
 }

@@ -10,11 +10,8 @@
 package ratelog
 
 import (
-	"bytes"
 	"context"
-	"io"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 )
@@ -111,51 +108,4 @@ func (h *Handler) WithAttrs(as []slog.Attr) slog.Handler {
 // WithGroup implements slog.Handler; the limiter is shared.
 func (h *Handler) WithGroup(name string) slog.Handler {
 	return &Handler{h: h.h.WithGroup(name), l: h.l}
-}
-
-// Writer limits JSON log lines (hclog's format, one per Write) of level
-// warn or error by their "@message", for loggers that are not slog.
-type Writer struct {
-	w io.Writer
-	l *Limiter
-}
-
-// NewWriter wraps w with l.
-func NewWriter(w io.Writer, l *Limiter) *Writer { return &Writer{w: w, l: l} }
-
-var (
-	msgKey  = []byte(`"@message":"`)
-	levelOK = [][]byte{[]byte(`"@level":"trace"`), []byte(`"@level":"debug"`), []byte(`"@level":"info"`)}
-)
-
-// Write implements io.Writer. A dropped line still reports len(p).
-func (w *Writer) Write(p []byte) (int, error) {
-	for _, lv := range levelOK {
-		if bytes.Contains(p, lv) {
-			return w.w.Write(p)
-		}
-	}
-	i := bytes.Index(p, msgKey)
-	if i < 0 {
-		return w.w.Write(p)
-	}
-	rest := p[i+len(msgKey):]
-	end := bytes.IndexByte(rest, '"')
-	if end < 0 {
-		return w.w.Write(p)
-	}
-	ok, dropped := w.l.Allow(string(rest[:end]))
-	if !ok {
-		return len(p), nil
-	}
-	if dropped > 0 {
-		if j := bytes.LastIndexByte(p, '}'); j > 0 {
-			line := append(append(bytes.Clone(p[:j]), `,"dropped":`+strconv.Itoa(dropped)...), p[j:]...)
-			if _, err := w.w.Write(line); err != nil {
-				return 0, err
-			}
-			return len(p), nil
-		}
-	}
-	return w.w.Write(p)
 }

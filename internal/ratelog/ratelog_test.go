@@ -39,27 +39,3 @@ func TestHandlerLimitsAFlood(t *testing.T) {
 		t.Fatal("info lines or another message were dropped")
 	}
 }
-
-// The same for hclog's JSON lines.
-func TestWriterLimitsJSONLines(t *testing.T) {
-	var buf bytes.Buffer
-	l := New(time.Minute, 2)
-	now := fakeClock(l)
-	w := NewWriter(&buf, l)
-	line := `{"@level":"error","@message":"failed to decode incoming command","@module":"raft-net","error":"unknown rpc type 71"}` + "\n"
-	for range 50 {
-		if n, err := w.Write([]byte(line)); err != nil || n != len(line) {
-			t.Fatal(n, err)
-		}
-		w.Write([]byte(`{"@level":"info","@message":"entering follower state"}` + "\n"))
-	}
-	*now = now.Add(time.Minute)
-	w.Write([]byte(line))
-	out := buf.String()
-	if got := strings.Count(out, "failed to decode"); got != 3 {
-		t.Fatalf("%d lines, want 2 + 1:\n%s", got, out)
-	}
-	if !strings.Contains(out, `"dropped":48}`) || strings.Count(out, "entering follower state") != 50 {
-		t.Fatalf("dropped count or info lines wrong:\n%s", out)
-	}
-}

@@ -1585,7 +1585,13 @@ type ReadRequest struct {
 	// Only events whose stream name starts with this prefix.
 	StreamPrefix string `protobuf:"bytes,9,opt,name=stream_prefix,json=streamPrefix,proto3" json:"stream_prefix,omitempty"`
 	// Only events of these types (any of them).
-	EventTypes    []string `protobuf:"bytes,10,rep,name=event_types,json=eventTypes,proto3" json:"event_types,omitempty"`
+	EventTypes []string `protobuf:"bytes,10,rep,name=event_types,json=eventTypes,proto3" json:"event_types,omitempty"`
+	// Send the selected events decoded, in ReadResponse.events, instead of
+	// raw record batches in ReadResponse.batches: for grpcurl and clients
+	// without a batch decoder. Raw batches stay the default and the SDK's
+	// fast path. The same filters, message-size bound and resume token
+	// (next_offset) apply.
+	Decoded       bool `protobuf:"varint,11,opt,name=decoded,proto3" json:"decoded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1690,24 +1696,156 @@ func (x *ReadRequest) GetEventTypes() []string {
 	return nil
 }
 
+func (x *ReadRequest) GetDecoded() bool {
+	if x != nil {
+		return x.Decoded
+	}
+	return false
+}
+
+// One event of a decoded read (ReadRequest.decoded).
+type DecodedEvent struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Offset uint64                 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	Stream string                 `protobuf:"bytes,2,opt,name=stream,proto3" json:"stream,omitempty"`
+	// 1-based version of the stream after this event (0: none).
+	StreamVersion uint64 `protobuf:"varint,3,opt,name=stream_version,json=streamVersion,proto3" json:"stream_version,omitempty"`
+	Type          string `protobuf:"bytes,4,opt,name=type,proto3" json:"type,omitempty"`
+	// Empty when the event was not appended by an idempotent producer.
+	ProducerId  string `protobuf:"bytes,5,opt,name=producer_id,json=producerId,proto3" json:"producer_id,omitempty"`
+	ProducerSeq uint64 `protobuf:"varint,6,opt,name=producer_seq,json=producerSeq,proto3" json:"producer_seq,omitempty"`
+	// Commit time of the event's batch.
+	TimestampUnixNano int64 `protobuf:"varint,7,opt,name=timestamp_unix_nano,json=timestampUnixNano,proto3" json:"timestamp_unix_nano,omitempty"`
+	// Index of the Raft entry that committed the event.
+	RaftIndex     uint64 `protobuf:"varint,8,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	Metadata      []byte `protobuf:"bytes,9,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Payload       []byte `protobuf:"bytes,10,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecodedEvent) Reset() {
+	*x = DecodedEvent{}
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecodedEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecodedEvent) ProtoMessage() {}
+
+func (x *DecodedEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecodedEvent.ProtoReflect.Descriptor instead.
+func (*DecodedEvent) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DecodedEvent) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *DecodedEvent) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *DecodedEvent) GetStreamVersion() uint64 {
+	if x != nil {
+		return x.StreamVersion
+	}
+	return 0
+}
+
+func (x *DecodedEvent) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *DecodedEvent) GetProducerId() string {
+	if x != nil {
+		return x.ProducerId
+	}
+	return ""
+}
+
+func (x *DecodedEvent) GetProducerSeq() uint64 {
+	if x != nil {
+		return x.ProducerSeq
+	}
+	return 0
+}
+
+func (x *DecodedEvent) GetTimestampUnixNano() int64 {
+	if x != nil {
+		return x.TimestampUnixNano
+	}
+	return 0
+}
+
+func (x *DecodedEvent) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
+func (x *DecodedEvent) GetMetadata() []byte {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *DecodedEvent) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
 type ReadResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One or more complete record batches, concatenated. The format is
 	// drawn in package record; the first batch may start before from_offset
 	// and the last may end after to_offset: readers skip those records.
+	// Empty in a decoded read (ReadRequest.decoded): see events.
 	Batches []byte `protobuf:"bytes,1,opt,name=batches,proto3" json:"batches,omitempty"`
 	// Resume token: the offset after the last batch in this message.
 	NextOffset uint64 `protobuf:"varint,2,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
 	// The node's log end (next offset to be assigned) when the message was
 	// sent: next_offset == log_next_offset means the reader is caught up.
 	LogNextOffset uint64 `protobuf:"varint,3,opt,name=log_next_offset,json=logNextOffset,proto3" json:"log_next_offset,omitempty"`
+	// With ReadRequest.decoded: the selected events of [previous
+	// next_offset, next_offset), in offset order; batches is then empty.
+	Events        []*DecodedEvent `protobuf:"bytes,4,rep,name=events,proto3" json:"events,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[22]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1857,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[22]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1870,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{22}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReadResponse) GetBatches() []byte {
@@ -1756,6 +1894,13 @@ func (x *ReadResponse) GetLogNextOffset() uint64 {
 	return 0
 }
 
+func (x *ReadResponse) GetEvents() []*DecodedEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 type ListStreamsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only streams whose name starts with prefix.
@@ -1770,7 +1915,7 @@ type ListStreamsRequest struct {
 
 func (x *ListStreamsRequest) Reset() {
 	*x = ListStreamsRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[23]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +1927,7 @@ func (x *ListStreamsRequest) String() string {
 func (*ListStreamsRequest) ProtoMessage() {}
 
 func (x *ListStreamsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[23]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +1940,7 @@ func (x *ListStreamsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStreamsRequest.ProtoReflect.Descriptor instead.
 func (*ListStreamsRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{23}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListStreamsRequest) GetPrefix() string {
@@ -1833,7 +1978,7 @@ type StreamInfo struct {
 
 func (x *StreamInfo) Reset() {
 	*x = StreamInfo{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[24]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +1990,7 @@ func (x *StreamInfo) String() string {
 func (*StreamInfo) ProtoMessage() {}
 
 func (x *StreamInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[24]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +2003,7 @@ func (x *StreamInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamInfo.ProtoReflect.Descriptor instead.
 func (*StreamInfo) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{24}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StreamInfo) GetName() string {
@@ -1907,7 +2052,7 @@ type ListStreamsResponse struct {
 
 func (x *ListStreamsResponse) Reset() {
 	*x = ListStreamsResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[25]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1919,7 +2064,7 @@ func (x *ListStreamsResponse) String() string {
 func (*ListStreamsResponse) ProtoMessage() {}
 
 func (x *ListStreamsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[25]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1932,7 +2077,7 @@ func (x *ListStreamsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStreamsResponse.ProtoReflect.Descriptor instead.
 func (*ListStreamsResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{25}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListStreamsResponse) GetStreams() []*StreamInfo {
@@ -1958,7 +2103,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[26]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1970,7 +2115,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[26]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1983,7 +2128,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{26}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TransferLeadershipRequest) GetToNodeId() string {
@@ -2002,7 +2147,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[27]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2014,7 +2159,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[27]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2027,7 +2172,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{27}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TransferLeadershipResponse) GetNewLeaderId() string {
@@ -2045,7 +2190,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[28]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2202,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[28]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2215,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{28}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{29}
 }
 
 type NodeStatus struct {
@@ -2087,7 +2232,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[29]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2099,7 +2244,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[29]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2112,7 +2257,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{29}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -2179,14 +2324,17 @@ type StatusResponse struct {
 	// Why this node cannot persist now, or empty: its disk is below its
 	// free-space watermark, or its Raft log writes fail. The leader refuses
 	// appends while a majority of voters (itself included) say so.
-	DiskProblem   string `protobuf:"bytes,16,opt,name=disk_problem,json=diskProblem,proto3" json:"disk_problem,omitempty"`
+	DiskProblem string `protobuf:"bytes,16,opt,name=disk_problem,json=diskProblem,proto3" json:"disk_problem,omitempty"`
+	// The server's build: module version and VCS revision
+	// (`tsstore version`).
+	Version       string `protobuf:"bytes,17,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[30]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2198,7 +2346,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[30]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2211,7 +2359,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{30}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -2326,6 +2474,13 @@ func (x *StatusResponse) GetDiskProblem() string {
 	return ""
 }
 
+func (x *StatusResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
 type ReadIndexRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2334,7 +2489,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[31]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2346,7 +2501,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[31]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2359,7 +2514,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{31}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{32}
 }
 
 type ReadIndexResponse struct {
@@ -2371,7 +2526,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[32]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2383,7 +2538,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[32]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2396,7 +2551,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{32}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReadIndexResponse) GetCommitIndex() uint64 {
@@ -2418,7 +2573,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[33]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2430,7 +2585,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[33]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2443,7 +2598,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{33}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RegisterNodeRequest) GetNodeId() string {
@@ -2475,7 +2630,7 @@ type RegisterNodeResponse struct {
 
 func (x *RegisterNodeResponse) Reset() {
 	*x = RegisterNodeResponse{}
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[34]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2487,7 +2642,7 @@ func (x *RegisterNodeResponse) String() string {
 func (*RegisterNodeResponse) ProtoMessage() {}
 
 func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_tsstore_proto_msgTypes[34]
+	mi := &file_tsstore_v1_tsstore_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2500,7 +2655,7 @@ func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterNodeResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{34}
+	return file_tsstore_v1_tsstore_proto_rawDescGZIP(), []int{35}
 }
 
 var File_tsstore_v1_tsstore_proto protoreflect.FileDescriptor
@@ -2602,7 +2757,7 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"raft_index\x18\x03 \x01(\x04R\traftIndex\x12.\n" +
 	"\x13timestamp_unix_nano\x18\x04 \x01(\x03R\x11timestampUnixNano\x12\x1c\n" +
 	"\tduplicate\x18\x05 \x01(\bR\tduplicate\x12B\n" +
-	"\x0fstream_versions\x18\x06 \x03(\v2\x19.tsstore.v1.StreamVersionR\x0estreamVersions\"\x94\x03\n" +
+	"\x0fstream_versions\x18\x06 \x03(\v2\x19.tsstore.v1.StreamVersionR\x0estreamVersions\"\xae\x03\n" +
 	"\vReadRequest\x12\x1f\n" +
 	"\vfrom_offset\x18\x01 \x01(\x04R\n" +
 	"fromOffset\x12\x1b\n" +
@@ -2616,12 +2771,28 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\rstream_prefix\x18\t \x01(\tR\fstreamPrefix\x12\x1f\n" +
 	"\vevent_types\x18\n" +
 	" \x03(\tR\n" +
-	"eventTypes\"q\n" +
+	"eventTypes\x12\x18\n" +
+	"\adecoded\x18\v \x01(\bR\adecoded\"\xc2\x02\n" +
+	"\fDecodedEvent\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06stream\x18\x02 \x01(\tR\x06stream\x12%\n" +
+	"\x0estream_version\x18\x03 \x01(\x04R\rstreamVersion\x12\x12\n" +
+	"\x04type\x18\x04 \x01(\tR\x04type\x12\x1f\n" +
+	"\vproducer_id\x18\x05 \x01(\tR\n" +
+	"producerId\x12!\n" +
+	"\fproducer_seq\x18\x06 \x01(\x04R\vproducerSeq\x12.\n" +
+	"\x13timestamp_unix_nano\x18\a \x01(\x03R\x11timestampUnixNano\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\b \x01(\x04R\traftIndex\x12\x1a\n" +
+	"\bmetadata\x18\t \x01(\fR\bmetadata\x12\x18\n" +
+	"\apayload\x18\n" +
+	" \x01(\fR\apayload\"\xa3\x01\n" +
 	"\fReadResponse\x12\x18\n" +
 	"\abatches\x18\x01 \x01(\fR\abatches\x12\x1f\n" +
 	"\vnext_offset\x18\x02 \x01(\x04R\n" +
 	"nextOffset\x12&\n" +
-	"\x0flog_next_offset\x18\x03 \x01(\x04R\rlogNextOffset\"X\n" +
+	"\x0flog_next_offset\x18\x03 \x01(\x04R\rlogNextOffset\x120\n" +
+	"\x06events\x18\x04 \x03(\v2\x18.tsstore.v1.DecodedEventR\x06events\"X\n" +
 	"\x12ListStreamsRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x14\n" +
 	"\x05after\x18\x02 \x01(\tR\x05after\x12\x14\n" +
@@ -2651,7 +2822,7 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\vapi_address\x18\x03 \x01(\tR\n" +
 	"apiAddress\x12\x1a\n" +
 	"\bsuffrage\x18\x04 \x01(\tR\bsuffrage\x12\x16\n" +
-	"\x06leader\x18\x05 \x01(\bR\x06leader\"\xda\x04\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\"\xf4\x04\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1b\n" +
@@ -2670,7 +2841,8 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\vincarnation\x18\r \x01(\tR\vincarnation\x12&\n" +
 	"\x0flast_contact_ms\x18\x0e \x01(\x03R\rlastContactMs\x12,\n" +
 	"\x12raft_applied_index\x18\x0f \x01(\x04R\x10raftAppliedIndex\x12!\n" +
-	"\fdisk_problem\x18\x10 \x01(\tR\vdiskProblem\"\x12\n" +
+	"\fdisk_problem\x18\x10 \x01(\tR\vdiskProblem\x12\x18\n" +
+	"\aversion\x18\x11 \x01(\tR\aversion\"\x12\n" +
 	"\x10ReadIndexRequest\"6\n" +
 	"\x11ReadIndexResponse\x12!\n" +
 	"\fcommit_index\x18\x01 \x01(\x04R\vcommitIndex\"q\n" +
@@ -2738,7 +2910,7 @@ func file_tsstore_v1_tsstore_proto_rawDescGZIP() []byte {
 }
 
 var file_tsstore_v1_tsstore_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_tsstore_v1_tsstore_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_tsstore_v1_tsstore_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_tsstore_v1_tsstore_proto_goTypes = []any{
 	(ExpectedVersionKind)(0),           // 0: tsstore.v1.ExpectedVersionKind
 	(Consistency)(0),                   // 1: tsstore.v1.Consistency
@@ -2765,20 +2937,21 @@ var file_tsstore_v1_tsstore_proto_goTypes = []any{
 	(*StreamVersion)(nil),              // 22: tsstore.v1.StreamVersion
 	(*AppendResponse)(nil),             // 23: tsstore.v1.AppendResponse
 	(*ReadRequest)(nil),                // 24: tsstore.v1.ReadRequest
-	(*ReadResponse)(nil),               // 25: tsstore.v1.ReadResponse
-	(*ListStreamsRequest)(nil),         // 26: tsstore.v1.ListStreamsRequest
-	(*StreamInfo)(nil),                 // 27: tsstore.v1.StreamInfo
-	(*ListStreamsResponse)(nil),        // 28: tsstore.v1.ListStreamsResponse
-	(*TransferLeadershipRequest)(nil),  // 29: tsstore.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 30: tsstore.v1.TransferLeadershipResponse
-	(*StatusRequest)(nil),              // 31: tsstore.v1.StatusRequest
-	(*NodeStatus)(nil),                 // 32: tsstore.v1.NodeStatus
-	(*StatusResponse)(nil),             // 33: tsstore.v1.StatusResponse
-	(*ReadIndexRequest)(nil),           // 34: tsstore.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),          // 35: tsstore.v1.ReadIndexResponse
-	(*RegisterNodeRequest)(nil),        // 36: tsstore.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil),       // 37: tsstore.v1.RegisterNodeResponse
-	(*status.Status)(nil),              // 38: google.rpc.Status
+	(*DecodedEvent)(nil),               // 25: tsstore.v1.DecodedEvent
+	(*ReadResponse)(nil),               // 26: tsstore.v1.ReadResponse
+	(*ListStreamsRequest)(nil),         // 27: tsstore.v1.ListStreamsRequest
+	(*StreamInfo)(nil),                 // 28: tsstore.v1.StreamInfo
+	(*ListStreamsResponse)(nil),        // 29: tsstore.v1.ListStreamsResponse
+	(*TransferLeadershipRequest)(nil),  // 30: tsstore.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 31: tsstore.v1.TransferLeadershipResponse
+	(*StatusRequest)(nil),              // 32: tsstore.v1.StatusRequest
+	(*NodeStatus)(nil),                 // 33: tsstore.v1.NodeStatus
+	(*StatusResponse)(nil),             // 34: tsstore.v1.StatusResponse
+	(*ReadIndexRequest)(nil),           // 35: tsstore.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),          // 36: tsstore.v1.ReadIndexResponse
+	(*RegisterNodeRequest)(nil),        // 37: tsstore.v1.RegisterNodeRequest
+	(*RegisterNodeResponse)(nil),       // 38: tsstore.v1.RegisterNodeResponse
+	(*status.Status)(nil),              // 39: google.rpc.Status
 }
 var file_tsstore_v1_tsstore_proto_depIdxs = []int32{
 	4,  // 0: tsstore.v1.MembersResponse.members:type_name -> tsstore.v1.Member
@@ -2788,46 +2961,47 @@ var file_tsstore_v1_tsstore_proto_depIdxs = []int32{
 	18, // 4: tsstore.v1.AppendRequest.expectations:type_name -> tsstore.v1.StreamExpectation
 	19, // 5: tsstore.v1.AppendStreamRequest.append:type_name -> tsstore.v1.AppendRequest
 	23, // 6: tsstore.v1.AppendStreamResponse.append:type_name -> tsstore.v1.AppendResponse
-	38, // 7: tsstore.v1.AppendStreamResponse.error:type_name -> google.rpc.Status
+	39, // 7: tsstore.v1.AppendStreamResponse.error:type_name -> google.rpc.Status
 	22, // 8: tsstore.v1.AppendResponse.stream_versions:type_name -> tsstore.v1.StreamVersion
 	1,  // 9: tsstore.v1.ReadRequest.consistency:type_name -> tsstore.v1.Consistency
-	27, // 10: tsstore.v1.ListStreamsResponse.streams:type_name -> tsstore.v1.StreamInfo
-	32, // 11: tsstore.v1.StatusResponse.nodes:type_name -> tsstore.v1.NodeStatus
-	19, // 12: tsstore.v1.EventStore.Append:input_type -> tsstore.v1.AppendRequest
-	24, // 13: tsstore.v1.EventStore.Read:input_type -> tsstore.v1.ReadRequest
-	31, // 14: tsstore.v1.EventStore.Status:input_type -> tsstore.v1.StatusRequest
-	24, // 15: tsstore.v1.EventStore.Subscribe:input_type -> tsstore.v1.ReadRequest
-	26, // 16: tsstore.v1.EventStore.ListStreams:input_type -> tsstore.v1.ListStreamsRequest
-	20, // 17: tsstore.v1.EventStore.AppendStream:input_type -> tsstore.v1.AppendStreamRequest
-	34, // 18: tsstore.v1.Cluster.ReadIndex:input_type -> tsstore.v1.ReadIndexRequest
-	36, // 19: tsstore.v1.Cluster.RegisterNode:input_type -> tsstore.v1.RegisterNodeRequest
-	29, // 20: tsstore.v1.Cluster.TransferLeadership:input_type -> tsstore.v1.TransferLeadershipRequest
-	3,  // 21: tsstore.v1.Cluster.Members:input_type -> tsstore.v1.MembersRequest
-	6,  // 22: tsstore.v1.Cluster.AddMember:input_type -> tsstore.v1.AddMemberRequest
-	8,  // 23: tsstore.v1.Cluster.PromoteMember:input_type -> tsstore.v1.PromoteMemberRequest
-	10, // 24: tsstore.v1.Cluster.RemoveMember:input_type -> tsstore.v1.RemoveMemberRequest
-	12, // 25: tsstore.v1.Cluster.Snapshot:input_type -> tsstore.v1.SnapshotRequest
-	14, // 26: tsstore.v1.Cluster.Backup:input_type -> tsstore.v1.BackupRequest
-	23, // 27: tsstore.v1.EventStore.Append:output_type -> tsstore.v1.AppendResponse
-	25, // 28: tsstore.v1.EventStore.Read:output_type -> tsstore.v1.ReadResponse
-	33, // 29: tsstore.v1.EventStore.Status:output_type -> tsstore.v1.StatusResponse
-	25, // 30: tsstore.v1.EventStore.Subscribe:output_type -> tsstore.v1.ReadResponse
-	28, // 31: tsstore.v1.EventStore.ListStreams:output_type -> tsstore.v1.ListStreamsResponse
-	21, // 32: tsstore.v1.EventStore.AppendStream:output_type -> tsstore.v1.AppendStreamResponse
-	35, // 33: tsstore.v1.Cluster.ReadIndex:output_type -> tsstore.v1.ReadIndexResponse
-	37, // 34: tsstore.v1.Cluster.RegisterNode:output_type -> tsstore.v1.RegisterNodeResponse
-	30, // 35: tsstore.v1.Cluster.TransferLeadership:output_type -> tsstore.v1.TransferLeadershipResponse
-	5,  // 36: tsstore.v1.Cluster.Members:output_type -> tsstore.v1.MembersResponse
-	7,  // 37: tsstore.v1.Cluster.AddMember:output_type -> tsstore.v1.AddMemberResponse
-	9,  // 38: tsstore.v1.Cluster.PromoteMember:output_type -> tsstore.v1.PromoteMemberResponse
-	11, // 39: tsstore.v1.Cluster.RemoveMember:output_type -> tsstore.v1.RemoveMemberResponse
-	13, // 40: tsstore.v1.Cluster.Snapshot:output_type -> tsstore.v1.SnapshotResponse
-	16, // 41: tsstore.v1.Cluster.Backup:output_type -> tsstore.v1.BackupChunk
-	27, // [27:42] is the sub-list for method output_type
-	12, // [12:27] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	25, // 10: tsstore.v1.ReadResponse.events:type_name -> tsstore.v1.DecodedEvent
+	28, // 11: tsstore.v1.ListStreamsResponse.streams:type_name -> tsstore.v1.StreamInfo
+	33, // 12: tsstore.v1.StatusResponse.nodes:type_name -> tsstore.v1.NodeStatus
+	19, // 13: tsstore.v1.EventStore.Append:input_type -> tsstore.v1.AppendRequest
+	24, // 14: tsstore.v1.EventStore.Read:input_type -> tsstore.v1.ReadRequest
+	32, // 15: tsstore.v1.EventStore.Status:input_type -> tsstore.v1.StatusRequest
+	24, // 16: tsstore.v1.EventStore.Subscribe:input_type -> tsstore.v1.ReadRequest
+	27, // 17: tsstore.v1.EventStore.ListStreams:input_type -> tsstore.v1.ListStreamsRequest
+	20, // 18: tsstore.v1.EventStore.AppendStream:input_type -> tsstore.v1.AppendStreamRequest
+	35, // 19: tsstore.v1.Cluster.ReadIndex:input_type -> tsstore.v1.ReadIndexRequest
+	37, // 20: tsstore.v1.Cluster.RegisterNode:input_type -> tsstore.v1.RegisterNodeRequest
+	30, // 21: tsstore.v1.Cluster.TransferLeadership:input_type -> tsstore.v1.TransferLeadershipRequest
+	3,  // 22: tsstore.v1.Cluster.Members:input_type -> tsstore.v1.MembersRequest
+	6,  // 23: tsstore.v1.Cluster.AddMember:input_type -> tsstore.v1.AddMemberRequest
+	8,  // 24: tsstore.v1.Cluster.PromoteMember:input_type -> tsstore.v1.PromoteMemberRequest
+	10, // 25: tsstore.v1.Cluster.RemoveMember:input_type -> tsstore.v1.RemoveMemberRequest
+	12, // 26: tsstore.v1.Cluster.Snapshot:input_type -> tsstore.v1.SnapshotRequest
+	14, // 27: tsstore.v1.Cluster.Backup:input_type -> tsstore.v1.BackupRequest
+	23, // 28: tsstore.v1.EventStore.Append:output_type -> tsstore.v1.AppendResponse
+	26, // 29: tsstore.v1.EventStore.Read:output_type -> tsstore.v1.ReadResponse
+	34, // 30: tsstore.v1.EventStore.Status:output_type -> tsstore.v1.StatusResponse
+	26, // 31: tsstore.v1.EventStore.Subscribe:output_type -> tsstore.v1.ReadResponse
+	29, // 32: tsstore.v1.EventStore.ListStreams:output_type -> tsstore.v1.ListStreamsResponse
+	21, // 33: tsstore.v1.EventStore.AppendStream:output_type -> tsstore.v1.AppendStreamResponse
+	36, // 34: tsstore.v1.Cluster.ReadIndex:output_type -> tsstore.v1.ReadIndexResponse
+	38, // 35: tsstore.v1.Cluster.RegisterNode:output_type -> tsstore.v1.RegisterNodeResponse
+	31, // 36: tsstore.v1.Cluster.TransferLeadership:output_type -> tsstore.v1.TransferLeadershipResponse
+	5,  // 37: tsstore.v1.Cluster.Members:output_type -> tsstore.v1.MembersResponse
+	7,  // 38: tsstore.v1.Cluster.AddMember:output_type -> tsstore.v1.AddMemberResponse
+	9,  // 39: tsstore.v1.Cluster.PromoteMember:output_type -> tsstore.v1.PromoteMemberResponse
+	11, // 40: tsstore.v1.Cluster.RemoveMember:output_type -> tsstore.v1.RemoveMemberResponse
+	13, // 41: tsstore.v1.Cluster.Snapshot:output_type -> tsstore.v1.SnapshotResponse
+	16, // 42: tsstore.v1.Cluster.Backup:output_type -> tsstore.v1.BackupChunk
+	28, // [28:43] is the sub-list for method output_type
+	13, // [13:28] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_tsstore_v1_tsstore_proto_init() }
@@ -2846,7 +3020,7 @@ func file_tsstore_v1_tsstore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tsstore_v1_tsstore_proto_rawDesc), len(file_tsstore_v1_tsstore_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
