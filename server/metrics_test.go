@@ -126,9 +126,10 @@ func waitMetricFunc(t *testing.T, n *Node, ok func(float64) bool, want float64, 
 // via a follower), reads everything back, subscribes on a follower and
 // takes a snapshot on the leader. It returns the number of events in the
 // log and the acknowledged append requests the leader decided.
-func metricsWorkload(t *testing.T, tc *testCluster) (events, leaderOK int) {
+// metricsWorkload runs on leader l and follower f, the nodes the caller
+// scrapes (asking the cluster again could name another leader).
+func metricsWorkload(t *testing.T, l, f *Node) (events, leaderOK int) {
 	t.Helper()
-	l, f := tc.leader(), tc.follower()
 	lc, fc := dial(t, l), dial(t, f)
 	for i := 1; i <= 5; i++ {
 		var evs []*pb.Event
@@ -181,7 +182,7 @@ func TestMetricsCountAppendsReadsAndSnapshots(t *testing.T) {
 	tc := newTestCluster(t, 3, withMetrics)
 	l, f := tc.leader(), tc.follower()
 	before, beforeF := scrapeNode(t, l), scrapeNode(t, f)
-	events, leaderOK := metricsWorkload(t, tc)
+	events, leaderOK := metricsWorkload(t, l, f)
 	after, afterF := scrapeNode(t, l), scrapeNode(t, f)
 
 	delta := func(s0, s1 scrape, name string, labels ...string) float64 {
@@ -361,7 +362,7 @@ func TestDashboardMetricsExist(t *testing.T) {
 	}
 
 	tc := newTestCluster(t, 3, withMetrics)
-	metricsWorkload(t, tc)
+	metricsWorkload(t, tc.leader(), tc.follower())
 	have := map[string]bool{}
 	for _, n := range tc.nodes {
 		for line := range scrapeNode(t, n) {
