@@ -27,7 +27,7 @@ func (c *clientFlags) clusterNode(ctx context.Context, node string) (*client.Cli
 		return nil, nil, "", err
 	}
 	cancel() // the caller's ctx bounds the calls
-	addr := strings.TrimSpace(strings.Split(c.addrs, ",")[0])
+	addr := c.addrList()[0]
 	if node != "" {
 		st, err := cl.Status(ctx)
 		if err != nil {
@@ -53,15 +53,6 @@ func (c *clientFlags) clusterNode(ctx context.Context, node string) (*client.Cli
 		return nil, nil, "", err
 	}
 	return cl, pb.NewClusterClient(conn), addr, nil
-}
-
-// commandContext bounds a long command by --timeout only when it was
-// given explicitly: a backup of a large store may take hours.
-func commandContext(timeout time.Duration, explicit bool) (context.Context, context.CancelFunc) {
-	if explicit {
-		return context.WithTimeout(context.Background(), timeout)
-	}
-	return context.WithCancel(context.Background())
 }
 
 // progressBar draws "label  done / total  pct" on a terminal, redrawn at

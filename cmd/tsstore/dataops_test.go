@@ -108,7 +108,7 @@ func TestRestoreCommand(t *testing.T) {
 		{"truncated file", []string{"--backup", truncated, "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 1, "truncated"},
 		{"altered file", []string{"--backup", flipped, "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 1, "SHA-256 mismatch"},
 		{"other cluster", []string{"--backup", file, "--cluster", "staging", "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 1, `the backup is of cluster "prod", not "staging"`},
-		{"both cluster flags", []string{"--backup", file, "--cluster", "prod", "--rename-cluster", "x", "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 2, "not both"},
+		{"both cluster flags", []string{"--backup", file, "--cluster", "prod", "--rename-cluster", "x", "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 2, "[cluster rename-cluster] were all set"},
 		{"bad peers", []string{"--backup", file, "--data-dir", "D", "--node-id", "n1", "--peers", "n1=127.0.0.1:7001,n2"}, 2, `"n2": want id=host:port`},
 		{"self missing", []string{"--backup", file, "--data-dir", "D", "--node-id", "n4", "--peers", peers}, 1, `do not include this node "n4"`},
 		{"non-empty dir", []string{"--backup", file, "--data-dir", nonEmpty, "--node-id", "n1", "--peers", peers}, 1, "is not empty"},

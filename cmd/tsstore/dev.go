@@ -11,12 +11,19 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/internal/proccluster"
 )
 
-func runDev(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("dev", stderr, "dev [--dir DIR] [--base-port P] [--epochs N] [--batches N] [--ranks N] [--exit]")
+func newDevCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "dev [--dir DIR] [--base-port P] [--epochs N] [--batches N] [--ranks N] [--exit]",
+		Short: "run a local three-node cluster and a demo trainer",
+		Args:  noArgs,
+	}
+	fs := cmd.Flags()
 	dir := fs.String("dir", "tsstore-dev", "directory for the three nodes' data and logs")
 	basePort := fs.Int("base-port", 7101, "node i uses raft port base+i and API port base+100+i (0: free ports)")
 	epochs := fs.Int("epochs", 3, "epochs the demo trainer runs")
@@ -26,72 +33,72 @@ func runDev(args []string, stdout, stderr io.Writer) error {
 	snapEvery := fs.Int("run-snapshot-batches", 200, "the nodes snapshot the run every this many BatchCompleted events")
 	failover := fs.Bool("failover", true, "kill the leader with SIGKILL when a rank fails, and restart it")
 	exit := fs.Bool("exit", false, "stop the cluster after the demo instead of serving until Ctrl-C")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *epochs < 1 || *steps < 4 || *ranks < 2 || *every < 1 || *snapEvery < 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: want --epochs >= 1, --batches >= 4, --ranks >= 2, --checkpoint-every >= 1 and --run-snapshot-batches >= 1", errUsage)
-	}
-	bin, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	abs, err := filepath.Abs(*dir)
-	if err != nil {
-		return err
-	}
-	c, err := proccluster.New(proccluster.Options{Binary: bin, Dir: abs, BasePort: *basePort,
-		ExtraArgs: []string{"--log-format", "text", "--snapshot-threshold", "4096", "--snapshot-interval", "5s",
-			"--run-snapshot-batches", fmt.Sprint(*snapEvery)}})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.Start(); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "started 3 nodes, data and logs under %s\n", abs)
-	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer cancel()
-	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-	leader, err := c.WaitLeader(wctx)
-	wcancel()
-	if err != nil {
-		c.TailLogs(stderr, 20)
-		return err
-	}
-	fmt.Fprintf(stdout, "leader is %s (api %s)\n\n", leader.ID, leader.APIAddr)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		stdout, stderr := stdio(cmd)
+		if *epochs < 1 || *steps < 4 || *ranks < 2 || *every < 1 || *snapEvery < 1 {
+			return fmt.Errorf("%w: want --epochs >= 1, --batches >= 4, --ranks >= 2, --checkpoint-every >= 1 and --run-snapshot-batches >= 1", errUsage)
+		}
+		bin, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		abs, err := filepath.Abs(*dir)
+		if err != nil {
+			return err
+		}
+		c, err := proccluster.New(proccluster.Options{Binary: bin, Dir: abs, BasePort: *basePort,
+			ExtraArgs: []string{"--log-format", "text", "--snapshot-threshold", "4096", "--snapshot-interval", "5s",
+				"--run-snapshot-batches", fmt.Sprint(*snapEvery)}})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := c.Start(); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "started 3 nodes, data and logs under %s\n", abs)
+		ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer cancel()
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		leader, err := c.WaitLeader(wctx)
+		wcancel()
+		if err != nil {
+			c.TailLogs(stderr, 20)
+			return err
+		}
+		fmt.Fprintf(stdout, "leader is %s (api %s)\n\n", leader.ID, leader.APIAddr)
 
-	cfg := client.DefaultConfig()
-	cfg.Addrs = c.APIAddrs()
-	cl, err := client.New(cfg)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	tr := &trainer{cl: cl, out: stdout, run: fmt.Sprintf("run/demo-%d", time.Now().Unix()),
-		ranks: *ranks, epochs: *epochs, steps: *steps, every: *every}
-	if *failover {
-		tr.failure = func() error { return killLeader(ctx, c, stdout) }
-	}
-	if err := tr.train(ctx); err != nil {
-		c.TailLogs(stderr, 20)
-		return err
-	}
-	if err := verifyDemo(ctx, cl, cfg, tr.run, stdout); err != nil {
-		return err
-	}
-	if *exit {
+		cfg := client.DefaultConfig()
+		cfg.Addrs = c.APIAddrs()
+		cl, err := client.New(cfg)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		tr := &trainer{cl: cl, out: stdout, run: fmt.Sprintf("run/demo-%d", time.Now().Unix()),
+			ranks: *ranks, epochs: *epochs, steps: *steps, every: *every}
+		if *failover {
+			tr.failure = func() error { return killLeader(ctx, c, stdout) }
+		}
+		if err := tr.train(ctx); err != nil {
+			c.TailLogs(stderr, 20)
+			return err
+		}
+		if err := verifyDemo(ctx, cl, cfg, tr.run, stdout); err != nil {
+			return err
+		}
+		if *exit {
+			return nil
+		}
+		printTry(stdout, tr.run, *steps, *basePort, c.APIAddrs())
+		<-ctx.Done()
+		fmt.Fprintln(stdout, "stopping")
+		for _, n := range c.Nodes {
+			n.Stop(10 * time.Second)
+		}
 		return nil
 	}
-	printTry(stdout, tr.run, *steps, *basePort, c.APIAddrs())
-	<-ctx.Done()
-	fmt.Fprintln(stdout, "stopping")
-	for _, n := range c.Nodes {
-		n.Stop(10 * time.Second)
-	}
-	return nil
+	return cmd
 }
 
 // printTry suggests commands to try against the demo's cluster.

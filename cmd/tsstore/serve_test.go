@@ -1,6 +1,11 @@
 package main
 
 import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/pflag"
+
 	"bytes"
 	"os"
 	"path/filepath"
@@ -22,7 +27,7 @@ election_timeout = "300ms"
 bootstrap = ["n1=127.0.0.1:7001", "n2=127.0.0.1:7002"]
 `), 0o644)
 	t.Setenv("TSSTORE_ELECTION_TIMEOUT", "900ms")
-	s := newServeFlags(&bytes.Buffer{})
+	s := newTestServeFlags()
 	if err := s.parse([]string{"--config", file, "--api-addr", "127.0.0.1:9999"}); err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +43,7 @@ bootstrap = ["n1=127.0.0.1:7001", "n2=127.0.0.1:7002"]
 	}
 
 	os.WriteFile(file, []byte("id = \"n1\"\nheartbeat_timout = \"1s\"\n"), 0o644)
-	err := newServeFlags(&bytes.Buffer{}).parse([]string{"--config", file})
+	err := newTestServeFlags().parse([]string{"--config", file})
 	if err == nil || !strings.Contains(err.Error(), "unknown keys heartbeat_timout") {
 		t.Fatalf("typo in config file: %v", err)
 	}
@@ -56,4 +61,24 @@ func TestServeCheckConfig(t *testing.T) {
 		!strings.Contains(errOut.String(), "node id") {
 		t.Fatalf("invalid config accepted: exit %d, %q", code, errOut.String())
 	}
+}
+
+// testServeFlags parses serve's flags the way cobra does, then applies the
+// config file and environment.
+type testServeFlags struct{ *serveFlags }
+
+func newTestServeFlags() testServeFlags {
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return testServeFlags{newServeFlags(fs)}
+}
+
+func (t testServeFlags) parse(args []string) error {
+	if err := t.fs.Parse(args); err != nil {
+		return err
+	}
+	if t.fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, t.fs.Args())
+	}
+	return t.serveFlags.parse()
 }
