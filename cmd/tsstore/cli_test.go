@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -295,5 +298,36 @@ func TestCLIAgainstANode(t *testing.T) {
 	var ev eventJSON
 	if err := json.Unmarshal([]byte(r.stdout), &ev); err != nil || r.code != 0 || ev.Payload != `{"x":1}` || ev.PayloadEncoding != "utf-8" || ev.Stream != "s/1" {
 		t.Fatalf("read --timeout 0: exit %d, %v, %q %q", r.code, err, r.stdout, r.stderr)
+	}
+}
+
+// The addresses client commands dial by default, and those in the SDK's
+// package doc and examples, are the API ports `tsstore dev` listens on.
+func TestDefaultAddressesAreTheDevAPIPorts(t *testing.T) {
+	base, err := strconv.Atoi(newDevCmd().Flags().Lookup("base-port").DefValue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range 3 {
+		want = append(want, fmt.Sprintf("127.0.0.1:%d", base+100+i)) // dev: node i's API port is base+100+i
+	}
+	if got := strings.Join(want, ","); got != devAddrs {
+		t.Fatalf("devAddrs %s, want tsstore dev's API addresses %s", devAddrs, got)
+	}
+	for _, file := range []string{"../../client/doc.go", "../../client/example_test.go"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls := regexp.MustCompile(`DefaultConfig\(([^)]*)\)`).FindAllStringSubmatch(string(b), -1)
+		if len(calls) == 0 {
+			t.Fatalf("%s: no DefaultConfig call", file)
+		}
+		for _, c := range calls {
+			if got := strings.ReplaceAll(strings.ReplaceAll(c[1], `"`, ""), " ", ""); got != devAddrs {
+				t.Errorf("%s dials %s, want the dev API ports %s", file, got, devAddrs)
+			}
+		}
 	}
 }
