@@ -76,11 +76,14 @@ func newRestoreCmd() *cobra.Command {
 		case *rename != "":
 			name = *rename
 		}
+		wbar := newProgressBar(stderr, "restore")
 		err = server.Restore(server.RestoreConfig{
 			DataDir: *dataDir, NodeID: *nodeID, ClusterName: name, Peers: peers,
 			RaftIndex: info.RaftIndex, RaftTerm: info.RaftTerm, NextOffset: info.NextOffset,
-			Stream: f.Stream(), SnapshotRetain: server.DefaultConfig().SnapshotRetain, Segment: server.DefaultConfig().Segment,
+			Stream:         &progressReader{r: f.Stream(), bar: wbar, total: int64(info.SizeBytes)},
+			SnapshotRetain: server.DefaultConfig().SnapshotRetain, Segment: server.DefaultConfig().Segment,
 		})
+		wbar.finish()
 		if err != nil {
 			return err
 		}
