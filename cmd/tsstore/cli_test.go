@@ -331,3 +331,21 @@ func TestDefaultAddressesAreTheDevAPIPorts(t *testing.T) {
 		}
 	}
 }
+
+// Replays and other commands whose work grows with the data have no
+// deadline unless --timeout is given; the rest keep 10 s.
+func TestCLITimeoutDefaults(t *testing.T) {
+	root := newRootCmd()
+	for path, want := range map[string]string{
+		"read": "0s", "tail": "0s", "backup": "0s", "repair": "0s",
+		"status": "10s", "append": "10s", "run verify": "10m0s",
+	} {
+		cmd, _, err := root.Find(strings.Fields(path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cmd.Flags().Lookup("timeout").DefValue; got != want {
+			t.Errorf("%s --timeout defaults to %s, want %s", path, got, want)
+		}
+	}
+}

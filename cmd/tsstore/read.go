@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -146,7 +148,12 @@ func runRead(cmd *cobra.Command, f *readFlags) error {
 	enc := json.NewEncoder(stdout)
 	n := 0
 	for ev, err := range cl.Replay(ctx, sf.from, opts...) {
-		if err != nil {
+		switch {
+		case err != nil && errors.Is(ctx.Err(), context.Canceled):
+			return fmt.Errorf("interrupted after %d events: %w", n, err)
+		case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
+			return fmt.Errorf("--timeout %v reached after %d events (--timeout 0: none): %w", cf.timeout, n, err)
+		case err != nil:
 			return err
 		}
 		if cf.json {
