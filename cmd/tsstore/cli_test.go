@@ -349,3 +349,44 @@ func TestCLITimeoutDefaults(t *testing.T) {
 		}
 	}
 }
+
+// Every JSON key the CLI prints is snake_case: the struct tags of its
+// output types and of the types they embed from other packages.
+func TestJSONKeysAreSnakeCase(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, "../../backup/backup.go", "../../fsm/snapstore.go", "../../server/raftverify.go",
+		"../../segment/dump.go", "../../internal/version/version.go")
+	tag := regexp.MustCompile("json:\"([^\"]*)\"")
+	key := regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+	n := 0
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range tag.FindAllStringSubmatch(string(b), -1) {
+			name, _, _ := strings.Cut(m[1], ",")
+			if name == "-" {
+				continue
+			}
+			n++
+			if !key.MatchString(name) {
+				t.Errorf("%s: JSON key %q is not snake_case", f, name)
+			}
+		}
+	}
+	if n < 50 {
+		t.Fatalf("found only %d JSON keys; the grep is broken", n)
+	}
+	// restore's peers were server.Peer, which has no tags (ID, RaftAddr).
+	b, _ := json.Marshal(restoreResult{Peers: toPeersJSON([]server.Peer{{ID: "n1", RaftAddr: "h:1"}})})
+	if !strings.Contains(string(b), `"peers":[{"id":"n1","raft_addr":"h:1"}]`) {
+		t.Fatalf("restore --json: %s", b)
+	}
+}
