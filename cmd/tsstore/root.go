@@ -32,7 +32,6 @@ func newRootCmd() *cobra.Command {
 		},
 	}
 	root.SetVersionTemplate("tsstore {{.Version}}\n")
-	root.CompletionOptions.HiddenDefaultCmd = false
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("%w: %v (see 'tsstore %s --help')", errUsage, err, strings.TrimPrefix(cmd.CommandPath(), "tsstore "))
 	})
@@ -177,12 +176,12 @@ func groupCmd(use, short string) *cobra.Command {
 }
 
 func unknownSubcommand(cmd *cobra.Command, name string) error {
-	msg := fmt.Sprintf("%s: unknown command %q for %q", errUsage, name, cmd.CommandPath())
 	if cmd.SuggestionsMinimumDistance <= 0 {
 		cmd.SuggestionsMinimumDistance = 2 // cobra's default for the root
 	}
+	hint := ""
 	if s := cmd.SuggestionsFor(name); len(s) > 0 {
-		msg += "; did you mean " + strings.Join(s, ", ") + "?"
+		hint = "; did you mean " + strings.Join(s, ", ") + "?"
 	}
-	return fmt.Errorf("%w%s", errUsage, strings.TrimPrefix(msg, errUsage.Error()))
+	return fmt.Errorf("%w: unknown command %q for %q%s", errUsage, name, cmd.CommandPath(), hint)
 }
