@@ -128,6 +128,9 @@ func (s *serveFlags) parse() error {
 	}
 	var errs []string
 	s.fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name == "help" {
+			return // cobra's own flag, not a setting
+		}
 		env := "TSSTORE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := os.LookupEnv(env); ok && !set[f.Name] {
 			if err := f.Value.Set(v); err != nil {
@@ -169,7 +172,7 @@ func (s *serveFlags) applyFile(path string, set map[string]bool) error {
 	for key, v := range m {
 		name := strings.ReplaceAll(key, "_", "-")
 		f := s.fs.Lookup(name)
-		if f == nil || name == "config" {
+		if f == nil || name == "config" || name == "help" {
 			unknown = append(unknown, key)
 			continue
 		}
