@@ -206,6 +206,7 @@ func TestCLIJSONErrors(t *testing.T) {
 		{[]string{"status", "--json", "--addr", deadAddr(t)}, 1, "Unavailable", "UNREACHABLE", "set --addr or TSSTORE_ADDR"},
 		{[]string{"run", "show", "--json"}, 2, "InvalidArgument", "USAGE", "want RUN"},
 		{[]string{"read", "--json", "--bogus"}, 2, "InvalidArgument", "USAGE", "unknown flag: --bogus"},
+		{[]string{"read", "--bogus", "--json"}, 2, "InvalidArgument", "USAGE", "unknown flag: --bogus"},
 	} {
 		r := tsstoreCLI(t, nil, tt.args...)
 		var e map[string]any

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -69,7 +70,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if cmd == nil {
 		cmd = root
 	}
-	if jsonSet(cmd) {
+	if jsonSet(cmd, args) {
 		writeJSONError(stderr, err)
 		return code
 	}
@@ -97,10 +98,14 @@ func isCobraUsageError(err error) bool {
 	return false
 }
 
-// jsonSet reports whether the command ran with its boolean --json flag on.
-func jsonSet(cmd *cobra.Command) bool {
+// jsonSet reports whether the command ran with its boolean --json flag
+// on, or was given it in args (a flag error may stop parsing before it).
+func jsonSet(cmd *cobra.Command, args []string) bool {
 	f := cmd.Flags().Lookup("json")
-	return f != nil && f.Value.Type() == "bool" && f.Value.String() == "true"
+	if f == nil || f.Value.Type() != "bool" {
+		return false
+	}
+	return f.Value.String() == "true" || slices.Contains(args, "--json") || slices.Contains(args, "--json=true")
 }
 
 // errorJSON is the one object a command run with --json writes to stderr
