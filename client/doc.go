@@ -131,7 +131,12 @@
 //
 // # Example
 //
-//	c, err := client.New(client.DefaultConfig("10.0.0.1:7000", "10.0.0.2:7000"))
+// The addresses are nodes' API addresses (serve's --api-addr); here the
+// API ports of `tsstore dev` (7201-7203; 7101-7103 are its Raft ports).
+// More in the package's examples (example_test.go, shown by `go doc -http`
+// and pkg.go.dev).
+//
+//	c, err := client.New(client.DefaultConfig("127.0.0.1:7201", "127.0.0.1:7202", "127.0.0.1:7203"))
 //	if err != nil {
 //		return err
 //	}

@@ -69,7 +69,8 @@ type LogDump struct {
 	Tail       *TailDump `json:"tail,omitempty"`
 	Records    int64     `json:"records"`
 	NextOffset uint64    `json:"next_offset"`
-	// Problems counts bad batches and an unreadable tail.
+	// Problems counts bad batches, batches that do not start where the
+	// previous one ended (WantBase) and an unreadable tail.
 	Problems int64 `json:"problems"`
 }
 
@@ -152,7 +153,7 @@ func DumpLog(path string) (*LogDump, error) {
 		}
 		if (!first || nameErr == nil) && h.BaseOffset != expect {
 			want := expect
-			b.WantBase = &want
+			b.WantBase, d.Problems = &want, d.Problems+1
 		}
 		for _, bs := range streams {
 			b.Streams = append(b.Streams, StreamInDump{Stream: string(bs.name), FirstVersion: bs.first, LastVersion: bs.last})

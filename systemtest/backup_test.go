@@ -349,9 +349,9 @@ func TestVerifyNamesCorruptSegment(t *testing.T) {
 		t.Fatalf("verify of a flipped byte in the raft log: exit %d\nstdout: %s\nstderr: %s", code3, out3, errOut3)
 	}
 
-	// dump shows the bad batch at that position.
+	// dump shows the bad batch at that position, and exits 1 as verify does.
 	out, _, code = runCLI(t, "dump", seg)
-	if code != 0 || !strings.Contains(out, fmt.Sprintf("%10d", res.Corruption.Position)) || !strings.Contains(out, " BAD") {
+	if code != 1 || !strings.Contains(out, fmt.Sprintf("%10d", res.Corruption.Position)) || !strings.Contains(out, " BAD") {
 		t.Fatalf("dump: exit %d: %s", code, out)
 	}
 }

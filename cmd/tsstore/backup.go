@@ -4,15 +4,14 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	iofs "io/fs"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/tsstore/tsstore/backup"
 	"github.com/tsstore/tsstore/internal/atomicfile"
@@ -27,46 +26,31 @@ type backupResult struct {
 	Info      backup.Info `json:"info"`
 }
 
-func runBackup(args []string, stdout, stderr io.Writer) error {
+func newBackupCmd() *cobra.Command {
 	var cf clientFlags
-	fs := newFlagSet("backup", stderr, "backup [--addr host:port] [--node ID] [--json] FILE")
-	cf.register(fs)
+	cmd := &cobra.Command{Use: "backup [--node ID] FILE", Short: "write a consistent backup of the store to a file", Args: exactArgs("FILE")}
+	fs := cmd.Flags()
+	// A backup of a large store takes as long as it takes: no --timeout
+	// unless given.
+	cf.registerTimeout(fs, 0)
 	node := fs.String("node", "", "node id to back up from (default: the node at the first --addr)")
-	// A backup of a large store takes as long as it takes: --timeout
-	// applies only when given.
-	if f := fs.Lookup("timeout"); f != nil {
-		f.Usage, f.DefValue = "time limit of the whole backup (default: none)", "0s"
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return runBackup(cmd, &cf, *node, args[0])
 	}
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() < 1 {
-		return fmt.Errorf("%w: the backup FILE is required", errUsage)
-	}
-	path := fs.Arg(0)
-	if err := fs.Parse(fs.Args()[1:]); err != nil { // flags after FILE
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
-	}
+	return cmd
+}
+
+func runBackup(cmd *cobra.Command, cf *clientFlags, node, path string) error {
+	stdout, stderr := stdio(cmd)
 	if _, err := os.Stat(path); err == nil {
 		return fmt.Errorf("%s already exists; choose a new file name", path)
 	} else if !errors.Is(err, iofs.ErrNotExist) {
 		return err
 	}
-	explicit := false
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "timeout" {
-			explicit = true
-		}
-	})
-	ctx, cancel := commandContext(cf.timeout, explicit)
-	defer cancel()
 	// Ctrl-C or SIGTERM ends the stream; writeBackup then removes FILE.tmp.
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	cl, cc, addr, err := cf.clusterNode(ctx, *node)
+	ctx, cancel := cf.context()
+	defer cancel()
+	cl, cc, addr, err := cf.clusterNode(ctx, node)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/tsstore/tsstore/bench"
 	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/internal/proccluster"
@@ -44,9 +47,44 @@ type benchFlags struct {
 	unaryAppend  bool
 }
 
+// parseBenchFlags parses bench's command line (for tests).
 func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
-	var f benchFlags
-	fs := newFlagSet("bench", stderr, "bench [--addr A | --local DIR] [--workloads a,b,c,d,e,f,g] [--duration D] [--json FILE] [--plots DIR] ...")
+	fs := pflag.NewFlagSet("bench", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	finish := registerBenchFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	return finish()
+}
+
+func newBenchCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench [--addr A | --local DIR] [--workloads a,b,c,d,e,f,g] [--duration D] [--out FILE] [--plots DIR] ...",
+		Short: "benchmark appends, replay, failover and disk use (docs/benchmarks.md)",
+		Long: "bench runs the workloads of docs/benchmarks.md and prints a table. --out FILE (alias --json FILE,\n" +
+			"kept for scripts) also writes the results as one JSON object to FILE.",
+		Args: noArgs,
+	}
+	finish := registerBenchFlags(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		f, err := finish()
+		if err != nil {
+			return err
+		}
+		stdout, stderr := stdio(cmd)
+		return runBench(f, stdout, stderr)
+	}
+	return cmd
+}
+
+// registerBenchFlags defines bench's flags on fs; the function it returns
+// checks them once parsed.
+func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
+	f := new(benchFlags)
 	fs.StringVar(&f.addrs, "addr", "", "comma-separated API addresses of a running cluster (default: start a local three-node cluster)")
 	fs.StringVar(&f.local, "local", "", "data directory of the local cluster (default: a temp dir, removed afterwards)")
 	fs.BoolVar(&f.keep, "keep", false, "keep the local cluster's data directory")
@@ -60,51 +98,44 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	fs.IntVar(&f.inflight, "inflight", client.DefaultAsyncOptions().MaxInflight, "c: append requests in flight (1-8)")
 	fs.IntVar(&f.window, "window", 0, "c: most events sent and not yet acknowledged (0: bounded only by the producer's own queue, about 34k events)")
 	fs.IntVar(&f.failovers, "failovers", 5, "f: leader kills (the median is reported)")
-	fs.StringVar(&f.jsonOut, "json", "", "write results as JSON to this file")
-	fs.StringVar(&f.jsonOut, "out", "", "same as --json")
+	fs.StringVar(&f.jsonOut, "out", "", "also write the results as one JSON object to this file")
+	fs.StringVar(&f.jsonOut, "json", "", "same as --out (kept for scripts: bench's --json takes a FILE)")
 	fs.StringVar(&f.plots, "plots", "", "write plots (PNG) into this directory")
 	fs.StringVar(&f.profile, "profile", "", "local cluster: write CPU profiles of the leader (and of this client) during a, b and c into this directory")
 	fs.BoolVar(&f.unaryAppend, "unary-append", false, "send every append as a unary Append call instead of over the client's shared AppendStream (to compare the two)")
 	serveArgs := fs.String("serve-args", "", "local cluster: extra `tsstore serve` flags for every node, space-separated (e.g. \"--heartbeat-timeout 300ms\")")
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	f.serveArgs = strings.Fields(*serveArgs)
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
-	}
-	f.workloads = map[string]bool{}
-	for _, w := range strings.Split(*wl, ",") {
-		w = strings.TrimSpace(w)
-		if !slices.Contains(benchWorkloads, w) {
-			return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g,h,r)", errUsage, w)
+	return func() (*benchFlags, error) {
+		f.serveArgs = strings.Fields(*serveArgs)
+		f.workloads = map[string]bool{}
+		for _, w := range strings.Split(*wl, ",") {
+			w = strings.TrimSpace(w)
+			if !slices.Contains(benchWorkloads, w) {
+				return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g,h,r)", errUsage, w)
+			}
+			f.workloads[w] = true
 		}
-		f.workloads[w] = true
-	}
-	for _, s := range strings.Split(*sizes, ",") {
-		var n int
-		if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 {
-			return nil, fmt.Errorf("%w: --events %q", errUsage, *sizes)
+		for _, s := range strings.Split(*sizes, ",") {
+			var n int
+			if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 {
+				return nil, fmt.Errorf("%w: --events %q", errUsage, *sizes)
+			}
+			f.events = append(f.events, n)
 		}
-		f.events = append(f.events, n)
+		slices.Sort(f.events)
+		switch {
+		case f.duration <= 0 || f.producers <= 0 || f.size <= 0 || f.streamEvents <= 0 || f.batch <= 0 || f.failovers <= 0 || f.window < 0:
+			return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch and --failovers must be positive", errUsage)
+		case f.inflight < 1 || f.inflight > 8:
+			return nil, fmt.Errorf("%w: --inflight must be in [1, 8]", errUsage)
+		case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.workloads["h"] || f.profile != ""):
+			return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories), h (restarts a node) and --profile need the local cluster; drop --addr or select other workloads", errUsage)
+		}
+		return f, nil
 	}
-	slices.Sort(f.events)
-	switch {
-	case f.duration <= 0 || f.producers <= 0 || f.size <= 0 || f.streamEvents <= 0 || f.batch <= 0 || f.failovers <= 0 || f.window < 0:
-		return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch and --failovers must be positive", errUsage)
-	case f.inflight < 1 || f.inflight > 8:
-		return nil, fmt.Errorf("%w: --inflight must be in [1, 8]", errUsage)
-	case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.workloads["h"] || f.profile != ""):
-		return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories), h (restarts a node) and --profile need the local cluster; drop --addr or select other workloads", errUsage)
-	}
-	return &f, nil
 }
 
-func runBench(args []string, stdout, stderr io.Writer) error {
-	f, err := parseBenchFlags(args, stderr)
-	if err != nil {
-		return err
-	}
+func runBench(f *benchFlags, stdout, stderr io.Writer) error {
+	var err error
 	ctx, cancel := signalContext()
 	defer cancel()
 	prog := bench.NewProgress(stderr)

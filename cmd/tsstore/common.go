@@ -2,13 +2,15 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
-	"io"
+	"net"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -32,18 +34,28 @@ type securityFlags struct {
 	token                     string
 }
 
-func (c *clientFlags) register(fs *flag.FlagSet) { c.registerTimeout(fs, 10*time.Second) }
+// devAddrs are the API addresses of `tsstore dev` with its default
+// --base-port, dialled when neither --addr nor TSSTORE_ADDR is given.
+const devAddrs = "127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203"
+
+// dialProbeTimeout bounds the check that some node answers at all, so a
+// wrong address fails in about this long with a hint rather than after the
+// client's retries with a raw gRPC error.
+const dialProbeTimeout = 2 * time.Second
+
+func (c *clientFlags) register(fs *pflag.FlagSet) { c.registerTimeout(fs, 10*time.Second) }
 
 // registerTimeout is register with another default --timeout, for a
-// command whose work grows with the data (run verify folds whole runs).
-func (c *clientFlags) registerTimeout(fs *flag.FlagSet, timeout time.Duration) {
-	fs.StringVar(&c.addrs, "addr", "127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203", "comma-separated API addresses of any cluster nodes")
-	fs.DurationVar(&c.timeout, "timeout", timeout, "overall time limit of the command")
+// command whose work grows with the data (run verify folds whole runs);
+// 0 means none.
+func (c *clientFlags) registerTimeout(fs *pflag.FlagSet, timeout time.Duration) {
+	fs.StringVar(&c.addrs, "addr", "", "comma-separated API addresses of any cluster nodes (default: env TSSTORE_ADDR, else "+devAddrs+", the ports of `tsstore dev`)")
+	fs.DurationVar(&c.timeout, "timeout", timeout, "overall time limit of the command (0: none)")
 	fs.BoolVar(&c.json, "json", false, "print JSON instead of text")
 	c.sec.register(fs)
 }
 
-func (s *securityFlags) register(fs *flag.FlagSet) {
+func (s *securityFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&s.tls, "tls", false, "use TLS, verifying servers against the system's CA roots (implied by --ca and --cert; env TSSTORE_TLS=1)")
 	fs.StringVar(&s.ca, "ca", "", "PEM CA bundle to verify the servers' certificates; turns on TLS (env TSSTORE_CA)")
 	fs.StringVar(&s.cert, "cert", "", "PEM client certificate, for servers that require one (env TSSTORE_CERT)")
@@ -109,36 +121,101 @@ func securityHint(err error) string {
 	return ""
 }
 
-// config is the client configuration the flags select.
-func (c *clientFlags) config() (client.Config, error) {
-	cfg := client.DefaultConfig()
-	for _, a := range strings.Split(c.addrs, ",") {
+// addrList is --addr, else TSSTORE_ADDR, else the dev cluster's ports,
+// split at commas.
+func (c *clientFlags) addrList() []string {
+	v := c.addrs
+	if v == "" {
+		v = os.Getenv("TSSTORE_ADDR")
+	}
+	if strings.TrimSpace(v) == "" {
+		v = devAddrs
+	}
+	var out []string
+	for _, a := range strings.Split(v, ",") {
 		if a = strings.TrimSpace(a); a != "" {
-			cfg.Addrs = append(cfg.Addrs, a)
+			out = append(out, a)
 		}
 	}
+	return out
+}
+
+// addrSource says where the addresses came from, for error messages.
+func (c *clientFlags) addrSource() string {
+	switch {
+	case c.addrs != "":
+		return "--addr"
+	case strings.TrimSpace(os.Getenv("TSSTORE_ADDR")) != "":
+		return "TSSTORE_ADDR"
+	}
+	return "the default (the ports of `tsstore dev`)"
+}
+
+// unreachableError: no address accepted a connection.
+type unreachableError struct {
+	addrs  []string
+	source string
+}
+
+func (e *unreachableError) Error() string {
+	return fmt.Sprintf("no tsstore node answers at %s (from %s) within %v; set --addr or TSSTORE_ADDR (a comma list) to the API addresses of the cluster's nodes",
+		strings.Join(e.addrs, ", "), e.source, dialProbeTimeout)
+}
+
+// probe returns nil as soon as one address accepts a TCP connection, and
+// an *unreachableError if none does within dialProbeTimeout.
+func probe(addrs []string, source string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), dialProbeTimeout)
+	defer cancel()
+	ok := make(chan bool, len(addrs))
+	for _, a := range addrs {
+		go func() {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, "tcp", a)
+			if err == nil {
+				conn.Close()
+			}
+			ok <- err == nil
+		}()
+	}
+	for range addrs {
+		if <-ok {
+			return nil
+		}
+	}
+	return &unreachableError{addrs: addrs, source: source}
+}
+
+// config is the client configuration the flags select.
+func (c *clientFlags) config() (client.Config, error) {
+	cfg := client.DefaultConfig(c.addrList()...)
 	return cfg, c.sec.apply(&cfg)
 }
 
+// connect makes a client after checking that some node answers, and a
+// context bounded by --timeout (none if 0) that Ctrl-C and SIGTERM cancel.
 func (c *clientFlags) connect() (*client.Client, context.Context, context.CancelFunc, error) {
 	cfg, err := c.config()
 	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := probe(cfg.Addrs, c.addrSource()); err != nil {
 		return nil, nil, nil, err
 	}
 	cl, err := client.New(cfg)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	ctx, cancel := c.context()
 	return cl, ctx, cancel, nil
 }
 
-func newFlagSet(name string, stderr io.Writer, usage string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: tsstore %s\n\nflags:\n", usage)
-		fs.PrintDefaults()
+// context is bounded by --timeout (none if 0) and ends on Ctrl-C or SIGTERM.
+func (c *clientFlags) context() (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if c.timeout <= 0 {
+		return ctx, stop
 	}
-	return fs
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	return ctx, func() { cancel(); stop() }
 }

@@ -8,8 +8,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
@@ -108,7 +110,7 @@ func TestRestoreCommand(t *testing.T) {
 		{"truncated file", []string{"--backup", truncated, "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 1, "truncated"},
 		{"altered file", []string{"--backup", flipped, "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 1, "SHA-256 mismatch"},
 		{"other cluster", []string{"--backup", file, "--cluster", "staging", "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 1, `the backup is of cluster "prod", not "staging"`},
-		{"both cluster flags", []string{"--backup", file, "--cluster", "prod", "--rename-cluster", "x", "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 2, "not both"},
+		{"both cluster flags", []string{"--backup", file, "--cluster", "prod", "--rename-cluster", "x", "--data-dir", "D", "--node-id", "n1", "--peers", peers}, 2, "[cluster rename-cluster] were all set"},
 		{"bad peers", []string{"--backup", file, "--data-dir", "D", "--node-id", "n1", "--peers", "n1=127.0.0.1:7001,n2"}, 2, `"n2": want id=host:port`},
 		{"self missing", []string{"--backup", file, "--data-dir", "D", "--node-id", "n4", "--peers", peers}, 1, `do not include this node "n4"`},
 		{"non-empty dir", []string{"--backup", file, "--data-dir", nonEmpty, "--node-id", "n1", "--peers", peers}, 1, "is not empty"},
@@ -280,11 +282,29 @@ func TestProgressBarOnlyOnATerminal(t *testing.T) {
 	if buf.Len() != 0 {
 		t.Fatalf("progress drawn on a buffer: %q", buf.String())
 	}
+	// On a terminal: percent, human sizes, rate and ETA.
 	p = &progressBar{w: &buf, label: "backup", on: true}
+	p.update(0, 4<<20)
+	time.Sleep(150 * time.Millisecond) // past the redraw throttle, and a rate to show
 	p.update(3<<20, 4<<20)
 	p.finish()
-	if got := buf.String(); !strings.Contains(got, "3.0 MiB / 4.0 MiB  75.0%") || !strings.HasSuffix(got, "\n") {
-		t.Fatalf("progress line %q", got)
+	got := buf.String()
+	for _, want := range []string{"backup", "75%", "3.0/4.0 MiB", "MiB/s"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("progress line %q lacks %q", got, want)
+		}
+	}
+	if !regexp.MustCompile(`\[[0-9ms]+:[0-9ms]+\]`).MatchString(got) || !strings.HasSuffix(got, "\n") {
+		t.Errorf("progress line %q: want [elapsed:ETA] and a final newline", got)
+	}
+
+	// A reader reports what passes through it.
+	buf.Reset()
+	p = &progressBar{w: &buf, label: "restore", on: true}
+	n, err := io.Copy(io.Discard, &progressReader{r: strings.NewReader(strings.Repeat("x", 5000)), bar: p, total: 5000})
+	p.finish()
+	if err != nil || n != 5000 || !strings.Contains(buf.String(), "100%") {
+		t.Errorf("progressReader: %d, %v, %q", n, err, buf.String())
 	}
 }
 

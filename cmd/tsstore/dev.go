@@ -11,39 +11,56 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/internal/proccluster"
 )
 
-func runDev(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("dev", stderr, "dev [--dir DIR] [--base-port P] [--epochs N] [--batches N] [--ranks N] [--exit]")
-	dir := fs.String("dir", "tsstore-dev", "directory for the three nodes' data and logs")
-	basePort := fs.Int("base-port", 7101, "node i uses raft port base+i and API port base+100+i (0: free ports)")
-	epochs := fs.Int("epochs", 3, "epochs the demo trainer runs")
-	steps := fs.Int("batches", 200, "batches (optimizer steps) per epoch")
-	ranks := fs.Int("ranks", 8, "ranks (data-parallel workers) of the demo job")
-	every := fs.Int("checkpoint-every", 50, "steps between checkpoints")
-	snapEvery := fs.Int("run-snapshot-batches", 200, "the nodes snapshot the run every this many BatchCompleted events")
-	failover := fs.Bool("failover", true, "kill the leader with SIGKILL when a rank fails, and restart it")
-	exit := fs.Bool("exit", false, "stop the cluster after the demo instead of serving until Ctrl-C")
-	if err := fs.Parse(args); err != nil {
-		return err
+func newDevCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "dev [--dir DIR] [--base-port P] [--epochs N] [--batches N] [--ranks N] [--exit]",
+		Short: "run a local three-node cluster and a demo trainer",
+		Args:  noArgs,
 	}
-	if *epochs < 1 || *steps < 4 || *ranks < 2 || *every < 1 || *snapEvery < 1 {
-		fs.Usage()
+	var f devFlags
+	fs := cmd.Flags()
+	fs.StringVar(&f.dir, "dir", "tsstore-dev", "directory for the three nodes' data and logs")
+	fs.IntVar(&f.basePort, "base-port", 7101, "node i uses raft port base+i and API port base+100+i (0: free ports)")
+	fs.IntVar(&f.epochs, "epochs", 3, "epochs the demo trainer runs")
+	fs.IntVar(&f.steps, "batches", 200, "batches (optimizer steps) per epoch")
+	fs.IntVar(&f.ranks, "ranks", 8, "ranks (data-parallel workers) of the demo job")
+	fs.IntVar(&f.every, "checkpoint-every", 50, "steps between checkpoints")
+	fs.IntVar(&f.snapEvery, "run-snapshot-batches", 200, "the nodes snapshot the run every this many BatchCompleted events")
+	fs.BoolVar(&f.failover, "failover", true, "kill the leader with SIGKILL when a rank fails, and restart it")
+	fs.BoolVar(&f.exit, "exit", false, "stop the cluster after the demo instead of serving until Ctrl-C")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return runDev(cmd, &f) }
+	return cmd
+}
+
+// devFlags are dev's settings.
+type devFlags struct {
+	dir                                              string
+	basePort, epochs, steps, ranks, every, snapEvery int
+	failover, exit                                   bool
+}
+
+func runDev(cmd *cobra.Command, f *devFlags) error {
+	stdout, stderr := stdio(cmd)
+	if f.epochs < 1 || f.steps < 4 || f.ranks < 2 || f.every < 1 || f.snapEvery < 1 {
 		return fmt.Errorf("%w: want --epochs >= 1, --batches >= 4, --ranks >= 2, --checkpoint-every >= 1 and --run-snapshot-batches >= 1", errUsage)
 	}
 	bin, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	abs, err := filepath.Abs(*dir)
+	abs, err := filepath.Abs(f.dir)
 	if err != nil {
 		return err
 	}
-	c, err := proccluster.New(proccluster.Options{Binary: bin, Dir: abs, BasePort: *basePort,
+	c, err := proccluster.New(proccluster.Options{Binary: bin, Dir: abs, BasePort: f.basePort,
 		ExtraArgs: []string{"--log-format", "text", "--snapshot-threshold", "4096", "--snapshot-interval", "5s",
-			"--run-snapshot-batches", fmt.Sprint(*snapEvery)}})
+			"--run-snapshot-batches", fmt.Sprint(f.snapEvery)}})
 	if err != nil {
 		return err
 	}
@@ -71,8 +88,8 @@ func runDev(args []string, stdout, stderr io.Writer) error {
 	}
 	defer cl.Close()
 	tr := &trainer{cl: cl, out: stdout, run: fmt.Sprintf("run/demo-%d", time.Now().Unix()),
-		ranks: *ranks, epochs: *epochs, steps: *steps, every: *every}
-	if *failover {
+		ranks: f.ranks, epochs: f.epochs, steps: f.steps, every: f.every}
+	if f.failover {
 		tr.failure = func() error { return killLeader(ctx, c, stdout) }
 	}
 	if err := tr.train(ctx); err != nil {
@@ -82,10 +99,10 @@ func runDev(args []string, stdout, stderr io.Writer) error {
 	if err := verifyDemo(ctx, cl, cfg, tr.run, stdout); err != nil {
 		return err
 	}
-	if *exit {
+	if f.exit {
 		return nil
 	}
-	printTry(stdout, tr.run, *steps, *basePort, c.APIAddrs())
+	printTry(stdout, tr.run, f.steps, f.basePort, c.APIAddrs())
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
 	for _, n := range c.Nodes {

@@ -5,26 +5,33 @@ import (
 	"io"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/tsstore/tsstore/segment"
 	"github.com/tsstore/tsstore/server"
 )
 
-func runDump(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("dump", stderr, "dump [--json] FILE (a segment's .log or .streams file, or a raft/wal/*.wal file)")
-	asJSON := fs.Bool("json", false, "print JSON instead of text (.log files)")
-	if err := fs.Parse(args); err != nil {
-		return err
+func newDumpCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "dump FILE",
+		Short: "print the batches of a segment file (exit 1 if it is damaged)",
+		Long:  "dump prints a segment's .log or .streams file, or a raft/wal/*.wal file, and exits 1 if it found damage.",
+		Args:  exactArgs("FILE"),
 	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("%w: one segment file is required", errUsage)
+	asJSON := cmd.Flags().Bool("json", false, "print JSON instead of text (.log files)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return runDump(args[0], *asJSON, cmd.OutOrStdout())
 	}
-	path := fs.Arg(0)
+	return cmd
+}
+
+func runDump(path string, asJSON bool, stdout io.Writer) error {
 	if strings.HasSuffix(path, ".wal") {
 		d, err := server.DumpRaftLogFile(path)
 		if err != nil {
 			return err
 		}
-		if *asJSON {
+		if asJSON {
 			err = d.WriteJSON(stdout)
 		} else {
 			d.WriteText(stdout)
@@ -34,11 +41,26 @@ func runDump(args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
-	if *asJSON && strings.HasSuffix(path, segment.StreamsSuffix) {
+	if asJSON && strings.HasSuffix(path, segment.StreamsSuffix) {
 		return fmt.Errorf("%w: --json dumps .log files; dump a .streams file as text", errUsage)
 	}
-	if *asJSON {
-		return segment.DumpJSON(path, stdout)
+	var err error
+	if asJSON {
+		err = segment.DumpJSON(path, stdout)
+	} else {
+		err = segment.Dump(path, stdout)
 	}
-	return segment.Dump(path, stdout)
+	if err != nil || strings.HasSuffix(path, segment.StreamsSuffix) {
+		return err
+	}
+	// A damaged .log (bad CRC, a gap, an unreadable tail) exits 1 after
+	// it was printed, as verify does.
+	d, err := segment.DumpLog(path)
+	if err != nil {
+		return err
+	}
+	if d.Problems > 0 {
+		return fmt.Errorf("%w in %s: %d problem(s)", errCorrupt, path, d.Problems)
+	}
+	return nil
 }

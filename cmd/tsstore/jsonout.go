@@ -1,32 +1,34 @@
 package main
 
 import (
+	"encoding/base64"
 	"time"
 	"unicode/utf8"
 
 	"github.com/tsstore/tsstore/client"
 )
 
-// The JSON lines of read, tail, streams and append. Keys are snake_case
-// like the .proto names that status and members print. A payload or
-// metadata that is valid UTF-8 (JSON, text) is a string under "payload" /
-// "metadata"; other bytes are base64 under "payload_base64" /
-// "metadata_base64", so `jq -r .payload` works on the usual JSON events
-// and no byte is ever lost.
+// The JSON lines of read, tail, streams and append (docs/operations.md,
+// JSON output). Keys are snake_case like the .proto names that status and
+// members print. "payload" and "metadata" are always present, as strings:
+// the bytes themselves when they are valid UTF-8 (JSON, text), else their
+// base64; "payload_encoding" / "metadata_encoding" say which ("utf-8" or
+// "base64"). So `jq -r .payload` works on the usual JSON events and no
+// byte is ever lost.
 
 type eventJSON struct {
-	Offset         uint64 `json:"offset"`
-	Stream         string `json:"stream"`
-	StreamVersion  uint64 `json:"stream_version"`
-	Type           string `json:"type"`
-	Timestamp      string `json:"timestamp"`
-	RaftIndex      uint64 `json:"raft_index"`
-	ProducerID     string `json:"producer_id,omitempty"`
-	ProducerSeq    uint64 `json:"producer_seq,omitempty"`
-	Metadata       string `json:"metadata,omitempty"`
-	MetadataBase64 []byte `json:"metadata_base64,omitempty"`
-	Payload        string `json:"payload,omitempty"`
-	PayloadBase64  []byte `json:"payload_base64,omitempty"`
+	Offset           uint64 `json:"offset"`
+	Stream           string `json:"stream"`
+	StreamVersion    uint64 `json:"stream_version"`
+	Type             string `json:"type"`
+	Timestamp        string `json:"timestamp"`
+	RaftIndex        uint64 `json:"raft_index"`
+	ProducerID       string `json:"producer_id,omitempty"`
+	ProducerSeq      uint64 `json:"producer_seq,omitempty"`
+	Metadata         string `json:"metadata"`
+	MetadataEncoding string `json:"metadata_encoding"`
+	Payload          string `json:"payload"`
+	PayloadEncoding  string `json:"payload_encoding"`
 }
 
 func toEventJSON(ev client.RecordedEvent) eventJSON {
@@ -35,16 +37,17 @@ func toEventJSON(ev client.RecordedEvent) eventJSON {
 		Timestamp: ev.Timestamp.UTC().Format(time.RFC3339Nano), RaftIndex: ev.RaftIndex,
 		ProducerID: ev.ProducerID, ProducerSeq: ev.ProducerSeq,
 	}
-	j.Metadata, j.MetadataBase64 = textOrBytes(ev.Metadata)
-	j.Payload, j.PayloadBase64 = textOrBytes(ev.Payload)
+	j.Metadata, j.MetadataEncoding = textOrBase64(ev.Metadata)
+	j.Payload, j.PayloadEncoding = textOrBase64(ev.Payload)
 	return j
 }
 
-func textOrBytes(b []byte) (string, []byte) {
+// textOrBase64 is b as a string and its encoding: "utf-8" or "base64".
+func textOrBase64(b []byte) (string, string) {
 	if utf8.Valid(b) {
-		return string(b), nil
+		return string(b), "utf-8"
 	}
-	return "", b
+	return base64.StdEncoding.EncodeToString(b), "base64"
 }
 
 type streamJSON struct {

@@ -17,7 +17,8 @@ func TestEventJSONKeepsTextReadableAndBytesExact(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `{"offset":7,"stream":"run/a","stream_version":3,"type":"EpochStarted","timestamp":"2026-11-23T17:00:00.000000005Z",` +
-		`"raft_index":9,"producer_id":"p","producer_seq":2,"metadata":"{\"rank\":0}","payload":"{\"epoch\":47}"}`
+		`"raft_index":9,"producer_id":"p","producer_seq":2,"metadata":"{\"rank\":0}","metadata_encoding":"utf-8",` +
+		`"payload":"{\"epoch\":47}","payload_encoding":"utf-8"}`
 	if string(b) != want {
 		t.Fatalf("text event:\n got %s\nwant %s", b, want)
 	}
@@ -29,7 +30,7 @@ func TestEventJSONKeepsTextReadableAndBytesExact(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
 	}
-	if back["payload_base64"] != "/wD+" || back["payload"] != nil || back["metadata"] != nil {
+	if back["payload"] != "/wD+" || back["payload_encoding"] != "base64" || back["metadata"] != "" || back["metadata_encoding"] != "utf-8" {
 		t.Fatalf("binary event: %s", b)
 	}
 }

@@ -3,24 +3,28 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
+
+	"github.com/spf13/cobra"
 
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
-func runLeader(args []string, stdout, stderr io.Writer) error {
+func newLeaderCmd() *cobra.Command {
+	leader := &cobra.Command{Use: "leader", Short: "hand leadership to another voter (leader transfer)", Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return fmt.Errorf("%w: want `leader transfer`", errUsage)
+		}}
 	var cf clientFlags
-	fs := newFlagSet("leader", stderr, "leader transfer [--to ID] [--addr host:port] [--json]")
-	cf.register(fs)
-	to := fs.String("to", "", "voter to hand leadership to (default: the reachable voter that has applied the most)")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 || pos[0] != "transfer" {
-		fs.Usage()
-		return fmt.Errorf("%w: want `leader transfer`", errUsage)
-	}
+	cmd := &cobra.Command{Use: "transfer [--to ID]", Short: "hand leadership to another voter", Args: noArgs}
+	cf.register(cmd.Flags())
+	to := cmd.Flags().String("to", "", "voter to hand leadership to (default: the reachable voter that has applied the most)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return runLeaderTransfer(cmd, &cf, to) }
+	leader.AddCommand(cmd)
+	return leader
+}
+
+func runLeaderTransfer(cmd *cobra.Command, cf *clientFlags, to *string) error {
+	stdout := cmd.OutOrStdout()
 	cl, ctx, cancel, err := cf.connect()
 	if err != nil {
 		return err

@@ -3,46 +3,82 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strconv"
 	"text/tabwriter"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
-const membersUsage = `members [--addr host:port] [--json]             list members with their progress
-       tsstore members add <id> <raft-addr> [--voter]  add a node (a non-voter unless --voter)
-       tsstore members promote <id> [--max-lag N]      make a caught-up non-voter a voter
-       tsstore members remove <id>                     remove a node for good`
-
-func runMembers(args []string, stdout, stderr io.Writer) error {
-	sub := ""
-	if len(args) > 0 {
-		switch args[0] {
-		case "add", "promote", "remove":
-			sub, args = args[0], args[1:]
-		}
-	}
+func newMembersCmd() *cobra.Command {
 	var cf clientFlags
-	fs := newFlagSet("members", stderr, membersUsage)
-	cf.register(fs)
-	voter := fs.Bool("voter", false, "members add: add as a voter right away instead of a non-voter")
-	maxLag := fs.Uint64("max-lag", 0, "members promote: most entries the node may be behind the leader's commit index (0: server default, 1024)")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
+	cmd := &cobra.Command{Use: "members", Short: "list, add, promote and remove cluster members",
+		Long: "members lists the cluster's members with their progress; its subcommands change the membership."}
+	cf.register(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return unknownSubcommand(cmd, args[0])
+		}
+		return membersCall(cmd, &cf, func(ctx context.Context, c pb.ClusterClient) (proto.Message, error) {
+			return c.Members(ctx, &pb.MembersRequest{})
+		}, func(w io.Writer, resp proto.Message) error { return printMembers(w, resp.(*pb.MembersResponse)) })
 	}
-	want := map[string]int{"": 0, "add": 2, "promote": 1, "remove": 1}[sub]
-	if len(pos) != want {
-		fs.Usage()
-		return fmt.Errorf("%w: members %s takes %d arguments, got %d", errUsage, sub, want, len(pos))
+
+	var addCF clientFlags
+	add := &cobra.Command{Use: "add ID RAFT-ADDR [--voter]", Short: "add a node (a non-voter unless --voter)", Args: exactArgs("ID", "RAFT-ADDR")}
+	addCF.register(add.Flags())
+	voter := add.Flags().Bool("voter", false, "add as a voter right away instead of a non-voter")
+	add.RunE = func(cmd *cobra.Command, pos []string) error {
+		return membersCall(cmd, &addCF, func(ctx context.Context, c pb.ClusterClient) (proto.Message, error) {
+			return c.AddMember(ctx, &pb.AddMemberRequest{NodeId: pos[0], RaftAddress: pos[1], Voter: *voter})
+		}, func(w io.Writer, resp proto.Message) error {
+			role := "non-voter"
+			if *voter {
+				role = "voter"
+			}
+			_, err := fmt.Fprintf(w, "added %s (raft %s) as a %s at raft index %d\n", pos[0], pos[1], role, resp.(*pb.AddMemberResponse).Index)
+			return err
+		})
 	}
+
+	var promoteCF clientFlags
+	promote := &cobra.Command{Use: "promote ID [--max-lag N]", Short: "make a caught-up non-voter a voter", Args: exactArgs("ID")}
+	promoteCF.register(promote.Flags())
+	maxLag := promote.Flags().Uint64("max-lag", 0, "most entries the node may be behind the leader's commit index (0: server default, 1024)")
+	promote.RunE = func(cmd *cobra.Command, pos []string) error {
+		return membersCall(cmd, &promoteCF, func(ctx context.Context, c pb.ClusterClient) (proto.Message, error) {
+			return c.PromoteMember(ctx, &pb.PromoteMemberRequest{NodeId: pos[0], MaxLag: *maxLag})
+		}, func(w io.Writer, resp proto.Message) error {
+			_, err := fmt.Fprintf(w, "promoted %s to voter at raft index %d\n", pos[0], resp.(*pb.PromoteMemberResponse).Index)
+			return err
+		})
+	}
+
+	var removeCF clientFlags
+	remove := &cobra.Command{Use: "remove ID", Short: "remove a node for good", Args: exactArgs("ID")}
+	removeCF.register(remove.Flags())
+	remove.RunE = func(cmd *cobra.Command, pos []string) error {
+		return membersCall(cmd, &removeCF, func(ctx context.Context, c pb.ClusterClient) (proto.Message, error) {
+			return c.RemoveMember(ctx, &pb.RemoveMemberRequest{NodeId: pos[0]})
+		}, func(w io.Writer, resp proto.Message) error {
+			_, err := fmt.Fprintf(w, "removed %s at raft index %d; its data directory can never rejoin\n", pos[0], resp.(*pb.RemoveMemberResponse).Index)
+			return err
+		})
+	}
+	cmd.AddCommand(add, promote, remove)
+	return cmd
+}
+
+// membersCall makes one Cluster call and prints its answer as JSON or
+// with text.
+func membersCall(cmd *cobra.Command, cf *clientFlags, call func(context.Context, pb.ClusterClient) (proto.Message, error),
+	text func(io.Writer, proto.Message) error) error {
 	cl, ctx, cancel, err := cf.connect()
 	if err != nil {
 		return err
@@ -52,39 +88,16 @@ func runMembers(args []string, stdout, stderr io.Writer) error {
 	var resp proto.Message
 	err = cl.Cluster(ctx, func(ctx context.Context, c pb.ClusterClient) error {
 		var err error
-		switch sub {
-		case "":
-			resp, err = c.Members(ctx, &pb.MembersRequest{})
-		case "add":
-			resp, err = c.AddMember(ctx, &pb.AddMemberRequest{NodeId: pos[0], RaftAddress: pos[1], Voter: *voter})
-		case "promote":
-			resp, err = c.PromoteMember(ctx, &pb.PromoteMemberRequest{NodeId: pos[0], MaxLag: *maxLag})
-		case "remove":
-			resp, err = c.RemoveMember(ctx, &pb.RemoveMemberRequest{NodeId: pos[0]})
-		}
+		resp, err = call(ctx, c)
 		return err
 	})
 	if err != nil {
 		return statusError(err)
 	}
 	if cf.json {
-		return printJSON(stdout, resp)
+		return printJSON(cmd.OutOrStdout(), resp)
 	}
-	switch r := resp.(type) {
-	case *pb.MembersResponse:
-		return printMembers(stdout, r)
-	case *pb.AddMemberResponse:
-		role := "non-voter"
-		if *voter {
-			role = "voter"
-		}
-		fmt.Fprintf(stdout, "added %s (raft %s) as a %s at raft index %d\n", pos[0], pos[1], role, r.Index)
-	case *pb.PromoteMemberResponse:
-		fmt.Fprintf(stdout, "promoted %s to voter at raft index %d\n", pos[0], r.Index)
-	case *pb.RemoveMemberResponse:
-		fmt.Fprintf(stdout, "removed %s at raft index %d; its data directory can never rejoin\n", pos[0], r.Index)
-	}
-	return nil
+	return text(cmd.OutOrStdout(), resp)
 }
 
 func printMembers(w io.Writer, r *pb.MembersResponse) error {
@@ -111,43 +124,76 @@ func printMembers(w io.Writer, r *pb.MembersResponse) error {
 	return tw.Flush()
 }
 
-// parseInterleaved parses flags that may come before, between or after
-// the positional arguments, and returns the positional ones.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		if fs.NArg() == 0 {
-			return pos, nil
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-}
-
-// statusError turns a gRPC error into its code and message.
+// statusError turns a gRPC error into its code and message; the status
+// stays reachable through Unwrap (for --json's error object).
 func statusError(err error) error {
 	if st, ok := status.FromError(err); ok {
-		return fmt.Errorf("%s: %s", st.Code(), st.Message())
+		return &codedError{msg: fmt.Sprintf("%s: %s", st.Code(), st.Message()), err: err}
 	}
 	return err
 }
 
+type codedError struct {
+	msg string
+	err error
+}
+
+func (e *codedError) Error() string { return e.msg }
+func (e *codedError) Unwrap() error { return e.err }
+
 // printJSON prints a response message as indented JSON with the .proto
-// field names (snake_case, like every other --json output of the CLI);
-// 64-bit integers are strings, as protojson writes them.
+// field names (snake_case, like every other --json output of the CLI),
+// every field present, and 64-bit integers as numbers (protojson would
+// write them as strings; see docs/operations.md, JSON output).
 func printJSON(w io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{EmitUnpopulated: true, UseProtoNames: true}.Marshal(m)
+	out, err := json.MarshalIndent(protoMap(m.ProtoReflect()), "", "  ")
 	if err != nil {
 		return err
 	}
-	var v any
-	if err := json.Unmarshal(b, &v); err != nil {
-		return err
-	}
-	out, _ := json.MarshalIndent(v, "", "  ")
 	_, err = fmt.Fprintln(w, string(out))
 	return err
+}
+
+// protoMap is m as a JSON object keyed by the .proto field names.
+func protoMap(m protoreflect.Message) map[string]any {
+	out := map[string]any{}
+	fields := m.Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		v := m.Get(fd)
+		switch {
+		case fd.IsList():
+			l := v.List()
+			items := make([]any, l.Len())
+			for j := range items {
+				items[j] = protoScalar(fd, l.Get(j))
+			}
+			out[string(fd.Name())] = items
+		case fd.IsMap():
+			mm := map[string]any{}
+			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+				mm[k.String()] = protoScalar(fd.MapValue(), mv)
+				return true
+			})
+			out[string(fd.Name())] = mm
+		case fd.Kind() == protoreflect.MessageKind && !m.Has(fd):
+			out[string(fd.Name())] = nil
+		default:
+			out[string(fd.Name())] = protoScalar(fd, v)
+		}
+	}
+	return out
+}
+
+func protoScalar(fd protoreflect.FieldDescriptor, v protoreflect.Value) any {
+	switch fd.Kind() {
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		return protoMap(v.Message())
+	case protoreflect.EnumKind:
+		if ev := fd.Enum().Values().ByNumber(v.Enum()); ev != nil {
+			return string(ev.Name())
+		}
+		return int32(v.Enum())
+	}
+	return v.Interface() // bool, string, []byte (base64), and numbers as numbers
 }

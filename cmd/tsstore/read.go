@@ -1,12 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
-	"flag"
+	"errors"
 	"fmt"
 	"io"
 	"time"
 	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/tsstore/tsstore/client"
 )
@@ -20,15 +24,16 @@ type selectFlags struct {
 	version uint64
 	prefix  string
 	types   multiFlag
-	fs      *flag.FlagSet
+	fs      *pflag.FlagSet
 }
 
 type multiFlag []string
 
 func (m *multiFlag) String() string     { return fmt.Sprint(*m) }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+func (m *multiFlag) Type() string       { return "string" }
 
-func (s *selectFlags) register(fs *flag.FlagSet, withTo bool) {
+func (s *selectFlags) register(fs *pflag.FlagSet, withTo bool) {
 	s.fs = fs
 	fs.Uint64Var(&s.from, "from", 0, "first global offset")
 	if withTo {
@@ -43,9 +48,7 @@ func (s *selectFlags) register(fs *flag.FlagSet, withTo bool) {
 
 // positioned reports whether a start position was given.
 func (s *selectFlags) positioned() bool {
-	set := map[string]bool{}
-	s.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	return set["from"] || set["since"] || set["version"]
+	return s.fs.Changed("from") || s.fs.Changed("since") || s.fs.Changed("version")
 }
 
 func (s *selectFlags) options() ([]client.ReadOption, error) {
@@ -99,26 +102,41 @@ func parseTimeFlag(name, v string) (time.Time, error) {
 	return t, nil
 }
 
-func runRead(args []string, stdout, stderr io.Writer) error {
-	var cf clientFlags
-	var sf selectFlags
-	fs := newFlagSet("read", stderr, "read [--from N] [--to N] [--since T] [--stream S [--version V]] [--prefix P] [--type T]... [--local]")
-	cf.register(fs)
-	sf.register(fs, true)
-	linear := fs.Bool("linearizable", false, "linearizable read, confirmed with the leader (the default; kept for scripts)")
-	local := fs.Bool("local", false, "read what the answering node has applied, even without a leader; a lagging node ends the read early")
-	limit := fs.Int("limit", 0, "stop after this many events (0: no limit)")
-	if err := fs.Parse(args); err != nil {
-		return err
+type readFlags struct {
+	cf            clientFlags
+	sf            selectFlags
+	linear, local bool
+	limit         int
+}
+
+func newReadCmd() *cobra.Command {
+	var f readFlags
+	cmd := &cobra.Command{
+		Use:   "read [--from N] [--to N] [--since T] [--stream S [--version V]] [--prefix P] [--type T]... [--local]",
+		Short: "replay events from an offset",
+		Long: "read replays the selected events and ends at the end of the log (or --to), however long that takes;\n" +
+			"Ctrl-C stops it. --timeout bounds it only when given.",
+		Args: noArgs,
 	}
+	fs := cmd.Flags()
+	f.cf.registerTimeout(fs, 0) // a replay streams until done or Ctrl-C
+	f.sf.register(fs, true)
+	fs.BoolVar(&f.linear, "linearizable", false, "linearizable read, confirmed with the leader (the default; kept for scripts)")
+	fs.BoolVar(&f.local, "local", false, "read what the answering node has applied, even without a leader; a lagging node ends the read early")
+	fs.IntVar(&f.limit, "limit", 0, "stop after this many events (0: no limit)")
+	cmd.MarkFlagsMutuallyExclusive("linearizable", "local")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return runRead(cmd, &f) }
+	return cmd
+}
+
+func runRead(cmd *cobra.Command, f *readFlags) error {
+	stdout := cmd.OutOrStdout()
+	cf, sf, limit := &f.cf, &f.sf, &f.limit
 	opts, err := sf.options()
 	if err != nil {
 		return err
 	}
-	switch {
-	case *linear && *local:
-		return fmt.Errorf("%w: --linearizable and --local exclude each other", errUsage)
-	case *local:
+	if f.local {
 		opts = append(opts, client.Local())
 	}
 	cl, ctx, cancel, err := cf.connect()
@@ -130,7 +148,12 @@ func runRead(args []string, stdout, stderr io.Writer) error {
 	enc := json.NewEncoder(stdout)
 	n := 0
 	for ev, err := range cl.Replay(ctx, sf.from, opts...) {
-		if err != nil {
+		switch {
+		case err != nil && errors.Is(ctx.Err(), context.Canceled):
+			return fmt.Errorf("interrupted after %d events: %w", n, err)
+		case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
+			return fmt.Errorf("--timeout %v reached after %d events (--timeout 0: none): %w", cf.timeout, n, err)
+		case err != nil:
 			return err
 		}
 		if cf.json {

@@ -2,11 +2,12 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/spf13/cobra"
 
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 	"github.com/tsstore/tsstore/segment"
@@ -33,32 +34,35 @@ type segmentRepair struct {
 
 // runRepair asks one node to check its sealed segments (all, or the one
 // given) and repair the damaged ones from a peer's copy now.
-func runRepair(args []string, stdout, stderr io.Writer) error {
+func newRepairCmd() *cobra.Command {
 	var cf clientFlags
-	fs := newFlagSet("repair", stderr, "repair [--addr host:port] [--node ID] [--segment BASE] [--from PEER] [--json]")
-	cf.register(fs)
+	cmd := &cobra.Command{
+		Use:   "repair [--node ID] [--segment BASE] [--from PEER]",
+		Short: "check a node's sealed segments and repair damaged ones from a peer (exit 1 if one stays damaged)",
+		Args:  noArgs,
+	}
+	fs := cmd.Flags()
+	cf.registerTimeout(fs, 0) // a full check reads the whole log
 	node := fs.String("node", "", "node id to repair (default: the node at the first --addr)")
 	seg := fs.String("segment", "", "base offset of the one sealed segment to check and repair (default: verify every sealed segment, a full read of the log)")
 	from := fs.String("from", "", "node id to fetch good copies from (default: the other members in turn)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
-	}
-	req := &pb.RepairSegmentsRequest{FromNodeId: *from}
-	if *seg != "" {
-		base, err := strconv.ParseUint(strings.TrimSuffix(*seg, segment.LogSuffix), 10, 64)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return runRepair(cmd, &cf, *node, *seg, *from) }
+	return cmd
+}
+
+func runRepair(cmd *cobra.Command, cf *clientFlags, node, seg, from string) error {
+	stdout := cmd.OutOrStdout()
+	req := &pb.RepairSegmentsRequest{FromNodeId: from}
+	if seg != "" {
+		base, err := strconv.ParseUint(strings.TrimSuffix(seg, segment.LogSuffix), 10, 64)
 		if err != nil {
-			return fmt.Errorf("%w: --segment %q is not a base offset", errUsage, *seg)
+			return fmt.Errorf("%w: --segment %q is not a base offset", errUsage, seg)
 		}
 		req.BaseOffsets = []uint64{base}
 	}
-	explicit := false
-	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "timeout" }) // a full check reads the whole log
-	ctx, cancel := commandContext(cf.timeout, explicit)
+	ctx, cancel := cf.context()
 	defer cancel()
-	cl, _, addr, err := cf.clusterNode(ctx, *node)
+	cl, _, addr, err := cf.clusterNode(ctx, node)
 	if err != nil {
 		return err
 	}

@@ -6,50 +6,73 @@ import (
 	"io"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/tsstore/tsstore/backup"
 	"github.com/tsstore/tsstore/fsm"
 	"github.com/tsstore/tsstore/server"
 )
 
-// restoreResult is what `tsstore restore --json` prints.
-type restoreResult struct {
-	DataDir string        `json:"data_dir"`
-	NodeID  string        `json:"node_id"`
-	Cluster string        `json:"cluster"`
-	Peers   []server.Peer `json:"peers"`
-	Info    backup.Info   `json:"backup"`
+// peerJSON is a server.Peer in snake_case.
+type peerJSON struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
 }
 
-func runRestore(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("restore", stderr,
-		"restore --backup FILE --data-dir DIR --node-id ID --peers id1=raft-host:port,... [--cluster NAME | --rename-cluster NEW] [--json]\n       tsstore restore --dry-run --backup FILE [--json]")
-	file := fs.String("backup", "", "backup file written by 'tsstore backup' (required)")
-	dataDir := fs.String("data-dir", "", "data directory of the new node; must not exist or be empty (required)")
-	nodeID := fs.String("node-id", "", "this node's id in the new cluster (required)")
-	peersFlag := fs.String("peers", "", "every voter of the new cluster, this node included, as id=raft-host:port,...; the same on every node (required)")
-	cluster := fs.String("cluster", "", "refuse unless the backup is of this cluster")
-	rename := fs.String("rename-cluster", "", "give the new cluster this name instead of the backup's")
-	asJSON := fs.Bool("json", false, "print JSON instead of text")
-	dryRun := fs.Bool("dry-run", false, "check the backup file end to end (checksum, snapshot header, every batch's CRC and offsets) and write nothing")
-	if err := fs.Parse(args); err != nil {
-		return err
+// restoreResult is what `tsstore restore --json` prints.
+type restoreResult struct {
+	DataDir string      `json:"data_dir"`
+	NodeID  string      `json:"node_id"`
+	Cluster string      `json:"cluster"`
+	Peers   []peerJSON  `json:"peers"`
+	Info    backup.Info `json:"backup"`
+}
+
+func newRestoreCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "restore --backup FILE --data-dir DIR --node-id ID --peers id1=raft-host:port,... [--cluster NAME | --rename-cluster NEW]",
+		Short: "seed one node of a new cluster from a backup (offline)",
+		Long: "restore seeds one node of a new cluster from a backup file.\n" +
+			"restore --dry-run --backup FILE checks the file end to end and writes nothing (exit 1 if it is damaged).",
+		Args: noArgs,
 	}
+	var f restoreFlags
+	fs := cmd.Flags()
+	fs.StringVar(&f.file, "backup", "", "backup file written by 'tsstore backup' (required)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "data directory of the new node; must not exist or be empty (required)")
+	fs.StringVar(&f.nodeID, "node-id", "", "this node's id in the new cluster (required)")
+	fs.StringVar(&f.peersFlag, "peers", "", "every voter of the new cluster, this node included, as id=raft-host:port,...; the same on every node (required)")
+	fs.StringVar(&f.cluster, "cluster", "", "refuse unless the backup is of this cluster")
+	fs.StringVar(&f.rename, "rename-cluster", "", "give the new cluster this name instead of the backup's")
+	fs.BoolVar(&f.asJSON, "json", false, "print JSON instead of text")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "check the backup file end to end (checksum, snapshot header, every batch's CRC and offsets) and write nothing")
+	cmd.MarkFlagsMutuallyExclusive("cluster", "rename-cluster")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return runRestore(cmd, &f) }
+	return cmd
+}
+
+// restoreFlags are restore's settings.
+type restoreFlags struct {
+	file, dataDir, nodeID, peersFlag, cluster, rename string
+	asJSON, dryRun                                    bool
+}
+
+func runRestore(cmd *cobra.Command, rf *restoreFlags) error {
+	stdout, stderr := stdio(cmd)
 	switch {
-	case *dryRun && *file != "" && fs.NArg() == 0:
-		return checkBackupFile(*file, *asJSON, stdout, stderr)
-	case fs.NArg() > 0:
-		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
-	case *file == "" || *dataDir == "" || *nodeID == "" || *peersFlag == "":
+	case rf.dryRun && rf.file != "":
+		return checkBackupFile(rf.file, rf.asJSON, stdout, stderr)
+	case rf.file == "" || rf.dataDir == "" || rf.nodeID == "" || rf.peersFlag == "":
 		return fmt.Errorf("%w: --backup, --data-dir, --node-id and --peers are required", errUsage)
-	case *cluster != "" && *rename != "":
+	case rf.cluster != "" && rf.rename != "":
 		return fmt.Errorf("%w: give --cluster (check the backup's name) or --rename-cluster (change it), not both", errUsage)
 	}
-	peers, err := parsePeers(*peersFlag)
+	peers, err := parsePeers(rf.peersFlag)
 	if err != nil {
 		return err
 	}
 	bar := newProgressBar(stderr, "verify ")
-	f, err := backup.Open(*file, bar.update)
+	f, err := backup.Open(rf.file, bar.update)
 	bar.finish()
 	if err != nil {
 		return err
@@ -58,26 +81,29 @@ func runRestore(args []string, stdout, stderr io.Writer) error {
 	info := f.Info
 	name := info.Cluster
 	switch {
-	case *cluster != "" && *cluster != info.Cluster:
+	case rf.cluster != "" && rf.cluster != info.Cluster:
 		return fmt.Errorf("%w: the backup is of cluster %q, not %q; use --rename-cluster %s to restore it under that name",
-			server.ErrRestoreRefused, info.Cluster, *cluster, *cluster)
-	case *rename != "":
-		name = *rename
+			server.ErrRestoreRefused, info.Cluster, rf.cluster, rf.cluster)
+	case rf.rename != "":
+		name = rf.rename
 	}
+	wbar := newProgressBar(stderr, "restore")
 	err = server.Restore(server.RestoreConfig{
-		DataDir: *dataDir, NodeID: *nodeID, ClusterName: name, Peers: peers,
+		DataDir: rf.dataDir, NodeID: rf.nodeID, ClusterName: name, Peers: peers,
 		RaftIndex: info.RaftIndex, RaftTerm: info.RaftTerm, NextOffset: info.NextOffset,
-		Stream: f.Stream(), SnapshotRetain: server.DefaultConfig().SnapshotRetain, Segment: server.DefaultConfig().Segment,
+		Stream:         &progressReader{r: f.Stream(), bar: wbar, total: int64(info.SizeBytes)},
+		SnapshotRetain: server.DefaultConfig().SnapshotRetain, Segment: server.DefaultConfig().Segment,
 	})
+	wbar.finish()
 	if err != nil {
 		return err
 	}
-	if *asJSON {
-		return json.NewEncoder(stdout).Encode(restoreResult{DataDir: *dataDir, NodeID: *nodeID, Cluster: name, Peers: peers, Info: info})
+	if rf.asJSON {
+		return json.NewEncoder(stdout).Encode(restoreResult{DataDir: rf.dataDir, NodeID: rf.nodeID, Cluster: name, Peers: toPeersJSON(peers), Info: info})
 	}
 	var self string
 	for _, p := range peers {
-		if p.ID == *nodeID {
+		if p.ID == rf.nodeID {
 			self = p.RaftAddr
 		}
 	}
@@ -86,9 +112,9 @@ func runRestore(args []string, stdout, stderr io.Writer) error {
 		ps[i] = p.ID + "=" + p.RaftAddr
 	}
 	fmt.Fprintf(stdout, "restored node %s of cluster %s into %s: raft index %d, term %d, next offset %d; voters %s\n",
-		*nodeID, name, *dataDir, info.RaftIndex, info.RaftTerm, info.NextOffset, strings.Join(ps, ","))
+		rf.nodeID, name, rf.dataDir, info.RaftIndex, info.RaftTerm, info.NextOffset, strings.Join(ps, ","))
 	fmt.Fprintf(stdout, "start it with: tsstore serve --id %s --cluster %s --data-dir %s --raft-addr %s --api-addr HOST:PORT\n",
-		*nodeID, name, *dataDir, self)
+		rf.nodeID, name, rf.dataDir, self)
 	return nil
 }
 
@@ -120,4 +146,12 @@ func checkBackupFile(path string, asJSON bool, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "%s: ok: cluster %s, node %s, raft index %d, offsets [0, %d), %s; every batch verified\n",
 		path, f.Info.Cluster, f.Info.NodeID, f.Info.RaftIndex, f.Info.NextOffset, humanBytes(int64(f.Info.SizeBytes)))
 	return nil
+}
+
+func toPeersJSON(peers []server.Peer) []peerJSON {
+	out := make([]peerJSON, len(peers))
+	for i, p := range peers {
+		out[i] = peerJSON{ID: p.ID, RaftAddr: p.RaftAddr}
+	}
+	return out
 }

@@ -3,9 +3,10 @@ package main
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+
+	"github.com/spf13/cobra"
 
 	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/client/train"
@@ -15,46 +16,11 @@ import (
 // new generation, show/state/checkpoints fold it (newest snapshot plus
 // the tail), verify (run_verify.go) folds it from zero on every node.
 
-const runUsage = `run start RUN [--reason R]   start (or restart) a job attempt: fence the run to a new generation
-       tsstore run show RUN                the run's index entry, its current state and where to resume
-       tsstore run state RUN --at-step N | --at-offset O | --at-time T | --before-nan N
-                                           the run's state at a point, with its hash
-       tsstore run checkpoints RUN         the last complete checkpoint and the pending ones, with their files
-       tsstore run verify RUN              fold the run from zero on every node and check its snapshots (exit 1 on a difference)
-All take --addr, --timeout and --json.`
-
-var runSubcommands = map[string]func(args []string, stdout, stderr io.Writer) error{
-	"start":       runRunStart,
-	"show":        runRunShow,
-	"state":       runRunState,
-	"checkpoints": runRunCheckpoints,
-	"verify":      runRunVerify,
-}
-
-func runRun(args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-		fmt.Fprintf(stderr, "usage: tsstore %s\n", runUsage)
-		return flag.ErrHelp
-	}
-	if len(args) == 0 || runSubcommands[args[0]] == nil {
-		fmt.Fprintf(stderr, "usage: tsstore %s\n", runUsage)
-		return fmt.Errorf("%w: want run start|show|state|checkpoints|verify RUN", errUsage)
-	}
-	return runSubcommands[args[0]](args[1:], stdout, stderr)
-}
-
-// parseRunArgs parses a run subcommand's flags, before or after its one
-// RUN argument.
-func parseRunArgs(fs *flag.FlagSet, args []string) (string, error) {
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return "", err
-	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return "", fmt.Errorf("%w: want one run name, got %d arguments", errUsage, len(pos))
-	}
-	return pos[0], nil
+func newRunCmd() *cobra.Command {
+	cmd := groupCmd("run", "start, show, time-travel, list checkpoints of and verify a training run")
+	cmd.Long = "run works on one training run; every subcommand takes RUN, --addr, --timeout and --json."
+	cmd.AddCommand(newRunStartCmd(), newRunShowCmd(), newRunStateCmd(), newRunCheckpointsCmd(), newRunVerifyCmd())
+	return cmd
 }
 
 // runError makes an unknown run a clear NotFound.
@@ -74,39 +40,42 @@ func printIndentJSON(w io.Writer, v any) error {
 	return err
 }
 
-func runRunStart(args []string, stdout, stderr io.Writer) error {
+func newRunStartCmd() *cobra.Command {
 	var cf clientFlags
-	fs := newFlagSet("run start", stderr, "run start RUN [--reason R] [--json]")
+	cmd := &cobra.Command{Use: "start RUN [--reason R]", Short: "start (or restart) a job attempt: fence the run to a new generation", Args: exactArgs("RUN")}
+	fs := cmd.Flags()
 	cf.register(fs)
 	reason := fs.String("reason", "", `why, kept in the run's "$fence" event (e.g. "job 7 attempt 3: node 3 failed")`)
-	run, err := parseRunArgs(fs, args)
-	if err != nil {
-		return err
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		stdout := cmd.OutOrStdout()
+		run := args[0]
+		var err error
+		cl, ctx, cancel, err := cf.connect()
+		if err != nil {
+			return err
+		}
+		defer cancel()
+		defer cl.Close()
+		gen, err := cl.StartRun(ctx, run, *reason)
+		if err != nil {
+			return err
+		}
+		// The fence's offset, unless another StartRun already fenced again.
+		var fenceOffset uint64
+		if info, err := cl.RunInfo(ctx, run); err == nil && info.Generation == gen {
+			fenceOffset = info.FenceOffset
+		}
+		if cf.json {
+			return printIndentJSON(stdout, struct {
+				Run         string `json:"run"`
+				Generation  uint64 `json:"generation"`
+				FenceOffset uint64 `json:"fence_offset"`
+			}{run, gen, fenceOffset})
+		}
+		fmt.Fprintf(stdout, "run %s: generation %d (fence at offset %d); appends of older generations are refused from now on\n", run, gen, fenceOffset)
+		return nil
 	}
-	cl, ctx, cancel, err := cf.connect()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	defer cl.Close()
-	gen, err := cl.StartRun(ctx, run, *reason)
-	if err != nil {
-		return err
-	}
-	// The fence's offset, unless another StartRun already fenced again.
-	var fenceOffset uint64
-	if info, err := cl.RunInfo(ctx, run); err == nil && info.Generation == gen {
-		fenceOffset = info.FenceOffset
-	}
-	if cf.json {
-		return printIndentJSON(stdout, struct {
-			Run         string `json:"run"`
-			Generation  uint64 `json:"generation"`
-			FenceOffset uint64 `json:"fence_offset"`
-		}{run, gen, fenceOffset})
-	}
-	fmt.Fprintf(stdout, "run %s: generation %d (fence at offset %d); appends of older generations are refused from now on\n", run, gen, fenceOffset)
-	return nil
+	return cmd
 }
 
 // resumeJSON is where a restarted attempt continues: the step after the
@@ -116,184 +85,193 @@ type resumeJSON struct {
 	NextStep       uint64  `json:"next_step"`
 }
 
-func runRunShow(args []string, stdout, stderr io.Writer) error {
+func newRunShowCmd() *cobra.Command {
 	var cf clientFlags
-	fs := newFlagSet("run show", stderr, "run show RUN [--json]")
+	cmd := &cobra.Command{Use: "show RUN", Short: "the run's index entry, its current state and where to resume", Args: exactArgs("RUN")}
+	fs := cmd.Flags()
 	cf.register(fs)
-	run, err := parseRunArgs(fs, args)
-	if err != nil {
-		return err
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		stdout := cmd.OutOrStdout()
+		run := args[0]
+		var err error
+		cl, ctx, cancel, err := cf.connect()
+		if err != nil {
+			return err
+		}
+		defer cancel()
+		defer cl.Close()
+		info, err := cl.RunInfo(ctx, run)
+		if err != nil {
+			return runError(run, err)
+		}
+		r, err := cl.ResumeRun(ctx, run)
+		if err != nil {
+			return runError(run, err)
+		}
+		var ckpt *uint64
+		if r.Checkpoint != nil {
+			ckpt = &r.Checkpoint.Step
+		}
+		if cf.json {
+			return printIndentJSON(stdout, struct {
+				Run      runInfoJSON  `json:"run"`
+				State    runStateJSON `json:"state"`
+				Computed computedJSON `json:"computed"`
+				Resume   resumeJSON   `json:"resume"`
+			}{toRunInfoJSON(info), toRunStateJSON(r.State), toComputedJSON(r.Info), resumeJSON{ckpt, r.NextStep}})
+		}
+		fmt.Fprintf(stdout, "run %s: generation %d (fenced at offset %d, %s), %d events, last offset %d (%s)\n",
+			info.Run, info.Generation, info.FenceOffset, fmtTime(info.FenceTimeUnixNano), info.Events, info.LastOffset, fmtTime(info.LastTimestampUnixNano))
+		fmt.Fprintf(stdout, "snapshots: %d taken, %d indexed", info.SnapshotsTaken, len(info.Snapshots))
+		if n := len(info.Snapshots); n > 0 {
+			s := info.Snapshots[n-1]
+			fmt.Fprintf(stdout, ", newest #%d at offset %d covers offset %d (step %d)", s.Seq, s.Offset, s.Covers, s.Step)
+		}
+		fmt.Fprintf(stdout, "\nstate now (%s):\n", describeComputed(r.Info))
+		printRunState(stdout, r.State)
+		if r.Checkpoint != nil {
+			fmt.Fprintf(stdout, "resume at step %d, after the last complete checkpoint (step %d)\n", r.NextStep, r.Checkpoint.Step)
+		} else {
+			fmt.Fprintln(stdout, "resume from scratch: no complete checkpoint")
+		}
+		return nil
 	}
-	cl, ctx, cancel, err := cf.connect()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	defer cl.Close()
-	info, err := cl.RunInfo(ctx, run)
-	if err != nil {
-		return runError(run, err)
-	}
-	r, err := cl.ResumeRun(ctx, run)
-	if err != nil {
-		return runError(run, err)
-	}
-	var ckpt *uint64
-	if r.Checkpoint != nil {
-		ckpt = &r.Checkpoint.Step
-	}
-	if cf.json {
-		return printIndentJSON(stdout, struct {
-			Run      runInfoJSON  `json:"run"`
-			State    runStateJSON `json:"state"`
-			Computed computedJSON `json:"computed"`
-			Resume   resumeJSON   `json:"resume"`
-		}{toRunInfoJSON(info), toRunStateJSON(r.State), toComputedJSON(r.Info), resumeJSON{ckpt, r.NextStep}})
-	}
-	fmt.Fprintf(stdout, "run %s: generation %d (fenced at offset %d, %s), %d events, last offset %d (%s)\n",
-		info.Run, info.Generation, info.FenceOffset, fmtTime(info.FenceTimeUnixNano), info.Events, info.LastOffset, fmtTime(info.LastTimestampUnixNano))
-	fmt.Fprintf(stdout, "snapshots: %d taken, %d indexed", info.SnapshotsTaken, len(info.Snapshots))
-	if n := len(info.Snapshots); n > 0 {
-		s := info.Snapshots[n-1]
-		fmt.Fprintf(stdout, ", newest #%d at offset %d covers offset %d (step %d)", s.Seq, s.Offset, s.Covers, s.Step)
-	}
-	fmt.Fprintf(stdout, "\nstate now (%s):\n", describeComputed(r.Info))
-	printRunState(stdout, r.State)
-	if r.Checkpoint != nil {
-		fmt.Fprintf(stdout, "resume at step %d, after the last complete checkpoint (step %d)\n", r.NextStep, r.Checkpoint.Step)
-	} else {
-		fmt.Fprintln(stdout, "resume from scratch: no complete checkpoint")
-	}
-	return nil
+	return cmd
 }
 
-func runRunState(args []string, stdout, stderr io.Writer) error {
+func newRunStateCmd() *cobra.Command {
 	var cf clientFlags
-	fs := newFlagSet("run state", stderr, "run state RUN --at-step N | --at-offset O | --at-time T | --before-nan N [--json]")
+	cmd := &cobra.Command{Use: "state RUN (--at-step N | --at-offset O | --at-time T | --before-nan N)", Short: "the run's state at a point, with its hash", Args: exactArgs("RUN")}
+	fs := cmd.Flags()
 	cf.register(fs)
 	atStep := fs.Uint64("at-step", 0, "the state at this step: the run's events up to the first one past it")
 	atOffset := fs.Uint64("at-offset", 0, "the state after the run's events at or before this global offset")
 	atTime := fs.String("at-time", "", "the state after the run's events at or before this time (RFC 3339, or a duration ago like 5m)")
 	beforeNaN := fs.Uint64("before-nan", 0, "the state this many steps before the first NaN or Inf loss")
-	run, err := parseRunArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	var given []string
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "at-step", "at-offset", "at-time", "before-nan":
-			given = append(given, "--"+f.Name)
+	cmd.MarkFlagsMutuallyExclusive("at-step", "at-offset", "at-time", "before-nan")
+	cmd.MarkFlagsOneRequired("at-step", "at-offset", "at-time", "before-nan")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		stdout := cmd.OutOrStdout()
+		run := args[0]
+		var err error
+		var given []string
+		for _, name := range []string{"at-step", "at-offset", "at-time", "before-nan"} {
+			if fs.Changed(name) {
+				given = append(given, "--"+name)
+			}
 		}
-	})
-	if len(given) != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: want exactly one of --at-step, --at-offset, --at-time and --before-nan, got %d (`tsstore run show` gives the state now)", errUsage, len(given))
-	}
-	var target train.Target
-	switch given[0] {
-	case "--at-step":
-		target = train.AtStep(*atStep)
-	case "--at-offset":
-		target = train.AtOffset(*atOffset)
-	case "--at-time":
-		t, err := parseTimeFlag("--at-time", *atTime)
+		if len(given) != 1 {
+			return fmt.Errorf("%w: want exactly one of --at-step, --at-offset, --at-time and --before-nan, got %d (`tsstore run show` gives the state now)", errUsage, len(given))
+		}
+		var target train.Target
+		switch given[0] {
+		case "--at-step":
+			target = train.AtStep(*atStep)
+		case "--at-offset":
+			target = train.AtOffset(*atOffset)
+		case "--at-time":
+			t, err := parseTimeFlag("--at-time", *atTime)
+			if err != nil {
+				return err
+			}
+			target = train.AtTime(t)
+		}
+		cl, ctx, cancel, err := cf.connect()
 		if err != nil {
 			return err
 		}
-		target = train.AtTime(t)
-	}
-	cl, ctx, cancel, err := cf.connect()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	defer cl.Close()
-	if _, err := cl.RunInfo(ctx, run); err != nil {
-		return runError(run, err)
-	}
-	note := ""
-	if given[0] == "--before-nan" {
-		now, _, err := cl.RunState(ctx, run, train.Target{})
+		defer cancel()
+		defer cl.Close()
+		if _, err := cl.RunInfo(ctx, run); err != nil {
+			return runError(run, err)
+		}
+		note := ""
+		if given[0] == "--before-nan" {
+			now, _, err := cl.RunState(ctx, run, train.Target{})
+			if err != nil {
+				return runError(run, err)
+			}
+			t, ok := now.StepsBeforeFirstNaN(*beforeNaN)
+			if !ok {
+				return fmt.Errorf("run %q has no NaN or Inf loss in its %d events (up to offset %d)", run, now.Events, now.LastOffset)
+			}
+			target = t
+			note = fmt.Sprintf("first NaN loss at step %d (rank %d, offset %d); %d steps before it is %v", now.FirstNaN.Step, now.FirstNaN.Rank, now.FirstNaN.Offset, *beforeNaN, t)
+		}
+		st, info, err := cl.RunState(ctx, run, target)
 		if err != nil {
 			return runError(run, err)
 		}
-		t, ok := now.StepsBeforeFirstNaN(*beforeNaN)
-		if !ok {
-			return fmt.Errorf("run %q has no NaN or Inf loss in its %d events (up to offset %d)", run, now.Events, now.LastOffset)
+		if cf.json {
+			return printIndentJSON(stdout, struct {
+				Run      string       `json:"run"`
+				Target   string       `json:"target"`
+				State    runStateJSON `json:"state"`
+				Computed computedJSON `json:"computed"`
+			}{run, target.String(), toRunStateJSON(st), toComputedJSON(info)})
 		}
-		target = t
-		note = fmt.Sprintf("first NaN loss at step %d (rank %d, offset %d); %d steps before it is %v", now.FirstNaN.Step, now.FirstNaN.Rank, now.FirstNaN.Offset, *beforeNaN, t)
+		if note != "" {
+			fmt.Fprintln(stdout, note)
+		}
+		fmt.Fprintf(stdout, "run %s at %v (%s):\n", run, target, describeComputed(info))
+		printRunState(stdout, st)
+		return nil
 	}
-	st, info, err := cl.RunState(ctx, run, target)
-	if err != nil {
-		return runError(run, err)
-	}
-	if cf.json {
-		return printIndentJSON(stdout, struct {
-			Run      string       `json:"run"`
-			Target   string       `json:"target"`
-			State    runStateJSON `json:"state"`
-			Computed computedJSON `json:"computed"`
-		}{run, target.String(), toRunStateJSON(st), toComputedJSON(info)})
-	}
-	if note != "" {
-		fmt.Fprintln(stdout, note)
-	}
-	fmt.Fprintf(stdout, "run %s at %v (%s):\n", run, target, describeComputed(info))
-	printRunState(stdout, st)
-	return nil
+	return cmd
 }
 
-func runRunCheckpoints(args []string, stdout, stderr io.Writer) error {
+func newRunCheckpointsCmd() *cobra.Command {
 	var cf clientFlags
-	fs := newFlagSet("run checkpoints", stderr, "run checkpoints RUN [--json]")
+	cmd := &cobra.Command{Use: "checkpoints RUN", Short: "the last complete checkpoint and the pending ones, with their files", Args: exactArgs("RUN")}
+	fs := cmd.Flags()
 	cf.register(fs)
-	run, err := parseRunArgs(fs, args)
-	if err != nil {
-		return err
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		stdout := cmd.OutOrStdout()
+		run := args[0]
+		var err error
+		cl, ctx, cancel, err := cf.connect()
+		if err != nil {
+			return err
+		}
+		defer cancel()
+		defer cl.Close()
+		if _, err := cl.RunInfo(ctx, run); err != nil {
+			return runError(run, err)
+		}
+		r, err := cl.ResumeRun(ctx, run)
+		if err != nil {
+			return runError(run, err)
+		}
+		st := r.State
+		if cf.json {
+			j := toRunStateJSON(st)
+			return printIndentJSON(stdout, struct {
+				Run            string           `json:"run"`
+				LastCheckpoint *checkpointJSON  `json:"last_checkpoint"`
+				Pending        []checkpointJSON `json:"pending"`
+				NextStep       uint64           `json:"next_step"`
+				Computed       computedJSON     `json:"computed"`
+			}{run, j.LastCheckpoint, j.Pending, r.NextStep, toComputedJSON(r.Info)})
+		}
+		fmt.Fprintf(stdout, "run %s at offset %d, step %d (%s)\n", run, st.LastOffset, st.Step, describeComputed(r.Info))
+		if c := st.LastCheckpoint; c != nil {
+			fmt.Fprintf(stdout, "last complete checkpoint: step %d (generation %d, completed at offset %d), majority sha256 %s, disagree %s\n",
+				c.Step, c.Generation, c.Offset, c.Majority, fmtRanks(c.Disagree, "none"))
+			printFiles(stdout, c)
+			fmt.Fprintf(stdout, "resume at step %d\n", r.NextStep)
+		} else {
+			fmt.Fprintln(stdout, "no complete checkpoint: resume from scratch")
+		}
+		if len(st.Pending) == 0 {
+			fmt.Fprintln(stdout, "pending: none")
+		}
+		for i := range st.Pending {
+			c := &st.Pending[i]
+			fmt.Fprintf(stdout, "pending: step %d (generation %d), %d saved, missing %s\n",
+				c.Step, c.Generation, len(c.Files), fmtRanks(missingRanks(st, c), "none"))
+			printFiles(stdout, c)
+		}
+		return nil
 	}
-	cl, ctx, cancel, err := cf.connect()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	defer cl.Close()
-	if _, err := cl.RunInfo(ctx, run); err != nil {
-		return runError(run, err)
-	}
-	r, err := cl.ResumeRun(ctx, run)
-	if err != nil {
-		return runError(run, err)
-	}
-	st := r.State
-	if cf.json {
-		j := toRunStateJSON(st)
-		return printIndentJSON(stdout, struct {
-			Run            string           `json:"run"`
-			LastCheckpoint *checkpointJSON  `json:"last_checkpoint"`
-			Pending        []checkpointJSON `json:"pending"`
-			NextStep       uint64           `json:"next_step"`
-			Computed       computedJSON     `json:"computed"`
-		}{run, j.LastCheckpoint, j.Pending, r.NextStep, toComputedJSON(r.Info)})
-	}
-	fmt.Fprintf(stdout, "run %s at offset %d, step %d (%s)\n", run, st.LastOffset, st.Step, describeComputed(r.Info))
-	if c := st.LastCheckpoint; c != nil {
-		fmt.Fprintf(stdout, "last complete checkpoint: step %d (generation %d, completed at offset %d), majority sha256 %s, disagree %s\n",
-			c.Step, c.Generation, c.Offset, c.Majority, fmtRanks(c.Disagree, "none"))
-		printFiles(stdout, c)
-		fmt.Fprintf(stdout, "resume at step %d\n", r.NextStep)
-	} else {
-		fmt.Fprintln(stdout, "no complete checkpoint: resume from scratch")
-	}
-	if len(st.Pending) == 0 {
-		fmt.Fprintln(stdout, "pending: none")
-	}
-	for i := range st.Pending {
-		c := &st.Pending[i]
-		fmt.Fprintf(stdout, "pending: step %d (generation %d), %d saved, missing %s\n",
-			c.Step, c.Generation, len(c.Files), fmtRanks(missingRanks(st, c), "none"))
-		printFiles(stdout, c)
-	}
-	return nil
+	return cmd
 }

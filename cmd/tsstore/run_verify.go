@@ -11,6 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/client/train"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
@@ -32,43 +34,46 @@ import (
 // A fold that disagrees with the majority names its node; a snapshot
 // that disagrees names its number. Exit 1 on any difference or error.
 
-func runRunVerify(args []string, stdout, stderr io.Writer) error {
+func newRunVerifyCmd() *cobra.Command {
 	var cf clientFlags
-	fs := newFlagSet("run verify", stderr, "run verify RUN [--json] [--timeout D]")
+	cmd := &cobra.Command{Use: "verify RUN", Short: "fold the run from zero on every node and check its snapshots (exit 1 on a difference)", Args: exactArgs("RUN")}
+	fs := cmd.Flags()
 	cf.registerTimeout(fs, 10*time.Minute)
-	run, err := parseRunArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	cfg, err := cf.config()
-	if err != nil {
-		return err
-	}
-	cl, ctx, cancel, err := cf.connect()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	defer cl.Close()
-	rep, err := verifyRun(ctx, cl, cfg, run)
-	if err != nil {
-		return runError(run, err)
-	}
-	if cf.json {
-		if err := printIndentJSON(stdout, rep); err != nil {
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		stdout := cmd.OutOrStdout()
+		run := args[0]
+		var err error
+		cfg, err := cf.config()
+		if err != nil {
 			return err
 		}
-	} else {
-		printRunVerify(stdout, rep)
-	}
-	if !rep.Agree {
-		more := ""
-		if len(rep.Problems) > 1 {
-			more = fmt.Sprintf(" (and %d more problems)", len(rep.Problems)-1)
+		cl, ctx, cancel, err := cf.connect()
+		if err != nil {
+			return err
 		}
-		return exitError{1, fmt.Errorf("run %q does not verify: %s%s", run, rep.Problems[0], more)}
+		defer cancel()
+		defer cl.Close()
+		rep, err := verifyRun(ctx, cl, cfg, run)
+		if err != nil {
+			return runError(run, err)
+		}
+		if cf.json {
+			if err := printIndentJSON(stdout, rep); err != nil {
+				return err
+			}
+		} else {
+			printRunVerify(stdout, rep)
+		}
+		if !rep.Agree {
+			more := ""
+			if len(rep.Problems) > 1 {
+				more = fmt.Sprintf(" (and %d more problems)", len(rep.Problems)-1)
+			}
+			return exitError{1, fmt.Errorf("run %q does not verify: %s%s", run, rep.Problems[0], more)}
+		}
+		return nil
 	}
-	return nil
+	return cmd
 }
 
 // verifyReport is verify's result; with --json it is printed as is.

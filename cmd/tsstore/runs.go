@@ -3,9 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/tsstore/tsstore/client/train"
 )
@@ -40,18 +41,17 @@ type runSnapshotSummaryJSON struct {
 	LastCheckpointStep *uint64 `json:"last_checkpoint_step"`
 }
 
-func runRuns(args []string, stdout, stderr io.Writer) error {
+func newRunsCmd() *cobra.Command {
 	var cf clientFlags
-	fs := newFlagSet("runs", stderr, "runs [--prefix P] [--json]")
-	cf.register(fs)
-	prefix := fs.String("prefix", "", "only runs whose name starts with this")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return fmt.Errorf("%w: runs takes no arguments (use --prefix)", errUsage)
-	}
+	cmd := &cobra.Command{Use: "runs [--prefix P]", Short: "list training runs with a summary of their state", Args: noArgs}
+	cf.register(cmd.Flags())
+	prefix := cmd.Flags().String("prefix", "", "only runs whose name starts with this")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return runRuns(cmd, &cf, prefix) }
+	return cmd
+}
+
+func runRuns(cmd *cobra.Command, cf *clientFlags, prefix *string) error {
+	stdout, stderr := stdio(cmd)
 	cl, ctx, cancel, err := cf.connect()
 	if err != nil {
 		return err

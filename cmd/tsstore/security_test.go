@@ -3,7 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
-	"flag"
+	"github.com/spf13/pflag"
 	"net"
 	"os"
 	"path/filepath"
@@ -50,7 +50,7 @@ peer_tls_key = "`+node.KeyFile+`"
 peer_tls_ca = "`+ca.CertFile+`"
 `), 0o644)
 	t.Setenv("TSSTORE_AUTH_TOKENS_FILE", tokens)
-	s := newServeFlags(&bytes.Buffer{})
+	s := newTestServeFlags()
 	if err := s.parse([]string{"--config", file}); err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ peer_tls_ca = "`+ca.CertFile+`"
 	}
 
 	os.WriteFile(file, []byte("id = \"n1\"\ntls_cret = \"/etc/tsstore/node.crt\"\n"), 0o644)
-	err := newServeFlags(&bytes.Buffer{}).parse([]string{"--config", file})
+	err := newTestServeFlags().parse([]string{"--config", file})
 	if err == nil || !strings.Contains(err.Error(), "unknown keys tls_cret") {
 		t.Fatalf("typo in a security key: %v", err)
 	}
@@ -110,7 +110,7 @@ func TestClientSecurityFlags(t *testing.T) {
 	_, ca, _, _ := securityFiles(t)
 	parse := func(args ...string) (*client.Config, error) {
 		var cf clientFlags
-		fs := flag.NewFlagSet("x", flag.ContinueOnError)
+		fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
 		cf.register(fs)
 		if err := fs.Parse(args); err != nil {
 			return nil, err
@@ -139,8 +139,8 @@ func TestClientSecurityFlags(t *testing.T) {
 
 	var out, errOut bytes.Buffer
 	run([]string{"status", "-h"}, &out, &errOut)
-	if !strings.Contains(errOut.String(), "-token") || strings.Contains(errOut.String(), "env-token") {
-		t.Fatalf("status -h:\n%s", errOut.String())
+	if !strings.Contains(out.String(), "--token") || strings.Contains(out.String(), "env-token") {
+		t.Fatalf("status -h:\n%s", out.String())
 	}
 }
 

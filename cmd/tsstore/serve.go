@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/hashicorp/raft-wal/types"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/tsstore/tsstore/fsm"
 	"github.com/tsstore/tsstore/record"
@@ -34,7 +35,7 @@ var raftLogFS types.VFS
 // TSSTORE_ prefix in upper case, environment variables. Precedence: flag,
 // then environment, then file, then default.
 type serveFlags struct {
-	fs        *flag.FlagSet
+	fs        *pflag.FlagSet
 	cfg       server.Config
 	config    string
 	bootstrap string
@@ -44,10 +45,26 @@ type serveFlags struct {
 	check     bool
 }
 
-func newServeFlags(stderr io.Writer) *serveFlags {
-	s := &serveFlags{fs: flag.NewFlagSet("serve", flag.ContinueOnError), cfg: server.DefaultConfig()}
-	fs, c := s.fs, &s.cfg
-	fs.SetOutput(stderr)
+func newServeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve --id ID --data-dir DIR --raft-addr HOST:PORT --api-addr HOST:PORT [flags]",
+		Short: "run one tsstore node",
+		Long: "serve runs one node. Every flag is also a key of the --config TOML file (with _ for -) and a\n" +
+			"TSSTORE_<NAME> environment variable; precedence: flag, then environment, then file, then default.",
+		Args: noArgs,
+	}
+	s := newServeFlags(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		stdout, stderr := stdio(cmd)
+		return runServe(s, stdout, stderr)
+	}
+	return cmd
+}
+
+// newServeFlags defines serve's flags on fs.
+func newServeFlags(fs *pflag.FlagSet) *serveFlags {
+	s := &serveFlags{fs: fs, cfg: server.DefaultConfig()}
+	c := &s.cfg
 	fs.StringVar(&s.config, "config", "", "TOML config file; keys are the flag names with _ for -")
 	fs.StringVar(&c.NodeID, "id", "", "this node's id (required)")
 	fs.StringVar(&c.ClusterName, "cluster", c.ClusterName, "cluster name, recorded in the data directory")
@@ -100,23 +117,21 @@ func newServeFlags(stderr io.Writer) *serveFlags {
 	return s
 }
 
-// parse applies defaults, the config file, the environment and the flags.
-func (s *serveFlags) parse(args []string) error {
-	if err := s.fs.Parse(args); err != nil {
-		return err
-	}
-	if s.fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected arguments %q", errUsage, s.fs.Args())
-	}
+// parse applies the config file and the environment under the flags,
+// which cobra has parsed: a flag given on the command line is left as is.
+func (s *serveFlags) parse() error {
 	set := map[string]bool{}
-	s.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	s.fs.Visit(func(f *pflag.Flag) { set[f.Name] = true })
 	if s.config != "" {
 		if err := s.applyFile(s.config, set); err != nil {
 			return err
 		}
 	}
 	var errs []string
-	s.fs.VisitAll(func(f *flag.Flag) {
+	s.fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name == "help" {
+			return // cobra's own flag, not a setting
+		}
 		env := "TSSTORE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := os.LookupEnv(env); ok && !set[f.Name] {
 			if err := f.Value.Set(v); err != nil {
@@ -127,10 +142,8 @@ func (s *serveFlags) parse(args []string) error {
 	if len(errs) > 0 {
 		return fmt.Errorf("environment: %s", strings.Join(errs, "; "))
 	}
-	// Flags given on the command line win over file and environment.
-	if err := s.fs.Parse(args); err != nil {
-		return err
-	}
+	// Flags given on the command line win over file and environment: both
+	// skipped the flags in set.
 	peers, err := parsePeers(s.bootstrap)
 	if err != nil {
 		return err
@@ -160,7 +173,7 @@ func (s *serveFlags) applyFile(path string, set map[string]bool) error {
 	for key, v := range m {
 		name := strings.ReplaceAll(key, "_", "-")
 		f := s.fs.Lookup(name)
-		if f == nil || name == "config" {
+		if f == nil || name == "config" || name == "help" {
 			unknown = append(unknown, key)
 			continue
 		}
@@ -215,9 +228,8 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("%w: log format %q (want json or text)", errUsage, format)
 }
 
-func runServe(args []string, stdout, stderr io.Writer) error {
-	s := newServeFlags(stderr)
-	if err := s.parse(args); err != nil {
+func runServe(s *serveFlags, stdout, stderr io.Writer) error {
+	if err := s.parse(); err != nil {
 		return configError(err)
 	}
 	logger, err := newLogger(stderr, s.logFormat, s.logLevel)
@@ -278,7 +290,7 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 // configuration cannot succeed, and the systemd unit does not restart on
 // it (RestartPreventExitStatus). -h still exits 0.
 func configError(err error) error {
-	if errors.Is(err, flag.ErrHelp) {
+	if errors.Is(err, pflag.ErrHelp) {
 		return err
 	}
 	if errors.Is(err, errUsage) {

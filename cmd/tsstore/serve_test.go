@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 	"time"
 )
 
@@ -23,7 +26,7 @@ election_timeout = "300ms"
 bootstrap = ["n1=127.0.0.1:7001", "n2=127.0.0.1:7002"]
 `), 0o644)
 	t.Setenv("TSSTORE_ELECTION_TIMEOUT", "900ms")
-	s := newServeFlags(&bytes.Buffer{})
+	s := newTestServeFlags()
 	if err := s.parse([]string{"--config", file, "--api-addr", "127.0.0.1:9999"}); err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +42,7 @@ bootstrap = ["n1=127.0.0.1:7001", "n2=127.0.0.1:7002"]
 	}
 
 	os.WriteFile(file, []byte("id = \"n1\"\nheartbeat_timout = \"1s\"\n"), 0o644)
-	err := newServeFlags(&bytes.Buffer{}).parse([]string{"--config", file})
+	err := newTestServeFlags().parse([]string{"--config", file})
 	if err == nil || !strings.Contains(err.Error(), "unknown keys heartbeat_timout") {
 		t.Fatalf("typo in config file: %v", err)
 	}
@@ -81,8 +84,8 @@ func TestServeConfigErrorsExit78(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"bad flag value", []string{"--heartbeat-timeout", "soon"}, "invalid value"},
-		{"unknown flag", []string{"--heartbeat-timout", "1s"}, "flag provided but not defined"},
+		{"bad flag value", []string{"--heartbeat-timeout", "soon"}, "invalid argument"},
+		{"unknown flag", []string{"--heartbeat-timout", "1s"}, "unknown flag"},
 		{"extra argument", []string{"now"}, "unexpected arguments"},
 		{"missing config file", []string{"--config", filepath.Join(dir, "nope.toml")}, "no such file"},
 		{"invalid TOML", []string{"--config", write("bad.toml", "id = \n", 0o644)}, "config " + dir},
@@ -120,4 +123,24 @@ func TestServeConfigErrorsExit78(t *testing.T) {
 	if code := run(append(append([]string{"serve", "--check-config"}, base...), "--log-format", "text"), &out, &errOut); code != 0 {
 		t.Fatalf("valid configuration: exit %d, %q", code, errOut.String())
 	}
+}
+
+// testServeFlags parses serve's flags the way cobra does, then applies the
+// config file and environment.
+type testServeFlags struct{ *serveFlags }
+
+func newTestServeFlags() testServeFlags {
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return testServeFlags{newServeFlags(fs)}
+}
+
+func (t testServeFlags) parse(args []string) error {
+	if err := t.fs.Parse(args); err != nil {
+		return err
+	}
+	if t.fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, t.fs.Args())
+	}
+	return t.serveFlags.parse()
 }

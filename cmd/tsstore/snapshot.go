@@ -3,25 +3,26 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
+
+	"github.com/spf13/cobra"
 
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
-func runSnapshot(args []string, stdout, stderr io.Writer) error {
+func newSnapshotCmd() *cobra.Command {
 	var cf clientFlags
-	fs := newFlagSet("snapshot", stderr, "snapshot [--addr host:port] [--node ID] [--json]")
-	cf.register(fs)
-	node := fs.String("node", "", "node id to snapshot (default: the node at the first --addr)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
-	}
-	ctx, cancel := commandContext(cf.timeout, true)
+	cmd := &cobra.Command{Use: "snapshot [--node ID]", Short: "force a Raft snapshot on a node", Args: noArgs}
+	cf.register(cmd.Flags())
+	node := cmd.Flags().String("node", "", "node id to snapshot (default: the node at the first --addr)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return runSnapshot(cmd, &cf, *node) }
+	return cmd
+}
+
+func runSnapshot(cmd *cobra.Command, cf *clientFlags, node string) error {
+	stdout := cmd.OutOrStdout()
+	ctx, cancel := cf.context()
 	defer cancel()
-	cl, cc, addr, err := cf.clusterNode(ctx, *node)
+	cl, cc, addr, err := cf.clusterNode(ctx, node)
 	if err != nil {
 		return err
 	}

@@ -2,18 +2,22 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 )
 
-func runStatus(args []string, stdout, stderr io.Writer) error {
+func newStatusCmd() *cobra.Command {
 	var cf clientFlags
-	fs := newFlagSet("status", stderr, "status [--addr host:port] [--json]")
-	cf.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
+	cmd := &cobra.Command{Use: "status", Short: "show a node's view of the cluster", Args: noArgs}
+	cf.register(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return runStatus(cmd, &cf) }
+	return cmd
+}
+
+func runStatus(cmd *cobra.Command, cf *clientFlags) error {
+	stdout := cmd.OutOrStdout()
 	cl, ctx, cancel, err := cf.connect()
 	if err != nil {
 		return err

@@ -3,19 +3,23 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
 )
 
-func runStreams(args []string, stdout, stderr io.Writer) error {
+func newStreamsCmd() *cobra.Command {
 	var cf clientFlags
-	fs := newFlagSet("streams", stderr, "streams [--prefix P] [--json]")
-	cf.register(fs)
-	prefix := fs.String("prefix", "", "only streams whose name starts with this")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
+	cmd := &cobra.Command{Use: "streams [--prefix P]", Short: "list streams with their versions", Args: noArgs}
+	cf.register(cmd.Flags())
+	prefix := cmd.Flags().String("prefix", "", "only streams whose name starts with this")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return runStreams(cmd, &cf, prefix) }
+	return cmd
+}
+
+func runStreams(cmd *cobra.Command, cf *clientFlags, prefix *string) error {
+	stdout, stderr := stdio(cmd)
 	cl, ctx, cancel, err := cf.connect()
 	if err != nil {
 		return err

@@ -4,36 +4,45 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"os"
-	"os/signal"
-	"syscall"
+
+	"github.com/spf13/cobra"
 )
 
-func runTail(args []string, stdout, stderr io.Writer) error {
-	var cf clientFlags
-	var sf selectFlags
-	fs := newFlagSet("tail", stderr, "tail [--from N | --since T] [--stream S [--version V]] [--prefix P] [--type T]...")
-	cf.register(fs)
-	sf.register(fs, false)
-	fs.Lookup("timeout").DefValue = "0s"
-	cf.timeout = 0
-	live := fs.Bool("live", true, "with no --from/--since/--version, start at the log end (false: from offset 0)")
-	if err := fs.Parse(args); err != nil {
-		return err
+type tailFlags struct {
+	cf   clientFlags
+	sf   selectFlags
+	live bool
+}
+
+func newTailCmd() *cobra.Command {
+	var f tailFlags
+	cmd := &cobra.Command{
+		Use:   "tail [--from N | --since T] [--stream S [--version V]] [--prefix P] [--type T]...",
+		Short: "follow events live as they commit (until Ctrl-C)",
+		Args:  noArgs,
 	}
+	fs := cmd.Flags()
+	f.cf.registerTimeout(fs, 0)
+	f.sf.register(fs, false)
+	fs.BoolVar(&f.live, "live", true, "with no --from/--since/--version, start at the log end (false: from offset 0)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error { return runTail(cmd, &f) }
+	return cmd
+}
+
+func runTail(cmd *cobra.Command, f *tailFlags) error {
+	stdout := cmd.OutOrStdout()
+	cf, sf, live := &f.cf, &f.sf, &f.live
 	opts, err := sf.options()
 	if err != nil {
 		return err
 	}
-	cl, _, cancel, err := cf.connect()
+	cl, ctx, stop, err := cf.connect()
 	if err != nil {
 		return err
 	}
-	cancel()
-	defer cl.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	defer cl.Close()
 	from := sf.from
 	if *live && !sf.positioned() {
 		st, err := cl.Status(ctx)

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"syscall"
 
+	"github.com/spf13/cobra"
+
 	"github.com/tsstore/tsstore/fsm"
 	"github.com/tsstore/tsstore/segment"
 	"github.com/tsstore/tsstore/server"
@@ -41,18 +43,21 @@ type corruptionJSON struct {
 	Reason   string `json:"reason"`
 }
 
-func runVerify(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("verify", stderr, "verify --data-dir DIR [--json]")
-	dataDir := fs.String("data-dir", "", "data directory of a stopped node (required)")
-	asJSON := fs.Bool("json", false, "print JSON instead of text")
-	if err := fs.Parse(args); err != nil {
-		return err
+func newVerifyCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "verify --data-dir DIR", Short: "scrub a stopped node's data directory (exit 1 on corruption)", Args: noArgs}
+	dataDir := cmd.Flags().String("data-dir", "", "data directory of a stopped node (required)")
+	asJSON := cmd.Flags().Bool("json", false, "print JSON instead of text")
+	cmd.MarkFlagRequired("data-dir")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		stdout, stderr := stdio(cmd)
+		return runVerify(*dataDir, *asJSON, stdout, stderr)
 	}
-	if *dataDir == "" || fs.NArg() > 0 {
-		return fmt.Errorf("%w: --data-dir is required, and nothing else", errUsage)
-	}
-	res := verifyResult{DataDir: *dataDir}
-	err := verifyDataDir(*dataDir, &res, newProgressBar(stderr, "verify"))
+	return cmd
+}
+
+func runVerify(dataDir string, asJSON bool, stdout, stderr io.Writer) error {
+	res := verifyResult{DataDir: dataDir}
+	err := verifyDataDir(dataDir, &res, newProgressBar(stderr, "verify"))
 	var ce *segment.CorruptionError
 	switch {
 	case errors.As(err, &ce):
@@ -70,13 +75,13 @@ func runVerify(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	res.OK = err == nil
-	if *asJSON {
+	if asJSON {
 		json.NewEncoder(stdout).Encode(res)
 	} else {
 		printVerify(stdout, &res)
 	}
 	if res.Corruption != nil || errors.Is(err, segment.ErrCorrupt) || errors.Is(err, fsm.ErrBadSnapshot) || errors.Is(err, fsm.ErrDataLoss) || errors.Is(err, server.ErrRaftLogDamaged) || errSnap {
-		return fmt.Errorf("%w in %s: %v", errCorrupt, *dataDir, err)
+		return fmt.Errorf("%w in %s: %v", errCorrupt, dataDir, err)
 	}
 	return err
 }
