@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,17 +43,16 @@ type memberJSON struct {
 	Suffrage     string `json:"suffrage"`
 	Leader       bool   `json:"leader"`
 	ApiAddress   string `json:"api_address"`
-	AppliedIndex string `json:"applied_index"`
-	Lag          string `json:"lag"`
+	AppliedIndex uint64  `json:"applied_index"`
+	Lag          *uint64 `json:"lag"` // absent until known
 	Error        string `json:"error"`
 }
 
 func (m memberJSON) lag() uint64 {
-	v, err := strconv.ParseUint(m.Lag, 10, 64)
-	if err != nil {
+	if m.Lag == nil {
 		return math.MaxUint64
 	}
-	return v
+	return *m.Lag
 }
 
 // waitMember polls `tsstore members --json` until cond holds for id.
