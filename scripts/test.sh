@@ -40,6 +40,12 @@ go test -race -count=1 -timeout 12m "$@" ./...
 if [ "${TSSTORE_JEPSEN:-1}" != 0 ]; then
   echo "== jepsen (short profile)"
   jepsen_out=$(mktemp -d "${TMPDIR:-/tmp}/tsstore-jepsen-ci-XXXXXX")
-  go run ./jepsen/cmd/jepsen -profile short -scenario all -seed "${JEPSEN_SEED:-0}" -out "$jepsen_out"
+  scenarios=all
+  if [ "$(id -u)" != 0 ]; then
+    # disk-full mounts a tmpfs per node, which needs root (CI runs as root).
+    scenarios=crash,pause,partition,link,lossy-disk,corrupt,bitrot,snapshot,transfer,membership,fencing
+    echo "   not root: every scenario but disk-full (it mounts tmpfs; run as root to include it)"
+  fi
+  go run ./jepsen/cmd/jepsen -profile short -scenario "$scenarios" -seed "${JEPSEN_SEED:-0}" -out "$jepsen_out"
   rm -rf "$jepsen_out"
 fi
