@@ -151,6 +151,11 @@ func checkNoticed(c *CheckResult, df *DiskFault) {
 				c.note("not_serving_seen", 1)
 			}
 		case t.Exited:
+		case t.Reclaimed:
+			// The node freed space itself before its next disk check
+			// (seed 20261209: a snapshot install truncated its Raft log
+			// right after the fill): nothing to report.
+			c.note("reclaimed_before_report", 1)
 		default:
 			c.violate("%s: its disk %s at %v, it neither reported a disk problem nor exited within %v",
 				t.Node, map[string]string{"low": "below the watermark", "full": "full"}[df.Depth], df.Filled, detectWithin)

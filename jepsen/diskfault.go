@@ -116,6 +116,10 @@ type DiskTarget struct {
 	Cleared time.Duration `json:"cleared_ns,omitempty"`
 	// Exited: its process ended on its own at least once.
 	Exited bool `json:"exited,omitempty"`
+	// Reclaimed: before it reported anything, its free space was back at
+	// or above its --min-free-bytes by its own doing (Raft log truncated
+	// after a snapshot, old snapshots reaped): it had nothing to report.
+	Reclaimed bool `json:"reclaimed,omitempty"`
 }
 
 // DiskExit is a node process that ended on its own.
@@ -267,6 +271,11 @@ func (n *nemesis) supervise(ctx context.Context, w *diskWatch) {
 			continue
 		}
 		t := &w.df.Targets[i]
+		if !w.healed && len(t.Reports) == 0 && !t.Reclaimed && st.DiskProblem == "" {
+			if free, _, err := fsFree(x.DataDir); err == nil && free >= n.disk.MinFree {
+				t.Reclaimed = true
+			}
+		}
 		switch {
 		case !w.healed && st.DiskProblem != "" && !w.problem[x.ID]:
 			w.problem[x.ID] = true
