@@ -39,13 +39,13 @@ func mustCLI(t *testing.T, nodes []*proccluster.Node, want string, args ...strin
 }
 
 type memberJSON struct {
-	ID           string `json:"id"`
-	Suffrage     string `json:"suffrage"`
-	Leader       bool   `json:"leader"`
-	ApiAddress   string `json:"api_address"`
+	ID           string  `json:"id"`
+	Suffrage     string  `json:"suffrage"`
+	Leader       bool    `json:"leader"`
+	ApiAddress   string  `json:"api_address"`
 	AppliedIndex uint64  `json:"applied_index"`
 	Lag          *uint64 `json:"lag"` // absent until known
-	Error        string `json:"error"`
+	Error        string  `json:"error"`
 }
 
 func (m memberJSON) lag() uint64 {
