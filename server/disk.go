@@ -98,7 +98,13 @@ func (n *Node) diskProblem() string {
 // appends are refused at once rather than left to time out.
 type votersDisk struct {
 	mu      sync.Mutex
-	problem string // "" while a majority can persist
+	problem string // "" while a majority can persist (as of the last probe)
+	// otherBad are the problems of the other voters at the last probe,
+	// voters how many voters there were: appendDiskProblem counts this
+	// node's own disk live, so a node whose disk recovered does not wait
+	// for the next probe.
+	otherBad []string
+	voters   int
 	// peers is every other server's last reported problem, by Raft
 	// address, "" or absent when it can persist (snapguard.go).
 	peers map[raft.ServerAddress]string
@@ -112,6 +118,9 @@ func (n *Node) appendDiskProblem() string {
 	}
 	n.voters.mu.Lock()
 	defer n.voters.mu.Unlock()
+	if n.voters.problem == "" || len(n.voters.otherBad) <= n.voters.voters/2 {
+		return "" // this node can persist now, and fewer than a majority of the others cannot
+	}
 	return n.voters.problem
 }
 
@@ -126,15 +135,15 @@ func (n *Node) watchVotersDisk() {
 		case <-n.shutdown:
 			return
 		}
-		problem := ""
-		var peers map[raft.ServerAddress]string
+		var d diskProbe
 		if n.raft.State() == raft.Leader {
-			problem, peers = n.probeDisks()
+			d = n.probeDisks()
 		}
 		n.voters.mu.Lock()
-		changed := problem != n.voters.problem
-		n.voters.problem, n.voters.peers = problem, peers
+		changed := d.problem != n.voters.problem
+		n.voters.problem, n.voters.peers, n.voters.otherBad, n.voters.voters = d.problem, d.peers, d.otherBad, d.voters
 		n.voters.mu.Unlock()
+		problem := d.problem
 		if changed && problem != "" {
 			n.logger.Error("a majority of voters cannot persist: appends refused", "reason", problem)
 		} else if changed {
@@ -145,19 +154,25 @@ func (n *Node) watchVotersDisk() {
 
 const voterDiskEvery = 2 * time.Second
 
+// diskProbe is one round of probeDisks.
+type diskProbe struct {
+	problem  string // why appends must be refused; "" while a majority of voters can persist
+	peers    map[raft.ServerAddress]string
+	otherBad []string // the problems of voters other than this node
+	voters   int
+}
+
 // probeDisks asks every server of the configuration for its disk state.
-// It returns why appends must be refused ("" while a majority of voters
-// can persist) and each server's problem by Raft address.
-func (n *Node) probeDisks() (string, map[raft.ServerAddress]string) {
+func (n *Node) probeDisks() diskProbe {
 	servers, _, err := n.configuration()
 	if err != nil {
-		return "", nil
+		return diskProbe{}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
 	probes := n.probeAll(ctx, servers)
 	peers := make(map[raft.ServerAddress]string, len(servers))
-	var bad []string
+	var bad, otherBad []string
 	voters := 0
 	for _, s := range servers {
 		p := probes[s.ID]
@@ -171,11 +186,15 @@ func (n *Node) probeDisks() (string, map[raft.ServerAddress]string) {
 		voters++
 		if p.diskProblem != "" {
 			bad = append(bad, fmt.Sprintf("%s: %s", s.ID, p.diskProblem))
+			if s.ID != raft.ServerID(n.cfg.NodeID) {
+				otherBad = append(otherBad, p.diskProblem)
+			}
 		}
 	}
-	if len(bad) <= voters/2 {
-		return "", peers
+	d := diskProbe{peers: peers, otherBad: otherBad, voters: voters}
+	if len(bad) > voters/2 {
+		slices.Sort(bad)
+		d.problem = fmt.Sprintf("%d of %d voters cannot persist (%s)", len(bad), voters, strings.Join(bad, "; "))
 	}
-	slices.Sort(bad)
-	return fmt.Sprintf("%d of %d voters cannot persist (%s)", len(bad), voters, strings.Join(bad, "; ")), peers
+	return d
 }

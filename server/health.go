@@ -115,6 +115,10 @@ func (h *nodeHealth) changedLocked() chan struct{} {
 func (h *nodeHealth) set(serving bool, reason string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	return h.setLocked(serving, reason)
+}
+
+func (h *nodeHealth) setLocked(serving bool, reason string) bool {
 	if h.mu.closing {
 		return false
 	}
@@ -140,8 +144,11 @@ func (h *nodeHealth) set(serving bool, reason string) bool {
 // shutdown is the first step of Close: every service goes NOT_SERVING for
 // good, so that load balancers and clients move away before the API stops.
 func (h *nodeHealth) shutdown() {
-	h.set(false, "shutting down")
+	// One critical section: the health loop must not set SERVING again
+	// between the last status and closing (a watcher saw SERVING during
+	// Close under load).
 	h.mu.Lock()
+	h.setLocked(false, "shutting down")
 	h.mu.closing = true
 	h.mu.Unlock()
 	if h.srv != nil {

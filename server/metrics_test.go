@@ -178,8 +178,16 @@ func metricsWorkload(t *testing.T, l, f *Node) (events, leaderOK int) {
 	return events, leaderOK
 }
 
+// steadyMetrics is withMetrics with Raft timeouts long enough that a
+// loaded CI machine does not change the leader under the test, whose
+// counts are per node.
+func steadyMetrics(c *Config) {
+	withMetrics(c)
+	c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = time.Second, time.Second, 500*time.Millisecond
+}
+
 func TestMetricsCountAppendsReadsAndSnapshots(t *testing.T) {
-	tc := newTestCluster(t, 3, withMetrics)
+	tc := newTestCluster(t, 3, steadyMetrics)
 	l, f := tc.leader(), tc.follower()
 	before, beforeF := scrapeNode(t, l), scrapeNode(t, f)
 	events, leaderOK := metricsWorkload(t, l, f)
@@ -361,7 +369,7 @@ func TestDashboardMetricsExist(t *testing.T) {
 		want[m[1]] = append(want[m[1]], v)
 	}
 
-	tc := newTestCluster(t, 3, withMetrics)
+	tc := newTestCluster(t, 3, steadyMetrics)
 	metricsWorkload(t, tc.leader(), tc.follower())
 	have := map[string]bool{}
 	for _, n := range tc.nodes {
