@@ -42,6 +42,7 @@ type benchFlags struct {
 	profile      string
 	serveArgs    []string
 	unaryAppend  bool
+	secure       bool
 }
 
 func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
@@ -65,6 +66,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 	fs.StringVar(&f.plots, "plots", "", "write plots (PNG) into this directory")
 	fs.StringVar(&f.profile, "profile", "", "local cluster: write CPU profiles of the leader (and of this client) during a, b and c into this directory")
 	fs.BoolVar(&f.unaryAppend, "unary-append", false, "send every append as a unary Append call instead of over the client's shared AppendStream (to compare the two)")
+	fs.BoolVar(&f.secure, "secure", false, "local cluster: TLS between nodes and for clients, and bearer tokens (a throwaway CA and tokens file in the cluster's directory); this client appends with an append token")
 	serveArgs := fs.String("serve-args", "", "local cluster: extra `tsstore serve` flags for every node, space-separated (e.g. \"--heartbeat-timeout 300ms\")")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -94,8 +96,8 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchFlags, error) {
 		return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch and --failovers must be positive", errUsage)
 	case f.inflight < 1 || f.inflight > 8:
 		return nil, fmt.Errorf("%w: --inflight must be in [1, 8]", errUsage)
-	case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.workloads["h"] || f.profile != ""):
-		return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories), h (restarts a node) and --profile need the local cluster; drop --addr or select other workloads", errUsage)
+	case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.workloads["h"] || f.profile != "" || f.secure):
+		return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories), h (restarts a node), --profile and --secure need the local cluster; drop --addr or select other workloads", errUsage)
 	}
 	return &f, nil
 }
@@ -119,6 +121,9 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 	}
 	ccfg := client.DefaultConfig(addrs...)
 	ccfg.UnaryAppend = f.unaryAppend
+	if lc != nil && lc.sec != nil {
+		ccfg.TLS, ccfg.Token = lc.sec.tls, lc.sec.appendToken
+	}
 	cl, err := client.New(ccfg)
 	if err != nil {
 		return err
@@ -213,6 +218,9 @@ func (b *benchRun) config() map[string]any {
 		if len(b.f.serveArgs) > 0 {
 			cfg["serve_args"] = strings.Join(b.f.serveArgs, " ")
 		}
+		if b.lc.sec != nil {
+			cfg["security"] = "TLS between nodes and for clients, bearer tokens (this client: an append token)"
+		}
 	} else {
 		cfg["cluster"] = "running cluster at " + b.f.addrs
 	}
@@ -257,6 +265,7 @@ type benchLocal struct {
 	temp       bool
 	metrics    []string // metrics address per node
 	raftTiming map[string]string
+	sec        *benchSecurity // with --secure
 }
 
 func startBenchLocal(ctx context.Context, f *benchFlags, log io.Writer) (*benchLocal, error) {
@@ -277,8 +286,24 @@ func startBenchLocal(ctx context.Context, f *benchFlags, log io.Writer) (*benchL
 	if f.profile != "" {
 		opts.Env = []string{pprofEnv + "=127.0.0.1:0"}
 	}
+	if f.secure {
+		if lc.sec, err = newBenchSecurity(filepath.Join(lc.dir, "pki")); err != nil {
+			if lc.temp {
+				os.RemoveAll(lc.dir)
+			}
+			return nil, err
+		}
+		opts.ExtraArgs = append(opts.ExtraArgs, "--peer-tls-ca", lc.sec.caFile, "--auth-tokens-file", lc.sec.tokensFile)
+		opts.DialOptions = lc.sec.dialOptions(lc.sec.readToken)
+	}
 	if lc.c, err = proccluster.New(opts); err != nil {
 		return nil, err
+	}
+	if lc.sec != nil {
+		if err := lc.sec.issueNodeCerts(lc.c); err != nil {
+			lc.close(false)
+			return nil, err
+		}
 	}
 	ports, err := proccluster.FreePorts("127.0.0.1", len(lc.c.Nodes))
 	if err != nil {
