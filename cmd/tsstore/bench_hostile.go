@@ -76,17 +76,23 @@ func (h hostileFlags) config() map[string]any {
 
 // hostileClients runs x.
 func (b *benchRun) hostileClients(ctx context.Context) ([]bench.Result, error) {
+	o := &hostileOutcome{}
+	var err error
+	if o.baseLeader, err = b.lc.leader(ctx); err != nil {
+		return nil, err
+	}
+	if o.base, err = b.timedLoad(ctx, "x-baseline", b.sampleMemory(ctx)); err != nil {
+		return nil, err
+	}
+	o.baseProbe = b.readProbe(ctx, b.lc.c.Nodes[o.baseLeader].APIAddr)
+
+	// The attack goes to the leader of the moment.
 	li, err := b.lc.leader(ctx)
 	if err != nil {
 		return nil, err
 	}
-	o := &hostileOutcome{li: li}
+	o.li = li
 	leader := b.lc.c.Nodes[li]
-	if o.base, err = b.timedLoad(ctx, "x-baseline", b.sampleMemory(ctx)); err != nil {
-		return nil, err
-	}
-	o.baseProbe = b.readProbe(ctx, leader.APIAddr)
-
 	if o.before, err = scrapeSeries(ctx, b.lc.metrics[li]); err != nil {
 		return nil, err
 	}
@@ -119,8 +125,11 @@ func (b *benchRun) hostileClients(ctx context.Context) ([]bench.Result, error) {
 		return nil, err
 	}
 	b.heapProfile(ctx, li, "x-after")
+	if n := sumSeries(o.atEnd, "tsstore_raft_leader_changes_total") - sumSeries(o.before, "tsstore_raft_leader_changes_total"); n > 0 {
+		o.moved = fmt.Sprintf("; LEADERSHIP CHANGED %.0f times as %s saw it during the attack", n, leader.ID)
+	}
 	if li2, err := b.lc.leader(ctx); err == nil && li2 != li {
-		o.moved = fmt.Sprintf("; LEADERSHIP MOVED from %s to %s during x", leader.ID, b.lc.c.Nodes[li2].ID)
+		o.moved += fmt.Sprintf("; LEADERSHIP MOVED from %s to %s by the end of x", leader.ID, b.lc.c.Nodes[li2].ID)
 	}
 	res := b.hostileResults(o)
 	fmt.Fprintf(b.log, "bench: x: %s\n", o.verdict)
@@ -147,7 +156,8 @@ func (b *benchRun) timedLoad(ctx context.Context, id string, mem *memSampler) (*
 
 // hostileOutcome is everything x measured.
 type hostileOutcome struct {
-	li                  int // the leader, which the hostile clients target
+	li                  int // the leader the hostile clients target
+	baseLeader          int // the leader when the baseline started
 	base, attack, again *timedLoad
 	peak, after         []nodeMem // from the start of the attack; 5 s after closing it
 	before, atEnd       map[string]float64
@@ -167,6 +177,9 @@ func (b *benchRun) hostileResults(o *hostileOutcome) []bench.Result {
 		return r
 	}
 	r0 := row("x-baseline", "c's producer, TLS + tokens, no hostile clients", o.base)
+	if o.baseLeader != o.li {
+		r0.Note += fmt.Sprintf("; LEADERSHIP MOVED during the baseline, from %s", b.lc.c.Nodes[o.baseLeader].ID)
+	}
 	r0.Note += "; a Read of the first 10,000 events from the leader afterwards: " + o.baseProbe
 	h := b.f.hostile
 	r1 := row("x-hostile", fmt.Sprintf("c's producer beside %d stalled readers + %d half-sent unauthenticated appends on the leader", h.readers, h.appends), o.attack)
@@ -222,7 +235,7 @@ func (b *benchRun) openHostile(ctx context.Context, addr string) *hostileConns {
 	appendBody := grpcFrame(hostileAnnounced, h.appendBytes)
 	var wg sync.WaitGroup
 	open := func(set, conns, calls int, path, token string, body []byte, end bool, done func(n int, err error)) {
-		for i := range conns {
+		for i := range min(conns, calls) {
 			k := calls / conns
 			if i < calls%conns {
 				k++
