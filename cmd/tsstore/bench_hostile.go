@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -52,6 +53,7 @@ type hostileFlags struct {
 	readers, readerConns int
 	appends, appendConns int
 	appendBytes          int
+	redial               bool
 }
 
 func (h *hostileFlags) register(fs *flag.FlagSet) {
@@ -60,6 +62,7 @@ func (h *hostileFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&h.appends, "hostile-appends", 100, "x: Append calls without a token that each send --hostile-append-bytes of a 16 MiB message and stall")
 	fs.IntVar(&h.appendConns, "hostile-append-conns", 10, "x: connections the half-sent appends are spread over")
 	fs.IntVar(&h.appendBytes, "hostile-append-bytes", 15<<20, "x: bytes of its 16 MiB message each half-sent append sends")
+	fs.BoolVar(&h.redial, "hostile-redial", true, "x: dial a stalled reader connection again, with its streams, when the node resets it (gRPC's TCP_USER_TIMEOUT does after 20 s of a closed window)")
 }
 
 func (h hostileFlags) validate() error {
@@ -71,7 +74,7 @@ func (h hostileFlags) validate() error {
 
 func (h hostileFlags) config() map[string]any {
 	return map[string]any{"readers": h.readers, "reader_conns": h.readerConns, "appends": h.appends,
-		"append_conns": h.appendConns, "append_bytes_sent": h.appendBytes, "append_bytes_announced": hostileAnnounced}
+		"append_conns": h.appendConns, "append_bytes_sent": h.appendBytes, "append_bytes_announced": hostileAnnounced, "redial": h.redial}
 }
 
 // hostileClients runs x.
@@ -96,14 +99,19 @@ func (b *benchRun) hostileClients(ctx context.Context) ([]bench.Result, error) {
 	if o.before, err = scrapeSeries(ctx, b.lc.metrics[li]); err != nil {
 		return nil, err
 	}
-	mem := b.sampleMemory(ctx) // from the start of the attack
+	mem := b.sampleMemoryWatching(ctx, li, o.before) // from the start of the attack
 	start := time.Now()
 	o.hc = b.openHostile(ctx, leader.APIAddr)
 	defer o.hc.close()
-	reached := b.waitReaders(ctx, li, o.before, o.hc.readers)
+	o.hc.mu.Lock()
+	opened := o.hc.readers
+	o.hc.mu.Unlock()
+	reached := b.waitReaders(ctx, li, o.before, opened)
 	o.setup = time.Since(start)
+	o.hc.mu.Lock()
 	fmt.Fprintf(b.log, "bench: x: %d of %d stalled readers reached the leader %s's Read handler, %d half-sent appends written, in %.1f s\n",
 		reached, o.hc.readers, leader.ID, o.hc.appendsSent, o.setup.Seconds())
+	o.hc.mu.Unlock()
 	st, note, err := b.batchingLoad(ctx, "x-hostile", "c's producer beside the hostile clients")
 	if err != nil {
 		mem.stop()
@@ -117,6 +125,7 @@ func (b *benchRun) hostileClients(ctx context.Context) ([]bench.Result, error) {
 	o.probe = b.readProbe(ctx, leader.APIAddr)
 	b.heapProfile(ctx, li, "x-hostile")
 	o.peak, _ = mem.stop()
+	o.readerTimeline = mem.readerTimeline()
 	o.attack = &timedLoad{st: st, note: note, peak: o.peak}
 
 	o.hc.close()
@@ -164,6 +173,7 @@ type hostileOutcome struct {
 	hc                  *hostileConns
 	setup, drained      time.Duration
 	baseProbe, probe    string
+	readerTimeline      string
 	moved, verdict      string
 }
 
@@ -187,9 +197,9 @@ func (b *benchRun) hostileResults(o *hostileOutcome) []bench.Result {
 	ratio := rate / max(baseRate, 1)
 	o.verdict = hostileVerdict(o.peak[o.li].rss, ratio)
 	r1.Note += fmt.Sprintf(" (from the start of the attack, setup included); %s; rate %.0f vs %.0f events/s baseline (%.2fx; %.2fx of x-after's rate); "+
-		"setup %.1f s; %s; %s; a Read of the first 10,000 events from the leader during the attack: %s%s",
+		"setup %.1f s; %s; %s; %s; a Read of the first 10,000 events from the leader during the attack: %s%s",
 		o.verdict, rate, baseRate, ratio, rate/max(o.again.st.EventsPerSec(), 1),
-		o.setup.Seconds(), o.hc.readerSummary(o.before, o.atEnd), o.hc.appendSummary(o.before, o.atEnd), o.probe, o.moved)
+		o.setup.Seconds(), b.readerSummary(o.hc, o.before, o.atEnd), o.readerTimeline, o.hc.appendSummary(o.before, o.atEnd), o.probe, o.moved)
 	r2 := row("x-after", "c's producer again, after the hostile clients closed", o.again)
 	r2.Note += fmt.Sprintf("; before it: the leader ended the readers' calls %.1f s after their connections closed, and 5 s later (RSS / heap in use, MiB): %s",
 		o.drained.Seconds(), b.memList(o.after, o.li))
@@ -213,77 +223,140 @@ func hostileVerdict(leaderRSS, ratio float64) string {
 }
 
 // hostileConns are the open hostile connections and what was sent on them.
+// Once a connection's calls are open, a watcher of its own writes a
+// one-byte connection WINDOW_UPDATE every 500 ms, which fails once the
+// node has reset the connection; with --hostile-redial a reader
+// connection is then dialled again and its streams opened again, as a
+// persistent attacker would.
 type hostileConns struct {
+	stop     chan struct{} // closed by close: the watchers end
+	stopOnce sync.Once
+	wg       sync.WaitGroup // the setup and the watchers
+
 	mu          sync.Mutex
 	conns       []*rawH2
-	dialed      [2]int // connections opened: readers', appends'
-	readers     int    // Read calls whose headers and request were written
-	appendsSent int    // Append calls whose whole share of body was written
-	appendsCut  int    // Append calls whose body a write error cut short
-	appendBytes int64  // body bytes of Appends written in all
+	dialed      [2]int             // connections opened: readers', appends' (redials included)
+	resets      [2][]time.Duration // life of each connection the node reset, from its dial until a write found it gone
+	resetErr    [2]string
+	readers     int   // Read calls whose headers and request were written (reopened ones included)
+	appendsSent int   // Append calls whose whole share of body was written
+	appendsCut  int   // Append calls whose body a write error cut short
+	appendBytes int64 // body bytes of Appends written in all
 	errs        []string
+}
+
+// hostileSet is one kind of hostile call and how to count it.
+type hostileSet struct {
+	id          int // 0 readers, 1 appends
+	path, token string
+	body        []byte
+	end         bool // end the request side (readers) or leave it half-sent
+	redial      bool
+	done        func(hc *hostileConns, n int, err error) // under hc.mu
 }
 
 // openHostile opens the stalled readers and the half-sent appends on the
 // node at addr, each set on its connections in parallel, and returns once
-// everything was written (or a write failed).
+// everything was written (or a write failed). The watchers go on until
+// close.
 func (b *benchRun) openHostile(ctx context.Context, addr string) *hostileConns {
 	h := b.f.hostile
-	hc := &hostileConns{}
-	deadline := time.Now().Add(2 * time.Minute)
-	readBody := grpcFrame(0, 0) // an empty ReadRequest: from offset 0 to the end of the log
-	appendBody := grpcFrame(hostileAnnounced, h.appendBytes)
-	var wg sync.WaitGroup
-	open := func(set, conns, calls int, path, token string, body []byte, end bool, done func(n int, err error)) {
-		for i := range min(conns, calls) {
-			k := calls / conns
-			if i < calls%conns {
+	hc := &hostileConns{stop: make(chan struct{})}
+	readers := hostileSet{id: 0, path: pb.EventStore_Read_FullMethodName, token: b.lc.sec.readToken,
+		body: grpcFrame(0, 0), end: true, redial: h.redial, // an empty ReadRequest: from offset 0 to the end of the log
+		done: func(hc *hostileConns, _ int, err error) {
+			if err == nil {
+				hc.readers++
+			}
+		}}
+	appends := hostileSet{id: 1, path: pb.EventStore_Append_FullMethodName, body: grpcFrame(hostileAnnounced, h.appendBytes),
+		done: func(hc *hostileConns, n int, err error) {
+			hc.appendBytes += int64(max(0, n-5))
+			if err == nil {
+				hc.appendsSent++
+			} else if n > 0 {
+				hc.appendsCut++
+			}
+		}}
+	var setup sync.WaitGroup
+	for _, x := range []struct {
+		set          hostileSet
+		conns, calls int
+	}{{readers, h.readerConns, h.readers}, {appends, h.appendConns, h.appends}} {
+		for i := range min(x.conns, x.calls) {
+			k := x.calls / x.conns
+			if i < x.calls%x.conns {
 				k++
 			}
-			wg.Go(func() {
-				r, err := dialRawH2(ctx, addr, b.lc.sec.tls, deadline)
-				if err != nil {
-					hc.fail(err)
-					return
-				}
-				hc.add(set, r)
-				for range k {
-					n, err := r.call(path, token, body, end)
-					done(n, err)
-					if err != nil {
-						hc.fail(err)
-						return
-					}
+			setup.Go(func() {
+				if r := hc.openConn(ctx, addr, b.lc.sec.tls, x.set, k); r != nil {
+					hc.wg.Go(func() { hc.watch(ctx, addr, b.lc.sec.tls, x.set, k, r) })
 				}
 			})
 		}
 	}
-	open(0, h.readerConns, h.readers, pb.EventStore_Read_FullMethodName, b.lc.sec.readToken, readBody, true, func(_ int, err error) {
-		if err == nil {
-			hc.mu.Lock()
-			hc.readers++
-			hc.mu.Unlock()
-		}
-	})
-	open(1, h.appendConns, h.appends, pb.EventStore_Append_FullMethodName, "", appendBody, false, func(n int, err error) {
-		hc.mu.Lock()
-		defer hc.mu.Unlock()
-		hc.appendBytes += int64(max(0, n-5))
-		if err == nil {
-			hc.appendsSent++
-		} else if n > 0 {
-			hc.appendsCut++
-		}
-	})
-	wg.Wait()
+	setup.Wait()
 	return hc
 }
 
-func (hc *hostileConns) add(set int, r *rawH2) {
+// openConn dials one connection and opens k calls of set on it; nil if the
+// dial failed.
+func (hc *hostileConns) openConn(ctx context.Context, addr string, tlsCfg *tls.Config, set hostileSet, k int) *rawH2 {
+	r, err := dialRawH2(ctx, addr, tlsCfg, time.Now().Add(time.Minute))
+	if err != nil {
+		hc.fail(err)
+		return nil
+	}
 	hc.mu.Lock()
-	defer hc.mu.Unlock()
 	hc.conns = append(hc.conns, r)
-	hc.dialed[set]++
+	hc.dialed[set.id]++
+	hc.mu.Unlock()
+	for range k {
+		n, err := r.call(set.path, set.token, set.body, set.end)
+		hc.mu.Lock()
+		set.done(hc, n, err)
+		hc.mu.Unlock()
+		if err != nil {
+			hc.fail(err)
+			break
+		}
+	}
+	return r
+}
+
+// watch finds out when the node resets r, and then redials if set says so.
+func (hc *hostileConns) watch(ctx context.Context, addr string, tlsCfg *tls.Config, set hostileSet, k int, r *rawH2) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-hc.stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := r.poke()
+		if err == nil {
+			continue
+		}
+		hc.mu.Lock()
+		hc.resets[set.id] = append(hc.resets[set.id], time.Since(r.dialed))
+		hc.resetErr[set.id] = err.Error()
+		hc.mu.Unlock()
+		r.close()
+		if !set.redial {
+			return
+		}
+		select {
+		case <-hc.stop:
+			return
+		default:
+		}
+		if r = hc.openConn(ctx, addr, tlsCfg, set, k); r == nil {
+			return
+		}
+	}
 }
 
 func (hc *hostileConns) fail(err error) {
@@ -294,8 +367,26 @@ func (hc *hostileConns) fail(err error) {
 	}
 }
 
-// close closes every connection; it may be called again.
+// resetNote says how many connections of a set the node reset, and when.
+func (hc *hostileConns) resetNote(set int) string {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	rs := hc.resets[set]
+	if len(rs) == 0 {
+		return "the node reset none of their connections"
+	}
+	lo, hi := rs[0], rs[0]
+	for _, d := range rs {
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	return fmt.Sprintf("the node RESET %d of their connections, each %.1f-%.1f s after it was dialled (%s)", len(rs), lo.Seconds(), hi.Seconds(), hc.resetErr[set])
+}
+
+// close stops the watchers and closes every connection; it may be called
+// again.
 func (hc *hostileConns) close() {
+	hc.stopOnce.Do(func() { close(hc.stop) })
+	hc.wg.Wait()
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
 	for _, r := range hc.conns {
@@ -349,7 +440,7 @@ func (b *benchRun) waitReaders(ctx context.Context, li int, before map[string]fl
 }
 
 // readerSummary says what the leader did with the stalled readers.
-func (hc *hostileConns) readerSummary(before, atEnd map[string]float64) string {
+func (b *benchRun) readerSummary(hc *hostileConns, before, atEnd map[string]float64) string {
 	reached, ended := readersIn(before, atEnd)
 	total := 0.0
 	var codes []string
@@ -359,17 +450,23 @@ func (hc *hostileConns) readerSummary(before, atEnd map[string]float64) string {
 	}
 	refused := sumSeries(atEnd, authRefused, `grpc_method="Read"`) - sumSeries(before, authRefused, `grpc_method="Read"`)
 	bytes := sumSeries(atEnd, readBytesSent, `rpc="Read"`) - sumSeries(before, readBytesSent, `rpc="Read"`)
+	hc.mu.Lock()
+	opened, conns, errs := hc.readers, min(hc.dialed[0], b.f.hostile.readerConns), hc.errs
+	hc.mu.Unlock()
 	s := fmt.Sprintf("stalled readers: %d opened on %d connections, %.0f accepted (reached the Read handler), %.0f still open at the end of the phase, %.0f refused on their headers by auth",
-		hc.readers, hc.dialed[0], reached, reached-total, refused)
+		opened, conns, reached, reached-total, refused)
 	if len(codes) > 0 {
 		s += ", ended: " + strings.Join(codes, ", ")
 	}
-	if n := float64(hc.readers) - reached - refused; n > 0 {
+	if n := float64(opened) - reached - refused; n > 0 {
 		s += fmt.Sprintf(", %.0f never reached a handler (HTTP/2 refused or not yet read)", n)
 	}
-	s += fmt.Sprintf(", %.1f MiB of batches handed to them", bytes/(1<<20))
-	if len(hc.errs) > 0 {
-		s += ", client errors: " + strings.Join(hc.errs, "; ")
+	s += fmt.Sprintf(", %.1f MiB of batches handed to them; %s", bytes/(1<<20), hc.resetNote(0))
+	if hc.dialed[0] > 0 && b.f.hostile.redial {
+		s += fmt.Sprintf(", redialled with their streams reopened (%d dials in all)", hc.dialed[0])
+	}
+	if len(errs) > 0 {
+		s += ", client errors: " + strings.Join(errs, "; ")
 	}
 	return s
 }
@@ -378,8 +475,8 @@ func (hc *hostileConns) readerSummary(before, atEnd map[string]float64) string {
 func (hc *hostileConns) appendSummary(before, atEnd map[string]float64) string {
 	unauth := sumSeries(atEnd, authRefused, `code="Unauthenticated"`, `grpc_method="Append"`) -
 		sumSeries(before, authRefused, `code="Unauthenticated"`, `grpc_method="Append"`)
-	return fmt.Sprintf("half-sent appends: %d on %d connections sent their bytes (%.0f MiB in all), %d were cut short by a write error; the leader refused %.0f Unauthenticated (tsstore_auth_refused_total, decided on headers)",
-		hc.appendsSent, hc.dialed[1], float64(hc.appendBytes)/(1<<20), hc.appendsCut, unauth)
+	return fmt.Sprintf("half-sent appends: %d on %d connections sent their bytes (%.0f MiB in all), %d were cut short by a write error; the leader refused %.0f Unauthenticated (tsstore_auth_refused_total, decided on headers); %s",
+		hc.appendsSent, hc.dialed[1], float64(hc.appendBytes)/(1<<20), hc.appendsCut, unauth, hc.resetNote(1))
 }
 
 // memoryAfter waits (up to 30 s) for the leader to end the readers' calls

@@ -25,6 +25,7 @@ type rawH2 struct {
 	addr   string
 	scheme string
 	next   uint32 // the next client stream id
+	dialed time.Time
 }
 
 // rawH2Frame is the most DATA bytes per frame: HTTP/2's default
@@ -55,7 +56,7 @@ func dialRawH2(ctx context.Context, addr string, tlsCfg *tls.Config, deadline ti
 		return nil, err
 	}
 	conn.SetWriteDeadline(deadline)
-	r := &rawH2{conn: conn, fr: http2.NewFramer(conn, conn), addr: addr, scheme: scheme, next: 1}
+	r := &rawH2{conn: conn, fr: http2.NewFramer(conn, conn), addr: addr, scheme: scheme, next: 1, dialed: time.Now()}
 	r.enc = hpack.NewEncoder(&r.hb)
 	if _, err := conn.Write([]byte(http2.ClientPreface)); err != nil {
 		conn.Close()
@@ -104,6 +105,14 @@ func (r *rawH2) call(path, token string, body []byte, end bool) (int, error) {
 }
 
 func (r *rawH2) close() { r.conn.Close() }
+
+// poke writes a connection WINDOW_UPDATE of one byte, which the node
+// does not answer: it fails once the node has reset the connection (the
+// write after the reset arrived).
+func (r *rawH2) poke() error {
+	r.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	return r.fr.WriteWindowUpdate(0, 1)
+}
 
 // grpcFrame is a gRPC length-prefixed message header announcing n bytes
 // followed by the first sent bytes of its (zero) body.

@@ -94,15 +94,35 @@ type memSampler struct {
 	addrs  []string
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// With watch >= 0, the Read calls open on that node (since the scrape
+	// before) are followed too.
+	watch  int
+	before map[string]float64
+	start  time.Time
 
 	mu         sync.Mutex
 	peak, last []nodeMem
 	failures   int
+	readers    []readerPoint // when the count of open Read calls changed
+}
+
+// readerPoint is the count of Read calls open on the watched node at a
+// time since sampling started.
+type readerPoint struct {
+	at   time.Duration
+	open int
 }
 
 // sampleMemory starts sampling the local cluster's nodes; stop ends it.
 func (b *benchRun) sampleMemory(ctx context.Context) *memSampler {
-	s := &memSampler{addrs: b.lc.metrics, peak: make([]nodeMem, len(b.lc.metrics)), last: make([]nodeMem, len(b.lc.metrics))}
+	return b.sampleMemoryWatching(ctx, -1, nil)
+}
+
+// sampleMemoryWatching also follows the Read calls open on node watch
+// since the scrape before.
+func (b *benchRun) sampleMemoryWatching(ctx context.Context, watch int, before map[string]float64) *memSampler {
+	s := &memSampler{addrs: b.lc.metrics, peak: make([]nodeMem, len(b.lc.metrics)), last: make([]nodeMem, len(b.lc.metrics)),
+		watch: watch, before: before, start: time.Now()}
 	ctx, s.cancel = context.WithCancel(ctx)
 	s.sample(ctx)
 	s.wg.Go(func() {
@@ -122,8 +142,26 @@ func (b *benchRun) sampleMemory(ctx context.Context) *memSampler {
 
 func (s *memSampler) sample(ctx context.Context) {
 	for i, addr := range s.addrs {
-		m, err := scrapeMetrics(ctx, addr, "go_memstats_heap_inuse_bytes", "process_resident_memory_bytes")
+		var m map[string]float64
+		var err error
+		if i == s.watch {
+			m, err = scrapeSeries(ctx, addr)
+		} else {
+			m, err = scrapeMetrics(ctx, addr, "go_memstats_heap_inuse_bytes", "process_resident_memory_bytes")
+		}
 		s.mu.Lock()
+		if i == s.watch && err == nil {
+			reached, ended := readersIn(s.before, m)
+			for _, n := range ended {
+				reached -= n
+			}
+			if k := len(s.readers); k == 0 || s.readers[k-1].open != int(reached) {
+				s.readers = append(s.readers, readerPoint{at: time.Since(s.start), open: int(reached)})
+			}
+			// Every series of a node carries its node label.
+			m = map[string]float64{"process_resident_memory_bytes": sumSeries(m, "process_resident_memory_bytes"),
+				"go_memstats_heap_inuse_bytes": sumSeries(m, "go_memstats_heap_inuse_bytes")}
+		}
 		if err != nil || m["process_resident_memory_bytes"] == 0 {
 			s.failures++
 		} else {
@@ -142,6 +180,26 @@ func (s *memSampler) stop() (peak, last []nodeMem) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.peak, s.last
+}
+
+// readerTimeline sums up the watched node's open Read calls: the most
+// and when, and when fewer than half of them were left afterwards.
+func (s *memSampler) readerTimeline() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var top readerPoint
+	for _, p := range s.readers {
+		if p.open > top.open {
+			top = p
+		}
+	}
+	out := fmt.Sprintf("Read calls open on the node: up to %d (%.1f s after the attack started)", top.open, top.at.Seconds())
+	for _, p := range s.readers {
+		if p.at > top.at && p.open < top.open/2 {
+			return out + fmt.Sprintf(", down to %d %.1f s after it started", p.open, p.at.Seconds())
+		}
+	}
+	return out + ", no fewer than half of them later"
 }
 
 // maxMem is the largest heap and RSS over the nodes, for a Result.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -52,12 +53,12 @@ func TestBenchHostileFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := hostileFlags{readers: 1000, readerConns: 10, appends: 100, appendConns: 10, appendBytes: 15 << 20}
+	want := hostileFlags{readers: 1000, readerConns: 10, appends: 100, appendConns: 10, appendBytes: 15 << 20, redial: true}
 	if !f.workloads["x"] || len(f.workloads) != 1 || !f.secure || f.hostile != want || f.duration != 20*time.Second {
 		t.Fatalf("--workloads x: %+v", f)
 	}
 	f, err = parseBenchFlags([]string{"--workloads", "x,c", "--hostile-readers", "40", "--hostile-reader-conns", "4",
-		"--hostile-appends", "0", "--hostile-append-conns", "2", "--hostile-append-bytes", "1048576"}, io.Discard)
+		"--hostile-appends", "0", "--hostile-append-conns", "2", "--hostile-append-bytes", "1048576", "--hostile-redial=false"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,10 +153,15 @@ func TestBenchHostileClients(t *testing.T) {
 	if len(rep.Results) != 3 || rep.Config["security"] == nil {
 		t.Fatalf("want rows x-baseline, x-hostile, x-after of a secured cluster: %s", b)
 	}
+	// Every node's peak is read, the leader's too: "n2 (leader) 180 / 120".
+	peak := regexp.MustCompile(`n\d( \(leader\))? [1-9]\d* / [1-9]\d*`)
 	for i, id := range []string{"x-baseline", "x-hostile", "x-after"} {
 		r := rep.Results[i]
 		if r.Workload != id || r.Events <= 0 || r.RSSMB == nil || *r.RSSMB <= 0 || r.HeapInuseMB == nil || *r.HeapInuseMB <= 0 {
 			t.Errorf("row %d: %+v", i, r)
+		}
+		if got := peak.FindAllString(r.Note, -1); len(got) < 3 || !strings.Contains(strings.Join(got, ","), "(leader)") {
+			t.Errorf("%s: every node's and the leader's memory, got %q in\n%s", id, got, r.Note)
 		}
 	}
 	note := rep.Results[1].Note
