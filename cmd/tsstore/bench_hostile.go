@@ -180,19 +180,19 @@ type hostileOutcome struct {
 // hostileResults makes x's rows: the baseline, the attack, and the same
 // load again after it.
 func (b *benchRun) hostileResults(o *hostileOutcome) []bench.Result {
-	row := func(id, name string, t *timedLoad) bench.Result {
+	row := func(id, name string, t *timedLoad, node int, mark string) bench.Result {
 		r := b.appendResult(id, name, t.st, t.note)
 		r.HeapInuseMB, r.RSSMB = maxMem(t.peak)
-		r.Note += fmt.Sprintf("; peak memory, sampled every %v (RSS / heap in use, MiB): %s", hostileSampleEvery, b.memList(t.peak, o.li))
+		r.Note += fmt.Sprintf("; peak memory, sampled every %v (RSS / heap in use, MiB): %s", hostileSampleEvery, b.memList(t.peak, node, mark))
 		return r
 	}
-	r0 := row("x-baseline", "c's producer, TLS + tokens, no hostile clients", o.base)
+	r0 := row("x-baseline", "c's producer, TLS + tokens, no hostile clients", o.base, o.baseLeader, "leader")
 	if o.baseLeader != o.li {
 		r0.Note += fmt.Sprintf("; LEADERSHIP MOVED during the baseline, from %s", b.lc.c.Nodes[o.baseLeader].ID)
 	}
 	r0.Note += "; a Read of the first 10,000 events from the leader afterwards: " + o.baseProbe
 	h := b.f.hostile
-	r1 := row("x-hostile", fmt.Sprintf("c's producer beside %d stalled readers + %d half-sent unauthenticated appends on the leader", h.readers, h.appends), o.attack)
+	r1 := row("x-hostile", fmt.Sprintf("c's producer beside %d stalled readers + %d half-sent unauthenticated appends on the leader", h.readers, h.appends), o.attack, o.li, "leader, attacked")
 	rate, baseRate := o.attack.st.EventsPerSec(), o.base.st.EventsPerSec()
 	ratio := rate / max(baseRate, 1)
 	o.verdict = hostileVerdict(o.peak[o.li].rss, ratio)
@@ -200,9 +200,9 @@ func (b *benchRun) hostileResults(o *hostileOutcome) []bench.Result {
 		"setup %.1f s; %s; %s; %s; a Read of the first 10,000 events from the leader during the attack: %s%s",
 		o.verdict, rate, baseRate, ratio, rate/max(o.again.st.EventsPerSec(), 1),
 		o.setup.Seconds(), b.readerSummary(o.hc, o.before, o.atEnd), o.readerTimeline, o.hc.appendSummary(o.before, o.atEnd), o.probe, o.moved)
-	r2 := row("x-after", "c's producer again, after the hostile clients closed", o.again)
+	r2 := row("x-after", "c's producer again, after the hostile clients closed", o.again, o.li, "attacked")
 	r2.Note += fmt.Sprintf("; before it: the leader ended the readers' calls %.1f s after their connections closed, and 5 s later (RSS / heap in use, MiB): %s",
-		o.drained.Seconds(), b.memList(o.after, o.li))
+		o.drained.Seconds(), b.memList(o.after, o.li, "attacked"))
 	return []bench.Result{r0, r1, r2}
 }
 

@@ -210,18 +210,15 @@ func maxMem(ms []nodeMem) (heap, rss *float64) {
 	return heap, rss
 }
 
-// memList lists each node's RSS and heap, marking the leader (index li).
-func (b *benchRun) memList(ms []nodeMem, li int) string {
+// memList lists each node's RSS and heap, marking node i with mark.
+func (b *benchRun) memList(ms []nodeMem, i int, mark string) string {
 	var parts []string
-	for i, m := range ms {
-		parts = append(parts, fmt.Sprintf("%s%s %.0f / %.0f", b.lc.c.Nodes[i].ID, leaderMark(i, li), m.rss, m.heap))
+	for j, m := range ms {
+		id := b.lc.c.Nodes[j].ID
+		if j == i {
+			id += " (" + mark + ")"
+		}
+		parts = append(parts, fmt.Sprintf("%s %.0f / %.0f", id, m.rss, m.heap))
 	}
 	return strings.Join(parts, ", ")
-}
-
-func leaderMark(i, li int) string {
-	if i == li {
-		return " (leader)"
-	}
-	return ""
 }
