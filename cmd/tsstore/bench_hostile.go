@@ -12,8 +12,11 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/tsstore/tsstore/bench"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/record"
 )
 
 // Workload x: hostile clients on the leader, on real processes (issue #11,
@@ -509,7 +512,9 @@ func (b *benchRun) memoryAfter(ctx context.Context, li int, before map[string]fl
 }
 
 // readProbe times a Read of the first 10,000 events from the node at addr
-// by a well-behaved client with the read token.
+// by a well-behaved client with the read token, which takes messages as
+// large as the SDK does (a message may hold a batch of up to
+// record.MaxBatchSize).
 func (b *benchRun) readProbe(ctx context.Context, addr string) string {
 	conn, err := b.lc.dial(addr)
 	if err != nil {
@@ -519,7 +524,8 @@ func (b *benchRun) readProbe(ctx context.Context, addr string) string {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	stream, err := pb.NewEventStoreClient(conn).Read(cctx, &pb.ReadRequest{ToOffset: 10000})
+	stream, err := pb.NewEventStoreClient(conn).Read(cctx, &pb.ReadRequest{ToOffset: 10000},
+		grpc.MaxCallRecvMsgSize(record.MaxBatchSize+1<<20))
 	if err != nil {
 		return fmt.Sprintf("failed: %v", err)
 	}
