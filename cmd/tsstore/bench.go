@@ -23,8 +23,10 @@ import (
 )
 
 // The workloads of `tsstore bench`, in the order they run. f kills the
-// leader, so it runs last; g measures the log the others wrote.
-var benchWorkloads = []string{"a", "b", "c", "d", "e", "h", "g", "r", "f"}
+// leader, so it runs last; g measures the log the others wrote; x leaves
+// the leader's memory as the hostile clients left it, so it runs after
+// the others that measure memory.
+var benchWorkloads = []string{"a", "b", "c", "d", "e", "h", "g", "r", "x", "f"}
 
 type benchFlags struct {
 	addrs        string
@@ -45,6 +47,8 @@ type benchFlags struct {
 	profile      string
 	serveArgs    []string
 	unaryAppend  bool
+	secure       bool
+	hostile      hostileFlags
 }
 
 // parseBenchFlags parses bench's command line (for tests).
@@ -88,7 +92,7 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 	fs.StringVar(&f.addrs, "addr", "", "comma-separated API addresses of a running cluster (default: start a local three-node cluster)")
 	fs.StringVar(&f.local, "local", "", "data directory of the local cluster (default: a temp dir, removed afterwards)")
 	fs.BoolVar(&f.keep, "keep", false, "keep the local cluster's data directory")
-	wl := fs.String("workloads", "a,b,c,d,e,f,g,h", "workloads to run: a (1 waiting producer), b (N waiting producers), c (batching producer), d (replay), e (stream replay), f (failover), g (disk use), h (memory and restart per log size), r (training run: resume and time travel per run size; not in the default set)")
+	wl := fs.String("workloads", "a,b,c,d,e,f,g,h", "workloads to run: a (1 waiting producer), b (N waiting producers), c (batching producer), d (replay), e (stream replay), f (failover), g (disk use), h (memory and restart per log size), r (training run: resume and time travel per run size; not in the default set), x (hostile clients on the leader: memory and c's rate beside them; not in the default set; turns on --secure)")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "length of each timed workload (a, b, c) and of the steady phase around each kill (f)")
 	fs.IntVar(&f.producers, "producers", 64, "concurrent waiting producers in b and f")
 	fs.IntVar(&f.size, "size", 256, "payload bytes per event")
@@ -103,6 +107,8 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 	fs.StringVar(&f.plots, "plots", "", "write plots (PNG) into this directory")
 	fs.StringVar(&f.profile, "profile", "", "local cluster: write CPU profiles of the leader (and of this client) during a, b and c into this directory")
 	fs.BoolVar(&f.unaryAppend, "unary-append", false, "send every append as a unary Append call instead of over the client's shared AppendStream (to compare the two)")
+	fs.BoolVar(&f.secure, "secure", false, "local cluster: TLS between nodes and for clients, and bearer tokens (a throwaway CA and tokens file in the cluster's directory); this client appends with an append token")
+	f.hostile.register(fs)
 	serveArgs := fs.String("serve-args", "", "local cluster: extra `tsstore serve` flags for every node, space-separated (e.g. \"--heartbeat-timeout 300ms\")")
 	return func() (*benchFlags, error) {
 		f.serveArgs = strings.Fields(*serveArgs)
@@ -110,7 +116,7 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 		for _, w := range strings.Split(*wl, ",") {
 			w = strings.TrimSpace(w)
 			if !slices.Contains(benchWorkloads, w) {
-				return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g,h,r)", errUsage, w)
+				return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g,h,r,x)", errUsage, w)
 			}
 			f.workloads[w] = true
 		}
@@ -122,13 +128,19 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 			f.events = append(f.events, n)
 		}
 		slices.Sort(f.events)
+		if f.workloads["x"] {
+			f.secure = true // the hostile appends are refused for want of a token
+		}
+		if err := f.hostile.validate(); err != nil {
+			return nil, err
+		}
 		switch {
 		case f.duration <= 0 || f.producers <= 0 || f.size <= 0 || f.streamEvents <= 0 || f.batch <= 0 || f.failovers <= 0 || f.window < 0:
 			return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch and --failovers must be positive", errUsage)
 		case f.inflight < 1 || f.inflight > 8:
 			return nil, fmt.Errorf("%w: --inflight must be in [1, 8]", errUsage)
-		case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.workloads["h"] || f.profile != ""):
-			return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories), h (restarts a node) and --profile need the local cluster; drop --addr or select other workloads", errUsage)
+		case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.workloads["h"] || f.workloads["x"] || f.profile != "" || f.secure):
+			return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories), h (restarts a node), x (reads the nodes' metrics), --profile and --secure need the local cluster; drop --addr or select other workloads", errUsage)
 		}
 		return f, nil
 	}
@@ -150,6 +162,9 @@ func runBench(f *benchFlags, stdout, stderr io.Writer) error {
 	}
 	ccfg := client.DefaultConfig(addrs...)
 	ccfg.UnaryAppend = f.unaryAppend
+	if lc != nil && lc.sec != nil {
+		ccfg.TLS, ccfg.Token = lc.sec.tls, lc.sec.appendToken
+	}
 	cl, err := client.New(ccfg)
 	if err != nil {
 		return err
@@ -207,6 +222,8 @@ func (b *benchRun) workload(ctx context.Context, w string) ([]bench.Result, erro
 		return b.memoryAndRestart(ctx)
 	case "r":
 		return b.runs(ctx)
+	case "x":
+		return b.hostileClients(ctx)
 	case "f":
 		return b.failover(ctx)
 	}
@@ -243,6 +260,12 @@ func (b *benchRun) config() map[string]any {
 		cfg["raft_defaults"] = b.lc.raftTiming
 		if len(b.f.serveArgs) > 0 {
 			cfg["serve_args"] = strings.Join(b.f.serveArgs, " ")
+		}
+		if b.f.workloads["x"] {
+			cfg["x_hostile"] = b.f.hostile.config()
+		}
+		if b.lc.sec != nil {
+			cfg["security"] = "TLS between nodes and for clients, bearer tokens (this client: an append token)"
 		}
 	} else {
 		cfg["cluster"] = "running cluster at " + b.f.addrs
@@ -288,6 +311,7 @@ type benchLocal struct {
 	temp       bool
 	metrics    []string // metrics address per node
 	raftTiming map[string]string
+	sec        *benchSecurity // with --secure
 }
 
 func startBenchLocal(ctx context.Context, f *benchFlags, log io.Writer) (*benchLocal, error) {
@@ -308,8 +332,24 @@ func startBenchLocal(ctx context.Context, f *benchFlags, log io.Writer) (*benchL
 	if f.profile != "" {
 		opts.Env = []string{pprofEnv + "=127.0.0.1:0"}
 	}
+	if f.secure {
+		if lc.sec, err = newBenchSecurity(filepath.Join(lc.dir, "pki")); err != nil {
+			if lc.temp {
+				os.RemoveAll(lc.dir)
+			}
+			return nil, err
+		}
+		opts.ExtraArgs = append(opts.ExtraArgs, "--peer-tls-ca", lc.sec.caFile, "--auth-tokens-file", lc.sec.tokensFile)
+		opts.DialOptions = lc.sec.dialOptions(lc.sec.readToken)
+	}
 	if lc.c, err = proccluster.New(opts); err != nil {
 		return nil, err
+	}
+	if lc.sec != nil {
+		if err := lc.sec.issueNodeCerts(lc.c); err != nil {
+			lc.close(false)
+			return nil, err
+		}
 	}
 	ports, err := proccluster.FreePorts("127.0.0.1", len(lc.c.Nodes))
 	if err != nil {

@@ -63,16 +63,28 @@ func (b *benchRun) appendResult(id, name string, st *bench.Stats, note string) b
 // its acknowledgement.
 func (b *benchRun) batching(ctx context.Context) ([]bench.Result, error) {
 	const id, name = "c", "1 batching producer"
-	ap, err := b.cl.NewAsyncProducer("", client.AsyncOptions{MaxBatchEvents: b.f.batch, MaxInflight: b.f.inflight})
+	st, note, err := b.batchingLoad(ctx, id, name)
 	if err != nil {
 		return nil, err
+	}
+	b.lat[id] = &st.Latency
+	return []bench.Result{b.appendResult(id, name, st, note)}, nil
+}
+
+// batchingLoad runs c's producer for --duration on a stream of its own
+// (named after id) and returns what it measured and a note on it; x runs
+// it beside the hostile clients.
+func (b *benchRun) batchingLoad(ctx context.Context, id, name string) (*bench.Stats, string, error) {
+	ap, err := b.cl.NewAsyncProducer("", client.AsyncOptions{MaxBatchEvents: b.f.batch, MaxInflight: b.f.inflight})
+	if err != nil {
+		return nil, "", err
 	}
 	defer ap.Close(context.Background())
 	stream := b.streamOf(id, 0)
 	if f, err := ap.Send(ctx, b.event(stream)); err != nil {
-		return nil, err
+		return nil, "", err
 	} else if _, err := f.Wait(ctx); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	type sent struct {
 		f  *client.Pending
@@ -145,16 +157,15 @@ func (b *benchRun) batching(ctx context.Context) ([]bench.Result, error) {
 	stopProfile()
 	for _, err := range []error{ctx.Err(), sendErr, flushErr, ackErr} {
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 	}
 	st := &bench.Stats{Events: events, Elapsed: elapsed, Timeline: tl}
 	st.Latency.Merge(&hist)
-	b.lat[id] = &st.Latency
 	as := ap.Stats()
 	note := fmt.Sprintf("latency from Send to acknowledgement of each event; %d requests (%.0f events each), up to %d in flight; %d re-sent (%d sequence gaps, %d unknown outcomes); %s",
 		as.Requests, float64(as.Events)/float64(max(as.Requests, 1)), b.f.inflight, as.Resends, as.Gaps, as.Unknown, b.cpuNote(cpu0, events))
-	return []bench.Result{b.appendResult(id, name, st, note)}, nil
+	return st, note, nil
 }
 
 // startProfile, with --profile, records CPU profiles of every node (over

@@ -6,8 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/tsstore/tsstore/bench"
@@ -71,7 +69,7 @@ func (b *benchRun) restartFollower(ctx context.Context) (time.Duration, error) {
 	if err := node.Start(); err != nil {
 		return 0, err
 	}
-	conn, err := grpc.NewClient(node.APIAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := b.lc.dial(node.APIAddr)
 	if err != nil {
 		return 0, err
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +30,7 @@ func TestBenchFlags(t *testing.T) {
 		t.Fatalf("--out: %+v %v", f, err)
 	}
 	for _, bad := range [][]string{
-		{"--workloads", "a,x"},
+		{"--workloads", "a,z"},
 		{"--inflight", "9"},
 		{"--addr", "127.0.0.1:1", "--workloads", "f"},
 		{"--addr", "127.0.0.1:1", "--workloads", "a", "--profile", "p"},
@@ -37,6 +38,136 @@ func TestBenchFlags(t *testing.T) {
 	} {
 		if _, err := parseBenchFlags(bad, io.Discard); !errors.Is(err, errUsage) {
 			t.Errorf("%q: %v, want a usage error", bad, err)
+		}
+	}
+}
+
+// x is not in the default set, turns on --secure, and takes its own
+// flags; it needs the local cluster.
+func TestBenchHostileFlags(t *testing.T) {
+	f, err := parseBenchFlags(nil, io.Discard)
+	if err != nil || f.workloads["x"] || f.secure {
+		t.Fatalf("defaults: x %v, secure %v, %v", f.workloads["x"], f.secure, err)
+	}
+	f, err = parseBenchFlags([]string{"--workloads", "x", "--duration", "20s"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := hostileFlags{readers: 1000, readerConns: 10, appends: 100, appendConns: 10, appendBytes: 15 << 20, redial: true}
+	if !f.workloads["x"] || len(f.workloads) != 1 || !f.secure || f.hostile != want || f.duration != 20*time.Second {
+		t.Fatalf("--workloads x: %+v", f)
+	}
+	f, err = parseBenchFlags([]string{"--workloads", "x,c", "--hostile-readers", "40", "--hostile-reader-conns", "4",
+		"--hostile-appends", "0", "--hostile-append-conns", "2", "--hostile-append-bytes", "1048576", "--hostile-redial=false"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (hostileFlags{readers: 40, readerConns: 4, appends: 0, appendConns: 2, appendBytes: 1 << 20}); f.hostile != want || !f.workloads["c"] {
+		t.Fatalf("hostile flags %+v, want %+v", f.hostile, want)
+	}
+	if f, err := parseBenchFlags([]string{"--workloads", "a", "--secure"}, io.Discard); err != nil || !f.secure {
+		t.Fatalf("--secure: %+v %v", f, err)
+	}
+	for _, bad := range [][]string{
+		{"--workloads", "x", "--hostile-append-bytes", "16777216"},
+		{"--workloads", "x", "--hostile-reader-conns", "0"},
+		{"--workloads", "x", "--hostile-append-conns", "0"},
+		{"--workloads", "x", "--hostile-readers", "-1"},
+		{"--addr", "127.0.0.1:1", "--workloads", "x"},
+		{"--addr", "127.0.0.1:1", "--workloads", "a", "--secure"},
+	} {
+		if _, err := parseBenchFlags(bad, io.Discard); !errors.Is(err, errUsage) {
+			t.Errorf("%q: %v, want a usage error", bad, err)
+		}
+	}
+}
+
+// The metrics x reads about Read and Append calls, from the text format.
+func TestBenchSeries(t *testing.T) {
+	read := `grpc_method="Read",grpc_service="tsstore.v1.EventStore",grpc_type="server_stream"`
+	before := map[string]float64{
+		`grpc_server_started_total{` + read + `}`:                                                                2,
+		`grpc_server_handled_total{grpc_code="OK",` + read + `}`:                                                 2,
+		`grpc_server_started_total{grpc_method="ReadIndex",grpc_service="tsstore.v1.Cluster",grpc_type="unary"}`: 7,
+	}
+	now := map[string]float64{
+		`grpc_server_started_total{` + read + `}`:                                                                12,
+		`grpc_server_handled_total{grpc_code="OK",` + read + `}`:                                                 3,
+		`grpc_server_handled_total{grpc_code="ResourceExhausted",` + read + `}`:                                  4,
+		`grpc_server_started_total{grpc_method="ReadIndex",grpc_service="tsstore.v1.Cluster",grpc_type="unary"}`: 9,
+		`tsstore_auth_refused_total{code="Unauthenticated",grpc_method="Append"}`:                                100,
+		`tsstore_auth_refused_total{code="PermissionDenied",grpc_method="Append"}`:                               1,
+		`process_resident_memory_bytes`:                                                                          1 << 20,
+	}
+	reached, ended := readersIn(before, now)
+	if reached != 10 || len(ended) != 2 || ended["OK"] != 1 || ended["ResourceExhausted"] != 4 {
+		t.Fatalf("reached %v, ended %v", reached, ended)
+	}
+	if got := sumSeries(now, authRefused, `code="Unauthenticated"`, `grpc_method="Append"`); got != 100 {
+		t.Fatalf("unauthenticated appends %v", got)
+	}
+	if got := sumSeries(now, authRefused, `grpc_method="Append"`); got != 101 {
+		t.Fatalf("refused appends %v", got)
+	}
+	if got := sumSeries(now, "process_resident_memory_bytes"); got != 1<<20 {
+		t.Fatalf("RSS %v", got)
+	}
+	if got := labelValue(`x{a="1",grpc_code="Unavailable"}`, "grpc_code"); got != "Unavailable" {
+		t.Fatalf("labelValue %q", got)
+	}
+	if v := hostileVerdict(600, 0.7); !strings.Contains(v, "RSS goal MISSED (leader peak 600 MiB, 88 MiB over 512 MiB)") || !strings.Contains(v, "rate goal MISSED (70% of baseline, 10 points below 80%)") {
+		t.Fatalf("verdict %q", v)
+	}
+	if v := hostileVerdict(300, 0.85); !strings.Contains(v, "RSS goal met") || !strings.Contains(v, "rate goal met") {
+		t.Fatalf("verdict %q", v)
+	}
+}
+
+// x against a secured local cluster of real processes, at toy sizes: the
+// three rows with their memory, and what the leader did with the hostile
+// calls (every reader reached the handler, every append was refused on
+// its headers). No figure is asserted.
+func TestBenchHostileClients(t *testing.T) {
+	dir := t.TempDir()
+	bin, err := proccluster.Build("../..", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "bench.json")
+	cmd := exec.Command(bin, "bench", "--local", filepath.Join(dir, "cluster"), "--workloads", "x", "--duration", "1s",
+		"--hostile-readers", "20", "--hostile-reader-conns", "4", "--hostile-appends", "6", "--hostile-append-conns", "3",
+		"--hostile-append-bytes", "1048576", "--json", out)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("bench: %v\n%s\n%s", err, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Results) != 3 || rep.Config["security"] == nil {
+		t.Fatalf("want rows x-baseline, x-hostile, x-after of a secured cluster: %s", b)
+	}
+	// Every node's peak is read, the attacked leader's too: "n2 (leader, attacked) 180 / 120".
+	peak := regexp.MustCompile(`n\d( \([a-z, ]+\))? [1-9]\d* / [1-9]\d*`)
+	for i, id := range []string{"x-baseline", "x-hostile", "x-after"} {
+		r := rep.Results[i]
+		if r.Workload != id || r.Events <= 0 || r.RSSMB == nil || *r.RSSMB <= 0 || r.HeapInuseMB == nil || *r.HeapInuseMB <= 0 {
+			t.Errorf("row %d: %+v", i, r)
+		}
+		if got := peak.FindAllString(r.Note, -1); len(got) < 3 || !strings.Contains(strings.Join(got, ","), " (") {
+			t.Errorf("%s: every node's and the leader's memory, got %q in\n%s", id, got, r.Note)
+		}
+	}
+	note := rep.Results[1].Note
+	for _, want := range []string{"20 opened on 4 connections, 20 accepted", "6 on 3 connections sent their bytes", "refused 6 Unauthenticated", "RSS goal", "rate goal"} {
+		if !strings.Contains(note, want) {
+			t.Errorf("x-hostile note lacks %q:\n%s", want, note)
 		}
 	}
 }

@@ -1,7 +1,10 @@
 // Package testpki generates throwaway certificate authorities and
-// certificates for tests: ECDSA P-256 keys, PEM files in a directory the
-// test owns (t.TempDir()). Nothing it makes is ever committed; production
-// certificates are made as docs/operations.md#security describes.
+// certificates for tests and for the secured local cluster of `tsstore
+// bench --secure`: ECDSA P-256 keys, PEM files in a directory the caller
+// owns (t.TempDir(), the bench's cluster directory). Nothing it makes is
+// ever committed; production certificates are made as
+// docs/operations.md#security describes. NewCA and Issue fail the test;
+// WriteCA and WriteLeaf return the error, for tools.
 package testpki
 
 import (
@@ -63,9 +66,36 @@ func (l Leaf) Loopback() Leaf {
 // NewCA creates a CA whose certificate is written to dir/<name>-ca.crt.
 func NewCA(t testing.TB, dir, name string) *CA {
 	t.Helper()
-	key := newKey(t)
+	ca, err := WriteCA(dir, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// Issue signs a certificate for name, written to dir/<name>.crt and
+// dir/<name>.key (mode 0600).
+func (ca *CA) Issue(t testing.TB, name string, l Leaf) Pair {
+	t.Helper()
+	p, err := ca.WriteLeaf(name, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// WriteCA is NewCA returning its error.
+func WriteCA(dir, name string) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	sn, err := serial()
+	if err != nil {
+		return nil, err
+	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
+		SerialNumber:          sn,
 		Subject:               pkix.Name{CommonName: name + " test CA"},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
@@ -75,22 +105,26 @@ func NewCA(t testing.TB, dir, name string) *CA {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	ca := &CA{Name: name, Cert: cert, key: key, dir: dir, CertFile: filepath.Join(dir, name+"-ca.crt")}
-	writePEM(t, ca.CertFile, "CERTIFICATE", der, 0o644)
-	return ca
+	return ca, writePEM(ca.CertFile, "CERTIFICATE", der, 0o644)
 }
 
-// Issue signs a certificate for name, written to dir/<name>.crt and
-// dir/<name>.key (mode 0600).
-func (ca *CA) Issue(t testing.TB, name string, l Leaf) Pair {
-	t.Helper()
-	key := newKey(t)
+// WriteLeaf is Issue returning its error.
+func (ca *CA) WriteLeaf(name string, l Leaf) (Pair, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return Pair{}, err
+	}
+	sn, err := serial()
+	if err != nil {
+		return Pair{}, err
+	}
 	if l.NotBefore.IsZero() {
 		l.NotBefore = time.Now().Add(-time.Hour)
 	}
@@ -105,7 +139,7 @@ func (ca *CA) Issue(t testing.TB, name string, l Leaf) Pair {
 		usage = usage[1:]
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
+		SerialNumber: sn,
 		Subject:      pkix.Name{CommonName: name},
 		NotBefore:    l.NotBefore,
 		NotAfter:     l.NotAfter,
@@ -116,43 +150,27 @@ func (ca *CA) Issue(t testing.TB, name string, l Leaf) Pair {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	if err != nil {
-		t.Fatal(err)
+		return Pair{}, err
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		t.Fatal(err)
+		return Pair{}, err
 	}
 	kder, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		t.Fatal(err)
+		return Pair{}, err
 	}
 	p := Pair{CertFile: filepath.Join(ca.dir, name+".crt"), KeyFile: filepath.Join(ca.dir, name+".key"), Cert: cert}
-	writePEM(t, p.CertFile, "CERTIFICATE", der, 0o644)
-	writePEM(t, p.KeyFile, "PRIVATE KEY", kder, 0o600)
-	return p
+	if err := writePEM(p.CertFile, "CERTIFICATE", der, 0o644); err != nil {
+		return Pair{}, err
+	}
+	return p, writePEM(p.KeyFile, "PRIVATE KEY", kder, 0o600)
 }
 
-func newKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
+func serial() (*big.Int, error) {
+	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 }
 
-func serial(t testing.TB) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-func writePEM(t testing.TB, path, typ string, der []byte, mode os.FileMode) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode); err != nil {
-		t.Fatal(err)
-	}
+func writePEM(path, typ string, der []byte, mode os.FileMode) error {
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode)
 }
