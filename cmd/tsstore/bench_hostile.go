@@ -27,14 +27,19 @@ import (
 //     connections that grant the node huge windows and never read their
 //     socket, plus --hostile-appends Append calls without a token, over
 //     --hostile-append-conns connections, that each announce a 16 MiB
-//     message, send --hostile-append-bytes of it and stall. Kept open, the
-//     same producer runs for --duration while the memory of every node is
-//     sampled; then they are closed and RSS is read again.
+//     message, send --hostile-append-bytes of it and stall. Kept open (a
+//     reader connection the node resets is dialled again), the same
+//     producer runs for --duration while the memory of every node is
+//     sampled;
+//  3. after: they are closed, memory is read 5 s after the node ended the
+//     readers' calls, and the producer runs once more.
 //
-// What the node did with them comes from its own metrics (grpc's and
+// Halfway through each timed run a well-behaved reader times its wait for
+// the first 10,000 events from the leader. What the node did with the
+// hostile calls comes from its own metrics (grpc's and
 // tsstore_auth_refused_total): how many readers reached the Read handler,
-// how many were refused and with which code, how many appends were
-// refused on their headers.
+// how many ended and with which code, how many appends were refused on
+// their headers.
 
 // hostileAnnounced is the message size each half-sent append announces:
 // the default max-request-bytes.
@@ -235,7 +240,7 @@ func hostileVerdict(leaderRSS, ratio float64) string {
 type hostileConns struct {
 	stop     chan struct{} // closed by close: the watchers end
 	stopOnce sync.Once
-	wg       sync.WaitGroup // the setup and the watchers
+	wg       sync.WaitGroup // the watchers
 
 	mu          sync.Mutex
 	conns       []*rawH2
