@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -29,14 +27,19 @@ import (
 //     connections that grant the node huge windows and never read their
 //     socket, plus --hostile-appends Append calls without a token, over
 //     --hostile-append-conns connections, that each announce a 16 MiB
-//     message, send --hostile-append-bytes of it and stall. Kept open, the
-//     same producer runs for --duration while the memory of every node is
-//     sampled; then they are closed and RSS is read again.
+//     message, send --hostile-append-bytes of it and stall. Kept open (a
+//     reader connection the node resets is dialled again), the same
+//     producer runs for --duration while the memory of every node is
+//     sampled;
+//  3. after: they are closed, memory is read 5 s after the node ended the
+//     readers' calls, and the producer runs once more.
 //
-// What the node did with them comes from its own metrics (grpc's and
+// Halfway through each timed run a well-behaved reader times its wait for
+// the first 10,000 events from the leader. What the node did with the
+// hostile calls comes from its own metrics (grpc's and
 // tsstore_auth_refused_total): how many readers reached the Read handler,
-// how many were refused and with which code, how many appends were
-// refused on their headers.
+// how many ended and with which code, how many appends were refused on
+// their headers.
 
 // hostileAnnounced is the message size each half-sent append announces:
 // the default max-request-bytes.
@@ -87,10 +90,12 @@ func (b *benchRun) hostileClients(ctx context.Context) ([]bench.Result, error) {
 	if o.baseLeader, err = b.lc.leader(ctx); err != nil {
 		return nil, err
 	}
-	if o.base, err = b.timedLoad(ctx, "x-baseline", b.sampleMemory(ctx)); err != nil {
+	probe := b.probeMidway(ctx, b.lc.c.Nodes[o.baseLeader].APIAddr)
+	o.base, err = b.timedLoad(ctx, "x-baseline", b.sampleMemory(ctx))
+	o.baseProbe = probe()
+	if err != nil {
 		return nil, err
 	}
-	o.baseProbe = b.readProbe(ctx, b.lc.c.Nodes[o.baseLeader].APIAddr)
 
 	// The attack goes to the leader of the moment.
 	li, err := b.lc.leader(ctx)
@@ -115,7 +120,9 @@ func (b *benchRun) hostileClients(ctx context.Context) ([]bench.Result, error) {
 	fmt.Fprintf(b.log, "bench: x: %d of %d stalled readers reached the leader %s's Read handler, %d half-sent appends written, in %.1f s\n",
 		reached, o.hc.readers, leader.ID, o.hc.appendsSent, o.setup.Seconds())
 	o.hc.mu.Unlock()
+	probe = b.probeMidway(ctx, leader.APIAddr)
 	st, note, err := b.batchingLoad(ctx, "x-hostile", "c's producer beside the hostile clients")
+	o.probe = probe()
 	if err != nil {
 		mem.stop()
 		return nil, err
@@ -125,7 +132,6 @@ func (b *benchRun) hostileClients(ctx context.Context) ([]bench.Result, error) {
 		mem.stop()
 		return nil, err
 	}
-	o.probe = b.readProbe(ctx, leader.APIAddr)
 	b.heapProfile(ctx, li, "x-hostile")
 	o.peak, _ = mem.stop()
 	o.readerTimeline = mem.readerTimeline()
@@ -193,14 +199,14 @@ func (b *benchRun) hostileResults(o *hostileOutcome) []bench.Result {
 	if o.baseLeader != o.li {
 		r0.Note += fmt.Sprintf("; LEADERSHIP MOVED during the baseline, from %s", b.lc.c.Nodes[o.baseLeader].ID)
 	}
-	r0.Note += "; a Read of the first 10,000 events from the leader afterwards: " + o.baseProbe
+	r0.Note += "; a reader's wait for the first 10,000 events from the leader halfway through: " + o.baseProbe
 	h := b.f.hostile
 	r1 := row("x-hostile", fmt.Sprintf("c's producer beside %d stalled readers + %d half-sent unauthenticated appends on the leader", h.readers, h.appends), o.attack, o.li, "leader, attacked")
 	rate, baseRate := o.attack.st.EventsPerSec(), o.base.st.EventsPerSec()
 	ratio := rate / max(baseRate, 1)
 	o.verdict = hostileVerdict(o.peak[o.li].rss, ratio)
 	r1.Note += fmt.Sprintf(" (from the start of the attack, setup included); %s; rate %.0f vs %.0f events/s baseline (%.2fx; %.2fx of x-after's rate); "+
-		"setup %.1f s; %s; %s; %s; a Read of the first 10,000 events from the leader during the attack: %s%s",
+		"setup %.1f s; %s; %s; %s; a reader's wait for the first 10,000 events from the leader halfway through the attack's timed load: %s%s",
 		o.verdict, rate, baseRate, ratio, rate/max(o.again.st.EventsPerSec(), 1),
 		o.setup.Seconds(), b.readerSummary(o.hc, o.before, o.atEnd), o.readerTimeline, o.hc.appendSummary(o.before, o.atEnd), o.probe, o.moved)
 	r2 := row("x-after", "c's producer again, after the hostile clients closed", o.again, o.li, "attacked")
@@ -234,7 +240,7 @@ func hostileVerdict(leaderRSS, ratio float64) string {
 type hostileConns struct {
 	stop     chan struct{} // closed by close: the watchers end
 	stopOnce sync.Once
-	wg       sync.WaitGroup // the setup and the watchers
+	wg       sync.WaitGroup // the watchers
 
 	mu          sync.Mutex
 	conns       []*rawH2
@@ -511,8 +517,29 @@ func (b *benchRun) memoryAfter(ctx context.Context, li int, before map[string]fl
 	return last, drained
 }
 
-// readProbe times a Read of the first 10,000 events from the node at addr
-// by a well-behaved client with the read token, which takes messages as
+// probeMidway runs readProbe halfway through --duration, in the middle of
+// the timed load that starts now (away from its start and from the
+// node's resets of stalled connections, 20 s after their dial); the
+// returned func waits for its outcome.
+func (b *benchRun) probeMidway(ctx context.Context, addr string) func() string {
+	out := make(chan string, 1)
+	go func() { // owned by the returned func, which waits for it
+		select {
+		case <-ctx.Done():
+			out <- ctx.Err().Error()
+			return
+		case <-time.After(b.f.duration / 2):
+		}
+		out <- b.readProbe(ctx, addr)
+	}()
+	return func() string { return <-out }
+}
+
+// readProbe times how long a well-behaved reader with the read token
+// waits for the first 10,000 events of the log from the node at addr. It
+// subscribes (from offset 0, cancelled once it has them) rather than
+// reads, so that the attacked node's Read metrics count only the hostile
+// readers; both go through the same send budget. It takes messages as
 // large as the SDK does (a message may hold a batch of up to
 // record.MaxBatchSize).
 func (b *benchRun) readProbe(ctx context.Context, addr string) string {
@@ -524,16 +551,16 @@ func (b *benchRun) readProbe(ctx context.Context, addr string) string {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	stream, err := pb.NewEventStoreClient(conn).Read(cctx, &pb.ReadRequest{ToOffset: 10000},
-		grpc.MaxCallRecvMsgSize(record.MaxBatchSize+1<<20))
+	stream, err := pb.NewEventStoreClient(conn).Subscribe(cctx, &pb.ReadRequest{}, grpc.MaxCallRecvMsgSize(record.MaxBatchSize+1<<20))
 	if err != nil {
 		return fmt.Sprintf("failed: %v", err)
 	}
 	for {
-		if _, err := stream.Recv(); err != nil {
-			if !errors.Is(err, io.EOF) {
-				return fmt.Sprintf("failed after %.0f ms: %v", bench.Ms(time.Since(start)), err)
-			}
+		m, err := stream.Recv()
+		if err != nil {
+			return fmt.Sprintf("failed after %.0f ms: %v", bench.Ms(time.Since(start)), err)
+		}
+		if m.GetNextOffset() >= 10000 {
 			return fmt.Sprintf("%.0f ms", bench.Ms(time.Since(start)))
 		}
 	}
