@@ -79,8 +79,9 @@ func (n *Node) Health() (serving bool, reason string) {
 }
 
 // HealthChanged returns a channel that is closed the next time the node
-// goes SERVING or NOT_SERVING (the reason alone changing does not close
-// it). Take it before calling Health, then wait on it, to miss nothing.
+// goes SERVING or NOT_SERVING, or starts shutting down (otherwise the
+// reason alone changing does not close it). Take it before calling
+// Health, then wait on it, to miss nothing.
 func (n *Node) HealthChanged() <-chan struct{} {
 	n.health.mu.Lock()
 	defer n.health.mu.Unlock()
@@ -148,7 +149,13 @@ func (h *nodeHealth) shutdown() {
 	// between the last status and closing (a watcher saw SERVING during
 	// Close under load).
 	h.mu.Lock()
-	h.setLocked(false, "shutting down")
+	if !h.setLocked(false, "shutting down") {
+		// Already not serving (no leader, say): the reason still changes
+		// for good, so wake whoever waits for a change.
+		h.mu.reason = "shutting down"
+		close(h.changedLocked())
+		h.mu.changed = make(chan struct{})
+	}
 	h.mu.closing = true
 	h.mu.Unlock()
 	if h.srv != nil {
