@@ -349,6 +349,15 @@ func TestRunsSurviveBackupAndRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// 100 batches, a snapshot every 20: wait for all 5, so the index the
+	// backup holds is the one compared below.
+	deadline := time.Now().Add(10 * time.Second)
+	for r, _ := src.leader().proc.Run(run); r.Taken < 5; r, _ = src.leader().proc.Run(run) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d run snapshots after 10 s, want 5", r.Taken)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	before, err := c.ResumeRun(ctx, run)
 	if err != nil || before.Info.Snapshot == nil {
 		t.Fatalf("resume before the backup: %+v %v", before, err)
