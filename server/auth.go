@@ -297,7 +297,18 @@ func (a *authenticator) authorizeMethod(ctx context.Context, method string) (con
 		return nil, a.refuse(ctx, codes.PermissionDenied, method, e.name,
 			fmt.Sprintf("token %q has role %s; %s needs role %s or higher", e.name, e.role, method, need))
 	}
-	return ctx, nil
+	return context.WithValue(ctx, tokenNameKey{}, e.name), nil
+}
+
+// tokenNameKey carries the name of the bearer token a call was let
+// through with.
+type tokenNameKey struct{}
+
+// tokenName is the name of the call's bearer token, or "" when the call
+// carried none (authentication off, or a node's certificate).
+func tokenName(ctx context.Context) string {
+	name, _ := ctx.Value(tokenNameKey{}).(string)
+	return name
 }
 
 func (a *authenticator) refuse(ctx context.Context, code codes.Code, method, name, msg string) error {

@@ -339,3 +339,76 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// One token's Read and Subscribe streams are bounded over all its
+// connections (max-streams-per-token); another token is not held up by
+// it, and a stream that ends gives its place back.
+func TestStreamsPerToken(t *testing.T) {
+	p := newTestPKI(t)
+	tokens := testTokens(t)
+	tc := newTestCluster(t, 1, func(c *Config) {
+		p.secure(t, c, true)
+		c.AuthTokensFile = tokens
+		c.MaxStreamsPerToken = 3
+	})
+	n := tc.nodes[0]
+	creds := credentials.NewTLS(trust(t, p.ca, nil))
+	conns := []pb.EventStoreClient{
+		pb.NewEventStoreClient(dialWith(t, n.APIAddr(), creds)),
+		pb.NewEventStoreClient(dialWith(t, n.APIAddr(), creds)),
+	}
+	if _, err := conns[0].Append(withToken(ctxT(t), appendTok), oneEvent()); err != nil {
+		t.Fatal(err)
+	}
+	// subscribe opens a subscription and waits for its first message, so
+	// the node has counted it.
+	subscribe := func(es pb.EventStoreClient, token string) (context.CancelFunc, error) {
+		ctx, cancel := context.WithCancel(withToken(ctxT(t), token))
+		s, err := es.Subscribe(ctx, &pb.ReadRequest{})
+		if err == nil {
+			_, err = s.Recv()
+		}
+		if err != nil {
+			cancel()
+		}
+		return cancel, err
+	}
+	var open []context.CancelFunc
+	for i := range 3 { // on both connections
+		cancel, err := subscribe(conns[i%2], readTok)
+		if err != nil {
+			t.Fatalf("subscription %d: %v", i, err)
+		}
+		open = append(open, cancel)
+	}
+	_, err := subscribe(conns[1], readTok)
+	wantStatus(t, err, codes.ResourceExhausted, `token "dashboard" has 3 Read and Subscribe streams open on node n1 already (max-streams-per-token)`)
+	s, err := conns[0].Read(withToken(ctxT(t), readTok), &pb.ReadRequest{})
+	if err == nil {
+		_, err = s.Recv()
+	}
+	wantStatus(t, err, codes.ResourceExhausted, "max-streams-per-token")
+
+	cancel, err := subscribe(conns[1], appendTok)
+	if err != nil {
+		t.Fatalf("another token: %v", err)
+	}
+	cancel()
+
+	open[0]()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cancel, err := subscribe(conns[0], readTok)
+		if err == nil {
+			cancel()
+			break
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("after one of its streams ended, the token still gets %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, c := range open[1:] {
+		c()
+	}
+}

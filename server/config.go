@@ -110,14 +110,22 @@ type Config struct {
 	// once (a count); more are refused with ResourceExhausted.
 	// MaxStreamsPerConn bounds the concurrent calls of one client
 	// connection (HTTP/2 streams; more wait for the client's turn).
-	MaxReadStreams    int
-	MaxStreamsPerConn uint32
+	// MaxStreamsPerToken bounds the Read and Subscribe streams served at
+	// once for one bearer token, over all its connections, when tokens are
+	// on (0: no bound); more are refused with ResourceExhausted.
+	MaxReadStreams     int
+	MaxStreamsPerConn  uint32
+	MaxStreamsPerToken int
 	// ConnSendBytes and NodeSendBytes bound, in bytes, the Read and
 	// Subscribe messages handed to gRPC and not yet known to have left it,
 	// per client connection and per node (sendbudget.go): readers that do
 	// not read cannot make the node hold more.
 	ConnSendBytes int64
 	NodeSendBytes int64
+	// SendStallTimeout: while readers wait for the node's send budget, a
+	// client connection holding send budget with none of it back for this
+	// long is closed (stallcut.go). 0 turns the cut off.
+	SendStallTimeout time.Duration
 	// MaxSubscriberLag is how many offsets a live subscriber may fall
 	// behind the log end before it is told it is too slow.
 	MaxSubscriberLag uint64
@@ -179,8 +187,10 @@ func DefaultConfig() Config {
 		DiskResumeBytes:        64 << 20,
 		MaxReadStreams:         4096,
 		MaxStreamsPerConn:      1024,
-		ConnSendBytes:          32 << 20,
-		NodeSendBytes:          256 << 20,
+		MaxStreamsPerToken:     1024,
+		ConnSendBytes:          8 << 20,
+		NodeSendBytes:          64 << 20,
+		SendStallTimeout:       2 * time.Second,
 		Segment:                segment.DefaultOptions(),
 	}
 }
@@ -259,6 +269,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxReadStreams <= 0 || c.MaxStreamsPerConn == 0 {
 		errs = append(errs, errors.New("max read streams and max streams per connection must be positive"))
+	}
+	if c.SendStallTimeout < 0 {
+		errs = append(errs, errors.New("send stall timeout must not be negative (0: never cut)"))
+	}
+	if c.MaxStreamsPerToken < 0 {
+		errs = append(errs, errors.New("max streams per token must not be negative (0: no bound)"))
 	}
 	if c.ConnSendBytes < 4*int64(c.ReadMessageBytes) || c.NodeSendBytes < c.ConnSendBytes {
 		errs = append(errs, errors.New("need conn send bytes >= 4 x read message bytes, node send bytes >= conn send bytes"))

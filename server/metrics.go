@@ -16,7 +16,6 @@ import (
 
 	"github.com/tsstore/tsstore/internal/version"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
-	"github.com/tsstore/tsstore/record"
 )
 
 // nodeMetrics holds one node's Prometheus metrics. Every node has its own
@@ -55,6 +54,7 @@ type nodeMetrics struct {
 	read, subscribe *readMetrics
 	subscriptions   prometheus.Gauge
 	slowConsumers   prometheus.Counter
+	stalledConnsCut prometheus.Counter
 
 	// authRefused counts calls refused by authentication, by method and
 	// code; most are refused on their headers (auth.go, tapHandle), before
@@ -141,6 +141,9 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 		"Calls refused by token authentication (Unauthenticated, PermissionDenied), by method, usually before their body was read.", "grpc_method", "code")
 	m.slowConsumers = f.counter("tsstore_subscriptions_slow_consumer_total",
 		"Subscriptions ended with ResourceExhausted/SLOW_CONSUMER for falling more than MaxSubscriberLag offsets behind.")
+
+	m.stalledConnsCut = f.counter("tsstore_read_stalled_conns_closed_total",
+		"Client connections closed because their Read or Subscribe messages stopped leaving for send-stall-timeout while other readers waited for the node's send budget.")
 
 	m.leaderChanges = f.counter("tsstore_raft_leader_changes_total",
 		"Times this node observed a new leader being established (a leader id different from the previous observation, including after a period without leader).")
@@ -333,25 +336,6 @@ func (m *nodeMetrics) entryProposed(props []*proposal, bytes int) {
 }
 
 func (m *nodeMetrics) entryDone() { m.entriesInflight.Dec() }
-
-// sent records one message sent (err == nil) to a reader. Events are the
-// records of the batches sent: an unfiltered read's first batch counts
-// whole even when it starts before the requested offset.
-func (r *readMetrics) sent(batches []byte, start time.Time, err error) {
-	if r == nil || err != nil {
-		return
-	}
-	events := 0
-	for rest := batches; len(rest) > 0; {
-		h, err := record.ParseHeader(rest)
-		if err != nil || h.Size() > len(rest) {
-			break // already CRC-checked by the reader; never happens
-		}
-		events += int(h.RecordCount)
-		rest = rest[h.Size():]
-	}
-	r.sentEvents(events, len(batches), start, nil)
-}
 
 // sentEvents records one message of events events and size bytes sent
 // (err == nil) to a reader; a decoded read counts its events this way.

@@ -75,9 +75,17 @@ type Node struct {
 	backupsActive atomic.Int64
 	// readStreams counts Read and Subscribe streams being served (read.go).
 	readStreams atomic.Int64
+	// tokenStreams counts them per bearer token name (read.go).
+	tokenStreams struct {
+		sync.Mutex
+		n map[string]int
+	}
 	// sendBytes is the node-wide budget of read messages in gRPC's hands
 	// (sendbudget.go).
 	sendBytes *byteBudget
+	// conns are the API's client connections, for the stall cut
+	// (stallcut.go).
+	conns *connTracker
 	// repairs is the queue of damaged sealed segments to repair from a
 	// peer (repair.go).
 	repairs repairQueue
@@ -98,7 +106,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n := &Node{cfg: cfg, logger: cfg.Logger, started: time.Now(), fatal: make(chan error, 1), draining: make(chan struct{}), shutdown: make(chan struct{}),
-		sendBytes: newByteBudget(cfg.NodeSendBytes)}
+		sendBytes: newByteBudget(cfg.NodeSendBytes), conns: newConnTracker()}
 	if n.logger == nil {
 		n.logger = slog.Default()
 	}
@@ -157,6 +165,7 @@ func New(cfg Config) (*Node, error) {
 	n.goFunc(n.watchVotersDisk)
 	n.goFunc(n.snapshotRuns)
 	n.goFunc(n.repairLoop)
+	n.goFunc(n.cutStalledReaders)
 	ok = true
 	n.logger.Info("node started", "raft", cfg.RaftAddr, "api", n.APIAddr(), "data", cfg.DataDir,
 		"open_time", time.Since(n.started).Round(time.Millisecond).String())

@@ -7,8 +7,10 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 	"github.com/tsstore/tsstore/record"
@@ -214,7 +216,7 @@ func put(b *[]byte) {
 func (s *service) Read(req *pb.ReadRequest, stream pb.EventStore_ReadServer) error {
 	n := s.n
 	ctx := stream.Context()
-	release, err := n.acquireReadStream()
+	release, err := n.acquireReadStream(ctx)
 	if err != nil {
 		return err
 	}
@@ -251,7 +253,7 @@ func (s *service) Read(req *pb.ReadRequest, stream pb.EventStore_ReadServer) err
 
 // send reads and sends one message. Filtered reads skip messages with no
 // batches; the next message then covers the skipped range too.
-func (r *reader) send(stream pb.EventStore_ReadServer, end, logEnd uint64) error {
+func (r *reader) send(stream grpc.ServerStream, end, logEnd uint64) error {
 	start := time.Now()
 	if err := r.budget.take(stream.Context(), int64(r.sel.maxBytes)); err != nil {
 		return status.FromContextError(err).Err()
@@ -262,24 +264,67 @@ func (r *reader) send(stream pb.EventStore_ReadServer, end, logEnd uint64) error
 		// damaged sealed segment is repaired from a peer (repair.go).
 		return toStatus(r.n.noteCorruption(err))
 	}
-	defer put(buf)
 	if r.sel.decoded {
-		return r.sendDecoded(stream, *buf, next, end, logEnd, start)
+		return r.sendDecoded(stream, buf, next, end, logEnd, start)
 	}
-	r.budget.sized(int64(len(*buf)))
 	if next <= r.sel.from {
+		put(buf)
 		return toStatus(fmt.Errorf("read made no progress at offset %d", r.sel.from))
 	}
 	r.sel.from = next
 	if len(*buf) == 0 && next < end {
+		put(buf)
+		r.budget.skip()
 		return nil
 	}
-	err = stream.Send(&pb.ReadResponse{Batches: *buf, NextOffset: next, LogNextOffset: logEnd})
-	if err == nil {
-		r.budget.sent()
-	}
-	r.m.sent(*buf, start, err)
+	events, size := batchEvents(*buf), len(*buf)
+	err = r.sendMsg(stream, &pb.ReadResponse{Batches: *buf, NextOffset: next, LogNextOffset: logEnd}, buf)
+	r.m.sentEvents(events, size, start, err)
 	return err
+}
+
+// grpcFrameBytes is gRPC's length prefix in front of every message.
+const grpcFrameBytes = 5
+
+// sendMsg sends msg, whose bytes alias buf, holding the stream's budget to
+// what gRPC holds of it. A stalled client's stream blocks in SendMsg; what
+// it holds while blocked is gRPC's encoded copy of msg (and of the message
+// before it, still queued on the connection), never buf: the message is
+// encoded first, budgeted at its real size, and buf goes back to the pool
+// before SendMsg can wait.
+func (r *reader) sendMsg(stream grpc.ServerStream, msg *pb.ReadResponse, buf *[]byte) error {
+	size := int64(proto.Size(msg)) + grpcFrameBytes
+	if err := r.budget.resize(stream.Context(), size); err != nil {
+		put(buf)
+		return status.FromContextError(err).Err()
+	}
+	var pm grpc.PreparedMsg
+	err := pm.Encode(stream, msg)
+	put(buf)
+	if err != nil {
+		return status.Errorf(codes.Internal, "encode read response: %v", err)
+	}
+	if err := stream.SendMsg(&pm); err != nil {
+		return err
+	}
+	r.budget.sent()
+	return nil
+}
+
+// batchEvents counts the records of CRC-checked batches. An unfiltered
+// read's first batch counts whole even when it starts before the
+// requested offset.
+func batchEvents(batches []byte) int {
+	events := 0
+	for rest := batches; len(rest) > 0; {
+		h, err := record.ParseHeader(rest)
+		if err != nil || h.Size() > len(rest) {
+			break // checked by the reader already; never happens
+		}
+		events += int(h.RecordCount)
+		rest = rest[h.Size():]
+	}
+	return events
 }
 
 func (s *service) ListStreams(ctx context.Context, req *pb.ListStreamsRequest) (*pb.ListStreamsResponse, error) {
@@ -300,14 +345,40 @@ func (s *service) ListStreams(ctx context.Context, req *pb.ListStreamsRequest) (
 }
 
 // acquireReadStream counts one Read or Subscribe stream against
-// Config.MaxReadStreams: beyond it a new one is refused at once
-// (ResourceExhausted), so stalled readers cannot take the node's memory
-// one held message at a time. The caller calls release when it ends.
-func (n *Node) acquireReadStream() (release func(), err error) {
+// Config.MaxReadStreams and, for a call with a bearer token, against
+// Config.MaxStreamsPerToken: beyond either a new one is refused at once
+// (ResourceExhausted), so stalled readers cannot take the node's streams,
+// and one token cannot take them all. The caller calls release when it
+// ends.
+func (n *Node) acquireReadStream(ctx context.Context) (release func(), err error) {
 	if n.readStreams.Add(1) > int64(n.cfg.MaxReadStreams) {
 		n.readStreams.Add(-1)
 		return nil, status.Errorf(codes.ResourceExhausted, "node %s serves %d Read and Subscribe streams already (max-read-streams); retry later or on another node",
 			n.cfg.NodeID, n.cfg.MaxReadStreams)
 	}
-	return func() { n.readStreams.Add(-1) }, nil
+	token := tokenName(ctx)
+	if token == "" || n.cfg.MaxStreamsPerToken == 0 {
+		return func() { n.readStreams.Add(-1) }, nil
+	}
+	ts := &n.tokenStreams
+	ts.Lock()
+	if ts.n[token] >= n.cfg.MaxStreamsPerToken {
+		ts.Unlock()
+		n.readStreams.Add(-1)
+		return nil, status.Errorf(codes.ResourceExhausted, "token %q has %d Read and Subscribe streams open on node %s already (max-streams-per-token); close some first",
+			token, n.cfg.MaxStreamsPerToken, n.cfg.NodeID)
+	}
+	if ts.n == nil {
+		ts.n = map[string]int{}
+	}
+	ts.n[token]++
+	ts.Unlock()
+	return func() {
+		ts.Lock()
+		if ts.n[token]--; ts.n[token] == 0 {
+			delete(ts.n, token)
+		}
+		ts.Unlock()
+		n.readStreams.Add(-1)
+	}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -34,25 +35,25 @@ const decodedHeaderBytes = 2 * (1 + 10) // next_offset, log_next_offset: tag and
 // sendDecoded decodes buf (the batches covering [sel.from, next)) and sends
 // the selected events, at least one message unless buf holds none and the
 // read is not at end.
-func (r *reader) sendDecoded(stream pb.EventStore_ReadServer, buf []byte, next, end, logEnd uint64, start time.Time) error {
-	evs, next, size, err := r.decode(buf, next)
+func (r *reader) sendDecoded(stream grpc.ServerStream, buf *[]byte, next, end, logEnd uint64, start time.Time) error {
+	evs, next, size, err := r.decode(*buf, next)
 	if err != nil {
+		put(buf)
 		return toStatus(r.n.noteCorruption(err))
 	}
-	r.budget.sized(int64(size))
 	if next <= r.sel.from {
+		put(buf)
 		return toStatus(fmt.Errorf("read made no progress at offset %d", r.sel.from))
 	}
 	r.sel.from = next
 	if len(evs) == 0 && next < end {
+		put(buf)
+		r.budget.skip()
 		return nil
 	}
-	// The events' metadata and payload alias buf; Send marshals the
-	// message before it returns and the caller releases buf after.
-	err = stream.Send(&pb.ReadResponse{Events: evs, NextOffset: next, LogNextOffset: logEnd})
-	if err == nil {
-		r.budget.sent()
-	}
+	// The events' metadata and payload alias buf; sendMsg encodes the
+	// message before it releases buf.
+	err = r.sendMsg(stream, &pb.ReadResponse{Events: evs, NextOffset: next, LogNextOffset: logEnd}, buf)
 	r.m.sentEvents(len(evs), size, start, err)
 	return err
 }

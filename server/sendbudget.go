@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/stats"
 )
@@ -10,45 +11,66 @@ import (
 // A client that opens Read or Subscribe streams and never reads makes the
 // node hold what it sends: once the connection's socket buffers are full,
 // every stream has its last message queued in gRPC and the next one
-// marshaled and waiting, up to two full messages per stream (measured: 200
-// such streams on one connection held ~600 MiB). So the bytes a node has
+// encoded and waiting in Send, two messages per stream (measured: 200 such
+// streams on one connection held ~600 MiB). So the bytes a node has
 // handed to gRPC and not yet seen leave are budgeted, per client
-// connection (Config.ConnSendBytes) and for the node (NodeSendBytes): a
-// stream takes its message's bytes before it reads them from the log, and
-// gives them back once the next message of the stream was accepted (the
-// earlier one has then left gRPC's stream queue). A stream whose
-// connection has no budget left waits, holding nothing, until its
-// connection drains; other connections are not held up, except by the
-// node-wide bound.
+// connection (Config.ConnSendBytes) and for the node (NodeSendBytes):
+//
+//   - a stream takes the read's message size before it reads the log
+//     (take), and sets the reservation to the encoded message's real size
+//     once it is built (resize): a message holds at least one batch, which
+//     may be larger than the message size asked for;
+//   - the message is encoded before Send and the read buffer goes back to
+//     the pool before Send can block (reader.sendMsg), so what a blocked
+//     stream holds is gRPC's copy, which the budget counts;
+//   - it gives a message's bytes back once the stream's next message was
+//     accepted (sent): the earlier one has then left gRPC's stream queue.
+//
+// A stream whose connection has no budget left waits, holding nothing,
+// until its connection drains; other connections are not held up, except
+// by the node-wide bound.
 
-// byteBudget is a counting semaphore of bytes.
+// byteBudget is a counting semaphore of bytes. A request for more than
+// the whole budget waits until all of it is free and then takes it all
+// and more: avail goes below zero until it is given back, so one message
+// larger than a connection's budget is still sent, alone.
 type byteBudget struct {
-	mu    sync.Mutex
-	avail int64
-	freed chan struct{} // closed and replaced when bytes are returned
+	mu      sync.Mutex
+	size    int64
+	avail   int64
+	waiting int           // acquire calls waiting for bytes
+	moved   time.Time     // when bytes were last returned, or first taken of a free budget
+	freed   chan struct{} // closed and replaced when bytes are returned
 }
 
 func newByteBudget(n int64) *byteBudget {
-	return &byteBudget{avail: n, freed: make(chan struct{})}
+	return &byteBudget{size: n, avail: n, freed: make(chan struct{})}
 }
 
 // acquire takes n bytes, waiting for them until ctx ends.
 func (b *byteBudget) acquire(ctx context.Context, n int64) error {
-	for {
-		b.mu.Lock()
-		if b.avail >= n {
-			b.avail -= n
-			b.mu.Unlock()
-			return nil
-		}
+	b.mu.Lock()
+	for b.avail < min(n, b.size) {
 		freed := b.freed
+		b.waiting++
 		b.mu.Unlock()
 		select {
 		case <-freed:
 		case <-ctx.Done():
+			b.mu.Lock()
+			b.waiting--
+			b.mu.Unlock()
 			return ctx.Err()
 		}
+		b.mu.Lock()
+		b.waiting--
 	}
+	if b.avail == b.size {
+		b.moved = time.Now()
+	}
+	b.avail -= n
+	b.mu.Unlock()
+	return nil
 }
 
 // release returns n bytes.
@@ -58,20 +80,41 @@ func (b *byteBudget) release(n int64) {
 	}
 	b.mu.Lock()
 	b.avail += n
+	b.moved = time.Now()
 	close(b.freed)
 	b.freed = make(chan struct{})
 	b.mu.Unlock()
+}
+
+// contended reports whether an acquire is waiting for bytes.
+func (b *byteBudget) contended() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.waiting > 0
+}
+
+// stalled reports whether bytes have been taken and none returned for at
+// least d before now.
+func (b *byteBudget) stalled(now time.Time, d time.Duration) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.avail < b.size && now.Sub(b.moved) >= d
 }
 
 // connBudgetKey carries a connection's budget in its streams' contexts.
 type connBudgetKey struct{}
 
 // connBudgets is the stats handler that gives every client connection
-// its own send budget.
-type connBudgets struct{ bytes int64 }
+// its own send budget and registers it for the stall cut (stallcut.go).
+type connBudgets struct {
+	bytes int64
+	conns *connTracker
+}
 
-func (h connBudgets) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
-	return context.WithValue(ctx, connBudgetKey{}, newByteBudget(h.bytes))
+func (h connBudgets) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
+	b := newByteBudget(h.bytes)
+	h.conns.tag(info.RemoteAddr, b)
+	return context.WithValue(ctx, connBudgetKey{}, b)
 }
 func (connBudgets) HandleConn(context.Context, stats.ConnStats)                     {}
 func (connBudgets) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
@@ -90,29 +133,51 @@ func (n *Node) newSendBudget(ctx context.Context) *sendBudget {
 	return &sendBudget{conn: conn, node: n.sendBytes}
 }
 
-// take reserves size bytes for the next message.
+// take reserves size bytes for the next message, before it is read.
 func (s *sendBudget) take(ctx context.Context, size int64) error {
-	if s.conn != nil {
-		if err := s.conn.acquire(ctx, size); err != nil {
-			return err
-		}
-	}
-	if err := s.node.acquire(ctx, size); err != nil {
-		if s.conn != nil {
-			s.conn.release(size)
-		}
+	if err := s.acquire(ctx, size); err != nil {
 		return err
 	}
 	s.cur = size
 	return nil
 }
 
-// sized gives back what the message did not use of its reservation.
-func (s *sendBudget) sized(used int64) {
-	if used < s.cur {
-		s.give(s.cur - used)
-		s.cur = used
+// resize sets the next message's reservation to its real size, once it is
+// known: it gives back what the message does not use, or waits for what
+// it needs beyond the reservation (a message holds at least one batch,
+// which can be larger than the read's message size).
+func (s *sendBudget) resize(ctx context.Context, size int64) error {
+	if size <= s.cur {
+		s.give(s.cur - size)
+		s.cur = size
+		return nil
 	}
+	if err := s.acquire(ctx, size-s.cur); err != nil {
+		return err
+	}
+	s.cur = size
+	return nil
+}
+
+// skip gives back the next message's reservation: there is nothing to send.
+func (s *sendBudget) skip() {
+	s.give(s.cur)
+	s.cur = 0
+}
+
+func (s *sendBudget) acquire(ctx context.Context, n int64) error {
+	if s.conn != nil {
+		if err := s.conn.acquire(ctx, n); err != nil {
+			return err
+		}
+	}
+	if err := s.node.acquire(ctx, n); err != nil {
+		if s.conn != nil {
+			s.conn.release(n)
+		}
+		return err
+	}
+	return nil
 }
 
 // sent is called once gRPC accepted the message: the one before it has

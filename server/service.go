@@ -42,6 +42,7 @@ func (n *Node) serve() error {
 		return fmt.Errorf("api listen on %s: %w", n.cfg.APIAddr, err)
 	}
 	n.listener = lis
+	lis = n.conns.wrap(lis)
 	onPanic := recovery.WithRecoveryHandler(func(p any) error {
 		n.logger.Error("panic in handler", "panic", p)
 		return status.Errorf(codes.Internal, "internal error: %v", p)
@@ -70,7 +71,7 @@ func (n *Node) serve() error {
 		grpc.MaxRecvMsgSize(n.cfg.MaxRequestBytes + (1 << 20)),
 		grpc.ForceServerCodecV2(codec),
 		grpc.MaxConcurrentStreams(n.cfg.MaxStreamsPerConn),
-		grpc.StatsHandler(connBudgets{bytes: n.cfg.ConnSendBytes}),
+		grpc.StatsHandler(connBudgets{bytes: n.cfg.ConnSendBytes, conns: n.conns}),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	}

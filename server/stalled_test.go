@@ -167,3 +167,64 @@ func stalledReadersAreBounded(t *testing.T, decoded bool) {
 		t.Fatalf("a read on another connection got %d events", len(got))
 	}
 }
+
+// A connection whose readers stopped reading holds the node's whole send
+// budget: while it is the only reader it is left alone, but once another
+// reader waits for the budget, the stalled connection is closed after
+// send-stall-timeout (stallcut.go) and the other reader is served.
+func TestStalledConnectionIsCutWhenOthersWait(t *testing.T) {
+	tc := newTestCluster(t, 1, func(c *Config) {
+		c.ConnSendBytes, c.NodeSendBytes = 4<<20, 4<<20
+		c.SendStallTimeout = 300 * time.Millisecond
+	})
+	n := tc.leader()
+	c := dial(t, n)
+	payload := strings.Repeat("p", 4000)
+	for range 40 {
+		var evs []*pb.Event
+		for range 100 {
+			evs = append(evs, ev("run/big", payload))
+		}
+		if _, err := c.Append(ctxT(t), &pb.AppendRequest{Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stalled := stallReaders(t, n.APIAddr(), 50, &pb.ReadRequest{})
+	defer stalled.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	free := func() int64 {
+		n.sendBytes.mu.Lock()
+		defer n.sendBytes.mu.Unlock()
+		return n.sendBytes.avail
+	}
+	// Until all 50 are served and no message of 1 MiB (read-message-bytes)
+	// fits.
+	for n.readStreams.Load() < 50 || free() >= int64(n.cfg.ReadMessageBytes) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the stalled readers left %d of the node's %d budget bytes", free(), n.sendBytes.size)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Alone, it is not cut, however long it stalls.
+	time.Sleep(4 * n.cfg.SendStallTimeout)
+	if got := counterValue(t, n.metrics.stalledConnsCut); got != 0 {
+		t.Fatalf("%v connections cut while no reader waited", got)
+	}
+	if got := n.readStreams.Load(); got != 50 {
+		t.Fatalf("%d read streams open, want the 50 stalled ones", got)
+	}
+	// Another reader waits for the budget: the stalled connection goes,
+	// and the reader gets the whole log.
+	if got := readAll(t, c, &pb.ReadRequest{}); len(got) != 4000 {
+		t.Fatalf("a read on another connection got %d events", len(got))
+	}
+	if got := counterValue(t, n.metrics.stalledConnsCut); got != 1 {
+		t.Fatalf("%v connections cut, want the stalled one", got)
+	}
+	for n.readStreams.Load() != 0 {
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatalf("%d read streams still open after their connection was closed", n.readStreams.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -26,7 +26,7 @@ const subscribeHeartbeat = 5 * time.Second
 func (s *service) Subscribe(req *pb.ReadRequest, stream pb.EventStore_SubscribeServer) error {
 	n := s.n
 	ctx := stream.Context()
-	release, err := n.acquireReadStream()
+	release, err := n.acquireReadStream(ctx)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,143 @@
+package server
+
+import (
+	"net"
+	"sync"
+	"time"
+)
+
+// The send budget (sendbudget.go) bounds what stalled readers make the
+// node hold, but not for how long: a client whose connection stops
+// reading keeps its share of the node's budget until the kernel gives up
+// on the connection (gRPC sets TCP_USER_TIMEOUT to its 20 s keepalive
+// timeout). Eight such connections hold the whole node budget, and every
+// other Read and Subscribe on the node waits. So while a stream waits for
+// the node's budget, a client connection that holds send budget and has
+// had none of it back for Config.SendStallTimeout is closed, as NATS
+// closes a slow consumer past its write deadline: its streams end
+// Unavailable (the SDK resumes elsewhere or later), and the bytes gRPC
+// held for it are freed. A connection that drains, however slowly, is
+// never cut, nor is a stalled one while no other reader waits.
+
+// connTracker keeps the node's accepted API connections by remote
+// address, so the stall cut can close the one behind a budget.
+type connTracker struct {
+	mu    sync.Mutex
+	conns map[string]*trackedConn
+}
+
+type trackedConn struct {
+	*net.TCPConn // keeps SyscallConn: gRPC sets TCP_USER_TIMEOUT through it
+	t            *connTracker
+	budget       *byteBudget // set once gRPC tagged the connection
+}
+
+func (c *trackedConn) Close() error {
+	c.t.mu.Lock()
+	if c.t.conns[c.RemoteAddr().String()] == c {
+		delete(c.t.conns, c.RemoteAddr().String())
+	}
+	c.t.mu.Unlock()
+	return c.TCPConn.Close()
+}
+
+type trackedListener struct {
+	net.Listener
+	t *connTracker
+}
+
+func (l trackedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return c, err
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c, nil
+	}
+	// What gRPC's default keepalive sets for an unwrapped connection: a
+	// connection whose sent data is not acknowledged for 20 s is reset.
+	_ = setUserTimeout(tc, grpcKeepaliveTimeout)
+	w := &trackedConn{TCPConn: tc, t: l.t}
+	l.t.mu.Lock()
+	l.t.conns[tc.RemoteAddr().String()] = w
+	l.t.mu.Unlock()
+	return w, nil
+}
+
+func newConnTracker() *connTracker {
+	return &connTracker{conns: map[string]*trackedConn{}}
+}
+
+// wrap returns l, tracking the connections it accepts.
+func (t *connTracker) wrap(l net.Listener) net.Listener {
+	return trackedListener{Listener: l, t: t}
+}
+
+// tag attaches the send budget gRPC gave the connection from remote.
+func (t *connTracker) tag(remote net.Addr, b *byteBudget) {
+	if t == nil || remote == nil {
+		return
+	}
+	t.mu.Lock()
+	if c := t.conns[remote.String()]; c != nil {
+		c.budget = b
+	}
+	t.mu.Unlock()
+}
+
+// stalled returns the connections whose send budget has been held
+// without any of it coming back for d.
+func (t *connTracker) stalled(now time.Time, d time.Duration) []*trackedConn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []*trackedConn
+	for _, c := range t.conns {
+		if c.budget != nil && c.budget.stalled(now, d) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// grpcKeepaliveTimeout is gRPC's default server keepalive timeout, which
+// it also sets as TCP_USER_TIMEOUT.
+const grpcKeepaliveTimeout = 20 * time.Second
+
+// stallCutEvery is how often the stall cut looks.
+const stallCutEvery = 250 * time.Millisecond
+
+// cutStalledReaders closes stalled client connections while readers wait
+// for the node's send budget (see above). It runs until the node shuts
+// down.
+func (n *Node) cutStalledReaders() {
+	if n.cfg.SendStallTimeout <= 0 {
+		return
+	}
+	t := time.NewTicker(stallCutEvery)
+	defer t.Stop()
+	var lastLog time.Time
+	for {
+		select {
+		case <-t.C:
+		case <-n.shutdown:
+			return
+		}
+		if !n.sendBytes.contended() {
+			continue
+		}
+		now := time.Now()
+		cut := n.conns.stalled(now, n.cfg.SendStallTimeout)
+		for _, c := range cut {
+			_ = c.Close()
+			n.metrics.stalledConnsCut.Inc()
+		}
+		// One line per second at most: a client that redials and stalls
+		// again must not flood the log.
+		if len(cut) > 0 && now.Sub(lastLog) >= time.Second {
+			lastLog = now
+			n.logger.Warn("closed client connections whose reads stalled while other readers waited for the node's send budget",
+				"connections", len(cut), "first_remote", cut[0].RemoteAddr().String(), "send_stall_timeout", n.cfg.SendStallTimeout.String())
+		}
+	}
+}
