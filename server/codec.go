@@ -21,11 +21,35 @@ import (
 // (streams) finds the note and refuses the call.
 type strictCodec struct {
 	encoding.CodecV2
-	bad *sync.Map // proto.Message -> decode error
+	bad      *sync.Map // proto.Message -> decode error
+	released *sync.Map // proto.Message -> func(): called once it is encoded
 }
 
 func newStrictCodec() strictCodec {
-	return strictCodec{CodecV2: encoding.GetCodecV2(proto.Name), bad: &sync.Map{}}
+	return strictCodec{CodecV2: encoding.GetCodecV2(proto.Name), bad: &sync.Map{}, released: &sync.Map{}}
+}
+
+// Marshal implements encoding.CodecV2. Once m is encoded, into gRPC's
+// pooled buffers, what it refers to is no longer needed: a release
+// registered for m (sendReleasing) runs, before gRPC's Send can block on
+// flow control.
+func (c strictCodec) Marshal(m any) (mem.BufferSlice, error) {
+	data, err := c.CodecV2.Marshal(m)
+	if f, ok := c.released.LoadAndDelete(m); ok {
+		f.(func())()
+	}
+	return data, err
+}
+
+// sendReleasing sends m on stream and calls release once m is encoded, or
+// when SendMsg returns without encoding it; exactly once.
+func (c strictCodec) sendReleasing(stream grpc.ServerStream, m any, release func()) error {
+	c.released.Store(m, release)
+	err := stream.SendMsg(m)
+	if f, ok := c.released.LoadAndDelete(m); ok {
+		f.(func())()
+	}
+	return err
 }
 
 // Unmarshal implements encoding.CodecV2.

@@ -81,3 +81,49 @@ func TestUnknownConsistencyIsInvalidArgument(t *testing.T) {
 		t.Fatalf("consistency 7: %v", err)
 	}
 }
+
+// releasingStream stands for gRPC's server stream: SendMsg encodes with
+// the codec (unless fail is set) and then would block on flow control;
+// it records whether the message's release had run by then.
+type releasingStream struct {
+	grpc.ServerStream
+	c                 strictCodec
+	fail              bool
+	releasedAtEncoded bool
+	released          *int
+}
+
+func (s *releasingStream) SendMsg(m any) error {
+	if s.fail {
+		return status.Error(codes.Canceled, "stream ended before the message was encoded")
+	}
+	if _, err := s.c.Marshal(m); err != nil {
+		return err
+	}
+	s.releasedAtEncoded = *s.released == 1
+	return nil
+}
+
+// A read message's buffer goes back once the message is encoded, before
+// Send can block, and exactly once, also when Send fails before encoding.
+func TestSendReleasingReleasesOnceEncoded(t *testing.T) {
+	c := newStrictCodec()
+	for _, fail := range []bool{false, true} {
+		released := 0
+		s := &releasingStream{c: c, fail: fail, released: &released}
+		msg := &pb.ReadResponse{Batches: []byte("batch"), NextOffset: 1}
+		err := c.sendReleasing(s, msg, func() { released++ })
+		if fail != (err != nil) {
+			t.Fatalf("fail=%v: SendMsg returned %v", fail, err)
+		}
+		if released != 1 {
+			t.Fatalf("fail=%v: released %d times, want once", fail, released)
+		}
+		if !fail && !s.releasedAtEncoded {
+			t.Fatal("the buffer was still held after the message was encoded")
+		}
+		if _, ok := c.released.Load(msg); ok {
+			t.Fatalf("fail=%v: the release stays registered", fail)
+		}
+	}
+}

@@ -123,8 +123,8 @@ type Config struct {
 	ConnSendBytes int64
 	NodeSendBytes int64
 	// SendStallTimeout: while readers wait for the node's send budget, a
-	// client connection holding send budget with none of it back for this
-	// long is closed (stallcut.go). 0 turns the cut off.
+	// client connection with a Read or Subscribe stream blocked in Send
+	// for this long is closed (stallcut.go). 0 turns the cut off.
 	SendStallTimeout time.Duration
 	// MaxSubscriberLag is how many offsets a live subscriber may fall
 	// behind the log end before it is told it is too slow.
@@ -189,7 +189,7 @@ func DefaultConfig() Config {
 		MaxStreamsPerConn:      1024,
 		MaxStreamsPerToken:     1024,
 		ConnSendBytes:          8 << 20,
-		NodeSendBytes:          64 << 20,
+		NodeSendBytes:          32 << 20,
 		SendStallTimeout:       2 * time.Second,
 		Segment:                segment.DefaultOptions(),
 	}

@@ -19,7 +19,7 @@ func TestDefaultConfigBounds(t *testing.T) {
 		"streams per connection 1024":     c.MaxStreamsPerConn == 1024,
 		"stream inflight 256 requests":    c.MaxStreamInflight == 256,
 		"conn send budget 8 MiB":          c.ConnSendBytes == 8<<20,
-		"node send budget 64 MiB":         c.NodeSendBytes == 64<<20,
+		"node send budget 32 MiB":         c.NodeSendBytes == 32<<20,
 		"send stall timeout 2 s":          c.SendStallTimeout == 2*time.Second,
 		"streams per token 1024":          c.MaxStreamsPerToken == 1024,
 		"run snapshot every 5000 batches": c.RunSnapshotBatches == 5000,

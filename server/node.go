@@ -86,6 +86,8 @@ type Node struct {
 	// conns are the API's client connections, for the stall cut
 	// (stallcut.go).
 	conns *connTracker
+	// codec is the API's gRPC codec (codec.go).
+	codec strictCodec
 	// repairs is the queue of damaged sealed segments to repair from a
 	// peer (repair.go).
 	repairs repairQueue
@@ -106,7 +108,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n := &Node{cfg: cfg, logger: cfg.Logger, started: time.Now(), fatal: make(chan error, 1), draining: make(chan struct{}), shutdown: make(chan struct{}),
-		sendBytes: newByteBudget(cfg.NodeSendBytes), conns: newConnTracker()}
+		sendBytes: newByteBudget(cfg.NodeSendBytes), conns: newConnTracker(), codec: newStrictCodec()}
 	if n.logger == nil {
 		n.logger = slog.Default()
 	}

@@ -290,21 +290,18 @@ const grpcFrameBytes = 5
 // what gRPC holds of it. A stalled client's stream blocks in SendMsg; what
 // it holds while blocked is gRPC's encoded copy of msg (and of the message
 // before it, still queued on the connection), never buf: the message is
-// encoded first, budgeted at its real size, and buf goes back to the pool
-// before SendMsg can wait.
+// budgeted at its encoded size, and buf goes back to the pool as soon as
+// the codec has encoded it, before SendMsg can wait (codec.go).
 func (r *reader) sendMsg(stream grpc.ServerStream, msg *pb.ReadResponse, buf *[]byte) error {
 	size := int64(proto.Size(msg)) + grpcFrameBytes
 	if err := r.budget.resize(stream.Context(), size); err != nil {
 		put(buf)
 		return status.FromContextError(err).Err()
 	}
-	var pm grpc.PreparedMsg
-	err := pm.Encode(stream, msg)
-	put(buf)
+	r.budget.sending(true)
+	err := r.n.codec.sendReleasing(stream, msg, func() { put(buf) })
+	r.budget.sending(false)
 	if err != nil {
-		return status.Errorf(codes.Internal, "encode read response: %v", err)
-	}
-	if err := stream.SendMsg(&pm); err != nil {
 		return err
 	}
 	r.budget.sent()

@@ -55,7 +55,7 @@ func (n *Node) serve() error {
 	// Authentication (auth.go), when on, sits inside the metrics
 	// interceptors, so refused calls are counted (Unauthenticated,
 	// PermissionDenied), and outside the inner recovery.
-	codec := newStrictCodec() // malformed requests are InvalidArgument (codec.go)
+	codec := n.codec // malformed requests are InvalidArgument (codec.go)
 	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(onPanic), n.metrics.grpc.UnaryServerInterceptor(), codec.unary}
 	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(onPanic), n.metrics.grpc.StreamServerInterceptor(), codec.stream}
 	var tapHandle tap.ServerInHandle

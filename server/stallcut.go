@@ -12,12 +12,18 @@ import (
 // on the connection (gRPC sets TCP_USER_TIMEOUT to its 20 s keepalive
 // timeout). Eight such connections hold the whole node budget, and every
 // other Read and Subscribe on the node waits. So while a stream waits for
-// the node's budget, a client connection that holds send budget and has
-// had none of it back for Config.SendStallTimeout is closed, as NATS
-// closes a slow consumer past its write deadline: its streams end
-// Unavailable (the SDK resumes elsewhere or later), and the bytes gRPC
-// held for it are freed. A connection that drains, however slowly, is
-// never cut, nor is a stalled one while no other reader waits.
+// the node's budget, a client connection that shows stalled for
+// Config.SendStallTimeout is closed, as NATS closes a slow consumer past
+// its write deadline: one with a stream blocked in SendMsg that long (gRPC
+// holds it there until the stream's previous message has left), or one
+// whose own budget is spent with none of it back for that long. Its
+// streams end Unavailable (the SDK resumes elsewhere or later), and the
+// bytes gRPC held for it are freed. A connection that drains, however
+// slowly, is never cut, nor is a stalled one while no other reader waits,
+// nor one whose streams wait for the node's budget while their own is
+// not spent (the reader that waits). The one false positive: a client
+// that keeps conn-send-bytes of messages outstanding on one connection,
+// all waiting for the node's budget for the whole timeout.
 
 // connTracker keeps the node's accepted API connections by remote
 // address, so the stall cut can close the one behind a budget.
@@ -86,14 +92,14 @@ func (t *connTracker) tag(remote net.Addr, b *byteBudget) {
 	t.mu.Unlock()
 }
 
-// stalled returns the connections whose send budget has been held
-// without any of it coming back for d.
-func (t *connTracker) stalled(now time.Time, d time.Duration) []*trackedConn {
+// stalled returns the connections whose budget shows them stalled for d
+// (byteBudget.stalled).
+func (t *connTracker) stalled(now time.Time, d time.Duration, free int64) []*trackedConn {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []*trackedConn
 	for _, c := range t.conns {
-		if c.budget != nil && c.budget.stalled(now, d) {
+		if c.budget != nil && c.budget.stalled(now, d, free) {
 			out = append(out, c)
 		}
 	}
@@ -127,7 +133,7 @@ func (n *Node) cutStalledReaders() {
 			continue
 		}
 		now := time.Now()
-		cut := n.conns.stalled(now, n.cfg.SendStallTimeout)
+		cut := n.conns.stalled(now, n.cfg.SendStallTimeout, int64(n.cfg.ReadMessageBytes))
 		for _, c := range cut {
 			_ = c.Close()
 			n.metrics.stalledConnsCut.Inc()
