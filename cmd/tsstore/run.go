@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/client/train"
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
 // `tsstore run`: one training run (client/run.go). start fences it to a
@@ -31,6 +33,23 @@ func runError(run string, err error) error {
 	return err
 }
 
+// onRun connects as cf says, looks run up (an unknown run is a clear
+// NotFound, runError) and calls fn with the run's index entry; fn's
+// errors about the run go through runError too.
+func onRun(cf *clientFlags, run string, fn func(ctx context.Context, cl *client.Client, info *pb.RunInfo) error) error {
+	cl, ctx, cancel, err := cf.connect()
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	defer cl.Close()
+	info, err := cl.RunInfo(ctx, run)
+	if err != nil {
+		return runError(run, err)
+	}
+	return runError(run, fn(ctx, cl, info))
+}
+
 func printIndentJSON(w io.Writer, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
@@ -49,7 +68,6 @@ func newRunStartCmd() *cobra.Command {
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		stdout := cmd.OutOrStdout()
 		run := args[0]
-		var err error
 		cl, ctx, cancel, err := cf.connect()
 		if err != nil {
 			return err
@@ -93,48 +111,39 @@ func newRunShowCmd() *cobra.Command {
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		stdout := cmd.OutOrStdout()
 		run := args[0]
-		var err error
-		cl, ctx, cancel, err := cf.connect()
-		if err != nil {
-			return err
-		}
-		defer cancel()
-		defer cl.Close()
-		info, err := cl.RunInfo(ctx, run)
-		if err != nil {
-			return runError(run, err)
-		}
-		r, err := cl.ResumeRun(ctx, run)
-		if err != nil {
-			return runError(run, err)
-		}
-		var ckpt *uint64
-		if r.Checkpoint != nil {
-			ckpt = &r.Checkpoint.Step
-		}
-		if cf.json {
-			return printIndentJSON(stdout, struct {
-				Run      runInfoJSON  `json:"run"`
-				State    runStateJSON `json:"state"`
-				Computed computedJSON `json:"computed"`
-				Resume   resumeJSON   `json:"resume"`
-			}{toRunInfoJSON(info), toRunStateJSON(r.State), toComputedJSON(r.Info), resumeJSON{ckpt, r.NextStep}})
-		}
-		fmt.Fprintf(stdout, "run %s: generation %d (fenced at offset %d, %s), %d events, last offset %d (%s)\n",
-			info.Run, info.Generation, info.FenceOffset, fmtTime(info.FenceTimeUnixNano), info.Events, info.LastOffset, fmtTime(info.LastTimestampUnixNano))
-		fmt.Fprintf(stdout, "snapshots: %d taken, %d indexed", info.SnapshotsTaken, len(info.Snapshots))
-		if n := len(info.Snapshots); n > 0 {
-			s := info.Snapshots[n-1]
-			fmt.Fprintf(stdout, ", newest #%d at offset %d covers offset %d (step %d)", s.Seq, s.Offset, s.Covers, s.Step)
-		}
-		fmt.Fprintf(stdout, "\nstate now (%s):\n", describeComputed(r.Info))
-		printRunState(stdout, r.State)
-		if r.Checkpoint != nil {
-			fmt.Fprintf(stdout, "resume at step %d, after the last complete checkpoint (step %d)\n", r.NextStep, r.Checkpoint.Step)
-		} else {
-			fmt.Fprintln(stdout, "resume from scratch: no complete checkpoint")
-		}
-		return nil
+		return onRun(&cf, run, func(ctx context.Context, cl *client.Client, info *pb.RunInfo) error {
+			r, err := cl.ResumeRun(ctx, run)
+			if err != nil {
+				return err
+			}
+			var ckpt *uint64
+			if r.Checkpoint != nil {
+				ckpt = &r.Checkpoint.Step
+			}
+			if cf.json {
+				return printIndentJSON(stdout, struct {
+					Run      runInfoJSON  `json:"run"`
+					State    runStateJSON `json:"state"`
+					Computed computedJSON `json:"computed"`
+					Resume   resumeJSON   `json:"resume"`
+				}{toRunInfoJSON(info), toRunStateJSON(r.State), toComputedJSON(r.Info), resumeJSON{ckpt, r.NextStep}})
+			}
+			fmt.Fprintf(stdout, "run %s: generation %d (fenced at offset %d, %s), %d events, last offset %d (%s)\n",
+				info.Run, info.Generation, info.FenceOffset, fmtTime(info.FenceTimeUnixNano), info.Events, info.LastOffset, fmtTime(info.LastTimestampUnixNano))
+			fmt.Fprintf(stdout, "snapshots: %d taken, %d indexed", info.SnapshotsTaken, len(info.Snapshots))
+			if n := len(info.Snapshots); n > 0 {
+				s := info.Snapshots[n-1]
+				fmt.Fprintf(stdout, ", newest #%d at offset %d covers offset %d (step %d)", s.Seq, s.Offset, s.Covers, s.Step)
+			}
+			fmt.Fprintf(stdout, "\nstate now (%s):\n", describeComputed(r.Info))
+			printRunState(stdout, r.State)
+			if r.Checkpoint != nil {
+				fmt.Fprintf(stdout, "resume at step %d, after the last complete checkpoint (step %d)\n", r.NextStep, r.Checkpoint.Step)
+			} else {
+				fmt.Fprintln(stdout, "resume from scratch: no complete checkpoint")
+			}
+			return nil
+		})
 	}
 	return cmd
 }
@@ -153,7 +162,6 @@ func newRunStateCmd() *cobra.Command {
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		stdout := cmd.OutOrStdout()
 		run := args[0]
-		var err error
 		var given []string
 		for _, name := range []string{"at-step", "at-offset", "at-time", "before-nan"} {
 			if fs.Changed(name) {
@@ -176,46 +184,39 @@ func newRunStateCmd() *cobra.Command {
 			}
 			target = train.AtTime(t)
 		}
-		cl, ctx, cancel, err := cf.connect()
-		if err != nil {
-			return err
-		}
-		defer cancel()
-		defer cl.Close()
-		if _, err := cl.RunInfo(ctx, run); err != nil {
-			return runError(run, err)
-		}
-		note := ""
-		if given[0] == "--before-nan" {
-			now, _, err := cl.RunState(ctx, run, train.Target{})
+		return onRun(&cf, run, func(ctx context.Context, cl *client.Client, _ *pb.RunInfo) error {
+			note := ""
+			if given[0] == "--before-nan" {
+				now, _, err := cl.RunState(ctx, run, train.Target{})
+				if err != nil {
+					return err
+				}
+				t, ok := now.StepsBeforeFirstNaN(*beforeNaN)
+				if !ok {
+					return fmt.Errorf("run %q has no NaN or Inf loss in its %d events (up to offset %d)", run, now.Events, now.LastOffset)
+				}
+				target = t
+				note = fmt.Sprintf("first NaN loss at step %d (rank %d, offset %d); %d steps before it is %v", now.FirstNaN.Step, now.FirstNaN.Rank, now.FirstNaN.Offset, *beforeNaN, t)
+			}
+			st, info, err := cl.RunState(ctx, run, target)
 			if err != nil {
-				return runError(run, err)
+				return err
 			}
-			t, ok := now.StepsBeforeFirstNaN(*beforeNaN)
-			if !ok {
-				return fmt.Errorf("run %q has no NaN or Inf loss in its %d events (up to offset %d)", run, now.Events, now.LastOffset)
+			if cf.json {
+				return printIndentJSON(stdout, struct {
+					Run      string       `json:"run"`
+					Target   string       `json:"target"`
+					State    runStateJSON `json:"state"`
+					Computed computedJSON `json:"computed"`
+				}{run, target.String(), toRunStateJSON(st), toComputedJSON(info)})
 			}
-			target = t
-			note = fmt.Sprintf("first NaN loss at step %d (rank %d, offset %d); %d steps before it is %v", now.FirstNaN.Step, now.FirstNaN.Rank, now.FirstNaN.Offset, *beforeNaN, t)
-		}
-		st, info, err := cl.RunState(ctx, run, target)
-		if err != nil {
-			return runError(run, err)
-		}
-		if cf.json {
-			return printIndentJSON(stdout, struct {
-				Run      string       `json:"run"`
-				Target   string       `json:"target"`
-				State    runStateJSON `json:"state"`
-				Computed computedJSON `json:"computed"`
-			}{run, target.String(), toRunStateJSON(st), toComputedJSON(info)})
-		}
-		if note != "" {
-			fmt.Fprintln(stdout, note)
-		}
-		fmt.Fprintf(stdout, "run %s at %v (%s):\n", run, target, describeComputed(info))
-		printRunState(stdout, st)
-		return nil
+			if note != "" {
+				fmt.Fprintln(stdout, note)
+			}
+			fmt.Fprintf(stdout, "run %s at %v (%s):\n", run, target, describeComputed(info))
+			printRunState(stdout, st)
+			return nil
+		})
 	}
 	return cmd
 }
@@ -228,50 +229,42 @@ func newRunCheckpointsCmd() *cobra.Command {
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		stdout := cmd.OutOrStdout()
 		run := args[0]
-		var err error
-		cl, ctx, cancel, err := cf.connect()
-		if err != nil {
-			return err
-		}
-		defer cancel()
-		defer cl.Close()
-		if _, err := cl.RunInfo(ctx, run); err != nil {
-			return runError(run, err)
-		}
-		r, err := cl.ResumeRun(ctx, run)
-		if err != nil {
-			return runError(run, err)
-		}
-		st := r.State
-		if cf.json {
-			j := toRunStateJSON(st)
-			return printIndentJSON(stdout, struct {
-				Run            string           `json:"run"`
-				LastCheckpoint *checkpointJSON  `json:"last_checkpoint"`
-				Pending        []checkpointJSON `json:"pending"`
-				NextStep       uint64           `json:"next_step"`
-				Computed       computedJSON     `json:"computed"`
-			}{run, j.LastCheckpoint, j.Pending, r.NextStep, toComputedJSON(r.Info)})
-		}
-		fmt.Fprintf(stdout, "run %s at offset %d, step %d (%s)\n", run, st.LastOffset, st.Step, describeComputed(r.Info))
-		if c := st.LastCheckpoint; c != nil {
-			fmt.Fprintf(stdout, "last complete checkpoint: step %d (generation %d, completed at offset %d), majority sha256 %s, disagree %s\n",
-				c.Step, c.Generation, c.Offset, c.Majority, fmtRanks(c.Disagree, "none"))
-			printFiles(stdout, c)
-			fmt.Fprintf(stdout, "resume at step %d\n", r.NextStep)
-		} else {
-			fmt.Fprintln(stdout, "no complete checkpoint: resume from scratch")
-		}
-		if len(st.Pending) == 0 {
-			fmt.Fprintln(stdout, "pending: none")
-		}
-		for i := range st.Pending {
-			c := &st.Pending[i]
-			fmt.Fprintf(stdout, "pending: step %d (generation %d), %d saved, missing %s\n",
-				c.Step, c.Generation, len(c.Files), fmtRanks(missingRanks(st, c), "none"))
-			printFiles(stdout, c)
-		}
-		return nil
+		return onRun(&cf, run, func(ctx context.Context, cl *client.Client, _ *pb.RunInfo) error {
+			r, err := cl.ResumeRun(ctx, run)
+			if err != nil {
+				return err
+			}
+			st := r.State
+			if cf.json {
+				j := toRunStateJSON(st)
+				return printIndentJSON(stdout, struct {
+					Run            string           `json:"run"`
+					LastCheckpoint *checkpointJSON  `json:"last_checkpoint"`
+					Pending        []checkpointJSON `json:"pending"`
+					NextStep       uint64           `json:"next_step"`
+					Computed       computedJSON     `json:"computed"`
+				}{run, j.LastCheckpoint, j.Pending, r.NextStep, toComputedJSON(r.Info)})
+			}
+			fmt.Fprintf(stdout, "run %s at offset %d, step %d (%s)\n", run, st.LastOffset, st.Step, describeComputed(r.Info))
+			if c := st.LastCheckpoint; c != nil {
+				fmt.Fprintf(stdout, "last complete checkpoint: step %d (generation %d, completed at offset %d), majority sha256 %s, disagree %s\n",
+					c.Step, c.Generation, c.Offset, c.Majority, fmtRanks(c.Disagree, "none"))
+				printFiles(stdout, c)
+				fmt.Fprintf(stdout, "resume at step %d\n", r.NextStep)
+			} else {
+				fmt.Fprintln(stdout, "no complete checkpoint: resume from scratch")
+			}
+			if len(st.Pending) == 0 {
+				fmt.Fprintln(stdout, "pending: none")
+			}
+			for i := range st.Pending {
+				c := &st.Pending[i]
+				fmt.Fprintf(stdout, "pending: step %d (generation %d), %d saved, missing %s\n",
+					c.Step, c.Generation, len(c.Files), fmtRanks(missingRanks(st, c), "none"))
+				printFiles(stdout, c)
+			}
+			return nil
+		})
 	}
 	return cmd
 }
