@@ -129,10 +129,10 @@ func TestStalledReadersAreBounded(t *testing.T) {
 	}
 }
 
-func stalledReadersAreBounded(t *testing.T, decoded bool) {
-	tc := newTestCluster(t, 1, func(c *Config) { c.ConnSendBytes = 8 << 20 })
-	n := tc.leader()
-	c := dial(t, n)
+// appendBigLog appends a 16 MiB log: 4,000 events of 4,000 bytes, in 40
+// appends.
+func appendBigLog(t *testing.T, c pb.EventStoreClient) {
+	t.Helper()
 	payload := strings.Repeat("p", 4000)
 	for range 40 {
 		var evs []*pb.Event
@@ -143,6 +143,13 @@ func stalledReadersAreBounded(t *testing.T, decoded bool) {
 			t.Fatal(err)
 		}
 	}
+}
+
+func stalledReadersAreBounded(t *testing.T, decoded bool) {
+	tc := newTestCluster(t, 1, func(c *Config) { c.ConnSendBytes = 8 << 20 })
+	n := tc.leader()
+	c := dial(t, n)
+	appendBigLog(t, c)
 	before := heapInuse()
 	// From offset 0, no filter.
 	conn := stallReaders(t, n.APIAddr(), 200, &pb.ReadRequest{Decoded: decoded})
@@ -179,16 +186,7 @@ func TestStalledConnectionIsCutWhenOthersWait(t *testing.T) {
 	})
 	n := tc.leader()
 	c := dial(t, n)
-	payload := strings.Repeat("p", 4000)
-	for range 40 {
-		var evs []*pb.Event
-		for range 100 {
-			evs = append(evs, ev("run/big", payload))
-		}
-		if _, err := c.Append(ctxT(t), &pb.AppendRequest{Events: evs}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendBigLog(t, c)
 	stalled := stallReaders(t, n.APIAddr(), 50, &pb.ReadRequest{})
 	defer stalled.Close()
 	deadline := time.Now().Add(10 * time.Second)
