@@ -3,6 +3,7 @@ package segment
 import (
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"os"
 	"path/filepath"
@@ -47,12 +48,20 @@ type segment struct {
 	// file) once it is sealed. Exactly one is set.
 	live    map[string]*liveStream
 	streams *streamsIndex
+	// digest is the CRC-32C of the .log's size bytes, when digestKnown:
+	// kept up to date by Append and by any full walk (Open of the active
+	// segment, an index rebuild, ReplaceSealed, Digest). A sealed segment
+	// opened with good index files is not read whole, so its digest is
+	// unknown until Digest reads it.
+	digest      uint32
+	digestKnown bool
 }
 
 func (s *segment) info() SegmentInfo {
 	return SegmentInfo{
 		BaseOffset: s.base, NextOffset: s.next, Size: s.size, Path: s.path,
 		Sealed: s.sealed, FirstTimestamp: s.firstTS, LastTimestamp: s.lastTS,
+		Digest: s.digest, DigestKnown: s.digestKnown,
 	}
 }
 
@@ -66,6 +75,10 @@ type SegmentInfo struct {
 	// FirstTimestamp and LastTimestamp are the timestamps, in unix
 	// nanoseconds, of the first and last batch; 0 for an empty segment.
 	FirstTimestamp, LastTimestamp int64
+	// Digest is the CRC-32C of the segment's Size bytes, if DigestKnown
+	// (see Log.Digest, which computes it when not).
+	Digest      uint32
+	DigestKnown bool
 }
 
 // RecoveryInfo reports what Open did to bring the directory to a
@@ -227,6 +240,7 @@ func (l *Log) AppendEntry(batches ...record.Batch) error {
 		a.size += int64(h.Size())
 		a.next = h.NextOffset()
 	}
+	a.digest = crc32.Update(a.digest, castagnoli, buf)
 	l.mu.last, l.mu.hasLast = last, true
 	l.mu.Unlock()
 	return nil
@@ -351,7 +365,7 @@ func (l *Log) rollLocked() error {
 		return l.failLocked("create "+path, err)
 	}
 	l.w.dirDirty = true
-	s := &segment{base: a.next, path: path, f: f, next: a.next, live: make(map[string]*liveStream)}
+	s := &segment{base: a.next, path: path, f: f, next: a.next, live: make(map[string]*liveStream), digestKnown: true}
 	s.refs.Store(1)
 	l.mu.Lock()
 	a.sealed = true
