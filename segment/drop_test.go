@@ -249,3 +249,31 @@ func TestDigest(t *testing.T) {
 		t.Fatal("VerifySegment passed a rotted segment")
 	}
 }
+
+// The read floor hides offsets below it before (or without) their
+// segments being dropped; it never goes down and never passes the end.
+func TestSetFirstOffset(t *testing.T) {
+	l := mustOpen(t, t.TempDir(), testOptions())
+	batches := fill(t, l, newMaker(300), 60, 4)
+	floor := batches[5].Header().BaseOffset
+	l.SetFirstOffset(floor)
+	l.SetFirstOffset(floor - 4)
+	if l.FirstOffset() != floor {
+		t.Fatalf("FirstOffset = %d, want %d", l.FirstOffset(), floor)
+	}
+	var oce *OffsetCompactedError
+	if _, _, err := l.ReadBatches(nil, floor-1, 1<<20); !errors.As(err, &oce) || oce.FirstOffset != floor {
+		t.Fatalf("read below the floor = %v", err)
+	}
+	if _, _, err := l.StreamBatches(nil, "stream-1", 0, 1<<20); !errors.As(err, &oce) || oce.FirstOffset != floor {
+		t.Fatalf("stream read below the floor = %v", err)
+	}
+	out, _, err := l.ReadBatches(nil, floor, 1<<20)
+	if err != nil || string(splitBatches(t, out)[0]) != string(batches[5]) {
+		t.Fatalf("read at the floor: %v", err)
+	}
+	l.SetFirstOffset(l.NextOffset() + 1000)
+	if l.FirstOffset() != l.NextOffset() {
+		t.Fatalf("floor past the end: FirstOffset %d, NextOffset %d", l.FirstOffset(), l.NextOffset())
+	}
+}

@@ -136,6 +136,7 @@ type Log struct {
 	mu struct {
 		sync.RWMutex
 		segs    []*segment // oldest first; the last one is active
+		floor   uint64     // reads below it are compacted (SetFirstOffset)
 		last    record.Header
 		hasLast bool
 		closed  bool
@@ -148,11 +149,27 @@ func (l *Log) Recovery() RecoveryInfo { return l.recovery }
 // Dir is the log's directory.
 func (l *Log) Dir() string { return l.dir }
 
-// FirstOffset is the first offset still stored.
+// FirstOffset is the first offset readers may ask for: the first offset
+// still stored, or the floor SetFirstOffset raised above it.
 func (l *Log) FirstOffset() uint64 {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return l.mu.segs[0].base
+	return l.firstLocked()
+}
+
+func (l *Log) firstLocked() uint64 { return max(l.mu.segs[0].base, l.mu.floor) }
+
+// SetFirstOffset raises the log's read floor to first (clamped to
+// NextOffset; it never goes down): reads below it get an
+// *OffsetCompactedError even while the segments that hold those offsets
+// are still on disk, because something (a snapshot being written) pins
+// them, or because they also hold offsets at or above first. The floor is
+// not persisted: the caller that decided it (the FSM's replicated state)
+// sets it again after Open. DropSealedBefore removes the files.
+func (l *Log) SetFirstOffset(first uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.mu.floor = max(l.mu.floor, min(first, l.mu.segs[len(l.mu.segs)-1].next))
 }
 
 // NextOffset is the offset the next appended batch must start at.
