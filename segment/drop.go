@@ -124,3 +124,23 @@ func (l *Log) Digest(base uint64, fresh bool) (uint32, error) {
 	}
 	return sum, nil
 }
+
+// SegmentStreams returns the names of the streams with records in the
+// sealed segment at base, sorted, from its .streams directory (held in
+// memory): what a retention policy needs to know whether the whole
+// segment may go.
+func (l *Log) SegmentStreams(base uint64) ([]string, error) {
+	s, err := l.sealed(base)
+	if err != nil {
+		return nil, err
+	}
+	defer s.release()
+	if s.damaged != nil {
+		return nil, s.damaged
+	}
+	out := make([]string, len(s.streams.dirs))
+	for i, d := range s.streams.dirs {
+		out[i] = d.name
+	}
+	return out, nil
+}

@@ -78,6 +78,10 @@ func TestDropSealed(t *testing.T) {
 		}
 	}
 	checkFirst(l)
+	names, err := l.SegmentStreams(segs[1].BaseOffset)
+	if err != nil || len(names) != 7 || names[0] != "stream-0" || names[6] != "stream-6" {
+		t.Fatalf("SegmentStreams = %v, %v", names, err)
+	}
 	// Appends go on; a restart sees the same log.
 	fill(t, l, m, 5, 4)
 	if err := l.Close(); err != nil {
