@@ -87,6 +87,12 @@ func (p *Processor) commitEntry(index uint64) *ApplyResult {
 	if err := p.log.AppendEntry(batches...); err != nil {
 		return p.fail(err)
 	}
+	if p.log.ActiveBase() > p.manifestEnd() {
+		// The entry rolled the log: the sealed segment joins the manifest.
+		if err := p.syncManifest(p.log, p.mu.state); err != nil {
+			return p.fail(err)
+		}
+	}
 	p.mu.Lock()
 	for _, b := range batches {
 		if err = p.mu.state.applyBatch(b); err != nil {

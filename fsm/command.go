@@ -3,6 +3,7 @@ package fsm
 import (
 	"bytes"
 	"fmt"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
@@ -320,6 +321,12 @@ func CheckCommand(data []byte) error {
 	case CmdRemoveNode:
 		var cmd RemoveNodeCommand
 		return decode(data, &cmd)
+	case CmdSetRetention:
+		var cmd SetRetentionCommand
+		return decode(data, &cmd)
+	case CmdCompact:
+		var cmd CompactCommand
+		return decode(data, &cmd)
 	}
 	return fmt.Errorf("%w: type %d", ErrUnknownCommand, data[0])
 }
@@ -352,6 +359,19 @@ func DescribeCommand(data []byte) string {
 		var cmd RemoveNodeCommand
 		if decode(data, &cmd) == nil {
 			return fmt.Sprintf("remove node %s (incarnation %s)", cmd.ID, cmd.Incarnation)
+		}
+	case CmdSetRetention:
+		var cmd SetRetentionCommand
+		if decode(data, &cmd) == nil {
+			if cmd.Remove {
+				return fmt.Sprintf("remove retention of %q", cmd.Prefix)
+			}
+			return fmt.Sprintf("set retention of %q: max age %v, max bytes %d", cmd.Prefix, time.Duration(cmd.MaxAge), cmd.MaxBytes)
+		}
+	case CmdCompact:
+		var cmd CompactCommand
+		if decode(data, &cmd) == nil {
+			return fmt.Sprintf("compact: drop sealed segments below offset %d (policy version %d)", cmd.Cut, cmd.PolicyVersion)
 		}
 	}
 	return fmt.Sprintf("command type %d", data[0])

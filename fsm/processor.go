@@ -85,6 +85,22 @@ type Processor struct {
 	nodesWM   uint64 // node commands at or below this index are in the node table
 	batches   batcher
 	lastSweep int64 // log timestamp of the last sweepProducers
+	// retention commands at or below this index are in the state (the
+	// checkpoint's index: later ones are applied again after a restart,
+	// which they allow: setting a policy or a cut twice is setting it once)
+	retentionWM uint64
+
+	// drops holds back the files of dropped segments while snapshots that
+	// may link them are written (retention.go).
+	drops struct {
+		sync.Mutex
+		pins int
+		cut  uint64 // drop sealed segments ending at or before it; 0: none
+	}
+	// cpMu serializes checkpoint writes; cpIndex is the newest written, so
+	// an older one (a snapshot persisted after a cut's) never replaces it.
+	cpMu    sync.Mutex
+	cpIndex uint64
 
 	applied    atomic.Uint64
 	nextOffset atomic.Uint64
@@ -151,6 +167,16 @@ func (p *Processor) load(log *segment.Log) error {
 	if nodes.Index > cp.Index {
 		st.Nodes, st.Members, p.nodesWM = nodes.Nodes, nodes.Members, nodes.Index
 	}
+	// Finish what a cut started: reads stop at it, and files a crash left
+	// behind (or a snapshot held) go now.
+	log.SetFirstOffset(st.Retention.FirstOffset)
+	if _, err := log.DropSealedBefore(st.Retention.FirstOffset); err != nil {
+		return fmt.Errorf("fsm: dropping segments below the first kept offset %d: %w", st.Retention.FirstOffset, err)
+	}
+	if err := p.syncManifest(log, st); err != nil {
+		return fmt.Errorf("fsm: segment manifest of %s: %w", log.Dir(), err)
+	}
+	p.retentionWM, p.cpIndex = cp.Index, cp.Index
 	p.appendWM = cp.Index
 	if h, ok := log.LastHeader(); ok && h.RaftIndex > p.appendWM {
 		p.appendWM = h.RaftIndex
@@ -350,6 +376,24 @@ func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 			return p.fail(fmt.Errorf("entry %d: %w", index, err))
 		}
 		return p.applyRemoveNode(index, &cmd)
+	case CmdSetRetention:
+		if index <= p.retentionWM {
+			return &ApplyResult{Skipped: true}
+		}
+		var cmd SetRetentionCommand
+		if err := decode(data, &cmd); err != nil {
+			return p.fail(fmt.Errorf("entry %d: %w", index, err))
+		}
+		return p.applySetRetention(index, &cmd)
+	case CmdCompact:
+		if index <= p.retentionWM {
+			return &ApplyResult{Skipped: true}
+		}
+		var cmd CompactCommand
+		if err := decode(data, &cmd); err != nil {
+			return p.fail(fmt.Errorf("entry %d: %w", index, err))
+		}
+		return p.applyCompact(index, &cmd)
 	default:
 		// A command from a newer version: applying around it would make
 		// this replica diverge, so stop and ask for an upgrade.

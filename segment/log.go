@@ -179,6 +179,14 @@ func (l *Log) NextOffset() uint64 {
 	return l.mu.segs[len(l.mu.segs)-1].next
 }
 
+// ActiveBase is the base offset of the active segment: every offset below
+// it is in a sealed segment (or was dropped).
+func (l *Log) ActiveBase() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.active().base
+}
+
 // LastHeader returns the header of the last batch, or false if the log
 // holds none.
 func (l *Log) LastHeader() (record.Header, bool) {
