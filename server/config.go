@@ -93,6 +93,13 @@ type Config struct {
 	// it comes back only with a new sequence starting at 1. 0: never. The
 	// leader puts it in every entry, so replicas decide alike.
 	ProducerTTL time.Duration
+	// RetentionInterval is how often the leader plans a retention cut
+	// under the cluster's policies and commits it (retention.go). 0: only
+	// on demand (`tsstore compact`).
+	RetentionInterval time.Duration
+	// CommandTimeout bounds how long a Raft command of the node's own
+	// (a retention policy, a cut) may wait to be enqueued.
+	CommandTimeout time.Duration
 	// RunSnapshotBatches is how many BatchCompleted events of a training
 	// run the leader folds between two run snapshots (runsnap.go): the
 	// bound on what a resume replays after the newest snapshot. 0: none.
@@ -174,6 +181,8 @@ func DefaultConfig() Config {
 		ReadMessageBytes:       1 << 20,
 		MaxSubscriberLag:       1 << 20,
 		ProducerTTL:            7 * 24 * time.Hour,
+		RetentionInterval:      time.Minute,
+		CommandTimeout:         5 * time.Second,
 		RunSnapshotBatches:     5000,
 		MinFreeBytes:           256 << 20,
 		DiskResumeBytes:        64 << 20,
@@ -256,6 +265,9 @@ func (c Config) Validate() error {
 	}
 	if c.ProducerTTL < 0 {
 		errs = append(errs, errors.New("producer ttl must not be negative (0: never expire)"))
+	}
+	if c.RetentionInterval < 0 || c.CommandTimeout <= 0 {
+		errs = append(errs, errors.New("retention interval must not be negative (0: on demand only) and command timeout must be positive"))
 	}
 	if c.MaxReadStreams <= 0 || c.MaxStreamsPerConn == 0 {
 		errs = append(errs, errors.New("max read streams and max streams per connection must be positive"))
