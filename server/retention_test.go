@@ -176,3 +176,45 @@ func TestRetentionCutOnEveryReplica(t *testing.T) {
 	}
 	checkCompacted(t, f, cut2.Cut)
 }
+
+// The leader's retention tick commits a cut by itself once a policy lets
+// sealed segments go; no call needed.
+func TestRetentionTick(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.RetentionInterval = 50 * time.Millisecond
+	})
+	next := appendBatches(t, tc, "p1", 40)
+	waitNextOffset(t, tc.nodes, next)
+	if _, err := dialRetention(t, tc.follower()).SetRetention(ctxT(t), &pb.SetRetentionRequest{Policy: &pb.RetentionPolicy{Prefix: "run/", MaxBytes: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	// Every sealed segment but the last may go: wait for the cut on every
+	// node (on the FSM's changes, not on time).
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, n := range tc.nodes {
+		for {
+			ch := n.proc.Changed()
+			r := n.proc.Retention()
+			if k := len(r.Segments); k > 1 && r.FirstOffset == r.Segments[k-1].BaseOffset {
+				break
+			}
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				t.Fatalf("%s: no cut: %+v", n.cfg.NodeID, n.proc.Retention())
+			}
+		}
+	}
+	checkCompacted(t, tc.nodes[0], tc.nodes[0].proc.FirstOffset())
+	// Leadership may have moved since: count every node's cuts.
+	var cuts, bytes float64
+	for _, n := range tc.nodes {
+		cuts += counterValue(t, n.metrics.retentionCuts)
+		bytes += counterValue(t, n.metrics.retentionBytes)
+	}
+	if cuts < 1 || bytes <= 0 {
+		t.Fatalf("tsstore_retention_cuts_total %v, tsstore_retention_reclaimed_bytes_total %v", cuts, bytes)
+	}
+}
