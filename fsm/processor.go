@@ -94,8 +94,17 @@ type Processor struct {
 	// may link them are written (retention.go).
 	drops struct {
 		sync.Mutex
-		pins int
-		cut  uint64 // drop sealed segments ending at or before it; 0: none
+		pins    int
+		job     *cutJob       // the newest cut not checkpointed yet
+		safe    uint64        // a durable checkpoint keeps offsets from here: files below may go
+		dropped uint64        // files below it are gone
+		gen     uint64        // bumped when the log is replaced (Restore)
+		changed chan struct{} // closed when dropped moves
+	}
+	// cuts is the cut worker (cuts.go).
+	cuts struct {
+		wake, quit, done chan struct{}
+		stop             sync.Once
 	}
 	// cpMu serializes checkpoint writes; cpIndex is the newest written, so
 	// an older one (a snapshot persisted after a cut's) never replaces it.
@@ -135,6 +144,7 @@ func Open(cfg Config) (*Processor, error) {
 		log.Close()
 		return nil, err
 	}
+	p.startCuts()
 	return p, nil
 }
 
@@ -177,6 +187,7 @@ func (p *Processor) load(log *segment.Log) error {
 		return fmt.Errorf("fsm: segment manifest of %s: %w", log.Dir(), err)
 	}
 	p.retentionWM, p.cpIndex = cp.Index, cp.Index
+	p.resetDrops(st.Retention.FirstOffset)
 	p.appendWM = cp.Index
 	if h, ok := log.LastHeader(); ok && h.RaftIndex > p.appendWM {
 		p.appendWM = h.RaftIndex
@@ -214,8 +225,9 @@ func (p *Processor) readOrRebuildCheckpoint(log *segment.Log) (checkpoint, error
 	return checkpoint{}, nil
 }
 
-// Close closes the segment log.
+// Close finishes the queued cut work and closes the segment log.
 func (p *Processor) Close() error {
+	p.stopCuts()
 	p.logMu.Lock()
 	defer p.logMu.Unlock()
 	if p.log == nil {

@@ -256,11 +256,12 @@ func validatePolicy(cmd *SetRetentionCommand) error {
 //   - a cut that is not the end of a local sealed segment is refused.
 //
 // Then the state moves (FirstOffset, the manifest entries below the cut
-// become dropped), the log is synced and a checkpoint written at this
-// index, the log's read floor raised, and the files dropped (now, or when
-// the snapshots being written that link them are done). The checkpoint
-// comes first because the state is rebuilt at start from the checkpoint
-// and the log after it: the log below the cut is about to go.
+// become dropped) and the log's read floor rises: reads below the cut are
+// compacted from this entry on. The rest is the cut worker's (cuts.go), off
+// the apply path so appends wait at most for its one log fsync: sync the
+// log, write a checkpoint at this index, then drop the files. The
+// checkpoint comes first because the state is rebuilt at start from the
+// checkpoint and the log after it: the log below the cut is about to go.
 func (p *Processor) applyCompact(index uint64, cmd *CompactCommand) *ApplyResult {
 	p.mu.Lock()
 	r := &p.mu.state.Retention
@@ -287,15 +288,9 @@ func (p *Processor) applyCompact(index uint64, cmd *CompactCommand) *ApplyResult
 	r.FirstOffset = cmd.Cut
 	st := p.mu.state.clone()
 	p.mu.Unlock()
-	if err := p.log.Sync(); err != nil {
-		return p.fail(err)
-	}
-	if err := p.writeCheckpoint(checkpoint{Index: index, State: st}, false); err != nil {
-		return p.fail(fmt.Errorf("writing checkpoint at cut %d: %w", cmd.Cut, err))
-	}
-	p.retentionWM = index
 	p.log.SetFirstOffset(cmd.Cut)
-	p.dropTo(cmd.Cut)
+	p.retentionWM = index
+	p.queueCut(&cutJob{index: index, state: st, cut: cmd.Cut})
 	return &ApplyResult{}
 }
 
@@ -342,49 +337,4 @@ func (p *Processor) syncManifest(log *segment.Log, st *State) error {
 		p.mu.Unlock()
 	}
 	return nil
-}
-
-// pin keeps the files of dropped segments on disk while a snapshot that
-// may link them is being written (Snapshot to Persist); unpin lets a
-// pending drop go.
-func (p *Processor) pin() {
-	p.drops.Lock()
-	p.drops.pins++
-	p.drops.Unlock()
-}
-
-func (p *Processor) unpin() {
-	p.drops.Lock()
-	defer p.drops.Unlock()
-	p.drops.pins--
-	p.dropLocked()
-}
-
-// dropTo records a cut whose files may go and drops them unless pinned.
-func (p *Processor) dropTo(cut uint64) {
-	p.drops.Lock()
-	defer p.drops.Unlock()
-	p.drops.cut = max(p.drops.cut, cut)
-	p.dropLocked()
-}
-
-func (p *Processor) dropLocked() {
-	if p.drops.pins > 0 || p.drops.cut == 0 {
-		return
-	}
-	cut := p.drops.cut
-	err := p.WithLog(func(l *segment.Log) error {
-		dropped, err := l.DropSealedBefore(cut)
-		for _, d := range dropped {
-			p.logger.Info("retention dropped a segment", "base_offset", d.BaseOffset, "next_offset", d.NextOffset, "bytes", d.Size)
-		}
-		return err
-	})
-	if err != nil {
-		// The cut is committed and reads stop at it already; the files go
-		// at the next cut, unpin or restart.
-		p.logger.Error("retention could not drop segment files", "cut", cut, "error", err)
-		return
-	}
-	p.drops.cut = 0
 }

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -167,6 +168,7 @@ func TestCompactDropsSealedSegments(t *testing.T) {
 	if p.FirstOffset() != cut || p.Retention().FirstOffset != cut {
 		t.Fatalf("first offset %d, retention %d, want %d", p.FirstOffset(), p.Retention().FirstOffset, cut)
 	}
+	waitDropped(t, p, cut)
 	for _, e := range r.Segments[:2] {
 		if _, err := os.Stat(segmentPath(p, e.BaseOffset)); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("segment %d still on disk: %v", e.BaseOffset, err)
@@ -197,6 +199,16 @@ func TestCompactDropsSealedSegments(t *testing.T) {
 	}
 }
 
+// waitDropped waits for the cut worker to drop the files below cut.
+func waitDropped(t *testing.T, p *Processor, cut uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.waitDropped(ctx, cut); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func segmentPath(p *Processor, base uint64) string {
 	var path string
 	_ = p.WithLog(func(l *segment.Log) error { path = l.Dir() + "/" + segment.FileName(base); return nil })
@@ -218,6 +230,7 @@ func TestCompactRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustApply(t, p, next, mustEncodeCmd(t, CmdCompact, &CompactCommand{Cut: cut, PolicyVersion: 1}))
+	p.stopCuts() // the worker has done what it can: checkpoint written, files pinned
 	if _, err := os.Stat(segmentPath(p, 0)); err != nil {
 		t.Fatalf("a pinned segment was dropped: %v", err)
 	}
@@ -269,7 +282,8 @@ func TestCompactSnapshotRestore(t *testing.T) {
 	if err := early.Persist(&earlyStream); err != nil {
 		t.Fatalf("persist of a snapshot taken before the cut: %v", err)
 	}
-	// Persist released the pin: the files are gone now.
+	// Persist released the pin: the files go now.
+	waitDropped(t, src, cut)
 	if _, err := os.Stat(segmentPath(src, 0)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("segment 0 after the pin was released: %v", err)
 	}
@@ -298,6 +312,7 @@ func TestCompactSnapshotRestore(t *testing.T) {
 	cut2 := src.Retention().Segments[3].NextOffset
 	for _, p := range []*Processor{src, dst} {
 		mustApply(t, p, next, mustEncodeCmd(t, CmdCompact, &CompactCommand{Cut: cut2, PolicyVersion: 1}))
+		waitDropped(t, p, cut2)
 	}
 	if !bytes.Equal(keptBytes(t, src), keptBytes(t, dst)) || !reflect.DeepEqual(src.Retention(), dst.Retention()) {
 		t.Fatal("replicas differ after the second cut")
@@ -325,6 +340,8 @@ func TestCompactReplicasIdentical(t *testing.T) {
 	c := mustEncodeCmd(t, CmdCompact, &CompactCommand{Cut: cut, PolicyVersion: 1})
 	mustApply(t, a, uint64(len(entries)+1), c)
 	mustApply(t, b, uint64(len(entries)+1), c)
+	waitDropped(t, a, cut)
+	waitDropped(t, b, cut)
 	ra, rb := a.Retention(), b.Retention()
 	if !reflect.DeepEqual(ra, rb) || len(ra.Segments) < 4 {
 		t.Fatalf("manifests differ:\n%+v\n%+v", ra, rb)

@@ -246,7 +246,12 @@ func (p *Processor) Restore(r io.Reader) error {
 	if err := check.Close(); err != nil {
 		return err
 	}
-	return p.swapIn(tmp, h)
+	// Nothing of the old log's cuts may be dropped from the new one; the
+	// new one's files below its first kept offset were never shipped.
+	p.resetDrops(0)
+	err = p.swapIn(tmp, h)
+	p.resetDrops(h.State.Retention.FirstOffset)
+	return err
 }
 
 func writeSegment(path string, r io.Reader, size int64) error {
