@@ -22,18 +22,24 @@ var ErrNotOldest = errors.New("segment: only the oldest sealed segment can be dr
 // segment whole, with or without index files (Open rebuilds them), or
 // gone; a caller that decided the drop (the FSM, through Raft) repeats it
 // after a restart. Hard links elsewhere (snapshots) keep their bytes.
-// DropSealed is serialized with ReplaceSealed; appends are not held up.
+// DropSealed is serialized with ReplaceSealed; appends wait only for the
+// removal from the segment list, not for the unlinks or a read.
 func (l *Log) DropSealed(base uint64) (SegmentInfo, error) {
 	l.repl.Lock()
 	defer l.repl.Unlock()
+	// The writer reads l.mu.segs without l.mu (it is the only other one
+	// that changes the slice): hold it off for the swap only.
+	l.w.Lock()
 	l.mu.Lock()
 	segs := l.mu.segs
 	switch {
 	case l.mu.closed:
 		l.mu.Unlock()
+		l.w.Unlock()
 		return SegmentInfo{}, ErrClosed
 	case len(segs) < 2 || segs[0].base != base:
 		l.mu.Unlock()
+		l.w.Unlock()
 		if s, err := l.sealed(base); err == nil {
 			s.release()
 			return SegmentInfo{}, fmt.Errorf("%w: %d (the oldest starts at %d)", ErrNotOldest, base, segs[0].base)
@@ -44,6 +50,7 @@ func (l *Log) DropSealed(base uint64) (SegmentInfo, error) {
 	info := old.info()
 	l.mu.segs = segs[1:]
 	l.mu.Unlock()
+	l.w.Unlock()
 	// The Log's reference; readers may still hold theirs.
 	cerr := old.release()
 	for _, name := range []string{streamsName(base), timeIndexName(base), indexName(base), FileName(base)} {

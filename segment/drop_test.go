@@ -148,14 +148,30 @@ func TestDropSealedInterrupted(t *testing.T) {
 }
 
 // Readers racing with drops get whole batches or an OffsetCompactedError,
-// never a closed file or a short answer.
+// never a closed file or a short answer; appends (and the rolls they
+// cause) go on meanwhile, from another goroutine than the drops'.
 func TestDropSealedConcurrentReaders(t *testing.T) {
 	l := mustOpen(t, t.TempDir(), testOptions())
-	fill(t, l, newMaker(300), 120, 4)
+	m := newMaker(300)
+	fill(t, l, m, 120, 4)
 	segs := l.Segments()
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
-	errs := make(chan error, 4)
+	errs := make(chan error, 5)
+	more := make([]record.Batch, 120)
+	for i := range more {
+		more[i] = m.batch(t, 4)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for _, b := range more {
+			if err := l.Append(b); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
 	for range 4 {
 		wg.Add(1)
 		go func() {
