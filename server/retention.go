@@ -43,7 +43,7 @@ func (n *Node) applyCommand(ctx context.Context, t fsm.CommandType, cmd any) err
 	return nil
 }
 
-// forwardToLeader returns a context and a client connection to the
+// forwardRetention returns a context and a Retention client of the
 // leader for a call this node cannot serve, or an error.
 func (n *Node) forwardRetention(ctx context.Context) (context.Context, pb.RetentionClient, error) {
 	if isForwarded(ctx) {
