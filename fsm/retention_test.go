@@ -3,6 +3,8 @@ package fsm
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"hash/crc32"
 	"errors"
 	"fmt"
 	"os"
@@ -364,5 +366,36 @@ func TestCompactReplicasIdentical(t *testing.T) {
 	}
 	if !bytes.Equal(keptBytes(t, a), keptBytes(t, b)) {
 		t.Fatal("logs differ")
+	}
+}
+
+// A snapshot whose log retention emptied (every sealed segment dropped,
+// the active one empty) restores to an empty log that resumes at the
+// snapshot's next offset.
+func TestRestoreWithNoSegmentLeft(t *testing.T) {
+	st := newState()
+	st.NextOffset, st.LastTimestamp = 500, 77
+	st.Retention = Retention{FirstOffset: 500, PolicyVersion: 1, Policies: []RetentionPolicy{{Prefix: "run/", MaxAge: 1}}}
+	hdr, err := msgpack.Marshal(&snapshotHeader{Version: 1, Index: 40, State: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stream bytes.Buffer
+	var prefix [snapshotPrefixSize]byte
+	copy(prefix[:8], snapshotMagic)
+	binary.BigEndian.PutUint32(prefix[8:12], uint32(len(hdr)))
+	binary.BigEndian.PutUint32(prefix[12:16], crc32.Checksum(hdr, castagnoli))
+	stream.Write(prefix[:])
+	stream.Write(hdr)
+	p := openProc(t, t.TempDir())
+	if err := p.Restore(&stream); err != nil {
+		t.Fatal(err)
+	}
+	if p.NextOffset() != 500 || p.FirstOffset() != 500 || p.AppliedIndex() != 40 {
+		t.Fatalf("next %d, first %d, applied %d", p.NextOffset(), p.FirstOffset(), p.AppliedIndex())
+	}
+	r := mustApply(t, p, 41, appendEntry(t, 100, op("", 0, "run/a", 3))).Appends[0]
+	if r.Err != nil || r.FirstOffset != 500 {
+		t.Fatalf("append after the restore: %+v", r)
 	}
 }
