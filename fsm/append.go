@@ -57,7 +57,7 @@ func (p *Processor) applyAppend(index uint64, cmd *AppendCommand) *ApplyResult {
 				ErrChecksumMismatch, index, i, op.ProducerID, op.Seq, SumEvents(op.Events), op.EventSum))
 		}
 	}
-	p.batches.reset(st.NextOffset, index, ts)
+	p.batches.reset(st.NextOffset, index, ts, cmd.Compression)
 	e := entry{versions: map[string]uint64{}, seqs: map[string]uint64{}, windows: map[string][]pendingWindow{}, ts: ts, ttl: cmd.ProducerTTL}
 	results := make([]AppendResult, len(cmd.Ops))
 	for i := range cmd.Ops {
@@ -86,6 +86,12 @@ func (p *Processor) commitEntry(index uint64) *ApplyResult {
 	}
 	if err := p.log.AppendEntry(batches...); err != nil {
 		return p.fail(err)
+	}
+	if p.log.ActiveBase() > p.manifestEnd() {
+		// The entry rolled the log: the sealed segment joins the manifest.
+		if err := p.syncManifest(p.log, p.mu.state); err != nil {
+			return p.fail(err)
+		}
 	}
 	p.mu.Lock()
 	for _, b := range batches {

@@ -18,11 +18,15 @@ type batcher struct {
 	base  uint64
 	index uint64
 	ts    int64
+	// compression is the entry's codec (AppendCommand.Compression);
+	// zbufs hold the compressed batches, one per builder.
+	compression byte
+	zbufs       [][]byte
 }
 
-func (b *batcher) reset(base, index uint64, ts int64) {
+func (b *batcher) reset(base, index uint64, ts int64, compression byte) {
 	b.n, b.key, b.added = 0, "", 0
-	b.base, b.index, b.ts = base, index, ts
+	b.base, b.index, b.ts, b.compression = base, index, ts, compression
 }
 
 // next is the offset the next record of the entry gets.
@@ -43,8 +47,9 @@ func (b *batcher) begin(key string) *record.Builder {
 	return &b.bs[b.n-1]
 }
 
-// finish completes the entry's batches. They alias the builders' buffers
-// until the next reset.
+// finish completes the entry's batches, compressed with the entry's codec
+// (record.Compress keeps one that would not shrink as it is). They alias
+// the builders' buffers until the next reset.
 func (b *batcher) finish() ([]record.Batch, error) {
 	var used []*record.Builder
 	for i := range b.n {
@@ -60,6 +65,15 @@ func (b *batcher) finish() ([]record.Batch, error) {
 		batch, err := bld.Finish()
 		if err != nil {
 			return nil, err
+		}
+		if b.compression != record.CompressionNone {
+			for len(b.zbufs) <= k {
+				b.zbufs = append(b.zbufs, nil)
+			}
+			if batch, err = record.Compress(b.zbufs[k][:0], batch, b.compression); err != nil {
+				return nil, err
+			}
+			b.zbufs[k] = batch
 		}
 		out[k] = batch
 	}

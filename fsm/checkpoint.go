@@ -61,6 +61,23 @@ func writeCheckpoint(dir string, cp checkpoint) error {
 	return writeFile(dir, checkpointName, cp)
 }
 
+// writeCheckpoint writes cp unless a newer one was written (force: a
+// restore, which replaces the state whatever its index). A cut writes one
+// from Apply while a snapshot taken before it may still be persisting:
+// the snapshot's older checkpoint would describe log the cut removed.
+func (p *Processor) writeCheckpoint(cp checkpoint, force bool) error {
+	p.cpMu.Lock()
+	defer p.cpMu.Unlock()
+	if !force && cp.Index < p.cpIndex {
+		return nil
+	}
+	if err := writeCheckpoint(p.cfg.Dir, cp); err != nil {
+		return err
+	}
+	p.cpIndex = cp.Index
+	return nil
+}
+
 func writeNodes(dir string, n nodesFile) error { return writeFile(dir, nodesName, n) }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

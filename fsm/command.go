@@ -3,6 +3,7 @@ package fsm
 import (
 	"bytes"
 	"fmt"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
@@ -183,20 +184,28 @@ func SumEvents(events []Event) uint32 {
 // so that timestamps never go backwards in the log. ProducerTTL, in
 // nanoseconds, is the leader's producer expiry (0: never): a producer whose
 // last append is older than that at this entry's timestamp is treated as
-// unknown (state.go, Producer expiry). Frozen: a msgpack array of 2
-// elements (the first version) or 3.
+// unknown (state.go, Producer expiry). Compression is the codec every
+// replica compresses the entry's batches with (record.CompressionZstd,
+// or 0: none): the leader's choice, carried in the entry so that replicas
+// write the same bytes whatever their own configuration. Frozen: a
+// msgpack array of 2 elements (the first version), 3 or 4.
 type AppendCommand struct {
 	Timestamp   int64
 	Ops         []AppendOp
 	ProducerTTL int64
+	Compression byte
 }
 
-// EncodeMsgpack writes the 2-element form when ProducerTTL is 0, so such
-// entries stay readable by the first version.
+// EncodeMsgpack writes the 2-element form when ProducerTTL and
+// Compression are 0, so such entries stay readable by the first version,
+// and the 3-element form when only Compression is 0.
 func (c AppendCommand) EncodeMsgpack(e *msgpack.Encoder) error {
 	n := 2
 	if c.ProducerTTL != 0 {
 		n = 3
+	}
+	if c.Compression != 0 {
+		n = 4
 	}
 	if err := e.EncodeArrayLen(n); err != nil {
 		return err
@@ -207,15 +216,20 @@ func (c AppendCommand) EncodeMsgpack(e *msgpack.Encoder) error {
 	if err := e.Encode(c.Ops); err != nil {
 		return err
 	}
-	if n == 3 {
-		return e.EncodeInt(c.ProducerTTL)
+	if n >= 3 {
+		if err := e.EncodeInt(c.ProducerTTL); err != nil {
+			return err
+		}
+	}
+	if n == 4 {
+		return e.EncodeUint(uint64(c.Compression))
 	}
 	return nil
 }
 
-// DecodeMsgpack reads a command of 2 or 3 elements.
+// DecodeMsgpack reads a command of 2, 3 or 4 elements.
 func (c *AppendCommand) DecodeMsgpack(d *msgpack.Decoder) error {
-	n, err := arrayLen(d, "append command", 2, 3)
+	n, err := arrayLen(d, "append command", 2, 4)
 	if err != nil {
 		return err
 	}
@@ -225,10 +239,20 @@ func (c *AppendCommand) DecodeMsgpack(d *msgpack.Decoder) error {
 	if err := d.Decode(&c.Ops); err != nil {
 		return err
 	}
-	if n == 3 {
-		c.ProducerTTL, err = d.DecodeInt64()
+	if n >= 3 {
+		if c.ProducerTTL, err = d.DecodeInt64(); err != nil {
+			return err
+		}
 	}
-	return err
+	if n == 4 {
+		if c.Compression, err = d.DecodeUint8(); err != nil {
+			return err
+		}
+		if c.Compression != record.CompressionZstd {
+			return fmt.Errorf("msgpack: append command with compression %#x", c.Compression)
+		}
+	}
+	return nil
 }
 
 // RegisterNodeCommand records a node's client-facing address and the
@@ -320,6 +344,12 @@ func CheckCommand(data []byte) error {
 	case CmdRemoveNode:
 		var cmd RemoveNodeCommand
 		return decode(data, &cmd)
+	case CmdSetRetention:
+		var cmd SetRetentionCommand
+		return decode(data, &cmd)
+	case CmdCompact:
+		var cmd CompactCommand
+		return decode(data, &cmd)
 	}
 	return fmt.Errorf("%w: type %d", ErrUnknownCommand, data[0])
 }
@@ -352,6 +382,19 @@ func DescribeCommand(data []byte) string {
 		var cmd RemoveNodeCommand
 		if decode(data, &cmd) == nil {
 			return fmt.Sprintf("remove node %s (incarnation %s)", cmd.ID, cmd.Incarnation)
+		}
+	case CmdSetRetention:
+		var cmd SetRetentionCommand
+		if decode(data, &cmd) == nil {
+			if cmd.Remove {
+				return fmt.Sprintf("remove retention of %q", cmd.Prefix)
+			}
+			return fmt.Sprintf("set retention of %q: max age %v, max bytes %d", cmd.Prefix, time.Duration(cmd.MaxAge), cmd.MaxBytes)
+		}
+	case CmdCompact:
+		var cmd CompactCommand
+		if decode(data, &cmd) == nil {
+			return fmt.Sprintf("compact: drop sealed segments below offset %d (policy version %d)", cmd.Cut, cmd.PolicyVersion)
 		}
 	}
 	return fmt.Sprintf("command type %d", data[0])

@@ -1,6 +1,10 @@
 package fsm
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/tsstore/tsstore/record"
+)
 
 // decodeAppend decodes an append entry (type byte, then the msgpack array
 // encoding of AppendCommand) without reflection, on every replica's apply
@@ -30,7 +34,7 @@ type rawDecoder struct {
 
 func (d *rawDecoder) appendCommand(cmd *AppendCommand) bool {
 	fields := d.arrayLen()
-	if fields != 2 && fields != 3 {
+	if fields < 2 || fields > 4 {
 		return false
 	}
 	cmd.Timestamp = d.int()
@@ -46,8 +50,15 @@ func (d *rawDecoder) appendCommand(cmd *AppendCommand) bool {
 			}
 		}
 	}
-	if fields == 3 {
+	if fields >= 3 {
 		cmd.ProducerTTL = d.int()
+	}
+	if fields == 4 {
+		c := d.int()
+		if c != int64(record.CompressionZstd) {
+			return false // the msgpack decoder says what is wrong
+		}
+		cmd.Compression = byte(c)
 	}
 	return !d.bad
 }

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"github.com/tsstore/tsstore/record"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -13,7 +14,7 @@ import (
 // sameCommand compares two decoded commands, treating nil and empty byte
 // slices alike (both mean "none" to the FSM).
 func sameCommand(a, b *AppendCommand) bool {
-	if a.Timestamp != b.Timestamp || a.ProducerTTL != b.ProducerTTL || len(a.Ops) != len(b.Ops) {
+	if a.Timestamp != b.Timestamp || a.ProducerTTL != b.ProducerTTL || a.Compression != b.Compression || len(a.Ops) != len(b.Ops) {
 		return false
 	}
 	for i := range a.Ops {
@@ -51,6 +52,13 @@ func randomCommand(r *rand.Rand) *AppendCommand {
 	name := func() string { return strings.Repeat("s", sizes[r.IntN(5)]) + string(rune('a'+r.IntN(3))) }
 	ts := []int64{0, 1, -1, -33, 127, 128, math.MaxInt64, math.MinInt64, 1 << 40}[r.IntN(9)]
 	cmd := &AppendCommand{Timestamp: ts}
+	switch r.IntN(4) { // the 2-, 3- and 4-element forms
+	case 1:
+		cmd.ProducerTTL = []int64{1, 127, 1 << 50}[r.IntN(3)]
+	case 2:
+		cmd.Compression = record.CompressionZstd
+		cmd.ProducerTTL = []int64{0, 7}[r.IntN(2)]
+	}
 	if r.IntN(8) == 0 {
 		return cmd // nil Ops
 	}

@@ -45,6 +45,14 @@ var (
 	// than the run's current one (a zombie of an older job attempt), or
 	// a generation for a stream that is not a run (runs.go).
 	ErrFenced = errors.New("run generation fenced")
+	// ErrInvalidPolicy: a retention policy with a negative limit, or none.
+	ErrInvalidPolicy = errors.New("invalid retention policy")
+	// ErrStalePlan: a compaction cut planned under other retention
+	// policies than the current ones; the leader plans again.
+	ErrStalePlan = errors.New("compaction plan made under older retention policies")
+	// ErrBadCut: a compaction cut that is not the end of a sealed segment
+	// still kept.
+	ErrBadCut = errors.New("compaction cut is not a sealed segment's end")
 )
 
 // SequenceGapError carries the sequence the producer must send next.

@@ -87,7 +87,7 @@ func TestAppendCommandTTLEncoding(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 9))
 	for _, ttl := range []int64{0, int64(time.Hour), 1} {
 		c := randomCommand(r)
-		c.ProducerTTL = ttl
+		c.ProducerTTL, c.Compression = ttl, 0
 		data, err := Encode(CmdAppend, c)
 		if err != nil {
 			t.Fatal(err)

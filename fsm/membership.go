@@ -57,57 +57,6 @@ func (m Membership) removed(id, inc string) (Tombstone, bool) {
 	return Tombstone{}, false
 }
 
-// EncodeMsgpack writes the state as a 5-element array, 6 with Members, or
-// 7 with Runs (Members then written even when empty).
-func (s State) EncodeMsgpack(e *msgpack.Encoder) error {
-	n := 5
-	if !s.Members.empty() {
-		n = 6
-	}
-	if len(s.Runs) > 0 {
-		n = 7
-	}
-	if err := e.EncodeArrayLen(n); err != nil {
-		return err
-	}
-	for _, v := range []any{s.NextOffset, s.LastTimestamp, s.Streams, s.Producers, s.Nodes} {
-		if err := e.Encode(v); err != nil {
-			return err
-		}
-	}
-	if n >= 6 {
-		if err := e.Encode(&s.Members); err != nil {
-			return err
-		}
-	}
-	if n == 7 {
-		return e.Encode(s.Runs)
-	}
-	return nil
-}
-
-// DecodeMsgpack reads a state of 5, 6 or 7 elements.
-func (s *State) DecodeMsgpack(d *msgpack.Decoder) error {
-	n, err := arrayLen(d, "state", 5, 7)
-	if err != nil {
-		return err
-	}
-	for _, v := range []any{&s.NextOffset, &s.LastTimestamp, &s.Streams, &s.Producers, &s.Nodes} {
-		if err := d.Decode(v); err != nil {
-			return err
-		}
-	}
-	if n >= 6 {
-		if err := d.Decode(&s.Members); err != nil {
-			return err
-		}
-	}
-	if n == 7 {
-		return d.Decode(&s.Runs)
-	}
-	return nil
-}
-
 // EncodeMsgpack writes the node file as a 2-element array, or 3 with Members.
 func (f nodesFile) EncodeMsgpack(e *msgpack.Encoder) error {
 	n := 2

@@ -85,6 +85,31 @@ type Processor struct {
 	nodesWM   uint64 // node commands at or below this index are in the node table
 	batches   batcher
 	lastSweep int64 // log timestamp of the last sweepProducers
+	// retention commands at or below this index are in the state (the
+	// checkpoint's index: later ones are applied again after a restart,
+	// which they allow: setting a policy or a cut twice is setting it once)
+	retentionWM uint64
+
+	// drops holds back the files of dropped segments while snapshots that
+	// may link them are written (retention.go).
+	drops struct {
+		sync.Mutex
+		pins    int
+		job     *cutJob       // the newest cut not checkpointed yet
+		safe    uint64        // a durable checkpoint keeps offsets from here: files below may go
+		dropped uint64        // files below it are gone
+		gen     uint64        // bumped when the log is replaced (Restore)
+		changed chan struct{} // closed when dropped moves
+	}
+	// cuts is the cut worker (cuts.go).
+	cuts struct {
+		wake, quit, done chan struct{}
+		stop             sync.Once
+	}
+	// cpMu serializes checkpoint writes; cpIndex is the newest written, so
+	// an older one (a snapshot persisted after a cut's) never replaces it.
+	cpMu    sync.Mutex
+	cpIndex uint64
 
 	applied    atomic.Uint64
 	nextOffset atomic.Uint64
@@ -119,6 +144,7 @@ func Open(cfg Config) (*Processor, error) {
 		log.Close()
 		return nil, err
 	}
+	p.startCuts()
 	return p, nil
 }
 
@@ -151,6 +177,17 @@ func (p *Processor) load(log *segment.Log) error {
 	if nodes.Index > cp.Index {
 		st.Nodes, st.Members, p.nodesWM = nodes.Nodes, nodes.Members, nodes.Index
 	}
+	// Finish what a cut started: reads stop at it, and files a crash left
+	// behind (or a snapshot held) go now.
+	log.SetFirstOffset(st.Retention.FirstOffset)
+	if _, err := log.DropSealedBefore(st.Retention.FirstOffset); err != nil {
+		return fmt.Errorf("fsm: dropping segments below the first kept offset %d: %w", st.Retention.FirstOffset, err)
+	}
+	if err := p.syncManifest(log, st); err != nil {
+		return fmt.Errorf("fsm: segment manifest of %s: %w", log.Dir(), err)
+	}
+	p.retentionWM, p.cpIndex = cp.Index, cp.Index
+	p.resetDrops(st.Retention.FirstOffset)
 	p.appendWM = cp.Index
 	if h, ok := log.LastHeader(); ok && h.RaftIndex > p.appendWM {
 		p.appendWM = h.RaftIndex
@@ -188,8 +225,9 @@ func (p *Processor) readOrRebuildCheckpoint(log *segment.Log) (checkpoint, error
 	return checkpoint{}, nil
 }
 
-// Close closes the segment log.
+// Close finishes the queued cut work and closes the segment log.
 func (p *Processor) Close() error {
+	p.stopCuts()
 	p.logMu.Lock()
 	defer p.logMu.Unlock()
 	if p.log == nil {
@@ -350,6 +388,24 @@ func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 			return p.fail(fmt.Errorf("entry %d: %w", index, err))
 		}
 		return p.applyRemoveNode(index, &cmd)
+	case CmdSetRetention:
+		if index <= p.retentionWM {
+			return &ApplyResult{Skipped: true}
+		}
+		var cmd SetRetentionCommand
+		if err := decode(data, &cmd); err != nil {
+			return p.fail(fmt.Errorf("entry %d: %w", index, err))
+		}
+		return p.applySetRetention(index, &cmd)
+	case CmdCompact:
+		if index <= p.retentionWM {
+			return &ApplyResult{Skipped: true}
+		}
+		var cmd CompactCommand
+		if err := decode(data, &cmd); err != nil {
+			return p.fail(fmt.Errorf("entry %d: %w", index, err))
+		}
+		return p.applyCompact(index, &cmd)
 	default:
 		// A command from a newer version: applying around it would make
 		// this replica diverge, so stop and ask for an upgrade.

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/tsstore/tsstore/internal/atomicfile"
 	"github.com/tsstore/tsstore/segment"
@@ -60,9 +61,12 @@ type Linker interface {
 // Snapshot is a captured, immutable view of the FSM: a manifest of segment
 // files with sizes, and a copy of the state tables.
 type Snapshot struct {
-	dir    string
+	p      *Processor
 	header snapshotHeader
 	paths  []string
+	// done releases the pin that keeps dropped segments' files (which
+	// paths may name) on disk; Persist and Release call it, once.
+	done sync.Once
 }
 
 // Snapshot captures the FSM at the last applied index. It makes the log
@@ -86,9 +90,13 @@ func (p *Processor) Snapshot() (*Snapshot, error) {
 	p.mu.RLock()
 	st := p.mu.state.clone()
 	p.mu.RUnlock()
-	s := &Snapshot{dir: p.cfg.Dir, header: snapshotHeader{Version: 1, Index: p.applied.Load(), State: st}}
+	// Pinned, the files listed below stay until Persist has linked them,
+	// even if a cut applied meanwhile drops their segments.
+	p.pin()
+	s := &Snapshot{p: p, header: snapshotHeader{Version: 1, Index: p.applied.Load(), State: st}}
 	for _, seg := range p.log.Segments() {
-		if seg.Size == 0 {
+		if seg.Size == 0 || seg.NextOffset <= st.Retention.FirstOffset {
+			// Empty, or below a committed cut and about to be dropped.
 			continue
 		}
 		s.header.Segments = append(s.header.Segments, segmentRef{BaseOffset: seg.BaseOffset, NextOffset: seg.NextOffset, Size: seg.Size})
@@ -103,7 +111,8 @@ func (s *Snapshot) Index() uint64 { return s.header.Index }
 // Persist writes the snapshot stream to w and records the state as the
 // local checkpoint. If w is a Linker, segment files are linked, not copied.
 func (s *Snapshot) Persist(w io.Writer) error {
-	if err := writeCheckpoint(s.dir, checkpoint{Index: s.header.Index, State: s.header.State}); err != nil {
+	defer s.Release()
+	if err := s.p.writeCheckpoint(checkpoint{Index: s.header.Index, State: s.header.State}, false); err != nil {
 		return fmt.Errorf("fsm: writing checkpoint: %w", err)
 	}
 	hdr, err := msgpack.Marshal(&s.header)
@@ -135,6 +144,10 @@ func (s *Snapshot) Persist(w io.Writer) error {
 	}
 	return nil
 }
+
+// Release lets the files the snapshot names be dropped by retention.
+// Persist calls it when done; call it for a snapshot never persisted.
+func (s *Snapshot) Release() { s.done.Do(s.p.unpin) }
 
 func copyPrefix(w io.Writer, path string, size int64) error {
 	f, err := os.Open(path)
@@ -207,6 +220,14 @@ func (p *Processor) Restore(r io.Reader) error {
 			return err
 		}
 	}
+	if len(h.Segments) == 0 && h.State.NextOffset > 0 {
+		// Retention dropped every sealed segment and the active one is
+		// empty: the log resumes, empty, at the next offset.
+		if err := writeSegment(filepath.Join(tmp, segment.FileName(h.State.NextOffset)), br, 0); err != nil {
+			os.RemoveAll(tmp)
+			return err
+		}
+	}
 	if err := atomicfile.SyncDir(tmp); err != nil {
 		return err
 	}
@@ -225,7 +246,12 @@ func (p *Processor) Restore(r io.Reader) error {
 	if err := check.Close(); err != nil {
 		return err
 	}
-	return p.swapIn(tmp, h)
+	// Nothing of the old log's cuts may be dropped from the new one; the
+	// new one's files below its first kept offset were never shipped.
+	p.resetDrops(0)
+	err = p.swapIn(tmp, h)
+	p.resetDrops(h.State.Retention.FirstOffset)
+	return err
 }
 
 func writeSegment(path string, r io.Reader, size int64) error {
@@ -276,7 +302,8 @@ func (p *Processor) swapIn(tmp string, h *snapshotHeader) error {
 	if err != nil {
 		return p.fail(err).Err
 	}
-	if err := writeCheckpoint(p.cfg.Dir, checkpoint{Index: h.Index, State: h.State}); err != nil {
+	log.SetFirstOffset(h.State.Retention.FirstOffset)
+	if err := p.writeCheckpoint(checkpoint{Index: h.Index, State: h.State}, true); err != nil {
 		return p.fail(err).Err
 	}
 	if err := writeNodes(p.cfg.Dir, nodesFile{Index: h.Index, Nodes: h.State.Nodes, Members: h.State.Members}); err != nil {
@@ -286,7 +313,7 @@ func (p *Processor) swapIn(tmp string, h *snapshotHeader) error {
 	p.mu.Lock()
 	p.mu.state = h.State.clone()
 	p.mu.Unlock()
-	p.appendWM, p.nodesWM = h.Index, h.Index
+	p.appendWM, p.nodesWM, p.retentionWM = h.Index, h.Index, h.Index
 	p.failed.Store(nil)
 	p.applied.Store(h.Index)
 	p.nextOffset.Store(h.State.NextOffset)

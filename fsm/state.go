@@ -58,9 +58,10 @@ func (p *ProducerState) expired(ts, ttl int64) bool {
 // Streams and Producers are a pure function of the log's records, which is
 // what lets a restarted node rebuild them from a checkpoint and the log.
 //
-// It is a msgpack array of the fields in order; Members is optional and
-// left out when empty, so a state without membership data has the frozen
-// 5-element format of the first version (membership.go).
+// It is a msgpack array of the fields in order; Members, Runs and
+// Retention are optional trailing elements, left out when empty (and all
+// before the last present one written), so a state without them has the
+// frozen 5-element format of the first version (retention.go).
 type State struct {
 	NextOffset    uint64
 	LastTimestamp int64
@@ -69,6 +70,7 @@ type State struct {
 	Nodes         map[string]string   // node id -> client API address
 	Members       Membership          // incarnations and removal tombstones
 	Runs          map[string]*RunInfo // training runs by stream name (runs.go)
+	Retention     Retention           // policies, first kept offset, segment manifest (retention.go)
 }
 
 func newState() *State {
@@ -108,6 +110,7 @@ func (s *State) clone() *State {
 		Nodes:         maps.Clone(s.Nodes),
 		Members:       s.Members.clone(),
 		Runs:          make(map[string]*RunInfo, len(s.Runs)),
+		Retention:     s.Retention.clone(),
 	}
 	for k, v := range s.Runs {
 		c.Runs[k] = v.clone()

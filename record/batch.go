@@ -30,9 +30,16 @@ func (b Batch) Header() Header {
 	return h
 }
 
-// Records returns an iterator over the batch's records.
+// Records returns an iterator over the batch's records. A compressed
+// batch is decompressed first (into a buffer of its own, which the
+// records' byte slices then view); a failure to decompress is the
+// iterator's Err.
 func (b Batch) Records() RecordIter {
 	h := b.Header()
+	if h.Compression() != CompressionNone {
+		data, err := decompress(b, h)
+		return RecordIter{data: data, h: h, err: err}
+	}
 	return RecordIter{data: b[HeaderSize:h.Size()], h: h, next: 0}
 }
 

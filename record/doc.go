@@ -19,7 +19,9 @@
 //	16     1    magic           1
 //	17     1    attributes      bit 0: control batch (no user records);
 //	                            bit 1: continued (more batches of this Raft
-//	                            entry follow); others 0
+//	                            entry follow); bits 2-3: compression of
+//	                            the records (0 none, 1 zstd; 2, 3 refused);
+//	                            others 0
 //	18     2    reserved        0
 //	20     4    last delta      last offset in the batch - base offset
 //	24     8    raft index      index of the Raft entry that produced the batch
@@ -32,6 +34,18 @@
 // rebuilt by compaction or by a server-side filter keeps its span but holds
 // fewer records, so a reader always knows which offsets it covers and can
 // tell a filtered-out or compacted offset from a missing one.
+//
+// # Compression
+//
+// With compression bits 1 (zstd), bytes [44, end) hold one zstd frame
+// (no content checksum) whose content is the records section below; the
+// length and CRC describe the stored, compressed bytes, so the CRC checked
+// on disk, by followers and by clients is one and the same. Everything
+// else in the header is as uncompressed. Batches written before the flag
+// existed have the bits at 0 and read as before; a reader that predates
+// the flag cannot read a compressed batch (its records fail to decode),
+// so a cluster turns compression on only once its clients are upgraded.
+// Compress leaves a batch uncompressed when that is not smaller.
 //
 // # Record layout (frozen, version 1)
 //

@@ -18,6 +18,9 @@ func FuzzVerify(f *testing.F) {
 	f.Add(append(bytes.Clone(good), good...))
 	f.Add([]byte(good[:len(good)-1]))
 	f.Add(make([]byte, HeaderSize))
+	if z, err := Compress(nil, build(f, 100, 3, 77, 0, repetitiveRecords(50), nil), CompressionZstd); err == nil {
+		f.Add([]byte(z))
+	}
 	f.Add([]byte(rawBatch([]byte{8, 0, 0, 0, 0, 0, 0, 0, 0}, 1, 0)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if h, err := ParseHeader(data); err == nil && len(data) >= h.Size() {
@@ -98,6 +101,7 @@ func FuzzRecords(f *testing.F) {
 		if len(stream) > MaxNameLen || len(typ) > MaxNameLen || len(pid) > MaxNameLen || base > 1<<62 {
 			return
 		}
+		attrs &^= AttrCompressionMask // the builder writes records as they are
 		var bl Builder
 		bl.Reset(base, raft, ts, attrs)
 		want := make([]Record, int(n%8)+1)

@@ -102,13 +102,15 @@ func ParseHeader(b []byte) (Header, error) {
 	switch {
 	case h.Magic != Magic:
 		return h, fmt.Errorf("%w: magic %d, want %d", ErrCorrupt, h.Magic, Magic)
+	case h.Compression() != CompressionNone && h.Compression() != CompressionZstd:
+		return h, fmt.Errorf("%w: unknown compression %#x", ErrCorrupt, h.Compression())
 	case h.Size() < HeaderSize || h.Size() > MaxBatchSize:
 		return h, fmt.Errorf("%w: batch length %d out of range", ErrCorrupt, h.Length)
 	case h.RecordCount == 0:
 		return h, fmt.Errorf("%w: zero records", ErrCorrupt)
 	case uint64(h.RecordCount) > uint64(h.LastDelta)+1:
 		return h, fmt.Errorf("%w: %d records in a span of %d offsets", ErrCorrupt, h.RecordCount, uint64(h.LastDelta)+1)
-	case uint64(h.RecordCount) > uint64(h.Size()-HeaderSize):
+	case h.Compression() == CompressionNone && uint64(h.RecordCount) > uint64(h.Size()-HeaderSize):
 		return h, fmt.Errorf("%w: %d records cannot fit in %d bytes", ErrCorrupt, h.RecordCount, h.Size())
 	case h.BaseOffset+uint64(h.LastDelta)+1 <= h.BaseOffset:
 		return h, fmt.Errorf("%w: offsets overflow", ErrCorrupt)

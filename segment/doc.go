@@ -37,6 +37,14 @@
 //     its index files from it and publishes it atomically; readers that
 //     hold the old segment keep its files (reference counts) until they
 //     are done.
+//   - The log loses only a prefix, and only whole sealed segments:
+//     DropSealed removes the oldest sealed segment (retention decides it
+//     in the FSM, through Raft); a read below FirstOffset is an
+//     *OffsetCompactedError naming the new first offset, and readers that
+//     hold the dropped segment keep preading it. Offsets are never reused.
+//   - Every segment's digest is the CRC-32C of its .log bytes (Digest):
+//     replicas' sealed segments are byte-identical, so their digests are
+//     equal, and comparing them finds a replica that differs.
 //
 // # Concurrency
 //
@@ -46,8 +54,10 @@
 // a read lock only to look up a segment (and, in the active segment, its
 // in-memory index entry) and a reference on it, then pread with
 // File.ReadAt, a sealed segment's index files included, so they keep
-// working on a segment that is being sealed or replaced. ReplaceSealed
-// runs beside the writer (it never touches the active segment).
+// working on a segment that is being sealed, replaced or dropped.
+// ReplaceSealed and DropSealed run beside the writer (they never touch the
+// active segment) and are serialized with each other. Every full read of a
+// segment goes through one batch walker (walk.go).
 //
 // # Memory
 //

@@ -3,6 +3,7 @@ package segment
 import (
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"os"
 	"path/filepath"
@@ -47,12 +48,20 @@ type segment struct {
 	// file) once it is sealed. Exactly one is set.
 	live    map[string]*liveStream
 	streams *streamsIndex
+	// digest is the CRC-32C of the .log's size bytes, when digestKnown:
+	// kept up to date by Append and by any full walk (Open of the active
+	// segment, an index rebuild, ReplaceSealed, Digest). A sealed segment
+	// opened with good index files is not read whole, so its digest is
+	// unknown until Digest reads it.
+	digest      uint32
+	digestKnown bool
 }
 
 func (s *segment) info() SegmentInfo {
 	return SegmentInfo{
 		BaseOffset: s.base, NextOffset: s.next, Size: s.size, Path: s.path,
 		Sealed: s.sealed, FirstTimestamp: s.firstTS, LastTimestamp: s.lastTS,
+		Digest: s.digest, DigestKnown: s.digestKnown,
 	}
 }
 
@@ -66,6 +75,10 @@ type SegmentInfo struct {
 	// FirstTimestamp and LastTimestamp are the timestamps, in unix
 	// nanoseconds, of the first and last batch; 0 for an empty segment.
 	FirstTimestamp, LastTimestamp int64
+	// Digest is the CRC-32C of the segment's Size bytes, if DigestKnown
+	// (see Log.Digest, which computes it when not).
+	Digest      uint32
+	DigestKnown bool
 }
 
 // RecoveryInfo reports what Open did to bring the directory to a
@@ -123,6 +136,7 @@ type Log struct {
 	mu struct {
 		sync.RWMutex
 		segs    []*segment // oldest first; the last one is active
+		floor   uint64     // reads below it are compacted (SetFirstOffset)
 		last    record.Header
 		hasLast bool
 		closed  bool
@@ -135,11 +149,27 @@ func (l *Log) Recovery() RecoveryInfo { return l.recovery }
 // Dir is the log's directory.
 func (l *Log) Dir() string { return l.dir }
 
-// FirstOffset is the first offset still stored.
+// FirstOffset is the first offset readers may ask for: the first offset
+// still stored, or the floor SetFirstOffset raised above it.
 func (l *Log) FirstOffset() uint64 {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return l.mu.segs[0].base
+	return l.firstLocked()
+}
+
+func (l *Log) firstLocked() uint64 { return max(l.mu.segs[0].base, l.mu.floor) }
+
+// SetFirstOffset raises the log's read floor to first (clamped to
+// NextOffset; it never goes down): reads below it get an
+// *OffsetCompactedError even while the segments that hold those offsets
+// are still on disk, because something (a snapshot being written) pins
+// them, or because they also hold offsets at or above first. The floor is
+// not persisted: the caller that decided it (the FSM's replicated state)
+// sets it again after Open. DropSealedBefore removes the files.
+func (l *Log) SetFirstOffset(first uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.mu.floor = max(l.mu.floor, min(first, l.mu.segs[len(l.mu.segs)-1].next))
 }
 
 // NextOffset is the offset the next appended batch must start at.
@@ -147,6 +177,14 @@ func (l *Log) NextOffset() uint64 {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	return l.mu.segs[len(l.mu.segs)-1].next
+}
+
+// ActiveBase is the base offset of the active segment: every offset below
+// it is in a sealed segment (or was dropped).
+func (l *Log) ActiveBase() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.active().base
 }
 
 // LastHeader returns the header of the last batch, or false if the log
@@ -227,6 +265,7 @@ func (l *Log) AppendEntry(batches ...record.Batch) error {
 		a.size += int64(h.Size())
 		a.next = h.NextOffset()
 	}
+	a.digest = crc32.Update(a.digest, castagnoli, buf)
 	l.mu.last, l.mu.hasLast = last, true
 	l.mu.Unlock()
 	return nil
@@ -351,7 +390,7 @@ func (l *Log) rollLocked() error {
 		return l.failLocked("create "+path, err)
 	}
 	l.w.dirDirty = true
-	s := &segment{base: a.next, path: path, f: f, next: a.next, live: make(map[string]*liveStream)}
+	s := &segment{base: a.next, path: path, f: f, next: a.next, live: make(map[string]*liveStream), digestKnown: true}
 	s.refs.Store(1)
 	l.mu.Lock()
 	a.sealed = true

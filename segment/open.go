@@ -3,7 +3,7 @@ package segment
 import (
 	"errors"
 	"fmt"
-	"io"
+	"hash/crc32"
 	"math"
 	"os"
 	"path/filepath"
@@ -175,7 +175,7 @@ func (l *Log) boundDamagedTimes() {
 }
 
 func (l *Log) createFirst() error {
-	s := &segment{path: filepath.Join(l.dir, FileName(0)), live: make(map[string]*liveStream)}
+	s := &segment{path: filepath.Join(l.dir, FileName(0)), live: make(map[string]*liveStream), digestKnown: true}
 	f, err := l.fs.OpenFile(s.path, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("segment: create %s: %w", s.path, err)
@@ -291,17 +291,19 @@ func (l *Log) checkSealedIndex(s *segment) (*fileIndex, error) {
 // sealed segments were fsynced before they were sealed, so they have no
 // torn tail.
 func (l *Log) scanSealed(s *segment, pos int64, expect uint64, buildIndex bool, set map[string]*liveStream) error {
-	var c streamCollector
 	if buildIndex {
 		s.index = nil
 	}
-	return walkBatches(s.f, s.path, pos, s.size, expect, func(pos int64, raw []byte, h record.Header) error {
+	if pos == 0 {
+		s.digest = 0
+	}
+	return walkBatches(s.f, s.path, pos, s.size, expect, set != nil, func(b walkedBatch) error {
+		pos, h := b.Pos, b.Header
 		if set != nil {
-			streams, err := c.collect(raw)
-			if err != nil {
-				return scanError(s.path, pos, h.BaseOffset, err)
-			}
-			addBatch(set, s.base, h, pos, streams)
+			addBatch(set, s.base, h, pos, b.Streams)
+		}
+		if pos == 0 || s.digestKnown {
+			s.digest, s.digestKnown = crc32.Update(s.digest, castagnoli, b.Raw), true
 		}
 		if buildIndex && l.idx.want(s.index, pos) {
 			s.index = append(s.index, indexEntry{rel: uint32(h.BaseOffset - s.base), pos: uint32(pos), ts: h.Timestamp})
@@ -345,9 +347,6 @@ func (l *Log) openActive(s *segment) error {
 		return fmt.Errorf("segment: stat %s: %w", s.path, err)
 	}
 	fileSize := fi.Size()
-	sc := newScanner(f, 0, fileSize, scanBufSize)
-	var c streamCollector
-	var bad error
 	// Batches of an entry are held back until its last batch is seen, so
 	// that an entry torn by a crash is dropped whole (Raft re-applies it).
 	type held struct {
@@ -356,36 +355,18 @@ func (l *Log) openActive(s *segment) error {
 		streams []batchStream
 	}
 	var pending []held
-	next, lastTS, hasLast := s.base, l.mu.last.Timestamp, l.mu.hasLast
-	for {
-		pos, raw, h, err := sc.next()
-		if err == io.EOF {
-			break
+	var running uint32 // CRC-32C of the bytes walked so far
+	lastTS, hasLast := l.mu.last.Timestamp, l.mu.hasLast
+	err = walkBatches(f, s.path, 0, fileSize, s.base, true, func(b walkedBatch) error {
+		h := b.Header
+		if hasLast && h.Timestamp < lastTS {
+			return corruptf(s.path, b.Pos, h.BaseOffset, "timestamp %d before previous %d", h.Timestamp, lastTS)
 		}
-		if err == nil {
-			_, err = record.Verify(raw)
-		}
-		var streams []batchStream
-		if err == nil {
-			streams, err = c.collect(raw)
-		}
-		if err == nil && h.BaseOffset != next {
-			err = fmt.Errorf("%w: batch base offset %d, want %d", record.ErrCorrupt, h.BaseOffset, next)
-		}
-		if err == nil && hasLast && h.Timestamp < lastTS {
-			err = fmt.Errorf("%w: timestamp %d before previous %d", record.ErrCorrupt, h.Timestamp, lastTS)
-		}
-		if err != nil {
-			if !errors.Is(err, record.ErrShort) && !errors.Is(err, record.ErrCorrupt) {
-				return fmt.Errorf("segment: read %s at %d: %w", s.path, pos, err)
-			}
-			bad = err
-			break
-		}
-		next, lastTS, hasLast = h.NextOffset(), h.Timestamp, true
-		pending = append(pending, held{pos, h, append([]batchStream(nil), streams...)})
+		lastTS, hasLast = h.Timestamp, true
+		running = crc32.Update(running, castagnoli, b.Raw)
+		pending = append(pending, held{b.Pos, h, append([]batchStream(nil), b.Streams...)})
 		if h.Continued() {
-			continue
+			return nil
 		}
 		for _, p := range pending {
 			if l.idx.want(s.index, p.pos) {
@@ -398,8 +379,19 @@ func (l *Log) openActive(s *segment) error {
 			s.size, s.next, s.lastTS = p.pos+int64(p.h.Size()), p.h.NextOffset(), p.h.Timestamp
 			l.mu.last, l.mu.hasLast = p.h, true
 		}
+		s.digest = running
 		pending = pending[:0]
+		return nil
+	})
+	var bad error
+	var ce *CorruptionError
+	switch {
+	case errors.As(err, &ce):
+		bad = err // a torn or corrupt batch: cut the segment before it
+	case err != nil:
+		return err
 	}
+	s.digestKnown = true
 	if bad == nil && len(pending) > 0 {
 		bad = fmt.Errorf("incomplete entry: raft index %d ends without its last batch", pending[0].h.RaftIndex)
 	}

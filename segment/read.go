@@ -61,8 +61,8 @@ func (l *Log) captureView(from uint64) (v segView, ix *fileIndex, base, next uin
 		return v, nil, 0, 0, false, ErrClosed
 	case from >= segs[len(segs)-1].next:
 		return v, nil, 0, 0, true, nil
-	case from < segs[0].base:
-		return v, nil, 0, 0, false, &OffsetCompactedError{Offset: from, FirstOffset: segs[0].base}
+	case from < l.firstLocked():
+		return v, nil, 0, 0, false, &OffsetCompactedError{Offset: from, FirstOffset: l.firstLocked()}
 	}
 	i := sort.Search(len(segs), func(i int) bool { return segs[i].base > from }) - 1
 	s := segs[i]

@@ -3,6 +3,7 @@ package segment
 import (
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math"
 	"os"
@@ -98,7 +99,7 @@ func (l *Log) VerifySegment(base uint64) error {
 	if s.damaged != nil {
 		return s.damaged
 	}
-	c := segment{base: s.base, path: s.path, f: s.f, size: s.size, next: s.next, ix: s.ix, streams: s.streams}
+	c := segment{digest: s.digest, digestKnown: s.digestKnown, base: s.base, path: s.path, f: s.f, size: s.size, next: s.next, ix: s.ix, streams: s.streams}
 	if c.index, err = c.ix.load(l.fs, c.size, c.base); err != nil {
 		return l.errClosedRead(err)
 	}
@@ -253,25 +254,23 @@ func (l *Log) writeReplacement(old *segment, tmp string, r io.Reader, prevTS, ne
 	ns.refs.Store(1)
 	set := make(map[string]*liveStream)
 	lastTS := prevTS
-	var c streamCollector
-	err = walkBatches(f, tmp, 0, size, old.base, func(pos int64, raw []byte, h record.Header) error {
-		streams, err := c.collect(raw)
-		switch {
-		case err != nil:
-			return corruptf(tmp, pos, h.BaseOffset, "%v", err)
-		case h.Timestamp < lastTS:
+	err = walkBatches(f, tmp, 0, size, old.base, true, func(b walkedBatch) error {
+		pos, h := b.Pos, b.Header
+		if h.Timestamp < lastTS {
 			return corruptf(tmp, pos, h.BaseOffset, "timestamp %d before the previous batch's %d", h.Timestamp, lastTS)
 		}
+		ns.digest = crc32.Update(ns.digest, castagnoli, b.Raw)
 		if l.idx.want(ns.index, pos) {
 			ns.index = append(ns.index, indexEntry{rel: uint32(h.BaseOffset - ns.base), pos: uint32(pos), ts: h.Timestamp})
 		}
-		addBatch(set, ns.base, h, pos, streams)
+		addBatch(set, ns.base, h, pos, b.Streams)
 		if pos == 0 {
 			ns.firstTS = h.Timestamp
 		}
 		ns.next, ns.lastTS, lastTS = h.NextOffset(), h.Timestamp, h.Timestamp
 		return nil
 	})
+	ns.digestKnown = err == nil
 	switch {
 	case err == nil && ns.next != old.next:
 		err = corruptf(tmp, size, ns.next, "the replacement ends at offset %d, the segment at %d", ns.next, old.next)
@@ -341,32 +340,4 @@ func (l *Log) publishReplacement(ns *segment, tmp string, set map[string]*liveSt
 		return fmt.Errorf("segment: reopen %s: %w", spath, err)
 	}
 	return nil
-}
-
-// walkBatches reads the batches of f from pos to end, checks each (a
-// header that parses, the whole batch before end, its CRC, its base
-// offset contiguous from expect) and calls fn with it. The batch aliases a
-// buffer valid during the call. A bad batch is a *CorruptionError naming
-// path; an error from fn is returned as is.
-func walkBatches(f File, path string, pos, end int64, expect uint64, fn func(pos int64, raw []byte, h record.Header) error) error {
-	sc := newScanner(f, pos, end, int(min(scanBufSize, max(end-pos, record.HeaderSize))))
-	for {
-		pos, raw, h, err := sc.next()
-		if err == io.EOF {
-			return nil
-		}
-		if err == nil {
-			_, err = record.Verify(raw)
-		}
-		if err != nil {
-			return scanError(path, pos, expect, err)
-		}
-		if h.BaseOffset != expect {
-			return corruptf(path, pos, expect, "batch base offset %d, want %d", h.BaseOffset, expect)
-		}
-		if err := fn(pos, raw, h); err != nil {
-			return err
-		}
-		expect = h.NextOffset()
-	}
 }

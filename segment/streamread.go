@@ -278,8 +278,8 @@ func (l *Log) nextStreamSeg(stream string, from uint64, end *uint64, first bool)
 	switch {
 	case from >= *end:
 		return v, false, nil
-	case from < segs[0].base:
-		return v, false, &OffsetCompactedError{Offset: from, FirstOffset: segs[0].base}
+	case from < l.firstLocked():
+		return v, false, &OffsetCompactedError{Offset: from, FirstOffset: l.firstLocked()}
 	}
 	i := sort.Search(len(segs), func(i int) bool { return segs[i].base > from }) - 1
 	for ; i < len(segs) && segs[i].base < *end; i++ {

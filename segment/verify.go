@@ -2,11 +2,9 @@ package segment
 
 import (
 	"bytes"
-	"io"
+	"hash/crc32"
 	"path/filepath"
 	"slices"
-
-	"github.com/tsstore/tsstore/record"
 )
 
 // progressEvery is how many bytes Verify scans between progress calls.
@@ -34,7 +32,7 @@ func (l *Log) Verify(progress func(done, total int64)) error {
 		defer s.release()
 	}
 	for i, s := range l.mu.segs {
-		segs[i] = segment{damaged: s.damaged, base: s.base, path: s.path, f: s.f, size: s.size, next: s.next, index: s.index, ix: s.ix, streams: s.streams}
+		segs[i] = segment{digest: s.digest, digestKnown: s.digestKnown, damaged: s.damaged, base: s.base, path: s.path, f: s.f, size: s.size, next: s.next, index: s.index, ix: s.ix, streams: s.streams}
 		if s.live != nil {
 			// Entries are only appended to, so copying the slice headers
 			// captures the index as of s.next.
@@ -86,29 +84,12 @@ func (l *Log) Verify(progress func(done, total int64)) error {
 // verifySegment checks one segment; add is told the size of each batch.
 func verifySegment(s *segment, lastTS *int64, add func(int64)) error {
 	indexPath := filepath.Join(filepath.Dir(s.path), indexName(s.base))
-	sc := newScanner(s.f, 0, s.size, scanBufSize)
-	var c streamCollector
 	set := make(map[string]*liveStream)
 	expect, k := s.base, 0
-	for {
-		pos, raw, h, err := sc.next()
-		if err == io.EOF {
-			break
-		}
-		if err == nil {
-			_, err = record.Verify(raw)
-		}
-		var streams []batchStream
-		if err == nil {
-			streams, err = c.collect(raw)
-		}
-		if err != nil {
-			return scanError(s.path, pos, expect, err)
-		}
-		switch {
-		case h.BaseOffset != expect:
-			return corruptf(s.path, pos, expect, "batch base offset %d, want %d", h.BaseOffset, expect)
-		case h.Timestamp < *lastTS:
+	var digest uint32
+	err := walkBatches(s.f, s.path, 0, s.size, s.base, true, func(b walkedBatch) error {
+		pos, h := b.Pos, b.Header
+		if h.Timestamp < *lastTS {
 			return corruptf(s.path, pos, expect, "timestamp %d before previous batch's %d", h.Timestamp, *lastTS)
 		}
 		if k < len(s.index) && int64(s.index[k].pos) <= pos {
@@ -120,10 +101,15 @@ func verifySegment(s *segment, lastTS *int64, add func(int64)) error {
 			}
 			k++
 		}
-		addBatch(set, s.base, h, pos, streams)
+		addBatch(set, s.base, h, pos, b.Streams)
+		digest = crc32.Update(digest, castagnoli, b.Raw)
 		*lastTS = h.Timestamp
 		expect = h.NextOffset()
-		add(int64(len(raw)))
+		add(int64(len(b.Raw)))
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if k < len(s.index) {
 		return corruptf(indexPath, int64(k)*IndexEntrySize, s.base+uint64(s.index[k].rel),
@@ -131,6 +117,9 @@ func verifySegment(s *segment, lastTS *int64, add func(int64)) error {
 	}
 	if expect != s.next {
 		return corruptf(s.path, s.size, s.next, "segment ends at offset %d, want %d", expect, s.next)
+	}
+	if s.digestKnown && digest != s.digest {
+		return corruptf(s.path, 0, s.base, "digest %08x, %08x when it was written or last read whole", digest, s.digest)
 	}
 	return verifyStreams(s, set)
 }

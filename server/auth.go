@@ -107,6 +107,11 @@ var methodRoles = map[string]role{
 	pb.Repair_RepairSegments_FullMethodName: roleAdmin,
 	pb.Repair_FetchSegment_FullMethodName:   roleNode,
 
+	pb.Retention_SetRetention_FullMethodName:   roleAdmin,
+	pb.Retention_Compact_FullMethodName:        roleAdmin,
+	pb.Retention_ListRetention_FullMethodName:  roleRead,
+	pb.Retention_SegmentDigests_FullMethodName: roleRead,
+
 	// Reflection describes the API (its .proto is public) to grpcurl and
 	// the like; any valid token may use it.
 	"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":      roleRead,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/raft-wal/types"
 
+	"github.com/tsstore/tsstore/record"
 	"github.com/tsstore/tsstore/segment"
 )
 
@@ -93,6 +94,19 @@ type Config struct {
 	// it comes back only with a new sequence starting at 1. 0: never. The
 	// leader puts it in every entry, so replicas decide alike.
 	ProducerTTL time.Duration
+	// Compression is how the leader has every replica store the batches of
+	// the entries it proposes: "none" or "zstd" (package record). The
+	// choice travels in each entry, so replicas write the same bytes; set
+	// it alike on every node, and turn it on only once every client (SDK)
+	// reading the cluster can decompress.
+	Compression string
+	// RetentionInterval is how often the leader plans a retention cut
+	// under the cluster's policies and commits it (retention.go). 0: only
+	// on demand (`tsstore compact`).
+	RetentionInterval time.Duration
+	// CommandTimeout bounds how long a Raft command of the node's own
+	// (a retention policy, a cut) may wait to be enqueued.
+	CommandTimeout time.Duration
 	// RunSnapshotBatches is how many BatchCompleted events of a training
 	// run the leader folds between two run snapshots (runsnap.go): the
 	// bound on what a resume replays after the newest snapshot. 0: none.
@@ -182,6 +196,9 @@ func DefaultConfig() Config {
 		ReadMessageBytes:       1 << 20,
 		MaxSubscriberLag:       1 << 20,
 		ProducerTTL:            7 * 24 * time.Hour,
+		Compression:            "none",
+		RetentionInterval:      time.Minute,
+		CommandTimeout:         5 * time.Second,
 		RunSnapshotBatches:     5000,
 		MinFreeBytes:           256 << 20,
 		DiskResumeBytes:        64 << 20,
@@ -267,6 +284,12 @@ func (c Config) Validate() error {
 	if c.ProducerTTL < 0 {
 		errs = append(errs, errors.New("producer ttl must not be negative (0: never expire)"))
 	}
+	if c.Compression != "none" && c.Compression != "zstd" {
+		errs = append(errs, fmt.Errorf("compression %q: want none or zstd", c.Compression))
+	}
+	if c.RetentionInterval < 0 || c.CommandTimeout <= 0 {
+		errs = append(errs, errors.New("retention interval must not be negative (0: on demand only) and command timeout must be positive"))
+	}
 	if c.MaxReadStreams <= 0 || c.MaxStreamsPerConn == 0 {
 		errs = append(errs, errors.New("max read streams and max streams per connection must be positive"))
 	}
@@ -302,4 +325,12 @@ func (c Config) apiAdvertise() string {
 		return c.APIAdvertise
 	}
 	return c.APIAddr
+}
+
+// compressionCodec is the record codec of Compression.
+func (c Config) compressionCodec() byte {
+	if c.Compression == "zstd" {
+		return record.CompressionZstd
+	}
+	return record.CompressionNone
 }

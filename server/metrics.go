@@ -76,6 +76,11 @@ type nodeMetrics struct {
 	// (repaired, failed); repair.go.
 	repairs *prometheus.CounterVec
 
+	// Retention (retention.go): cuts this node committed as leader, and
+	// the bytes of the sealed segments they dropped.
+	retentionCuts  prometheus.Counter
+	retentionBytes prometheus.Counter
+
 	// The HTTP endpoint; nil when MetricsAddr is empty.
 	lis net.Listener
 	srv *http.Server
@@ -158,6 +163,10 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 	m.runSnapshotsStuck = f.counter("tsstore_run_snapshots_stuck_total",
 		"Runs whose snapshots this leader stopped because the fold could not take one of their events (a newer schema version, a malformed payload) or their start is compacted away; see the log for which.")
 
+	m.retentionCuts = f.counter("tsstore_retention_cuts_total",
+		"Retention cuts this node planned as leader and saw committed; every replica drops the sealed segments below each.")
+	m.retentionBytes = f.counter("tsstore_retention_reclaimed_bytes_total",
+		"Bytes of the sealed segments dropped by the retention cuts this node committed as leader (the space comes back on every replica once no snapshot links the files).")
 	m.repairs = f.counterVec("tsstore_segment_repairs_total",
 		"Repairs of damaged sealed segments by this node, by result: repaired (a peer's verified copy, or the local .log for a damaged index file, swapped in) or failed (no peer had a good copy, or none answered; retried).", "result")
 	for _, r := range []string{repairRepaired, repairFailed} {

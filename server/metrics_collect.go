@@ -35,7 +35,7 @@ var (
 	descFSMApplied        = desc("tsstore_fsm_applied_index", "Last Raft index the FSM applied (reads wait on this).")
 	descFSMNextOffset     = desc("tsstore_fsm_next_offset", "Offset the next appended event will get (events in the log).")
 	descFSMLastTimestamp  = desc("tsstore_fsm_last_timestamp_seconds", "Timestamp of the last batch in the log, unix seconds (0 when empty).")
-	descLogFirstOffset    = desc("tsstore_log_first_offset", "First offset stored in the segment log.")
+	descLogFirstOffset    = desc("tsstore_log_first_offset", "First offset readers may ask for: the last retention cut, or the first offset stored in the segment log.")
 	descSegments          = desc("tsstore_segments", "Segment files in the log, the active one included.")
 	descSegmentBytes      = desc("tsstore_segments_bytes", "Bytes of complete batches in the segment .log files (index files excluded).")
 	descRaftLogBytes      = desc("tsstore_raft_log_bytes", "Bytes of the entries in this node's Raft log (raft-wal), as the byte bounds count them (docs/design.md).")

@@ -163,6 +163,7 @@ func New(cfg Config) (*Node, error) {
 	n.goFunc(n.watchHeartbeats)
 	n.goFunc(n.watchHealth)
 	n.goFunc(n.boundRaftLog)
+	n.goFunc(n.runRetention)
 	n.goFunc(n.watchDisk)
 	n.goFunc(n.watchVotersDisk)
 	n.goFunc(n.snapshotRuns)

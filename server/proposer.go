@@ -96,7 +96,8 @@ func (p *proposer) run() {
 			}
 		}
 		orderBySeq(props)
-		cmd := fsm.AppendCommand{Timestamp: time.Now().UnixNano(), Ops: make([]fsm.AppendOp, len(props)), ProducerTTL: int64(cfg.ProducerTTL)}
+		cmd := fsm.AppendCommand{Timestamp: time.Now().UnixNano(), Ops: make([]fsm.AppendOp, len(props)), ProducerTTL: int64(cfg.ProducerTTL),
+			Compression: cfg.compressionCodec()}
 		for i, q := range props {
 			cmd.Ops[i] = q.op
 		}

@@ -159,7 +159,8 @@ func (r *reader) filter(dst, raw []byte, next uint64) ([]byte, error) {
 		it := b.Records()
 		var rec record.Record
 		kept, all := 0, true
-		r.b.Reset(h.BaseOffset, h.RaftIndex, h.Timestamp, h.Attributes)
+		// A thinned batch is re-encoded uncompressed.
+		r.b.Reset(h.BaseOffset, h.RaftIndex, h.Timestamp, h.Attributes&^record.AttrCompressionMask)
 		for it.Next(&rec) {
 			if !r.sel.keep(&rec) {
 				all = false

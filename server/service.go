@@ -102,6 +102,7 @@ func (n *Node) registerAPI(srv *grpc.Server) {
 	pb.RegisterClusterServer(srv, s)
 	pb.RegisterRunsServer(srv, &runsService{n: n})
 	pb.RegisterRepairServer(srv, &repairService{n: n})
+	pb.RegisterRetentionServer(srv, &retentionService{n: n})
 }
 
 // Append validates a request, forwards it to the leader if this node is

@@ -107,6 +107,8 @@ func newServeFlags(fs *pflag.FlagSet) *serveFlags {
 	fs.Int64Var(&c.ConnSendBytes, "conn-send-bytes", c.ConnSendBytes, "read messages one client connection may have in gRPC's hands, bytes")
 	fs.Int64Var(&c.NodeSendBytes, "node-send-bytes", c.NodeSendBytes, "read messages the node may have in gRPC's hands, bytes")
 	fs.DurationVar(&c.SendStallTimeout, "send-stall-timeout", c.SendStallTimeout, "while readers wait for node-send-bytes, close a client connection with a read stream blocked in Send this long (0: never)")
+	fs.StringVar(&c.Compression, "compression", c.Compression, "how batches are stored: none or zstd (set alike on every node; clients must be able to decompress)")
+	fs.DurationVar(&c.RetentionInterval, "retention-interval", c.RetentionInterval, "how often the leader applies the retention policies (0: only on `tsstore compact`)")
 	fs.DurationVar(&c.ProducerTTL, "producer-ttl", c.ProducerTTL, "forget a producer's dedup state after it has not appended for this long (0: never)")
 	fs.Uint64Var(&c.RunSnapshotBatches, "run-snapshot-batches", c.RunSnapshotBatches, "write a training run's state snapshot every this many BatchCompleted events of the run (0: never)")
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest event (payload + metadata), bytes")

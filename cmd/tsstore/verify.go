@@ -44,11 +44,20 @@ type corruptionJSON struct {
 }
 
 func newVerifyCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "verify --data-dir DIR", Short: "scrub a stopped node's data directory (exit 1 on corruption)", Args: noArgs}
-	dataDir := cmd.Flags().String("data-dir", "", "data directory of a stopped node (required)")
+	cmd := &cobra.Command{Use: "verify --data-dir DIR | --cluster", Short: "scrub a stopped node's data directory, or compare every node's sealed segments online (exit 1 on corruption)", Args: noArgs}
+	dataDir := cmd.Flags().String("data-dir", "", "data directory of a stopped node")
 	asJSON := cmd.Flags().Bool("json", false, "print JSON instead of text")
-	cmd.MarkFlagRequired("data-dir")
+	var cf clientFlags
+	cluster := registerVerifyCluster(cmd, &cf)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		switch {
+		case *cluster && *dataDir != "":
+			return fmt.Errorf("%w: --cluster and --data-dir do not go together", errUsage)
+		case *cluster:
+			return runVerifyCluster(cmd, &cf, *asJSON)
+		case *dataDir == "":
+			return fmt.Errorf("%w: required flag(s) \"data-dir\" not set (or --cluster)", errUsage)
+		}
 		stdout, stderr := stdio(cmd)
 		return runVerify(*dataDir, *asJSON, stdout, stderr)
 	}

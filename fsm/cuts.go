@@ -1,0 +1,180 @@
+package fsm
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/tsstore/tsstore/segment"
+)
+
+// cutJob is a committed cut whose checkpoint is not written yet.
+type cutJob struct {
+	index uint64 // the CompactCommand's raft index
+	state *State // the state right after it
+	cut   uint64
+}
+
+// The cut worker makes committed cuts durable and drops their files, off
+// the apply path (applyCompact only moves the state and the read floor):
+//
+//  1. sync the log and write a checkpoint at the cut's index (the state
+//     is rebuilt at start from the checkpoint and the log after it, so no
+//     file below the cut may go before a checkpoint at or after the cut
+//     is durable);
+//  2. drop the sealed segments below the cut, unless a snapshot being
+//     written pins their files (Snapshot to Persist or Release).
+//
+// Appends wait only for step 1's log fsync (the log's writer lock). A
+// crash before step 1 leaves the old checkpoint: Raft applies the cut
+// again at start. A crash between 1 and 2 leaves files below the
+// checkpoint's first kept offset: load drops them.
+//
+// Lock order: drops, then logMu (the worker and unpin drop under drops;
+// Restore resets drops outside its logMu section).
+
+// startCuts starts the worker; Close stops it.
+func (p *Processor) startCuts() {
+	p.cuts.wake = make(chan struct{}, 1)
+	p.cuts.quit = make(chan struct{})
+	p.cuts.done = make(chan struct{})
+	go p.runCuts()
+}
+
+func (p *Processor) stopCuts() {
+	p.cuts.stop.Do(func() {
+		close(p.cuts.quit)
+		<-p.cuts.done
+	})
+}
+
+func (p *Processor) wakeCuts() {
+	select {
+	case p.cuts.wake <- struct{}{}:
+	default:
+	}
+}
+
+// queueCut hands a cut applied at job.index to the worker.
+func (p *Processor) queueCut(job *cutJob) {
+	p.drops.Lock()
+	if p.drops.job == nil || p.drops.job.index < job.index {
+		p.drops.job = job
+	}
+	p.drops.Unlock()
+	p.wakeCuts()
+}
+
+func (p *Processor) runCuts() {
+	defer close(p.cuts.done)
+	for {
+		quit := false
+		select {
+		case <-p.cuts.wake:
+		case <-p.cuts.quit:
+			quit = true // finish what is queued first
+		}
+		p.cutOnce()
+		if quit {
+			return
+		}
+	}
+}
+
+// cutOnce writes the queued cut's checkpoint and drops what may go.
+func (p *Processor) cutOnce() {
+	p.drops.Lock()
+	job, gen := p.drops.job, p.drops.gen
+	p.drops.job = nil
+	p.drops.Unlock()
+	if job != nil {
+		err := p.WithLog(func(l *segment.Log) error {
+			if err := l.Sync(); err != nil {
+				return err
+			}
+			return p.writeCheckpoint(checkpoint{Index: job.index, State: job.state}, false)
+		})
+		if err != nil {
+			// The files stay (reads stop at the cut already); the next
+			// cut or a restart, where Raft applies this one again, retries.
+			p.logger.Error("retention: checkpoint at a cut failed; its segment files stay for now", "cut", job.cut, "index", job.index, "error", err)
+		} else {
+			p.drops.Lock()
+			if gen == p.drops.gen {
+				p.drops.safe = max(p.drops.safe, job.cut)
+			}
+			p.drops.Unlock()
+		}
+	}
+	p.drops.Lock()
+	p.dropLocked()
+	p.drops.Unlock()
+}
+
+// pin keeps the files of dropped segments on disk while a snapshot that
+// may link them is being written (Snapshot to Persist); unpin lets a
+// pending drop go.
+func (p *Processor) pin() {
+	p.drops.Lock()
+	p.drops.pins++
+	p.drops.Unlock()
+}
+
+func (p *Processor) unpin() {
+	p.drops.Lock()
+	defer p.drops.Unlock()
+	p.drops.pins--
+	p.dropLocked()
+}
+
+// dropLocked drops the sealed segments below the safe cut unless pinned.
+func (p *Processor) dropLocked() {
+	if p.drops.pins > 0 || p.drops.safe <= p.drops.dropped {
+		return
+	}
+	cut := p.drops.safe
+	err := p.WithLog(func(l *segment.Log) error {
+		dropped, err := l.DropSealedBefore(cut)
+		for _, d := range dropped {
+			p.logger.Info("retention dropped a segment", "base_offset", d.BaseOffset, "next_offset", d.NextOffset, "bytes", d.Size)
+		}
+		return err
+	})
+	if err != nil {
+		// The files go at the next cut, unpin or restart.
+		p.logger.Error("retention could not drop segment files", "cut", cut, "error", err)
+		return
+	}
+	p.drops.dropped = cut
+	close(p.drops.changed)
+	p.drops.changed = make(chan struct{})
+}
+
+// resetDrops points the drop bookkeeping at a log whose files below first
+// are gone (Open, Restore). A job of the log before is not used.
+func (p *Processor) resetDrops(first uint64) {
+	p.drops.Lock()
+	defer p.drops.Unlock()
+	p.drops.gen++
+	p.drops.job = nil
+	p.drops.safe, p.drops.dropped = first, first
+	if p.drops.changed == nil {
+		p.drops.changed = make(chan struct{})
+	}
+}
+
+// waitDropped waits until the files below cut are dropped.
+func (p *Processor) waitDropped(ctx context.Context, cut uint64) error {
+	for {
+		p.drops.Lock()
+		done, ch := p.drops.dropped >= cut, p.drops.changed
+		p.drops.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("segments below %d not dropped: %w", cut, ctx.Err())
+		}
+	}
+}

@@ -1,0 +1,232 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/tsstore/tsstore/compaction"
+	"github.com/tsstore/tsstore/fsm"
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/segment"
+)
+
+// retentionService serves the Retention API: policies are committed
+// through Raft on the leader; cuts are planned on the leader
+// (package compaction) and committed through Raft, so every replica drops
+// the same whole sealed segments.
+type retentionService struct {
+	pb.UnimplementedRetentionServer
+	n *Node
+}
+
+// applyCommand commits one FSM command on this node, which must be the
+// leader, and returns the FSM's answer to it.
+func (n *Node) applyCommand(ctx context.Context, t fsm.CommandType, cmd any) error {
+	data, err := fsm.Encode(t, cmd)
+	if err != nil {
+		return err
+	}
+	f := n.raft.Apply(data, n.cfg.CommandTimeout)
+	if err := n.await(ctx, f); err != nil {
+		return err
+	}
+	if r, ok := f.Response().(*fsm.ApplyResult); ok && r.Err != nil {
+		return r.Err
+	}
+	return nil
+}
+
+// forwardRetention returns a context and a Retention client of the
+// leader for a call this node cannot serve, or an error.
+func (n *Node) forwardRetention(ctx context.Context) (context.Context, pb.RetentionClient, error) {
+	if isForwarded(ctx) {
+		return nil, nil, toStatus(errNoLeader)
+	}
+	conn, err := n.leaderConn()
+	if err != nil {
+		return nil, nil, toStatus(err)
+	}
+	return metadata.AppendToOutgoingContext(ctx, forwardedKey, n.cfg.NodeID), pb.NewRetentionClient(conn), nil
+}
+
+func (s *retentionService) SetRetention(ctx context.Context, req *pb.SetRetentionRequest) (*pb.SetRetentionResponse, error) {
+	p := req.GetPolicy()
+	if p == nil {
+		return nil, invalidArg("policy is required (its prefix at least)")
+	}
+	if p.MaxAgeSeconds < 0 || p.MaxBytes < 0 || p.MaxAgeSeconds > int64(1<<63-1)/int64(time.Second) {
+		return nil, invalidArg("max age and max bytes must be positive (0: no limit)")
+	}
+	if !req.Remove && p.MaxAgeSeconds == 0 && p.MaxBytes == 0 {
+		return nil, invalidArg("a policy needs a max age or a max size (or remove it)")
+	}
+	if s.n.raft.State() != raft.Leader {
+		fctx, c, err := s.n.forwardRetention(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return c.SetRetention(fctx, req)
+	}
+	cmd := &fsm.SetRetentionCommand{Prefix: p.Prefix, MaxAge: p.MaxAgeSeconds * int64(time.Second), MaxBytes: p.MaxBytes, Remove: req.Remove}
+	if err := s.n.applyCommand(ctx, fsm.CmdSetRetention, cmd); err != nil {
+		if errors.Is(err, fsm.ErrInvalidPolicy) {
+			return nil, invalidArg("%v", err)
+		}
+		return nil, toStatus(err)
+	}
+	return &pb.SetRetentionResponse{PolicyVersion: s.n.proc.Retention().PolicyVersion}, nil
+}
+
+func (s *retentionService) ListRetention(ctx context.Context, _ *pb.ListRetentionRequest) (*pb.ListRetentionResponse, error) {
+	r := s.n.proc.Retention()
+	out := &pb.ListRetentionResponse{NodeId: s.n.cfg.NodeID, PolicyVersion: r.PolicyVersion,
+		FirstOffset: s.n.proc.FirstOffset(), NextOffset: s.n.proc.NextOffset()}
+	for _, p := range r.Policies {
+		out.Policies = append(out.Policies, &pb.RetentionPolicy{Prefix: p.Prefix, MaxAgeSeconds: p.MaxAge / int64(time.Second), MaxBytes: p.MaxBytes})
+	}
+	for _, e := range r.Segments {
+		out.Segments = append(out.Segments, &pb.ManifestSegment{BaseOffset: e.BaseOffset, NextOffset: e.NextOffset,
+			SizeBytes: uint64(e.Size), Digest: e.Digest, LastTimestamp: e.LastTimestamp, State: e.State.String()})
+	}
+	return out, nil
+}
+
+func (s *retentionService) Compact(ctx context.Context, req *pb.CompactRequest) (*pb.CompactResponse, error) {
+	if s.n.raft.State() != raft.Leader {
+		fctx, c, err := s.n.forwardRetention(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return c.Compact(fctx, req)
+	}
+	plan, version, err := s.n.planRetention(time.Now())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.CompactResponse{Cut: plan.Cut, Bytes: uint64(plan.Bytes), Kept: plan.Kept, PolicyVersion: version}
+	for _, d := range plan.Drops {
+		out.Segments = append(out.Segments, &pb.CompactedSegment{BaseOffset: d.Segment.BaseOffset, NextOffset: d.Segment.NextOffset,
+			SizeBytes: uint64(d.Segment.Size), Reason: d.Reason})
+	}
+	if req.DryRun || plan.Cut == 0 {
+		return out, nil
+	}
+	if err := s.n.commitCut(ctx, plan, version); err != nil {
+		if errors.Is(err, fsm.ErrStalePlan) {
+			return nil, status.Error(codes.Aborted, err.Error())
+		}
+		return nil, toStatus(err)
+	}
+	out.Committed = true
+	return out, nil
+}
+
+func (s *retentionService) SegmentDigests(ctx context.Context, _ *pb.SegmentDigestsRequest) (*pb.SegmentDigestsResponse, error) {
+	r := s.n.proc.Retention()
+	out := &pb.SegmentDigestsResponse{NodeId: s.n.cfg.NodeID, FirstOffset: s.n.proc.FirstOffset()}
+	err := s.n.proc.WithLog(func(l *segment.Log) error {
+		for _, e := range r.Segments {
+			if e.State != fsm.SegmentLocal {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			d := &pb.SegmentDigest{BaseOffset: e.BaseOffset, NextOffset: e.NextOffset, SizeBytes: uint64(e.Size), ManifestDigest: e.Digest}
+			sum, err := l.Digest(e.BaseOffset, true)
+			switch {
+			case errors.Is(err, segment.ErrNotSealed):
+				continue // dropped since the manifest was copied
+			case err != nil:
+				d.Error = err.Error()
+			default:
+				d.Digest = sum
+			}
+			out.Segments = append(out.Segments, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return out, nil
+}
+
+// planRetention plans a cut under the current policies on this node's
+// log and returns it with the policy version it was made under.
+func (n *Node) planRetention(now time.Time) (compaction.Plan, uint64, error) {
+	r := n.proc.Retention()
+	if len(r.Policies) == 0 {
+		return compaction.Plan{Kept: "no retention policy is set"}, r.PolicyVersion, nil
+	}
+	pols := make([]compaction.Policy, len(r.Policies))
+	for i, p := range r.Policies {
+		pols[i] = compaction.Policy{Prefix: p.Prefix, MaxAge: time.Duration(p.MaxAge), MaxBytes: p.MaxBytes}
+	}
+	var segs []compaction.Segment
+	err := n.proc.WithLog(func(l *segment.Log) error {
+		for _, e := range r.Segments {
+			if e.State != fsm.SegmentLocal {
+				continue
+			}
+			names, err := l.SegmentStreams(e.BaseOffset)
+			if err != nil {
+				return fmt.Errorf("retention: streams of segment %d: %w", e.BaseOffset, err)
+			}
+			segs = append(segs, compaction.Segment{BaseOffset: e.BaseOffset, NextOffset: e.NextOffset, Size: e.Size,
+				LastTimestamp: e.LastTimestamp, Streams: names})
+		}
+		return nil
+	})
+	if err != nil {
+		return compaction.Plan{}, 0, err
+	}
+	return compaction.MakePlan(pols, segs, now.UnixNano()), r.PolicyVersion, nil
+}
+
+// commitCut commits a planned cut through Raft.
+func (n *Node) commitCut(ctx context.Context, plan compaction.Plan, version uint64) error {
+	err := n.applyCommand(ctx, fsm.CmdCompact, &fsm.CompactCommand{Cut: plan.Cut, PolicyVersion: version})
+	if err == nil {
+		n.metrics.retentionCuts.Inc()
+		n.metrics.retentionBytes.Add(float64(plan.Bytes))
+		n.logger.Info("retention cut committed", "cut", plan.Cut, "segments", len(plan.Drops), "bytes", plan.Bytes, "policy_version", version)
+	}
+	return err
+}
+
+// runRetention plans and commits a cut every RetentionInterval while this
+// node leads. A failed tick is logged and tried again at the next.
+func (n *Node) runRetention() {
+	if n.cfg.RetentionInterval <= 0 {
+		return
+	}
+	t := time.NewTicker(n.cfg.RetentionInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.shutdown:
+			return
+		case <-t.C:
+		}
+		if n.raft.State() != raft.Leader {
+			continue
+		}
+		plan, version, err := n.planRetention(time.Now())
+		if err == nil && plan.Cut > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.CommandTimeout)
+			err = n.commitCut(ctx, plan, version)
+			cancel()
+		}
+		if err != nil && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
+			n.logger.Warn("retention tick", "error", err)
+		}
+	}
+}
