@@ -96,6 +96,8 @@ func (s *session) stream(ctx context.Context, start pglogrepl.LSN) error {
 					return err
 				}
 			}
+		case *pgproto3.CopyDone, *pgproto3.CommandComplete:
+			return errors.New("pgsource: PostgreSQL ended the replication stream (shutting down?)")
 		default:
 			return fmt.Errorf("pgsource: unexpected message %T", msg)
 		}
