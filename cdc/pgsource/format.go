@@ -59,26 +59,26 @@ type Column struct {
 // NULL. A column whose value PostgreSQL did not send (an unchanged TOASTed
 // value of an update) is listed in Unchanged and absent from New.
 type Change struct {
-	Table      string         `msgpack:"table"` // schema.table
-	Op         string         `msgpack:"op"`
-	Columns    []Column       `msgpack:"columns"`
-	Old        map[string]any `msgpack:"old,omitempty"` // update and delete: the key, or the whole row under REPLICA IDENTITY FULL
-	New        map[string]any `msgpack:"new,omitempty"` // insert, update, snapshot
-	Unchanged  []string       `msgpack:"unchanged,omitempty"`
-	LSN        string         `msgpack:"lsn"`        // WAL position of the change (snapshot: the slot's consistent point)
-	CommitLSN  string         `msgpack:"commit_lsn"` // of the transaction (snapshot: the consistent point)
-	Xid        uint32         `msgpack:"xid"`
-	CommitTime time.Time      `msgpack:"commit_time"`
-	Index      int            `msgpack:"index"` // position of the change in its transaction (or snapshot chunk), from 0
+	Table      string         `msgpack:"table" json:"table"` // schema.table
+	Op         string         `msgpack:"op" json:"op"`
+	Columns    []Column       `msgpack:"columns" json:"columns"`
+	Old        map[string]any `msgpack:"old,omitempty" json:"old,omitempty"` // update and delete: the key, or the whole row under REPLICA IDENTITY FULL
+	New        map[string]any `msgpack:"new,omitempty" json:"new,omitempty"` // insert, update, snapshot
+	Unchanged  []string       `msgpack:"unchanged,omitempty" json:"unchanged,omitempty"`
+	LSN        string         `msgpack:"lsn" json:"lsn"`               // WAL position of the change (snapshot: the slot's consistent point)
+	CommitLSN  string         `msgpack:"commit_lsn" json:"commit_lsn"` // of the transaction (snapshot: the consistent point)
+	Xid        uint32         `msgpack:"xid" json:"xid"`
+	CommitTime time.Time      `msgpack:"commit_time" json:"commit_time"`
+	Index      int            `msgpack:"index" json:"index"` // position of the change in its transaction (or snapshot chunk), from 0
 }
 
 // Schema is the payload (msgpack) of SchemaChanged: the table's columns
 // as of the first change after PostgreSQL reported them.
 type Schema struct {
-	Table           string   `msgpack:"table"`
-	Columns         []Column `msgpack:"columns"`
-	ReplicaIdentity string   `msgpack:"replica_identity"` // d(efault), n(othing), f(ull), i(ndex)
-	LSN             string   `msgpack:"lsn"`              // commit LSN of the transaction it came with
+	Table           string   `msgpack:"table" json:"table"`
+	Columns         []Column `msgpack:"columns" json:"columns"`
+	ReplicaIdentity string   `msgpack:"replica_identity" json:"replica_identity"` // d(efault), n(othing), f(ull), i(ndex)
+	LSN             string   `msgpack:"lsn" json:"lsn"`                           // commit LSN of the transaction it came with
 }
 
 // Marker is the payload (msgpack) of the last event of every append, in
@@ -266,3 +266,9 @@ func decodeArray(oid, elem uint32, text []byte) (any, error) {
 
 // fmtLSN formats an LSN as PostgreSQL does (X/X).
 func fmtLSN(l uint64) string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }
+
+// View is the marker with its LSNs in PostgreSQL's X/X form, for display.
+func (m *Marker) View() map[string]any {
+	return map[string]any{"slot": m.Slot, "xid": m.Xid, "commit_lsn": fmtLSN(m.CommitLSN), "end_lsn": fmtLSN(m.EndLSN),
+		"commit_time": m.CommitTime, "changes": m.Changes, "tables": m.Tables}
+}

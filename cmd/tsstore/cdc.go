@@ -25,7 +25,7 @@ func newCDCCmd() *cobra.Command {
 			return fmt.Errorf("%w: a source is required: tsstore cdc postgres", errUsage)
 		},
 	}
-	cmd.AddCommand(newCDCPostgresCmd())
+	cmd.AddCommand(newCDCPostgresCmd(), newCDCReadCmd())
 	return cmd
 }
 
