@@ -45,7 +45,6 @@ type session struct {
 type relation struct {
 	schema *Schema
 	stream string
-	bad    error // ErrUnsupportedType for its first unencodable column
 }
 
 // inflight is one append waiting for its acknowledgement.

@@ -133,7 +133,7 @@ func (s *session) snapshot(ctx context.Context, name string, cp pglogrepl.LSN) e
 			return err
 		}
 		sc.LSN = cp.String()
-		if err := checkEncodable(sc, nil); err != nil {
+		if err := checkEncodable(sc); err != nil {
 			return err
 		}
 		stream := s.tableStream(sc.Table)
@@ -236,7 +236,7 @@ func publishedTables(ctx context.Context, tx pgx.Tx, pub string) ([][2]string, e
 // dropped or generated columns; Key for the replica identity's columns
 // (all of them under REPLICA IDENTITY FULL).
 func catalogSchema(ctx context.Context, tx pgx.Tx, schema, table string) (*Schema, error) {
-	const q = `SELECT a.attname::text, a.atttypid, a.atttypmod, c.relreplident::text,
+	const q = `SELECT a.attname::text, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), c.relreplident::text,
 	c.relreplident = 'f' OR COALESCE(a.attnum = ANY(i.indkey), false)
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
 LEFT JOIN pg_index i ON i.indrelid = c.oid AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))
@@ -249,25 +249,29 @@ ORDER BY a.attnum`
 	sc := &Schema{Table: schema + "." + table}
 	for rows.Next() {
 		var c Column
-		if err := rows.Scan(&c.Name, &c.OID, &c.TypeMod, &sc.ReplicaIdentity, &c.Key); err != nil {
+		var pretty string
+		if err := rows.Scan(&c.Name, &c.OID, &c.TypeMod, &pretty, &sc.ReplicaIdentity, &c.Key); err != nil {
 			return nil, err
 		}
-		c.Type, _ = typeName(c.OID)
+		var ok bool
+		if c.Type, ok = typeName(c.OID); !ok {
+			c.Type = pretty // for the error: not encodable
+		}
 		sc.Columns = append(sc.Columns, c)
 	}
 	return sc, rows.Err()
 }
 
 // checkEncodable returns ErrUnsupportedType for the schema's first column
-// without a typed encoding; names gives the names of non-builtin types.
-func checkEncodable(sc *Schema, names map[uint32]string) error {
+// without a typed encoding.
+func checkEncodable(sc *Schema) error {
 	for _, c := range sc.Columns {
 		if _, ok := typeName(c.OID); ok {
 			continue
 		}
-		name := names[c.OID]
+		name := c.Type
 		if name == "" {
-			name = "a type not built in"
+			name = "unknown"
 		}
 		return fmt.Errorf("%w: table %s column %s has type %s (oid %d); remove the table from the publication "+
 			"or change the column to a supported type (docs/cdc.md lists them)", ErrUnsupportedType, sc.Table, c.Name, name, c.OID)

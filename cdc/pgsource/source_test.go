@@ -173,7 +173,7 @@ func TestUnsupportedTypeStops(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the connector did not stop")
 	}
-	if !errors.Is(err, ErrUnsupportedType) || !strings.Contains(err.Error(), "column p") {
+	if !errors.Is(err, ErrUnsupportedType) || !strings.Contains(err.Error(), "column p has type point (oid 600)") {
 		t.Fatalf("Run: %v", err)
 	}
 }

@@ -154,11 +154,15 @@ func (s *session) relation(ctx context.Context, m *pglogrepl.RelationMessage, tx
 	for _, c := range m.Columns {
 		name, ok := typeName(c.DataType)
 		if !ok {
-			name = s.typeNames[c.DataType]
+			name = s.typeNames[c.DataType] // user-defined: from a Type message
+		}
+		if name == "" {
+			// A built-in type without an encoding: named for the error.
+			_ = s.conn.QueryRow(ctx, "SELECT format_type($1, $2)", c.DataType, c.TypeModifier).Scan(&name)
 		}
 		sc.Columns = append(sc.Columns, Column{Name: c.Name, Type: name, OID: c.DataType, TypeMod: c.TypeModifier, Key: c.Flags&1 != 0})
 	}
-	if err := checkEncodable(sc, s.typeNames); err != nil {
+	if err := checkEncodable(sc); err != nil {
 		return nil, err
 	}
 	rel := &relation{schema: sc, stream: s.tableStream(sc.Table)}
