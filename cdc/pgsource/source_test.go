@@ -237,6 +237,15 @@ func TestRestartsExactlyOnce(t *testing.T) {
 	txs := next - 1
 	c := waitFor(t, e.store.Client, "every row", func(c *captured) bool { return countInserts(c) >= txs*(per+1) })
 	checkOnce(t, c, txs*per, txs)
+	// Reconnects re-send the relation messages; the schema is written once
+	// per table all the same (it did not change).
+	schemas := map[string]int{}
+	for _, sc := range c.schemas {
+		schemas[sc.Table]++
+	}
+	if schemas["public.a"] != 1 || schemas["public.b"] != 1 {
+		t.Fatalf("SchemaChanged per table: %v, want one each", schemas)
+	}
 	if s := r.src.Stats(); s.Sessions < 2 {
 		t.Fatalf("sessions %d: the PostgreSQL restarts did not end a session", s.Sessions)
 	}

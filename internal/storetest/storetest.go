@@ -31,6 +31,12 @@ func Start(t testing.TB, n int) *Cluster {
 	for i := range n {
 		peers = append(peers, server.Peer{ID: fmt.Sprintf("n%d", i+1), RaftAddr: addrs[2*i]})
 	}
+	dirs := make([]string, n)
+	for i := range dirs {
+		// before the Cleanup below, so that they are removed after the
+		// nodes closed (cleanups run last first)
+		dirs[i] = t.TempDir()
+	}
 	c := &Cluster{}
 	t.Cleanup(func() {
 		if c.Client != nil {
@@ -43,7 +49,7 @@ func Start(t testing.TB, n int) *Cluster {
 	for i := range n {
 		cfg := server.DefaultConfig()
 		cfg.NodeID = peers[i].ID
-		cfg.DataDir = t.TempDir()
+		cfg.DataDir = dirs[i]
 		cfg.RaftAddr = addrs[2*i]
 		cfg.APIAddr = addrs[2*i+1]
 		cfg.Bootstrap = peers
