@@ -76,7 +76,7 @@ func (trainingApplier) create(ctx context.Context, tx pgx.Tx) error {
 func (trainingApplier) apply(ctx context.Context, tx pgx.Tx, ev *client.RecordedEvent) error {
 	e, err := train.Decode(ev.Type, ev.Payload)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %v", ErrUndecodable, err)
 	}
 	off := int64(ev.Offset)
 	switch e := e.(type) {
@@ -104,7 +104,7 @@ func (trainingApplier) apply(ctx context.Context, tx pgx.Tx, ev *client.Recorded
 	case train.TrainingAborted:
 		err = setStatus(ctx, tx, ev.Stream, "aborted", e.Reason, off)
 	default:
-		return fmt.Errorf("unexpected event %T", e)
+		return fmt.Errorf("%w: unexpected event %T", ErrUndecodable, e)
 	}
 	return err
 }

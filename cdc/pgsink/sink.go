@@ -14,6 +14,11 @@ import (
 	"github.com/tsstore/tsstore/client"
 )
 
+// ErrUndecodable: an event the sink's mode cannot decode. Run stops with
+// it before anything of its batch is committed; applying it again cannot
+// succeed, so the command exits 78 rather than retrying.
+var ErrUndecodable = errors.New("pgsink: event cannot be decoded")
+
 // Modes of Config.Mode.
 const (
 	ModeEvents   = "events"

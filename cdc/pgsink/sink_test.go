@@ -2,6 +2,7 @@ package pgsink
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -177,5 +178,42 @@ func TestEventsExactlyOnce(t *testing.T) {
 		if uint64(got[i]) != o {
 			t.Fatalf("row %d has offset %d, want %d", i, got[i], o)
 		}
+	}
+}
+
+// TestUndecodableStops: a training event the sink cannot decode stops it
+// with ErrUndecodable, and the offset stays before it.
+func TestUndecodableStops(t *testing.T) {
+	pg := pgtest.Start(t)
+	store := storetest.Start(t, 1)
+	ctx := context.Background()
+	good, err := client.TrainEvent("run/x", train.TrainingStarted{Model: "m", WorldSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := store.Client.Append(ctx, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Client.Append(ctx, client.Event{Stream: "run/x", Type: "CheckpointSaved", Payload: []byte("not msgpack")}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.ConnString, cfg.Mode, cfg.StreamPrefix, cfg.Name, cfg.BatchEvents = pg.DSN("postgres"), ModeTraining, "run/", "t", 1
+	_, _, done := startSink(t, cfg, store.Client)
+	select {
+	case err = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the sink did not stop")
+	}
+	if !errors.Is(err, ErrUndecodable) {
+		t.Fatalf("Run: %v", err)
+	}
+	var next int64
+	if err := connect(t, pg).QueryRow(ctx, "SELECT next_offset FROM tsstore_sink_offsets WHERE sink = 't'").Scan(&next); err != nil {
+		t.Fatal(err)
+	}
+	if uint64(next) != res.LastOffset+1 {
+		t.Fatalf("offset %d, want %d (after the good event, before the bad one)", next, res.LastOffset+1)
 	}
 }

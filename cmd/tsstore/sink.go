@@ -135,6 +135,9 @@ func newSinkPostgresCmd() *cobra.Command {
 				log.Info("stopped")
 				return nil
 			}
+			if errors.Is(err, pgsink.ErrUndecodable) {
+				return exitError{code: exitPermanent, err: err}
+			}
 			if time.Since(start) > time.Minute {
 				backoff = time.Second
 			}
