@@ -2,6 +2,7 @@ package systemtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -154,6 +155,7 @@ func cdcCaptured(t *testing.T, cl *client.Client, per int, check bool) int {
 	seen := map[string]bool{}
 	lastID := map[string]int64{}
 	var open []client.RecordedEvent // events since the last marker
+	schemas := map[string]*pgsource.Schema{} // the latest SchemaChanged per table
 	for ev, err := range cl.Replay(ctx, 0, client.StreamPrefix("cdc/postgres")) {
 		if err != nil {
 			t.Fatal(err)
@@ -184,12 +186,31 @@ func cdcCaptured(t *testing.T, cl *client.Client, per int, check bool) int {
 		if ev.Stream == "cdc/postgres/public.b" && ev.Type != pgsource.TypeSchema {
 			txs++
 		}
-		if !check || ev.Type == pgsource.TypeSchema {
+		if !check {
+			continue
+		}
+		if ev.Type == pgsource.TypeSchema {
+			sc, err := pgsource.DecodeSchema(ev.Payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			schemas[sc.Table] = sc
 			continue
 		}
 		ch, err := pgsource.DecodeChange(ev.Payload)
 		if err != nil {
 			t.Fatal(err)
+		}
+		// Every row carries exactly the columns of its table's latest
+		// SchemaChanged: a schema change is never silent.
+		sc := schemas[ch.Table]
+		if sc == nil || len(ch.New) != len(sc.Columns) || len(ch.Columns) != len(sc.Columns) {
+			t.Fatalf("row at %d has %d values and %d columns; the table's last SchemaChanged %+v", ev.Offset, len(ch.New), len(ch.Columns), sc)
+		}
+		for _, c := range sc.Columns {
+			if _, ok := ch.New[c.Name]; !ok {
+				t.Fatalf("row at %d lacks column %s", ev.Offset, c.Name)
+			}
 		}
 		id := ch.New["id"].(int64)
 		key := fmt.Sprintf("%s/%d", ch.Table, id)
@@ -204,6 +225,9 @@ func cdcCaptured(t *testing.T, cl *client.Client, per int, check bool) int {
 	}
 	if check && len(open) > 0 {
 		t.Fatalf("%d events after the last marker", len(open))
+	}
+	if check && (schemas["public.b"] == nil || len(schemas["public.b"].Columns) != 3 || schemas["public.b"].Columns[2].Name != "note") {
+		t.Fatalf("public.b's last SchemaChanged: %+v, want the added column note", schemas["public.b"])
 	}
 	if check {
 		for i := 1; i <= txs; i++ {
@@ -237,9 +261,12 @@ func waitCaptured(t *testing.T, cl *client.Client, per, want int) {
 // TestCDCPostgresFaults: `tsstore cdc postgres` captures a table pair
 // while transactions commit steadily; the connector is SIGKILLed and
 // restarted, the tsstore leader is SIGKILLed and restarted, and
-// PostgreSQL is restarted (once stopped, once crashed). Every committed
-// row change is in tsstore exactly once, in commit order, and no
-// transaction is split across appends.
+// PostgreSQL is restarted (once stopped, once crashed), with a column
+// added in between. Every committed row change is in tsstore exactly once,
+// in commit order, no transaction is split across appends, the snapshot
+// and the stream meet without gap or duplicate, and every row carries the
+// columns of its table's latest SchemaChanged. Then a table with a column
+// type the connector cannot encode makes the binary exit 78 naming it.
 func TestCDCPostgresFaults(t *testing.T) {
 	c := startCluster(t)
 	pg := pgtest.Start(t)
@@ -293,6 +320,7 @@ func TestCDCPostgresFaults(t *testing.T) {
 	w.start()
 	waitFor(w.committed() + 100)
 	w.pause(t)
+	pg.Exec(t, "postgres", "ALTER TABLE b ADD COLUMN note text DEFAULT 'added'") // a SchemaChanged before the next row of b
 	pg.Crash()
 	if err := pg.Restart(); err != nil {
 		t.Fatal(err)
@@ -306,4 +334,13 @@ func TestCDCPostgresFaults(t *testing.T) {
 		t.Fatalf("%d transactions captured, %d committed", got, total)
 	}
 	t.Logf("%d transactions (%d row changes) captured exactly once through a connector kill, a leader kill and two PostgreSQL restarts", total, total*(per+1))
+
+	// A column type without an encoding: the binary exits 78 naming it.
+	pg.Exec(t, "postgres", "CREATE TABLE places (id int PRIMARY KEY, at point)", "CREATE PUBLICATION geo FOR TABLE places")
+	out, err := exec.Command(binary(t), "cdc", "postgres", "--addr", strings.Join(c.APIAddrs(), ","), "--pg", pg.DSN("postgres"),
+		"--slot", "geo", "--publication", "geo", "--stream-prefix", "geo/").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 78 || !strings.Contains(string(out), "table public.places column at has type point") {
+		t.Fatalf("cdc postgres on a point column: %v, want exit 78\n%s", err, out)
+	}
 }
