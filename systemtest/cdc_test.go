@@ -154,7 +154,7 @@ func cdcCaptured(t *testing.T, cl *client.Client, per int, check bool) int {
 	txs := 0
 	seen := map[string]bool{}
 	lastID := map[string]int64{}
-	var open []client.RecordedEvent // events since the last marker
+	var open []client.RecordedEvent          // events since the last marker
 	schemas := map[string]*pgsource.Schema{} // the latest SchemaChanged per table
 	for ev, err := range cl.Replay(ctx, 0, client.StreamPrefix("cdc/postgres")) {
 		if err != nil {
