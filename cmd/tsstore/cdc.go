@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -76,6 +77,12 @@ func newCDCPostgresCmd() *cobra.Command {
 		stdout, stderr := stdio(cmd)
 		if err := applySettings(fs, f.config, "TSSTORE_CDC_"); err != nil {
 			return err
+		}
+		for _, req := range []struct{ v, flag string }{{f.cfg.ConnString, "--pg"}, {f.cfg.Slot, "--slot"}, {f.cfg.Publication, "--publication"}} {
+			if req.v == "" {
+				return fmt.Errorf("%w: %s is required (flag, TSSTORE_CDC_%s or the config file)", errUsage, req.flag,
+					strings.ToUpper(strings.TrimPrefix(req.flag, "--")))
+			}
 		}
 		f.cfg.Async.MaxInflight = f.maxInfl
 		f.cfg.Async.DeliveryTimeout = f.deliveryTO

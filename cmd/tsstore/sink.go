@@ -80,6 +80,9 @@ func newSinkPostgresCmd() *cobra.Command {
 		if err := applySettings(fs, f.config, "TSSTORE_SINK_"); err != nil {
 			return err
 		}
+		if f.cfg.ConnString == "" {
+			return fmt.Errorf("%w: --pg is required (flag, TSSTORE_SINK_PG or the config file)", errUsage)
+		}
 		if err := f.cfg.Validate(); err != nil {
 			return fmt.Errorf("%w: %v", errUsage, err)
 		}
