@@ -32,6 +32,11 @@ type Source struct {
 		changes      atomic.Uint64
 		sessions     atomic.Uint64
 	}
+	// forgotten: tsstore answered that it holds no sequence for the
+	// producer (its dedup state expired, server ProducerTTL), so the next
+	// session starts the producer again at 1; the markers still say what
+	// is stored.
+	forgotten atomic.Bool
 }
 
 // Stats is a snapshot of the connector's progress, for metrics.
@@ -155,8 +160,10 @@ func (s *Source) session(ctx context.Context) (err error) {
 		return err
 	}
 	var nextSeq uint64 = 1
-	if last != nil {
+	if last != nil && !s.forgotten.Swap(false) {
 		nextSeq = last.seq + 1
+	} else if last != nil {
+		s.log.Warn("tsstore forgot the producer (producer-ttl): its sequence starts again at 1", "producer", sess.producerID)
 	}
 	prod, err := s.cl.ResumeAsyncProducer(sess.producerID, nextSeq, s.cfg.Async)
 	if err != nil {
@@ -185,6 +192,10 @@ func (s *Source) session(ctx context.Context) (err error) {
 		// The ack loop's failure is the cause of the stream's.
 		if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
 			err = cause
+		}
+		var gap *client.SequenceGapError
+		if errors.As(err, &gap) && gap.Expected == 1 {
+			s.forgotten.Store(true)
 		}
 	}()
 

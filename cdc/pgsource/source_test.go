@@ -8,6 +8,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/tsstore/tsstore/client"
+	"github.com/tsstore/tsstore/internal/pgtest"
+	"github.com/tsstore/tsstore/internal/storetest"
+	"github.com/tsstore/tsstore/server"
 )
 
 // TestCaptureTypedChangesAndSchema: a snapshot of existing rows, then
@@ -249,4 +254,33 @@ func TestRestartsExactlyOnce(t *testing.T) {
 	if s := r.src.Stats(); s.Sessions < 2 {
 		t.Fatalf("sessions %d: the PostgreSQL restarts did not end a session", s.Sessions)
 	}
+}
+
+// TestProducerForgotten: tsstore forgets the connector's producer after
+// producer-ttl without appends; the next transaction is still captured
+// (the producer starts again at sequence 1), once.
+func TestProducerForgotten(t *testing.T) {
+	pg := pgtest.Start(t)
+	store := storetest.StartWith(t, 1, func(c *server.Config) { c.ProducerTTL = time.Second })
+	e := &env{pg: pg, store: store}
+	e.pg.Exec(t, "postgres", schemaAB)
+	cfg := e.config(false)
+	r := e.run(t, cfg)
+	waitFor(t, store.Client, "the slot", func(c *captured) bool { return len(c.markers) == 1 })
+	ctx := context.Background()
+	if err := writeTxs(ctx, e.pg.DSN("postgres"), 1, 3, 2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, store.Client, "three transactions", func(c *captured) bool { return len(c.markers) == 4 })
+	r.stop()
+	time.Sleep(2 * time.Second) // past the TTL; the next append sweeps the producer away
+	if _, err := store.Client.Append(ctx, client.Event{Stream: "other", Type: "Tick"}); err != nil {
+		t.Fatal(err)
+	}
+	e.run(t, cfg)
+	if err := writeTxs(ctx, e.pg.DSN("postgres"), 4, 3, 2); err != nil {
+		t.Fatal(err)
+	}
+	c := waitFor(t, store.Client, "six transactions", func(c *captured) bool { return len(c.markers) == 7 })
+	checkOnce(t, c, 12, 6)
 }

@@ -26,6 +26,12 @@ type Cluster struct {
 // ends.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return StartWith(t, n, nil)
+}
+
+// StartWith is Start with tweak applied to every node's Config.
+func StartWith(t testing.TB, n int, tweak func(*server.Config)) *Cluster {
+	t.Helper()
 	addrs := freeAddrs(t, 2*n)
 	var peers []server.Peer
 	for i := range n {
@@ -57,6 +63,9 @@ func Start(t testing.TB, n int) *Cluster {
 		cfg.ElectionTimeout = 200 * time.Millisecond
 		cfg.LeaderLeaseTimeout = 100 * time.Millisecond
 		cfg.MinFreeBytes = 0 // tests share a disk of any size
+		if tweak != nil {
+			tweak(&cfg)
+		}
 		nd, err := server.New(cfg)
 		if err != nil {
 			t.Fatalf("starting %s: %v", cfg.NodeID, err)
