@@ -111,7 +111,10 @@ func (s *session) handle(ctx context.Context, tx *txn, lm pglogrepl.Message, at 
 	case *pglogrepl.BeginMessage:
 		tx = &txn{begin: m, tables: map[string]bool{}, skip: m.FinalLSN <= s.skipTo}
 		tx.meta = encodeMeta(Meta{CommitLSN: m.FinalLSN.String(), Xid: m.Xid, CommitTime: m.CommitTime.UTC(), Slot: s.src.cfg.Slot})
-		tx.events = append(tx.events, *pendingSchemas...)
+		for _, ev := range *pendingSchemas { // (pgoutput sends relations inside transactions)
+			ev.Metadata = tx.meta
+			tx.events = append(tx.events, ev)
+		}
 		*pendingSchemas = nil
 		return tx, nil
 	case *pglogrepl.TypeMessage:
