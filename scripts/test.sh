@@ -5,7 +5,7 @@
 # Tools: the pinned grpcurl goes to .tools/bin (git-ignored); the systemd
 # unit test needs systemd-analyze, installed from Debian's packages when it
 # is missing and apt-get is available (the test fails without it unless
-# TSSTORE_NO_SYSTEMD=1).
+# TSSTORE_NO_SYSTEMD=1); likewise postgresql-15 for the cdc tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +22,14 @@ if ! command -v systemd-analyze >/dev/null 2>&1 && [ "${TSSTORE_NO_SYSTEMD:-0}" 
   echo "== installing systemd (for systemd-analyze) from Debian's packages"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+
+# PostgreSQL for the CDC connector and sink tests (internal/pgtest starts
+# its own server from these binaries; the tests fail without them).
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && ! command -v postgres >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing postgresql-15 (server binaries for the cdc tests) from Debian's packages"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
 fi
 
 # Pinned grpcurl for systemtest/grpcurl_test.go (server reflection).

@@ -137,3 +137,47 @@ func TestSystemdBackupUnits(t *testing.T) {
 		t.Fatalf("backup service exposure %.1f above %.1f\n%s", score, maxExposure, out)
 	}
 }
+
+// The CDC connector's and the sink's units pass `systemd-analyze verify`
+// (with the example configs, which their --check-config accepts) and are
+// sandboxed as tightly as the node's.
+func TestSystemdCDCUnits(t *testing.T) {
+	sa := systemdAnalyze(t)
+	dir := t.TempDir()
+	for _, u := range []struct{ unit, config string }{
+		{"tsstore-cdc-postgres.service", "cdc-postgres.toml"},
+		{"tsstore-sink-postgres.service", "sink-postgres.toml"},
+	} {
+		unit, err := os.ReadFile(filepath.Join(moduleRoot(), "deploy", "systemd", u.unit))
+		if err != nil {
+			t.Fatal(err)
+		}
+		config := filepath.Join(moduleRoot(), "deploy", "systemd", u.config)
+		text := strings.ReplaceAll(string(unit), "/usr/local/bin/tsstore ", binary(t)+" ")
+		text = strings.ReplaceAll(text, "/etc/tsstore/"+u.config, config)
+		p := filepath.Join(dir, u.unit)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(sa, "verify", "--man=false", p).CombinedOutput()
+		if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+			t.Errorf("systemd-analyze verify %s: %v\n%s", u.unit, err, out)
+		}
+		out, err = exec.Command(sa, "security", "--no-pager", "--offline=true", p).CombinedOutput()
+		if err != nil {
+			t.Fatalf("systemd-analyze security %s: %v\n%s", u.unit, err, out)
+		}
+		m := regexp.MustCompile(`Overall exposure level for ` + regexp.QuoteMeta(u.unit) + `: ([0-9.]+)`).FindSubmatch(out)
+		if m == nil {
+			t.Fatalf("no overall exposure level in:\n%s", out)
+		}
+		if score, _ := strconv.ParseFloat(string(m[1]), 64); score > maxExposure {
+			t.Errorf("%s exposure %.1f above %.1f\n%s", u.unit, score, maxExposure, out)
+		}
+		// The ExecStartPre check accepts the example config.
+		cmd := strings.Fields(regexp.MustCompile(`(?m)^ExecStartPre=(.*)$`).FindStringSubmatch(text)[1])
+		if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
+			t.Errorf("%s: %v\n%s", strings.Join(cmd, " "), err, out)
+		}
+	}
+}

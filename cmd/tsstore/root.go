@@ -41,7 +41,7 @@ func newRootCmd() *cobra.Command {
 		newLeaderCmd(), newStatusCmd(), newStreamsCmd(), newTailCmd(), newRunsCmd(), newRunCmd(),
 		newSnapshotCmd(), newBackupCmd(), newRestoreCmd(), newVerifyCmd(), newRepairCmd(), newDumpCmd(),
 		newRetentionCmd(), newCompactCmd(),
-		newVersionCmd(),
+		newVersionCmd(), newCDCCmd(), newSinkCmd(),
 	)
 	return root
 }
@@ -63,8 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	code := 1
 	var ee exitError
 	switch {
-	case errors.Is(err, errUsage) && cmd != nil && cmd.Name() == "serve":
-		// serve's bad flags and arguments are configuration errors: 78
+	case errors.Is(err, errUsage) && cmd != nil && daemonCommand(cmd):
+		// A daemon's bad flags and arguments are configuration errors: 78
 		// (EX_CONFIG), which systemd does not restart on (serve.go).
 		code = exitPermanent
 	case errors.Is(err, errUsage):
@@ -85,6 +85,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hint: %s\n", hint)
 	}
 	return code
+}
+
+// daemonCommand reports whether cmd is a long-running service that runs
+// under systemd: serve, cdc postgres, sink postgres.
+func daemonCommand(cmd *cobra.Command) bool {
+	switch cmd.CommandPath() {
+	case "tsstore serve", "tsstore cdc postgres", "tsstore sink postgres":
+		return true
+	}
+	return false
 }
 
 // isCobraUsageError recognises the usage errors cobra makes itself, which
