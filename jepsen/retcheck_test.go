@@ -1,0 +1,153 @@
+package jepsen
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+// retHistory is a small valid retention run: ten acknowledged events on
+// jepsen/ streams and one (offset 8) on the keeper's uncovered stream; the
+// policy cut the log at 4 (the segment [0, 4) is dropped everywhere, [4,
+// 8) sealed and identical on the three nodes); a read and a subscriber's
+// resume below the cut were refused OFFSET_COMPACTED naming 4; the final
+// probes see the cut on every node.
+func retHistory() (*History, []Replica) {
+	h := &History{Retention: &RetentionRun{Prefix: "jepsen/", MaxBytes: 1 << 10, Uncovered: "keep/", Version: 1}}
+	var L []string
+	t := time.Duration(0)
+	for i := range 10 {
+		op := AppendOp{Process: "p1", Idempotent: true, Values: []string{"p1-" + string(rune('a'+i))},
+			Invoke: t, Complete: t + 5*ms, Outcome: OK, First: uint64(i), Attempts: 1}
+		if i == 8 {
+			op.Process, op.Values, op.Stream = "keep0", []string{"keep0-0"}, "keep/keep0"
+		}
+		h.Appends = append(h.Appends, op)
+		L = append(L, op.Values[0])
+		t += 10 * ms
+	}
+	h.Reads = []ReadOp{
+		{Process: "r-lin", From: 0, Linearizable: true, Invoke: t, Complete: t + ms, Outcome: OK, Values: slices.Clone(L)},
+		{Process: "replay0", From: 0, To: 10, Invoke: t + 10*ms, Complete: t + 11*ms, Outcome: Fail,
+			Err: "tsstore: offset compacted: first stored offset is 4", Compacted: true, FirstKept: 4},
+		{Process: "replay0", From: 4, To: 10, Invoke: t + 12*ms, Complete: t + 13*ms, Outcome: OK, Values: slices.Clone(L[4:])},
+	}
+	sub := Subscription{Process: "s1", Start: 1, Jumps: []Jump{{From: 1, To: 4}}, Resumes: []uint64{4}}
+	for off := 4; off < len(L); off++ {
+		sub.Deliveries = append(sub.Deliveries, Delivery{uint64(off), L[off]})
+	}
+	h.Subs = []Subscription{sub}
+	stored := slices.Clone(L)
+	for i := range 4 {
+		stored[i] = compactedValue
+	}
+	var reps []Replica
+	for _, n := range []string{"n1", "n2", "n3"} {
+		rep := replica(n, stored)
+		rep.First = 4
+		rep.Retention = &ReplicaRetention{First: 4, DigestFirst: 4,
+			Manifest: []SegmentRecord{{Base: 0, Next: 4, Size: 400, Digest: 0xaa, State: "dropped"}, {Base: 4, Next: 8, Size: 400, Digest: 0xbb, State: "local"}},
+			Digests:  []SegmentRecord{{Base: 4, Next: 8, Size: 400, Digest: 0xbb, ManifestDigest: 0xbb}},
+			Probes: []Probe{{From: 0, Compacted: true, FirstKept: 4}, {From: 2, Compacted: true, FirstKept: 4},
+				{From: 3, Compacted: true, FirstKept: 4}, {From: 4, Got: true, First: 4}},
+		}
+		reps = append(reps, rep)
+	}
+	return h, reps
+}
+
+func retRule(t *testing.T, res []CheckResult) CheckResult {
+	t.Helper()
+	for _, r := range res {
+		if r.Rule == 12 {
+			return r
+		}
+	}
+	t.Fatal("rule 12 did not run")
+	return CheckResult{}
+}
+
+func TestRetentionCleanHistoryPasses(t *testing.T) {
+	h, reps := retHistory()
+	c := retRule(t, expectOnly(t, h, reps))
+	for k, want := range map[string]int{"first_kept": 4, "covered_acks_below_cut": 4, "uncovered_acks_kept": 1,
+		"reads_compacted": 1, "subscriber_jumps": 1, "common_sealed_segments": 1} {
+		if c.Notes[k] != want {
+			t.Errorf("note %s = %d, want %d; notes %v", k, c.Notes[k], want, c.Notes)
+		}
+	}
+}
+
+// An acknowledged event of the uncovered stream below the cut: the
+// planner cut past a segment a stream no policy covers kept. Rules 1-9
+// skip offsets below the cut; only rule 12 sees it.
+func TestRetentionCatchesUncoveredEventLost(t *testing.T) {
+	h, reps := retHistory()
+	h.Appends[2].Stream = "keep/keep0"
+	c := retRule(t, expectOnly(t, h, reps, 12))
+	if c.Violations != 1 {
+		t.Errorf("violations %d, want 1: %q", c.Violations, c.Examples)
+	}
+}
+
+// An acknowledged covered event above the cut missing on one node.
+func TestRetentionCatchesCoveredEventLostAboveCut(t *testing.T) {
+	h, reps := retHistory()
+	reps[1].Values[6] = ""
+	reps[1].Hash = "other"
+	retRule(t, expectOnly(t, h, reps, 1, 2, 9, 12))
+}
+
+// One node's sealed segment reads differently now than when it was sealed
+// and than the other nodes'.
+func TestRetentionCatchesDigestsDiffer(t *testing.T) {
+	h, reps := retHistory()
+	reps[2].Retention.Digests[0].Digest = 0xcc
+	c := retRule(t, expectOnly(t, h, reps, 12))
+	if c.Violations < 2 { // differs from its manifest, from the other nodes
+		t.Errorf("violations %d, want at least 2: %q", c.Violations, c.Examples)
+	}
+}
+
+// The replicated manifests disagree on a segment's digest.
+func TestRetentionCatchesManifestsDiffer(t *testing.T) {
+	h, reps := retHistory()
+	reps[0].Retention.Manifest[0].Digest = 0xab
+	retRule(t, expectOnly(t, h, reps, 12))
+}
+
+// The nodes end at different first kept offsets.
+func TestRetentionCatchesFirstKeptDiffers(t *testing.T) {
+	h, reps := retHistory()
+	reps[2].Retention.First, reps[2].Retention.DigestFirst = 0, 0
+	retRule(t, expectOnly(t, h, reps, 12))
+}
+
+// A read below the cut answered with later records (a silent gap), and a
+// refusal naming an offset not above the read's start.
+func TestRetentionCatchesSilentGapAndBadRefusal(t *testing.T) {
+	h, reps := retHistory()
+	reps[0].Retention.Probes[0] = Probe{From: 0, Got: true, First: 4}
+	h.Reads[1].FirstKept = 0
+	c := retRule(t, expectOnly(t, h, reps, 12))
+	if c.Violations != 2 {
+		t.Errorf("violations %d, want 2: %q", c.Violations, c.Examples)
+	}
+}
+
+// No cut at all: the run tested nothing.
+func TestRetentionCatchesNoCut(t *testing.T) {
+	h, reps := retHistory()
+	for i := range reps {
+		rr := reps[i].Retention
+		rr.First, rr.DigestFirst, rr.Probes = 0, 0, []Probe{{From: 0, Got: true, First: 0}}
+		rr.Manifest = rr.Manifest[1:]
+	}
+	h.Reads = h.Reads[:1]
+	h.Subs[0].Start, h.Subs[0].Jumps = 4, nil
+	for i := range reps {
+		reps[i] = Replica{Node: reps[i].Node, Retention: reps[i].Retention, Values: slices.Clone(h.Reads[0].Values)}
+		reps[i].Length, reps[i].Hash = len(reps[i].Values), "same"
+	}
+	retRule(t, expectOnly(t, h, reps, 12))
+}
