@@ -158,6 +158,9 @@ type History struct {
 	// Retention is the retention workload's policy (scenario retention);
 	// nil when no policy was set.
 	Retention *RetentionRun `json:"retention,omitempty"`
+	// Cuts are the first kept offsets the nodes reported during the run,
+	// as they changed (retention workload).
+	Cuts []CutObs `json:"cuts,omitempty"`
 }
 
 // Replica is the final log of one node, replayed in full.
@@ -234,6 +237,12 @@ func (r *recorder) retentionRemoved() {
 	r.mu.Unlock()
 }
 
+func (r *recorder) cut(o CutObs) {
+	r.mu.Lock()
+	r.h.Cuts = append(r.h.Cuts, o)
+	r.mu.Unlock()
+}
+
 func (r *recorder) fault(f Fault) {
 	r.mu.Lock()
 	r.h.Faults = append(r.h.Faults, f)
@@ -247,7 +256,7 @@ func (r *recorder) snapshot() *History {
 	h := &History{
 		Appends: slices.Clone(r.h.Appends), Reads: slices.Clone(r.h.Reads),
 		Subs: slices.Clone(r.h.Subs), Faults: slices.Clone(r.h.Faults), Fences: slices.Clone(r.h.Fences),
-		Retention: r.h.Retention,
+		Retention: r.h.Retention, Cuts: slices.Clone(r.h.Cuts),
 	}
 	slices.SortStableFunc(h.Appends, func(a, b AppendOp) int { return int(a.Invoke - b.Invoke) })
 	slices.SortStableFunc(h.Reads, func(a, b ReadOp) int { return int(a.Invoke - b.Invoke) })
@@ -278,6 +287,9 @@ func writeHistory(path string, h *History) error {
 	}
 	for i := range h.Fences {
 		lines = append(lines, histLine{h.Fences[i].Invoke, "fence", &h.Fences[i]})
+	}
+	for i := range h.Cuts {
+		lines = append(lines, histLine{h.Cuts[i].At, "cut", &h.Cuts[i]})
 	}
 	slices.SortStableFunc(lines, func(a, b histLine) int { return int(a.at - b.at) })
 	for i := range h.Subs {

@@ -21,6 +21,7 @@ import (
 //	    the typed reason; every node, probed at the end, refuses reads
 //	    below its first kept offset with OFFSET_COMPACTED naming it, and
 //	    serves that offset first from it (never a silent gap).
+//	    No node's first kept offset, polled during the run, goes back.
 //	(c) every node reports the same first kept offset (ListRetention and
 //	    SegmentDigests agree); per sealed segment, the digests of the nodes
 //	    holding it agree with each other, with the digest each node's
@@ -60,6 +61,31 @@ func checkRetention(h *History, reps []Replica) CheckResult {
 		// The scenario exists to cut while faults run; no cut at all means
 		// it tested nothing (the policy or the planner did not work).
 		c.violate("no retention cut happened: the final first kept offset is 0")
+	}
+
+	// The cuts the nodes reported during the run: how many distinct ones,
+	// how many first seen while a fault was active; a node's first kept
+	// offset never goes back (except to 0: a wiped node restarting empty,
+	// before InstallSnapshot gives it the cut).
+	seen := map[uint64]bool{}
+	last := map[string]uint64{}
+	for _, o := range h.Cuts {
+		c.Checked++
+		if prev := last[o.Node]; o.First < prev && o.First != 0 {
+			c.violate("%s: first kept offset went back from %d to %d at %v", o.Node, prev, o.First, o.At)
+		}
+		last[o.Node] = o.First
+		if o.First == 0 || seen[o.First] {
+			continue
+		}
+		seen[o.First] = true
+		c.note("cuts_seen", 1)
+		for _, f := range h.Faults {
+			if f.Start <= o.At && o.At <= f.End {
+				c.note("cuts_during_faults", 1)
+				break
+			}
+		}
 	}
 
 	// (a) acknowledged appends.

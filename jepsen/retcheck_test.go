@@ -32,6 +32,8 @@ func retHistory() (*History, []Replica) {
 			Err: "tsstore: offset compacted: first stored offset is 4", Compacted: true, FirstKept: 4},
 		{Process: "replay0", From: 4, To: 10, Invoke: t + 12*ms, Complete: t + 13*ms, Outcome: OK, Values: slices.Clone(L[4:])},
 	}
+	h.Cuts = []CutObs{{At: 5 * ms, Node: "n1", First: 0}, {At: 50 * ms, Node: "n1", First: 4}, {At: 60 * ms, Node: "n2", First: 4}}
+	h.Faults = []Fault{{Kind: "kill-leader", Target: "n2", Start: 40 * ms, End: 70 * ms}}
 	sub := Subscription{Process: "s1", Start: 1, Jumps: []Jump{{From: 1, To: 4}}, Resumes: []uint64{4}}
 	for off := 4; off < len(L); off++ {
 		sub.Deliveries = append(sub.Deliveries, Delivery{uint64(off), L[off]})
@@ -71,7 +73,7 @@ func TestRetentionCleanHistoryPasses(t *testing.T) {
 	h, reps := retHistory()
 	c := retRule(t, expectOnly(t, h, reps))
 	for k, want := range map[string]int{"first_kept": 4, "covered_acks_below_cut": 4, "uncovered_acks_kept": 1,
-		"reads_compacted": 1, "subscriber_jumps": 1, "common_sealed_segments": 1} {
+		"reads_compacted": 1, "subscriber_jumps": 1, "common_sealed_segments": 1, "cuts_seen": 1, "cuts_during_faults": 1} {
 		if c.Notes[k] != want {
 			t.Errorf("note %s = %d, want %d; notes %v", k, c.Notes[k], want, c.Notes)
 		}
@@ -149,5 +151,13 @@ func TestRetentionCatchesNoCut(t *testing.T) {
 		reps[i] = Replica{Node: reps[i].Node, Retention: reps[i].Retention, Values: slices.Clone(h.Reads[0].Values)}
 		reps[i].Length, reps[i].Hash = len(reps[i].Values), "same"
 	}
+	retRule(t, expectOnly(t, h, reps, 12))
+}
+
+// A node's first kept offset went back during the run (reads below the
+// cut it had announced would be served again).
+func TestRetentionCatchesFirstKeptGoingBack(t *testing.T) {
+	h, reps := retHistory()
+	h.Cuts = append(h.Cuts, CutObs{At: 80 * ms, Node: "n1", First: 2})
 	retRule(t, expectOnly(t, h, reps, 12))
 }

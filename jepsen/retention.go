@@ -269,3 +269,39 @@ func firstRecord(buf []byte, from uint64) (uint64, bool) {
 	}
 	return 0, false
 }
+
+// CutObs is a first kept offset a node reported, recorded when it changed
+// (the cut watcher polls every node's ListRetention every 250 ms).
+type CutObs struct {
+	At    time.Duration `json:"at_ns"`
+	Node  string        `json:"node"`
+	First uint64        `json:"first_kept"`
+}
+
+// cutWatcher records every node's first kept offset as it changes, so
+// rule 12 can say how many cuts were made while faults were active and
+// check that no node's first kept offset goes back.
+func (w *workload) cutWatcher(stop context.Context) {
+	last := map[string]uint64{}
+	for stop.Err() == nil {
+		for _, n := range w.c.nodes {
+			if !n.Running() {
+				continue
+			}
+			_ = withConn(n, func(conn *grpc.ClientConn) error {
+				ctx, cancel := context.WithTimeout(stop, time.Second)
+				defer cancel()
+				lr, err := pb.NewRetentionClient(conn).ListRetention(ctx, &pb.ListRetentionRequest{})
+				if err != nil {
+					return err
+				}
+				if prev, ok := last[n.ID]; !ok || prev != lr.FirstOffset {
+					last[n.ID] = lr.FirstOffset
+					w.rec.cut(CutObs{At: w.rec.now(), Node: n.ID, First: lr.FirstOffset})
+				}
+				return nil
+			})
+		}
+		sleepCtx(stop, 250*time.Millisecond)
+	}
+}

@@ -78,6 +78,7 @@ func (w *workload) start(ctx, stop context.Context) {
 	}
 	if w.retention != nil {
 		w.goFunc(func() { w.keeper(ctx, stop) })
+		w.goFunc(func() { w.cutWatcher(stop) })
 	}
 }
 
