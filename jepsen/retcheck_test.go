@@ -1,7 +1,9 @@
 package jepsen
 
 import (
+	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -160,4 +162,46 @@ func TestRetentionCatchesFirstKeptGoingBack(t *testing.T) {
 	h, reps := retHistory()
 	h.Cuts = append(h.Cuts, CutObs{At: 80 * ms, Node: "n1", First: 2})
 	retRule(t, expectOnly(t, h, reps, 12))
+}
+
+// The retention scenario's settings: small segments, a cut planned every
+// second, a policy on the prefix every workload stream has and not on the
+// keeper's, the keeper starting inside the fault window of the short
+// profile, and at least two faults planned in it for every seed.
+func TestRetentionScenario(t *testing.T) {
+	ss, err := FindScenarios("retention")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := ss[0]
+	r := s.Retention
+	if r == nil {
+		t.Fatal("no retention spec")
+	}
+	args := strings.Join(s.ServeArgs, " ")
+	for _, want := range []string{"--segment-bytes 65536", "--retention-interval 1s"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("serve args %q lack %q", args, want)
+		}
+	}
+	run := &RetentionRun{Prefix: r.Prefix}
+	if !run.covered(valueStream("idem0-1")) || !run.covered(valueStream("raw1-2")) || !run.covered(valueStream("final-marker")) {
+		t.Errorf("policy prefix %q does not cover the workload's streams", r.Prefix)
+	}
+	if run.covered(r.Uncovered + "keep0") {
+		t.Errorf("policy prefix %q covers the keeper's stream", r.Prefix)
+	}
+	if r.MaxBytes < 2*65536 || r.MaxBytes > 1<<20 {
+		t.Errorf("max-bytes %d: want a few 64 KiB segments, so cuts come every second or two", r.MaxBytes)
+	}
+	d := Profiles["short"].Duration
+	from, to := phases(d)
+	if k := time.Duration(r.KeeperFrom * float64(d)); k <= from || k >= to {
+		t.Errorf("keeper starts at %v, outside the fault window [%v, %v]", k, from, to)
+	}
+	for seed := uint64(1); seed <= 20; seed++ {
+		if plan := planFaults(rand.New(rand.NewPCG(seed, 1)), s, from, to); len(plan) < 2 {
+			t.Errorf("seed %d: %d faults planned", seed, len(plan))
+		}
+	}
 }
