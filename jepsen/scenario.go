@@ -92,8 +92,8 @@ var Scenarios = []Scenario{
 		ServeArgs: snapshotArgs, Disk: &DiskSpec{Size: 256 << 20, MinFree: 64 << 20, Resume: 16 << 20, LowMargin: 4 << 20},
 		Active: [2]time.Duration{3 * time.Second, 5 * time.Second}, Quiet: [2]time.Duration{time.Second, 2 * time.Second},
 		Overhead: 6 * time.Second},
-	{Name: "retention", Doc: "a retention policy (max-bytes 256 KiB on jepsen/) cuts the log every second or so (64 KiB segments) while the leader or a follower is killed, the leader isolated, a follower caught up through InstallSnapshot or wiped; from 60% of the run a keeper writes a stream no policy covers, which no cut may pass",
-		Faults: []string{"kill-leader", "kill-follower", "isolate-leader", "isolate-follower-long", "wipe-follower"}, ServeArgs: retentionArgs,
+	{Name: "retention", Doc: "a retention policy (max-bytes 256 KiB on jepsen/) cuts the log every second or so (64 KiB segments) while the leader, a follower or all three are SIGKILLed (faultfs build: unsynced writes lost), the leader isolated, a follower caught up through InstallSnapshot or wiped; from 60% of the run a keeper writes a stream no policy covers, which no cut may pass",
+		Faults: []string{"kill-leader", "kill-follower", "kill-all", "isolate-leader", "isolate-follower-long", "wipe-follower"}, ServeArgs: retentionArgs, FaultFS: true,
 		Active: [2]time.Duration{2 * time.Second, 5 * time.Second}, Quiet: [2]time.Duration{time.Second, 2 * time.Second},
 		Retention: &RetentionSpec{Prefix: "jepsen/", MaxBytes: 256 << 10, Uncovered: "keep/", KeeperFrom: 0.6}},
 }
