@@ -228,6 +228,18 @@ func (r *recorder) setRetention(rr *RetentionRun) {
 	r.mu.Unlock()
 }
 
+// retentionOp counts one call of the retention operator.
+func (r *recorder) retentionOp(kind string) {
+	r.mu.Lock()
+	if rr := r.h.Retention; rr != nil {
+		if rr.Ops == nil {
+			rr.Ops = map[string]int{}
+		}
+		rr.Ops[kind]++
+	}
+	r.mu.Unlock()
+}
+
 // retentionRemoved notes when the retention policy was removed.
 func (r *recorder) retentionRemoved() {
 	r.mu.Lock()

@@ -57,6 +57,9 @@ func checkRetention(h *History, reps []Replica) CheckResult {
 		}
 	}
 	c.noteMax("first_kept", int(F))
+	for k, n := range ret.Ops {
+		c.note("operator_"+k, n)
+	}
 	if F == 0 {
 		// The scenario exists to cut while faults run; no cut at all means
 		// it tested nothing (the policy or the planner did not work).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -25,7 +26,9 @@ import (
 // log again and again while the nemesis kills and partitions nodes. A
 // keeper process appends, from KeeperFrom of the run on, to a stream no
 // policy covers ("keep/"): from then on no cut may pass its first event.
-// Before the final phase's marker the policy is removed (no cut after
+// An operator asks for cuts now (Compact) and re-sets the policy with
+// another max-bytes while the leader's ticks plan theirs, so plans race
+// and some are refused as stale. Before the final phase's marker the policy is removed (no cut after
 // it), so every node ends at one first kept offset; each node then reports
 // its cut, manifest and the digests of its sealed segments read now
 // (Retention.SegmentDigests, as `tsstore verify --cluster` does), and is
@@ -53,6 +56,9 @@ type RetentionRun struct {
 	Version   uint64        `json:"policy_version"`
 	SetAt     time.Duration `json:"set_ns"`
 	RemovedAt time.Duration `json:"removed_ns,omitempty"`
+	// Ops counts the operator's calls by outcome: compact (no cut),
+	// compact_committed, set, and each with _failed_<gRPC code>.
+	Ops map[string]int `json:"operator_calls,omitempty"`
 }
 
 // covered reports whether the run's policy governs stream.
@@ -303,5 +309,48 @@ func (w *workload) cutWatcher(stop context.Context) {
 			})
 		}
 		sleepCtx(stop, 250*time.Millisecond)
+	}
+}
+
+// operator plays the operator on top of the leader's retention ticks:
+// every 0.5-1.5 s it either asks for a cut now (Retention.Compact, which
+// races the tick's own plans) or sets the policy again with another
+// max-bytes (MaxBytes or three quarters of it), so plans made under the
+// old policy version are refused at apply (fsm.ErrStalePlan). The
+// outcomes are counted in the history's RetentionRun.
+func (w *workload) operator(ctx, stop context.Context) {
+	spec := w.retention
+	rng := rand.New(rand.NewPCG(w.seed, 11))
+	for i := 0; stop.Err() == nil; i++ {
+		sleepCtx(stop, 500*time.Millisecond+time.Duration(rng.Int64N(int64(time.Second))))
+		if stop.Err() != nil {
+			return
+		}
+		n := w.c.nodes[rng.IntN(len(w.c.nodes))]
+		var kind string
+		err := withConn(n, func(conn *grpc.ClientConn) error {
+			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			rc := pb.NewRetentionClient(conn)
+			if rng.IntN(2) == 0 {
+				kind = "compact"
+				resp, err := rc.Compact(cctx, &pb.CompactRequest{})
+				if err == nil && resp.Committed {
+					kind = "compact_committed"
+				}
+				return err
+			}
+			kind = "set"
+			maxBytes := spec.MaxBytes
+			if i%2 == 0 {
+				maxBytes = spec.MaxBytes * 3 / 4
+			}
+			_, err := rc.SetRetention(cctx, &pb.SetRetentionRequest{Policy: &pb.RetentionPolicy{Prefix: spec.Prefix, MaxBytes: maxBytes}})
+			return err
+		})
+		if err != nil {
+			kind += "_failed_" + status.Code(err).String() // Aborted: a stale plan
+		}
+		w.rec.retentionOp(kind)
 	}
 }

@@ -79,6 +79,7 @@ func (w *workload) start(ctx, stop context.Context) {
 	if w.retention != nil {
 		w.goFunc(func() { w.keeper(ctx, stop) })
 		w.goFunc(func() { w.cutWatcher(stop) })
+		w.goFunc(func() { w.operator(ctx, stop) })
 	}
 }
 
