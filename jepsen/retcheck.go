@@ -26,7 +26,8 @@ import (
 //	    SegmentDigests agree); per sealed segment, the digests of the nodes
 //	    holding it agree with each other, with the digest each node's
 //	    manifest recorded when it was sealed, and the replicated manifests
-//	    agree; no segment could not be read.
+//	    agree; no segment could not be read; no node's fsm/log still
+//	    holds a segment file below the cut (after waiting up to 10 s).
 func checkRetention(h *History, reps []Replica) CheckResult {
 	c := CheckResult{Rule: 12, Name: "retention: uncovered kept, typed cut, digests agree"}
 	ret := h.Retention
@@ -181,6 +182,9 @@ func checkRetention(h *History, reps []Replica) CheckResult {
 		}
 		if !probed {
 			c.violate("%s: its first kept offset %d was not probed", rep.Node, rr.First)
+		}
+		for _, base := range rr.Leftover {
+			c.violate("%s: segment file %020d.log is below the cut %d and still on disk", rep.Node, base, rr.First)
 		}
 	}
 

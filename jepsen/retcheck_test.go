@@ -205,3 +205,10 @@ func TestRetentionScenario(t *testing.T) {
 		}
 	}
 }
+
+// A dropped segment's file is still in a node's fsm/log.
+func TestRetentionCatchesLeftoverFile(t *testing.T) {
+	h, reps := retHistory()
+	reps[1].Retention.Leftover = []uint64{0}
+	retRule(t, expectOnly(t, h, reps, 12))
+}

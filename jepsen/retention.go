@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -78,7 +81,13 @@ type ReplicaRetention struct {
 	Digests  []SegmentRecord `json:"digests"`
 	// Probes are the reads below and at the first kept offset.
 	Probes []Probe `json:"probes,omitempty"`
-	Err    string  `json:"error,omitempty"`
+	// Files is how many segment .log files the node's fsm/log directory
+	// held at the end; Leftover the base offsets of those below First
+	// still there after waiting up to 10 s (a snapshot being written
+	// may hold them that long).
+	Files    int      `json:"segment_files"`
+	Leftover []uint64 `json:"leftover_segments,omitempty"`
+	Err      string   `json:"error,omitempty"`
 }
 
 // SegmentRecord is one segment as a node reported it.
@@ -217,6 +226,17 @@ func nodeRetention(ctx context.Context, n *proccluster.Node) *ReplicaRetention {
 			rr.Digests = append(rr.Digests, SegmentRecord{Base: s.BaseOffset, Next: s.NextOffset, Size: s.SizeBytes,
 				Digest: s.Digest, ManifestDigest: s.ManifestDigest, Err: s.Error})
 		}
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			var err error
+			rr.Files, rr.Leftover, err = segmentFiles(filepath.Join(n.DataDir, "fsm", "log"), rr.First)
+			if err != nil {
+				return err
+			}
+			if len(rr.Leftover) == 0 || time.Now().After(deadline) {
+				break
+			}
+			sleepCtx(ctx, 500*time.Millisecond)
+		}
 		froms := []uint64{rr.First}
 		if rr.First > 0 {
 			froms = append([]uint64{0, rr.First / 2, rr.First - 1}, froms...)
@@ -231,6 +251,32 @@ func nodeRetention(ctx context.Context, n *proccluster.Node) *ReplicaRetention {
 		rr.Err = err.Error()
 	}
 	return rr
+}
+
+// segmentFiles counts the segment .log files in dir and returns the base
+// offsets of those below first.
+func segmentFiles(dir string, first uint64) (int, []uint64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, nil, err
+	}
+	n := 0
+	var below []uint64
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".log")
+		if !ok {
+			continue
+		}
+		base, err := strconv.ParseUint(name, 10, 64)
+		if err != nil {
+			continue
+		}
+		n++
+		if base < first {
+			below = append(below, base)
+		}
+	}
+	return n, below, nil
 }
 
 // probe reads one message from offset from with a local read.
