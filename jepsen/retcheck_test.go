@@ -212,3 +212,20 @@ func TestRetentionCatchesLeftoverFile(t *testing.T) {
 	reps[1].Retention.Leftover = []uint64{0}
 	retRule(t, expectOnly(t, h, reps, 12))
 }
+
+// Rule 8 accepts a chain of jumps (the cut moved again before the resume
+// from the first one's target), and nothing else.
+func TestJumpsCover(t *testing.T) {
+	jumps := []Jump{{From: 1, To: 4}, {From: 4, To: 9}}
+	for _, c := range []struct {
+		from, to uint64
+		want     bool
+	}{{1, 4, true}, {1, 9, true}, {4, 9, true}, {1, 8, false}, {2, 9, false}, {9, 12, false}} {
+		if got := jumpsCover(jumps, c.from, c.to); got != c.want {
+			t.Errorf("jumpsCover(%d, %d) = %v, want %v", c.from, c.to, got, c.want)
+		}
+	}
+	if jumpsCover([]Jump{{From: 3, To: 3}}, 3, 4) {
+		t.Error("a jump to its own offset covers nothing")
+	}
+}
