@@ -47,7 +47,10 @@ func (c *CheckResult) noteMax(key string, v int) {
 
 // Check runs every checker on a history and the final replicas; rule 10
 // (fencecheck.go) only on a history of the fencing workload, rule 11
-// (diskcheck.go) only on one with disk faults or DISK_FULL refusals.
+// (diskcheck.go) only on one with disk faults or DISK_FULL refusals, rule
+// 12 (retcheck.go) only on one of the retention workload. Offsets below a
+// replica's first kept offset (compactedValue) are rule 12's alone: rules
+// 1-9 skip them.
 func Check(h *History, reps []Replica) []CheckResult {
 	L := reference(reps)
 	res := []CheckResult{
@@ -66,6 +69,9 @@ func Check(h *History, reps []Replica) []CheckResult {
 	}
 	if hasDiskFull(h) {
 		res = append(res, checkDiskFull(h, reps))
+	}
+	if h.Retention != nil {
+		res = append(res, checkRetention(h, reps))
 	}
 	return res
 }
@@ -126,6 +132,10 @@ func checkLost(h *History, reps []Replica) CheckResult {
 		for _, a := range acks {
 			for i, v := range a.Values {
 				off := a.First + uint64(i)
+				if off < rep.First {
+					c.note(rep.Node+"_below_cut", 1) // rule 12
+					continue
+				}
 				lost := off >= uint64(len(rep.Values)) || rep.Values[off] != v
 				if !lost {
 					if first < 0 {
@@ -187,7 +197,9 @@ func checkOneValue(h *History, reps []Replica) CheckResult {
 	}
 	for _, rep := range reps {
 		for off, v := range rep.Values {
-			add(uint64(off), v, "replica "+rep.Node)
+			if v != compactedValue {
+				add(uint64(off), v, "replica "+rep.Node)
+			}
 		}
 	}
 	return c
@@ -216,7 +228,9 @@ func checkDuplicates(h *History, reps []Replica) CheckResult {
 		}
 		count := map[string]int{}
 		for _, v := range rep.Values {
-			count[v]++
+			if v != compactedValue {
+				count[v]++
+			}
 		}
 		c.Checked += len(count)
 		for v, n := range count {
@@ -304,6 +318,9 @@ func checkReads(h *History, reps []Replica, L []string) CheckResult {
 		c.Checked++
 		for j, v := range r.Values {
 			off := r.From + uint64(j)
+			if at(L, off) == compactedValue {
+				continue // read before the cut; rule 12
+			}
 			if off >= uint64(len(L)) || L[off] != v {
 				c.violate("read by %s from %d at %v: offset %d was %q, final log has %q", r.Process, r.From, r.Invoke, off, v, at(L, off))
 				break
@@ -436,10 +453,14 @@ func checkSubscriptions(h *History, L []string) CheckResult {
 		for _, d := range s.Deliveries {
 			c.Checked++
 			switch {
+			case d.Offset > want && jumpsCover(s.Jumps, want, d.Offset):
+				c.note("compacted_jumps", 1) // refused OFFSET_COMPACTED at want; rule 12
 			case d.Offset > want:
 				c.violate("%s skipped offsets [%d, %d)", s.Process, want, d.Offset)
 			case d.Offset < want:
 				c.violate("%s delivered offset %d again (or out of order) after %d", s.Process, d.Offset, want-1)
+			case at(L, d.Offset) == compactedValue:
+				// delivered before the cut; rule 12
 			case d.Offset >= uint64(len(L)) || L[d.Offset] != d.Value:
 				c.violate("%s delivered %q at offset %d, final log has %q", s.Process, d.Value, d.Offset, at(L, d.Offset))
 			}
@@ -447,6 +468,22 @@ func checkSubscriptions(h *History, L []string) CheckResult {
 		}
 	}
 	return c
+}
+
+// jumpsCover reports whether a chain of a subscriber's OFFSET_COMPACTED
+// jumps leads from from to exactly to (the cut may move again before the
+// resume from the first jump's target).
+func jumpsCover(jumps []Jump, from, to uint64) bool {
+	for cur, steps := from, 0; steps <= len(jumps); steps++ {
+		i := slices.IndexFunc(jumps, func(j Jump) bool { return j.From == cur && j.To > cur })
+		if i < 0 {
+			return false
+		}
+		if cur = jumps[i].To; cur == to {
+			return true
+		}
+	}
+	return false
 }
 
 // checkReplicas is rule 9: every node could replay its whole log and all
@@ -465,8 +502,9 @@ func checkReplicas(reps []Replica) CheckResult {
 			ref = r
 			continue
 		}
-		if r.Length != ref.Length || r.Hash != ref.Hash {
-			c.violate("%s: %d events sha256 %.16s, but %s: %d events sha256 %.16s", r.Node, r.Length, r.Hash, ref.Node, ref.Length, ref.Hash)
+		if r.Length != ref.Length || r.Hash != ref.Hash || r.First != ref.First {
+			c.violate("%s: %d events from %d sha256 %.16s, but %s: %d events from %d sha256 %.16s",
+				r.Node, r.Length, r.First, r.Hash, ref.Node, ref.Length, ref.First, ref.Hash)
 		}
 	}
 	return c

@@ -44,8 +44,11 @@ func isSystemValue(v string) bool { return strings.HasPrefix(v, "\x00") }
 // finalPhase runs after every fault is healed and the clients stopped: it
 // waits for a leader, appends a marker (the cluster must accept writes
 // again), waits until every node holds the same log end, and replays the
-// whole log from every node.
-func finalPhase(ctx context.Context, c *cluster, rec *recorder, runID string) ([]Replica, error) {
+// whole log from every node. In a retention run it first removes the
+// policy (no cut after the marker, so every node ends at one first kept
+// offset), asks every node for its retention state and segment digests
+// (nodeRetention), and replays each from its first kept offset.
+func finalPhase(ctx context.Context, c *cluster, rec *recorder, runID string, ret *RetentionSpec) ([]Replica, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
@@ -53,6 +56,12 @@ func finalPhase(ctx context.Context, c *cluster, rec *recorder, runID string) ([
 	wcancel()
 	if err != nil {
 		return nil, fmt.Errorf("final phase: no leader after healing: %w", err)
+	}
+	if ret != nil {
+		if _, err := setRetention(ctx, c, ret.Prefix, 0, true); err != nil {
+			return nil, fmt.Errorf("final phase: %w", err)
+		}
+		rec.retentionRemoved()
 	}
 	marker, err := appendMarker(ctx, c, rec, runID)
 	if err != nil {
@@ -64,7 +73,15 @@ func finalPhase(ctx context.Context, c *cluster, rec *recorder, runID string) ([
 	}
 	var reps []Replica
 	for _, n := range c.nodes {
-		reps = append(reps, readReplica(ctx, n, end))
+		var rr *ReplicaRetention
+		var first uint64
+		if ret != nil {
+			rr = nodeRetention(ctx, n)
+			first = rr.First
+		}
+		rep := readReplica(ctx, n, first, end)
+		rep.Retention = rr
+		reps = append(reps, rep)
 	}
 	return reps, nil
 }
@@ -134,11 +151,16 @@ func converge(ctx context.Context, c *cluster, min uint64) (uint64, error) {
 	}
 }
 
-// readReplica replays offsets [0, end) from one node with a local read, as
-// raw batches: their bytes are hashed, their records decoded and checked
-// for contiguity.
-func readReplica(ctx context.Context, n *proccluster.Node, end uint64) Replica {
-	rep := Replica{Node: n.ID}
+// readReplica replays offsets [first, end) from one node with a local
+// read, as raw batches: their bytes are hashed, their records decoded and
+// checked for contiguity. Offsets below first (retention cut them) hold
+// compactedValue.
+func readReplica(ctx context.Context, n *proccluster.Node, first, end uint64) Replica {
+	rep := Replica{Node: n.ID, First: first}
+	for range min(first, end) {
+		rep.Values = append(rep.Values, compactedValue)
+		rep.Streams = append(rep.Streams, "")
+	}
 	conn, err := grpc.NewClient(n.APIAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
@@ -148,7 +170,7 @@ func readReplica(ctx context.Context, n *proccluster.Node, end uint64) Replica {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	stream, err := pb.NewEventStoreClient(conn).Read(ctx, &pb.ReadRequest{FromOffset: 0, ToOffset: end, MinNextOffset: end})
+	stream, err := pb.NewEventStoreClient(conn).Read(ctx, &pb.ReadRequest{FromOffset: first, ToOffset: end, MinNextOffset: end})
 	if err != nil {
 		rep.Err = err.Error()
 		return rep

@@ -45,6 +45,18 @@ type AppendOp struct {
 	// refusal while its disk or a majority's is below the free-space
 	// watermark (nothing written).
 	DiskFull bool `json:"disk_full,omitempty"`
+	// Stream is the stream of every value when it is not the one events()
+	// derives from the value ("jepsen/<process>"): the retention
+	// workload's keeper writes to a stream no policy covers.
+	Stream string `json:"stream,omitempty"`
+}
+
+// streamOf is the stream the op's value v was appended to.
+func (a *AppendOp) streamOf(v string) string {
+	if a.Stream != "" {
+		return a.Stream
+	}
+	return valueStream(v)
 }
 
 // Last is the offset of the op's last value (OK ops only).
@@ -68,6 +80,11 @@ type ReadOp struct {
 	// Integrity: the client saw a gap, an overlap or a bad CRC.
 	Integrity bool   `json:"integrity_error,omitempty"`
 	Err       string `json:"error,omitempty"`
+	// Compacted: the read was refused with OFFSET_COMPACTED (typed, the
+	// SDK's *OffsetCompactedError), which named FirstKept as the first
+	// offset still stored (rule 12).
+	Compacted bool   `json:"compacted,omitempty"`
+	FirstKept uint64 `json:"first_kept,omitempty"`
 }
 
 // End is the offset after the last value read.
@@ -91,6 +108,17 @@ type Subscription struct {
 	// Resumes are the offsets the subscriber resumed from after errors.
 	Resumes   []uint64 `json:"resumes,omitempty"`
 	Integrity []string `json:"integrity_errors,omitempty"`
+	// Jumps are the resumes refused with OFFSET_COMPACTED: the subscriber
+	// went on from the first offset the refusal named (rule 12 judges
+	// them; rule 8 accepts exactly that skip).
+	Jumps []Jump `json:"compacted_jumps,omitempty"`
+}
+
+// Jump is one OFFSET_COMPACTED refusal of a subscriber's resume at From,
+// naming To as the first offset still stored.
+type Jump struct {
+	From uint64 `json:"from"`
+	To   uint64 `json:"to"`
 }
 
 // FenceOp is one StartRun: it fences Run to a new generation. Reason is
@@ -127,6 +155,12 @@ type History struct {
 	Subs    []Subscription `json:"subscriptions"`
 	Faults  []Fault        `json:"faults"`
 	Fences  []FenceOp      `json:"fences,omitempty"`
+	// Retention is the retention workload's policy (scenario retention);
+	// nil when no policy was set.
+	Retention *RetentionRun `json:"retention,omitempty"`
+	// Cuts are the first kept offsets the nodes reported during the run,
+	// as they changed (retention workload).
+	Cuts []CutObs `json:"cuts,omitempty"`
 }
 
 // Replica is the final log of one node, replayed in full.
@@ -142,6 +176,12 @@ type Replica struct {
 	// Gaps lists offsets where the replica's records were not contiguous.
 	Gaps []uint64 `json:"gaps,omitempty"`
 	Err  string   `json:"error,omitempty"`
+	// First is the node's first kept offset (retention): the replica is
+	// replayed from there, and Values[:First] hold compactedValue.
+	First uint64 `json:"first_kept,omitempty"`
+	// Retention is what the node reported of its segments and cut at the
+	// end of a retention run (nil otherwise).
+	Retention *ReplicaRetention `json:"retention,omitempty"`
 }
 
 // recorder collects a History from concurrent clients.
@@ -182,6 +222,39 @@ func (r *recorder) fence(op FenceOp) {
 	r.mu.Unlock()
 }
 
+func (r *recorder) setRetention(rr *RetentionRun) {
+	r.mu.Lock()
+	r.h.Retention = rr
+	r.mu.Unlock()
+}
+
+// retentionOp counts one call of the retention operator.
+func (r *recorder) retentionOp(kind string) {
+	r.mu.Lock()
+	if rr := r.h.Retention; rr != nil {
+		if rr.Ops == nil {
+			rr.Ops = map[string]int{}
+		}
+		rr.Ops[kind]++
+	}
+	r.mu.Unlock()
+}
+
+// retentionRemoved notes when the retention policy was removed.
+func (r *recorder) retentionRemoved() {
+	r.mu.Lock()
+	if r.h.Retention != nil {
+		r.h.Retention.RemovedAt = r.now()
+	}
+	r.mu.Unlock()
+}
+
+func (r *recorder) cut(o CutObs) {
+	r.mu.Lock()
+	r.h.Cuts = append(r.h.Cuts, o)
+	r.mu.Unlock()
+}
+
 func (r *recorder) fault(f Fault) {
 	r.mu.Lock()
 	r.h.Faults = append(r.h.Faults, f)
@@ -195,6 +268,7 @@ func (r *recorder) snapshot() *History {
 	h := &History{
 		Appends: slices.Clone(r.h.Appends), Reads: slices.Clone(r.h.Reads),
 		Subs: slices.Clone(r.h.Subs), Faults: slices.Clone(r.h.Faults), Fences: slices.Clone(r.h.Fences),
+		Retention: r.h.Retention, Cuts: slices.Clone(r.h.Cuts),
 	}
 	slices.SortStableFunc(h.Appends, func(a, b AppendOp) int { return int(a.Invoke - b.Invoke) })
 	slices.SortStableFunc(h.Reads, func(a, b ReadOp) int { return int(a.Invoke - b.Invoke) })
@@ -225,6 +299,9 @@ func writeHistory(path string, h *History) error {
 	}
 	for i := range h.Fences {
 		lines = append(lines, histLine{h.Fences[i].Invoke, "fence", &h.Fences[i]})
+	}
+	for i := range h.Cuts {
+		lines = append(lines, histLine{h.Cuts[i].At, "cut", &h.Cuts[i]})
 	}
 	slices.SortStableFunc(lines, func(a, b histLine) int { return int(a.at - b.at) })
 	for i := range h.Subs {

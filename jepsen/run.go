@@ -155,7 +155,16 @@ func execute(ctx context.Context, cfg Config, c *cluster, rec *recorder, seed ui
 
 	stop, stopWorkload := context.WithCancel(ctx)
 	defer stopWorkload()
-	w := &workload{c: c, rec: rec, seed: seed, runID: fmt.Sprintf("%x", seed), fencing: cfg.Scenario.Fencing}
+	w := &workload{c: c, rec: rec, seed: seed, runID: fmt.Sprintf("%x", seed), fencing: cfg.Scenario.Fencing,
+		retention: cfg.Scenario.Retention, duration: cfg.Duration}
+	if r := cfg.Scenario.Retention; r != nil {
+		v, err := setRetention(ctx, c, r.Prefix, r.MaxBytes, false)
+		if err != nil {
+			return rec.snapshot(), nil, err
+		}
+		rec.setRetention(&RetentionRun{Prefix: r.Prefix, MaxBytes: r.MaxBytes, Uncovered: r.Uncovered, Version: v, SetAt: rec.now()})
+		logf("  retention policy %q max-bytes %d set (policy version %d)", r.Prefix, r.MaxBytes, v)
+	}
 	w.start(ctx, stop)
 	nem := &nemesis{c: c, rec: rec, rng: rng, logf: logf, disk: cfg.Scenario.Disk, fillers: map[string]bool{}}
 	nctx, stopNemesis := context.WithTimeout(ctx, to+10*time.Second)
@@ -165,7 +174,7 @@ func execute(ctx context.Context, cfg Config, c *cluster, rec *recorder, seed ui
 	stopWorkload()
 	w.wait()
 	nem.healAll()
-	reps, err := finalPhase(ctx, c, rec, w.runID)
+	reps, err := finalPhase(ctx, c, rec, w.runID, cfg.Scenario.Retention)
 	if len(nem.failures) > 0 {
 		err = errors.Join(err, fmt.Errorf("nemesis: %s", strings.Join(nem.failures, "; ")))
 	}

@@ -33,12 +33,21 @@ type Scenario struct {
 	// own, which disk faults fill (diskfault.go), and sets the nodes'
 	// free-space watermarks.
 	Disk *DiskSpec
+	// Retention sets a retention policy before the workload starts and
+	// adds its keeper (retention.go); its history is judged by rule 12.
+	Retention *RetentionSpec
 }
 
 // snapshotArgs make snapshots frequent and the Raft log short, so a
 // follower cut off for a few seconds can only catch up by InstallSnapshot.
 var snapshotArgs = []string{"--snapshot-threshold", "256", "--trailing-logs", "64",
 	"--snapshot-interval", "500ms", "--segment-bytes", "1048576"}
+
+// retentionArgs make segments small (64 KiB: the workload seals a few a
+// second), the leader plan a cut every second, and snapshots frequent, so
+// cuts, snapshots and InstallSnapshot overlap.
+var retentionArgs = []string{"--snapshot-threshold", "256", "--trailing-logs", "64",
+	"--snapshot-interval", "500ms", "--segment-bytes", "65536", "--retention-interval", "1s"}
 
 // Scenarios lists every scenario, in the order `-scenario all` runs them.
 var Scenarios = []Scenario{
@@ -83,6 +92,10 @@ var Scenarios = []Scenario{
 		ServeArgs: snapshotArgs, Disk: &DiskSpec{Size: 256 << 20, MinFree: 64 << 20, Resume: 16 << 20, LowMargin: 4 << 20},
 		Active: [2]time.Duration{3 * time.Second, 5 * time.Second}, Quiet: [2]time.Duration{time.Second, 2 * time.Second},
 		Overhead: 6 * time.Second},
+	{Name: "retention", Doc: "a retention policy (max-bytes 256 KiB on jepsen/) cuts the log every second or so (64 KiB segments) while the leader, a follower or all three are SIGKILLed (faultfs build: unsynced writes lost), the leader isolated, a follower caught up through InstallSnapshot or wiped; from 60% of the run a keeper writes a stream no policy covers, which no cut may pass",
+		Faults: []string{"kill-leader", "kill-follower", "kill-all", "isolate-leader", "isolate-follower-long", "wipe-follower"}, ServeArgs: retentionArgs, FaultFS: true,
+		Active: [2]time.Duration{2 * time.Second, 5 * time.Second}, Quiet: [2]time.Duration{time.Second, 2 * time.Second},
+		Retention: &RetentionSpec{Prefix: "jepsen/", MaxBytes: 256 << 10, Uncovered: "keep/", KeeperFrom: 0.6}},
 }
 
 // FindScenarios resolves a comma-separated list of names, or "all".

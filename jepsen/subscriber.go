@@ -47,6 +47,14 @@ func (w *workload) subscriber(ctx, stop context.Context, i int) {
 			s.Emulated = true
 			continue
 		}
+		if first, ok := offsetCompacted(err); ok {
+			// Retention cut the log above the resume point: go on from
+			// the first kept offset (rule 12 judges the jump).
+			s.Jumps = append(s.Jumps, Jump{From: next, To: first})
+			if first > next {
+				next = first
+			}
+		}
 		if err != nil {
 			s.Resumes = append(s.Resumes, next)
 		}

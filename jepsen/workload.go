@@ -41,6 +41,10 @@ type workload struct {
 	runID string
 	// fencing adds the fencing workload's training runs (fencing.go).
 	fencing bool
+	// retention adds the retention workload's keeper (retention.go), which
+	// starts at retention.KeeperFrom of duration.
+	retention *RetentionSpec
+	duration  time.Duration
 	// maxAck is 1 + the highest acknowledged offset (readers aim near it).
 	maxAck atomic.Uint64
 	wg     sync.WaitGroup
@@ -72,6 +76,11 @@ func (w *workload) start(ctx, stop context.Context) {
 			w.goFunc(func() { w.orchestrator(ctx, stop, i) })
 		}
 	}
+	if w.retention != nil {
+		w.goFunc(func() { w.keeper(ctx, stop) })
+		w.goFunc(func() { w.cutWatcher(stop) })
+		w.goFunc(func() { w.operator(ctx, stop) })
+	}
 }
 
 func (w *workload) wait() { w.wg.Wait() }
@@ -100,10 +109,16 @@ func (w *workload) noteAck(last uint64) {
 func events(values []string) []client.Event {
 	evs := make([]client.Event, len(values))
 	for i, v := range values {
-		proc, _, _ := strings.Cut(v, "-")
-		evs[i] = client.Event{Stream: "jepsen/" + proc, Type: "Appended", Payload: []byte(v)}
+		evs[i] = client.Event{Stream: valueStream(v), Type: "Appended", Payload: []byte(v)}
 	}
 	return evs
+}
+
+// valueStream is the stream the workload appends value v to:
+// "jepsen/<process>".
+func valueStream(v string) string {
+	proc, _, _ := strings.Cut(v, "-")
+	return "jepsen/" + proc
 }
 
 // nextValues returns 1-3 fresh unique values of process proc.
@@ -216,6 +231,7 @@ func (w *workload) replay(ctx context.Context, cl *client.Client, r *ReadOp, ext
 	for ev, err := range cl.Replay(ctx, r.From, opts...) {
 		if err != nil {
 			r.Outcome, r.Err = Fail, err.Error()
+			r.FirstKept, r.Compacted = offsetCompacted(err)
 			// Served bytes that fail the client's checks are a violation;
 			// a node refusing to serve corrupt data (DataLoss) is not.
 			r.Integrity = errors.Is(err, client.ErrGap) || errors.Is(err, client.ErrProtocol) ||
@@ -229,7 +245,8 @@ func (w *workload) replay(ctx context.Context, cl *client.Client, r *ReadOp, ext
 }
 
 // replayReader replays from offset 0 every few seconds (bounded, so long
-// runs stay cheap).
+// runs stay cheap). Refused with OFFSET_COMPACTED (retention), it replays
+// at once from the first kept offset the refusal named.
 func (w *workload) replayReader(ctx, stop context.Context) {
 	cl, err := client.New(w.clientConfig())
 	if err != nil {
@@ -239,7 +256,11 @@ func (w *workload) replayReader(ctx, stop context.Context) {
 	for stop.Err() == nil {
 		to := min(w.maxAck.Load(), 50_000)
 		if to > 0 {
-			w.replay(ctx, cl, &ReadOp{Process: "replay0", From: 0, To: to})
+			r := ReadOp{Process: "replay0", From: 0, To: to}
+			w.replay(ctx, cl, &r)
+			if r.Compacted && r.FirstKept < to {
+				w.replay(ctx, cl, &ReadOp{Process: "replay0", From: r.FirstKept, To: to})
+			}
 		}
 		sleepCtx(stop, 2*time.Second)
 	}
