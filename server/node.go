@@ -321,8 +321,19 @@ func (n *Node) startRaft() error {
 	tcfg := &raft.NetworkTransportConfig{
 		ServerAddressProvider: provider,
 		MaxPool:               8,
-		Timeout:               10 * time.Second,
-		Logger:                raftLogger(n.logger, "raft-net", hclog.Warn),
+		// 1: no pipelined replication. hashicorp/raft v1.7.2's pipeline
+		// can deadlock: when its decoder stops on a refused or stale-term
+		// response, the sender may park one more request on the full
+		// in-flight channel while the decoder parks on the done channel,
+		// and the pipeline's Close is deferred behind the sender. The
+		// follower then never gets another entry (heartbeats go on, so no
+		// election heals it), and Raft's Shutdown waits for ever. Our
+		// leadership-churn test hung in Close this way (CI, 2026-12-06);
+		// grafana/pyroscope#5518 describes the same and disables it too.
+		// Measured: docs/benchmarks.md, "Pipelined replication off".
+		MaxRPCsInFlight: 1,
+		Timeout:         10 * time.Second,
+		Logger:          raftLogger(n.logger, "raft-net", hclog.Warn),
 	}
 	if n.sec.peerServer != nil {
 		// Mutual TLS between nodes (tls.go); the override table still
