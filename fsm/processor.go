@@ -101,6 +101,18 @@ type Processor struct {
 		gen     uint64        // bumped when the log is replaced (Restore)
 		changed chan struct{} // closed when dropped moves
 	}
+	// thin is the rewrite side of the cut worker (thin.go).
+	thin struct {
+		mu     sync.Mutex
+		state  *Retention        // durable (checkpointed) rewrites to make
+		failed map[uint64]uint32 // base -> committed digest a rewrite did not reach
+		stats  ThinStats
+		// pub is held while a rewrite is published; pin takes it, so a
+		// snapshot never lists a segment mid-swap, and pinned (snapshots
+		// being written) refuses publishing.
+		pub    sync.Mutex
+		pinned atomic.Int64
+	}
 	// cuts is the cut worker (cuts.go).
 	cuts struct {
 		wake, quit, done chan struct{}
@@ -145,6 +157,7 @@ func Open(cfg Config) (*Processor, error) {
 		return nil, err
 	}
 	p.startCuts()
+	p.wakeCuts() // rewrites a crash or restart left to do
 	return p, nil
 }
 
@@ -188,6 +201,8 @@ func (p *Processor) load(log *segment.Log) error {
 	}
 	p.retentionWM, p.cpIndex = cp.Index, cp.Index
 	p.resetDrops(st.Retention.FirstOffset)
+	rs := st.Retention.clone()
+	p.setThins(&rs)
 	p.appendWM = cp.Index
 	if h, ok := log.LastHeader(); ok && h.RaftIndex > p.appendWM {
 		p.appendWM = h.RaftIndex
@@ -406,6 +421,15 @@ func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 			return p.fail(fmt.Errorf("entry %d: %w", index, err))
 		}
 		return p.applyCompact(index, &cmd)
+	case CmdThin:
+		if index <= p.retentionWM {
+			return &ApplyResult{Skipped: true}
+		}
+		var cmd ThinCommand
+		if err := decode(data, &cmd); err != nil {
+			return p.fail(fmt.Errorf("entry %d: %w", index, err))
+		}
+		return p.applyThin(index, &cmd)
 	default:
 		// A command from a newer version: applying around it would make
 		// this replica diverge, so stop and ask for an upgrade.
