@@ -324,3 +324,30 @@ func (r *Retention) DecodeMsgpack(d *msgpack.Decoder) error {
 	}
 	return nil
 }
+
+// ThinnedUpto returns how far committed rewrites thinned stream in the
+// segment at base (0: not at all).
+func (r *Retention) ThinnedUpto(base uint64, stream string) uint64 {
+	var upto uint64
+	for _, s := range r.Thins {
+		if s.BaseOffset == base && s.Stream == stream {
+			upto = max(upto, s.Upto)
+		}
+	}
+	return upto
+}
+
+// StreamCompactedUpto returns the highest offset up to which committed
+// rewrites thinned stream in any segment still kept (0: none). A
+// single-stream read from at or below it would miss versions.
+func (p *Processor) StreamCompactedUpto(stream string) uint64 {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	var upto uint64
+	for _, s := range p.mu.state.Retention.Thins {
+		if s.Stream == stream {
+			upto = max(upto, s.Upto)
+		}
+	}
+	return upto
+}

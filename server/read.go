@@ -70,8 +70,24 @@ func (n *Node) resolveStart(sel *selection) error {
 			}
 			sel.from = max(sel.from, off)
 		}
-		return nil
+		return n.checkStreamCompacted(sel)
 	})
+}
+
+// checkStreamCompacted refuses a single-stream read (no event types)
+// that starts inside the range run compaction thinned: its versions
+// would jump, which the SDK takes for a gap. The error is the typed
+// OFFSET_COMPACTED with the first offset the stream is whole from.
+func (n *Node) checkStreamCompacted(sel *selection) error {
+	if sel.stream == "" || sel.types != nil {
+		return nil
+	}
+	upto := n.proc.StreamCompactedUpto(sel.stream)
+	if upto == 0 || sel.from > upto {
+		return nil
+	}
+	return fmt.Errorf("stream %q: run compaction dropped its events up to offset %d but the kept types (read from offset %d, from a run snapshot, or with event types): %w",
+		sel.stream, upto, upto+1, &segment.OffsetCompactedError{Offset: sel.from, FirstOffset: upto + 1})
 }
 
 func (sel *selection) keep(r *record.Record) bool {

@@ -225,6 +225,9 @@ func (n *Node) runRetention() {
 			err = n.commitCut(ctx, plan, version)
 			cancel()
 		}
+		if err == nil && n.cfg.RunCompaction {
+			_, err = n.compactRuns(time.Now())
+		}
 		if err != nil && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
 			n.logger.Warn("retention tick", "error", err)
 		}
