@@ -178,7 +178,19 @@ func (p *Processor) load(log *segment.Log) error {
 		return fmt.Errorf("%w: checkpoint ends at offset %d, before the first stored offset %d", ErrDataLoss, st.NextOffset, log.FirstOffset())
 	}
 	if st.NextOffset < log.NextOffset() {
-		if err := log.Scan(st.NextOffset, st.applyBatch); err != nil {
+		// The state is a function of the log as appended; a batch run
+		// compaction thinned (fewer records than its span) no longer
+		// holds all of it. Thinning happens only below a durable
+		// checkpoint's offsets, so this is a rebuild from a log that
+		// lost its checkpoint: refuse rather than diverge.
+		replay := func(b record.Batch) error {
+			if h := b.Header(); !h.Complete() && !h.IsControl() {
+				return fmt.Errorf("%w: the batch at offset %d was thinned by run compaction, so the state cannot be rebuilt from this log (checkpoint at raft index %d): wipe this node's data directory and let it rejoin from a peer",
+					ErrDataLoss, h.BaseOffset, cp.Index)
+			}
+			return st.applyBatch(b)
+		}
+		if err := log.Scan(st.NextOffset, replay); err != nil {
 			return fmt.Errorf("fsm: rebuilding state from %s: %w", log.Dir(), err)
 		}
 	}

@@ -3,7 +3,10 @@ package fsm
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -267,5 +270,35 @@ func TestRetentionEncodingWithThins(t *testing.T) {
 	got = State{}
 	if err := msgpack.Unmarshal(b2, &got); err != nil || !reflect.DeepEqual(got.Retention, st.Retention) {
 		t.Fatalf("%v %+v", err, got.Retention)
+	}
+}
+
+// A node whose checkpoint is gone does not rebuild its state from a
+// thinned log (the state would differ from its peers'): it stops with
+// ErrDataLoss.
+func TestThinnedLogRefusesRebuild(t *testing.T) {
+	dir := t.TempDir()
+	p := openProc(t, dir)
+	entries := runEntries(t, 300)
+	for i, e := range entries {
+		mustApply(t, p, uint64(i+1), e)
+	}
+	idx := uint64(len(entries) + 1)
+	for _, c := range planThins(t, p, p.NextOffset()-1) {
+		mustApply(t, p, idx, c)
+		idx++
+	}
+	waitThinned(t, p)
+	p.Close()
+	if err := os.Remove(filepath.Join(dir, checkpointName)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig(dir)
+	cfg.Segment.SegmentBytes = 64 << 10
+	if q, err := Open(cfg); !errors.Is(err, ErrDataLoss) {
+		if q != nil {
+			q.Close()
+		}
+		t.Fatalf("open without a checkpoint over a thinned log: %v", err)
 	}
 }
