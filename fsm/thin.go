@@ -215,6 +215,8 @@ func (p *Processor) gateThin(publish func() error) error {
 
 // reconcileThins rewrites the local segments whose digest is not their
 // manifest entry's while a committed spec names them. Worker goroutine.
+// It holds the log (logMu shared) for one segment at a time, so a Restore
+// waits for one rewrite at most.
 func (p *Processor) reconcileThins() {
 	p.thin.mu.Lock()
 	r := p.thin.state
@@ -222,69 +224,65 @@ func (p *Processor) reconcileThins() {
 	if r == nil || len(r.Thins) == 0 {
 		return
 	}
-	_ = p.WithLog(func(l *segment.Log) error {
-		digests := map[uint64]segment.SegmentInfo{}
-		for _, s := range l.Segments() {
-			digests[s.BaseOffset] = s
+	for _, e := range r.Segments {
+		if e.State != SegmentLocal {
+			continue
 		}
-		for _, e := range r.Segments {
-			info, ok := digests[e.BaseOffset]
-			if e.State != SegmentLocal || !ok {
-				continue
-			}
-			specs := r.thinsOf(e.BaseOffset)
-			if len(specs) == 0 {
-				continue
-			}
-			d := info.Digest
-			if !info.DigestKnown {
-				var err error
-				if d, err = l.Digest(e.BaseOffset, false); err != nil {
-					p.logger.Error("compaction: reading a segment's digest", "base_offset", e.BaseOffset, "error", err)
-					continue
-				}
-			}
-			p.thin.mu.Lock()
-			failed := p.thin.failed[e.BaseOffset] == e.Digest && p.thin.failed != nil
-			p.thin.mu.Unlock()
-			if d == e.Digest || failed {
-				continue
-			}
-			want := e
-			res, err := l.ThinSealed(e.BaseOffset, keepFunc(specs), segment.ThinOptions{
-				Expect: func(res segment.ThinResult) error {
-					if res.Size != want.Size || res.Digest != want.Digest {
-						return fmt.Errorf("%w: %d bytes, crc %08x; committed %d bytes, crc %08x", segment.ErrThinMismatch, res.Size, res.Digest, want.Size, want.Digest)
-					}
-					return nil
-				},
-				Gate: p.gateThin,
-			})
-			switch {
-			case errors.Is(err, errPinned):
-				// unpin wakes the worker again.
-			case errors.Is(err, segment.ErrThinMismatch):
-				p.logger.Error("compaction: this node's rewrite of a segment differs from the committed one; the segment stays as it was (verify --cluster shows it)", "base_offset", e.BaseOffset, "error", err)
-				p.thin.mu.Lock()
-				if p.thin.failed == nil {
-					p.thin.failed = map[uint64]uint32{}
-				}
-				p.thin.failed[e.BaseOffset] = e.Digest
-				p.thin.stats.Failed++
-				p.thin.mu.Unlock()
-			case errors.Is(err, segment.ErrNotSealed):
-			case err != nil:
-				p.logger.Error("compaction: rewriting a segment failed; retried at the next wake", "base_offset", e.BaseOffset, "error", err)
-			case res.Rewritten:
-				p.thin.mu.Lock()
-				p.thin.stats.Rewritten++
-				p.thin.stats.BytesReclaimed += uint64(max(0, res.OldSize-res.Size))
-				p.thin.mu.Unlock()
-				p.logger.Info("compaction rewrote a segment", "base_offset", e.BaseOffset, "bytes_before", res.OldSize, "bytes_after", res.Size, "records_dropped", res.Dropped)
-			}
+		if specs := r.thinsOf(e.BaseOffset); len(specs) > 0 {
+			p.reconcileOne(e, specs)
 		}
-		return nil
+	}
+}
+
+// reconcileOne rewrites one segment to its manifest entry if it is not
+// there yet.
+func (p *Processor) reconcileOne(e ManifestEntry, specs []ThinSpec) {
+	p.thin.mu.Lock()
+	failed := p.thin.failed != nil && p.thin.failed[e.BaseOffset] == e.Digest
+	p.thin.mu.Unlock()
+	if failed {
+		return
+	}
+	var res segment.ThinResult
+	err := p.WithLog(func(l *segment.Log) error {
+		d, err := l.Digest(e.BaseOffset, false)
+		if err != nil || d == e.Digest {
+			return err
+		}
+		res, err = l.ThinSealed(e.BaseOffset, keepFunc(specs), segment.ThinOptions{
+			Expect: func(res segment.ThinResult) error {
+				if res.Size != e.Size || res.Digest != e.Digest {
+					return fmt.Errorf("%w: %d bytes, crc %08x; committed %d bytes, crc %08x", segment.ErrThinMismatch, res.Size, res.Digest, e.Size, e.Digest)
+				}
+				return nil
+			},
+			Gate: p.gateThin,
+		})
+		return err
 	})
+	switch {
+	case errors.Is(err, errPinned):
+		// unpin wakes the worker again.
+	case errors.Is(err, segment.ErrThinMismatch):
+		p.logger.Error("compaction: this node's rewrite of a segment differs from the committed one; the segment stays as it was (verify --cluster shows it)", "base_offset", e.BaseOffset, "error", err)
+		p.thin.mu.Lock()
+		if p.thin.failed == nil {
+			p.thin.failed = map[uint64]uint32{}
+		}
+		p.thin.failed[e.BaseOffset] = e.Digest
+		p.thin.stats.Failed++
+		p.thin.mu.Unlock()
+	case errors.Is(err, segment.ErrNotSealed), errors.Is(err, segment.ErrClosed):
+		// dropped by a cut since, or closing
+	case err != nil:
+		p.logger.Error("compaction: rewriting a segment failed; retried at the next wake", "base_offset", e.BaseOffset, "error", err)
+	case res.Rewritten:
+		p.thin.mu.Lock()
+		p.thin.stats.Rewritten++
+		p.thin.stats.BytesReclaimed += uint64(max(0, res.OldSize-res.Size))
+		p.thin.mu.Unlock()
+		p.logger.Info("compaction rewrote a segment", "base_offset", e.BaseOffset, "bytes_before", res.OldSize, "bytes_after", res.Size, "records_dropped", res.Dropped)
+	}
 }
 
 // EncodeMsgpack writes the retention state as a 4-element array, or 5

@@ -234,3 +234,47 @@ func TestThinSealedGateRefuses(t *testing.T) {
 		t.Fatalf("segment changed")
 	}
 }
+
+// A reader that holds the segment when it is thinned keeps reading the old
+// bytes; appends go on meanwhile (run with -race).
+func TestThinSealedWhileReadingAndAppending(t *testing.T) {
+	l, _ := thinLog(t, t.TempDir())
+	s := l.Segments()[0]
+	old, err := l.OpenSealed(s.BaseOffset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	want := make([]byte, s.Size)
+	if _, err := old.ReadAt(want, 0); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		m := newMaker(40)
+		m.next = l.NextOffset()
+		m.ts = 1_800_000_000_000_000_000
+		for range 200 {
+			if err := l.Append(m.batch(t, 3)); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	res, err := l.ThinSealed(s.BaseOffset, func(r *record.Record) bool { return r.Offset%3 == 0 }, ThinOptions{})
+	if err != nil || !res.Rewritten {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, s.Size)
+	if _, err := old.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the old reader's bytes changed: %v", err)
+	}
+	if d, err := l.Digest(s.BaseOffset, true); err != nil || d != res.Digest {
+		t.Fatalf("new digest %08x %v, want %08x", d, err, res.Digest)
+	}
+	thinReadAll(t, l)
+}
