@@ -353,6 +353,9 @@ func CheckCommand(data []byte) error {
 	case CmdThin:
 		var cmd ThinCommand
 		return decode(data, &cmd)
+	case CmdDeleteStream:
+		var cmd DeleteStreamCommand
+		return decode(data, &cmd)
 	}
 	return fmt.Errorf("%w: type %d", ErrUnknownCommand, data[0])
 }
@@ -404,6 +407,11 @@ func DescribeCommand(data []byte) string {
 		if decode(data, &cmd) == nil {
 			return fmt.Sprintf("thin segment %d: drop %q up to offset %d but types %v (%d bytes, crc %08x after)",
 				cmd.Spec.BaseOffset, cmd.Spec.Stream, cmd.Spec.Upto, cmd.Spec.Keep, cmd.Size, cmd.Digest)
+		}
+	case CmdDeleteStream:
+		var cmd DeleteStreamCommand
+		if decode(data, &cmd) == nil {
+			return fmt.Sprintf("delete stream %q", cmd.Stream)
 		}
 	}
 	return fmt.Sprintf("command type %d", data[0])

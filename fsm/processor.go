@@ -442,6 +442,15 @@ func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 			return p.fail(fmt.Errorf("entry %d: %w", index, err))
 		}
 		return p.applyThin(index, &cmd)
+	case CmdDeleteStream:
+		if index <= p.retentionWM {
+			return &ApplyResult{Skipped: true}
+		}
+		var cmd DeleteStreamCommand
+		if err := decode(data, &cmd); err != nil {
+			return p.fail(fmt.Errorf("entry %d: %w", index, err))
+		}
+		return p.applyDeleteStream(index, &cmd)
 	default:
 		// A command from a newer version: applying around it would make
 		// this replica diverge, so stop and ask for an upgrade.

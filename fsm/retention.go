@@ -80,7 +80,8 @@ const maxDroppedEntries = 1024
 // manifest of sealed segments. It is the optional 8th element of State,
 // written only when not empty.
 // Frozen: msgpack array (FirstOffset, PolicyVersion, Policies, Segments),
-// or with a 5th element, Thins, when there are any (thin.go).
+// with a 5th element, Thins, when there are any (thin.go), and a 6th,
+// Deleted, when there are deleted streams (delete.go).
 type Retention struct {
 	FirstOffset   uint64
 	PolicyVersion uint64            // bumped by every SetRetentionCommand
@@ -89,15 +90,17 @@ type Retention struct {
 	// Thins are the committed rewrites of local sealed segments, in
 	// commit order (ThinCommand); a segment's go when a cut drops it.
 	Thins []ThinSpec
+	// Deleted are the deleted streams (DeleteStreamCommand, delete.go).
+	Deleted []DeletedStream
 }
 
 func (r *Retention) empty() bool {
-	return r.FirstOffset == 0 && r.PolicyVersion == 0 && len(r.Policies) == 0 && len(r.Segments) == 0 && len(r.Thins) == 0
+	return r.FirstOffset == 0 && r.PolicyVersion == 0 && len(r.Policies) == 0 && len(r.Segments) == 0 && len(r.Thins) == 0 && len(r.Deleted) == 0
 }
 
 func (r *Retention) clone() Retention {
 	return Retention{FirstOffset: r.FirstOffset, PolicyVersion: r.PolicyVersion,
-		Policies: slices.Clone(r.Policies), Segments: slices.Clone(r.Segments), Thins: slices.Clone(r.Thins)}
+		Policies: slices.Clone(r.Policies), Segments: slices.Clone(r.Segments), Thins: slices.Clone(r.Thins), Deleted: slices.Clone(r.Deleted)}
 }
 
 // Policy returns the policy that governs stream: the longest matching

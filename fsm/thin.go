@@ -285,12 +285,16 @@ func (p *Processor) reconcileOne(e ManifestEntry, specs []ThinSpec) {
 	}
 }
 
-// EncodeMsgpack writes the retention state as a 4-element array, or 5
-// with Thins (so a state without rewrites is encoded as before).
+// EncodeMsgpack writes the retention state as a 4-element array, 5 with
+// Thins, or 6 with Deleted (so a state without them is encoded as
+// before).
 func (r *Retention) EncodeMsgpack(e *msgpack.Encoder) error {
 	n := 4
 	if len(r.Thins) > 0 {
 		n = 5
+	}
+	if len(r.Deleted) > 0 {
+		n = 6
 	}
 	if err := e.EncodeArrayLen(n); err != nil {
 		return err
@@ -300,15 +304,20 @@ func (r *Retention) EncodeMsgpack(e *msgpack.Encoder) error {
 			return err
 		}
 	}
-	if n == 5 {
-		return e.Encode(r.Thins)
+	if n >= 5 {
+		if err := e.Encode(r.Thins); err != nil {
+			return err
+		}
+	}
+	if n == 6 {
+		return e.Encode(r.Deleted)
 	}
 	return nil
 }
 
-// DecodeMsgpack reads a retention state of 4 or 5 elements.
+// DecodeMsgpack reads a retention state of 4 to 6 elements.
 func (r *Retention) DecodeMsgpack(d *msgpack.Decoder) error {
-	n, err := arrayLen(d, "retention", 4, 5)
+	n, err := arrayLen(d, "retention", 4, 6)
 	if err != nil {
 		return err
 	}
@@ -317,8 +326,13 @@ func (r *Retention) DecodeMsgpack(d *msgpack.Decoder) error {
 			return err
 		}
 	}
-	if n == 5 {
-		return d.Decode(&r.Thins)
+	if n >= 5 {
+		if err := d.Decode(&r.Thins); err != nil {
+			return err
+		}
+	}
+	if n == 6 {
+		return d.Decode(&r.Deleted)
 	}
 	return nil
 }
@@ -336,7 +350,8 @@ func (r *Retention) ThinnedUpto(base uint64, stream string) uint64 {
 }
 
 // StreamCompactedUpto returns the highest offset up to which committed
-// rewrites thinned stream in any segment still kept (0: none). A
+// rewrites thinned stream in any segment still kept, or a delete
+// covers it (0: none). A
 // single-stream read from at or below it would miss versions.
 func (p *Processor) StreamCompactedUpto(stream string) uint64 {
 	p.mu.RLock()
@@ -346,6 +361,9 @@ func (p *Processor) StreamCompactedUpto(stream string) uint64 {
 		if s.Stream == stream {
 			upto = max(upto, s.Upto)
 		}
+	}
+	if d, ok := p.mu.state.Retention.deleted(stream); ok {
+		upto = max(upto, d.Upto)
 	}
 	return upto
 }

@@ -302,3 +302,51 @@ func TestThinnedLogRefusesRebuild(t *testing.T) {
 		t.Fatalf("open without a checkpoint over a thinned log: %v", err)
 	}
 }
+
+// A delete marker is replicated state: refused for a missing or system
+// stream, listed streams hide the stream, and it survives a restart and
+// a snapshot install; the state encodes it as Retention's 6th element.
+func TestDeleteStreamState(t *testing.T) {
+	dir := t.TempDir()
+	p := openProc(t, dir)
+	entries := runEntries(t, 50)
+	for i, e := range entries {
+		mustApply(t, p, uint64(i+1), e)
+	}
+	idx := uint64(len(entries) + 1)
+	if r := p.Apply(idx, mustEncodeCmd(t, CmdDeleteStream, &DeleteStreamCommand{Stream: "nope"})); !errors.Is(r.Err, ErrStreamNotFound) {
+		t.Fatalf("missing stream: %v", r.Err)
+	}
+	if r := p.Apply(idx+1, mustEncodeCmd(t, CmdDeleteStream, &DeleteStreamCommand{Stream: SnapshotStream})); !errors.Is(r.Err, ErrSystemStream) {
+		t.Fatalf("system stream: %v", r.Err)
+	}
+	mustApply(t, p, idx+2, mustEncodeCmd(t, CmdDeleteStream, &DeleteStreamCommand{Stream: "other/y"}))
+	st, _ := p.StreamInfo("other/y")
+	d, ok := p.StreamDeleted("other/y")
+	if !ok || d.Upto != st.LastOffset || d.Version != st.Version || p.StreamCompactedUpto("other/y") != d.Upto {
+		t.Fatalf("marker %+v %v, stream %+v", d, ok, st)
+	}
+	if list, _ := p.ListStreams("", "", 10); len(list) != 1 || list[0].Name != "run/x" {
+		t.Fatalf("listed %+v", list)
+	}
+	snap, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stream bytes.Buffer
+	if err := snap.Persist(&stream); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	p = openProc(t, dir)
+	if got, ok := p.StreamDeleted("other/y"); !ok || got != d {
+		t.Fatalf("after restart: %+v %v", got, ok)
+	}
+	q := openProc(t, t.TempDir())
+	if err := q.Restore(&stream); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := q.StreamDeleted("other/y"); !ok || got != d || !reflect.DeepEqual(q.Retention(), p.Retention()) {
+		t.Fatalf("after restore: %+v %v", got, ok)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/tsstore/tsstore/compaction"
@@ -26,16 +27,24 @@ func (n *Node) thinStats() fsm.ThinStats {
 	return n.proc.ThinStats()
 }
 
-// compactRuns plans and commits the rewrites run compaction wants now and
-// returns how many it committed.
+// compactRuns plans and commits the rewrites that deleted streams and,
+// with RunCompaction, finished runs want now, and returns how many it
+// committed.
 func (n *Node) compactRuns(now time.Time) (int, error) {
-	plan, err := n.planRuns(now)
+	plan, err := n.planDeletes()
 	if err != nil {
 		return 0, err
 	}
+	if n.cfg.RunCompaction {
+		runs, err := n.planRuns(now)
+		if err != nil {
+			return 0, err
+		}
+		plan = append(plan, runs...)
+	}
 	done := 0
 	for _, t := range plan {
-		key := fmt.Sprintf("%d/%s/%d", t.BaseOffset, t.Stream, t.Upto)
+		key := fmt.Sprintf("%d/%s/%d/%q", t.BaseOffset, t.Stream, t.Upto, t.Keep)
 		n.runNoop.Lock()
 		noop := n.runNoop.m[key]
 		n.runNoop.Unlock()
@@ -70,9 +79,45 @@ func (n *Node) compactRuns(now time.Time) (int, error) {
 		}
 		done++
 		n.metrics.runThins.Inc()
-		n.logger.Info("run compaction committed a segment rewrite", "run", t.Stream, "base_offset", t.BaseOffset, "upto", t.Upto, "bytes_after", cmd.Size)
+		n.logger.Info("compaction committed a segment rewrite", "stream", t.Stream, "base_offset", t.BaseOffset, "upto", t.Upto, "kept_types", t.Keep, "bytes_after", cmd.Size)
 	}
 	return done, nil
+}
+
+// planDeletes returns the rewrites that drop deleted streams' events from
+// the sealed segments that still hold them.
+func (n *Node) planDeletes() ([]compaction.RunThin, error) {
+	dels := n.proc.DeletedStreams()
+	if len(dels) == 0 {
+		return nil, nil
+	}
+	r := n.proc.Retention()
+	var out []compaction.RunThin
+	err := n.proc.WithLog(func(l *segment.Log) error {
+		for _, e := range r.Segments {
+			if e.State != fsm.SegmentLocal {
+				continue
+			}
+			var names []string
+			for _, d := range dels {
+				upto := min(d.Upto, e.NextOffset-1)
+				if e.BaseOffset > d.Upto || r.DeletedUpto(e.BaseOffset, d.Stream) >= upto {
+					continue
+				}
+				if names == nil {
+					var err error
+					if names, err = l.SegmentStreams(e.BaseOffset); err != nil {
+						return fmt.Errorf("stream deletion: streams of segment %d: %w", e.BaseOffset, err)
+					}
+				}
+				if slices.Contains(names, d.Stream) {
+					out = append(out, compaction.RunThin{BaseOffset: e.BaseOffset, Stream: d.Stream, Upto: upto})
+				}
+			}
+		}
+		return nil
+	})
+	return out, err
 }
 
 // planRuns lists the runs and the sealed segments and asks the planner.
