@@ -66,7 +66,10 @@ func (n *Node) compactRuns(now time.Time) (int, error) {
 		case errors.Is(err, fsm.ErrNotReconciled), errors.Is(err, segment.ErrNotSealed):
 			continue // nothing to gain, or this node's copy is not done yet: the next tick
 		case err != nil:
-			return done, err
+			// This segment cannot be thinned now (a damaged copy, a
+			// rewritten batch over the size limit): the others still can.
+			n.logger.Warn("compaction could not plan a segment rewrite", "stream", t.Stream, "base_offset", t.BaseOffset, "error", err)
+			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.CommandTimeout)
 		err = n.applyCommand(ctx, fsm.CmdThin, &cmd)
