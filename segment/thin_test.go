@@ -278,3 +278,33 @@ func TestThinSealedWhileReadingAndAppending(t *testing.T) {
 	}
 	thinReadAll(t, l)
 }
+
+// Dropping the leading batches of a segment rebases the first kept batch
+// to the segment's base; dropping whole batches in the middle stretches
+// the kept batch before them. The segment still starts at its base and
+// its batches chain to its end.
+func TestThinSealedRebasesAndStretches(t *testing.T) {
+	l, _ := thinLog(t, t.TempDir())
+	s := l.Segments()[1]
+	mid := s.BaseOffset + (s.NextOffset-s.BaseOffset)/2
+	keep := func(r *record.Record) bool {
+		return r.Offset > s.BaseOffset+10 && (r.Offset < mid || r.Offset > mid+20)
+	}
+	if _, err := l.ThinSealed(s.BaseOffset, keep, ThinOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	raw, _, err := l.ReadBatches(nil, s.BaseOffset, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := splitBatches(t, raw)[0].Header()
+	if first.BaseOffset != s.BaseOffset || first.Complete() {
+		t.Fatalf("first batch %+v, segment base %d", first, s.BaseOffset)
+	}
+	got := thinReadAll(t, l)
+	for off := s.BaseOffset; off < s.NextOffset; off++ {
+		if _, ok := got[off]; ok != keep(&record.Record{Offset: off}) {
+			t.Fatalf("offset %d kept %v", off, ok)
+		}
+	}
+}
