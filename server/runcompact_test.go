@@ -2,12 +2,14 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/client/train"
 	"github.com/tsstore/tsstore/fsm"
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 	"github.com/tsstore/tsstore/segment"
 )
 
@@ -175,5 +177,92 @@ func TestRunCompaction(t *testing.T) {
 		if got := digests(t, n); got != want {
 			t.Fatalf("digests differ after restart:\n%s: %s\nleader: %s", n.cfg.NodeID, got, want)
 		}
+	}
+}
+
+// A follower down while a run is compacted catches up by InstallSnapshot
+// (TrailingLogs is 8) and lands on the same thinned segments.
+func TestRunCompactionInstallSnapshot(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.RunSnapshotBatches = 40
+		c.RetentionInterval = 0
+		c.RunCompaction = true
+		c.TrailingLogs = 8
+	})
+	c := sdk(t, tc)
+	ctx := ctxT(t)
+	const run = "gpt-2"
+	gen, err := c.StartRun(ctx, run, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRun(t, ctx, c, run, gen, 1, 300)
+	p := c.NewProducer("")
+	p.SetRunGeneration(gen)
+	if _, err := appendTyped(t, ctx, p, run, train.TrainingFinished{Step: 300, Reason: "done"}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		info, err := c.RunInfo(ctx, run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.SnapshotsTaken >= 15 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d snapshots", info.SnapshotsTaken)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitAllApplied(t, tc)
+	before, err := c.ResumeRun(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi := 0
+	for i, n := range tc.nodes {
+		if n == tc.follower() {
+			fi = i
+		}
+	}
+	f := restartNode(t, tc, fi, func() {
+		l := tc.leader()
+		if done, err := l.compactRuns(time.Now()); err != nil || done == 0 {
+			t.Fatalf("compactRuns: %d, %v", done, err)
+		}
+		q := c.NewProducer("other")
+		for i := range 40 {
+			if _, err := q.Append(ctx, client.Event{Stream: "other/x", Type: "T", Payload: []byte(fmt.Sprint(i))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := dialCluster(t, l).Snapshot(ctx, &pb.SnapshotRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 5 {
+			if _, err := q.Append(ctx, client.Event{Stream: "other/x", Type: "T", Payload: []byte(fmt.Sprint(i))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	waitAllApplied(t, tc)
+	if idx := f.raft.Stats()["last_snapshot_index"]; idx == "0" {
+		t.Fatal("the follower caught up without a snapshot: the test needs InstallSnapshot")
+	}
+	waitRewritten(t, tc)
+	want := digests(t, tc.leader())
+	for _, n := range tc.nodes {
+		if got := digests(t, n); got != want {
+			t.Fatalf("digests differ after InstallSnapshot:\n%s: %s\nleader: %s", n.cfg.NodeID, got, want)
+		}
+	}
+	if len(f.proc.Retention().Thins) == 0 {
+		t.Fatal("the follower's state has no rewrite")
+	}
+	after, err := c.ResumeRun(ctx, run)
+	if err != nil || after.State.Hash != before.State.Hash {
+		t.Fatalf("resume after: %v", err)
 	}
 }
