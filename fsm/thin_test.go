@@ -350,3 +350,26 @@ func TestDeleteStreamState(t *testing.T) {
 		t.Fatalf("after restore: %+v %v", got, ok)
 	}
 }
+
+// A Retention without rewrites or deletes encodes to the same bytes as
+// the as_array struct of the earlier version did.
+func TestRetentionEncodingUnchanged(t *testing.T) {
+	type oldRetention struct {
+		_msgpack      struct{} `msgpack:",as_array"`
+		FirstOffset   uint64
+		PolicyVersion uint64
+		Policies      []RetentionPolicy
+		Segments      []ManifestEntry
+	}
+	r := Retention{FirstOffset: 9, PolicyVersion: 2, Policies: []RetentionPolicy{{Prefix: "run/", MaxAge: 5}},
+		Segments: []ManifestEntry{{BaseOffset: 9, NextOffset: 20, Size: 100, Digest: 3, LastTimestamp: 4, State: SegmentLocal}}}
+	o := oldRetention{FirstOffset: r.FirstOffset, PolicyVersion: r.PolicyVersion, Policies: r.Policies, Segments: r.Segments}
+	a, b := marshal(t, &r), marshal(t, &o)
+	if !bytes.Equal(a, b) {
+		t.Fatalf("encoding changed:\n%x\n%x", a, b)
+	}
+	var back Retention
+	if err := msgpack.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, r) {
+		t.Fatalf("old bytes decode to %+v, %v", back, err)
+	}
+}
