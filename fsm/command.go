@@ -350,6 +350,12 @@ func CheckCommand(data []byte) error {
 	case CmdCompact:
 		var cmd CompactCommand
 		return decode(data, &cmd)
+	case CmdThin:
+		var cmd ThinCommand
+		return decode(data, &cmd)
+	case CmdDeleteStream:
+		var cmd DeleteStreamCommand
+		return decode(data, &cmd)
 	}
 	return fmt.Errorf("%w: type %d", ErrUnknownCommand, data[0])
 }
@@ -395,6 +401,17 @@ func DescribeCommand(data []byte) string {
 		var cmd CompactCommand
 		if decode(data, &cmd) == nil {
 			return fmt.Sprintf("compact: drop sealed segments below offset %d (policy version %d)", cmd.Cut, cmd.PolicyVersion)
+		}
+	case CmdThin:
+		var cmd ThinCommand
+		if decode(data, &cmd) == nil {
+			return fmt.Sprintf("thin segment %d: drop %q up to offset %d but types %v (%d bytes, crc %08x after)",
+				cmd.Spec.BaseOffset, cmd.Spec.Stream, cmd.Spec.Upto, cmd.Spec.Keep, cmd.Size, cmd.Digest)
+		}
+	case CmdDeleteStream:
+		var cmd DeleteStreamCommand
+		if decode(data, &cmd) == nil {
+			return fmt.Sprintf("delete stream %q", cmd.Stream)
 		}
 	}
 	return fmt.Sprintf("command type %d", data[0])

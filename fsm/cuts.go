@@ -101,6 +101,8 @@ func (p *Processor) cutOnce() {
 			p.drops.Lock()
 			if gen == p.drops.gen {
 				p.drops.safe = max(p.drops.safe, job.cut)
+				r := job.state.Retention.clone()
+				p.setThins(&r)
 			}
 			p.drops.Unlock()
 		}
@@ -108,12 +110,16 @@ func (p *Processor) cutOnce() {
 	p.drops.Lock()
 	p.dropLocked()
 	p.drops.Unlock()
+	p.reconcileThins()
 }
 
 // pin keeps the files of dropped segments on disk while a snapshot that
 // may link them is being written (Snapshot to Persist); unpin lets a
 // pending drop go.
 func (p *Processor) pin() {
+	p.thin.pub.Lock()
+	p.thin.pinned.Add(1)
+	p.thin.pub.Unlock()
 	p.drops.Lock()
 	p.drops.pins++
 	p.drops.Unlock()
@@ -121,9 +127,12 @@ func (p *Processor) pin() {
 
 func (p *Processor) unpin() {
 	p.drops.Lock()
-	defer p.drops.Unlock()
 	p.drops.pins--
 	p.dropLocked()
+	p.drops.Unlock()
+	if p.thin.pinned.Add(-1) == 0 {
+		p.wakeCuts() // a rewrite may have waited for it
+	}
 }
 
 // dropLocked drops the sealed segments below the safe cut unless pinned.

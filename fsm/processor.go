@@ -101,6 +101,18 @@ type Processor struct {
 		gen     uint64        // bumped when the log is replaced (Restore)
 		changed chan struct{} // closed when dropped moves
 	}
+	// thin is the rewrite side of the cut worker (thin.go).
+	thin struct {
+		mu     sync.Mutex
+		state  *Retention        // durable (checkpointed) rewrites to make
+		failed map[uint64]uint32 // base -> committed digest a rewrite did not reach
+		stats  ThinStats
+		// pub is held while a rewrite is published; pin takes it, so a
+		// snapshot never lists a segment mid-swap, and pinned (snapshots
+		// being written) refuses publishing.
+		pub    sync.Mutex
+		pinned atomic.Int64
+	}
 	// cuts is the cut worker (cuts.go).
 	cuts struct {
 		wake, quit, done chan struct{}
@@ -145,6 +157,7 @@ func Open(cfg Config) (*Processor, error) {
 		return nil, err
 	}
 	p.startCuts()
+	p.wakeCuts() // rewrites a crash or restart left to do
 	return p, nil
 }
 
@@ -165,7 +178,19 @@ func (p *Processor) load(log *segment.Log) error {
 		return fmt.Errorf("%w: checkpoint ends at offset %d, before the first stored offset %d", ErrDataLoss, st.NextOffset, log.FirstOffset())
 	}
 	if st.NextOffset < log.NextOffset() {
-		if err := log.Scan(st.NextOffset, st.applyBatch); err != nil {
+		// The state is a function of the log as appended; a batch run
+		// compaction thinned (fewer records than its span) no longer
+		// holds all of it. Thinning happens only below a durable
+		// checkpoint's offsets, so this is a rebuild from a log that
+		// lost its checkpoint: refuse rather than diverge.
+		replay := func(b record.Batch) error {
+			if h := b.Header(); !h.Complete() && !h.IsControl() {
+				return fmt.Errorf("%w: the batch at offset %d was thinned by run compaction, so the state cannot be rebuilt from this log (checkpoint at raft index %d): wipe this node's data directory and let it rejoin from a peer",
+					ErrDataLoss, h.BaseOffset, cp.Index)
+			}
+			return st.applyBatch(b)
+		}
+		if err := log.Scan(st.NextOffset, replay); err != nil {
 			return fmt.Errorf("fsm: rebuilding state from %s: %w", log.Dir(), err)
 		}
 	}
@@ -188,6 +213,8 @@ func (p *Processor) load(log *segment.Log) error {
 	}
 	p.retentionWM, p.cpIndex = cp.Index, cp.Index
 	p.resetDrops(st.Retention.FirstOffset)
+	rs := st.Retention.clone()
+	p.setThins(&rs)
 	p.appendWM = cp.Index
 	if h, ok := log.LastHeader(); ok && h.RaftIndex > p.appendWM {
 		p.appendWM = h.RaftIndex
@@ -406,6 +433,24 @@ func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 			return p.fail(fmt.Errorf("entry %d: %w", index, err))
 		}
 		return p.applyCompact(index, &cmd)
+	case CmdThin:
+		if index <= p.retentionWM {
+			return &ApplyResult{Skipped: true}
+		}
+		var cmd ThinCommand
+		if err := decode(data, &cmd); err != nil {
+			return p.fail(fmt.Errorf("entry %d: %w", index, err))
+		}
+		return p.applyThin(index, &cmd)
+	case CmdDeleteStream:
+		if index <= p.retentionWM {
+			return &ApplyResult{Skipped: true}
+		}
+		var cmd DeleteStreamCommand
+		if err := decode(data, &cmd); err != nil {
+			return p.fail(fmt.Errorf("entry %d: %w", index, err))
+		}
+		return p.applyDeleteStream(index, &cmd)
 	default:
 		// A command from a newer version: applying around it would make
 		// this replica diverge, so stop and ask for an upgrade.

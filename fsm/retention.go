@@ -79,22 +79,28 @@ const maxDroppedEntries = 1024
 // first offset still kept (reads below it are compacted), and the
 // manifest of sealed segments. It is the optional 8th element of State,
 // written only when not empty.
-// Frozen: msgpack array (FirstOffset, PolicyVersion, Policies, Segments).
+// Frozen: msgpack array (FirstOffset, PolicyVersion, Policies, Segments),
+// with a 5th element, Thins, when there are any (thin.go), and a 6th,
+// Deleted, when there are deleted streams (delete.go).
 type Retention struct {
-	_msgpack      struct{} `msgpack:",as_array"`
 	FirstOffset   uint64
 	PolicyVersion uint64            // bumped by every SetRetentionCommand
 	Policies      []RetentionPolicy // sorted by Prefix
 	Segments      []ManifestEntry   // oldest first: dropped, then local
+	// Thins are the committed rewrites of local sealed segments, in
+	// commit order (ThinCommand); a segment's go when a cut drops it.
+	Thins []ThinSpec
+	// Deleted are the deleted streams (DeleteStreamCommand, delete.go).
+	Deleted []DeletedStream
 }
 
 func (r *Retention) empty() bool {
-	return r.FirstOffset == 0 && r.PolicyVersion == 0 && len(r.Policies) == 0 && len(r.Segments) == 0
+	return r.FirstOffset == 0 && r.PolicyVersion == 0 && len(r.Policies) == 0 && len(r.Segments) == 0 && len(r.Thins) == 0 && len(r.Deleted) == 0
 }
 
 func (r *Retention) clone() Retention {
 	return Retention{FirstOffset: r.FirstOffset, PolicyVersion: r.PolicyVersion,
-		Policies: slices.Clone(r.Policies), Segments: slices.Clone(r.Segments)}
+		Policies: slices.Clone(r.Policies), Segments: slices.Clone(r.Segments), Thins: slices.Clone(r.Thins), Deleted: slices.Clone(r.Deleted)}
 }
 
 // Policy returns the policy that governs stream: the longest matching
@@ -286,6 +292,7 @@ func (p *Processor) applyCompact(index uint64, cmd *CompactCommand) *ApplyResult
 		r.Segments = slices.Delete(r.Segments, 0, dropped-maxDroppedEntries)
 	}
 	r.FirstOffset = cmd.Cut
+	r.Thins = slices.DeleteFunc(r.Thins, func(s ThinSpec) bool { return s.BaseOffset < cmd.Cut })
 	st := p.mu.state.clone()
 	p.mu.Unlock()
 	p.log.SetFirstOffset(cmd.Cut)

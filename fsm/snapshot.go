@@ -249,8 +249,13 @@ func (p *Processor) Restore(r io.Reader) error {
 	// Nothing of the old log's cuts may be dropped from the new one; the
 	// new one's files below its first kept offset were never shipped.
 	p.resetDrops(0)
+	p.setThins(nil)
 	err = p.swapIn(tmp, h)
 	p.resetDrops(h.State.Retention.FirstOffset)
+	// The snapshot's files may predate rewrites its state committed.
+	rs := h.State.Retention.clone()
+	p.setThins(&rs)
+	p.wakeCuts()
 	return err
 }
 

@@ -20,10 +20,14 @@ func (p *Processor) ListStreams(prefix, after string, limit int) ([]StreamEntry,
 	i := sort.SearchStrings(names, max(after+"\x00", prefix))
 	var out []StreamEntry
 	for ; i < len(names) && strings.HasPrefix(names[i], prefix); i++ {
+		st := p.mu.state.Streams[names[i]]
+		if d, ok := p.mu.state.Retention.deleted(names[i]); ok && st.LastOffset <= d.Upto {
+			continue // deleted, not written since
+		}
 		if len(out) == limit {
 			return out, true
 		}
-		out = append(out, StreamEntry{Name: names[i], StreamState: *p.mu.state.Streams[names[i]]})
+		out = append(out, StreamEntry{Name: names[i], StreamState: *st})
 	}
 	return out, false
 }

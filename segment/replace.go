@@ -193,11 +193,22 @@ func (l *Log) ReplaceSealed(base uint64, r io.Reader) error {
 	defer old.release()
 	prevTS, nextTS := l.neighbourTimes(old)
 	tmp := old.path + replaceSuffix
-	ns, err := l.writeReplacement(old, tmp, r, prevTS, nextTS)
+	ns, set, err := l.writeReplacement(old, tmp, func(f File) (int64, error) { return copyExact(f, r, old) }, prevTS, nextTS)
+	if err == nil {
+		if err = l.publishReplacement(ns, tmp, set); err != nil {
+			ns.closeFiles()
+		}
+	}
 	if err != nil {
 		_ = l.fs.Remove(tmp)
 		return err
 	}
+	return l.swapSealed(old, ns)
+}
+
+// swapSealed puts ns in old's place in the segment list and drops the
+// Log's reference to old (readers may still hold theirs).
+func (l *Log) swapSealed(old, ns *segment) error {
 	l.mu.Lock()
 	i := 0
 	for i < len(l.mu.segs) && l.mu.segs[i] != old {
@@ -210,8 +221,7 @@ func (l *Log) ReplaceSealed(base uint64, r io.Reader) error {
 	}
 	l.mu.segs[i] = ns
 	l.mu.Unlock()
-	old.release() // the Log's reference; readers may still hold theirs
-	return nil
+	return old.release() // the Log's reference; readers may still hold theirs
 }
 
 // neighbourTimes returns the last timestamp before s and the first after
@@ -234,21 +244,21 @@ func (l *Log) neighbourTimes(s *segment) (prevTS, nextTS int64) {
 	return prevTS, nextTS
 }
 
-// writeReplacement writes r to tmp, verifies it against old, publishes
-// the index files and then the .log, and returns the new segment with its
-// files open.
-func (l *Log) writeReplacement(old *segment, tmp string, r io.Reader, prevTS, nextTS int64) (*segment, error) {
+// writeReplacement writes tmp with fill, fsyncs and verifies it against
+// old, and returns the new segment with its .log open (not published:
+// publishReplacement does that) and its stream index entries.
+func (l *Log) writeReplacement(old *segment, tmp string, fill func(File) (int64, error), prevTS, nextTS int64) (*segment, map[string]*liveStream, error) {
 	f, err := l.fs.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("segment: create %s: %w", tmp, err)
+		return nil, nil, fmt.Errorf("segment: create %s: %w", tmp, err)
 	}
-	size, err := copyExact(f, r, old)
+	size, err := fill(f)
 	if err == nil {
 		err = f.Sync()
 	}
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("segment: replacing %s: %w", old.path, err)
+		return nil, nil, fmt.Errorf("segment: replacing %s: %w", old.path, err)
 	}
 	ns := &segment{base: old.base, path: old.path, f: f, size: size, sealed: true}
 	ns.refs.Store(1)
@@ -279,13 +289,9 @@ func (l *Log) writeReplacement(old *segment, tmp string, r io.Reader, prevTS, ne
 	}
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("segment: refusing the replacement of %s: %w", old.path, err)
+		return nil, nil, fmt.Errorf("segment: refusing the replacement of %s: %w", old.path, err)
 	}
-	if err := l.publishReplacement(ns, tmp, set); err != nil {
-		ns.closeFiles()
-		return nil, err
-	}
-	return ns, nil
+	return ns, set, nil
 }
 
 // copyExact copies r to f up to EOF; the copy must be exactly old's size

@@ -109,6 +109,7 @@ var methodRoles = map[string]role{
 
 	pb.Retention_SetRetention_FullMethodName:   roleAdmin,
 	pb.Retention_Compact_FullMethodName:        roleAdmin,
+	pb.Retention_DeleteStream_FullMethodName:   roleAdmin,
 	pb.Retention_ListRetention_FullMethodName:  roleRead,
 	pb.Retention_SegmentDigests_FullMethodName: roleRead,
 

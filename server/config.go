@@ -104,6 +104,16 @@ type Config struct {
 	// under the cluster's policies and commits it (retention.go). 0: only
 	// on demand (`tsstore compact`).
 	RetentionInterval time.Duration
+	// RunCompaction turns on run compaction (runcompact.go): at every
+	// retention tick the leader commits the rewrite of the sealed
+	// segments of finished runs, dropping the events their latest run
+	// snapshot covers but for the kept types (compaction.DefaultKeep).
+	// Off by default: it removes events for good.
+	RunCompaction bool
+	// RunCompactionGrace is how long a run whose last event is not
+	// TrainingFinished or TrainingAborted must be idle to count as
+	// finished (0: compaction.DefaultRunGrace).
+	RunCompactionGrace time.Duration
 	// CommandTimeout bounds how long a Raft command of the node's own
 	// (a retention policy, a cut) may wait to be enqueued.
 	CommandTimeout time.Duration
@@ -287,7 +297,7 @@ func (c Config) Validate() error {
 	if c.Compression != "none" && c.Compression != "zstd" {
 		errs = append(errs, fmt.Errorf("compression %q: want none or zstd", c.Compression))
 	}
-	if c.RetentionInterval < 0 || c.CommandTimeout <= 0 {
+	if c.RetentionInterval < 0 || c.CommandTimeout <= 0 || c.RunCompactionGrace < 0 {
 		errs = append(errs, errors.New("retention interval must not be negative (0: on demand only) and command timeout must be positive"))
 	}
 	if c.MaxReadStreams <= 0 || c.MaxStreamsPerConn == 0 {

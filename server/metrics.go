@@ -80,6 +80,7 @@ type nodeMetrics struct {
 	// the bytes of the sealed segments they dropped.
 	retentionCuts  prometheus.Counter
 	retentionBytes prometheus.Counter
+	runThins       prometheus.Counter
 
 	// The HTTP endpoint; nil when MetricsAddr is empty.
 	lis net.Listener
@@ -167,6 +168,17 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 		"Retention cuts this node planned as leader and saw committed; every replica drops the sealed segments below each.")
 	m.retentionBytes = f.counter("tsstore_retention_reclaimed_bytes_total",
 		"Bytes of the sealed segments dropped by the retention cuts this node committed as leader (the space comes back on every replica once no snapshot links the files).")
+	m.runThins = f.counter("tsstore_run_compaction_rewrites_committed_total",
+		"Segment rewrites of run compaction this node planned as leader and saw committed; every replica rewrites the segment.")
+	m.regr.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tsstore_run_compaction_segments_rewritten_total",
+		Help: "Sealed segments this node rewrote for run compaction since it started."},
+		func() float64 { return float64(n.thinStats().Rewritten) }))
+	m.regr.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tsstore_run_compaction_reclaimed_bytes_total",
+		Help: "Bytes this node's run compaction rewrites freed (size before minus after) since it started."},
+		func() float64 { return float64(n.thinStats().BytesReclaimed) }))
+	m.regr.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tsstore_run_compaction_rewrite_failures_total",
+		Help: "Committed rewrites this node could not reproduce byte for byte (the segment stays as it was; verify --cluster shows it)."},
+		func() float64 { return float64(n.thinStats().Failed) }))
 	m.repairs = f.counterVec("tsstore_segment_repairs_total",
 		"Repairs of damaged sealed segments by this node, by result: repaired (a peer's verified copy, or the local .log for a damaged index file, swapped in) or failed (no peer had a good copy, or none answered; retried).", "result")
 	for _, r := range []string{repairRepaired, repairFailed} {

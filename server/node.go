@@ -33,6 +33,12 @@ var ErrConfig = errors.New("config")
 
 // Node is one running tsstore server: storage, Raft, and the gRPC API.
 type Node struct {
+	// runNoop remembers run compaction rewrites that would drop nothing
+	// (base/stream/upto), so the leader does not read them again.
+	runNoop struct {
+		sync.Mutex
+		m map[string]bool
+	}
 	cfg    Config
 	logger *slog.Logger
 	// started is when New began (open time in the logs).

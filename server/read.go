@@ -28,6 +28,9 @@ type selection struct {
 	fromVer    uint64
 	fromTimeNs int64
 	decoded    bool // send DecodedEvents, not batches (read_decoded.go)
+	// deleted hides, in filtered reads, the events of deleted streams
+	// that are still in the segments (stream -> deleted up to offset).
+	deleted map[string]uint64
 }
 
 func (n *Node) newSelection(req *pb.ReadRequest) (*selection, error) {
@@ -46,6 +49,14 @@ func (n *Node) newSelection(req *pb.ReadRequest) (*selection, error) {
 		}
 	}
 	sel.filtered = sel.stream != "" || sel.prefix != "" || sel.types != nil
+	if sel.filtered {
+		for _, d := range n.proc.DeletedStreams() {
+			if sel.deleted == nil {
+				sel.deleted = map[string]uint64{}
+			}
+			sel.deleted[d.Stream] = d.Upto
+		}
+	}
 	sel.maxBytes = int(req.MaxMessageBytes)
 	if sel.maxBytes <= 0 || sel.maxBytes > 4*n.cfg.ReadMessageBytes {
 		sel.maxBytes = n.cfg.ReadMessageBytes
@@ -70,8 +81,24 @@ func (n *Node) resolveStart(sel *selection) error {
 			}
 			sel.from = max(sel.from, off)
 		}
-		return nil
+		return n.checkStreamCompacted(sel)
 	})
+}
+
+// checkStreamCompacted refuses a single-stream read (no event types)
+// that starts inside the range run compaction thinned: its versions
+// would jump, which the SDK takes for a gap. The error is the typed
+// OFFSET_COMPACTED with the first offset the stream is whole from.
+func (n *Node) checkStreamCompacted(sel *selection) error {
+	if sel.stream == "" || sel.types != nil {
+		return nil
+	}
+	upto := n.proc.StreamCompactedUpto(sel.stream)
+	if upto == 0 || sel.from > upto {
+		return nil
+	}
+	return fmt.Errorf("stream %q: run compaction dropped its events up to offset %d but the kept types (read from offset %d, from a run snapshot, or with event types): %w",
+		sel.stream, upto, upto+1, &segment.OffsetCompactedError{Offset: sel.from, FirstOffset: upto + 1})
 }
 
 func (sel *selection) keep(r *record.Record) bool {
@@ -85,6 +112,9 @@ func (sel *selection) keep(r *record.Record) bool {
 		return false
 	}
 	if sel.fromVer > 0 && r.StreamVersion < sel.fromVer {
+		return false
+	}
+	if upto, ok := sel.deleted[string(r.Stream)]; ok && r.Offset <= upto {
 		return false
 	}
 	return r.Offset >= sel.from && (sel.to == 0 || r.Offset < sel.to)
@@ -230,9 +260,15 @@ func (s *service) Read(req *pb.ReadRequest, stream pb.EventStore_ReadServer) err
 		return toStatus(err)
 	}
 	if sel.stream != "" {
-		if _, ok := n.proc.StreamInfo(sel.stream); !ok {
+		info, ok := n.proc.StreamInfo(sel.stream)
+		if !ok {
 			return withReason(codes.NotFound, pb.ErrorReason_ERROR_REASON_STREAM_NOT_FOUND,
 				fmt.Sprintf("stream %q has no events", sel.stream), map[string]string{"stream": sel.stream})
+		}
+		if d, del := n.proc.StreamDeleted(sel.stream); del && info.LastOffset <= d.Upto {
+			return withReason(codes.NotFound, pb.ErrorReason_ERROR_REASON_STREAM_NOT_FOUND,
+				fmt.Sprintf("stream %q was deleted (its %d events up to offset %d; `tsstore streams delete`)", sel.stream, d.Version, d.Upto),
+				map[string]string{"stream": sel.stream, "deleted_upto": fmt.Sprint(d.Upto)})
 		}
 	}
 	if err := n.resolveStart(sel); err != nil {

@@ -159,6 +159,32 @@ func (s *retentionService) SegmentDigests(ctx context.Context, _ *pb.SegmentDige
 	return out, nil
 }
 
+func (s *retentionService) DeleteStream(ctx context.Context, req *pb.DeleteStreamRequest) (*pb.DeleteStreamResponse, error) {
+	if req.Stream == "" {
+		return nil, invalidArg("stream is required")
+	}
+	if s.n.raft.State() != raft.Leader {
+		fctx, c, err := s.n.forwardRetention(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return c.DeleteStream(fctx, req)
+	}
+	err := s.n.applyCommand(ctx, fsm.CmdDeleteStream, &fsm.DeleteStreamCommand{Stream: req.Stream})
+	switch {
+	case errors.Is(err, fsm.ErrStreamNotFound):
+		return nil, withReason(codes.NotFound, pb.ErrorReason_ERROR_REASON_STREAM_NOT_FOUND,
+			fmt.Sprintf("stream %q has no events", req.Stream), map[string]string{"stream": req.Stream})
+	case errors.Is(err, fsm.ErrSystemStream):
+		return nil, invalidArg("%v", err)
+	case err != nil:
+		return nil, toStatus(err)
+	}
+	d, _ := s.n.proc.StreamDeleted(req.Stream)
+	s.n.logger.Info("stream deleted", "stream", req.Stream, "upto", d.Upto, "version", d.Version)
+	return &pb.DeleteStreamResponse{UptoOffset: d.Upto, Version: d.Version}, nil
+}
+
 // planRetention plans a cut under the current policies on this node's
 // log and returns it with the policy version it was made under.
 func (n *Node) planRetention(now time.Time) (compaction.Plan, uint64, error) {
@@ -224,6 +250,9 @@ func (n *Node) runRetention() {
 			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.CommandTimeout)
 			err = n.commitCut(ctx, plan, version)
 			cancel()
+		}
+		if err == nil {
+			_, err = n.compactRuns(time.Now())
 		}
 		if err != nil && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
 			n.logger.Warn("retention tick", "error", err)

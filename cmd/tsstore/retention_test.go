@@ -166,6 +166,35 @@ func TestRetentionCLI(t *testing.T) {
 	if _, _, code := runCmd("verify", "--cluster", "--data-dir", t.TempDir()); code != 2 {
 		t.Fatalf("--cluster with --data-dir: exit %d, want 2", code)
 	}
+
+	// streams delete: the stream is gone from reads and listings.
+	if _, errOut, code := runCmd("streams", "delete", "missing", all); code == 0 || !strings.Contains(errOut, "no events") {
+		t.Fatalf("streams delete of a missing stream: exit %d, %q", code, errOut)
+	}
+	out, errOut, code = runCmd("streams", "delete", "run/r", all)
+	if code != 0 || !strings.Contains(out, `stream "run/r" deleted: its 400 events up to offset`) {
+		t.Fatalf("streams delete: exit %d\n%s%s", code, out, errOut)
+	}
+	// The listing answers from the node asked: let every node apply it.
+	for _, n := range nodes {
+		if err := n.Processor().WaitApplied(ctx, nodes[0].Processor().AppliedIndex()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range nodes {
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if _, ok := n.Processor().StreamDeleted("run/r"); ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the delete did not reach every node")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if out, errOut, code := runCmd("streams", all); code != 0 || strings.Contains(out, "run/r") || !strings.Contains(errOut, "no streams") {
+		t.Fatalf("streams after the delete: exit %d\n%s%s", code, out, errOut)
+	}
 }
 
 func TestParseAgeAndBytes(t *testing.T) {

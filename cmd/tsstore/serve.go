@@ -109,6 +109,8 @@ func newServeFlags(fs *pflag.FlagSet) *serveFlags {
 	fs.DurationVar(&c.SendStallTimeout, "send-stall-timeout", c.SendStallTimeout, "while readers wait for node-send-bytes, close a client connection with a read stream blocked in Send this long (0: never)")
 	fs.StringVar(&c.Compression, "compression", c.Compression, "how batches are stored: none or zstd (set alike on every node; clients must be able to decompress)")
 	fs.DurationVar(&c.RetentionInterval, "retention-interval", c.RetentionInterval, "how often the leader applies the retention policies (0: only on `tsstore compact`)")
+	fs.BoolVar(&c.RunCompaction, "run-compaction", c.RunCompaction, "at every retention tick, drop from sealed segments the events of finished training runs that their latest run snapshot covers, but for the kept types (docs/operations.md, Run compaction)")
+	fs.DurationVar(&c.RunCompactionGrace, "run-compaction-grace", c.RunCompactionGrace, "a run without TrainingFinished or TrainingAborted counts as finished after this long idle (0: 7 days)")
 	fs.DurationVar(&c.ProducerTTL, "producer-ttl", c.ProducerTTL, "forget a producer's dedup state after it has not appended for this long (0: never)")
 	fs.Uint64Var(&c.RunSnapshotBatches, "run-snapshot-batches", c.RunSnapshotBatches, "write a training run's state snapshot every this many BatchCompleted events of the run (0: never)")
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest event (payload + metadata), bytes")

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
 func newStreamsCmd() *cobra.Command {
@@ -15,6 +20,25 @@ func newStreamsCmd() *cobra.Command {
 	cf.register(cmd.Flags())
 	prefix := cmd.Flags().String("prefix", "", "only streams whose name starts with this")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error { return runStreams(cmd, &cf, prefix) }
+	cmd.AddCommand(newStreamsDeleteCmd())
+	return cmd
+}
+
+func newStreamsDeleteCmd() *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{Use: "delete STREAM", Short: "delete a stream's events (reads of it get NotFound; the leader drops them from the sealed segments)",
+		Long: "delete marks STREAM deleted through Raft (admin role; any node forwards to the leader): reads of it are refused with NotFound from then on, and the leader's retention ticks drop its events from the sealed segments on every replica (those still in the active segment once it is sealed). Deleting a run's stream deletes the run's events; its snapshots stay. Producer dedup and other streams are not affected; the stream may be written again (docs/operations.md, Deleting a stream).",
+		Args: cobra.ExactArgs(1)}
+	cf.register(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return retentionCall(cmd, &cf, func(ctx context.Context, c pb.RetentionClient) (proto.Message, error) {
+			return c.DeleteStream(ctx, &pb.DeleteStreamRequest{Stream: args[0]})
+		}, func(w io.Writer, m proto.Message) error {
+			r := m.(*pb.DeleteStreamResponse)
+			_, err := fmt.Fprintf(w, "stream %q deleted: its %d events up to offset %d (they leave the sealed segments at the next retention ticks)\n", args[0], r.Version, r.UptoOffset)
+			return err
+		})
+	}
 	return cmd
 }
 

@@ -21,6 +21,104 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type DeleteStreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Stream        string                 `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteStreamRequest) Reset() {
+	*x = DeleteStreamRequest{}
+	mi := &file_tsstore_v1_retention_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteStreamRequest) ProtoMessage() {}
+
+func (x *DeleteStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_retention_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteStreamRequest.ProtoReflect.Descriptor instead.
+func (*DeleteStreamRequest) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DeleteStreamRequest) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+type DeleteStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stream's events at or below this offset are deleted.
+	UptoOffset uint64 `protobuf:"varint,1,opt,name=upto_offset,json=uptoOffset,proto3" json:"upto_offset,omitempty"`
+	// Its version at the delete (events it had).
+	Version       uint64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteStreamResponse) Reset() {
+	*x = DeleteStreamResponse{}
+	mi := &file_tsstore_v1_retention_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteStreamResponse) ProtoMessage() {}
+
+func (x *DeleteStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_retention_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteStreamResponse.ProtoReflect.Descriptor instead.
+func (*DeleteStreamResponse) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DeleteStreamResponse) GetUptoOffset() uint64 {
+	if x != nil {
+		return x.UptoOffset
+	}
+	return 0
+}
+
+func (x *DeleteStreamResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 type RetentionPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Streams whose names start with prefix; the longest matching prefix
@@ -37,7 +135,7 @@ type RetentionPolicy struct {
 
 func (x *RetentionPolicy) Reset() {
 	*x = RetentionPolicy{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[0]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -49,7 +147,7 @@ func (x *RetentionPolicy) String() string {
 func (*RetentionPolicy) ProtoMessage() {}
 
 func (x *RetentionPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[0]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -62,7 +160,7 @@ func (x *RetentionPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetentionPolicy.ProtoReflect.Descriptor instead.
 func (*RetentionPolicy) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{0}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RetentionPolicy) GetPrefix() string {
@@ -97,7 +195,7 @@ type SetRetentionRequest struct {
 
 func (x *SetRetentionRequest) Reset() {
 	*x = SetRetentionRequest{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[1]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -109,7 +207,7 @@ func (x *SetRetentionRequest) String() string {
 func (*SetRetentionRequest) ProtoMessage() {}
 
 func (x *SetRetentionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[1]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -122,7 +220,7 @@ func (x *SetRetentionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRetentionRequest.ProtoReflect.Descriptor instead.
 func (*SetRetentionRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{1}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SetRetentionRequest) GetPolicy() *RetentionPolicy {
@@ -149,7 +247,7 @@ type SetRetentionResponse struct {
 
 func (x *SetRetentionResponse) Reset() {
 	*x = SetRetentionResponse{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[2]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -161,7 +259,7 @@ func (x *SetRetentionResponse) String() string {
 func (*SetRetentionResponse) ProtoMessage() {}
 
 func (x *SetRetentionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[2]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -174,7 +272,7 @@ func (x *SetRetentionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRetentionResponse.ProtoReflect.Descriptor instead.
 func (*SetRetentionResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{2}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SetRetentionResponse) GetPolicyVersion() uint64 {
@@ -192,7 +290,7 @@ type ListRetentionRequest struct {
 
 func (x *ListRetentionRequest) Reset() {
 	*x = ListRetentionRequest{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[3]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -204,7 +302,7 @@ func (x *ListRetentionRequest) String() string {
 func (*ListRetentionRequest) ProtoMessage() {}
 
 func (x *ListRetentionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[3]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -217,7 +315,7 @@ func (x *ListRetentionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRetentionRequest.ProtoReflect.Descriptor instead.
 func (*ListRetentionRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{3}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{5}
 }
 
 type ManifestSegment struct {
@@ -237,7 +335,7 @@ type ManifestSegment struct {
 
 func (x *ManifestSegment) Reset() {
 	*x = ManifestSegment{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[4]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -249,7 +347,7 @@ func (x *ManifestSegment) String() string {
 func (*ManifestSegment) ProtoMessage() {}
 
 func (x *ManifestSegment) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[4]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -262,7 +360,7 @@ func (x *ManifestSegment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManifestSegment.ProtoReflect.Descriptor instead.
 func (*ManifestSegment) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{4}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ManifestSegment) GetBaseOffset() uint64 {
@@ -325,7 +423,7 @@ type ListRetentionResponse struct {
 
 func (x *ListRetentionResponse) Reset() {
 	*x = ListRetentionResponse{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[5]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +435,7 @@ func (x *ListRetentionResponse) String() string {
 func (*ListRetentionResponse) ProtoMessage() {}
 
 func (x *ListRetentionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[5]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +448,7 @@ func (x *ListRetentionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRetentionResponse.ProtoReflect.Descriptor instead.
 func (*ListRetentionResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{5}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListRetentionResponse) GetNodeId() string {
@@ -404,7 +502,7 @@ type CompactRequest struct {
 
 func (x *CompactRequest) Reset() {
 	*x = CompactRequest{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[6]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +514,7 @@ func (x *CompactRequest) String() string {
 func (*CompactRequest) ProtoMessage() {}
 
 func (x *CompactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[6]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +527,7 @@ func (x *CompactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRequest.ProtoReflect.Descriptor instead.
 func (*CompactRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{6}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CompactRequest) GetDryRun() bool {
@@ -451,7 +549,7 @@ type CompactedSegment struct {
 
 func (x *CompactedSegment) Reset() {
 	*x = CompactedSegment{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[7]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +561,7 @@ func (x *CompactedSegment) String() string {
 func (*CompactedSegment) ProtoMessage() {}
 
 func (x *CompactedSegment) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[7]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +574,7 @@ func (x *CompactedSegment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactedSegment.ProtoReflect.Descriptor instead.
 func (*CompactedSegment) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{7}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CompactedSegment) GetBaseOffset() uint64 {
@@ -524,7 +622,7 @@ type CompactResponse struct {
 
 func (x *CompactResponse) Reset() {
 	*x = CompactResponse{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[8]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +634,7 @@ func (x *CompactResponse) String() string {
 func (*CompactResponse) ProtoMessage() {}
 
 func (x *CompactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[8]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +647,7 @@ func (x *CompactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactResponse.ProtoReflect.Descriptor instead.
 func (*CompactResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{8}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CompactResponse) GetCut() uint64 {
@@ -602,7 +700,7 @@ type SegmentDigestsRequest struct {
 
 func (x *SegmentDigestsRequest) Reset() {
 	*x = SegmentDigestsRequest{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[9]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +712,7 @@ func (x *SegmentDigestsRequest) String() string {
 func (*SegmentDigestsRequest) ProtoMessage() {}
 
 func (x *SegmentDigestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[9]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +725,7 @@ func (x *SegmentDigestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentDigestsRequest.ProtoReflect.Descriptor instead.
 func (*SegmentDigestsRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{9}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{11}
 }
 
 type SegmentDigest struct {
@@ -647,7 +745,7 @@ type SegmentDigest struct {
 
 func (x *SegmentDigest) Reset() {
 	*x = SegmentDigest{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[10]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -659,7 +757,7 @@ func (x *SegmentDigest) String() string {
 func (*SegmentDigest) ProtoMessage() {}
 
 func (x *SegmentDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[10]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -672,7 +770,7 @@ func (x *SegmentDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentDigest.ProtoReflect.Descriptor instead.
 func (*SegmentDigest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{10}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SegmentDigest) GetBaseOffset() uint64 {
@@ -728,7 +826,7 @@ type SegmentDigestsResponse struct {
 
 func (x *SegmentDigestsResponse) Reset() {
 	*x = SegmentDigestsResponse{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[11]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +838,7 @@ func (x *SegmentDigestsResponse) String() string {
 func (*SegmentDigestsResponse) ProtoMessage() {}
 
 func (x *SegmentDigestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[11]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +851,7 @@ func (x *SegmentDigestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentDigestsResponse.ProtoReflect.Descriptor instead.
 func (*SegmentDigestsResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{11}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SegmentDigestsResponse) GetNodeId() string {
@@ -782,7 +880,13 @@ var File_tsstore_v1_retention_proto protoreflect.FileDescriptor
 const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"\n" +
 	"\x1atsstore/v1/retention.proto\x12\n" +
-	"tsstore.v1\"n\n" +
+	"tsstore.v1\"-\n" +
+	"\x13DeleteStreamRequest\x12\x16\n" +
+	"\x06stream\x18\x01 \x01(\tR\x06stream\"Q\n" +
+	"\x14DeleteStreamResponse\x12\x1f\n" +
+	"\vupto_offset\x18\x01 \x01(\x04R\n" +
+	"uptoOffset\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"n\n" +
 	"\x0fRetentionPolicy\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12&\n" +
 	"\x0fmax_age_seconds\x18\x02 \x01(\x03R\rmaxAgeSeconds\x12\x1b\n" +
@@ -842,12 +946,13 @@ const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"\x16SegmentDigestsResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\ffirst_offset\x18\x02 \x01(\x04R\vfirstOffset\x125\n" +
-	"\bsegments\x18\x03 \x03(\v2\x19.tsstore.v1.SegmentDigestR\bsegments2\xd1\x02\n" +
+	"\bsegments\x18\x03 \x03(\v2\x19.tsstore.v1.SegmentDigestR\bsegments2\xa4\x03\n" +
 	"\tRetention\x12Q\n" +
 	"\fSetRetention\x12\x1f.tsstore.v1.SetRetentionRequest\x1a .tsstore.v1.SetRetentionResponse\x12T\n" +
 	"\rListRetention\x12 .tsstore.v1.ListRetentionRequest\x1a!.tsstore.v1.ListRetentionResponse\x12B\n" +
 	"\aCompact\x12\x1a.tsstore.v1.CompactRequest\x1a\x1b.tsstore.v1.CompactResponse\x12W\n" +
-	"\x0eSegmentDigests\x12!.tsstore.v1.SegmentDigestsRequest\x1a\".tsstore.v1.SegmentDigestsResponseB6Z4github.com/tsstore/tsstore/proto/tsstorev1;tsstorev1b\x06proto3"
+	"\x0eSegmentDigests\x12!.tsstore.v1.SegmentDigestsRequest\x1a\".tsstore.v1.SegmentDigestsResponse\x12Q\n" +
+	"\fDeleteStream\x12\x1f.tsstore.v1.DeleteStreamRequest\x1a .tsstore.v1.DeleteStreamResponseB6Z4github.com/tsstore/tsstore/proto/tsstorev1;tsstorev1b\x06proto3"
 
 var (
 	file_tsstore_v1_retention_proto_rawDescOnce sync.Once
@@ -861,37 +966,41 @@ func file_tsstore_v1_retention_proto_rawDescGZIP() []byte {
 	return file_tsstore_v1_retention_proto_rawDescData
 }
 
-var file_tsstore_v1_retention_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_tsstore_v1_retention_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_tsstore_v1_retention_proto_goTypes = []any{
-	(*RetentionPolicy)(nil),        // 0: tsstore.v1.RetentionPolicy
-	(*SetRetentionRequest)(nil),    // 1: tsstore.v1.SetRetentionRequest
-	(*SetRetentionResponse)(nil),   // 2: tsstore.v1.SetRetentionResponse
-	(*ListRetentionRequest)(nil),   // 3: tsstore.v1.ListRetentionRequest
-	(*ManifestSegment)(nil),        // 4: tsstore.v1.ManifestSegment
-	(*ListRetentionResponse)(nil),  // 5: tsstore.v1.ListRetentionResponse
-	(*CompactRequest)(nil),         // 6: tsstore.v1.CompactRequest
-	(*CompactedSegment)(nil),       // 7: tsstore.v1.CompactedSegment
-	(*CompactResponse)(nil),        // 8: tsstore.v1.CompactResponse
-	(*SegmentDigestsRequest)(nil),  // 9: tsstore.v1.SegmentDigestsRequest
-	(*SegmentDigest)(nil),          // 10: tsstore.v1.SegmentDigest
-	(*SegmentDigestsResponse)(nil), // 11: tsstore.v1.SegmentDigestsResponse
+	(*DeleteStreamRequest)(nil),    // 0: tsstore.v1.DeleteStreamRequest
+	(*DeleteStreamResponse)(nil),   // 1: tsstore.v1.DeleteStreamResponse
+	(*RetentionPolicy)(nil),        // 2: tsstore.v1.RetentionPolicy
+	(*SetRetentionRequest)(nil),    // 3: tsstore.v1.SetRetentionRequest
+	(*SetRetentionResponse)(nil),   // 4: tsstore.v1.SetRetentionResponse
+	(*ListRetentionRequest)(nil),   // 5: tsstore.v1.ListRetentionRequest
+	(*ManifestSegment)(nil),        // 6: tsstore.v1.ManifestSegment
+	(*ListRetentionResponse)(nil),  // 7: tsstore.v1.ListRetentionResponse
+	(*CompactRequest)(nil),         // 8: tsstore.v1.CompactRequest
+	(*CompactedSegment)(nil),       // 9: tsstore.v1.CompactedSegment
+	(*CompactResponse)(nil),        // 10: tsstore.v1.CompactResponse
+	(*SegmentDigestsRequest)(nil),  // 11: tsstore.v1.SegmentDigestsRequest
+	(*SegmentDigest)(nil),          // 12: tsstore.v1.SegmentDigest
+	(*SegmentDigestsResponse)(nil), // 13: tsstore.v1.SegmentDigestsResponse
 }
 var file_tsstore_v1_retention_proto_depIdxs = []int32{
-	0,  // 0: tsstore.v1.SetRetentionRequest.policy:type_name -> tsstore.v1.RetentionPolicy
-	0,  // 1: tsstore.v1.ListRetentionResponse.policies:type_name -> tsstore.v1.RetentionPolicy
-	4,  // 2: tsstore.v1.ListRetentionResponse.segments:type_name -> tsstore.v1.ManifestSegment
-	7,  // 3: tsstore.v1.CompactResponse.segments:type_name -> tsstore.v1.CompactedSegment
-	10, // 4: tsstore.v1.SegmentDigestsResponse.segments:type_name -> tsstore.v1.SegmentDigest
-	1,  // 5: tsstore.v1.Retention.SetRetention:input_type -> tsstore.v1.SetRetentionRequest
-	3,  // 6: tsstore.v1.Retention.ListRetention:input_type -> tsstore.v1.ListRetentionRequest
-	6,  // 7: tsstore.v1.Retention.Compact:input_type -> tsstore.v1.CompactRequest
-	9,  // 8: tsstore.v1.Retention.SegmentDigests:input_type -> tsstore.v1.SegmentDigestsRequest
-	2,  // 9: tsstore.v1.Retention.SetRetention:output_type -> tsstore.v1.SetRetentionResponse
-	5,  // 10: tsstore.v1.Retention.ListRetention:output_type -> tsstore.v1.ListRetentionResponse
-	8,  // 11: tsstore.v1.Retention.Compact:output_type -> tsstore.v1.CompactResponse
-	11, // 12: tsstore.v1.Retention.SegmentDigests:output_type -> tsstore.v1.SegmentDigestsResponse
-	9,  // [9:13] is the sub-list for method output_type
-	5,  // [5:9] is the sub-list for method input_type
+	2,  // 0: tsstore.v1.SetRetentionRequest.policy:type_name -> tsstore.v1.RetentionPolicy
+	2,  // 1: tsstore.v1.ListRetentionResponse.policies:type_name -> tsstore.v1.RetentionPolicy
+	6,  // 2: tsstore.v1.ListRetentionResponse.segments:type_name -> tsstore.v1.ManifestSegment
+	9,  // 3: tsstore.v1.CompactResponse.segments:type_name -> tsstore.v1.CompactedSegment
+	12, // 4: tsstore.v1.SegmentDigestsResponse.segments:type_name -> tsstore.v1.SegmentDigest
+	3,  // 5: tsstore.v1.Retention.SetRetention:input_type -> tsstore.v1.SetRetentionRequest
+	5,  // 6: tsstore.v1.Retention.ListRetention:input_type -> tsstore.v1.ListRetentionRequest
+	8,  // 7: tsstore.v1.Retention.Compact:input_type -> tsstore.v1.CompactRequest
+	11, // 8: tsstore.v1.Retention.SegmentDigests:input_type -> tsstore.v1.SegmentDigestsRequest
+	0,  // 9: tsstore.v1.Retention.DeleteStream:input_type -> tsstore.v1.DeleteStreamRequest
+	4,  // 10: tsstore.v1.Retention.SetRetention:output_type -> tsstore.v1.SetRetentionResponse
+	7,  // 11: tsstore.v1.Retention.ListRetention:output_type -> tsstore.v1.ListRetentionResponse
+	10, // 12: tsstore.v1.Retention.Compact:output_type -> tsstore.v1.CompactResponse
+	13, // 13: tsstore.v1.Retention.SegmentDigests:output_type -> tsstore.v1.SegmentDigestsResponse
+	1,  // 14: tsstore.v1.Retention.DeleteStream:output_type -> tsstore.v1.DeleteStreamResponse
+	10, // [10:15] is the sub-list for method output_type
+	5,  // [5:10] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -908,7 +1017,7 @@ func file_tsstore_v1_retention_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tsstore_v1_retention_proto_rawDesc), len(file_tsstore_v1_retention_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ const (
 	Retention_ListRetention_FullMethodName  = "/tsstore.v1.Retention/ListRetention"
 	Retention_Compact_FullMethodName        = "/tsstore.v1.Retention/Compact"
 	Retention_SegmentDigests_FullMethodName = "/tsstore.v1.Retention/SegmentDigests"
+	Retention_DeleteStream_FullMethodName   = "/tsstore.v1.Retention/DeleteStream"
 )
 
 // RetentionClient is the client API for Retention service.
@@ -47,6 +48,13 @@ type RetentionClient interface {
 	// segments, read from disk now, for `tsstore verify --cluster` (read
 	// role).
 	SegmentDigests(ctx context.Context, in *SegmentDigestsRequest, opts ...grpc.CallOption) (*SegmentDigestsResponse, error)
+	// DeleteStream marks a stream deleted, committed through Raft (admin
+	// role; forwarded to the leader): reads of it get NOT_FOUND from then
+	// on, and its events up to its last offset at the delete are dropped
+	// from the sealed segments by the leader's next retention ticks (the
+	// same rewrite as run compaction). The stream may be written again; its
+	// versions continue.
+	DeleteStream(ctx context.Context, in *DeleteStreamRequest, opts ...grpc.CallOption) (*DeleteStreamResponse, error)
 }
 
 type retentionClient struct {
@@ -97,6 +105,16 @@ func (c *retentionClient) SegmentDigests(ctx context.Context, in *SegmentDigests
 	return out, nil
 }
 
+func (c *retentionClient) DeleteStream(ctx context.Context, in *DeleteStreamRequest, opts ...grpc.CallOption) (*DeleteStreamResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteStreamResponse)
+	err := c.cc.Invoke(ctx, Retention_DeleteStream_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RetentionServer is the server API for Retention service.
 // All implementations must embed UnimplementedRetentionServer
 // for forward compatibility.
@@ -119,6 +137,13 @@ type RetentionServer interface {
 	// segments, read from disk now, for `tsstore verify --cluster` (read
 	// role).
 	SegmentDigests(context.Context, *SegmentDigestsRequest) (*SegmentDigestsResponse, error)
+	// DeleteStream marks a stream deleted, committed through Raft (admin
+	// role; forwarded to the leader): reads of it get NOT_FOUND from then
+	// on, and its events up to its last offset at the delete are dropped
+	// from the sealed segments by the leader's next retention ticks (the
+	// same rewrite as run compaction). The stream may be written again; its
+	// versions continue.
+	DeleteStream(context.Context, *DeleteStreamRequest) (*DeleteStreamResponse, error)
 	mustEmbedUnimplementedRetentionServer()
 }
 
@@ -140,6 +165,9 @@ func (UnimplementedRetentionServer) Compact(context.Context, *CompactRequest) (*
 }
 func (UnimplementedRetentionServer) SegmentDigests(context.Context, *SegmentDigestsRequest) (*SegmentDigestsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SegmentDigests not implemented")
+}
+func (UnimplementedRetentionServer) DeleteStream(context.Context, *DeleteStreamRequest) (*DeleteStreamResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteStream not implemented")
 }
 func (UnimplementedRetentionServer) mustEmbedUnimplementedRetentionServer() {}
 func (UnimplementedRetentionServer) testEmbeddedByValue()                   {}
@@ -234,6 +262,24 @@ func _Retention_SegmentDigests_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Retention_DeleteStream_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteStreamRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RetentionServer).DeleteStream(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Retention_DeleteStream_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RetentionServer).DeleteStream(ctx, req.(*DeleteStreamRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Retention_ServiceDesc is the grpc.ServiceDesc for Retention service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -256,6 +302,10 @@ var Retention_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SegmentDigests",
 			Handler:    _Retention_SegmentDigests_Handler,
+		},
+		{
+			MethodName: "DeleteStream",
+			Handler:    _Retention_DeleteStream_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

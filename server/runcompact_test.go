@@ -1,0 +1,268 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/tsstore/tsstore/client"
+	"github.com/tsstore/tsstore/client/train"
+	"github.com/tsstore/tsstore/fsm"
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/segment"
+)
+
+// waitRewritten waits until every node's local segments have their
+// manifest digests (the committed rewrites are done everywhere).
+func waitRewritten(t *testing.T, tc *testCluster) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, n := range tc.nodes {
+		if n == nil {
+			continue
+		}
+		for {
+			ok := true
+			for _, s := range n.proc.Retention().Segments {
+				if s.State != fsm.SegmentLocal {
+					continue
+				}
+				var d uint32
+				var err error
+				_ = n.proc.WithLog(func(l *segment.Log) error { d, err = l.Digest(s.BaseOffset, false); return nil })
+				if err != nil || d != s.Digest {
+					ok = false
+				}
+			}
+			if ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: rewrites not done after 30s", n.cfg.NodeID)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// Run compaction end to end: a finished run's events covered by its
+// latest snapshot go from the sealed segments on every replica (same
+// digests), resume gives the same state and hash as before, checkpoints
+// and the whole-log read (SDK gap detection) still pass, and a
+// single-stream read into the compacted range is told so (typed).
+func TestRunCompaction(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.RunSnapshotBatches = 40
+		c.RetentionInterval = 0
+		c.RunCompaction = true
+	})
+	c := sdk(t, tc)
+	ctx := ctxT(t)
+	const run = "gpt-1"
+	gen, err := c.StartRun(ctx, run, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRun(t, ctx, c, run, gen, 1, 400) // 800 batches: snapshots every 40
+	p := c.NewProducer("")
+	p.SetRunGeneration(gen)
+	if _, err := appendTyped(t, ctx, p, run, train.TrainingFinished{Step: 400, Reason: "done"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		info, err := c.RunInfo(ctx, run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.SnapshotsTaken >= 20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d snapshots", info.SnapshotsTaken)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitAllApplied(t, tc)
+	before, err := c.ResumeRun(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cps := func() int {
+		n := 0
+		for _, err := range c.Replay(ctx, 0, client.Stream(run), client.EventTypes("CheckpointSaved"), client.To(tc.leader().proc.NextOffset())) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+		return n
+	}
+	cpBefore := cps()
+	var sizeBefore int64
+	for _, s := range tc.leader().proc.Retention().Segments {
+		sizeBefore += s.Size
+	}
+	l := tc.leader()
+	done, err := l.compactRuns(time.Now())
+	if err != nil || done == 0 {
+		t.Fatalf("compactRuns: %d, %v", done, err)
+	}
+	waitAllApplied(t, tc)
+	waitRewritten(t, tc)
+	want := digests(t, tc.leader())
+	for _, n := range tc.nodes {
+		if got := digests(t, n); got != want {
+			t.Fatalf("digests differ:\n%s: %s\nleader: %s", n.cfg.NodeID, got, want)
+		}
+	}
+	var sizeAfter int64
+	for _, s := range tc.leader().proc.Retention().Segments {
+		sizeAfter += s.Size
+	}
+	t.Logf("sealed segments: %d bytes before, %d after", sizeBefore, sizeAfter)
+	if sizeAfter*2 > sizeBefore {
+		t.Fatalf("sealed segments: %d bytes before, %d after", sizeBefore, sizeAfter)
+	}
+	// A second tick finds nothing more to do.
+	if done, err := l.compactRuns(time.Now()); err != nil || done != 0 {
+		t.Fatalf("second tick: %d, %v", done, err)
+	}
+
+	after, err := c.ResumeRun(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.State.Hash != before.State.Hash || after.State.Events != before.State.Events || after.NextStep != before.NextStep {
+		t.Fatalf("resume after compaction: hash %x events %d next %d; before %x %d %d",
+			after.State.Hash[:4], after.State.Events, after.NextStep, before.State.Hash[:4], before.State.Events, before.NextStep)
+	}
+	if got := cps(); got != cpBefore || got == 0 {
+		t.Fatalf("%d checkpoints after, %d before", got, cpBefore)
+	}
+	// The whole log, unfiltered, passes the SDK's gap detection.
+	end := tc.leader().proc.NextOffset()
+	var seen uint64
+	for b, err := range c.ReadBatches(ctx, 0, client.To(end)) {
+		if err != nil {
+			t.Fatalf("unfiltered read across compacted ranges: %v", err)
+		}
+		seen = b.Header().NextOffset()
+	}
+	if seen != end {
+		t.Fatalf("read ended at %d, want %d", seen, end)
+	}
+	// A single-stream read into the compacted range: typed, not a gap.
+	for _, err := range c.Replay(ctx, 0, client.Stream(run), client.To(end)) {
+		if err == nil {
+			continue
+		}
+		var oc *client.OffsetCompactedError
+		if !errors.As(err, &oc) || oc.FirstOffset == 0 {
+			t.Fatalf("stream read into the compacted range: %v", err)
+		}
+		break
+	}
+	// A restart keeps it.
+	for i, n := range tc.nodes {
+		if n != tc.leader() {
+			restartNode(t, tc, i, nil)
+			break
+		}
+	}
+	waitAllApplied(t, tc)
+	for _, n := range tc.nodes {
+		if got := digests(t, n); got != want {
+			t.Fatalf("digests differ after restart:\n%s: %s\nleader: %s", n.cfg.NodeID, got, want)
+		}
+	}
+}
+
+// A follower down while a run is compacted catches up by InstallSnapshot
+// (TrailingLogs is 8) and lands on the same thinned segments.
+func TestRunCompactionInstallSnapshot(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.RunSnapshotBatches = 40
+		c.RetentionInterval = 0
+		c.RunCompaction = true
+		c.TrailingLogs = 8
+	})
+	c := sdk(t, tc)
+	ctx := ctxT(t)
+	const run = "gpt-2"
+	gen, err := c.StartRun(ctx, run, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRun(t, ctx, c, run, gen, 1, 300)
+	p := c.NewProducer("")
+	p.SetRunGeneration(gen)
+	if _, err := appendTyped(t, ctx, p, run, train.TrainingFinished{Step: 300, Reason: "done"}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		info, err := c.RunInfo(ctx, run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.SnapshotsTaken >= 15 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d snapshots", info.SnapshotsTaken)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitAllApplied(t, tc)
+	before, err := c.ResumeRun(ctx, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi := 0
+	for i, n := range tc.nodes {
+		if n == tc.follower() {
+			fi = i
+		}
+	}
+	f := restartNode(t, tc, fi, func() {
+		l := tc.leader()
+		if done, err := l.compactRuns(time.Now()); err != nil || done == 0 {
+			t.Fatalf("compactRuns: %d, %v", done, err)
+		}
+		q := c.NewProducer("other")
+		for i := range 40 {
+			if _, err := q.Append(ctx, client.Event{Stream: "other/x", Type: "T", Payload: []byte(fmt.Sprint(i))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := dialCluster(t, l).Snapshot(ctx, &pb.SnapshotRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 5 {
+			if _, err := q.Append(ctx, client.Event{Stream: "other/x", Type: "T", Payload: []byte(fmt.Sprint(i))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	waitAllApplied(t, tc)
+	if idx := f.raft.Stats()["last_snapshot_index"]; idx == "0" {
+		t.Fatal("the follower caught up without a snapshot: the test needs InstallSnapshot")
+	}
+	waitRewritten(t, tc)
+	want := digests(t, tc.leader())
+	for _, n := range tc.nodes {
+		if got := digests(t, n); got != want {
+			t.Fatalf("digests differ after InstallSnapshot:\n%s: %s\nleader: %s", n.cfg.NodeID, got, want)
+		}
+	}
+	if len(f.proc.Retention().Thins) == 0 {
+		t.Fatal("the follower's state has no rewrite")
+	}
+	after, err := c.ResumeRun(ctx, run)
+	if err != nil || after.State.Hash != before.State.Hash {
+		t.Fatalf("resume after: %v", err)
+	}
+}
