@@ -115,16 +115,40 @@ func (s *retentionService) Compact(ctx context.Context, req *pb.CompactRequest) 
 		out.Segments = append(out.Segments, &pb.CompactedSegment{BaseOffset: d.Segment.BaseOffset, NextOffset: d.Segment.NextOffset,
 			SizeBytes: uint64(d.Segment.Size), Reason: d.Reason})
 	}
-	if req.DryRun || plan.Cut == 0 {
-		return out, nil
-	}
-	if err := s.n.commitCut(ctx, plan, version); err != nil {
-		if errors.Is(err, fsm.ErrStalePlan) {
-			return nil, status.Error(codes.Aborted, err.Error())
-		}
+	rewrites, err := s.n.planRewrites(time.Now())
+	if err != nil {
 		return nil, toStatus(err)
 	}
-	out.Committed = true
+	segs := map[uint64]fsm.ManifestEntry{}
+	for _, e := range s.n.proc.Retention().Segments {
+		segs[e.BaseOffset] = e
+	}
+	for _, r := range rewrites {
+		e := segs[r.thin.BaseOffset]
+		out.Rewrites = append(out.Rewrites, &pb.SegmentRewrite{BaseOffset: r.thin.BaseOffset, NextOffset: e.NextOffset,
+			Stream: r.thin.Stream, Upto: r.thin.Upto, KeptTypes: r.thin.Keep,
+			SizeBefore: uint64(e.Size), SizeAfter: uint64(r.cmd.Size), Reason: r.reason})
+	}
+	if req.DryRun {
+		return out, nil
+	}
+	if plan.Cut != 0 {
+		if err := s.n.commitCut(ctx, plan, version); err != nil {
+			if errors.Is(err, fsm.ErrStalePlan) {
+				return nil, status.Error(codes.Aborted, err.Error())
+			}
+			return nil, toStatus(err)
+		}
+		out.Committed = true
+	}
+	if len(rewrites) > 0 {
+		// Planned again: the cut may have dropped some of them.
+		done, err := s.n.compactRuns(time.Now())
+		out.RewritesCommitted = uint32(done)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+	}
 	return out, nil
 }
 

@@ -27,23 +27,37 @@ func (n *Node) thinStats() fsm.ThinStats {
 	return n.proc.ThinStats()
 }
 
-// compactRuns plans and commits the rewrites that deleted streams and,
-// with RunCompaction, finished runs want now, and returns how many it
-// committed.
-func (n *Node) compactRuns(now time.Time) (int, error) {
-	plan, err := n.planDeletes()
+// rewrite is a segment rewrite planned now, ready to commit.
+type rewrite struct {
+	thin   compaction.RunThin
+	reason string // "deleted stream" or "finished run"
+	cmd    fsm.ThinCommand
+}
+
+// planRewrites plans the rewrites that deleted streams and, with
+// RunCompaction, finished runs want now, each with the command that
+// commits it (its size and digest computed on this node's copy).
+func (n *Node) planRewrites(now time.Time) ([]rewrite, error) {
+	dels, err := n.planDeletes()
 	if err != nil {
-		return 0, err
+		return nil, err
+	}
+	var cands []rewrite
+	for _, t := range dels {
+		cands = append(cands, rewrite{thin: t, reason: "deleted stream"})
 	}
 	if n.cfg.RunCompaction {
 		runs, err := n.planRuns(now)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		plan = append(plan, runs...)
+		for _, t := range runs {
+			cands = append(cands, rewrite{thin: t, reason: "finished run"})
+		}
 	}
-	done := 0
-	for _, t := range plan {
+	var out []rewrite
+	for _, c := range cands {
+		t := c.thin
 		key := fmt.Sprintf("%d/%s/%d/%q", t.BaseOffset, t.Stream, t.Upto, t.Keep)
 		n.runNoop.Lock()
 		noop := n.runNoop.m[key]
@@ -71,6 +85,22 @@ func (n *Node) compactRuns(now time.Time) (int, error) {
 			n.logger.Warn("compaction could not plan a segment rewrite", "stream", t.Stream, "base_offset", t.BaseOffset, "error", err)
 			continue
 		}
+		c.cmd = cmd
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// compactRuns commits the rewrites planRewrites wants now and returns how
+// many it committed.
+func (n *Node) compactRuns(now time.Time) (int, error) {
+	plan, err := n.planRewrites(now)
+	if err != nil {
+		return 0, err
+	}
+	done := 0
+	for _, r := range plan {
+		t, cmd := r.thin, r.cmd
 		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.CommandTimeout)
 		err = n.applyCommand(ctx, fsm.CmdThin, &cmd)
 		cancel()

@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -106,9 +107,25 @@ func TestRunCompaction(t *testing.T) {
 		sizeBefore += s.Size
 	}
 	l := tc.leader()
-	done, err := l.compactRuns(time.Now())
-	if err != nil || done == 0 {
-		t.Fatalf("compactRuns: %d, %v", done, err)
+	// tsstore compact --dry-run, through a follower: the rewrites are
+	// listed, smaller, and none is made.
+	rc := dialRetention(t, tc.follower())
+	dry, err := rc.Compact(ctx, &pb.CompactRequest{DryRun: true})
+	if err != nil || len(dry.Rewrites) == 0 || dry.RewritesCommitted != 0 {
+		t.Fatalf("dry run: %v, %v", dry, err)
+	}
+	for _, r := range dry.Rewrites {
+		if r.Reason != "finished run" || r.Stream != run || r.SizeAfter >= r.SizeBefore || !slices.Contains(r.KeptTypes, "CheckpointSaved") {
+			t.Fatalf("dry run lists %v", r)
+		}
+	}
+	if got := l.thinStats(); got != (fsm.ThinStats{}) {
+		t.Fatalf("a dry run rewrote segments: %+v", got)
+	}
+	// tsstore compact: the same rewrites, committed.
+	res, err := rc.Compact(ctx, &pb.CompactRequest{})
+	if err != nil || int(res.RewritesCommitted) != len(dry.Rewrites) {
+		t.Fatalf("compact committed %v of %d rewrites: %v", res.GetRewritesCommitted(), len(dry.Rewrites), err)
 	}
 	waitAllApplied(t, tc)
 	waitRewritten(t, tc)

@@ -82,9 +82,9 @@ func newRetentionCmd() *cobra.Command {
 
 func newCompactCmd() *cobra.Command {
 	var cf clientFlags
-	cmd := &cobra.Command{Use: "compact [--dry-run]", Short: "apply the retention policies now (--dry-run: show what they would remove)", Args: noArgs}
+	cmd := &cobra.Command{Use: "compact [--dry-run]", Short: "apply the retention policies and segment rewrites now (--dry-run: show what they would remove)", Args: noArgs}
 	cf.register(cmd.Flags())
-	dry := cmd.Flags().Bool("dry-run", false, "only show the cut the leader would commit and the segments it would drop")
+	dry := cmd.Flags().Bool("dry-run", false, "only show the cut the leader would commit, the segments it would drop and the segment rewrites (deleted streams, finished runs) it would make")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		return retentionCall(cmd, &cf, func(ctx context.Context, c pb.RetentionClient) (proto.Message, error) {
 			return c.Compact(ctx, &pb.CompactRequest{DryRun: *dry})
@@ -175,7 +175,7 @@ func printRetention(w io.Writer, r *pb.ListRetentionResponse) error {
 func printCompact(w io.Writer, r *pb.CompactResponse, dry bool) error {
 	switch {
 	case r.Cut == 0:
-		fmt.Fprintln(w, "nothing to remove")
+		fmt.Fprintln(w, "no sealed segment to drop")
 	case dry:
 		fmt.Fprintf(w, "would drop %d sealed segments (%s): every offset below %d\n", len(r.Segments), humanBytes(int64(r.Bytes)), r.Cut)
 	default:
@@ -186,6 +186,26 @@ func printCompact(w io.Writer, r *pb.CompactResponse, dry bool) error {
 	}
 	if r.Kept != "" {
 		fmt.Fprintf(w, "kept: %s\n", r.Kept)
+	}
+	if len(r.Rewrites) > 0 {
+		verb := "would make"
+		if !dry {
+			verb = fmt.Sprintf("committed %d of", r.RewritesCommitted)
+		}
+		var before, after int64
+		for _, x := range r.Rewrites {
+			before += int64(x.SizeBefore)
+			after += int64(x.SizeAfter)
+		}
+		fmt.Fprintf(w, "%s %d segment rewrites (%s -> %s):\n", verb, len(r.Rewrites), humanBytes(before), humanBytes(after))
+		for _, x := range r.Rewrites {
+			kept := "nothing"
+			if len(x.KeptTypes) > 0 {
+				kept = strings.Join(x.KeptTypes, ", ")
+			}
+			fmt.Fprintf(w, "  %s [%d, %d) %s -> %s: %s %s up to offset %d (keeps %s)\n", segment.FileName(x.BaseOffset), x.BaseOffset, x.NextOffset,
+				humanBytes(int64(x.SizeBefore)), humanBytes(int64(x.SizeAfter)), x.Reason, x.Stream, x.Upto, kept)
+		}
 	}
 	return nil
 }

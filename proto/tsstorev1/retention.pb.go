@@ -616,8 +616,14 @@ type CompactResponse struct {
 	// Whether the cut was committed (false for a dry run or no cut).
 	Committed     bool   `protobuf:"varint,5,opt,name=committed,proto3" json:"committed,omitempty"`
 	PolicyVersion uint64 `protobuf:"varint,6,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Segment rewrites wanted now: deleted streams' events, and with
+	// serve --run-compaction finished runs' events up to their latest
+	// snapshot. A dry run lists them; otherwise they are committed.
+	Rewrites []*SegmentRewrite `protobuf:"bytes,7,rep,name=rewrites,proto3" json:"rewrites,omitempty"`
+	// How many of them were committed (0 for a dry run).
+	RewritesCommitted uint32 `protobuf:"varint,8,opt,name=rewrites_committed,json=rewritesCommitted,proto3" json:"rewrites_committed,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CompactResponse) Reset() {
@@ -692,6 +698,123 @@ func (x *CompactResponse) GetPolicyVersion() uint64 {
 	return 0
 }
 
+func (x *CompactResponse) GetRewrites() []*SegmentRewrite {
+	if x != nil {
+		return x.Rewrites
+	}
+	return nil
+}
+
+func (x *CompactResponse) GetRewritesCommitted() uint32 {
+	if x != nil {
+		return x.RewritesCommitted
+	}
+	return 0
+}
+
+type SegmentRewrite struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	BaseOffset uint64                 `protobuf:"varint,1,opt,name=base_offset,json=baseOffset,proto3" json:"base_offset,omitempty"`
+	NextOffset uint64                 `protobuf:"varint,2,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	// The stream whose events go, up to and including upto.
+	Stream string `protobuf:"bytes,3,opt,name=stream,proto3" json:"stream,omitempty"`
+	Upto   uint64 `protobuf:"varint,4,opt,name=upto,proto3" json:"upto,omitempty"`
+	// Event types of the stream that stay (a run's checkpoints...).
+	KeptTypes  []string `protobuf:"bytes,5,rep,name=kept_types,json=keptTypes,proto3" json:"kept_types,omitempty"`
+	SizeBefore uint64   `protobuf:"varint,6,opt,name=size_before,json=sizeBefore,proto3" json:"size_before,omitempty"`
+	SizeAfter  uint64   `protobuf:"varint,7,opt,name=size_after,json=sizeAfter,proto3" json:"size_after,omitempty"`
+	// "deleted stream" or "finished run".
+	Reason        string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SegmentRewrite) Reset() {
+	*x = SegmentRewrite{}
+	mi := &file_tsstore_v1_retention_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SegmentRewrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SegmentRewrite) ProtoMessage() {}
+
+func (x *SegmentRewrite) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_retention_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SegmentRewrite.ProtoReflect.Descriptor instead.
+func (*SegmentRewrite) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SegmentRewrite) GetBaseOffset() uint64 {
+	if x != nil {
+		return x.BaseOffset
+	}
+	return 0
+}
+
+func (x *SegmentRewrite) GetNextOffset() uint64 {
+	if x != nil {
+		return x.NextOffset
+	}
+	return 0
+}
+
+func (x *SegmentRewrite) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *SegmentRewrite) GetUpto() uint64 {
+	if x != nil {
+		return x.Upto
+	}
+	return 0
+}
+
+func (x *SegmentRewrite) GetKeptTypes() []string {
+	if x != nil {
+		return x.KeptTypes
+	}
+	return nil
+}
+
+func (x *SegmentRewrite) GetSizeBefore() uint64 {
+	if x != nil {
+		return x.SizeBefore
+	}
+	return 0
+}
+
+func (x *SegmentRewrite) GetSizeAfter() uint64 {
+	if x != nil {
+		return x.SizeAfter
+	}
+	return 0
+}
+
+func (x *SegmentRewrite) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type SegmentDigestsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -700,7 +823,7 @@ type SegmentDigestsRequest struct {
 
 func (x *SegmentDigestsRequest) Reset() {
 	*x = SegmentDigestsRequest{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[11]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +835,7 @@ func (x *SegmentDigestsRequest) String() string {
 func (*SegmentDigestsRequest) ProtoMessage() {}
 
 func (x *SegmentDigestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[11]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +848,7 @@ func (x *SegmentDigestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentDigestsRequest.ProtoReflect.Descriptor instead.
 func (*SegmentDigestsRequest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{11}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{12}
 }
 
 type SegmentDigest struct {
@@ -745,7 +868,7 @@ type SegmentDigest struct {
 
 func (x *SegmentDigest) Reset() {
 	*x = SegmentDigest{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[12]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +880,7 @@ func (x *SegmentDigest) String() string {
 func (*SegmentDigest) ProtoMessage() {}
 
 func (x *SegmentDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[12]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +893,7 @@ func (x *SegmentDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentDigest.ProtoReflect.Descriptor instead.
 func (*SegmentDigest) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{12}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SegmentDigest) GetBaseOffset() uint64 {
@@ -826,7 +949,7 @@ type SegmentDigestsResponse struct {
 
 func (x *SegmentDigestsResponse) Reset() {
 	*x = SegmentDigestsResponse{}
-	mi := &file_tsstore_v1_retention_proto_msgTypes[13]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +961,7 @@ func (x *SegmentDigestsResponse) String() string {
 func (*SegmentDigestsResponse) ProtoMessage() {}
 
 func (x *SegmentDigestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tsstore_v1_retention_proto_msgTypes[13]
+	mi := &file_tsstore_v1_retention_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +974,7 @@ func (x *SegmentDigestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SegmentDigestsResponse.ProtoReflect.Descriptor instead.
 func (*SegmentDigestsResponse) Descriptor() ([]byte, []int) {
-	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{13}
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SegmentDigestsResponse) GetNodeId() string {
@@ -924,14 +1047,30 @@ const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"nextOffset\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x03 \x01(\x04R\tsizeBytes\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xcc\x01\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xb3\x02\n" +
 	"\x0fCompactResponse\x12\x10\n" +
 	"\x03cut\x18\x01 \x01(\x04R\x03cut\x128\n" +
 	"\bsegments\x18\x02 \x03(\v2\x1c.tsstore.v1.CompactedSegmentR\bsegments\x12\x14\n" +
 	"\x05bytes\x18\x03 \x01(\x04R\x05bytes\x12\x12\n" +
 	"\x04kept\x18\x04 \x01(\tR\x04kept\x12\x1c\n" +
 	"\tcommitted\x18\x05 \x01(\bR\tcommitted\x12%\n" +
-	"\x0epolicy_version\x18\x06 \x01(\x04R\rpolicyVersion\"\x17\n" +
+	"\x0epolicy_version\x18\x06 \x01(\x04R\rpolicyVersion\x126\n" +
+	"\brewrites\x18\a \x03(\v2\x1a.tsstore.v1.SegmentRewriteR\brewrites\x12-\n" +
+	"\x12rewrites_committed\x18\b \x01(\rR\x11rewritesCommitted\"\xf5\x01\n" +
+	"\x0eSegmentRewrite\x12\x1f\n" +
+	"\vbase_offset\x18\x01 \x01(\x04R\n" +
+	"baseOffset\x12\x1f\n" +
+	"\vnext_offset\x18\x02 \x01(\x04R\n" +
+	"nextOffset\x12\x16\n" +
+	"\x06stream\x18\x03 \x01(\tR\x06stream\x12\x12\n" +
+	"\x04upto\x18\x04 \x01(\x04R\x04upto\x12\x1d\n" +
+	"\n" +
+	"kept_types\x18\x05 \x03(\tR\tkeptTypes\x12\x1f\n" +
+	"\vsize_before\x18\x06 \x01(\x04R\n" +
+	"sizeBefore\x12\x1d\n" +
+	"\n" +
+	"size_after\x18\a \x01(\x04R\tsizeAfter\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\"\x17\n" +
 	"\x15SegmentDigestsRequest\"\xc7\x01\n" +
 	"\rSegmentDigest\x12\x1f\n" +
 	"\vbase_offset\x18\x01 \x01(\x04R\n" +
@@ -966,7 +1105,7 @@ func file_tsstore_v1_retention_proto_rawDescGZIP() []byte {
 	return file_tsstore_v1_retention_proto_rawDescData
 }
 
-var file_tsstore_v1_retention_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_tsstore_v1_retention_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_tsstore_v1_retention_proto_goTypes = []any{
 	(*DeleteStreamRequest)(nil),    // 0: tsstore.v1.DeleteStreamRequest
 	(*DeleteStreamResponse)(nil),   // 1: tsstore.v1.DeleteStreamResponse
@@ -979,31 +1118,33 @@ var file_tsstore_v1_retention_proto_goTypes = []any{
 	(*CompactRequest)(nil),         // 8: tsstore.v1.CompactRequest
 	(*CompactedSegment)(nil),       // 9: tsstore.v1.CompactedSegment
 	(*CompactResponse)(nil),        // 10: tsstore.v1.CompactResponse
-	(*SegmentDigestsRequest)(nil),  // 11: tsstore.v1.SegmentDigestsRequest
-	(*SegmentDigest)(nil),          // 12: tsstore.v1.SegmentDigest
-	(*SegmentDigestsResponse)(nil), // 13: tsstore.v1.SegmentDigestsResponse
+	(*SegmentRewrite)(nil),         // 11: tsstore.v1.SegmentRewrite
+	(*SegmentDigestsRequest)(nil),  // 12: tsstore.v1.SegmentDigestsRequest
+	(*SegmentDigest)(nil),          // 13: tsstore.v1.SegmentDigest
+	(*SegmentDigestsResponse)(nil), // 14: tsstore.v1.SegmentDigestsResponse
 }
 var file_tsstore_v1_retention_proto_depIdxs = []int32{
 	2,  // 0: tsstore.v1.SetRetentionRequest.policy:type_name -> tsstore.v1.RetentionPolicy
 	2,  // 1: tsstore.v1.ListRetentionResponse.policies:type_name -> tsstore.v1.RetentionPolicy
 	6,  // 2: tsstore.v1.ListRetentionResponse.segments:type_name -> tsstore.v1.ManifestSegment
 	9,  // 3: tsstore.v1.CompactResponse.segments:type_name -> tsstore.v1.CompactedSegment
-	12, // 4: tsstore.v1.SegmentDigestsResponse.segments:type_name -> tsstore.v1.SegmentDigest
-	3,  // 5: tsstore.v1.Retention.SetRetention:input_type -> tsstore.v1.SetRetentionRequest
-	5,  // 6: tsstore.v1.Retention.ListRetention:input_type -> tsstore.v1.ListRetentionRequest
-	8,  // 7: tsstore.v1.Retention.Compact:input_type -> tsstore.v1.CompactRequest
-	11, // 8: tsstore.v1.Retention.SegmentDigests:input_type -> tsstore.v1.SegmentDigestsRequest
-	0,  // 9: tsstore.v1.Retention.DeleteStream:input_type -> tsstore.v1.DeleteStreamRequest
-	4,  // 10: tsstore.v1.Retention.SetRetention:output_type -> tsstore.v1.SetRetentionResponse
-	7,  // 11: tsstore.v1.Retention.ListRetention:output_type -> tsstore.v1.ListRetentionResponse
-	10, // 12: tsstore.v1.Retention.Compact:output_type -> tsstore.v1.CompactResponse
-	13, // 13: tsstore.v1.Retention.SegmentDigests:output_type -> tsstore.v1.SegmentDigestsResponse
-	1,  // 14: tsstore.v1.Retention.DeleteStream:output_type -> tsstore.v1.DeleteStreamResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	11, // 4: tsstore.v1.CompactResponse.rewrites:type_name -> tsstore.v1.SegmentRewrite
+	13, // 5: tsstore.v1.SegmentDigestsResponse.segments:type_name -> tsstore.v1.SegmentDigest
+	3,  // 6: tsstore.v1.Retention.SetRetention:input_type -> tsstore.v1.SetRetentionRequest
+	5,  // 7: tsstore.v1.Retention.ListRetention:input_type -> tsstore.v1.ListRetentionRequest
+	8,  // 8: tsstore.v1.Retention.Compact:input_type -> tsstore.v1.CompactRequest
+	12, // 9: tsstore.v1.Retention.SegmentDigests:input_type -> tsstore.v1.SegmentDigestsRequest
+	0,  // 10: tsstore.v1.Retention.DeleteStream:input_type -> tsstore.v1.DeleteStreamRequest
+	4,  // 11: tsstore.v1.Retention.SetRetention:output_type -> tsstore.v1.SetRetentionResponse
+	7,  // 12: tsstore.v1.Retention.ListRetention:output_type -> tsstore.v1.ListRetentionResponse
+	10, // 13: tsstore.v1.Retention.Compact:output_type -> tsstore.v1.CompactResponse
+	14, // 14: tsstore.v1.Retention.SegmentDigests:output_type -> tsstore.v1.SegmentDigestsResponse
+	1,  // 15: tsstore.v1.Retention.DeleteStream:output_type -> tsstore.v1.DeleteStreamResponse
+	11, // [11:16] is the sub-list for method output_type
+	6,  // [6:11] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_tsstore_v1_retention_proto_init() }
@@ -1017,7 +1158,7 @@ func file_tsstore_v1_retention_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tsstore_v1_retention_proto_rawDesc), len(file_tsstore_v1_retention_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
