@@ -53,7 +53,9 @@ type Target interface {
 	// overwrites. sum is the CRC-32C of the bytes: Put checks it over
 	// what it read and the store checks it over what it received (when
 	// it can), failing with ErrChecksum. After Put returns nil the object
-	// is durable and Head sees it.
+	// is durable and Head sees it. After any other error the key may or
+	// may not hold the object: retry under a new key and leave the old
+	// one to a sweep.
 	Put(ctx context.Context, key string, body io.ReaderAt, size int64, sum uint32) (ObjectInfo, error)
 	// Head returns the object's size and checksum, or ErrNotFound.
 	Head(ctx context.Context, key string) (ObjectInfo, error)

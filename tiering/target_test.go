@@ -70,6 +70,7 @@ func testTarget(t *testing.T, target Target) {
 		for _, r := range []struct{ off, n int64 }{
 			{0, 1}, {0, int64(len(data))}, {12345, 4 << 10}, {int64(len(data)) - 5, 5},
 			{int64(len(data)) - 5, 100}, // past the end: the tail only
+			{int64(len(data)) + 10, 5},  // all past the end: nothing
 			{1 << 20, 0},
 		} {
 			rc, err := target.GetRange(ctx, key, r.off, r.n)
@@ -81,7 +82,8 @@ func testTarget(t *testing.T, target Target) {
 			if err != nil {
 				t.Fatalf("GetRange(%d, %d) read: %v", r.off, r.n, err)
 			}
-			want := data[r.off:min(r.off+r.n, int64(len(data)))]
+			end := int64(len(data))
+			want := data[min(r.off, end):min(r.off+r.n, end)]
 			if !bytes.Equal(got, want) {
 				t.Fatalf("GetRange(%d, %d): %d bytes, want %d (equal prefix %v)", r.off, r.n, len(got), len(want), bytes.HasPrefix(want, got))
 			}
