@@ -162,8 +162,7 @@ func (t *S3Target) reqCtx(ctx context.Context) (context.Context, context.CancelF
 
 // Put implements Target.
 func (t *S3Target) Put(ctx context.Context, key string, body io.ReaderAt, size int64, sum uint32) (ObjectInfo, error) {
-	ok, err := t.objectKey(key)
-	if err != nil {
+	if err := ValidKey(key); err != nil {
 		return ObjectInfo{}, err
 	}
 	// The store may not check x-amz-checksum-crc32c: check the local
@@ -180,6 +179,19 @@ func (t *S3Target) Put(ctx context.Context, key string, body io.ReaderAt, size i
 		return ObjectInfo{}, fmt.Errorf("%w: %s in %s", ErrExists, key, t)
 	case !errors.Is(err, ErrNotFound):
 		return ObjectInfo{}, err
+	}
+	if err := t.putObject(ctx, key, body, size, sum); err != nil {
+		return ObjectInfo{}, err
+	}
+	return ObjectInfo{Key: key, Size: size, Checksum: sum}, nil
+}
+
+// putObject is Put's request: If-None-Match refuses an existing key even
+// when two writers pass the head check at once.
+func (t *S3Target) putObject(ctx context.Context, key string, body io.ReaderAt, size int64, sum uint32) error {
+	ok, err := t.objectKey(key)
+	if err != nil {
+		return err
 	}
 	var crc [4]byte
 	binary.BigEndian.PutUint32(crc[:], sum)
@@ -198,15 +210,15 @@ func (t *S3Target) Put(ctx context.Context, key string, body io.ReaderAt, size i
 	if err != nil {
 		switch status(err) {
 		case http.StatusPreconditionFailed, http.StatusConflict:
-			return ObjectInfo{}, fmt.Errorf("%w: %s in %s", ErrExists, key, t)
+			return fmt.Errorf("%w: %s in %s", ErrExists, key, t)
 		case http.StatusBadRequest:
 			if strings.Contains(err.Error(), "BadDigest") || strings.Contains(strings.ToLower(err.Error()), "checksum") {
-				return ObjectInfo{}, fmt.Errorf("%w: put %s: %w", ErrChecksum, key, err)
+				return fmt.Errorf("%w: put %s: %w", ErrChecksum, key, err)
 			}
 		}
-		return ObjectInfo{}, fmt.Errorf("tiering: put %s to %s: %w", key, t, err)
+		return fmt.Errorf("tiering: put %s to %s: %w", key, t, err)
 	}
-	return ObjectInfo{Key: key, Size: size, Checksum: sum}, nil
+	return nil
 }
 
 // Head implements Target. The checksum is the one Put stored in the

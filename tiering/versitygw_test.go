@@ -214,3 +214,22 @@ func TestS3TargetVersityGWRefusesDamagedBody(t *testing.T) {
 		t.Fatalf("Head after the refused Put: %v, want ErrNotFound", err)
 	}
 }
+
+// Two writers that both pass Put's head check: the store's If-None-Match
+// refuses the second, and the first object stays.
+func TestS3TargetVersityGWIfNoneMatch(t *testing.T) {
+	g := startVersityGW(t)
+	target := g.target("tier", "")
+	ctx := context.Background()
+	first, second := []byte("first writer"), []byte("second writer")
+	if err := target.putObject(ctx, "seg/race.log", bytes.NewReader(first), int64(len(first)), Checksum(first)); err != nil {
+		t.Fatal(err)
+	}
+	err := target.putObject(ctx, "seg/race.log", bytes.NewReader(second), int64(len(second)), Checksum(second))
+	if !errors.Is(err, ErrExists) {
+		t.Fatalf("second conditional PUT: %v, want ErrExists", err)
+	}
+	if info, err := target.Head(ctx, "seg/race.log"); err != nil || info.Checksum != Checksum(first) {
+		t.Fatalf("Head = %+v, %v; the first object must stay", info, err)
+	}
+}
