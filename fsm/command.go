@@ -350,6 +350,9 @@ func CheckCommand(data []byte) error {
 	case CmdCompact:
 		var cmd CompactCommand
 		return decode(data, &cmd)
+	case CmdSegmentTiered:
+		var cmd SegmentTieredCommand
+		return decode(data, &cmd)
 	}
 	return fmt.Errorf("%w: type %d", ErrUnknownCommand, data[0])
 }
@@ -395,6 +398,11 @@ func DescribeCommand(data []byte) string {
 		var cmd CompactCommand
 		if decode(data, &cmd) == nil {
 			return fmt.Sprintf("compact: drop sealed segments below offset %d (policy version %d)", cmd.Cut, cmd.PolicyVersion)
+		}
+	case CmdSegmentTiered:
+		var cmd SegmentTieredCommand
+		if decode(data, &cmd) == nil {
+			return fmt.Sprintf("segment tiered: [%d, %d) as %s (%d bytes, crc32c %08x)", cmd.BaseOffset, cmd.NextOffset, cmd.Key, cmd.Size, cmd.Checksum)
 		}
 	}
 	return fmt.Sprintf("command type %d", data[0])

@@ -133,7 +133,7 @@ func (s *retentionService) SegmentDigests(ctx context.Context, _ *pb.SegmentDige
 	out := &pb.SegmentDigestsResponse{NodeId: s.n.cfg.NodeID, FirstOffset: s.n.proc.FirstOffset()}
 	err := s.n.proc.WithLog(func(l *segment.Log) error {
 		for _, e := range r.Segments {
-			if e.State != fsm.SegmentLocal {
+			if !e.State.HasLocalCopy() {
 				continue
 			}
 			if err := ctx.Err(); err != nil {
@@ -173,7 +173,7 @@ func (n *Node) planRetention(now time.Time) (compaction.Plan, uint64, error) {
 	var segs []compaction.Segment
 	err := n.proc.WithLog(func(l *segment.Log) error {
 		for _, e := range r.Segments {
-			if e.State != fsm.SegmentLocal {
+			if !e.State.HasLocalCopy() {
 				continue
 			}
 			names, err := l.SegmentStreams(e.BaseOffset)
