@@ -1,0 +1,234 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/tsstore/tsstore/fsm"
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/tiering"
+)
+
+// downTarget is a tier target that fails every call while down is set:
+// an object store that is unreachable.
+type downTarget struct {
+	tiering.Target
+	down atomic.Bool
+}
+
+var errStoreDown = errors.New("test: object store down")
+
+func (d *downTarget) Put(ctx context.Context, key string, body io.ReaderAt, size int64, sum uint32) (tiering.ObjectInfo, error) {
+	if d.down.Load() {
+		return tiering.ObjectInfo{}, errStoreDown
+	}
+	return d.Target.Put(ctx, key, body, size, sum)
+}
+
+func (d *downTarget) Delete(ctx context.Context, key string) error {
+	if d.down.Load() {
+		return errStoreDown
+	}
+	return d.Target.Delete(ctx, key)
+}
+
+// waitManifest waits, on the FSM's changes, until ok holds for the
+// manifest of every node.
+func waitManifest(t *testing.T, tc *testCluster, what string, ok func(fsm.Retention) bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, n := range tc.nodes {
+		for {
+			ch := n.proc.Changed()
+			if ok(n.proc.Retention()) {
+				break
+			}
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				t.Fatalf("%s: %s: manifest %+v", n.cfg.NodeID, what, n.proc.Retention().Segments)
+			}
+		}
+	}
+}
+
+func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetGauge().GetValue()
+}
+
+// The leader uploads every sealed segment past the hot-bytes budget and
+// commits it: every replica's manifest names the object, whose size and
+// checksum are the segment's; the local copies stay readable. While the
+// store is down nothing is tiered, the backlog shows, and the leader
+// retries; a segment retention drops later has its object deleted.
+func TestTieringUploadsAndCommits(t *testing.T) {
+	fsTarget, err := tiering.NewFSTarget(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := &downTarget{Target: fsTarget}
+	target.down.Store(true)
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.RetentionInterval = 0
+		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}
+	})
+	next := appendBatches(t, tc, "p1", 40)
+	waitNextOffset(t, tc.nodes, next)
+	waitAllApplied(t, tc)
+
+	// Store down: failures counted, backlog shown, nothing tiered.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		var failures float64
+		for _, n := range tc.nodes {
+			failures += counterValue(t, n.metrics.tierFailures)
+		}
+		if failures >= 2 && gaugeValue(t, tc.nodes[0].metrics.tierBacklogSegments) > 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("store down: failures %v, backlog %v", failures, gaugeValue(t, tc.nodes[0].metrics.tierBacklogSegments))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	for _, n := range tc.nodes {
+		for _, e := range n.proc.Retention().Segments {
+			if e.State != fsm.SegmentLocal || e.Key != "" {
+				t.Fatalf("%s: a segment left local while the store is down: %+v", n.cfg.NodeID, e)
+			}
+		}
+	}
+
+	target.down.Store(false)
+	allTiered := func(r fsm.Retention) bool {
+		if len(r.Segments) < 2 {
+			return false
+		}
+		for _, e := range r.Segments {
+			if e.State != fsm.SegmentTiered {
+				return false
+			}
+		}
+		return true
+	}
+	waitManifest(t, tc, "every sealed segment tiered", allTiered)
+	segs := tc.nodes[0].proc.Retention().Segments
+	for _, n := range tc.nodes[1:] {
+		if got := n.proc.Retention().Segments; len(got) != len(segs) || got[0] != segs[0] || got[len(got)-1] != segs[len(segs)-1] {
+			t.Fatalf("%s's manifest differs: %+v vs %+v", n.cfg.NodeID, got, segs)
+		}
+	}
+	var bytes int64
+	for _, e := range segs {
+		info, err := fsTarget.Head(ctx, e.Key)
+		if err != nil || info.Size != e.Size || info.Checksum != e.Digest {
+			t.Fatalf("object %s: %+v, %v; manifest says %d bytes, crc32c %08x", e.Key, info, err, e.Size, e.Digest)
+		}
+		bytes += e.Size
+	}
+	var uploaded, tiered float64
+	for _, n := range tc.nodes {
+		uploaded += counterValue(t, n.metrics.tierUploadedBytes)
+		tiered += counterValue(t, n.metrics.tierSegments)
+	}
+	if int(tiered) != len(segs) || uploaded < float64(bytes) {
+		t.Fatalf("tsstore_tier_segments_total %v (want %d), uploaded bytes %v (want >= %d)", tiered, len(segs), uploaded, bytes)
+	}
+	// The local copies stay: the whole log reads back on every node.
+	for _, n := range tc.nodes {
+		if err := readRange(t, n, 0, next); err != nil {
+			t.Fatalf("%s: read of tiered segments: %v", n.cfg.NodeID, err)
+		}
+	}
+
+	// Retention drops the first two segments; the leader deletes their
+	// objects.
+	if _, err := dialRetention(t, tc.follower()).SetRetention(ctxT(t), &pb.SetRetentionRequest{Policy: &pb.RetentionPolicy{Prefix: "run/", MaxBytes: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dialRetention(t, tc.follower()).Compact(ctxT(t), &pb.CompactRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	waitManifest(t, tc, "first segment dropped", func(r fsm.Retention) bool { return r.Segments[0].State == fsm.SegmentDropped })
+	dropped := tc.nodes[0].proc.Retention().Segments[0]
+	if dropped.Key != segs[0].Key {
+		t.Fatalf("dropped entry %+v lost its key %s", dropped, segs[0].Key)
+	}
+	for {
+		_, err := fsTarget.Head(ctx, dropped.Key)
+		if errors.Is(err, tiering.ErrNotFound) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("object %s of a dropped segment not deleted: %v", dropped.Key, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func TestTierConfigValidate(t *testing.T) {
+	target, err := tiering.NewFSTarget(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := DefaultConfig().Tier
+	if err := def.validate(); err != nil {
+		t.Fatalf("default (off): %v", err)
+	}
+	for name, c := range map[string]TierConfig{
+		"policy without target":  {HotBytes: 1, Interval: time.Second, MaxBackoff: time.Second},
+		"target without policy":  {Target: target, Interval: time.Second, MaxBackoff: time.Second},
+		"negative age":           {Target: target, After: -1, HotBytes: 1, Interval: time.Second, MaxBackoff: time.Second},
+		"backoff below interval": {Target: target, HotBytes: 1, Interval: time.Second, MaxBackoff: time.Millisecond},
+	} {
+		if err := c.validate(); err == nil {
+			t.Errorf("%s: validate accepted %+v", name, c)
+		}
+	}
+}
+
+func TestTierCandidates(t *testing.T) {
+	now := time.Unix(1000, 0)
+	e := func(base uint64, size int64, ageSec int64, st fsm.SegmentState) fsm.ManifestEntry {
+		return fsm.ManifestEntry{BaseOffset: base, Size: size, LastTimestamp: now.Add(-time.Duration(ageSec) * time.Second).UnixNano(), State: st}
+	}
+	segs := []fsm.ManifestEntry{e(0, 10, 500, fsm.SegmentDropped), e(1, 10, 400, fsm.SegmentTiered), e(2, 10, 300, fsm.SegmentLocal),
+		e(3, 10, 200, fsm.SegmentLocal), e(4, 10, 100, fsm.SegmentLocal)}
+	bases := func(es []fsm.ManifestEntry) (out []uint64) {
+		for _, x := range es {
+			out = append(out, x.BaseOffset)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		after time.Duration
+		hot   int64
+		want  []uint64
+	}{
+		{250 * time.Second, 0, []uint64{2}},
+		{0, 15, []uint64{2, 3}}, // 30 local bytes: two go to get to 15 or less
+		{0, 30, nil},
+		{150 * time.Second, 25, []uint64{2, 3}},
+	} {
+		if got := bases(tierCandidates(segs, now, c.after, c.hot)); len(got) != len(c.want) || (len(got) > 0 && got[len(got)-1] != c.want[len(c.want)-1]) || (len(got) > 0 && got[0] != c.want[0]) {
+			t.Errorf("after %v, hot %d: %v, want %v", c.after, c.hot, got, c.want)
+		}
+	}
+}
