@@ -5,132 +5,41 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/tsstore/tsstore/internal/s3test"
 )
 
-// versityGW is a real S3 server process (versitygw with its posix
-// backend) on loopback, for the tests of S3Target.
-type versityGW struct {
-	t      *testing.T
-	bin    string
-	root   string
-	addr   string
-	access string
-	secret string
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
-// startVersityGW starts versitygw on a free loopback port with a posix
-// backend in a temporary directory. It fails the test when the binary is
-// missing: scripts/test.sh installs the pinned version into .tools/bin.
-func startVersityGW(t *testing.T) *versityGW {
+// vgwTarget returns an S3Target on a new bucket of the real server g.
+func vgwTarget(t *testing.T, g *s3test.Server, bucket, prefix string) *S3Target {
 	t.Helper()
-	bin, err := filepath.Abs(filepath.Join("..", ".tools", "bin", "versitygw"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("the tiering tests need a real S3 server, versitygw, at %s (%v); install it with "+
-			"`GOBIN=$PWD/.tools/bin go install github.com/versity/versitygw/cmd/versitygw@v1.8.0` "+
-			"from the repository root, or run scripts/test.sh", bin, err)
-	}
-	g := &versityGW{t: t, bin: bin, root: t.TempDir(), access: "tsstore-test", secret: "tsstore-test-secret"}
-	g.start()
-	t.Cleanup(g.stop)
-	return g
-}
-
-func (g *versityGW) start() {
-	g.t.Helper()
-	if g.addr == "" {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			g.t.Fatal(err)
-		}
-		g.addr = l.Addr().String()
-		l.Close()
-	}
-	var out bytes.Buffer
-	cmd := exec.Command(g.bin, "--port", g.addr, "--quiet", "posix", "--sidecar", filepath.Join(g.root, "meta"), filepath.Join(g.root, "data"))
-	for _, d := range []string{"meta", "data"} {
-		if err := os.MkdirAll(filepath.Join(g.root, d), 0o755); err != nil {
-			g.t.Fatal(err)
-		}
-	}
-	// Credentials through the environment, not the command line.
-	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+g.access, "ROOT_SECRET_ACCESS_KEY="+g.secret)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		g.t.Fatalf("start versitygw: %v", err)
-	}
-	g.cmd, g.exited = cmd, make(chan struct{})
-	go func() { cmd.Wait(); close(g.exited) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", g.addr, time.Second)
-		if err == nil {
-			c.Close()
-			return
-		}
-		select {
-		case <-g.exited:
-			g.t.Fatalf("versitygw exited at start: %s", out.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			g.t.Fatalf("versitygw not listening on %s after 20 s: %s", g.addr, out.String())
-		}
-	}
-}
-
-func (g *versityGW) stop() {
-	if g.cmd == nil {
-		return
-	}
-	g.cmd.Process.Kill()
-	<-g.exited
-	g.cmd = nil
-}
-
-// target returns an S3Target on a new bucket of the server.
-func (g *versityGW) target(bucket, prefix string) *S3Target {
-	g.t.Helper()
+	g.CreateBucket(bucket)
 	cfg := DefaultS3Config()
-	cfg.Endpoint = "http://" + g.addr
-	cfg.Bucket, cfg.Prefix, cfg.PathStyle = bucket, prefix, true
-	cfg.AccessKeyID, cfg.SecretAccessKey = g.access, g.secret
+	cfg.Endpoint, cfg.Bucket, cfg.Prefix, cfg.PathStyle = g.Endpoint(), bucket, prefix, true
+	cfg.AccessKeyID, cfg.SecretAccessKey = g.AccessKey, g.SecretKey
 	cfg.RequestTimeout = 30 * time.Second
 	target, err := NewS3Target(context.Background(), cfg)
 	if err != nil {
-		g.t.Fatal(err)
-	}
-	if _, err := target.client.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
-		g.t.Fatalf("create bucket %s: %v", bucket, err)
+		t.Fatal(err)
 	}
 	return target
 }
 
 func TestS3TargetVersityGW(t *testing.T) {
-	g := startVersityGW(t)
-	testTarget(t, g.target("tier", "cluster-a/"))
+	g := s3test.Start(t)
+	testTarget(t, vgwTarget(t, g, "tier", "cluster-a/"))
 }
 
 // Objects survive a restart of the store; while it is down, every call
 // fails with an error that is not ErrNotFound (a caller must never take
 // an unreachable store for a missing object) and Put leaves nothing.
 func TestS3TargetVersityGWRestart(t *testing.T) {
-	g := startVersityGW(t)
-	target := g.target("tier", "")
+	g := s3test.Start(t)
+	target := vgwTarget(t, g, "tier", "")
 	ctx := context.Background()
 	data := bytes.Repeat([]byte("sealed segment bytes "), 50000)
 	sum := Checksum(data)
@@ -138,7 +47,7 @@ func TestS3TargetVersityGWRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	g.stop()
+	g.Stop()
 	short, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if _, err := target.Head(short, "seg/1.log"); err == nil || errors.Is(err, ErrNotFound) {
@@ -148,7 +57,7 @@ func TestS3TargetVersityGWRestart(t *testing.T) {
 		t.Fatalf("Put while the store is down: %v", err)
 	}
 
-	g.start()
+	g.Restart()
 	info, err := target.Head(ctx, "seg/1.log")
 	if err != nil || info.Size != int64(len(data)) || info.Checksum != sum {
 		t.Fatalf("Head after restart = %+v, %v", info, err)
@@ -167,7 +76,7 @@ func TestS3TargetVersityGWRestart(t *testing.T) {
 	}
 	// The object is a plain file of the posix backend: what the store
 	// holds is the bytes we sent.
-	onDisk, err := os.ReadFile(filepath.Join(g.root, "data", "tier", "seg", "1.log"))
+	onDisk, err := os.ReadFile(filepath.Join(g.Root, "data", "tier", "seg", "1.log"))
 	if err != nil || Checksum(onDisk) != sum {
 		t.Fatalf("posix backend file: %d bytes, %v; checksum %s", len(onDisk), err, strconv.FormatUint(uint64(Checksum(onDisk)), 16))
 	}
@@ -200,8 +109,8 @@ func (r *changingReader) ReadAt(p []byte, off int64) (int, error) {
 // The real store checks x-amz-checksum-crc32c: a body that no longer
 // matches the checksum is refused with ErrChecksum and nothing is stored.
 func TestS3TargetVersityGWRefusesDamagedBody(t *testing.T) {
-	g := startVersityGW(t)
-	target := g.target("tier", "")
+	g := s3test.Start(t)
+	target := vgwTarget(t, g, "tier", "")
 	ctx := context.Background()
 	good := bytes.Repeat([]byte("0123456789"), 10000)
 	bad := bytes.Clone(good)
@@ -218,8 +127,8 @@ func TestS3TargetVersityGWRefusesDamagedBody(t *testing.T) {
 // Two writers that both pass Put's head check: the store's If-None-Match
 // refuses the second, and the first object stays.
 func TestS3TargetVersityGWIfNoneMatch(t *testing.T) {
-	g := startVersityGW(t)
-	target := g.target("tier", "")
+	g := s3test.Start(t)
+	target := vgwTarget(t, g, "tier", "")
 	ctx := context.Background()
 	first, second := []byte("first writer"), []byte("second writer")
 	if err := target.putObject(ctx, "seg/race.log", bytes.NewReader(first), int64(len(first)), Checksum(first)); err != nil {
