@@ -90,6 +90,7 @@ type nodeMetrics struct {
 	tierPutSeconds      prometheus.Histogram
 	tierBacklogSegments prometheus.Gauge
 	tierBacklogBytes    prometheus.Gauge
+	tierSwept           prometheus.Counter
 
 	// The HTTP endpoint; nil when MetricsAddr is empty.
 	lis net.Listener
@@ -189,6 +190,8 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 		"Sealed segments the tiering policy sends to the store that are not tiered yet, per this node's manifest.")
 	m.tierBacklogBytes = f.gauge("tsstore_tier_backlog_bytes",
 		"Bytes of the sealed segments in tsstore_tier_backlog_segments.")
+	m.tierSwept = f.counter("tsstore_tier_swept_objects_total",
+		"Objects this node deleted as leader because an earlier leader uploaded them and never committed them.")
 	m.repairs = f.counterVec("tsstore_segment_repairs_total",
 		"Repairs of damaged sealed segments by this node, by result: repaired (a peer's verified copy, or the local .log for a damaged index file, swapped in) or failed (no peer had a good copy, or none answered; retried).", "result")
 	for _, r := range []string{repairRepaired, repairFailed} {

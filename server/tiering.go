@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -35,6 +36,9 @@ type TierConfig struct {
 	// MaxBackoff bounds the wait after failed attempts: it starts at
 	// Interval and doubles per failure up to MaxBackoff.
 	MaxBackoff time.Duration
+	// SweepInterval is how often the leader deletes the objects that
+	// earlier leaders uploaded and never committed (sweep).
+	SweepInterval time.Duration
 }
 
 func (c TierConfig) validate() error {
@@ -45,8 +49,8 @@ func (c TierConfig) validate() error {
 		return errors.New("tier after and tier hot bytes need a tier target (tier-dir or tier-s3-bucket)")
 	case c.Target != nil && c.After == 0 && c.HotBytes == 0:
 		return errors.New("a tier target needs a policy: tier-after or tier-hot-bytes")
-	case c.Target != nil && (c.Interval <= 0 || c.MaxBackoff < c.Interval):
-		return errors.New("tier interval must be positive and tier max backoff at least the interval")
+	case c.Target != nil && (c.Interval <= 0 || c.MaxBackoff < c.Interval || c.SweepInterval <= 0):
+		return errors.New("tier interval and tier sweep interval must be positive and tier max backoff at least the interval")
 	}
 	return nil
 }
@@ -96,8 +100,9 @@ func (n *Node) runTiering() {
 	})
 	t := time.NewTicker(tc.Interval)
 	defer t.Stop()
-	var retryAt time.Time
+	var retryAt, sweptAt time.Time
 	var backoff time.Duration
+	var sweptTerm uint64
 	deleted := map[string]bool{} // objects of dropped segments deleted while leading
 	for {
 		select {
@@ -115,6 +120,11 @@ func (n *Node) runTiering() {
 			continue
 		}
 		err := n.tierOnce(ctx, now, deleted)
+		if term := n.raft.CurrentTerm(); err == nil && (term != sweptTerm || now.Sub(sweptAt) >= tc.SweepInterval) {
+			if err = n.sweepTier(ctx, term); err == nil {
+				sweptTerm, sweptAt = term, now
+			}
+		}
 		switch {
 		case err == nil || errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost):
 			backoff, retryAt = 0, time.Time{}
@@ -162,6 +172,68 @@ func (n *Node) tierOnce(ctx context.Context, now time.Time, deleted map[string]b
 	return nil
 }
 
+// tierKey is the object key of one upload attempt of the segment [base,
+// next): unique per attempt, by the term and a random nonce.
+func tierKey(cluster string, base, next, term uint64, nonce string) string {
+	return fmt.Sprintf("%s/segments/%020d-%020d-t%d-%s.log", cluster, base, next, term, nonce)
+}
+
+// tierKeyTerm returns the term of a key tierKey made for cluster.
+func tierKeyTerm(cluster, key string) (uint64, bool) {
+	var base, next, term uint64
+	var nonce string
+	rest, ok := strings.CutPrefix(key, cluster+"/segments/")
+	if !ok || !strings.HasSuffix(rest, ".log") {
+		return 0, false
+	}
+	rest = strings.TrimSuffix(rest, ".log")
+	if _, err := fmt.Sscanf(strings.ReplaceAll(rest, "-", " "), "%d %d t%d %s", &base, &next, &term, &nonce); err != nil {
+		return 0, false
+	}
+	if tierKey(cluster, base, next, term, nonce) != key {
+		return 0, false
+	}
+	return term, true
+}
+
+// sweepTier deletes the objects earlier leaders uploaded and never
+// committed (Kafka's KAFKA-16511 leak): keys of this cluster's form, of
+// a term before term, that no manifest entry names. Such an upload can
+// no longer be committed once this leader has applied everything before
+// its own entries (the barrier): a proposal of an earlier term is in
+// this leader's log, and so applied, or never commits. Objects of this
+// term are left alone (a commit of this leader may still be pending),
+// and so is every key not of tierKey's form.
+func (n *Node) sweepTier(ctx context.Context, term uint64) error {
+	if err := n.raft.Barrier(n.cfg.CommandTimeout).Error(); err != nil {
+		return fmt.Errorf("tiering: sweep: barrier: %w", err)
+	}
+	named := map[string]bool{}
+	for _, e := range n.proc.Retention().Segments {
+		if e.Key != "" {
+			named[e.Key] = true
+		}
+	}
+	var leaked []string
+	err := n.cfg.Tier.Target.List(ctx, n.cfg.ClusterName+"/segments/", func(o tiering.ObjectInfo) error {
+		if t, ok := tierKeyTerm(n.cfg.ClusterName, o.Key); ok && t < term && !named[o.Key] {
+			leaked = append(leaked, o.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("tiering: sweep: %w", err)
+	}
+	for _, key := range leaked {
+		if err := n.cfg.Tier.Target.Delete(ctx, key); err != nil {
+			return fmt.Errorf("tiering: sweep: %w", err)
+		}
+		n.metrics.tierSwept.Inc()
+		n.logger.Info("tiering: deleted an object no committed segment names (an earlier leader's upload)", "key", key)
+	}
+	return nil
+}
+
 // tierSegment uploads one sealed segment's .log under a key of its own
 // (cluster, range, term, random nonce: unique per attempt) and commits
 // it. Put checks the bytes it sends against the manifest's digest, so a
@@ -187,8 +259,7 @@ func (n *Node) tierSegment(ctx context.Context, e fsm.ManifestEntry) error {
 	if _, err := rand.Read(nonce[:]); err != nil {
 		return err
 	}
-	key := fmt.Sprintf("%s/segments/%020d-%020d-t%d-%s.log", n.cfg.ClusterName, e.BaseOffset, e.NextOffset,
-		n.raft.CurrentTerm(), hex.EncodeToString(nonce[:]))
+	key := tierKey(n.cfg.ClusterName, e.BaseOffset, e.NextOffset, n.raft.CurrentTerm(), hex.EncodeToString(nonce[:]))
 	start := time.Now()
 	if _, err := n.cfg.Tier.Target.Put(ctx, key, rd, e.Size, e.Digest); err != nil {
 		return err

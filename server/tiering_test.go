@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -87,7 +88,7 @@ func TestTieringUploadsAndCommits(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.RetentionInterval = 0
-		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}
+		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
 	})
 	next := appendBatches(t, tc, "p1", 40)
 	waitNextOffset(t, tc.nodes, next)
@@ -199,7 +200,8 @@ func TestTierConfigValidate(t *testing.T) {
 		"policy without target":  {HotBytes: 1, Interval: time.Second, MaxBackoff: time.Second},
 		"target without policy":  {Target: target, Interval: time.Second, MaxBackoff: time.Second},
 		"negative age":           {Target: target, After: -1, HotBytes: 1, Interval: time.Second, MaxBackoff: time.Second},
-		"backoff below interval": {Target: target, HotBytes: 1, Interval: time.Second, MaxBackoff: time.Millisecond},
+		"backoff below interval": {Target: target, HotBytes: 1, Interval: time.Second, MaxBackoff: time.Millisecond, SweepInterval: time.Hour},
+		"no sweep interval":      {Target: target, HotBytes: 1, Interval: time.Second, MaxBackoff: time.Second},
 	} {
 		if err := c.validate(); err == nil {
 			t.Errorf("%s: validate accepted %+v", name, c)
@@ -254,7 +256,7 @@ func TestTieringVersityGW(t *testing.T) {
 	gw.Stop()
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
-		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}
+		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
 	})
 	next := appendBatches(t, tc, "p1", 40)
 	waitNextOffset(t, tc.nodes, next)
@@ -340,5 +342,88 @@ func waitGauge(t *testing.T, g prometheus.Gauge, want float64) {
 			t.Fatalf("gauge %v, want %v", gaugeValue(t, g), want)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The leader deletes the objects of earlier terms that no manifest entry
+// names (a deposed leader's uploads), and nothing else: not the tiered
+// segments' objects, not keys of another form or cluster.
+func TestTieringSweepsLeakedObjects(t *testing.T) {
+	fsTarget, err := tiering.NewFSTarget(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	put := func(key string) {
+		t.Helper()
+		b := []byte(key)
+		if _, err := fsTarget.Put(ctx, key, bytes.NewReader(b), int64(len(b)), tiering.Checksum(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cluster := DefaultConfig().ClusterName
+	leaked := tierKey(cluster, 0, 10, 0, "00deadbeef00cafe")
+	future := tierKey(cluster, 0, 10, 1<<40, "00deadbeef00cafe")
+	keep := []string{future, cluster + "/segments/notes.txt", "other/segments/x.log",
+		tierKey("other", 0, 10, 0, "00deadbeef00cafe")}
+	put(leaked)
+	for _, k := range keep {
+		put(k)
+	}
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.Tier = TierConfig{Target: fsTarget, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
+	})
+	next := appendBatches(t, tc, "p1", 20)
+	waitNextOffset(t, tc.nodes, next)
+	waitManifest(t, tc, "a segment tiered", func(r fsm.Retention) bool {
+		return len(r.Segments) > 0 && r.Segments[0].State == fsm.SegmentTiered
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := fsTarget.Head(ctx, leaked)
+		if errors.Is(err, tiering.ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leaked object %s still there: %v", leaked, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, k := range keep {
+		if _, err := fsTarget.Head(ctx, k); err != nil {
+			t.Fatalf("%s: %v (the sweep must leave it)", k, err)
+		}
+	}
+	for _, e := range tc.nodes[0].proc.Retention().Segments {
+		if e.Key == "" {
+			continue
+		}
+		if _, err := fsTarget.Head(ctx, e.Key); err != nil {
+			t.Fatalf("tiered object %s: %v", e.Key, err)
+		}
+	}
+	var swept float64
+	for _, n := range tc.nodes {
+		swept += counterValue(t, n.metrics.tierSwept)
+	}
+	if swept != 1 {
+		t.Fatalf("tsstore_tier_swept_objects_total %v, want 1", swept)
+	}
+}
+
+func TestTierKeyTerm(t *testing.T) {
+	k := tierKey("c1", 100, 200, 7, "0123456789abcdef")
+	if k != "c1/segments/00000000000000000100-00000000000000000200-t7-0123456789abcdef.log" {
+		t.Fatalf("key %s", k)
+	}
+	if term, ok := tierKeyTerm("c1", k); !ok || term != 7 {
+		t.Fatalf("term of %s: %d %v", k, term, ok)
+	}
+	for _, bad := range []string{"c2/segments/00000000000000000100-00000000000000000200-t7-0123456789abcdef.log",
+		"c1/segments/100-200-t7-0123456789abcdef.log", "c1/segments/x.log", "c1/segments/00000000000000000100-00000000000000000200-t7-ab-cd.log"} {
+		if _, ok := tierKeyTerm("c1", bad); ok {
+			t.Errorf("%s parsed as a key of c1", bad)
+		}
 	}
 }

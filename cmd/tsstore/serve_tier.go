@@ -35,6 +35,7 @@ func (s *serveFlags) addTierFlags(fs *pflag.FlagSet) {
 	fs.Int64Var(&c.HotBytes, "tier-hot-bytes", 0, "tier the oldest sealed segments while those not tiered add up to more than this, bytes (0: no budget rule)")
 	fs.DurationVar(&c.Interval, "tier-interval", c.Interval, "how often the leader looks for segments to tier")
 	fs.DurationVar(&c.MaxBackoff, "tier-max-backoff", c.MaxBackoff, "longest wait between tiering attempts while the store fails")
+	fs.DurationVar(&c.SweepInterval, "tier-sweep-interval", c.SweepInterval, "how often the leader deletes objects earlier leaders uploaded and never committed")
 }
 
 // tierTarget sets the tier target from the flags (nil when neither a
