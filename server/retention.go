@@ -93,7 +93,7 @@ func (s *retentionService) ListRetention(ctx context.Context, _ *pb.ListRetentio
 	}
 	for _, e := range r.Segments {
 		out.Segments = append(out.Segments, &pb.ManifestSegment{BaseOffset: e.BaseOffset, NextOffset: e.NextOffset,
-			SizeBytes: uint64(e.Size), Digest: e.Digest, LastTimestamp: e.LastTimestamp, State: e.State.String()})
+			SizeBytes: uint64(e.Size), Digest: e.Digest, LastTimestamp: e.LastTimestamp, State: e.State.String(), ObjectKey: e.Key})
 	}
 	return out, nil
 }

@@ -154,6 +154,11 @@ func TestTieringUploadsAndCommits(t *testing.T) {
 	if int(tiered) != len(segs) || uploaded < float64(bytes) {
 		t.Fatalf("tsstore_tier_segments_total %v (want %d), uploaded bytes %v (want >= %d)", tiered, len(segs), uploaded, bytes)
 	}
+	// `tsstore retention list` shows what is where.
+	lr, err := dialRetention(t, tc.follower()).ListRetention(ctxT(t), &pb.ListRetentionRequest{})
+	if err != nil || len(lr.Segments) != len(segs) || lr.Segments[0].State != "tiered" || lr.Segments[0].ObjectKey != segs[0].Key {
+		t.Fatalf("ListRetention: %v, %v", lr, err)
+	}
 	// The local copies stay: the whole log reads back on every node.
 	for _, n := range tc.nodes {
 		if err := readRange(t, n, 0, next); err != nil {

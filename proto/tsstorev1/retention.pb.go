@@ -229,8 +229,11 @@ type ManifestSegment struct {
 	Digest uint32 `protobuf:"varint,4,opt,name=digest,proto3" json:"digest,omitempty"`
 	// Unix nanoseconds of the last batch.
 	LastTimestamp int64 `protobuf:"varint,5,opt,name=last_timestamp,json=lastTimestamp,proto3" json:"last_timestamp,omitempty"`
-	// "local" or "dropped".
-	State         string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	// "local", "dropped" or "tiered".
+	State string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	// The object key of a tiered segment in the tier target (also kept on
+	// a dropped segment that was tiered); empty otherwise.
+	ObjectKey     string `protobuf:"bytes,7,opt,name=object_key,json=objectKey,proto3" json:"object_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -303,6 +306,13 @@ func (x *ManifestSegment) GetLastTimestamp() int64 {
 func (x *ManifestSegment) GetState() string {
 	if x != nil {
 		return x.State
+	}
+	return ""
+}
+
+func (x *ManifestSegment) GetObjectKey() string {
+	if x != nil {
+		return x.ObjectKey
 	}
 	return ""
 }
@@ -792,7 +802,7 @@ const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"\x06remove\x18\x02 \x01(\bR\x06remove\"=\n" +
 	"\x14SetRetentionResponse\x12%\n" +
 	"\x0epolicy_version\x18\x01 \x01(\x04R\rpolicyVersion\"\x16\n" +
-	"\x14ListRetentionRequest\"\xc7\x01\n" +
+	"\x14ListRetentionRequest\"\xe6\x01\n" +
 	"\x0fManifestSegment\x12\x1f\n" +
 	"\vbase_offset\x18\x01 \x01(\x04R\n" +
 	"baseOffset\x12\x1f\n" +
@@ -802,7 +812,9 @@ const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"size_bytes\x18\x03 \x01(\x04R\tsizeBytes\x12\x16\n" +
 	"\x06digest\x18\x04 \x01(\rR\x06digest\x12%\n" +
 	"\x0elast_timestamp\x18\x05 \x01(\x03R\rlastTimestamp\x12\x14\n" +
-	"\x05state\x18\x06 \x01(\tR\x05state\"\x8d\x02\n" +
+	"\x05state\x18\x06 \x01(\tR\x05state\x12\x1d\n" +
+	"\n" +
+	"object_key\x18\a \x01(\tR\tobjectKey\"\x8d\x02\n" +
 	"\x15ListRetentionResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12%\n" +
 	"\x0epolicy_version\x18\x02 \x01(\x04R\rpolicyVersion\x127\n" +
