@@ -23,6 +23,7 @@ const (
 	Retention_ListRetention_FullMethodName  = "/tsstore.v1.Retention/ListRetention"
 	Retention_Compact_FullMethodName        = "/tsstore.v1.Retention/Compact"
 	Retention_SegmentDigests_FullMethodName = "/tsstore.v1.Retention/SegmentDigests"
+	Retention_VerifyTiered_FullMethodName   = "/tsstore.v1.Retention/VerifyTiered"
 )
 
 // RetentionClient is the client API for Retention service.
@@ -47,6 +48,10 @@ type RetentionClient interface {
 	// segments, read from disk now, for `tsstore verify --cluster` (read
 	// role).
 	SegmentDigests(ctx context.Context, in *SegmentDigestsRequest, opts ...grpc.CallOption) (*SegmentDigestsResponse, error)
+	// VerifyTiered reads every tiered segment's object from the tier target
+	// now, on the leader, and checks its size and CRC-32C against the
+	// manifest, for `tsstore verify --tiered` (read role).
+	VerifyTiered(ctx context.Context, in *VerifyTieredRequest, opts ...grpc.CallOption) (*VerifyTieredResponse, error)
 }
 
 type retentionClient struct {
@@ -97,6 +102,16 @@ func (c *retentionClient) SegmentDigests(ctx context.Context, in *SegmentDigests
 	return out, nil
 }
 
+func (c *retentionClient) VerifyTiered(ctx context.Context, in *VerifyTieredRequest, opts ...grpc.CallOption) (*VerifyTieredResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyTieredResponse)
+	err := c.cc.Invoke(ctx, Retention_VerifyTiered_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RetentionServer is the server API for Retention service.
 // All implementations must embed UnimplementedRetentionServer
 // for forward compatibility.
@@ -119,6 +134,10 @@ type RetentionServer interface {
 	// segments, read from disk now, for `tsstore verify --cluster` (read
 	// role).
 	SegmentDigests(context.Context, *SegmentDigestsRequest) (*SegmentDigestsResponse, error)
+	// VerifyTiered reads every tiered segment's object from the tier target
+	// now, on the leader, and checks its size and CRC-32C against the
+	// manifest, for `tsstore verify --tiered` (read role).
+	VerifyTiered(context.Context, *VerifyTieredRequest) (*VerifyTieredResponse, error)
 	mustEmbedUnimplementedRetentionServer()
 }
 
@@ -140,6 +159,9 @@ func (UnimplementedRetentionServer) Compact(context.Context, *CompactRequest) (*
 }
 func (UnimplementedRetentionServer) SegmentDigests(context.Context, *SegmentDigestsRequest) (*SegmentDigestsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SegmentDigests not implemented")
+}
+func (UnimplementedRetentionServer) VerifyTiered(context.Context, *VerifyTieredRequest) (*VerifyTieredResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VerifyTiered not implemented")
 }
 func (UnimplementedRetentionServer) mustEmbedUnimplementedRetentionServer() {}
 func (UnimplementedRetentionServer) testEmbeddedByValue()                   {}
@@ -234,6 +256,24 @@ func _Retention_SegmentDigests_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Retention_VerifyTiered_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyTieredRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RetentionServer).VerifyTiered(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Retention_VerifyTiered_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RetentionServer).VerifyTiered(ctx, req.(*VerifyTieredRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Retention_ServiceDesc is the grpc.ServiceDesc for Retention service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -256,6 +296,10 @@ var Retention_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SegmentDigests",
 			Handler:    _Retention_SegmentDigests_Handler,
+		},
+		{
+			MethodName: "VerifyTiered",
+			Handler:    _Retention_VerifyTiered_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
