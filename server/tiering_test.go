@@ -432,3 +432,110 @@ func TestTierKeyTerm(t *testing.T) {
 		}
 	}
 }
+
+// faultyTarget fails a third of the uploads before storing anything and
+// a third after storing the object (the response lost), while faults is
+// set: what a flaky store does.
+type faultyTarget struct {
+	tiering.Target
+	faults atomic.Bool
+	n      atomic.Uint64
+}
+
+func (f *faultyTarget) Put(ctx context.Context, key string, body io.ReaderAt, size int64, sum uint32) (tiering.ObjectInfo, error) {
+	if !f.faults.Load() {
+		return f.Target.Put(ctx, key, body, size, sum)
+	}
+	switch f.n.Add(1) % 3 {
+	case 0:
+		return tiering.ObjectInfo{}, errors.New("test: 500 Internal Error")
+	case 1:
+		if _, err := f.Target.Put(ctx, key, body, size, sum); err != nil {
+			return tiering.ObjectInfo{}, err
+		}
+		return tiering.ObjectInfo{}, errors.New("test: connection reset after the upload")
+	}
+	return f.Target.Put(ctx, key, body, size, sum)
+}
+
+// Under a flaky store every segment still ends up tiered, every key the
+// manifest names holds the segment's bytes, the replicas agree, and once
+// leadership moves the uploads no one committed are swept: the store
+// holds exactly the manifest's objects.
+func TestTieringUnderStoreFaults(t *testing.T) {
+	fsTarget, err := tiering.NewFSTarget(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := &faultyTarget{Target: fsTarget}
+	target.faults.Store(true)
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond, SweepInterval: time.Hour}
+	})
+	next := appendBatches(t, tc, "p1", 40)
+	waitNextOffset(t, tc.nodes, next)
+	allTiered := func(r fsm.Retention) bool {
+		if len(r.Segments) < 2 {
+			return false
+		}
+		for _, e := range r.Segments {
+			if e.State != fsm.SegmentTiered {
+				return false
+			}
+		}
+		return true
+	}
+	waitManifest(t, tc, "every sealed segment tiered under faults", allTiered)
+	target.faults.Store(false)
+	waitAllApplied(t, tc)
+	segs := tc.nodes[0].proc.Retention().Segments
+	named := map[string]bool{}
+	ctx := context.Background()
+	for _, e := range segs {
+		named[e.Key] = true
+		info, err := fsTarget.Head(ctx, e.Key)
+		if err != nil || info.Size != e.Size || info.Checksum != e.Digest {
+			t.Fatalf("object %s: %+v, %v", e.Key, info, err)
+		}
+	}
+	for _, n := range tc.nodes[1:] {
+		got := n.proc.Retention().Segments
+		if len(got) != len(segs) {
+			t.Fatalf("%s: %d entries, %s has %d", n.cfg.NodeID, len(got), tc.nodes[0].cfg.NodeID, len(segs))
+		}
+		for i := range got {
+			if got[i] != segs[i] {
+				t.Fatalf("%s: entry %d %+v, %s has %+v", n.cfg.NodeID, i, got[i], tc.nodes[0].cfg.NodeID, segs[i])
+			}
+		}
+	}
+	if target.n.Load() < 3 {
+		t.Fatalf("only %d uploads under faults", target.n.Load())
+	}
+
+	// A new term: its leader sweeps the earlier terms' leaks.
+	if err := tc.leader().raft.LeadershipTransfer().Error(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var stored []string
+		if err := fsTarget.List(ctx, "", func(o tiering.ObjectInfo) error { stored = append(stored, o.Key); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		extra := 0
+		for _, k := range stored {
+			if !named[k] {
+				extra++
+			}
+		}
+		if extra == 0 && len(stored) == len(named) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("store holds %d objects (%d not in the manifest), the manifest names %d", len(stored), extra, len(named))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
