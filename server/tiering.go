@@ -126,6 +126,8 @@ func (n *Node) runTiering() {
 			}
 		}
 		switch {
+		case ctx.Err() != nil:
+			return // shutting down: the upload in flight was cut off
 		case err == nil || errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost):
 			backoff, retryAt = 0, time.Time{}
 		default:
