@@ -356,6 +356,9 @@ func CheckCommand(data []byte) error {
 	case CmdDeleteStream:
 		var cmd DeleteStreamCommand
 		return decode(data, &cmd)
+	case CmdSegmentTiered:
+		var cmd SegmentTieredCommand
+		return decode(data, &cmd)
 	}
 	return fmt.Errorf("%w: type %d", ErrUnknownCommand, data[0])
 }
@@ -412,6 +415,11 @@ func DescribeCommand(data []byte) string {
 		var cmd DeleteStreamCommand
 		if decode(data, &cmd) == nil {
 			return fmt.Sprintf("delete stream %q", cmd.Stream)
+		}
+	case CmdSegmentTiered:
+		var cmd SegmentTieredCommand
+		if decode(data, &cmd) == nil {
+			return fmt.Sprintf("segment tiered: [%d, %d) as %s (%d bytes, crc32c %08x)", cmd.BaseOffset, cmd.NextOffset, cmd.Key, cmd.Size, cmd.Checksum)
 		}
 	}
 	return fmt.Sprintf("command type %d", data[0])

@@ -53,6 +53,10 @@ var (
 	// ErrBadCut: a compaction cut that is not the end of a sealed segment
 	// still kept.
 	ErrBadCut = errors.New("compaction cut is not a sealed segment's end")
+	// ErrBadTier: a "segment tiered" decision that does not match a
+	// sealed segment of the manifest (its range, size or digest), or one
+	// already tiered under another key.
+	ErrBadTier = errors.New("tiered object does not match a sealed segment of the manifest")
 )
 
 // SequenceGapError carries the sequence the producer must send next.

@@ -451,6 +451,15 @@ func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 			return p.fail(fmt.Errorf("entry %d: %w", index, err))
 		}
 		return p.applyDeleteStream(index, &cmd)
+	case CmdSegmentTiered:
+		if index <= p.retentionWM {
+			return &ApplyResult{Skipped: true}
+		}
+		var cmd SegmentTieredCommand
+		if err := decode(data, &cmd); err != nil {
+			return p.fail(fmt.Errorf("entry %d: %w", index, err))
+		}
+		return p.applySegmentTiered(index, &cmd)
 	default:
 		// A command from a newer version: applying around it would make
 		// this replica diverge, so stop and ask for an upgrade.

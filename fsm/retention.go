@@ -29,9 +29,17 @@ const (
 	SegmentLocal SegmentState = 1
 	// SegmentDropped: a committed cut removed it (CompactCommand).
 	SegmentDropped SegmentState = 2
-	// 3 is reserved for cold tiering: the segment is in the object store
-	// (the entry will then carry the object key as a trailing element).
+	// SegmentTiered: a committed SegmentTieredCommand says the object
+	// store holds the segment's .log bytes under the entry's Key (checked
+	// against Size and Digest). Replicas keep their local copy: dropping
+	// it and reading from the store are not built yet (tiered.go).
+	SegmentTiered SegmentState = 3
 )
+
+// HasLocalCopy says whether every replica keeps the segment's files:
+// local and tiered segments (tiered ones keep theirs until dropping the
+// local copy is built), not dropped ones.
+func (s SegmentState) HasLocalCopy() bool { return s == SegmentLocal || s == SegmentTiered }
 
 func (s SegmentState) String() string {
 	switch s {
@@ -39,6 +47,8 @@ func (s SegmentState) String() string {
 		return "local"
 	case SegmentDropped:
 		return "dropped"
+	case SegmentTiered:
+		return "tiered"
 	}
 	return fmt.Sprintf("state-%d", uint8(s))
 }
@@ -46,16 +56,19 @@ func (s SegmentState) String() string {
 // ManifestEntry describes one sealed segment in the replicated manifest.
 // Digest is the CRC-32C of its .log bytes (segment.Log.Digest), equal on
 // every replica, since sealed segments are byte-identical.
+// Key is the object key of a tiered segment (SegmentTiered, and a
+// dropped entry that was tiered: the object to delete), else "".
 // Frozen: msgpack array (BaseOffset, NextOffset, Size, Digest,
-// LastTimestamp, State); later versions may add trailing elements.
+// LastTimestamp, State), with Key as a 7th element only when not empty
+// (tiered.go), so entries without one keep their bytes.
 type ManifestEntry struct {
-	_msgpack      struct{} `msgpack:",as_array"`
 	BaseOffset    uint64
 	NextOffset    uint64
 	Size          int64
 	Digest        uint32
 	LastTimestamp int64 // unix nanoseconds of the last batch
 	State         SegmentState
+	Key           string
 }
 
 // RetentionPolicy limits the streams whose names start with Prefix: a
@@ -128,7 +141,7 @@ type SetRetentionCommand struct {
 
 // CompactCommand is a cut the leader decided under the policies of
 // PolicyVersion: every sealed segment that ends at or before Cut goes.
-// Cut must be the end of a local segment in the manifest.
+// Cut must be the end of a local or tiered segment in the manifest.
 // Frozen: msgpack array (Cut, PolicyVersion).
 type CompactCommand struct {
 	_msgpack      struct{} `msgpack:",as_array"`
@@ -280,7 +293,7 @@ func (p *Processor) applyCompact(index uint64, cmd *CompactCommand) *ApplyResult
 		p.retentionWM = index
 		return &ApplyResult{}
 	}
-	at := slices.IndexFunc(r.Segments, func(e ManifestEntry) bool { return e.State == SegmentLocal && e.NextOffset == cmd.Cut })
+	at := slices.IndexFunc(r.Segments, func(e ManifestEntry) bool { return e.State.HasLocalCopy() && e.NextOffset == cmd.Cut })
 	if at < 0 {
 		p.mu.Unlock()
 		return &ApplyResult{Err: fmt.Errorf("%w: %d is not the end of a sealed segment", ErrBadCut, cmd.Cut)}

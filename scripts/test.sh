@@ -2,7 +2,7 @@
 # The whole test suite: formatting, vet, every test with the race
 # detector (fuzz targets run their seed corpora; system tests start real
 # tsstore processes on loopback), then the jepsen short profile.
-# Tools: the pinned grpcurl goes to .tools/bin (git-ignored); the systemd
+# Tools: the pinned grpcurl and versitygw go to .tools/bin (git-ignored); the systemd
 # unit test needs systemd-analyze, installed from Debian's packages when it
 # is missing and apt-get is available (the test fails without it unless
 # TSSTORE_NO_SYSTEMD=1); likewise postgresql-15 for the cdc tests.
@@ -37,6 +37,14 @@ GRPCURL_VERSION=v1.9.3
 if ! go version -m .tools/bin/grpcurl 2>/dev/null | grep -q "mod[[:space:]]*github.com/fullstorydev/grpcurl[[:space:]]*$GRPCURL_VERSION"; then
   echo "== installing grpcurl $GRPCURL_VERSION into .tools/bin"
   GOBIN="$PWD/.tools/bin" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+fi
+
+# Pinned versitygw, the real S3 server of the tiering tests
+# (tiering/versitygw_test.go starts it on loopback; the tests fail without it).
+VERSITYGW_VERSION=v1.8.0
+if ! go version -m .tools/bin/versitygw 2>/dev/null | grep -q "mod[[:space:]]*github.com/versity/versitygw[[:space:]]*$VERSITYGW_VERSION"; then
+  echo "== installing versitygw $VERSITYGW_VERSION into .tools/bin (about 70 s the first time)"
+  GOBIN="$PWD/.tools/bin" go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 fi
 
 echo "== go test -race"

@@ -112,6 +112,7 @@ var methodRoles = map[string]role{
 	pb.Retention_DeleteStream_FullMethodName:   roleAdmin,
 	pb.Retention_ListRetention_FullMethodName:  roleRead,
 	pb.Retention_SegmentDigests_FullMethodName: roleRead,
+	pb.Retention_VerifyTiered_FullMethodName:   roleRead,
 
 	// Reflection describes the API (its .proto is public) to grpcurl and
 	// the like; any valid token may use it.

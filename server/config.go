@@ -114,6 +114,8 @@ type Config struct {
 	// TrainingFinished or TrainingAborted must be idle to count as
 	// finished (0: compaction.DefaultRunGrace).
 	RunCompactionGrace time.Duration
+	// Tier is cold tiering (tiering.go); off when Tier.Target is nil.
+	Tier TierConfig
 	// CommandTimeout bounds how long a Raft command of the node's own
 	// (a retention policy, a cut) may wait to be enqueued.
 	CommandTimeout time.Duration
@@ -208,6 +210,7 @@ func DefaultConfig() Config {
 		ProducerTTL:            7 * 24 * time.Hour,
 		Compression:            "none",
 		RetentionInterval:      time.Minute,
+		Tier:                   TierConfig{Interval: 30 * time.Second, MaxBackoff: 5 * time.Minute, SweepInterval: time.Hour},
 		CommandTimeout:         5 * time.Second,
 		RunSnapshotBatches:     5000,
 		MinFreeBytes:           256 << 20,
@@ -299,6 +302,9 @@ func (c Config) Validate() error {
 	}
 	if c.RetentionInterval < 0 || c.CommandTimeout <= 0 || c.RunCompactionGrace < 0 {
 		errs = append(errs, errors.New("retention interval must not be negative (0: on demand only) and command timeout must be positive"))
+	}
+	if err := c.Tier.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.MaxReadStreams <= 0 || c.MaxStreamsPerConn == 0 {
 		errs = append(errs, errors.New("max read streams and max streams per connection must be positive"))

@@ -82,6 +82,17 @@ type nodeMetrics struct {
 	retentionBytes prometheus.Counter
 	runThins       prometheus.Counter
 
+	// Cold tiering (tiering.go): what this node uploaded and committed as
+	// leader, failed attempts, PUT latency, and the backlog its manifest
+	// shows (segments the policy sends to the store, not yet tiered).
+	tierSegments        prometheus.Counter
+	tierUploadedBytes   prometheus.Counter
+	tierFailures        prometheus.Counter
+	tierPutSeconds      prometheus.Histogram
+	tierBacklogSegments prometheus.Gauge
+	tierBacklogBytes    prometheus.Gauge
+	tierSwept           prometheus.Counter
+
 	// The HTTP endpoint; nil when MetricsAddr is empty.
 	lis net.Listener
 	srv *http.Server
@@ -179,6 +190,20 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 	m.regr.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tsstore_run_compaction_rewrite_failures_total",
 		Help: "Committed rewrites this node could not reproduce byte for byte (the segment stays as it was; verify --cluster shows it)."},
 		func() float64 { return float64(n.thinStats().Failed) }))
+	m.tierSegments = f.counter("tsstore_tier_segments_total",
+		"Sealed segments this node uploaded to the tier target as leader and saw committed as tiered.")
+	m.tierUploadedBytes = f.counter("tsstore_tier_uploaded_bytes_total",
+		"Bytes this node uploaded to the tier target as leader (an upload whose commit failed counts too).")
+	m.tierFailures = f.counter("tsstore_tier_failures_total",
+		"Tiering attempts that failed (the store down or refusing, a commit refused); the segments stay local and the leader retries with backoff.")
+	m.tierPutSeconds = f.histogram("tsstore_tier_put_duration_seconds",
+		"Duration of successful segment uploads to the tier target, in seconds.", persistBuckets)
+	m.tierBacklogSegments = f.gauge("tsstore_tier_backlog_segments",
+		"Sealed segments the tiering policy sends to the store that are not tiered yet, per this node's manifest.")
+	m.tierBacklogBytes = f.gauge("tsstore_tier_backlog_bytes",
+		"Bytes of the sealed segments in tsstore_tier_backlog_segments.")
+	m.tierSwept = f.counter("tsstore_tier_swept_objects_total",
+		"Objects this node deleted as leader because an earlier leader uploaded them and never committed them.")
 	m.repairs = f.counterVec("tsstore_segment_repairs_total",
 		"Repairs of damaged sealed segments by this node, by result: repaired (a peer's verified copy, or the local .log for a damaged index file, swapped in) or failed (no peer had a good copy, or none answered; retried).", "result")
 	for _, r := range []string{repairRepaired, repairFailed} {

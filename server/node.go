@@ -170,6 +170,7 @@ func New(cfg Config) (*Node, error) {
 	n.goFunc(n.watchHealth)
 	n.goFunc(n.boundRaftLog)
 	n.goFunc(n.runRetention)
+	n.goFunc(n.runTiering)
 	n.goFunc(n.watchDisk)
 	n.goFunc(n.watchVotersDisk)
 	n.goFunc(n.snapshotRuns)

@@ -93,7 +93,7 @@ func (s *retentionService) ListRetention(ctx context.Context, _ *pb.ListRetentio
 	}
 	for _, e := range r.Segments {
 		out.Segments = append(out.Segments, &pb.ManifestSegment{BaseOffset: e.BaseOffset, NextOffset: e.NextOffset,
-			SizeBytes: uint64(e.Size), Digest: e.Digest, LastTimestamp: e.LastTimestamp, State: e.State.String()})
+			SizeBytes: uint64(e.Size), Digest: e.Digest, LastTimestamp: e.LastTimestamp, State: e.State.String(), ObjectKey: e.Key})
 	}
 	return out, nil
 }
@@ -157,7 +157,7 @@ func (s *retentionService) SegmentDigests(ctx context.Context, _ *pb.SegmentDige
 	out := &pb.SegmentDigestsResponse{NodeId: s.n.cfg.NodeID, FirstOffset: s.n.proc.FirstOffset()}
 	err := s.n.proc.WithLog(func(l *segment.Log) error {
 		for _, e := range r.Segments {
-			if e.State != fsm.SegmentLocal {
+			if !e.State.HasLocalCopy() {
 				continue
 			}
 			if err := ctx.Err(); err != nil {
@@ -223,7 +223,7 @@ func (n *Node) planRetention(now time.Time) (compaction.Plan, uint64, error) {
 	var segs []compaction.Segment
 	err := n.proc.WithLog(func(l *segment.Log) error {
 		for _, e := range r.Segments {
-			if e.State != fsm.SegmentLocal {
+			if !e.State.HasLocalCopy() {
 				continue
 			}
 			names, err := l.SegmentStreams(e.BaseOffset)

@@ -163,10 +163,14 @@ func printRetention(w io.Writer, r *pb.ListRetentionResponse) error {
 		}
 	}
 	if len(r.Segments) > 0 {
-		fmt.Fprintln(tw, "\nSEGMENT\tOFFSETS\tSIZE\tLAST EVENT\tDIGEST\tSTATE")
+		fmt.Fprintln(tw, "\nSEGMENT\tOFFSETS\tSIZE\tLAST EVENT\tDIGEST\tSTATE\tOBJECT")
 		for _, s := range r.Segments {
-			fmt.Fprintf(tw, "%s\t[%d, %d)\t%s\t%s\t%08x\t%s\n", segment.FileName(s.BaseOffset), s.BaseOffset, s.NextOffset,
-				humanBytes(int64(s.SizeBytes)), time.Unix(0, s.LastTimestamp).UTC().Format(time.RFC3339), s.Digest, s.State)
+			obj := s.ObjectKey
+			if obj == "" {
+				obj = "-"
+			}
+			fmt.Fprintf(tw, "%s\t[%d, %d)\t%s\t%s\t%08x\t%s\t%s\n", segment.FileName(s.BaseOffset), s.BaseOffset, s.NextOffset,
+				humanBytes(int64(s.SizeBytes)), time.Unix(0, s.LastTimestamp).UTC().Format(time.RFC3339), s.Digest, s.State, obj)
 		}
 	}
 	return tw.Flush()

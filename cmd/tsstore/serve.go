@@ -43,6 +43,7 @@ type serveFlags struct {
 	logFormat string
 	logLevel  string
 	check     bool
+	tier      tierFlags
 }
 
 func newServeCmd() *cobra.Command {
@@ -117,6 +118,7 @@ func newServeFlags(fs *pflag.FlagSet) *serveFlags {
 	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", c.MaxRequestBytes, "largest append request, bytes")
 	fs.IntVar(&c.MaxEntryBytes, "max-entry-bytes", c.MaxEntryBytes, "group commit: bytes per raft entry")
 	fs.Int64Var(&c.Segment.SegmentBytes, "segment-bytes", c.Segment.SegmentBytes, "segment roll size, bytes")
+	s.addTierFlags(fs)
 	fs.StringVar(&s.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&s.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&s.check, "check-config", false, "validate the configuration and exit")
@@ -164,6 +166,9 @@ func (s *serveFlags) parse() error {
 		for _, p := range over {
 			s.cfg.RaftDialOverrides[p.ID] = p.RaftAddr
 		}
+	}
+	if err := s.tierTarget(); err != nil {
+		return err
 	}
 	return s.cfg.Validate()
 }

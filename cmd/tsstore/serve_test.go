@@ -144,3 +144,38 @@ func (t testServeFlags) parse(args []string) error {
 	}
 	return t.serveFlags.parse()
 }
+
+// Tiering is off unless a target is set; a target needs a policy, and
+// the directory target's settings come through the file like the rest.
+func TestServeTierSettings(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"--id", "n1", "--data-dir", dir, "--raft-addr", "127.0.0.1:7001", "--api-addr", "127.0.0.1:7201"}
+	s := newTestServeFlags()
+	if err := s.parse(base); err != nil || s.cfg.Tier.Target != nil {
+		t.Fatalf("default: target %v, %v", s.cfg.Tier.Target, err)
+	}
+	file := filepath.Join(dir, "tsstore.toml")
+	os.WriteFile(file, []byte("tier_dir = \""+t.TempDir()+"\"\ntier_hot_bytes = 1048576\n"), 0o644)
+	s = newTestServeFlags()
+	if err := s.parse(append(base, "--config", file)); err != nil || s.cfg.Tier.Target == nil || s.cfg.Tier.HotBytes != 1<<20 {
+		t.Fatalf("tier_dir in the file: %+v, %v", s.cfg.Tier, err)
+	}
+	for name, args := range map[string][]string{
+		"target without policy": {"--tier-dir", t.TempDir()},
+		"policy without target": {"--tier-after", "720h"},
+		"two targets":           {"--tier-dir", t.TempDir(), "--tier-s3-bucket", "b", "--tier-after", "1h"},
+		"bad endpoint":          {"--tier-s3-bucket", "b", "--tier-s3-endpoint", "localhost:9000", "--tier-after", "1h"},
+	} {
+		if err := newTestServeFlags().parse(append(base, args...)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	t.Setenv("TSSTORE_TIER_S3_BUCKET", "cold")
+	s = newTestServeFlags()
+	if err := s.parse(append(base, "--tier-s3-endpoint", "http://127.0.0.1:7070", "--tier-s3-path-style", "--tier-after", "720h")); err != nil || s.cfg.Tier.Target == nil {
+		t.Fatalf("s3 target from the environment and flags: %v", err)
+	}
+	if got := s.cfg.Tier.Target.String(); got != "s3://cold/ (http://127.0.0.1:7070)" {
+		t.Fatalf("target %q", got)
+	}
+}

@@ -44,19 +44,22 @@ type corruptionJSON struct {
 }
 
 func newVerifyCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "verify --data-dir DIR | --cluster", Short: "scrub a stopped node's data directory, or compare every node's sealed segments online (exit 1 on corruption)", Args: noArgs}
+	cmd := &cobra.Command{Use: "verify --data-dir DIR | --cluster | --tiered", Short: "scrub a stopped node's data directory, compare every node's sealed segments online, or check the tiered objects (exit 1 on corruption)", Args: noArgs}
 	dataDir := cmd.Flags().String("data-dir", "", "data directory of a stopped node")
 	asJSON := cmd.Flags().Bool("json", false, "print JSON instead of text")
 	var cf clientFlags
 	cluster := registerVerifyCluster(cmd, &cf)
+	tiered := registerVerifyTiered(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		switch {
-		case *cluster && *dataDir != "":
-			return fmt.Errorf("%w: --cluster and --data-dir do not go together", errUsage)
+		case (*cluster && *dataDir != "") || (*tiered && (*cluster || *dataDir != "")):
+			return fmt.Errorf("%w: one of --data-dir, --cluster and --tiered", errUsage)
 		case *cluster:
 			return runVerifyCluster(cmd, &cf, *asJSON)
+		case *tiered:
+			return runVerifyTiered(cmd, &cf, *asJSON)
 		case *dataDir == "":
-			return fmt.Errorf("%w: required flag(s) \"data-dir\" not set (or --cluster)", errUsage)
+			return fmt.Errorf("%w: required flag(s) \"data-dir\" not set (or --cluster, --tiered)", errUsage)
 		}
 		stdout, stderr := stdio(cmd)
 		return runVerify(*dataDir, *asJSON, stdout, stderr)

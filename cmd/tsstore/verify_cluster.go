@@ -46,8 +46,8 @@ type clusterVerifySegment struct {
 func registerVerifyCluster(cmd *cobra.Command, cf *clientFlags) *bool {
 	fs := cmd.Flags()
 	cluster := fs.Bool("cluster", false, "compare every node's sealed segments online, by the CRC-32C each reads from its disk now (no --data-dir)")
-	fs.StringVar(&cf.addrs, "addr", "", "with --cluster: comma-separated API addresses of any cluster nodes (default: env TSSTORE_ADDR, else "+devAddrs+")")
-	fs.DurationVar(&cf.timeout, "timeout", 0, "with --cluster: overall time limit (0: none; every node reads its whole log)")
+	fs.StringVar(&cf.addrs, "addr", "", "with --cluster or --tiered: comma-separated API addresses of any cluster nodes (default: env TSSTORE_ADDR, else "+devAddrs+")")
+	fs.DurationVar(&cf.timeout, "timeout", 0, "with --cluster or --tiered: overall time limit (0: none; every node reads its whole log, the leader every tiered object)")
 	cf.sec.register(fs)
 	return cluster
 }

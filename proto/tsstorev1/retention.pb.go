@@ -327,8 +327,11 @@ type ManifestSegment struct {
 	Digest uint32 `protobuf:"varint,4,opt,name=digest,proto3" json:"digest,omitempty"`
 	// Unix nanoseconds of the last batch.
 	LastTimestamp int64 `protobuf:"varint,5,opt,name=last_timestamp,json=lastTimestamp,proto3" json:"last_timestamp,omitempty"`
-	// "local" or "dropped".
-	State         string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	// "local", "dropped" or "tiered".
+	State string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	// The object key of a tiered segment in the tier target (also kept on
+	// a dropped segment that was tiered); empty otherwise.
+	ObjectKey     string `protobuf:"bytes,7,opt,name=object_key,json=objectKey,proto3" json:"object_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -401,6 +404,13 @@ func (x *ManifestSegment) GetLastTimestamp() int64 {
 func (x *ManifestSegment) GetState() string {
 	if x != nil {
 		return x.State
+	}
+	return ""
+}
+
+func (x *ManifestSegment) GetObjectKey() string {
+	if x != nil {
+		return x.ObjectKey
 	}
 	return ""
 }
@@ -998,6 +1008,206 @@ func (x *SegmentDigestsResponse) GetSegments() []*SegmentDigest {
 	return nil
 }
 
+type VerifyTieredRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyTieredRequest) Reset() {
+	*x = VerifyTieredRequest{}
+	mi := &file_tsstore_v1_retention_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyTieredRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyTieredRequest) ProtoMessage() {}
+
+func (x *VerifyTieredRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_retention_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyTieredRequest.ProtoReflect.Descriptor instead.
+func (*VerifyTieredRequest) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{15}
+}
+
+type TieredObjectCheck struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	BaseOffset uint64                 `protobuf:"varint,1,opt,name=base_offset,json=baseOffset,proto3" json:"base_offset,omitempty"`
+	NextOffset uint64                 `protobuf:"varint,2,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	ObjectKey  string                 `protobuf:"bytes,3,opt,name=object_key,json=objectKey,proto3" json:"object_key,omitempty"`
+	// Size and CRC-32C the manifest records for the segment.
+	SizeBytes      uint64 `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	ManifestDigest uint32 `protobuf:"varint,5,opt,name=manifest_digest,json=manifestDigest,proto3" json:"manifest_digest,omitempty"`
+	// What was read from the object now.
+	ReadBytes uint64 `protobuf:"varint,6,opt,name=read_bytes,json=readBytes,proto3" json:"read_bytes,omitempty"`
+	Digest    uint32 `protobuf:"varint,7,opt,name=digest,proto3" json:"digest,omitempty"`
+	// Why the object could not be read (missing, the store failing).
+	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TieredObjectCheck) Reset() {
+	*x = TieredObjectCheck{}
+	mi := &file_tsstore_v1_retention_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TieredObjectCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TieredObjectCheck) ProtoMessage() {}
+
+func (x *TieredObjectCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_retention_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TieredObjectCheck.ProtoReflect.Descriptor instead.
+func (*TieredObjectCheck) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *TieredObjectCheck) GetBaseOffset() uint64 {
+	if x != nil {
+		return x.BaseOffset
+	}
+	return 0
+}
+
+func (x *TieredObjectCheck) GetNextOffset() uint64 {
+	if x != nil {
+		return x.NextOffset
+	}
+	return 0
+}
+
+func (x *TieredObjectCheck) GetObjectKey() string {
+	if x != nil {
+		return x.ObjectKey
+	}
+	return ""
+}
+
+func (x *TieredObjectCheck) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *TieredObjectCheck) GetManifestDigest() uint32 {
+	if x != nil {
+		return x.ManifestDigest
+	}
+	return 0
+}
+
+func (x *TieredObjectCheck) GetReadBytes() uint64 {
+	if x != nil {
+		return x.ReadBytes
+	}
+	return 0
+}
+
+func (x *TieredObjectCheck) GetDigest() uint32 {
+	if x != nil {
+		return x.Digest
+	}
+	return 0
+}
+
+func (x *TieredObjectCheck) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type VerifyTieredResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The leader that read the objects, and its tier target.
+	NodeId        string               `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Target        string               `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
+	Objects       []*TieredObjectCheck `protobuf:"bytes,3,rep,name=objects,proto3" json:"objects,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyTieredResponse) Reset() {
+	*x = VerifyTieredResponse{}
+	mi := &file_tsstore_v1_retention_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyTieredResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyTieredResponse) ProtoMessage() {}
+
+func (x *VerifyTieredResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tsstore_v1_retention_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyTieredResponse.ProtoReflect.Descriptor instead.
+func (*VerifyTieredResponse) Descriptor() ([]byte, []int) {
+	return file_tsstore_v1_retention_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *VerifyTieredResponse) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *VerifyTieredResponse) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *VerifyTieredResponse) GetObjects() []*TieredObjectCheck {
+	if x != nil {
+		return x.Objects
+	}
+	return nil
+}
+
 var File_tsstore_v1_retention_proto protoreflect.FileDescriptor
 
 const file_tsstore_v1_retention_proto_rawDesc = "" +
@@ -1019,7 +1229,7 @@ const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"\x06remove\x18\x02 \x01(\bR\x06remove\"=\n" +
 	"\x14SetRetentionResponse\x12%\n" +
 	"\x0epolicy_version\x18\x01 \x01(\x04R\rpolicyVersion\"\x16\n" +
-	"\x14ListRetentionRequest\"\xc7\x01\n" +
+	"\x14ListRetentionRequest\"\xe6\x01\n" +
 	"\x0fManifestSegment\x12\x1f\n" +
 	"\vbase_offset\x18\x01 \x01(\x04R\n" +
 	"baseOffset\x12\x1f\n" +
@@ -1029,7 +1239,9 @@ const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"size_bytes\x18\x03 \x01(\x04R\tsizeBytes\x12\x16\n" +
 	"\x06digest\x18\x04 \x01(\rR\x06digest\x12%\n" +
 	"\x0elast_timestamp\x18\x05 \x01(\x03R\rlastTimestamp\x12\x14\n" +
-	"\x05state\x18\x06 \x01(\tR\x05state\"\x8d\x02\n" +
+	"\x05state\x18\x06 \x01(\tR\x05state\x12\x1d\n" +
+	"\n" +
+	"object_key\x18\a \x01(\tR\tobjectKey\"\x8d\x02\n" +
 	"\x15ListRetentionResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12%\n" +
 	"\x0epolicy_version\x18\x02 \x01(\x04R\rpolicyVersion\x127\n" +
@@ -1085,13 +1297,33 @@ const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"\x16SegmentDigestsResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\ffirst_offset\x18\x02 \x01(\x04R\vfirstOffset\x125\n" +
-	"\bsegments\x18\x03 \x03(\v2\x19.tsstore.v1.SegmentDigestR\bsegments2\xa4\x03\n" +
+	"\bsegments\x18\x03 \x03(\v2\x19.tsstore.v1.SegmentDigestR\bsegments\"\x15\n" +
+	"\x13VerifyTieredRequest\"\x89\x02\n" +
+	"\x11TieredObjectCheck\x12\x1f\n" +
+	"\vbase_offset\x18\x01 \x01(\x04R\n" +
+	"baseOffset\x12\x1f\n" +
+	"\vnext_offset\x18\x02 \x01(\x04R\n" +
+	"nextOffset\x12\x1d\n" +
+	"\n" +
+	"object_key\x18\x03 \x01(\tR\tobjectKey\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x04 \x01(\x04R\tsizeBytes\x12'\n" +
+	"\x0fmanifest_digest\x18\x05 \x01(\rR\x0emanifestDigest\x12\x1d\n" +
+	"\n" +
+	"read_bytes\x18\x06 \x01(\x04R\treadBytes\x12\x16\n" +
+	"\x06digest\x18\a \x01(\rR\x06digest\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\"\x80\x01\n" +
+	"\x14VerifyTieredResponse\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\tR\x06target\x127\n" +
+	"\aobjects\x18\x03 \x03(\v2\x1d.tsstore.v1.TieredObjectCheckR\aobjects2\xf7\x03\n" +
 	"\tRetention\x12Q\n" +
 	"\fSetRetention\x12\x1f.tsstore.v1.SetRetentionRequest\x1a .tsstore.v1.SetRetentionResponse\x12T\n" +
 	"\rListRetention\x12 .tsstore.v1.ListRetentionRequest\x1a!.tsstore.v1.ListRetentionResponse\x12B\n" +
 	"\aCompact\x12\x1a.tsstore.v1.CompactRequest\x1a\x1b.tsstore.v1.CompactResponse\x12W\n" +
 	"\x0eSegmentDigests\x12!.tsstore.v1.SegmentDigestsRequest\x1a\".tsstore.v1.SegmentDigestsResponse\x12Q\n" +
-	"\fDeleteStream\x12\x1f.tsstore.v1.DeleteStreamRequest\x1a .tsstore.v1.DeleteStreamResponseB6Z4github.com/tsstore/tsstore/proto/tsstorev1;tsstorev1b\x06proto3"
+	"\fDeleteStream\x12\x1f.tsstore.v1.DeleteStreamRequest\x1a .tsstore.v1.DeleteStreamResponse\x12Q\n" +
+	"\fVerifyTiered\x12\x1f.tsstore.v1.VerifyTieredRequest\x1a .tsstore.v1.VerifyTieredResponseB6Z4github.com/tsstore/tsstore/proto/tsstorev1;tsstorev1b\x06proto3"
 
 var (
 	file_tsstore_v1_retention_proto_rawDescOnce sync.Once
@@ -1105,7 +1337,7 @@ func file_tsstore_v1_retention_proto_rawDescGZIP() []byte {
 	return file_tsstore_v1_retention_proto_rawDescData
 }
 
-var file_tsstore_v1_retention_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_tsstore_v1_retention_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_tsstore_v1_retention_proto_goTypes = []any{
 	(*DeleteStreamRequest)(nil),    // 0: tsstore.v1.DeleteStreamRequest
 	(*DeleteStreamResponse)(nil),   // 1: tsstore.v1.DeleteStreamResponse
@@ -1122,6 +1354,9 @@ var file_tsstore_v1_retention_proto_goTypes = []any{
 	(*SegmentDigestsRequest)(nil),  // 12: tsstore.v1.SegmentDigestsRequest
 	(*SegmentDigest)(nil),          // 13: tsstore.v1.SegmentDigest
 	(*SegmentDigestsResponse)(nil), // 14: tsstore.v1.SegmentDigestsResponse
+	(*VerifyTieredRequest)(nil),    // 15: tsstore.v1.VerifyTieredRequest
+	(*TieredObjectCheck)(nil),      // 16: tsstore.v1.TieredObjectCheck
+	(*VerifyTieredResponse)(nil),   // 17: tsstore.v1.VerifyTieredResponse
 }
 var file_tsstore_v1_retention_proto_depIdxs = []int32{
 	2,  // 0: tsstore.v1.SetRetentionRequest.policy:type_name -> tsstore.v1.RetentionPolicy
@@ -1130,21 +1365,24 @@ var file_tsstore_v1_retention_proto_depIdxs = []int32{
 	9,  // 3: tsstore.v1.CompactResponse.segments:type_name -> tsstore.v1.CompactedSegment
 	11, // 4: tsstore.v1.CompactResponse.rewrites:type_name -> tsstore.v1.SegmentRewrite
 	13, // 5: tsstore.v1.SegmentDigestsResponse.segments:type_name -> tsstore.v1.SegmentDigest
-	3,  // 6: tsstore.v1.Retention.SetRetention:input_type -> tsstore.v1.SetRetentionRequest
-	5,  // 7: tsstore.v1.Retention.ListRetention:input_type -> tsstore.v1.ListRetentionRequest
-	8,  // 8: tsstore.v1.Retention.Compact:input_type -> tsstore.v1.CompactRequest
-	12, // 9: tsstore.v1.Retention.SegmentDigests:input_type -> tsstore.v1.SegmentDigestsRequest
-	0,  // 10: tsstore.v1.Retention.DeleteStream:input_type -> tsstore.v1.DeleteStreamRequest
-	4,  // 11: tsstore.v1.Retention.SetRetention:output_type -> tsstore.v1.SetRetentionResponse
-	7,  // 12: tsstore.v1.Retention.ListRetention:output_type -> tsstore.v1.ListRetentionResponse
-	10, // 13: tsstore.v1.Retention.Compact:output_type -> tsstore.v1.CompactResponse
-	14, // 14: tsstore.v1.Retention.SegmentDigests:output_type -> tsstore.v1.SegmentDigestsResponse
-	1,  // 15: tsstore.v1.Retention.DeleteStream:output_type -> tsstore.v1.DeleteStreamResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	16, // 6: tsstore.v1.VerifyTieredResponse.objects:type_name -> tsstore.v1.TieredObjectCheck
+	3,  // 7: tsstore.v1.Retention.SetRetention:input_type -> tsstore.v1.SetRetentionRequest
+	5,  // 8: tsstore.v1.Retention.ListRetention:input_type -> tsstore.v1.ListRetentionRequest
+	8,  // 9: tsstore.v1.Retention.Compact:input_type -> tsstore.v1.CompactRequest
+	12, // 10: tsstore.v1.Retention.SegmentDigests:input_type -> tsstore.v1.SegmentDigestsRequest
+	0,  // 11: tsstore.v1.Retention.DeleteStream:input_type -> tsstore.v1.DeleteStreamRequest
+	15, // 12: tsstore.v1.Retention.VerifyTiered:input_type -> tsstore.v1.VerifyTieredRequest
+	4,  // 13: tsstore.v1.Retention.SetRetention:output_type -> tsstore.v1.SetRetentionResponse
+	7,  // 14: tsstore.v1.Retention.ListRetention:output_type -> tsstore.v1.ListRetentionResponse
+	10, // 15: tsstore.v1.Retention.Compact:output_type -> tsstore.v1.CompactResponse
+	14, // 16: tsstore.v1.Retention.SegmentDigests:output_type -> tsstore.v1.SegmentDigestsResponse
+	1,  // 17: tsstore.v1.Retention.DeleteStream:output_type -> tsstore.v1.DeleteStreamResponse
+	17, // 18: tsstore.v1.Retention.VerifyTiered:output_type -> tsstore.v1.VerifyTieredResponse
+	13, // [13:19] is the sub-list for method output_type
+	7,  // [7:13] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_tsstore_v1_retention_proto_init() }
@@ -1158,7 +1396,7 @@ func file_tsstore_v1_retention_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tsstore_v1_retention_proto_rawDesc), len(file_tsstore_v1_retention_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	Retention_Compact_FullMethodName        = "/tsstore.v1.Retention/Compact"
 	Retention_SegmentDigests_FullMethodName = "/tsstore.v1.Retention/SegmentDigests"
 	Retention_DeleteStream_FullMethodName   = "/tsstore.v1.Retention/DeleteStream"
+	Retention_VerifyTiered_FullMethodName   = "/tsstore.v1.Retention/VerifyTiered"
 )
 
 // RetentionClient is the client API for Retention service.
@@ -55,6 +56,10 @@ type RetentionClient interface {
 	// same rewrite as run compaction). The stream may be written again; its
 	// versions continue.
 	DeleteStream(ctx context.Context, in *DeleteStreamRequest, opts ...grpc.CallOption) (*DeleteStreamResponse, error)
+	// VerifyTiered reads every tiered segment's object from the tier target
+	// now, on the leader, and checks its size and CRC-32C against the
+	// manifest, for `tsstore verify --tiered` (read role).
+	VerifyTiered(ctx context.Context, in *VerifyTieredRequest, opts ...grpc.CallOption) (*VerifyTieredResponse, error)
 }
 
 type retentionClient struct {
@@ -115,6 +120,16 @@ func (c *retentionClient) DeleteStream(ctx context.Context, in *DeleteStreamRequ
 	return out, nil
 }
 
+func (c *retentionClient) VerifyTiered(ctx context.Context, in *VerifyTieredRequest, opts ...grpc.CallOption) (*VerifyTieredResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyTieredResponse)
+	err := c.cc.Invoke(ctx, Retention_VerifyTiered_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RetentionServer is the server API for Retention service.
 // All implementations must embed UnimplementedRetentionServer
 // for forward compatibility.
@@ -144,6 +159,10 @@ type RetentionServer interface {
 	// same rewrite as run compaction). The stream may be written again; its
 	// versions continue.
 	DeleteStream(context.Context, *DeleteStreamRequest) (*DeleteStreamResponse, error)
+	// VerifyTiered reads every tiered segment's object from the tier target
+	// now, on the leader, and checks its size and CRC-32C against the
+	// manifest, for `tsstore verify --tiered` (read role).
+	VerifyTiered(context.Context, *VerifyTieredRequest) (*VerifyTieredResponse, error)
 	mustEmbedUnimplementedRetentionServer()
 }
 
@@ -168,6 +187,9 @@ func (UnimplementedRetentionServer) SegmentDigests(context.Context, *SegmentDige
 }
 func (UnimplementedRetentionServer) DeleteStream(context.Context, *DeleteStreamRequest) (*DeleteStreamResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteStream not implemented")
+}
+func (UnimplementedRetentionServer) VerifyTiered(context.Context, *VerifyTieredRequest) (*VerifyTieredResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VerifyTiered not implemented")
 }
 func (UnimplementedRetentionServer) mustEmbedUnimplementedRetentionServer() {}
 func (UnimplementedRetentionServer) testEmbeddedByValue()                   {}
@@ -280,6 +302,24 @@ func _Retention_DeleteStream_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Retention_VerifyTiered_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyTieredRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RetentionServer).VerifyTiered(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Retention_VerifyTiered_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RetentionServer).VerifyTiered(ctx, req.(*VerifyTieredRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Retention_ServiceDesc is the grpc.ServiceDesc for Retention service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -306,6 +346,10 @@ var Retention_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteStream",
 			Handler:    _Retention_DeleteStream_Handler,
+		},
+		{
+			MethodName: "VerifyTiered",
+			Handler:    _Retention_VerifyTiered_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,281 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/tsstore/tsstore/fsm"
+	"github.com/tsstore/tsstore/segment"
+	"github.com/tsstore/tsstore/tiering"
+)
+
+// TierConfig is cold tiering (issue #13): the leader uploads sealed
+// segments that pass the policy to Target and commits a "segment tiered"
+// decision through Raft (fsm.CmdSegmentTiered), so every replica's
+// manifest says where each segment's copy is. Replicas keep their local
+// copies (dropping them and reading from the store are not built yet).
+// Off, exactly as before, when Target is nil.
+type TierConfig struct {
+	// Target is the object store; nil turns tiering off.
+	Target tiering.Target
+	// After uploads the sealed segments whose last batch is at least this
+	// old. 0: no age rule.
+	After time.Duration
+	// HotBytes uploads the oldest sealed segments not yet tiered while
+	// those add up to more than this many bytes. 0: no budget rule.
+	HotBytes int64
+	// Interval is how often the leader looks for segments to upload.
+	Interval time.Duration
+	// MaxBackoff bounds the wait after failed attempts: it starts at
+	// Interval and doubles per failure up to MaxBackoff.
+	MaxBackoff time.Duration
+	// SweepInterval is how often the leader deletes the objects that
+	// earlier leaders uploaded and never committed (sweep).
+	SweepInterval time.Duration
+}
+
+func (c TierConfig) validate() error {
+	switch {
+	case c.After < 0 || c.HotBytes < 0:
+		return errors.New("tier after and tier hot bytes must not be negative")
+	case c.Target == nil && (c.After > 0 || c.HotBytes > 0):
+		return errors.New("tier after and tier hot bytes need a tier target (tier-dir or tier-s3-bucket)")
+	case c.Target != nil && c.After == 0 && c.HotBytes == 0:
+		return errors.New("a tier target needs a policy: tier-after or tier-hot-bytes")
+	case c.Target != nil && (c.Interval <= 0 || c.MaxBackoff < c.Interval || c.SweepInterval <= 0):
+		return errors.New("tier interval and tier sweep interval must be positive and tier max backoff at least the interval")
+	}
+	return nil
+}
+
+// tierCandidates returns, oldest first, the local (not yet tiered)
+// entries of the manifest that the policy sends to the store at now.
+func tierCandidates(entries []fsm.ManifestEntry, now time.Time, after time.Duration, hotBytes int64) []fsm.ManifestEntry {
+	var untiered int64
+	for _, e := range entries {
+		if e.State == fsm.SegmentLocal {
+			untiered += e.Size
+		}
+	}
+	var out []fsm.ManifestEntry
+	for _, e := range entries {
+		if e.State != fsm.SegmentLocal {
+			continue
+		}
+		byAge := after > 0 && now.UnixNano()-e.LastTimestamp >= after.Nanoseconds()
+		byBudget := hotBytes > 0 && untiered > hotBytes
+		if byAge || byBudget {
+			out = append(out, e)
+			untiered -= e.Size
+		}
+	}
+	return out
+}
+
+// runTiering uploads and commits what the policy sends to the store,
+// every Interval while this node leads, and keeps the backlog metrics
+// on every node. A failed attempt waits Interval, doubling per failure
+// up to MaxBackoff; the segments stay local meanwhile.
+func (n *Node) runTiering() {
+	tc := n.cfg.Tier
+	if tc.Target == nil {
+		return
+	}
+	// ctx ends an upload in flight at shutdown.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n.goFunc(func() {
+		select {
+		case <-n.shutdown:
+			cancel()
+		case <-ctx.Done():
+		}
+	})
+	t := time.NewTicker(tc.Interval)
+	defer t.Stop()
+	var retryAt, sweptAt time.Time
+	var backoff time.Duration
+	var sweptTerm uint64
+	deleted := map[string]bool{} // objects of dropped segments deleted while leading
+	for {
+		select {
+		case <-n.shutdown:
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		n.tierBacklog(now)
+		if n.raft.State() != raft.Leader {
+			clear(deleted)
+			continue
+		}
+		if now.Before(retryAt) {
+			continue
+		}
+		err := n.tierOnce(ctx, now, deleted)
+		if term := n.raft.CurrentTerm(); err == nil && (term != sweptTerm || now.Sub(sweptAt) >= tc.SweepInterval) {
+			if err = n.sweepTier(ctx, term); err == nil {
+				sweptTerm, sweptAt = term, now
+			}
+		}
+		switch {
+		case ctx.Err() != nil:
+			return // shutting down: the upload in flight was cut off
+		case err == nil || errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost):
+			backoff, retryAt = 0, time.Time{}
+		default:
+			backoff = min(max(2*backoff, tc.Interval), tc.MaxBackoff)
+			retryAt = time.Now().Add(backoff)
+			n.metrics.tierFailures.Inc()
+			n.logger.Warn("tiering: attempt failed; the segments stay local and the leader tries again", "retry_in", backoff, "error", err)
+		}
+	}
+}
+
+// tierBacklog sets the backlog gauges from this node's manifest.
+func (n *Node) tierBacklog(now time.Time) {
+	r := n.proc.Retention()
+	c := tierCandidates(r.Segments, now, n.cfg.Tier.After, n.cfg.Tier.HotBytes)
+	var bytes int64
+	for _, e := range c {
+		bytes += e.Size
+	}
+	n.metrics.tierBacklogSegments.Set(float64(len(c)))
+	n.metrics.tierBacklogBytes.Set(float64(bytes))
+}
+
+// tierOnce uploads and commits the candidates, oldest first, then
+// deletes the objects of tiered segments that retention dropped since.
+// It stops at the first error.
+func (n *Node) tierOnce(ctx context.Context, now time.Time, deleted map[string]bool) error {
+	r := n.proc.Retention()
+	for _, e := range tierCandidates(r.Segments, now, n.cfg.Tier.After, n.cfg.Tier.HotBytes) {
+		if err := n.tierSegment(ctx, e); err != nil {
+			return err
+		}
+	}
+	for _, e := range r.Segments {
+		if e.State != fsm.SegmentDropped || e.Key == "" || deleted[e.Key] {
+			continue
+		}
+		if err := n.cfg.Tier.Target.Delete(ctx, e.Key); err != nil {
+			return err
+		}
+		deleted[e.Key] = true
+		n.logger.Info("tiering: deleted the object of a segment retention dropped", "key", e.Key, "base_offset", e.BaseOffset)
+	}
+	return nil
+}
+
+// tierKey is the object key of one upload attempt of the segment [base,
+// next): unique per attempt, by the term and a random nonce.
+func tierKey(cluster string, base, next, term uint64, nonce string) string {
+	return fmt.Sprintf("%s/segments/%020d-%020d-t%d-%s.log", cluster, base, next, term, nonce)
+}
+
+// tierKeyTerm returns the term of a key tierKey made for cluster.
+func tierKeyTerm(cluster, key string) (uint64, bool) {
+	var base, next, term uint64
+	var nonce string
+	rest, ok := strings.CutPrefix(key, cluster+"/segments/")
+	if !ok || !strings.HasSuffix(rest, ".log") {
+		return 0, false
+	}
+	rest = strings.TrimSuffix(rest, ".log")
+	if _, err := fmt.Sscanf(strings.ReplaceAll(rest, "-", " "), "%d %d t%d %s", &base, &next, &term, &nonce); err != nil {
+		return 0, false
+	}
+	if tierKey(cluster, base, next, term, nonce) != key {
+		return 0, false
+	}
+	return term, true
+}
+
+// sweepTier deletes the objects earlier leaders uploaded and never
+// committed (Kafka's KAFKA-16511 leak): keys of this cluster's form, of
+// a term before term, that no manifest entry names. Such an upload can
+// no longer be committed once this leader has applied everything before
+// its own entries (the barrier): a proposal of an earlier term is in
+// this leader's log, and so applied, or never commits. Objects of this
+// term are left alone (a commit of this leader may still be pending),
+// and so is every key not of tierKey's form.
+func (n *Node) sweepTier(ctx context.Context, term uint64) error {
+	if err := n.raft.Barrier(n.cfg.CommandTimeout).Error(); err != nil {
+		return fmt.Errorf("tiering: sweep: barrier: %w", err)
+	}
+	named := map[string]bool{}
+	for _, e := range n.proc.Retention().Segments {
+		if e.Key != "" {
+			named[e.Key] = true
+		}
+	}
+	var leaked []string
+	err := n.cfg.Tier.Target.List(ctx, n.cfg.ClusterName+"/segments/", func(o tiering.ObjectInfo) error {
+		if t, ok := tierKeyTerm(n.cfg.ClusterName, o.Key); ok && t < term && !named[o.Key] {
+			leaked = append(leaked, o.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("tiering: sweep: %w", err)
+	}
+	for _, key := range leaked {
+		if err := n.cfg.Tier.Target.Delete(ctx, key); err != nil {
+			return fmt.Errorf("tiering: sweep: %w", err)
+		}
+		n.metrics.tierSwept.Inc()
+		n.logger.Info("tiering: deleted an object no committed segment names (an earlier leader's upload)", "key", key)
+	}
+	return nil
+}
+
+// tierSegment uploads one sealed segment's .log under a key of its own
+// (cluster, range, term, random nonce: unique per attempt) and commits
+// it. Put checks the bytes it sends against the manifest's digest, so a
+// local copy that rotted is never uploaded. An object whose commit fails
+// is left for a sweep: the entry may still commit (leadership lost after
+// the proposal), and then its object must exist.
+func (n *Node) tierSegment(ctx context.Context, e fsm.ManifestEntry) error {
+	var rd *segment.SealedReader
+	err := n.proc.WithLog(func(l *segment.Log) error {
+		var err error
+		rd, err = l.OpenSealed(e.BaseOffset)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("tiering: open segment %d: %w", e.BaseOffset, err)
+	}
+	defer rd.Close()
+	if got := rd.Info(); got.Size != e.Size || got.NextOffset != e.NextOffset {
+		return fmt.Errorf("tiering: segment %d is [%d, %d) of %d bytes here, [%d, %d) of %d in the manifest",
+			e.BaseOffset, got.BaseOffset, got.NextOffset, got.Size, e.BaseOffset, e.NextOffset, e.Size)
+	}
+	var nonce [8]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return err
+	}
+	key := tierKey(n.cfg.ClusterName, e.BaseOffset, e.NextOffset, n.raft.CurrentTerm(), hex.EncodeToString(nonce[:]))
+	start := time.Now()
+	if _, err := n.cfg.Tier.Target.Put(ctx, key, rd, e.Size, e.Digest); err != nil {
+		return err
+	}
+	n.metrics.tierPutSeconds.Observe(time.Since(start).Seconds())
+	n.metrics.tierUploadedBytes.Add(float64(e.Size))
+	cctx, cancel := context.WithTimeout(ctx, n.cfg.CommandTimeout)
+	defer cancel()
+	err = n.applyCommand(cctx, fsm.CmdSegmentTiered, &fsm.SegmentTieredCommand{BaseOffset: e.BaseOffset,
+		NextOffset: e.NextOffset, Size: e.Size, Checksum: e.Digest, Key: key})
+	if err != nil {
+		return fmt.Errorf("tiering: commit segment %d as %s: %w", e.BaseOffset, key, err)
+	}
+	n.metrics.tierSegments.Inc()
+	n.logger.Info("tiering: segment tiered", "base_offset", e.BaseOffset, "next_offset", e.NextOffset, "bytes", e.Size, "key", key, "target", n.cfg.Tier.Target.String())
+	return nil
+}
