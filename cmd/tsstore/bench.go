@@ -50,6 +50,7 @@ type benchFlags struct {
 	unaryAppend  bool
 	secure       bool
 	hostile      hostileFlags
+	kMaxBytes    int64
 }
 
 // parseBenchFlags parses bench's command line (for tests).
@@ -110,6 +111,7 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 	fs.BoolVar(&f.unaryAppend, "unary-append", false, "send every append as a unary Append call instead of over the client's shared AppendStream (to compare the two)")
 	fs.BoolVar(&f.secure, "secure", false, "local cluster: TLS between nodes and for clients, and bearer tokens (a throwaway CA and tokens file in the cluster's directory); this client appends with an append token")
 	f.hostile.register(fs)
+	fs.Int64Var(&f.kMaxBytes, "k-max-bytes", 4<<20, "k: max bytes of the retention policy on every stream set for k-compacting (the local cluster's segments are 1 MiB unless --serve-args says otherwise)")
 	serveArgs := fs.String("serve-args", "", "local cluster: extra `tsstore serve` flags for every node, space-separated (e.g. \"--heartbeat-timeout 300ms\")")
 	return func() (*benchFlags, error) {
 		f.serveArgs = strings.Fields(*serveArgs)
@@ -136,8 +138,8 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 			return nil, err
 		}
 		switch {
-		case f.duration <= 0 || f.producers <= 0 || f.size <= 0 || f.streamEvents <= 0 || f.batch <= 0 || f.failovers <= 0 || f.window < 0:
-			return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch and --failovers must be positive", errUsage)
+		case f.duration <= 0 || f.producers <= 0 || f.size <= 0 || f.streamEvents <= 0 || f.batch <= 0 || f.failovers <= 0 || f.window < 0 || f.kMaxBytes <= 0:
+			return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch, --failovers and --k-max-bytes must be positive", errUsage)
 		case f.inflight < 1 || f.inflight > 8:
 			return nil, fmt.Errorf("%w: --inflight must be in [1, 8]", errUsage)
 		case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.workloads["h"] || f.workloads["x"] || f.workloads["k"] || f.profile != "" || f.secure):

@@ -21,7 +21,7 @@ import (
 //   - k-baseline: no retention policy, and the runs never finish, so
 //     nothing is cut or rewritten;
 //   - k-compacting: a retention policy on every stream ("" prefix, at most
-//     compactRetainBytes) and runs that end with TrainingFinished, so the
+//     --k-max-bytes) and runs that end with TrainingFinished, so the
 //     leader commits retention cuts and run-compaction rewrites at every
 //     1 s retention tick while the producers append.
 //
@@ -33,11 +33,10 @@ var compactServeArgs = []string{"--segment-bytes", "1048576", "--retention-inter
 	"--run-snapshot-batches", "64"}
 
 const (
-	compactRetainBytes = 4 << 20 // the policy's max bytes
-	compactRunSteps    = 40      // steps per training run (24 events each)
-	compactRunPause    = 100 * time.Millisecond
-	compactIdleFsyncs  = 300
-	compactFsyncEvery  = 50 * time.Millisecond // during the phases
+	compactRunSteps   = 40 // steps per training run (24 events each)
+	compactRunPause   = 100 * time.Millisecond
+	compactIdleFsyncs = 300
+	compactFsyncEvery = 50 * time.Millisecond // during the phases
 )
 
 // The leader-only counters are summed over the nodes (only the leader
@@ -151,21 +150,21 @@ func (b *benchRun) compactPhase(ctx context.Context, id string, finish bool, idl
 	r.Note = fmt.Sprintf("latency of one append of one event (b's producers); beside them %d training runs of %d steps written by one batching producer (%s); "+
 		"retention cut %.1f MiB, run compaction freed %.1f MiB (leader), segments rewritten per node: %s, rewrite failures %.0f; "+
 		"fsync = a 4 KiB write + fsync of a file in the cluster's directory every %v during the phase (idle, %d back to back: p50 %.2f ms, p99 %.2f ms, max %.2f ms); %s",
-		runs, compactRunSteps, map[bool]string{false: "never finished, no retention policy", true: "each ending with TrainingFinished; retention policy \"\" max 4 MiB"}[finish],
+		runs, compactRunSteps, map[bool]string{false: "never finished, no retention policy", true: fmt.Sprintf("each ending with TrainingFinished; retention policy \"\" max %.1f MiB", float64(b.f.kMaxBytes)/(1<<20))}[finish],
 		cutBytes/(1<<20), thinBytes/(1<<20), strings.Join(perNode, ", "), failed,
 		compactFsyncEvery, idle.Count(), bench.Ms(idle.Quantile(0.5)), bench.Ms(idle.Quantile(0.99)), bench.Ms(idle.Max()), cpuNote)
 	return r, nil
 }
 
 // setCompactRetention sets k's retention policy: every stream, at most
-// compactRetainBytes.
+// --k-max-bytes.
 func (b *benchRun) setCompactRetention(ctx context.Context) error {
 	conn, err := b.cl.NodeConn(b.lc.c.APIAddrs()[0])
 	if err != nil {
 		return err
 	}
 	_, err = pb.NewRetentionClient(conn).SetRetention(ctx, &pb.SetRetentionRequest{
-		Policy: &pb.RetentionPolicy{Prefix: "", MaxBytes: compactRetainBytes}})
+		Policy: &pb.RetentionPolicy{Prefix: "", MaxBytes: b.f.kMaxBytes}})
 	if err != nil {
 		return fmt.Errorf("set retention: %w", err)
 	}
