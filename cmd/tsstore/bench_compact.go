@@ -149,10 +149,10 @@ func (b *benchRun) compactPhase(ctx context.Context, id string, finish bool, idl
 	}
 	r.Note = fmt.Sprintf("latency of one append of one event (b's producers); beside them %d training runs of %d steps written by one batching producer (%s); "+
 		"retention cut %.1f MiB, run compaction freed %.1f MiB (leader), segments rewritten per node: %s, rewrite failures %.0f; "+
-		"fsync = a 4 KiB write + fsync of a file in the cluster's directory every %v during the phase (idle, %d back to back: p50 %.2f ms, p99 %.2f ms, max %.2f ms); %s",
+		"fsync = a 4 KiB write + fsync of a file in the cluster's directory every %v during the phase (idle, %d back to back: p50 %.2f ms, p99 %.2f ms, max %.2f ms); load average at the end %s; %s",
 		runs, compactRunSteps, map[bool]string{false: "never finished, no retention policy", true: fmt.Sprintf("each ending with TrainingFinished; retention policy \"\" max %.1f MiB", float64(b.f.kMaxBytes)/(1<<20))}[finish],
 		cutBytes/(1<<20), thinBytes/(1<<20), strings.Join(perNode, ", "), failed,
-		compactFsyncEvery, idle.Count(), bench.Ms(idle.Quantile(0.5)), bench.Ms(idle.Quantile(0.99)), bench.Ms(idle.Max()), cpuNote)
+		compactFsyncEvery, idle.Count(), bench.Ms(idle.Quantile(0.5)), bench.Ms(idle.Quantile(0.99)), bench.Ms(idle.Max()), loadAverage(), cpuNote)
 	return r, nil
 }
 
@@ -270,4 +270,18 @@ func fsyncLatency(ctx context.Context, dir string, n int, every time.Duration) (
 		h.Record(time.Since(start))
 	}
 	return h, nil
+}
+
+// loadAverage is the machine's 1, 5 and 15 minute load averages (Linux),
+// for the notes: k's tail latencies mean little on a busy machine.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
