@@ -111,7 +111,7 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 	fs.BoolVar(&f.unaryAppend, "unary-append", false, "send every append as a unary Append call instead of over the client's shared AppendStream (to compare the two)")
 	fs.BoolVar(&f.secure, "secure", false, "local cluster: TLS between nodes and for clients, and bearer tokens (a throwaway CA and tokens file in the cluster's directory); this client appends with an append token")
 	f.hostile.register(fs)
-	fs.Int64Var(&f.kMaxBytes, "k-max-bytes", 4<<20, "k: max bytes of the retention policy on every stream set for k-compacting (the local cluster's segments are 1 MiB unless --serve-args says otherwise)")
+	fs.Int64Var(&f.kMaxBytes, "k-max-bytes", 32<<20, "k: max bytes of the retention policy on every stream set for k-compacting (the local cluster's segments are 1 MiB unless --serve-args says otherwise; with too small a policy, retention cuts the segments before run compaction rewrites them)")
 	serveArgs := fs.String("serve-args", "", "local cluster: extra `tsstore serve` flags for every node, space-separated (e.g. \"--heartbeat-timeout 300ms\")")
 	return func() (*benchFlags, error) {
 		f.serveArgs = strings.Fields(*serveArgs)
