@@ -60,6 +60,16 @@ type Result struct {
 	HeapInuseMB *float64 `json:"heap_inuse_mib,omitempty"`
 	RSSMB       *float64 `json:"rss_mib,omitempty"`
 	RestartMs   *float64 `json:"restart_ms,omitempty"`
+	// Appends during compaction (k): the slowest append, what the leader
+	// committed during the phase, and one raw fsync in the cluster's
+	// directory to compare the added latency with.
+	MaxMs             *float64 `json:"max_ms,omitempty"`
+	CutsCommitted     *float64 `json:"retention_cuts,omitempty"`
+	RewritesCommitted *float64 `json:"run_compaction_rewrites,omitempty"`
+	ReclaimedBytes    *float64 `json:"reclaimed_bytes,omitempty"`
+	FsyncP50ms        *float64 `json:"fsync_p50_ms,omitempty"`
+	FsyncP99ms        *float64 `json:"fsync_p99_ms,omitempty"`
+	FsyncMaxms        *float64 `json:"fsync_max_ms,omitempty"`
 }
 
 // F returns a pointer to v, for the optional fields.
@@ -154,6 +164,16 @@ func (r *Report) PrintTable(w io.Writer) error {
 		}
 		if x.RestartMs != nil {
 			extra = append(extra, fmt.Sprintf("restart to SERVING %.0f ms", *x.RestartMs))
+		}
+		if x.MaxMs != nil {
+			extra = append(extra, fmt.Sprintf("max %.2f ms", *x.MaxMs))
+		}
+		if x.CutsCommitted != nil {
+			extra = append(extra, fmt.Sprintf("%.0f retention cuts and %.0f run-compaction rewrites committed, %.1f MiB reclaimed",
+				*x.CutsCommitted, *x.RewritesCommitted, *x.ReclaimedBytes/(1<<20)))
+		}
+		if x.FsyncP50ms != nil {
+			extra = append(extra, fmt.Sprintf("fsync p50 %.2f ms, p99 %.2f ms, max %.2f ms", *x.FsyncP50ms, *x.FsyncP99ms, *x.FsyncMaxms))
 		}
 		if x.Note != "" {
 			extra = append(extra, x.Note)

@@ -25,8 +25,9 @@ import (
 // The workloads of `tsstore bench`, in the order they run. f kills the
 // leader, so it runs last; g measures the log the others wrote; x leaves
 // the leader's memory as the hostile clients left it, so it runs after
-// the others that measure memory.
-var benchWorkloads = []string{"a", "b", "c", "d", "e", "h", "g", "r", "x", "f"}
+// the others that measure memory; k's retention policy drops what the
+// others wrote, so it runs after them (but before f).
+var benchWorkloads = []string{"a", "b", "c", "d", "e", "h", "g", "r", "x", "k", "f"}
 
 type benchFlags struct {
 	addrs        string
@@ -49,6 +50,7 @@ type benchFlags struct {
 	unaryAppend  bool
 	secure       bool
 	hostile      hostileFlags
+	kMaxBytes    int64
 }
 
 // parseBenchFlags parses bench's command line (for tests).
@@ -92,7 +94,7 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 	fs.StringVar(&f.addrs, "addr", "", "comma-separated API addresses of a running cluster (default: start a local three-node cluster)")
 	fs.StringVar(&f.local, "local", "", "data directory of the local cluster (default: a temp dir, removed afterwards)")
 	fs.BoolVar(&f.keep, "keep", false, "keep the local cluster's data directory")
-	wl := fs.String("workloads", "a,b,c,d,e,f,g,h", "workloads to run: a (1 waiting producer), b (N waiting producers), c (batching producer), d (replay), e (stream replay), f (failover), g (disk use), h (memory and restart per log size), r (training run: resume and time travel per run size; not in the default set), x (hostile clients on the leader: memory and c's rate beside them; not in the default set; turns on --secure)")
+	wl := fs.String("workloads", "a,b,c,d,e,f,g,h", "workloads to run: a (1 waiting producer), b (N waiting producers), c (batching producer), d (replay), e (stream replay), f (failover), g (disk use), h (memory and restart per log size), r (training run: resume and time travel per run size; not in the default set), x (hostile clients on the leader: memory and c's rate beside them; not in the default set; turns on --secure), k (appends during retention cuts and run compaction: b's producers without and with compaction; not in the default set; starts the local cluster with small segments, a 1 s retention interval and --run-compaction)")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "length of each timed workload (a, b, c) and of the steady phase around each kill (f)")
 	fs.IntVar(&f.producers, "producers", 64, "concurrent waiting producers in b and f")
 	fs.IntVar(&f.size, "size", 256, "payload bytes per event")
@@ -109,6 +111,7 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 	fs.BoolVar(&f.unaryAppend, "unary-append", false, "send every append as a unary Append call instead of over the client's shared AppendStream (to compare the two)")
 	fs.BoolVar(&f.secure, "secure", false, "local cluster: TLS between nodes and for clients, and bearer tokens (a throwaway CA and tokens file in the cluster's directory); this client appends with an append token")
 	f.hostile.register(fs)
+	fs.Int64Var(&f.kMaxBytes, "k-max-bytes", 32<<20, "k: max bytes of the retention policy on every stream set for k-compacting (the local cluster's segments are 1 MiB unless --serve-args says otherwise; with too small a policy, retention cuts the segments before run compaction rewrites them)")
 	serveArgs := fs.String("serve-args", "", "local cluster: extra `tsstore serve` flags for every node, space-separated (e.g. \"--heartbeat-timeout 300ms\")")
 	return func() (*benchFlags, error) {
 		f.serveArgs = strings.Fields(*serveArgs)
@@ -116,7 +119,7 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 		for _, w := range strings.Split(*wl, ",") {
 			w = strings.TrimSpace(w)
 			if !slices.Contains(benchWorkloads, w) {
-				return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g,h,r,x)", errUsage, w)
+				return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g,h,k,r,x)", errUsage, w)
 			}
 			f.workloads[w] = true
 		}
@@ -135,12 +138,12 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 			return nil, err
 		}
 		switch {
-		case f.duration <= 0 || f.producers <= 0 || f.size <= 0 || f.streamEvents <= 0 || f.batch <= 0 || f.failovers <= 0 || f.window < 0:
-			return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch and --failovers must be positive", errUsage)
+		case f.duration <= 0 || f.producers <= 0 || f.size <= 0 || f.streamEvents <= 0 || f.batch <= 0 || f.failovers <= 0 || f.window < 0 || f.kMaxBytes <= 0:
+			return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch, --failovers and --k-max-bytes must be positive", errUsage)
 		case f.inflight < 1 || f.inflight > 8:
 			return nil, fmt.Errorf("%w: --inflight must be in [1, 8]", errUsage)
-		case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.workloads["h"] || f.workloads["x"] || f.profile != "" || f.secure):
-			return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories), h (restarts a node), x (reads the nodes' metrics), --profile and --secure need the local cluster; drop --addr or select other workloads", errUsage)
+		case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.workloads["h"] || f.workloads["x"] || f.workloads["k"] || f.profile != "" || f.secure):
+			return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories), h (restarts a node), x and k (read the nodes' metrics), --profile and --secure need the local cluster; drop --addr or select other workloads", errUsage)
 		}
 		return f, nil
 	}
@@ -224,6 +227,8 @@ func (b *benchRun) workload(ctx context.Context, w string) ([]bench.Result, erro
 		return b.runs(ctx)
 	case "x":
 		return b.hostileClients(ctx)
+	case "k":
+		return b.compactionLoad(ctx)
 	case "f":
 		return b.failover(ctx)
 	}
@@ -263,6 +268,9 @@ func (b *benchRun) config() map[string]any {
 		}
 		if b.f.workloads["x"] {
 			cfg["x_hostile"] = b.f.hostile.config()
+		}
+		if b.f.workloads["k"] {
+			cfg["k_serve_args"] = strings.Join(compactServeArgs, " ") + " (every node, for every workload of this bench)"
 		}
 		if b.lc.sec != nil {
 			cfg["security"] = "TLS between nodes and for clients, bearer tokens (this client: an append token)"
@@ -328,7 +336,11 @@ func startBenchLocal(ctx context.Context, f *benchFlags, log io.Writer) (*benchL
 	if err != nil {
 		return nil, err
 	}
-	opts := proccluster.Options{Binary: bin, Dir: lc.dir, ExtraArgs: append([]string{"--log-level", "warn"}, f.serveArgs...)}
+	extra := []string{"--log-level", "warn"}
+	if f.workloads["k"] {
+		extra = append(extra, compactServeArgs...) // --serve-args, after them, may override
+	}
+	opts := proccluster.Options{Binary: bin, Dir: lc.dir, ExtraArgs: append(extra, f.serveArgs...)}
 	if f.profile != "" {
 		opts.Env = []string{pprofEnv + "=127.0.0.1:0"}
 	}

@@ -172,6 +172,66 @@ func TestBenchHostileClients(t *testing.T) {
 	}
 }
 
+// k against a local cluster of real processes, at toy sizes (64 KiB
+// segments, a 256 KiB policy): both rows with their latency and max, the
+// fsync figures, nothing compacted in the baseline and something in the
+// compacting phase. No latency figure is asserted.
+func TestBenchCompaction(t *testing.T) {
+	f, err := parseBenchFlags(nil, io.Discard)
+	if err != nil || f.workloads["k"] {
+		t.Fatalf("k is not in the default set: %v %v", f.workloads, err)
+	}
+	if _, err := parseBenchFlags([]string{"--addr", "127.0.0.1:1", "--workloads", "k"}, io.Discard); !errors.Is(err, errUsage) {
+		t.Fatalf("k with --addr: %v, want a usage error", err)
+	}
+	dir := t.TempDir()
+	bin, err := proccluster.Build("../..", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "bench.json")
+	cmd := exec.Command(bin, "bench", "--local", filepath.Join(dir, "cluster"), "--workloads", "k", "--duration", "3s",
+		"--producers", "4", "--serve-args", "--segment-bytes 65536", "--k-max-bytes", "262144", "--json", out)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("bench: %v\n%s\n%s", err, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Results) != 2 || rep.Config["k_serve_args"] == nil {
+		t.Fatalf("want rows k-baseline, k-compacting and k's serve args: %s", b)
+	}
+	for i, id := range []string{"k-baseline", "k-compacting"} {
+		r := rep.Results[i]
+		if r.Workload != id || r.Events <= 0 || r.P50ms == nil || r.P999ms == nil || r.MaxMs == nil || *r.P50ms > *r.MaxMs ||
+			r.FsyncP50ms == nil || *r.FsyncP50ms <= 0 || r.FsyncP99ms == nil || r.CutsCommitted == nil || r.RewritesCommitted == nil || r.ReclaimedBytes == nil {
+			t.Errorf("row %d: %+v", i, r)
+		}
+	}
+	base, comp := rep.Results[0], rep.Results[1]
+	if *base.CutsCommitted != 0 || *base.RewritesCommitted != 0 || *base.ReclaimedBytes != 0 {
+		t.Errorf("k-baseline compacted: %v cuts, %v rewrites, %v bytes", *base.CutsCommitted, *base.RewritesCommitted, *base.ReclaimedBytes)
+	}
+	if *comp.CutsCommitted+*comp.RewritesCommitted == 0 || *comp.ReclaimedBytes <= 0 {
+		t.Errorf("k-compacting: %v cuts, %v rewrites, %v bytes reclaimed; want some\n%s", *comp.CutsCommitted, *comp.RewritesCommitted, *comp.ReclaimedBytes, stdout.String())
+	}
+	for _, want := range []string{"vs baseline max", "one fsync under this load", "rewrite failures 0"} {
+		if !strings.Contains(comp.Note, want) {
+			t.Errorf("k-compacting note lacks %q:\n%s", want, comp.Note)
+		}
+	}
+	if !strings.Contains(stdout.String(), "retention cuts and") {
+		t.Errorf("table:\n%s", stdout.String())
+	}
+}
+
 func TestFailoverRecovery(t *testing.T) {
 	w := 100 * time.Millisecond
 	// 1000/s for 2 s, kill at 2.0 s, nothing for 0.7 s, then 950/s.
