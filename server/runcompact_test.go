@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -281,5 +282,93 @@ func TestRunCompactionInstallSnapshot(t *testing.T) {
 	after, err := c.ResumeRun(ctx, run)
 	if err != nil || after.State.Hash != before.State.Hash {
 		t.Fatalf("resume after: %v", err)
+	}
+}
+
+// A run whose newest event a retention cut removed does not stop run
+// compaction of the others: its type is unknown, so it is skipped as not
+// finished (every tick used to fail with "offset no longer stored").
+func TestRunCompactionSkipsRunCutByRetention(t *testing.T) {
+	tc := newTestCluster(t, 1, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.RunSnapshotBatches = 40
+		c.RetentionInterval = 0
+		c.RunCompaction = true
+	})
+	c := sdk(t, tc)
+	ctx := ctxT(t)
+	waitSnapshots := func(run string, n uint64) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			info, err := c.RunInfo(ctx, run)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.SnapshotsTaken >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d snapshots", run, info.SnapshotsTaken)
+			}
+		}
+	}
+	// "old" never finishes; "new" does, after it.
+	gen, err := c.StartRun(ctx, "old", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRun(t, ctx, c, "old", gen, 1, 100)
+	waitSnapshots("old", 2)
+	l := tc.leader()
+	// Filler, so that "old" lies in sealed segments of its own.
+	raw := dial(t, l)
+	for range 4 {
+		var evs []*pb.Event
+		for range 100 {
+			evs = append(evs, ev("fill", strings.Repeat("f", 1000)))
+		}
+		if _, err := raw.Append(ctx, &pb.AppendRequest{Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newStart := l.proc.NextOffset()
+	gen, err = c.StartRun(ctx, "new", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRun(t, ctx, c, "new", gen, 1, 400)
+	p := c.NewProducer("")
+	p.SetRunGeneration(gen)
+	if _, err := appendTyped(t, ctx, p, "new", train.TrainingFinished{Step: 400, Reason: "done"}); err != nil {
+		t.Fatal(err)
+	}
+	waitSnapshots("new", 10)
+	waitAllApplied(t, tc)
+	// A policy on every stream that keeps the segments from the one
+	// holding "new"'s start on: "old" is cut away, its snapshots too.
+	var keep int64
+	for _, e := range l.proc.Retention().Segments {
+		if e.NextOffset > newStart {
+			keep += e.Size
+		}
+	}
+	rc := dialRetention(t, l)
+	if _, err := rc.SetRetention(ctx, &pb.SetRetentionRequest{Policy: &pb.RetentionPolicy{Prefix: "", MaxBytes: keep}}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := rc.Compact(ctx, &pb.CompactRequest{})
+	if err != nil {
+		t.Fatalf("compact: %v", err)
+	}
+	if res.Cut == 0 || res.Cut > newStart {
+		t.Fatalf("cut at %d; want one at or below the new run's start %d, above 0", res.Cut, newStart)
+	}
+	if res.RewritesCommitted == 0 {
+		t.Fatalf("no rewrite of the finished run committed: %v", res)
+	}
+	for _, r := range res.Rewrites {
+		if !strings.HasSuffix(r.Stream, "new") {
+			t.Fatalf("a rewrite of %s, not of the finished run", r.Stream)
+		}
 	}
 }
