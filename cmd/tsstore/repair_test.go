@@ -2,17 +2,13 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/segment"
-	"github.com/tsstore/tsstore/server"
 )
 
 // TestRepairCLI damages a sealed segment of one node of a three-node
@@ -22,63 +18,17 @@ import (
 // run of one segment (text) finds it healthy. A --from that names no
 // member is refused.
 func TestRepairCLI(t *testing.T) {
-	var peers []server.Peer
-	var cfgs []server.Config
-	for i := range 3 {
-		cfg := server.DefaultConfig()
-		cfg.NodeID, cfg.DataDir, cfg.RaftAddr, cfg.APIAddr = fmt.Sprintf("n%d", i+1), t.TempDir(), freeAddr(t), freeAddr(t)
-		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 200*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond
-		cfg.Segment.SegmentBytes = 64 << 10
-		cfg.MinFreeBytes = 0
-		peers = append(peers, server.Peer{ID: cfg.NodeID, RaftAddr: cfg.RaftAddr})
-		cfgs = append(cfgs, cfg)
-	}
-	var nodes []*server.Node
-	var addrs []string
-	for _, cfg := range cfgs {
-		cfg.Bootstrap = peers
-		n, err := server.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close() })
-		nodes = append(nodes, n)
-		addrs = append(addrs, n.APIAddr())
-	}
-	ccfg := client.DefaultConfig()
-	ccfg.Addrs = addrs
-	cl, err := client.New(ccfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	p := cl.NewProducer("repair-cli")
-	var last uint64
-	for i := range 40 {
-		var evs []client.Event
-		for range 10 {
-			evs = append(evs, client.Event{Stream: "run/r", Type: "Step", Payload: []byte(strings.Repeat("x", 400))})
-		}
-		res, err := p.Append(ctx, evs...)
-		if err != nil {
-			t.Fatalf("append %d: %v", i, err)
-		}
-		last = res.LastOffset
-	}
-	for _, n := range nodes {
-		if err := n.Processor().WaitNextOffset(ctx, last+1); err != nil {
-			t.Fatal(err)
-		}
-	}
+	tc, _ := startFilled(t, "repair-cli", nil)
+	nodes := tc.Nodes
 	target := nodes[1]
 	var seg segment.SegmentInfo
 	target.Processor().WithLog(func(l *segment.Log) error { seg = l.Segments()[1]; return nil })
 	if !seg.Sealed {
 		t.Fatalf("segment %+v is not sealed", seg)
 	}
-	good, err := os.ReadFile(strings.Replace(seg.Path, cfgs[1].DataDir, cfgs[0].DataDir, 1))
+	var peerSeg segment.SegmentInfo
+	nodes[0].Processor().WithLog(func(l *segment.Log) error { peerSeg = l.Segments()[1]; return nil })
+	good, err := os.ReadFile(peerSeg.Path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,15 +1,12 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/segment"
 	"github.com/tsstore/tsstore/server"
 )
@@ -18,56 +15,9 @@ import (
 // with `tsstore compact`, and compares the replicas with `tsstore verify
 // --cluster` before and after one node's sealed segment rots.
 func TestRetentionCLI(t *testing.T) {
-	var peers []server.Peer
-	var cfgs []server.Config
-	for i := range 3 {
-		cfg := server.DefaultConfig()
-		cfg.NodeID, cfg.DataDir, cfg.RaftAddr, cfg.APIAddr = fmt.Sprintf("n%d", i+1), t.TempDir(), freeAddr(t), freeAddr(t)
-		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 200*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond
-		cfg.Segment.SegmentBytes = 64 << 10
-		cfg.MinFreeBytes = 0
-		cfg.RetentionInterval = 0
-		peers = append(peers, server.Peer{ID: cfg.NodeID, RaftAddr: cfg.RaftAddr})
-		cfgs = append(cfgs, cfg)
-	}
-	var nodes []*server.Node
-	var addrs []string
-	for _, cfg := range cfgs {
-		cfg.Bootstrap = peers
-		n, err := server.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close() })
-		nodes = append(nodes, n)
-		addrs = append(addrs, n.APIAddr())
-	}
+	tc, ctx := startFilled(t, "retention-cli", func(c *server.Config) { c.RetentionInterval = 0 })
+	nodes, addrs, cl := tc.Nodes, tc.Addrs, tc.Client
 	all := "--addr=" + strings.Join(addrs, ",")
-	cl, err := client.New(client.DefaultConfig(addrs...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	p := cl.NewProducer("retention-cli")
-	var last uint64
-	for i := range 40 {
-		var evs []client.Event
-		for range 10 {
-			evs = append(evs, client.Event{Stream: "run/r", Type: "Step", Payload: []byte(strings.Repeat("x", 400))})
-		}
-		res, err := p.Append(ctx, evs...)
-		if err != nil {
-			t.Fatalf("append %d: %v", i, err)
-		}
-		last = res.LastOffset
-	}
-	for _, n := range nodes {
-		if err := n.Processor().WaitNextOffset(ctx, last+1); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// Every node must know every API address for verify --cluster.
 	for {
 		st, err := cl.Status(ctx)
