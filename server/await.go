@@ -4,6 +4,8 @@ import (
 	"context"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/tsstore/tsstore/fsm"
 )
 
 // await waits for a raft future, the node's shutdown, or ctx (nil: none).
@@ -30,4 +32,22 @@ func (n *Node) await(ctx context.Context, f raft.Future) error {
 	case <-ctxDone:
 		return ctx.Err()
 	}
+}
+
+// applyCommand commits one FSM command on this node, which must be the
+// leader, waiting at most Config.CommandTimeout for Raft to take it, and
+// returns its Raft index and the FSM's answer to it.
+func (n *Node) applyCommand(ctx context.Context, t fsm.CommandType, cmd any) (uint64, error) {
+	data, err := fsm.Encode(t, cmd)
+	if err != nil {
+		return 0, err
+	}
+	f := n.raft.Apply(data, n.cfg.CommandTimeout)
+	if err := n.await(ctx, f); err != nil {
+		return 0, err
+	}
+	if r, ok := f.Response().(*fsm.ApplyResult); ok && r.Err != nil {
+		return f.Index(), r.Err
+	}
+	return f.Index(), nil
 }

@@ -453,19 +453,12 @@ func (s *service) RemoveMember(ctx context.Context, req *pb.RemoveMemberRequest)
 		inc = n.probeMember(ctx, req.NodeId, nodes[req.NodeId]).incarnation
 	}
 	if _, done := n.proc.Removed(req.NodeId, inc); !done || inc == "" {
-		data, err := fsm.Encode(fsm.CmdRemoveNode, &fsm.RemoveNodeCommand{ID: req.NodeId, Incarnation: inc})
+		index, err := n.applyCommand(ctx, fsm.CmdRemoveNode, &fsm.RemoveNodeCommand{ID: req.NodeId, Incarnation: inc})
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		f := n.raft.Apply(data, 5*time.Second)
-		if err := n.await(ctx, f); err != nil {
-			return nil, toStatus(err)
-		}
-		if r, ok := f.Response().(*fsm.ApplyResult); ok && r.Err != nil {
-			return nil, toStatus(r.Err)
-		}
-		n.logger.Info("member tombstoned", "id", req.NodeId, "incarnation", inc, "index", f.Index())
-		n.waitRemovalApplied(ctx, req.NodeId, nodes[req.NodeId], f.Index())
+		n.logger.Info("member tombstoned", "id", req.NodeId, "incarnation", inc, "index", index)
+		n.waitRemovalApplied(ctx, req.NodeId, nodes[req.NodeId], index)
 	}
 	f := n.raft.RemoveServer(target.ID, cfgIndex, 0)
 	if err := n.await(ctx, f); err != nil {

@@ -76,23 +76,13 @@ func (n *Node) applyRegister(ctx context.Context, id, addr, inc string) error {
 	if n.proc.Nodes()[id] == addr && (inc == "" || n.proc.Incarnation(id) == inc) {
 		return nil
 	}
-	data, err := fsm.Encode(fsm.CmdRegisterNode, &fsm.RegisterNodeCommand{ID: id, APIAddress: addr, Incarnation: inc})
-	if err != nil {
-		return err
-	}
-	f := n.raft.Apply(data, 5*time.Second)
-	if err := n.await(ctx, f); err != nil {
-		return err
-	}
-	if r, ok := f.Response().(*fsm.ApplyResult); ok && r.Err != nil {
-		if errors.Is(r.Err, fsm.ErrNodeRemoved) {
-			if t, ok := n.proc.Removed(id, inc); ok {
-				return removedStatus(t)
-			}
+	_, err := n.applyCommand(ctx, fsm.CmdRegisterNode, &fsm.RegisterNodeCommand{ID: id, APIAddress: addr, Incarnation: inc})
+	if errors.Is(err, fsm.ErrNodeRemoved) {
+		if t, ok := n.proc.Removed(id, inc); ok {
+			return removedStatus(t)
 		}
-		return r.Err
 	}
-	return nil
+	return err
 }
 
 // registerSelf makes sure the node table holds this node's API address

@@ -26,23 +26,6 @@ type retentionService struct {
 	n *Node
 }
 
-// applyCommand commits one FSM command on this node, which must be the
-// leader, and returns the FSM's answer to it.
-func (n *Node) applyCommand(ctx context.Context, t fsm.CommandType, cmd any) error {
-	data, err := fsm.Encode(t, cmd)
-	if err != nil {
-		return err
-	}
-	f := n.raft.Apply(data, n.cfg.CommandTimeout)
-	if err := n.await(ctx, f); err != nil {
-		return err
-	}
-	if r, ok := f.Response().(*fsm.ApplyResult); ok && r.Err != nil {
-		return r.Err
-	}
-	return nil
-}
-
 // forwardRetention returns a context and a Retention client of the
 // leader for a call this node cannot serve, or an error.
 func (n *Node) forwardRetention(ctx context.Context) (context.Context, pb.RetentionClient, error) {
@@ -75,7 +58,7 @@ func (s *retentionService) SetRetention(ctx context.Context, req *pb.SetRetentio
 		return c.SetRetention(fctx, req)
 	}
 	cmd := &fsm.SetRetentionCommand{Prefix: p.Prefix, MaxAge: p.MaxAgeSeconds * int64(time.Second), MaxBytes: p.MaxBytes, Remove: req.Remove}
-	if err := s.n.applyCommand(ctx, fsm.CmdSetRetention, cmd); err != nil {
+	if _, err := s.n.applyCommand(ctx, fsm.CmdSetRetention, cmd); err != nil {
 		if errors.Is(err, fsm.ErrInvalidPolicy) {
 			return nil, invalidArg("%v", err)
 		}
@@ -194,7 +177,7 @@ func (s *retentionService) DeleteStream(ctx context.Context, req *pb.DeleteStrea
 		}
 		return c.DeleteStream(fctx, req)
 	}
-	err := s.n.applyCommand(ctx, fsm.CmdDeleteStream, &fsm.DeleteStreamCommand{Stream: req.Stream})
+	_, err := s.n.applyCommand(ctx, fsm.CmdDeleteStream, &fsm.DeleteStreamCommand{Stream: req.Stream})
 	switch {
 	case errors.Is(err, fsm.ErrStreamNotFound):
 		return nil, withReason(codes.NotFound, pb.ErrorReason_ERROR_REASON_STREAM_NOT_FOUND,
@@ -243,7 +226,7 @@ func (n *Node) planRetention(now time.Time) (compaction.Plan, uint64, error) {
 
 // commitCut commits a planned cut through Raft.
 func (n *Node) commitCut(ctx context.Context, plan compaction.Plan, version uint64) error {
-	err := n.applyCommand(ctx, fsm.CmdCompact, &fsm.CompactCommand{Cut: plan.Cut, PolicyVersion: version})
+	_, err := n.applyCommand(ctx, fsm.CmdCompact, &fsm.CompactCommand{Cut: plan.Cut, PolicyVersion: version})
 	if err == nil {
 		n.metrics.retentionCuts.Inc()
 		n.metrics.retentionBytes.Add(float64(plan.Bytes))

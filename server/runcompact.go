@@ -102,7 +102,7 @@ func (n *Node) compactRuns(now time.Time) (int, error) {
 	for _, r := range plan {
 		t, cmd := r.thin, r.cmd
 		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.CommandTimeout)
-		err = n.applyCommand(ctx, fsm.CmdThin, &cmd)
+		_, err = n.applyCommand(ctx, fsm.CmdThin, &cmd)
 		cancel()
 		if errors.Is(err, fsm.ErrStalePlan) {
 			continue // the segment changed meanwhile: the next tick plans again

@@ -270,7 +270,7 @@ func (n *Node) tierSegment(ctx context.Context, e fsm.ManifestEntry) error {
 	n.metrics.tierUploadedBytes.Add(float64(e.Size))
 	cctx, cancel := context.WithTimeout(ctx, n.cfg.CommandTimeout)
 	defer cancel()
-	err = n.applyCommand(cctx, fsm.CmdSegmentTiered, &fsm.SegmentTieredCommand{BaseOffset: e.BaseOffset,
+	_, err = n.applyCommand(cctx, fsm.CmdSegmentTiered, &fsm.SegmentTieredCommand{BaseOffset: e.BaseOffset,
 		NextOffset: e.NextOffset, Size: e.Size, Checksum: e.Digest, Key: key})
 	if err != nil {
 		return fmt.Errorf("tiering: commit segment %d as %s: %w", e.BaseOffset, key, err)
