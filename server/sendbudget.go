@@ -142,15 +142,17 @@ func (b *byteBudget) inSend(s *sendBudget, on bool) {
 type connBudgetKey struct{}
 
 // connBudgets is the stats handler that gives every client connection
-// its own send budget and registers it for the stall cut (stallcut.go).
+// its own send and request budgets and registers it for the stall cut (stallcut.go).
 type connBudgets struct {
-	bytes int64
-	conns *connTracker
+	bytes    int64 // send budget
+	reqBytes int64 // request budget (reqbudget.go)
+	conns    *connTracker
 }
 
 func (h connBudgets) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
 	b := newByteBudget(h.bytes)
 	h.conns.tag(info.RemoteAddr, b)
+	ctx = context.WithValue(ctx, connRequestKey{}, newRequestBudget(h.reqBytes))
 	return context.WithValue(ctx, connBudgetKey{}, b)
 }
 func (connBudgets) HandleConn(context.Context, stats.ConnStats)                     {}

@@ -1,0 +1,210 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+)
+
+// A request budget lets reads wait for room, never lets what is read and
+// held pass its size, refuses a request read that would take the held
+// bytes past the size less one read, and recovers once requests are
+// answered.
+func TestRequestBudgetBounds(t *testing.T) {
+	const read = 3 << 20
+	b := newRequestBudget(2 * read)
+	ctx := context.Background()
+	if err := b.startRead(ctx, read); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.startRead(ctx, read); err != nil {
+		t.Fatal(err)
+	}
+	// Full: a third read waits until one ends.
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := b.startRead(short, read); err == nil {
+		t.Fatal("a third read of a full budget did not wait")
+	}
+	b.endRead(read)
+	if !b.hold(2<<20, read) {
+		t.Fatal("the first request read was refused")
+	}
+	if b.hold(2<<20, read) {
+		t.Fatal("a request that takes the held bytes past the size less one read was admitted")
+	}
+	if !b.hold(1<<20, read) {
+		t.Fatal("a request that fits was refused")
+	}
+	if reading, held := b.inUse(); reading+held > b.size {
+		t.Fatalf("%d bytes being read and %d held exceed the budget of %d", reading, held, b.size)
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.startRead(ctx, read) }()
+	b.endRead(read)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	b.endRead(read)
+	b.release(2 << 20)
+	b.release(1 << 20)
+	if reading, held := b.inUse(); reading != 0 || held != 0 {
+		t.Fatalf("%d bytes being read and %d held after everything was given back", reading, held)
+	}
+}
+
+// appendOutcomes counts the answers attackers got.
+type appendOutcomes struct {
+	ok, exhausted atomic.Int64
+	mu            sync.Mutex
+	other         []error
+	capNamed      atomic.Bool
+}
+
+func (o *appendOutcomes) note(err error) {
+	switch status.Code(err) {
+	case codes.OK:
+		o.ok.Add(1)
+	case codes.ResourceExhausted:
+		o.exhausted.Add(1)
+		if msg := err.Error(); strings.Contains(msg, "node-request-bytes") || strings.Contains(msg, "conn-request-bytes") {
+			o.capNamed.Store(true)
+		}
+	default:
+		o.mu.Lock()
+		o.other = append(o.other, err)
+		o.mu.Unlock()
+	}
+}
+
+func bigAppend() *pb.AppendRequest {
+	payload := strings.Repeat("x", 900<<10)
+	return &pb.AppendRequest{Events: []*pb.Event{ev("run/big", payload), ev("run/big", payload)}}
+}
+
+// Authenticated clients that send large appends concurrently, on many
+// connections, unary and over AppendStream, are refused ResourceExhausted
+// once the request budgets are spent (not held in memory, not left to
+// hang), while a well-behaved producer on its own connection keeps
+// appending; once the load ends, the budgets are empty and a large append
+// goes through.
+func TestLargeAppendsAreRefusedWhileOthersAppend(t *testing.T) {
+	p := newTestPKI(t)
+	tokens := testTokens(t)
+	tc := newTestCluster(t, 1, func(c *Config) {
+		p.secure(t, c, true)
+		c.AuthTokensFile = tokens
+		c.MaxRequestBytes = 2 << 20 // a read reserves 3 MiB
+		c.ConnRequestBytes, c.NodeRequestBytes = 6<<20, 12<<20
+	})
+	n := tc.leader()
+	creds := credentials.NewTLS(trust(t, p.ca, nil))
+	ctx := withToken(ctxT(t), appendTok)
+
+	var out appendOutcomes
+	var attackers sync.WaitGroup
+	for i := range 8 {
+		es := pb.NewEventStoreClient(dialWith(t, n.APIAddr(), creds))
+		for range 3 {
+			attackers.Add(1)
+			go func() {
+				defer attackers.Done()
+				if i%2 == 0 {
+					for range 5 {
+						_, err := es.Append(ctx, bigAppend())
+						out.note(err)
+					}
+					return
+				}
+				stream, err := es.AppendStream(ctx)
+				if err != nil {
+					out.note(err)
+					return
+				}
+				for id := range uint64(5) {
+					if err := stream.Send(&pb.AppendStreamRequest{Id: id, Append: bigAppend()}); err != nil {
+						out.note(err)
+						return
+					}
+				}
+				if err := stream.CloseSend(); err != nil {
+					out.note(err)
+					return
+				}
+				for range 5 {
+					resp, err := stream.Recv()
+					if err != nil {
+						out.note(err)
+						return
+					}
+					if e := resp.GetError(); e != nil {
+						out.note(status.ErrorProto(e))
+					} else {
+						out.note(nil)
+					}
+				}
+			}()
+		}
+	}
+
+	// The well-behaved producer: small appends over AppendStream, as the
+	// SDK sends them, and a few unary ones, each answered OK.
+	good := pb.NewEventStoreClient(dialWith(t, n.APIAddr(), creds))
+	stream, err := good.AppendStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id := range uint64(30) {
+		if err := stream.Send(&pb.AppendStreamRequest{Id: id, Append: &pb.AppendRequest{Events: []*pb.Event{ev("run/good", "small")}}}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e := resp.GetError(); e != nil {
+			t.Fatalf("the well-behaved producer's append %d during the attack: %v", id, status.ErrorProto(e))
+		}
+	}
+	attackers.Wait()
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Logf("attackers: %d appended, %d refused ResourceExhausted, %d other", out.ok.Load(), out.exhausted.Load(), len(out.other))
+	if len(out.other) > 0 {
+		t.Fatalf("attackers got answers other than OK and ResourceExhausted: %v", out.other)
+	}
+	if out.exhausted.Load() == 0 || !out.capNamed.Load() {
+		t.Fatalf("no attacker was refused naming a cap (%d refused): the budgets did not engage", out.exhausted.Load())
+	}
+	if refused := counterValue(t, n.metrics.requestsRefused.WithLabelValues("node-request-bytes")) +
+		counterValue(t, n.metrics.requestsRefused.WithLabelValues("conn-request-bytes")); refused != float64(out.exhausted.Load()) {
+		t.Fatalf("the metric counts %v refusals, the attackers saw %d", refused, out.exhausted.Load())
+	}
+
+	// The load has ended: the node's budget empties (a unary append gives
+	// its bytes back just after its answer leaves), and large appends go
+	// through again, unary and streamed.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		reading, held := n.reqBytes.inUse()
+		if reading == 0 && held == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the load the node's request budget still counts %d bytes being read and %d held", reading, held)
+		}
+	}
+	if _, err := good.Append(ctx, bigAppend()); err != nil {
+		t.Fatalf("a large append after the load: %v", err)
+	}
+}
