@@ -43,8 +43,13 @@ func (c *trackedConn) Close() error {
 	if c.t.conns[c.RemoteAddr().String()] == c {
 		delete(c.t.conns, c.RemoteAddr().String())
 	}
+	b := c.budget
 	c.t.mu.Unlock()
-	return c.TCPConn.Close()
+	err := c.TCPConn.Close()
+	if b != nil {
+		b.closed() // what gRPC still held for the connection is gone
+	}
+	return err
 }
 
 type trackedListener struct {
