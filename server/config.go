@@ -162,7 +162,9 @@ type Config struct {
 	RequestWindowBytes int
 	// SendStallTimeout: while readers wait for the node's send budget, a
 	// client connection with a Read or Subscribe stream blocked in Send
-	// for this long is closed (stallcut.go). 0 turns the cut off.
+	// for this long is closed (stallcut.go); while appends wait for the
+	// node's request budget, so is one with an append request being read
+	// and no byte arriving for this long. 0 turns the cut off.
 	SendStallTimeout time.Duration
 	// MaxSubscriberLag is how many offsets a live subscriber may fall
 	// behind the log end before it is told it is too slow.

@@ -58,6 +58,9 @@ type nodeMetrics struct {
 	// requestsRefused counts append requests refused by the request
 	// budgets (reqbudget.go), by the flag of the cap.
 	requestsRefused *prometheus.CounterVec
+	// stalledRequestConnsCut counts connections closed for a stalled
+	// append request body (stallcut.go).
+	stalledRequestConnsCut prometheus.Counter
 
 	// authRefused counts calls refused by authentication, by method and
 	// code; most are refused on their headers (auth.go, tapHandle), before
@@ -167,6 +170,9 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 
 	m.requestsRefused = f.counterVec("tsstore_append_requests_refused_total",
 		"Append requests refused with ResourceExhausted because reading or holding them would pass a request budget, by cap: conn-request-bytes or node-request-bytes.", "cap")
+
+	m.stalledRequestConnsCut = f.counter("tsstore_append_stalled_conns_closed_total",
+		"Client connections closed because an append request being read received no byte for send-stall-timeout while other appends waited for the node's request budget.")
 
 	m.leaderChanges = f.counter("tsstore_raft_leader_changes_total",
 		"Times this node observed a new leader being established (a leader id different from the previous observation, including after a period without leader).")

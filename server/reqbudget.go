@@ -69,6 +69,12 @@ type requestBudget struct {
 	reading int64
 	held    int64
 	freed   chan struct{} // closed and replaced when bytes are returned
+	waiting int           // startRead calls waiting for room
+	// receiving counts requests whose reads hold both budgets, so grpc
+	// reads them, and receivingSince is when it last went from 0 (the
+	// stall cut, stallcut.go).
+	receiving      int
+	receivingSince time.Time
 }
 
 func newRequestBudget(n int64) *requestBudget {
@@ -81,17 +87,53 @@ func (b *requestBudget) startRead(ctx context.Context, n int64) error {
 	b.mu.Lock()
 	for b.reading+b.held+n > b.size && b.reading+b.held > 0 {
 		freed := b.freed
+		b.waiting++
 		b.mu.Unlock()
 		select {
 		case <-freed:
 		case <-ctx.Done():
+			b.mu.Lock()
+			b.waiting--
+			b.mu.Unlock()
 			return ctx.Err()
 		}
 		b.mu.Lock()
+		b.waiting--
 	}
 	b.reading += n
 	b.mu.Unlock()
 	return nil
+}
+
+// contended reports whether a read waits for room.
+func (b *requestBudget) contended() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.waiting > 0
+}
+
+// receive notes that a request of the connection starts (on) or stops
+// being received.
+func (b *requestBudget) receive(on bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !on {
+		b.receiving--
+		return
+	}
+	if b.receiving == 0 {
+		b.receivingSince = time.Now()
+	}
+	b.receiving++
+}
+
+// readStalled reports whether a connection's budget has had a request
+// being received for d before now while its socket delivered nothing
+// since lastRead.
+func (b *requestBudget) readStalled(now time.Time, d time.Duration, lastRead time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.receiving > 0 && now.Sub(b.receivingSince) >= d && now.Sub(lastRead) >= d
 }
 
 // endRead gives back a read's reservation of n bytes.
@@ -173,6 +215,9 @@ func (c *requestCharge) startRead(ctx context.Context) error {
 		return c.readRefused(ctx, err, "node "+c.n.cfg.NodeID, "node-request-bytes", c.node)
 	}
 	c.reading = n
+	if c.conn != nil {
+		c.conn.receive(true)
+	}
 	return nil
 }
 
@@ -187,16 +232,23 @@ func (c *requestCharge) readRefused(ctx context.Context, err error, who, flag st
 		who, requestReadWait, reading, held, b.size, flag)
 }
 
+// endRead gives back the read's reservation, if any.
+func (c *requestCharge) endRead() {
+	if c.reading == 0 {
+		return
+	}
+	if c.conn != nil {
+		c.conn.receive(false)
+		c.conn.endRead(c.reading)
+	}
+	c.node.endRead(c.reading)
+	c.reading = 0
+}
+
 // admit ends the read and counts the request at its real size, or
 // refuses it (ResourceExhausted) if that would pass a cap.
 func (c *requestCharge) admit(size int64) error {
-	if c.reading > 0 {
-		if c.conn != nil {
-			c.conn.endRead(c.reading)
-		}
-		c.node.endRead(c.reading)
-		c.reading = 0
-	}
+	c.endRead()
 	keep := c.n.maxRequestRead()
 	if c.conn != nil && !c.conn.hold(size, keep) {
 		return c.holdRefused(size, "this connection", "conn-request-bytes", c.conn)
@@ -221,13 +273,7 @@ func (c *requestCharge) holdRefused(size int64, who, flag string, b *requestBudg
 
 // done gives back everything the request holds.
 func (c *requestCharge) done() {
-	if c.reading > 0 {
-		if c.conn != nil {
-			c.conn.endRead(c.reading)
-		}
-		c.node.endRead(c.reading)
-		c.reading = 0
-	}
+	c.endRead()
 	if c.held > 0 {
 		if c.conn != nil {
 			c.conn.release(c.held)

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -206,5 +208,57 @@ func TestLargeAppendsAreRefusedWhileOthersAppend(t *testing.T) {
 	}
 	if _, err := good.Append(ctx, bigAppend()); err != nil {
 		t.Fatalf("a large append after the load: %v", err)
+	}
+}
+
+// Clients that send an Append's headers and stall its body hold the
+// node's reads of append requests. With the stall cut, their connections
+// are closed once another append waits, and it goes through; without it,
+// the other append is refused ResourceExhausted naming the cap (not left
+// to hang).
+func TestStalledAppendBodiesAreCut(t *testing.T) {
+	for _, cut := range []bool{true, false} {
+		t.Run(fmt.Sprintf("cut=%v", cut), func(t *testing.T) {
+			tc := newTestCluster(t, 1, func(c *Config) {
+				c.MaxRequestBytes = 2 << 20 // a read reserves 3 MiB: the node reads two at once
+				c.ConnRequestBytes, c.NodeRequestBytes = 6<<20, 6<<20
+				c.SendStallTimeout = 0
+				if cut {
+					c.SendStallTimeout = 300 * time.Millisecond
+				}
+			})
+			n := tc.leader()
+			// 2 MiB announced, 32 KiB sent: within the stream's window.
+			body := make([]byte, 5+32<<10)
+			body[2] = 0x20
+			for range 2 {
+				conn, err := net.Dial("tcp", n.APIAddr())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				rawStreams(t, conn, n.APIAddr(), pb.EventStore_Append_FullMethodName, 1, body, false)
+			}
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				if reading, _ := n.reqBytes.inUse(); reading == 2*n.maxRequestRead() {
+					break
+				}
+				if time.Now().After(deadline) {
+					reading, _ := n.reqBytes.inUse()
+					t.Fatalf("the stalled appends reserve %d bytes, want two reads of %d", reading, n.maxRequestRead())
+				}
+			}
+			_, err := dial(t, n).Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("run/good", "small")}})
+			if !cut {
+				wantStatus(t, err, codes.ResourceExhausted, "node-request-bytes")
+				return
+			}
+			if err != nil {
+				t.Fatalf("an append while two stalled bodies held the node's reads: %v", err)
+			}
+			if got := counterValue(t, n.metrics.stalledRequestConnsCut); got != 2 {
+				t.Fatalf("%v connections cut, want the 2 stalled ones", got)
+			}
+		})
 	}
 }

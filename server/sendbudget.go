@@ -192,9 +192,9 @@ type connBudgets struct {
 }
 
 func (h connBudgets) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
-	b := newByteBudget(h.bytes)
-	h.conns.tag(info.RemoteAddr, b)
-	ctx = context.WithValue(ctx, connRequestKey{}, newRequestBudget(h.reqBytes))
+	b, r := newByteBudget(h.bytes), newRequestBudget(h.reqBytes)
+	h.conns.tag(info.RemoteAddr, b, r)
+	ctx = context.WithValue(ctx, connRequestKey{}, r)
 	return context.WithValue(ctx, connBudgetKey{}, b)
 }
 func (connBudgets) HandleConn(context.Context, stats.ConnStats)                     {}
