@@ -36,7 +36,7 @@ import (
 //   - So unary Append is served as a stream (appendDesc): its handler runs
 //     before grpc reads the body, and reserves the largest request
 //     (max-request-bytes + 1 MiB, grpc's MaxRecvMsgSize) from its
-//     connection's and the node's budgets before it reads it, waiting up to
+//     connection's and the node's budgets before it reads it, waiting in line up to
 //     requestReadWait for them. Once read, the request counts at its real
 //     size until it is answered; a request that would take the held bytes
 //     past the budget less one largest request (so that one read can always
@@ -57,8 +57,10 @@ import (
 
 // requestReadWait bounds how long an Append waits for the budget to read
 // its request: past it the call is refused (ResourceExhausted) rather
-// than left to the client's deadline.
-const requestReadWait = 2 * time.Second
+// than left to the client's deadline. Reads wait in line, and the stall
+// cut closes a connection whose request body stalls (stallcut.go), so
+// only reads queued behind many large ones wait this long.
+const requestReadWait = 5 * time.Second
 
 // requestBudget counts the bytes of requests of one connection or of the
 // node: reading, the reservations of requests being read; held, the real
@@ -68,8 +70,11 @@ type requestBudget struct {
 	size    int64
 	reading int64
 	held    int64
-	freed   chan struct{} // closed and replaced when bytes are returned
-	waiting int           // startRead calls waiting for room
+	// queue holds the reads waiting for room, served in arrival order:
+	// with waiters woken together, a well-behaved producer's appends lost
+	// the race to the next read of attackers that retry at once
+	// (`tsstore bench --workloads x --hostile-big-appenders 20`).
+	queue []*readWaiter
 	// receiving counts requests whose reads hold both budgets, so grpc
 	// reads them, and receivingSince is when it last went from 0 (the
 	// stall cut, stallcut.go).
@@ -77,39 +82,67 @@ type requestBudget struct {
 	receivingSince time.Time
 }
 
-func newRequestBudget(n int64) *requestBudget {
-	return &requestBudget{size: n, freed: make(chan struct{})}
+// readWaiter is a read waiting for n bytes; ready is closed once they
+// were taken for it.
+type readWaiter struct {
+	n     int64
+	ready chan struct{}
 }
 
-// startRead counts n bytes as being read, waiting until they fit beside
-// what is read and held, until ctx ends.
+func newRequestBudget(n int64) *requestBudget {
+	return &requestBudget{size: n}
+}
+
+// fitsLocked reports whether a read of n bytes fits now.
+func (b *requestBudget) fitsLocked(n int64) bool {
+	return b.reading+b.held+n <= b.size || b.reading+b.held == 0
+}
+
+// startRead counts n bytes as being read, waiting in line until they fit
+// beside what is read and held, until ctx ends.
 func (b *requestBudget) startRead(ctx context.Context, n int64) error {
 	b.mu.Lock()
-	for b.reading+b.held+n > b.size && b.reading+b.held > 0 {
-		freed := b.freed
-		b.waiting++
+	if len(b.queue) == 0 && b.fitsLocked(n) {
+		b.reading += n
 		b.mu.Unlock()
-		select {
-		case <-freed:
-		case <-ctx.Done():
-			b.mu.Lock()
-			b.waiting--
-			b.mu.Unlock()
-			return ctx.Err()
-		}
-		b.mu.Lock()
-		b.waiting--
+		return nil
 	}
-	b.reading += n
+	w := &readWaiter{n: n, ready: make(chan struct{})}
+	b.queue = append(b.queue, w)
 	b.mu.Unlock()
-	return nil
+	select {
+	case <-w.ready:
+		return nil
+	case <-ctx.Done():
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	select {
+	case <-w.ready: // served meanwhile: give the bytes back
+		b.reading -= n
+	default:
+		b.queue = slices.DeleteFunc(b.queue, func(x *readWaiter) bool { return x == w })
+	}
+	b.serveLocked()
+	return ctx.Err()
+}
+
+// serveLocked gives room to the waiting reads, in order, while the first
+// fits.
+func (b *requestBudget) serveLocked() {
+	for len(b.queue) > 0 && b.fitsLocked(b.queue[0].n) {
+		w := b.queue[0]
+		b.queue = b.queue[1:]
+		b.reading += w.n
+		close(w.ready)
+	}
 }
 
 // contended reports whether a read waits for room.
 func (b *requestBudget) contended() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.waiting > 0
+	return len(b.queue) > 0
 }
 
 // receive notes that a request of the connection starts (on) or stops
@@ -140,7 +173,7 @@ func (b *requestBudget) readStalled(now time.Time, d time.Duration, lastRead tim
 func (b *requestBudget) endRead(n int64) {
 	b.mu.Lock()
 	b.reading -= n
-	b.wakeLocked()
+	b.serveLocked()
 	b.mu.Unlock()
 }
 
@@ -161,13 +194,8 @@ func (b *requestBudget) hold(n, keep int64) bool {
 func (b *requestBudget) release(n int64) {
 	b.mu.Lock()
 	b.held -= n
-	b.wakeLocked()
+	b.serveLocked()
 	b.mu.Unlock()
-}
-
-func (b *requestBudget) wakeLocked() {
-	close(b.freed)
-	b.freed = make(chan struct{})
 }
 
 // inUse returns the bytes being read and held.
