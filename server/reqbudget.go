@@ -44,7 +44,10 @@ import (
 //     its bytes are dropped. The unary interceptors run after the read, as
 //     for any unary call (same metrics, labels and auth).
 //   - AppendStream requests count at their real size from the moment they
-//     are read until answered, refused the same way; the one request an
+//     are read until answered, refused the same way. They are held against
+//     the held bytes only (they are in memory already): while unary reads
+//     fill the rest of a budget, the count can pass its size, to at most
+//     twice the size less one read. The one request an
 //     AppendStream is reading is not reserved (an idle stream would hold a
 //     reservation for ever), so it is bounded by the number of open
 //     AppendStreams, each reading at most one request, as are the requests
@@ -273,10 +276,12 @@ func (c *requestCharge) endRead() {
 	c.reading = 0
 }
 
-// admit ends the read and counts the request at its real size, or
-// refuses it (ResourceExhausted) if that would pass a cap.
+// admit counts the request at its real size, or refuses it
+// (ResourceExhausted) if that would pass a cap, and then ends its read:
+// in that order, the next read waiting is given room only once the
+// request's bytes are counted.
 func (c *requestCharge) admit(size int64) error {
-	c.endRead()
+	defer c.endRead()
 	keep := c.n.maxRequestRead()
 	if c.conn != nil && !c.conn.hold(size, keep) {
 		return c.holdRefused(size, "this connection", "conn-request-bytes", c.conn)
@@ -325,13 +330,15 @@ func appendDesc() *grpc.ServiceDesc {
 }
 
 // serveAppend reads one Append request within the request budgets, runs
-// the unary interceptors and Append, and sends the answer.
+// the unary interceptors and Append, and sends the answer. A refusal by
+// the budgets goes through the unary interceptors too, so that the
+// unary metrics count it.
 func (s *service) serveAppend(stream grpc.ServerStream) error {
 	ctx := stream.Context()
 	charge := s.n.newRequestCharge(ctx)
 	defer charge.done()
 	if err := charge.startRead(ctx); err != nil {
-		return err
+		return s.unaryAppend(stream, new(pb.AppendRequest), err)
 	}
 	req := new(pb.AppendRequest)
 	if err := stream.RecvMsg(req); err != nil {
@@ -340,10 +347,19 @@ func (s *service) serveAppend(stream grpc.ServerStream) error {
 		}
 		return err
 	}
-	if err := charge.admit(int64(proto.Size(req)) + grpcFrameBytes); err != nil {
-		return err
+	return s.unaryAppend(stream, req, charge.admit(int64(proto.Size(req))+grpcFrameBytes))
+}
+
+// unaryAppend runs the unary interceptors around Append of req, or
+// around the refusal refused, and sends the answer.
+func (s *service) unaryAppend(stream grpc.ServerStream, req *pb.AppendRequest, refused error) error {
+	handler := func(ctx context.Context, req any) (any, error) {
+		if refused != nil {
+			return nil, refused
+		}
+		return s.Append(ctx, req.(*pb.AppendRequest))
 	}
-	handler := func(ctx context.Context, req any) (any, error) { return s.Append(ctx, req.(*pb.AppendRequest)) }
+	ctx := stream.Context()
 	var resp any
 	var err error
 	if chain := s.n.appendChain; chain != nil {

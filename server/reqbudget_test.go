@@ -110,7 +110,12 @@ func TestLargeAppendsAreRefusedWhileOthersAppend(t *testing.T) {
 	})
 	n := tc.leader()
 	creds := credentials.NewTLS(trust(t, p.ca, nil))
-	ctx := withToken(ctxT(t), appendTok)
+	// A guard against a hang, not a timing: the attack writes ~100 MB
+	// through Raft, which took 9-12 s here and once more than the 20 s of
+	// ctxT on a loaded machine.
+	tctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ctx := withToken(tctx, appendTok)
 
 	var out appendOutcomes
 	var attackers sync.WaitGroup
@@ -197,6 +202,10 @@ func TestLargeAppendsAreRefusedWhileOthersAppend(t *testing.T) {
 	if refused := counterValue(t, n.metrics.requestsRefused.WithLabelValues("node-request-bytes")) +
 		counterValue(t, n.metrics.requestsRefused.WithLabelValues("conn-request-bytes")); refused != float64(out.exhausted.Load()) {
 		t.Fatalf("the metric counts %v refusals, the attackers saw %d", refused, out.exhausted.Load())
+	}
+	// Unary refusals are in gRPC's own metrics too.
+	if got := handledTotal(t, n, "Append", "ResourceExhausted"); got == 0 {
+		t.Fatal("grpc_server_handled_total counts no unary Append refused ResourceExhausted")
 	}
 
 	// The load has ended: the node's budget empties (a unary append gives
