@@ -276,3 +276,43 @@ func TestStalledAppendBodiesAreCut(t *testing.T) {
 		})
 	}
 }
+
+// Reads that wait are given room in the order they asked: with waiters
+// woken together, a producer's append lost every race to attackers that
+// retry at once (docs/benchmarks.md, x with big appenders).
+func TestRequestBudgetServesReadsInOrder(t *testing.T) {
+	const read = 1 << 20
+	b := newRequestBudget(2 * read)
+	ctx := context.Background()
+	for range 2 {
+		if err := b.startRead(ctx, read); err != nil {
+			t.Fatal(err)
+		}
+	}
+	served := make(chan int, 3)
+	for i := range 3 {
+		go func() {
+			if err := b.startRead(ctx, read); err == nil {
+				served <- i
+			}
+		}()
+		// The next one asks only once this one waits in line.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+			b.mu.Lock()
+			queued := len(b.queue)
+			b.mu.Unlock()
+			if queued == i+1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d reads wait, want %d", queued, i+1)
+			}
+		}
+	}
+	for want := range 3 {
+		b.endRead(read)
+		if got := <-served; got != want {
+			t.Fatalf("read %d was served before read %d", got, want)
+		}
+	}
+}
