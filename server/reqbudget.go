@@ -36,24 +36,24 @@ import (
 //   - So unary Append is served as a stream (appendDesc): its handler runs
 //     before grpc reads the body, and reserves the largest request
 //     (max-request-bytes + 1 MiB, grpc's MaxRecvMsgSize) from its
-//     connection's and the node's budgets before it reads it, waiting in line up to
-//     requestReadWait for them. Once read, the request counts at its real
-//     size until it is answered; a request that would take the held bytes
-//     past the budget less one largest request (so that one read can always
-//     proceed) is refused at once with ResourceExhausted naming the cap, and
-//     its bytes are dropped. The unary interceptors run after the read, as
-//     for any unary call (same metrics, labels and auth).
+//     connection's and the node's budgets before it reads it, waiting in
+//     line up to requestReadWait for them. Once read, the request counts at
+//     its real size until it is answered; a request that would take the
+//     held bytes past the budget less one largest request (so that one read
+//     can always proceed) is refused at once with ResourceExhausted naming
+//     the cap, and its bytes are dropped. The unary interceptors run after
+//     the read, as for any unary call (same metrics, labels and auth).
 //   - AppendStream requests count at their real size from the moment they
 //     are read until answered, refused the same way. They are held against
 //     the held bytes only (they are in memory already): while unary reads
 //     fill the rest of a budget, the count can pass its size, to at most
-//     twice the size less one read. The one request an
-//     AppendStream is reading is not reserved (an idle stream would hold a
-//     reservation for ever), so it is bounded by the number of open
-//     AppendStreams, each reading at most one request, as are the requests
-//     of other methods (small by design, read whole by grpc).
+//     twice the size less one read. The one request an AppendStream is
+//     reading is not reserved (an idle stream would hold a reservation for
+//     ever), so it is bounded by the number of open AppendStreams, each
+//     reading at most one request, as are the requests of other methods
+//     (small by design, read whole by grpc).
 //
-// Readers wait for budget rather than being refused, so a burst of small
+// Reads wait for budget rather than being refused, so a burst of small
 // appends on one connection queues for microseconds instead of failing;
 // requests already read are refused rather than queued, so large appends
 // beyond the budget cost their sender a retry instead of the node memory.
