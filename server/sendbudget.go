@@ -150,6 +150,11 @@ func (b *byteBudget) linger(m *sentMsg) bool {
 	if b.gone {
 		return false
 	}
+	select {
+	case <-m.left:
+		return true // it left meanwhile: nothing to keep
+	default:
+	}
 	if b.lingering == nil {
 		b.lingering = map[*sentMsg]struct{}{}
 	}
@@ -225,10 +230,10 @@ type sentMsg struct {
 func (m *sentMsg) release() {
 	m.once.Do(func() {
 		m.s.give(m.size)
+		close(m.left) // before forget: linger then sees it left
 		if m.s.conn != nil {
 			m.s.conn.forget(m)
 		}
-		close(m.left)
 	})
 }
 
