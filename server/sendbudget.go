@@ -20,11 +20,14 @@ import (
 //     (take), and sets the reservation to the encoded message's real size
 //     once it is built (resize): a message holds at least one batch, which
 //     may be larger than the message size asked for;
-//   - the message is encoded before Send and the read buffer goes back to
-//     the pool before Send can block (reader.sendMsg), so what a blocked
-//     stream holds is gRPC's copy, which the budget counts;
-//   - it gives a message's bytes back once the stream's next message was
-//     accepted (sent): the earlier one has then left gRPC's stream queue.
+//   - the message is encoded into one pooled buffer before Send and the
+//     read buffer goes back to the pool before Send can block
+//     (reader.sendMsg), so what the stream holds is gRPC's copy, which the
+//     budget counts;
+//   - it gets the message's bytes back when gRPC frees that copy, written
+//     to the connection or dropped with the stream (sentMsg, codec.go), and
+//     reads its next message only then (take): a stalled stream holds one
+//     message, not the one queued plus the next waiting in Send.
 //
 // A stream whose connection has no budget left waits, holding nothing,
 // until its connection drains; other connections are not held up, except
@@ -107,8 +110,8 @@ func (b *byteBudget) contended() bool {
 // stalled reports whether a connection's budget shows it stalled for d
 // before now, one of two ways:
 //
-//   - a stream has been in SendMsg for d: gRPC blocks it there until the
-//     stream's previous message has left;
+//   - a stream has been in SendMsg, or waiting for its last message to
+//     leave gRPC (sendBudget.waitLeft), for d;
 //   - less than free bytes are left, so its own streams cannot send, and
 //     none has come back for d.
 //

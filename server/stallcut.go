@@ -17,8 +17,9 @@ import (
 // other Read and Subscribe on the node waits. So while a stream waits for
 // the node's budget, a client connection that shows stalled for
 // Config.SendStallTimeout is closed, as NATS closes a slow consumer past
-// its write deadline: one with a stream blocked in SendMsg that long (gRPC
-// holds it there until the stream's previous message has left), or one
+// its write deadline: one with a stream whose last message has not left
+// gRPC for that long (the stream waits for it before reading the next,
+// sendBudget.waitLeft), or one
 // whose own budget is spent with none of it back for that long. Its
 // streams end Unavailable (the SDK resumes elsewhere or later), and the
 // bytes gRPC held for it are freed. A connection that drains, however
