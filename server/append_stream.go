@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
@@ -46,6 +47,7 @@ func (s *service) AppendStream(stream pb.EventStore_AppendStreamServer) error {
 	default:
 	}
 	st := newAppendStream(stream.Context(), s.n.cfg.MaxStreamInflight, s.append, s.n.draining, s.n.logger)
+	st.hold = func(size int64) (func(), error) { return s.n.holdStreamRequest(stream.Context(), size) }
 	go st.receive(stream)
 	return st.serve(stream)
 }
@@ -59,6 +61,9 @@ type appendStream struct {
 	decide   func(context.Context, *pb.AppendRequest) (*pb.AppendResponse, error) // service.append
 	draining <-chan struct{}                                                      // Node.draining
 	logger   *slog.Logger
+	// hold, if set, counts a request read against the request budgets
+	// until it is answered (reqbudget.go), or refuses it.
+	hold func(size int64) (release func(), err error)
 	// slots holds a token per request read and not yet answered (or
 	// being read); its capacity is MaxStreamInflight.
 	slots chan struct{}
@@ -99,30 +104,43 @@ func (st *appendStream) receive(stream pb.EventStore_AppendStreamServer) {
 			st.recvEnd <- err
 			return
 		}
-		if !st.start(req) {
+		var release func()
+		var refused error
+		if st.hold != nil {
+			release, refused = st.hold(int64(proto.Size(req)) + grpcFrameBytes)
+		}
+		if !st.start(req, release, refused) {
+			if release != nil {
+				release()
+			}
 			<-st.slots
 			return // the handler stopped: the request is never answered
 		}
 	}
 }
 
-// start runs req on its own goroutine unless the handler has stopped.
-func (st *appendStream) start(req *pb.AppendStreamRequest) bool {
+// start runs req on its own goroutine unless the handler has stopped;
+// the goroutine calls release (if set) once req is decided, and answers
+// refused (if set) instead of deciding it.
+func (st *appendStream) start(req *pb.AppendStreamRequest, release func(), refused error) bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.mu.stopped {
 		return false
 	}
 	st.reqs.Add(1)
-	go st.handle(req)
+	go st.handle(req, release, refused)
 	return true
 }
 
 // handle decides one request and hands its answer to the sender.
-func (st *appendStream) handle(req *pb.AppendStreamRequest) {
+func (st *appendStream) handle(req *pb.AppendStreamRequest, release func(), refused error) {
 	defer st.reqs.Done()
 	resp := &pb.AppendStreamResponse{Id: req.GetId()}
 	defer func() {
+		if release != nil {
+			release()
+		}
 		if p := recover(); p != nil {
 			// As the recovery interceptor answers a panic in unary Append.
 			st.logger.Error("panic in handler", "panic", p, "method", "AppendStream")
@@ -130,6 +148,10 @@ func (st *appendStream) handle(req *pb.AppendStreamRequest) {
 		}
 		st.out <- resp
 	}()
+	if refused != nil {
+		resp.Result = errorResult(refused)
+		return
+	}
 	ar := req.GetAppend()
 	if ar == nil {
 		ar = &pb.AppendRequest{} // answered as an append with no events

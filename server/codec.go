@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -23,10 +24,11 @@ type strictCodec struct {
 	encoding.CodecV2
 	bad      *sync.Map // proto.Message -> decode error
 	released *sync.Map // proto.Message -> func(): called once it is encoded
+	left     *sync.Map // proto.Message -> func(): called once gRPC has freed its encoding
 }
 
 func newStrictCodec() strictCodec {
-	return strictCodec{CodecV2: encoding.GetCodecV2(proto.Name), bad: &sync.Map{}, released: &sync.Map{}}
+	return strictCodec{CodecV2: encoding.GetCodecV2(proto.Name), bad: &sync.Map{}, released: &sync.Map{}, left: &sync.Map{}}
 }
 
 // Marshal implements encoding.CodecV2. Once m is encoded, into gRPC's
@@ -34,7 +36,13 @@ func newStrictCodec() strictCodec {
 // registered for m (sendReleasing) runs, before gRPC's Send can block on
 // flow control.
 func (c strictCodec) Marshal(m any) (mem.BufferSlice, error) {
-	data, err := c.CodecV2.Marshal(m)
+	var data mem.BufferSlice
+	var err error
+	if f, ok := c.left.LoadAndDelete(m); ok {
+		data, err = marshalTracked(m, f.(func()))
+	} else {
+		data, err = c.CodecV2.Marshal(m)
+	}
 	if f, ok := c.released.LoadAndDelete(m); ok {
 		f.(func())()
 	}
@@ -42,14 +50,62 @@ func (c strictCodec) Marshal(m any) (mem.BufferSlice, error) {
 }
 
 // sendReleasing sends m on stream and calls release once m is encoded, or
-// when SendMsg returns without encoding it; exactly once.
-func (c strictCodec) sendReleasing(stream grpc.ServerStream, m any, release func()) error {
+// when SendMsg returns without encoding it; exactly once. left, if set, is
+// called once gRPC has freed m's encoding: the transport wrote it to the
+// connection, or dropped it with the stream (it runs on gRPC's writer
+// goroutine); or when SendMsg returns without encoding m.
+func (c strictCodec) sendReleasing(stream grpc.ServerStream, m any, release, left func()) error {
 	c.released.Store(m, release)
+	if left != nil {
+		c.left.Store(m, left)
+	}
 	err := stream.SendMsg(m)
 	if f, ok := c.released.LoadAndDelete(m); ok {
 		f.(func())()
 	}
+	if f, ok := c.left.LoadAndDelete(m); ok {
+		f.(func())()
+	}
 	return err
+}
+
+// trackedMinBytes keeps a tracked encoding above gRPC's pooling threshold
+// (1 KiB): below it a buffer is never freed, so left would never run.
+const trackedMinBytes = 4 << 10
+
+// marshalTracked encodes m into one pooled buffer whose return to the
+// pool calls left: gRPC frees a message's buffers when its transport has
+// written them or dropped them with the stream. gRPC compresses into
+// buffers of its own, but this server registers no compressor, so what
+// is sent is this buffer.
+func marshalTracked(m any, left func()) (mem.BufferSlice, error) {
+	pm, ok := m.(protov2.Message)
+	if !ok {
+		left()
+		return nil, fmt.Errorf("tracked encoding of %T, not a proto message", m)
+	}
+	pool := mem.DefaultBufferPool()
+	size := protov2.Size(pm)
+	buf := pool.Get(max(size, trackedMinBytes))
+	out, err := protov2.MarshalOptions{UseCachedSize: true}.MarshalAppend((*buf)[:0], pm)
+	if err != nil {
+		pool.Put(buf)
+		left()
+		return nil, err
+	}
+	*buf = out
+	return mem.BufferSlice{mem.NewBuffer(buf, leftPool{BufferPool: pool, left: left})}, nil
+}
+
+// leftPool returns buffers to gRPC's pool and reports it.
+type leftPool struct {
+	mem.BufferPool
+	left func()
+}
+
+func (p leftPool) Put(b *[]byte) {
+	p.BufferPool.Put(b)
+	p.left()
 }
 
 // Unmarshal implements encoding.CodecV2.

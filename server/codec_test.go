@@ -112,7 +112,7 @@ func TestSendReleasingReleasesOnceEncoded(t *testing.T) {
 		released := 0
 		s := &releasingStream{c: c, fail: fail, released: &released}
 		msg := &pb.ReadResponse{Batches: []byte("batch"), NextOffset: 1}
-		err := c.sendReleasing(s, msg, func() { released++ })
+		err := c.sendReleasing(s, msg, func() { released++ }, nil)
 		if fail != (err != nil) {
 			t.Fatalf("fail=%v: SendMsg returned %v", fail, err)
 		}

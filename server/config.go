@@ -148,9 +148,23 @@ type Config struct {
 	// not read cannot make the node hold more.
 	ConnSendBytes int64
 	NodeSendBytes int64
+	// ConnRequestBytes and NodeRequestBytes bound, in bytes, the Append
+	// and AppendStream requests read and not yet answered, per client
+	// connection and per node, with a unary Append's request reserved at
+	// the largest size (MaxRequestBytes + 1 MiB) while it is read
+	// (reqbudget.go). Each must hold two largest requests. A request that
+	// does not fit is refused with ResourceExhausted.
+	ConnRequestBytes int64
+	NodeRequestBytes int64
+	// RequestWindowBytes is the static HTTP/2 flow-control window of every
+	// API stream, in bytes: what a client can make the node hold for a
+	// call whose request the node has not started to read (reqbudget.go).
+	RequestWindowBytes int
 	// SendStallTimeout: while readers wait for the node's send budget, a
 	// client connection with a Read or Subscribe stream blocked in Send
-	// for this long is closed (stallcut.go). 0 turns the cut off.
+	// for this long is closed (stallcut.go); while appends wait for the
+	// node's request budget, so is one with an append request being read
+	// and no byte arriving for this long. 0 turns the cut off.
 	SendStallTimeout time.Duration
 	// MaxSubscriberLag is how many offsets a live subscriber may fall
 	// behind the log end before it is told it is too slow.
@@ -221,6 +235,9 @@ func DefaultConfig() Config {
 		ConnSendBytes:          8 << 20,
 		NodeSendBytes:          32 << 20,
 		SendStallTimeout:       2 * time.Second,
+		ConnRequestBytes:       64 << 20,
+		NodeRequestBytes:       128 << 20,
+		RequestWindowBytes:     64 << 10,
 		Segment:                segment.DefaultOptions(),
 	}
 }
@@ -317,6 +334,12 @@ func (c Config) Validate() error {
 	}
 	if c.ConnSendBytes < 4*int64(c.ReadMessageBytes) || c.NodeSendBytes < c.ConnSendBytes {
 		errs = append(errs, errors.New("need conn send bytes >= 4 x read message bytes, node send bytes >= conn send bytes"))
+	}
+	if maxRead := int64(c.MaxRequestBytes) + 1<<20; c.ConnRequestBytes < 2*maxRead || c.NodeRequestBytes < c.ConnRequestBytes {
+		errs = append(errs, fmt.Errorf("need conn request bytes >= 2 x (max request bytes + 1 MiB) = %d, node request bytes >= conn request bytes", 2*maxRead))
+	}
+	if c.RequestWindowBytes < 64<<10 || c.RequestWindowBytes > 16<<20 {
+		errs = append(errs, errors.New("request window bytes must be in [64 KiB, 16 MiB]"))
 	}
 	if c.MaxStreamInflight <= 0 || c.MaxStreamInflight > 1<<16 {
 		errs = append(errs, errors.New("max stream inflight must be in [1, 65536]"))

@@ -39,7 +39,12 @@
 //   - security, off by default: TLS for the API, mutual TLS between nodes
 //     (a TLS raft.StreamLayer and the node-to-node gRPC calls), and
 //     bearer tokens with roles checked by an auth interceptor (tls.go,
-//     auth.go; docs/operations.md#security).
+//     auth.go; docs/operations.md#security);
+//   - what clients can make the node hold: Read and Subscribe messages in
+//     gRPC's hands (sendbudget.go, one message per stalled stream), append
+//     requests read and not yet answered (reqbudget.go, unary Append served
+//     as a stream so that it runs before grpc reads the body), and the cut
+//     of connections that stall either while others wait (stallcut.go).
 //
 // Invariants:
 //   - an Append is answered with offsets only after its Raft entry is

@@ -55,6 +55,12 @@ type nodeMetrics struct {
 	subscriptions   prometheus.Gauge
 	slowConsumers   prometheus.Counter
 	stalledConnsCut prometheus.Counter
+	// requestsRefused counts append requests refused by the request
+	// budgets (reqbudget.go), by the flag of the cap.
+	requestsRefused *prometheus.CounterVec
+	// stalledRequestConnsCut counts connections closed for a stalled
+	// append request body (stallcut.go).
+	stalledRequestConnsCut prometheus.Counter
 
 	// authRefused counts calls refused by authentication, by method and
 	// code; most are refused on their headers (auth.go, tapHandle), before
@@ -161,6 +167,12 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 
 	m.stalledConnsCut = f.counter("tsstore_read_stalled_conns_closed_total",
 		"Client connections closed because their Read or Subscribe messages stopped leaving for send-stall-timeout while other readers waited for the node's send budget.")
+
+	m.requestsRefused = f.counterVec("tsstore_append_requests_refused_total",
+		"Append requests refused with ResourceExhausted because reading or holding them would pass a request budget, by cap: conn-request-bytes or node-request-bytes.", "cap")
+
+	m.stalledRequestConnsCut = f.counter("tsstore_append_stalled_conns_closed_total",
+		"Client connections closed because an append request being read received no byte for send-stall-timeout while other appends waited for the node's request budget.")
 
 	m.leaderChanges = f.counter("tsstore_raft_leader_changes_total",
 		"Times this node observed a new leader being established (a leader id different from the previous observation, including after a period without leader).")

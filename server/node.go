@@ -89,6 +89,12 @@ type Node struct {
 	// sendBytes is the node-wide budget of read messages in gRPC's hands
 	// (sendbudget.go).
 	sendBytes *byteBudget
+	// reqBytes is the node-wide budget of append requests read and not
+	// yet answered (reqbudget.go).
+	reqBytes *requestBudget
+	// appendChain is the unary interceptor chain, which serveAppend runs
+	// itself once it has read the request (reqbudget.go).
+	appendChain grpc.UnaryServerInterceptor
 	// conns are the API's client connections, for the stall cut
 	// (stallcut.go).
 	conns *connTracker
@@ -114,7 +120,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n := &Node{cfg: cfg, logger: cfg.Logger, started: time.Now(), fatal: make(chan error, 1), draining: make(chan struct{}), shutdown: make(chan struct{}),
-		sendBytes: newByteBudget(cfg.NodeSendBytes), conns: newConnTracker(), codec: newStrictCodec()}
+		sendBytes: newByteBudget(cfg.NodeSendBytes), reqBytes: newRequestBudget(cfg.NodeRequestBytes), conns: newConnTracker(), codec: newStrictCodec()}
 	if n.logger == nil {
 		n.logger = slog.Default()
 	}

@@ -324,25 +324,22 @@ func (r *reader) send(stream grpc.ServerStream, end, logEnd uint64) error {
 const grpcFrameBytes = 5
 
 // sendMsg sends msg, whose bytes alias buf, holding the stream's budget to
-// what gRPC holds of it. A stalled client's stream blocks in SendMsg; what
-// it holds while blocked is gRPC's encoded copy of msg (and of the message
-// before it, still queued on the connection), never buf: the message is
-// budgeted at its encoded size, and buf goes back to the pool as soon as
-// the codec has encoded it, before SendMsg can wait (codec.go).
+// what gRPC holds of it: the message is budgeted at its encoded size until
+// gRPC has freed the encoding (sendBudget.handOff, codec.go), and buf goes
+// back to the pool as soon as the codec has encoded it. The stream's next
+// message is read only once this one has left (sendBudget.take), so a
+// stalled client's stream holds this one message and nothing else.
 func (r *reader) sendMsg(stream grpc.ServerStream, msg *pb.ReadResponse, buf *[]byte) error {
 	size := int64(proto.Size(msg)) + grpcFrameBytes
 	if err := r.budget.resize(stream.Context(), size); err != nil {
 		put(buf)
 		return status.FromContextError(err).Err()
 	}
+	m := r.budget.handOff()
 	r.budget.sending(true)
-	err := r.n.codec.sendReleasing(stream, msg, func() { put(buf) })
+	err := r.n.codec.sendReleasing(stream, msg, func() { put(buf) }, m.release)
 	r.budget.sending(false)
-	if err != nil {
-		return err
-	}
-	r.budget.sent()
-	return nil
+	return err
 }
 
 // batchEvents counts the records of CRC-checked batches. An unfiltered

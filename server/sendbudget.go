@@ -20,11 +20,14 @@ import (
 //     (take), and sets the reservation to the encoded message's real size
 //     once it is built (resize): a message holds at least one batch, which
 //     may be larger than the message size asked for;
-//   - the message is encoded before Send and the read buffer goes back to
-//     the pool before Send can block (reader.sendMsg), so what a blocked
-//     stream holds is gRPC's copy, which the budget counts;
-//   - it gives a message's bytes back once the stream's next message was
-//     accepted (sent): the earlier one has then left gRPC's stream queue.
+//   - the message is encoded into one pooled buffer before Send and the
+//     read buffer goes back to the pool before Send can block
+//     (reader.sendMsg), so what the stream holds is gRPC's copy, which the
+//     budget counts;
+//   - it gets the message's bytes back when gRPC frees that copy, written
+//     to the connection or dropped with the stream (sentMsg, codec.go), and
+//     reads its next message only then (take): a stalled stream holds one
+//     message, not the one queued plus the next waiting in Send.
 //
 // A stream whose connection has no budget left waits, holding nothing,
 // until its connection drains; other connections are not held up, except
@@ -48,6 +51,10 @@ type byteBudget struct {
 	// sending holds the streams of a connection's budget that are in
 	// SendMsg, and since when (the stall cut, stallcut.go).
 	sending map[*sendBudget]time.Time
+	// lingering holds the messages of a connection's ended streams that
+	// gRPC has not freed yet; gone is set once the connection closed.
+	lingering map[*sentMsg]struct{}
+	gone      bool
 }
 
 func newByteBudget(n int64) *byteBudget {
@@ -103,8 +110,8 @@ func (b *byteBudget) contended() bool {
 // stalled reports whether a connection's budget shows it stalled for d
 // before now, one of two ways:
 //
-//   - a stream has been in SendMsg for d: gRPC blocks it there until the
-//     stream's previous message has left;
+//   - a stream has been in SendMsg, or waiting for its last message to
+//     leave gRPC (sendBudget.waitLeft), for d;
 //   - less than free bytes are left, so its own streams cannot send, and
 //     none has come back for d.
 //
@@ -138,19 +145,64 @@ func (b *byteBudget) inSend(s *sendBudget, on bool) {
 	b.sending[s] = time.Now()
 }
 
+// linger keeps m, of an ended stream, until it leaves or the connection
+// closes; false if the connection is already closed.
+func (b *byteBudget) linger(m *sentMsg) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.gone {
+		return false
+	}
+	select {
+	case <-m.left:
+		return true // it left meanwhile: nothing to keep
+	default:
+	}
+	if b.lingering == nil {
+		b.lingering = map[*sentMsg]struct{}{}
+	}
+	b.lingering[m] = struct{}{}
+	return true
+}
+
+// forget drops m from the lingering messages: it has left.
+func (b *byteBudget) forget(m *sentMsg) {
+	b.mu.Lock()
+	delete(b.lingering, m)
+	b.mu.Unlock()
+}
+
+// closed gives back the lingering messages of a closed connection: gRPC
+// does not free the messages its writer still queued when the connection
+// ends.
+func (b *byteBudget) closed() {
+	b.mu.Lock()
+	b.gone = true
+	ms := make([]*sentMsg, 0, len(b.lingering))
+	for m := range b.lingering {
+		ms = append(ms, m)
+	}
+	b.mu.Unlock()
+	for _, m := range ms {
+		m.release()
+	}
+}
+
 // connBudgetKey carries a connection's budget in its streams' contexts.
 type connBudgetKey struct{}
 
 // connBudgets is the stats handler that gives every client connection
-// its own send budget and registers it for the stall cut (stallcut.go).
+// its own send and request budgets and registers it for the stall cut (stallcut.go).
 type connBudgets struct {
-	bytes int64
-	conns *connTracker
+	bytes    int64 // send budget
+	reqBytes int64 // request budget (reqbudget.go)
+	conns    *connTracker
 }
 
 func (h connBudgets) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
-	b := newByteBudget(h.bytes)
-	h.conns.tag(info.RemoteAddr, b)
+	b, r := newByteBudget(h.bytes), newRequestBudget(h.reqBytes)
+	h.conns.tag(info.RemoteAddr, b, r)
+	ctx = context.WithValue(ctx, connRequestKey{}, r)
 	return context.WithValue(ctx, connBudgetKey{}, b)
 }
 func (connBudgets) HandleConn(context.Context, stats.ConnStats)                     {}
@@ -158,11 +210,34 @@ func (connBudgets) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Cont
 func (connBudgets) HandleRPC(context.Context, stats.RPCStats)                       {}
 
 // sendBudget is what one Read or Subscribe stream holds of its
-// connection's and the node's budgets: the bytes of its last message,
-// which gRPC may still hold, and of the one being prepared.
+// connection's and the node's budgets: the bytes of the message being
+// prepared, or of the one gRPC holds, never both.
 type sendBudget struct {
 	conn, node *byteBudget
-	last, cur  int64
+	cur        int64    // reserved for the message being prepared
+	last       *sentMsg // the message last handed to gRPC, until it has left
+}
+
+// sentMsg is a message handed to gRPC. Its bytes are given back once gRPC
+// has freed its encoding (the codec's tracked encoding, codec.go): written
+// to the connection, or dropped with the stream; or, for a stream that
+// ended first, when its connection closes (byteBudget.linger).
+type sentMsg struct {
+	s    *sendBudget
+	size int64
+	left chan struct{}
+	once sync.Once
+}
+
+// release gives the message's bytes back, once.
+func (m *sentMsg) release() {
+	m.once.Do(func() {
+		m.s.give(m.size)
+		close(m.left) // before forget: linger then sees it left
+		if m.s.conn != nil {
+			m.s.conn.forget(m)
+		}
+	})
 }
 
 func (n *Node) newSendBudget(ctx context.Context) *sendBudget {
@@ -170,13 +245,41 @@ func (n *Node) newSendBudget(ctx context.Context) *sendBudget {
 	return &sendBudget{conn: conn, node: n.sendBytes}
 }
 
-// take reserves size bytes for the next message, before it is read.
+// take reserves size bytes for the next message, before it is read, once
+// the message before it has left gRPC: a stream whose client stalls so
+// holds one message, in gRPC's hands, and waits holding nothing else.
 func (s *sendBudget) take(ctx context.Context, size int64) error {
+	if err := s.waitLeft(ctx); err != nil {
+		return err
+	}
 	if err := s.acquire(ctx, size); err != nil {
 		return err
 	}
 	s.cur = size
 	return nil
+}
+
+// waitLeft waits until the last message sent has left gRPC. The wait
+// counts as a send for the stall cut (stallcut.go).
+func (s *sendBudget) waitLeft(ctx context.Context) error {
+	if s.last == nil {
+		return nil
+	}
+	select {
+	case <-s.last.left:
+		s.last = nil
+		return nil
+	default:
+	}
+	s.sending(true)
+	defer s.sending(false)
+	select {
+	case <-s.last.left:
+		s.last = nil
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // resize sets the next message's reservation to its real size, once it is
@@ -194,6 +297,14 @@ func (s *sendBudget) resize(ctx context.Context, size int64) error {
 	}
 	s.cur = size
 	return nil
+}
+
+// handOff moves the next message's reservation to the message about to
+// be sent, which gives it back once it has left gRPC (sentMsg.release).
+func (s *sendBudget) handOff() *sentMsg {
+	m := &sentMsg{s: s, size: s.cur, left: make(chan struct{})}
+	s.cur, s.last = 0, m
+	return m
 }
 
 // sending is called around SendMsg, for the stall cut.
@@ -224,17 +335,18 @@ func (s *sendBudget) acquire(ctx context.Context, n int64) error {
 	return nil
 }
 
-// sent is called once gRPC accepted the message: the one before it has
-// left gRPC's queue for the stream.
-func (s *sendBudget) sent() {
-	s.give(s.last)
-	s.last, s.cur = s.cur, 0
-}
-
-// done gives everything back; the stream has ended.
+// done gives back the reservation; the stream has ended. A message gRPC
+// still holds keeps its bytes until it leaves or its connection closes:
+// the stream's end does not free it.
 func (s *sendBudget) done() {
-	s.give(s.last + s.cur)
-	s.last, s.cur = 0, 0
+	s.give(s.cur)
+	s.cur = 0
+	if m := s.last; m != nil {
+		s.last = nil
+		if s.conn == nil || !s.conn.linger(m) {
+			m.release()
+		}
+	}
 }
 
 func (s *sendBudget) give(n int64) {

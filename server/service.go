@@ -57,7 +57,10 @@ func (n *Node) serve() error {
 	// PermissionDenied), and outside the inner recovery.
 	codec := n.codec // malformed requests are InvalidArgument (codec.go)
 	unary := []grpc.UnaryServerInterceptor{recovery.UnaryServerInterceptor(onPanic), n.metrics.grpc.UnaryServerInterceptor(), codec.unary}
-	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(onPanic), n.metrics.grpc.StreamServerInterceptor(), codec.stream}
+	// Unary Append is served as a stream, which runs the unary chain
+	// itself once it has read the request within the request budgets
+	// (reqbudget.go): the stream metrics leave it to the unary ones.
+	stream := []grpc.StreamServerInterceptor{recovery.StreamServerInterceptor(onPanic), exceptAppend(n.metrics.grpc.StreamServerInterceptor()), codec.stream}
 	var tapHandle tap.ServerInHandle
 	if n.sec.tokens != nil {
 		a := &authenticator{tokens: n.sec.tokens, peerName: n.sec.peerName, logger: n.logger.With("component", "auth"), refused: n.metrics.authRefused}
@@ -67,11 +70,18 @@ func (n *Node) serve() error {
 	}
 	unary = append(unary, recovery.UnaryServerInterceptor(onPanic))
 	stream = append(stream, recovery.StreamServerInterceptor(onPanic))
+	n.appendChain = chainUnary(unary)
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(n.cfg.MaxRequestBytes + (1 << 20)),
 		grpc.ForceServerCodecV2(codec),
 		grpc.MaxConcurrentStreams(n.cfg.MaxStreamsPerConn),
-		grpc.StatsHandler(connBudgets{bytes: n.cfg.ConnSendBytes, conns: n.conns}),
+		grpc.StatsHandler(connBudgets{bytes: n.cfg.ConnSendBytes, reqBytes: n.cfg.ConnRequestBytes, conns: n.conns}),
+		// Static windows: a call whose request the node has not started to
+		// read holds at most RequestWindowBytes; the connection's window
+		// bounds no memory (grpc acknowledges it as data arrives), only
+		// the rate, so it is BDP's ceiling (reqbudget.go).
+		grpc.StaticStreamWindowSize(int32(n.cfg.RequestWindowBytes)),
+		grpc.StaticConnWindowSize(16 << 20),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	}
@@ -98,7 +108,7 @@ func (n *Node) serve() error {
 // table's test registers them the same way, so none can lack a role).
 func (n *Node) registerAPI(srv *grpc.Server) {
 	s := &service{n: n}
-	pb.RegisterEventStoreServer(srv, s)
+	srv.RegisterService(appendDesc(), s) // EventStore, unary Append served as a stream (reqbudget.go)
 	pb.RegisterClusterServer(srv, s)
 	pb.RegisterRunsServer(srv, &runsService{n: n})
 	pb.RegisterRepairServer(srv, &repairService{n: n})

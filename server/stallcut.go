@@ -3,7 +3,10 @@ package server
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The send budget (sendbudget.go) bounds what stalled readers make the
@@ -14,8 +17,9 @@ import (
 // other Read and Subscribe on the node waits. So while a stream waits for
 // the node's budget, a client connection that shows stalled for
 // Config.SendStallTimeout is closed, as NATS closes a slow consumer past
-// its write deadline: one with a stream blocked in SendMsg that long (gRPC
-// holds it there until the stream's previous message has left), or one
+// its write deadline: one with a stream whose last message has not left
+// gRPC for that long (the stream waits for it before reading the next,
+// sendBudget.waitLeft), or one
 // whose own budget is spent with none of it back for that long. Its
 // streams end Unavailable (the SDK resumes elsewhere or later), and the
 // bytes gRPC held for it are freed. A connection that drains, however
@@ -35,7 +39,17 @@ type connTracker struct {
 type trackedConn struct {
 	*net.TCPConn // keeps SyscallConn: gRPC sets TCP_USER_TIMEOUT through it
 	t            *connTracker
-	budget       *byteBudget // set once gRPC tagged the connection
+	budget       *byteBudget    // set once gRPC tagged the connection
+	requests     *requestBudget // likewise (reqbudget.go)
+	lastRead     atomic.Int64   // unix nanoseconds of the last read that returned bytes
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.TCPConn.Read(p)
+	if n > 0 {
+		c.lastRead.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 func (c *trackedConn) Close() error {
@@ -43,8 +57,13 @@ func (c *trackedConn) Close() error {
 	if c.t.conns[c.RemoteAddr().String()] == c {
 		delete(c.t.conns, c.RemoteAddr().String())
 	}
+	b := c.budget
 	c.t.mu.Unlock()
-	return c.TCPConn.Close()
+	err := c.TCPConn.Close()
+	if b != nil {
+		b.closed() // what gRPC still held for the connection is gone
+	}
+	return err
 }
 
 type trackedListener struct {
@@ -65,6 +84,7 @@ func (l trackedListener) Accept() (net.Conn, error) {
 	// connection whose sent data is not acknowledged for 20 s is reset.
 	_ = setUserTimeout(tc, grpcKeepaliveTimeout)
 	w := &trackedConn{TCPConn: tc, t: l.t}
+	w.lastRead.Store(time.Now().UnixNano())
 	l.t.mu.Lock()
 	l.t.conns[tc.RemoteAddr().String()] = w
 	l.t.mu.Unlock()
@@ -80,16 +100,32 @@ func (t *connTracker) wrap(l net.Listener) net.Listener {
 	return trackedListener{Listener: l, t: t}
 }
 
-// tag attaches the send budget gRPC gave the connection from remote.
-func (t *connTracker) tag(remote net.Addr, b *byteBudget) {
+// tag attaches the send and request budgets gRPC gave the connection
+// from remote.
+func (t *connTracker) tag(remote net.Addr, b *byteBudget, r *requestBudget) {
 	if t == nil || remote == nil {
 		return
 	}
 	t.mu.Lock()
 	if c := t.conns[remote.String()]; c != nil {
-		c.budget = b
+		c.budget, c.requests = b, r
 	}
 	t.mu.Unlock()
+}
+
+// requestStalled returns the connections that have had a request being
+// read for d with no byte arriving on their socket for as long
+// (requestBudget.readStalled).
+func (t *connTracker) requestStalled(now time.Time, d time.Duration) []*trackedConn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []*trackedConn
+	for _, c := range t.conns {
+		if c.requests != nil && c.requests.readStalled(now, d, time.Unix(0, c.lastRead.Load())) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // stalled returns the connections whose budget shows them stalled for d
@@ -114,36 +150,48 @@ const grpcKeepaliveTimeout = 20 * time.Second
 const stallCutEvery = 250 * time.Millisecond
 
 // cutStalledReaders closes stalled client connections while readers wait
-// for the node's send budget (see above). It runs until the node shuts
-// down.
+// for the node's send budget (see above), and, the same way, connections
+// that hold a request being read with no byte arriving for
+// send-stall-timeout while other appends wait for the node's request
+// budget (reqbudget.go): a client that sends an Append's headers and
+// stalls its body would otherwise keep the node's reads of append
+// requests. It runs until the node shuts down.
 func (n *Node) cutStalledReaders() {
 	if n.cfg.SendStallTimeout <= 0 {
 		return
 	}
 	t := time.NewTicker(stallCutEvery)
 	defer t.Stop()
-	var lastLog time.Time
+	var lastLog [2]time.Time
 	for {
 		select {
 		case <-t.C:
 		case <-n.shutdown:
 			return
 		}
-		if !n.sendBytes.contended() {
-			continue
-		}
 		now := time.Now()
-		cut := n.conns.stalled(now, n.cfg.SendStallTimeout, int64(n.cfg.ReadMessageBytes))
-		for _, c := range cut {
-			_ = c.Close()
-			n.metrics.stalledConnsCut.Inc()
+		if n.sendBytes.contended() {
+			cut := n.conns.stalled(now, n.cfg.SendStallTimeout, int64(n.cfg.ReadMessageBytes))
+			n.cutConns(cut, n.metrics.stalledConnsCut, &lastLog[0],
+				"closed client connections whose reads stalled while other readers waited for the node's send budget")
 		}
-		// One line per second at most: a client that redials and stalls
-		// again must not flood the log.
-		if len(cut) > 0 && now.Sub(lastLog) >= time.Second {
-			lastLog = now
-			n.logger.Warn("closed client connections whose reads stalled while other readers waited for the node's send budget",
-				"connections", len(cut), "first_remote", cut[0].RemoteAddr().String(), "send_stall_timeout", n.cfg.SendStallTimeout.String())
+		if n.reqBytes.contended() {
+			cut := n.conns.requestStalled(now, n.cfg.SendStallTimeout)
+			n.cutConns(cut, n.metrics.stalledRequestConnsCut, &lastLog[1],
+				"closed client connections that sent nothing of the append request being read while other appends waited for the node's request budget")
 		}
+	}
+}
+
+// cutConns closes cut, counts them in m and logs msg, once a second at
+// most: a client that redials and stalls again must not flood the log.
+func (n *Node) cutConns(cut []*trackedConn, m prometheus.Counter, lastLog *time.Time, msg string) {
+	for _, c := range cut {
+		_ = c.Close()
+		m.Inc()
+	}
+	if now := time.Now(); len(cut) > 0 && now.Sub(*lastLog) >= time.Second {
+		*lastLog = now
+		n.logger.Warn(msg, "connections", len(cut), "first_remote", cut[0].RemoteAddr().String(), "send_stall_timeout", n.cfg.SendStallTimeout.String())
 	}
 }

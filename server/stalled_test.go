@@ -231,3 +231,66 @@ func TestStalledConnectionIsCutWhenOthersWait(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A Read stream whose client stopped reading holds one message, the one
+// in gRPC's hands, and prepares no other until it has left (sendBudget.take);
+// when the connection closes, what gRPC held for it is given back.
+func TestStalledReaderHoldsOneMessage(t *testing.T) {
+	tc := newTestCluster(t, 1, func(c *Config) { c.ConnSendBytes, c.NodeSendBytes = 64<<20, 64<<20 })
+	n := tc.leader()
+	appendBigLog(t, dial(t, n))
+	const streams = 4
+	conn := stallReaders(t, n.APIAddr(), streams, &pb.ReadRequest{})
+	defer conn.Close()
+	budget := func() *byteBudget {
+		n.conns.mu.Lock()
+		defer n.conns.mu.Unlock()
+		if c := n.conns.conns[conn.LocalAddr().String()]; c != nil {
+			return c.budget
+		}
+		return nil
+	}
+	// Until every stream waits for its last message to leave: the socket
+	// buffers are full.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		b := budget()
+		waiting := 0
+		if b != nil {
+			b.mu.Lock()
+			waiting = len(b.sending)
+			b.mu.Unlock()
+		}
+		if waiting == streams {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d stalled streams wait for their message to leave", waiting, streams)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b := budget()
+	b.mu.Lock()
+	held := b.size - b.avail
+	b.mu.Unlock()
+	// One message is at most read-message-bytes of batches (the log's
+	// batches are 400 KB) and its framing.
+	one := int64(n.cfg.ReadMessageBytes) + 64<<10
+	t.Logf("%d stalled streams hold %.2f MiB of the connection's send budget", streams, float64(held)/(1<<20))
+	if held > streams*one {
+		t.Fatalf("%d stalled streams hold %d bytes, more than one message (%d) each", streams, held, one)
+	}
+	conn.Close()
+	for {
+		n.sendBytes.mu.Lock()
+		free := n.sendBytes.avail == n.sendBytes.size
+		n.sendBytes.mu.Unlock()
+		if free && n.readStreams.Load() == 0 {
+			break
+		}
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatalf("after the connection closed the node's send budget has %d of %d bytes free", n.sendBytes.avail, n.sendBytes.size)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -60,6 +60,7 @@ type hostileFlags struct {
 	appends, appendConns int
 	appendBytes          int
 	redial               bool
+	bigAppenders         int // authenticated (bench_hostile_big.go)
 }
 
 func (h *hostileFlags) register(fs *pflag.FlagSet) {
@@ -68,11 +69,12 @@ func (h *hostileFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&h.appends, "hostile-appends", 100, "x: Append calls without a token that each send --hostile-append-bytes of a 16 MiB message and stall")
 	fs.IntVar(&h.appendConns, "hostile-append-conns", 10, "x: connections the half-sent appends are spread over")
 	fs.IntVar(&h.appendBytes, "hostile-append-bytes", 15<<20, "x: bytes of its 16 MiB message each half-sent append sends")
+	fs.IntVar(&h.bigAppenders, "hostile-big-appenders", 0, "x: authenticated clients (append token) that send ~15 MiB unary appends to the leader during the attack, one at a time each, on their own connections")
 	fs.BoolVar(&h.redial, "hostile-redial", true, "x: dial a stalled reader connection again, with its streams, when the node resets it (gRPC's TCP_USER_TIMEOUT does after 20 s of a closed window)")
 }
 
 func (h hostileFlags) validate() error {
-	if h.readers < 0 || h.appends < 0 || h.readerConns < 1 || h.appendConns < 1 || h.appendBytes < 0 || h.appendBytes >= hostileAnnounced {
+	if h.readers < 0 || h.appends < 0 || h.bigAppenders < 0 || h.readerConns < 1 || h.appendConns < 1 || h.appendBytes < 0 || h.appendBytes >= hostileAnnounced {
 		return fmt.Errorf("%w: --hostile-readers and --hostile-appends must be >= 0, the --hostile-*-conns >= 1, --hostile-append-bytes in [0, 16 MiB)", errUsage)
 	}
 	return nil
@@ -80,7 +82,8 @@ func (h hostileFlags) validate() error {
 
 func (h hostileFlags) config() map[string]any {
 	return map[string]any{"readers": h.readers, "reader_conns": h.readerConns, "appends": h.appends,
-		"append_conns": h.appendConns, "append_bytes_sent": h.appendBytes, "append_bytes_announced": hostileAnnounced, "redial": h.redial}
+		"append_conns": h.appendConns, "append_bytes_sent": h.appendBytes, "append_bytes_announced": hostileAnnounced, "redial": h.redial,
+		"big_appenders": h.bigAppenders}
 }
 
 // hostileClients runs x.
@@ -111,6 +114,10 @@ func (b *benchRun) hostileClients(ctx context.Context) ([]bench.Result, error) {
 	start := time.Now()
 	o.hc = b.openHostile(ctx, leader.APIAddr)
 	defer o.hc.close()
+	if n := b.f.hostile.bigAppenders; n > 0 {
+		o.big = b.startBigAppenders(ctx, leader.APIAddr, n)
+		defer o.big.close()
+	}
 	o.hc.mu.Lock()
 	opened := o.hc.readers
 	o.hc.mu.Unlock()
@@ -137,6 +144,7 @@ func (b *benchRun) hostileClients(ctx context.Context) ([]bench.Result, error) {
 	o.readerTimeline = mem.readerTimeline()
 	o.attack = &timedLoad{st: st, note: note, peak: o.peak}
 
+	o.big.close()
 	o.hc.close()
 	o.after, o.drained = b.memoryAfter(ctx, li, o.before)
 	if o.again, err = b.timedLoad(ctx, "x-after", b.sampleMemory(ctx)); err != nil {
@@ -180,6 +188,7 @@ type hostileOutcome struct {
 	peak, after         []nodeMem // from the start of the attack; 5 s after closing it
 	before, atEnd       map[string]float64
 	hc                  *hostileConns
+	big                 *bigAppenders // nil without --hostile-big-appenders
 	setup, drained      time.Duration
 	baseProbe, probe    string
 	readerTimeline      string
@@ -201,14 +210,18 @@ func (b *benchRun) hostileResults(o *hostileOutcome) []bench.Result {
 	}
 	r0.Note += "; a reader's wait for the first 10,000 events from the leader halfway through: " + o.baseProbe
 	h := b.f.hostile
-	r1 := row("x-hostile", fmt.Sprintf("c's producer beside %d stalled readers + %d half-sent unauthenticated appends on the leader", h.readers, h.appends), o.attack, o.li, "leader, attacked")
+	name := fmt.Sprintf("c's producer beside %d stalled readers + %d half-sent unauthenticated appends on the leader", h.readers, h.appends)
+	if h.bigAppenders > 0 {
+		name += fmt.Sprintf(" + %d authenticated big appenders", h.bigAppenders)
+	}
+	r1 := row("x-hostile", name, o.attack, o.li, "leader, attacked")
 	rate, baseRate := o.attack.st.EventsPerSec(), o.base.st.EventsPerSec()
 	ratio := rate / max(baseRate, 1)
 	o.verdict = hostileVerdict(o.peak[o.li].rss, ratio)
 	r1.Note += fmt.Sprintf(" (from the start of the attack, setup included); %s; rate %.0f vs %.0f events/s baseline (%.2fx; %.2fx of x-after's rate); "+
-		"setup %.1f s; %s; %s; %s; a reader's wait for the first 10,000 events from the leader halfway through the attack's timed load: %s%s",
+		"setup %.1f s; %s; %s; %s; %s; a reader's wait for the first 10,000 events from the leader halfway through the attack's timed load: %s%s",
 		o.verdict, rate, baseRate, ratio, rate/max(o.again.st.EventsPerSec(), 1),
-		o.setup.Seconds(), b.readerSummary(o.hc, o.before, o.atEnd), o.readerTimeline, o.hc.appendSummary(o.before, o.atEnd), o.probe, o.moved)
+		o.setup.Seconds(), b.readerSummary(o.hc, o.before, o.atEnd), o.readerTimeline, o.hc.appendSummary(o.before, o.atEnd), o.big.summary(h.bigAppenders), o.probe, o.moved)
 	r2 := row("x-after", "c's producer again, after the hostile clients closed", o.again, o.li, "attacked")
 	r2.Note += fmt.Sprintf("; before it: the leader ended the readers' calls %.1f s after their connections closed, and 5 s later (RSS / heap in use, MiB): %s",
 		o.drained.Seconds(), b.memList(o.after, o.li, "attacked"))

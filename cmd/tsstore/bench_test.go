@@ -136,7 +136,7 @@ func TestBenchHostileClients(t *testing.T) {
 	out := filepath.Join(dir, "bench.json")
 	cmd := exec.Command(bin, "bench", "--local", filepath.Join(dir, "cluster"), "--workloads", "x", "--duration", "1s",
 		"--hostile-readers", "20", "--hostile-reader-conns", "4", "--hostile-appends", "6", "--hostile-append-conns", "3",
-		"--hostile-append-bytes", "1048576", "--json", out)
+		"--hostile-append-bytes", "1048576", "--hostile-big-appenders", "2", "--json", out)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -165,7 +165,7 @@ func TestBenchHostileClients(t *testing.T) {
 		}
 	}
 	note := rep.Results[1].Note
-	for _, want := range []string{"20 opened on 4 connections, 20 accepted", "6 on 3 connections sent their bytes", "refused 6 Unauthenticated", "RSS goal", "rate goal"} {
+	for _, want := range []string{"20 opened on 4 connections, 20 accepted", "6 on 3 connections sent their bytes", "refused 6 Unauthenticated", "2 authenticated big appenders", "RSS goal", "rate goal"} {
 		if !strings.Contains(note, want) {
 			t.Errorf("x-hostile note lacks %q:\n%s", want, note)
 		}

@@ -1,0 +1,408 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+)
+
+// Append requests an authenticated client has sent and the node has not
+// answered are bounded per client connection (Config.ConnRequestBytes) and
+// per node (NodeRequestBytes). What grpc-go allows, and why the bound is
+// built this way (docs/design.md, failure table):
+//
+//   - grpc-go reads a unary request whole before any interceptor runs: as
+//     soon as a call's handler goroutine reads the 5-byte message prefix it
+//     opens the stream's flow-control window to the message's length (up
+//     to grpc.MaxRecvMsgSize), and nothing of ours runs in between. A
+//     budget in an interceptor, or in a stats handler (InPayload comes
+//     after the read), counts bytes already held.
+//   - The connection-level HTTP/2 window bounds nothing held: grpc-go
+//     acknowledges connection-level data as it arrives, decoupled from
+//     reads. Only a stream's window bounds what a stream whose message the
+//     node has not started to read can hold, so the stream window is
+//     static (Config.RequestWindowBytes, 64 KiB) instead of grown by BDP
+//     estimation up to 16 MiB.
+//   - So unary Append is served as a stream (appendDesc): its handler runs
+//     before grpc reads the body, and reserves the largest request
+//     (max-request-bytes + 1 MiB, grpc's MaxRecvMsgSize) from its
+//     connection's and the node's budgets before it reads it, waiting in
+//     line up to requestReadWait for them. Once read, the request counts at
+//     its real size until it is answered; a request that would take the
+//     held bytes past the budget less one largest request (so that one read
+//     can always proceed) is refused at once with ResourceExhausted naming
+//     the cap, and its bytes are dropped. The unary interceptors run after
+//     the read, as for any unary call (same metrics, labels and auth).
+//   - AppendStream requests count at their real size from the moment they
+//     are read until answered, refused the same way. They are held against
+//     the held bytes only (they are in memory already): while unary reads
+//     fill the rest of a budget, the count can pass its size, to at most
+//     twice the size less one read. The one request an AppendStream is
+//     reading is not reserved (an idle stream would hold a reservation for
+//     ever), so it is bounded by the number of open AppendStreams, each
+//     reading at most one request, as are the requests of other methods
+//     (small by design, read whole by grpc).
+//
+// Reads wait for budget rather than being refused, so a burst of small
+// appends on one connection queues for microseconds instead of failing;
+// requests already read are refused rather than queued, so large appends
+// beyond the budget cost their sender a retry instead of the node memory.
+
+// requestReadWait bounds how long an Append waits for the budget to read
+// its request: past it the call is refused (ResourceExhausted) rather
+// than left to the client's deadline. Reads wait in line, and the stall
+// cut closes a connection whose request body stalls (stallcut.go), so
+// only reads queued behind many large ones wait this long.
+const requestReadWait = 5 * time.Second
+
+// requestBudget counts the bytes of requests of one connection or of the
+// node: reading, the reservations of requests being read; held, the real
+// sizes of requests read and not yet answered.
+type requestBudget struct {
+	mu      sync.Mutex
+	size    int64
+	reading int64
+	held    int64
+	// queue holds the reads waiting for room, served in arrival order:
+	// with waiters woken together, a well-behaved producer's appends lost
+	// the race to the next read of attackers that retry at once
+	// (`tsstore bench --workloads x --hostile-big-appenders 20`).
+	queue []*readWaiter
+	// receiving counts requests whose reads hold both budgets, so grpc
+	// reads them, and receivingSince is when it last went from 0 (the
+	// stall cut, stallcut.go).
+	receiving      int
+	receivingSince time.Time
+}
+
+// readWaiter is a read waiting for n bytes; ready is closed once they
+// were taken for it.
+type readWaiter struct {
+	n     int64
+	ready chan struct{}
+}
+
+func newRequestBudget(n int64) *requestBudget {
+	return &requestBudget{size: n}
+}
+
+// fitsLocked reports whether a read of n bytes fits now.
+func (b *requestBudget) fitsLocked(n int64) bool {
+	return b.reading+b.held+n <= b.size || b.reading+b.held == 0
+}
+
+// startRead counts n bytes as being read, waiting in line until they fit
+// beside what is read and held, until ctx ends.
+func (b *requestBudget) startRead(ctx context.Context, n int64) error {
+	b.mu.Lock()
+	if len(b.queue) == 0 && b.fitsLocked(n) {
+		b.reading += n
+		b.mu.Unlock()
+		return nil
+	}
+	w := &readWaiter{n: n, ready: make(chan struct{})}
+	b.queue = append(b.queue, w)
+	b.mu.Unlock()
+	select {
+	case <-w.ready:
+		return nil
+	case <-ctx.Done():
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	select {
+	case <-w.ready: // served meanwhile: give the bytes back
+		b.reading -= n
+	default:
+		b.queue = slices.DeleteFunc(b.queue, func(x *readWaiter) bool { return x == w })
+	}
+	b.serveLocked()
+	return ctx.Err()
+}
+
+// serveLocked gives room to the waiting reads, in order, while the first
+// fits.
+func (b *requestBudget) serveLocked() {
+	for len(b.queue) > 0 && b.fitsLocked(b.queue[0].n) {
+		w := b.queue[0]
+		b.queue = b.queue[1:]
+		b.reading += w.n
+		close(w.ready)
+	}
+}
+
+// contended reports whether a read waits for room.
+func (b *requestBudget) contended() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queue) > 0
+}
+
+// receive notes that a request of the connection starts (on) or stops
+// being received.
+func (b *requestBudget) receive(on bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !on {
+		b.receiving--
+		return
+	}
+	if b.receiving == 0 {
+		b.receivingSince = time.Now()
+	}
+	b.receiving++
+}
+
+// readStalled reports whether a connection's budget has had a request
+// being received for d before now while its socket delivered nothing
+// since lastRead.
+func (b *requestBudget) readStalled(now time.Time, d time.Duration, lastRead time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.receiving > 0 && now.Sub(b.receivingSince) >= d && now.Sub(lastRead) >= d
+}
+
+// endRead gives back a read's reservation of n bytes.
+func (b *requestBudget) endRead(n int64) {
+	b.mu.Lock()
+	b.reading -= n
+	b.serveLocked()
+	b.mu.Unlock()
+}
+
+// hold counts n bytes of a request read, unless the held bytes would
+// then pass the budget less keep (room for one more read); it reports
+// whether it did.
+func (b *requestBudget) hold(n, keep int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.held > 0 && b.held+n > b.size-keep {
+		return false
+	}
+	b.held += n
+	return true
+}
+
+// release gives back n held bytes.
+func (b *requestBudget) release(n int64) {
+	b.mu.Lock()
+	b.held -= n
+	b.serveLocked()
+	b.mu.Unlock()
+}
+
+// inUse returns the bytes being read and held.
+func (b *requestBudget) inUse() (reading, held int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.reading, b.held
+}
+
+// connRequestKey carries a connection's request budget in its calls'
+// contexts (connBudgets.TagConn).
+type connRequestKey struct{}
+
+// requestCharge is what one request holds of its connection's and the
+// node's request budgets.
+type requestCharge struct {
+	n          *Node
+	conn, node *requestBudget
+	reading    int64 // reserved while reading
+	held       int64 // the request's size, once read and admitted
+}
+
+func (n *Node) newRequestCharge(ctx context.Context) *requestCharge {
+	conn, _ := ctx.Value(connRequestKey{}).(*requestBudget)
+	return &requestCharge{n: n, conn: conn, node: n.reqBytes}
+}
+
+// maxRequestRead is the most grpc reads for one request.
+func (n *Node) maxRequestRead() int64 { return int64(n.cfg.MaxRequestBytes) + 1<<20 }
+
+// startRead reserves the largest request before it is read.
+func (c *requestCharge) startRead(ctx context.Context) error {
+	n := c.n.maxRequestRead()
+	wctx, cancel := context.WithTimeout(ctx, requestReadWait)
+	defer cancel()
+	if c.conn != nil {
+		if err := c.conn.startRead(wctx, n); err != nil {
+			return c.readRefused(ctx, err, "this connection", "conn-request-bytes", c.conn)
+		}
+	}
+	if err := c.node.startRead(wctx, n); err != nil {
+		if c.conn != nil {
+			c.conn.endRead(n)
+		}
+		return c.readRefused(ctx, err, "node "+c.n.cfg.NodeID, "node-request-bytes", c.node)
+	}
+	c.reading = n
+	if c.conn != nil {
+		c.conn.receive(true)
+	}
+	return nil
+}
+
+func (c *requestCharge) readRefused(ctx context.Context, err error, who, flag string, b *requestBudget) error {
+	if ctx.Err() != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	reading, held := b.inUse()
+	c.n.metrics.requestsRefused.WithLabelValues(flag).Inc()
+	return status.Errorf(codes.ResourceExhausted,
+		"%s had no room to read a request for %v: %d bytes of append requests being read and %d read and not yet answered, the cap is %d (%s); retry later",
+		who, requestReadWait, reading, held, b.size, flag)
+}
+
+// endRead gives back the read's reservation, if any.
+func (c *requestCharge) endRead() {
+	if c.reading == 0 {
+		return
+	}
+	if c.conn != nil {
+		c.conn.receive(false)
+		c.conn.endRead(c.reading)
+	}
+	c.node.endRead(c.reading)
+	c.reading = 0
+}
+
+// admit counts the request at its real size, or refuses it
+// (ResourceExhausted) if that would pass a cap, and then ends its read:
+// in that order, the next read waiting is given room only once the
+// request's bytes are counted.
+func (c *requestCharge) admit(size int64) error {
+	defer c.endRead()
+	keep := c.n.maxRequestRead()
+	if c.conn != nil && !c.conn.hold(size, keep) {
+		return c.holdRefused(size, "this connection", "conn-request-bytes", c.conn)
+	}
+	if !c.node.hold(size, keep) {
+		if c.conn != nil {
+			c.conn.release(size)
+		}
+		return c.holdRefused(size, "node "+c.n.cfg.NodeID, "node-request-bytes", c.node)
+	}
+	c.held = size
+	return nil
+}
+
+func (c *requestCharge) holdRefused(size int64, who, flag string, b *requestBudget) error {
+	_, held := b.inUse()
+	c.n.metrics.requestsRefused.WithLabelValues(flag).Inc()
+	return status.Errorf(codes.ResourceExhausted,
+		"%s holds %d bytes of append requests read and not yet answered; this one's %d would pass the cap of %d less one largest request, %d (%s); nothing was written, retry later",
+		who, held, size, b.size, c.n.maxRequestRead(), flag)
+}
+
+// done gives back everything the request holds.
+func (c *requestCharge) done() {
+	c.endRead()
+	if c.held > 0 {
+		if c.conn != nil {
+			c.conn.release(c.held)
+		}
+		c.node.release(c.held)
+		c.held = 0
+	}
+}
+
+// appendDesc is the EventStore service with unary Append served by
+// serveAppend as a stream, so that it runs before grpc reads the request
+// (see above). On the wire it is the same unary call.
+func appendDesc() *grpc.ServiceDesc {
+	d := pb.EventStore_ServiceDesc
+	d.Methods = slices.DeleteFunc(slices.Clone(d.Methods), func(m grpc.MethodDesc) bool { return m.MethodName == "Append" })
+	d.Streams = append(slices.Clone(d.Streams), grpc.StreamDesc{
+		StreamName: "Append",
+		Handler:    func(srv any, stream grpc.ServerStream) error { return srv.(*service).serveAppend(stream) },
+	})
+	return &d
+}
+
+// serveAppend reads one Append request within the request budgets, runs
+// the unary interceptors and Append, and sends the answer. A refusal by
+// the budgets goes through the unary interceptors too, so that the
+// unary metrics count it.
+func (s *service) serveAppend(stream grpc.ServerStream) error {
+	ctx := stream.Context()
+	charge := s.n.newRequestCharge(ctx)
+	defer charge.done()
+	if err := charge.startRead(ctx); err != nil {
+		return s.unaryAppend(stream, new(pb.AppendRequest), err)
+	}
+	req := new(pb.AppendRequest)
+	if err := stream.RecvMsg(req); err != nil {
+		if errors.Is(err, io.EOF) {
+			return status.Error(codes.InvalidArgument, "append call ended without a request")
+		}
+		return err
+	}
+	return s.unaryAppend(stream, req, charge.admit(int64(proto.Size(req))+grpcFrameBytes))
+}
+
+// unaryAppend runs the unary interceptors around Append of req, or
+// around the refusal refused, and sends the answer.
+func (s *service) unaryAppend(stream grpc.ServerStream, req *pb.AppendRequest, refused error) error {
+	handler := func(ctx context.Context, req any) (any, error) {
+		if refused != nil {
+			return nil, refused
+		}
+		return s.Append(ctx, req.(*pb.AppendRequest))
+	}
+	ctx := stream.Context()
+	var resp any
+	var err error
+	if chain := s.n.appendChain; chain != nil {
+		resp, err = chain(ctx, req, &grpc.UnaryServerInfo{Server: s, FullMethod: pb.EventStore_Append_FullMethodName}, handler)
+	} else {
+		resp, err = handler(ctx, req)
+	}
+	if err != nil {
+		return err
+	}
+	return stream.SendMsg(resp)
+}
+
+// chainUnary runs ints around a handler, the first outermost, as
+// grpc.ChainUnaryInterceptor does.
+func chainUnary(ints []grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		for i := len(ints) - 1; i >= 0; i-- {
+			ic, next := ints[i], h
+			h = func(ctx context.Context, req any) (any, error) { return ic(ctx, req, info, next) }
+		}
+		return h(ctx, req)
+	}
+}
+
+// exceptAppend runs si for every stream but Append, which the unary
+// interceptors see (serveAppend).
+func exceptAppend(si grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if info.FullMethod == pb.EventStore_Append_FullMethodName {
+			return h(srv, ss)
+		}
+		return si(srv, ss, info, h)
+	}
+}
+
+// holdStreamRequest counts an AppendStream request of size bytes, read,
+// until release; or refuses it (ResourceExhausted) if that would pass a
+// cap.
+func (n *Node) holdStreamRequest(ctx context.Context, size int64) (release func(), err error) {
+	c := n.newRequestCharge(ctx)
+	if err := c.admit(size); err != nil {
+		return nil, err
+	}
+	return c.done, nil
+}
