@@ -66,7 +66,19 @@ func (n *Node) newSelection(req *pb.ReadRequest) (*selection, error) {
 
 // resolveStart moves sel.from to the first offset selected by a timestamp
 // or a stream version; a version not reached yet starts at the log's end.
+// A single-stream read from below the stream's first event starts at that
+// event: the stream has nothing below it, and the log may not either (a
+// retention cut of older segments would refuse a read from 0 as compacted
+// although every event of the stream is kept).
 func (n *Node) resolveStart(sel *selection) error {
+	if sel.stream != "" {
+		if info, ok := n.proc.StreamInfo(sel.stream); ok && sel.from < info.FirstOffset {
+			sel.from = info.FirstOffset
+			if sel.to != 0 {
+				sel.from = min(sel.from, sel.to)
+			}
+		}
+	}
 	return n.proc.WithLog(func(l *segment.Log) error {
 		if sel.fromTimeNs != 0 {
 			sel.from = max(sel.from, l.OffsetForTime(sel.fromTimeNs))
