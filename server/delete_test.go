@@ -95,6 +95,25 @@ func TestStreamDelete(t *testing.T) {
 			t.Fatal("ListStreams shows the deleted stream")
 		}
 	}
+	// The documented contract of unfiltered whole-log reads (docs/
+	// operations.md, Deleting a stream): they still return the deleted
+	// events until their segment is rewritten.
+	unfiltered := func(to uint64) int {
+		t.Helper()
+		n := 0
+		for e, err := range c.Replay(ctx, 0, client.To(to)) {
+			if err != nil {
+				t.Fatalf("unfiltered read across the deleted stream's events: %v", err)
+			}
+			if e.Stream == "run/1" {
+				n++
+			}
+		}
+		return n
+	}
+	if got := unfiltered(tc.leader().proc.NextOffset()); got != before1 {
+		t.Fatalf("an unfiltered read before the rewrite returned %d events of the deleted stream, want all %d", got, before1)
+	}
 	// The leader's tick drops the events from the sealed segments.
 	done, err := tc.leader().compactRuns(time.Now())
 	if err != nil || done == 0 {
@@ -128,6 +147,12 @@ func TestStreamDelete(t *testing.T) {
 		if left > 1 { // a segment left with no record keeps its last one
 			t.Fatalf("%s: %d events of run/1 still in the sealed segments", n.cfg.NodeID, left)
 		}
+	}
+	// Rewritten: an unfiltered read crosses the thinned spans without a
+	// gap error and returns none of them from the sealed segments (but
+	// the record a segment left with no record keeps).
+	if got := unfiltered(sealedEnd); got > 1 {
+		t.Fatalf("an unfiltered read after the rewrite returned %d events of the deleted stream", got)
 	}
 	// Producer dedup is untouched: a retry of p1's last request (which
 	// wrote run/1 events too) is a duplicate.
