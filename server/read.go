@@ -142,6 +142,8 @@ type reader struct {
 	m   *readMetrics
 	// budget bounds what the stream has handed to gRPC (sendbudget.go).
 	budget *sendBudget
+	// started: a message was produced; the next ones continue at sel.from.
+	started bool
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20); return &b }}
@@ -170,6 +172,16 @@ func (r *reader) next(end uint64) (*[]byte, uint64, error) {
 		// message: a message never holds a batch past its next_offset.
 		*raw, next = trimAt(*raw, end)
 	}
+	if r.started {
+		// A continuing message starts where the previous one ended. A
+		// segment rewrite (run compaction, deletion) committed since may
+		// have merged the batch that started there into the span of an
+		// earlier one: send that batch's part from sel.from on, rebased,
+		// or the client sees a batch that does not continue the log (the
+		// SDK: a protocol error; jepsen's compaction scenario found it).
+		*raw = rebaseFrom(&r.b, *raw, r.sel.from)
+	}
+	r.started = true
 	if !r.sel.filtered {
 		return raw, next, nil
 	}
@@ -230,6 +242,71 @@ func (r *reader) filter(dst, raw []byte, next uint64) ([]byte, error) {
 		}
 	}
 	return dst, nil
+}
+
+// rebaseFrom returns raw with its first batch made to start at from if it
+// starts before it: re-encoded (uncompressed) with base offset from, the
+// records at or after from and the same span end. If none of its records
+// is at or after from, it is dropped and the next batch is rebased to from
+// instead (its span stretched back over the dropped range). raw is
+// returned unchanged when its first batch starts at or after from, or
+// when nothing can be rebased (a lone batch without such a record: the
+// client then resumes, as after any protocol error). raw's bytes may be
+// reused for the result.
+func rebaseFrom(b *record.Builder, raw []byte, from uint64) []byte {
+	h, err := record.ParseHeader(raw)
+	if err != nil || h.BaseOffset >= from {
+		return raw
+	}
+	first, rest, err := record.Next(raw)
+	if err != nil {
+		return raw
+	}
+	lastDelta := h.LastOffset() - from
+	batch := first
+	if !hasRecordFrom(first, from) {
+		if len(rest) == 0 {
+			return raw
+		}
+		if batch, rest, err = record.Next(rest); err != nil {
+			return raw
+		}
+		h = batch.Header()
+		lastDelta = h.LastOffset() - from
+	}
+	b.Reset(from, h.RaftIndex, h.Timestamp, h.Attributes&^record.AttrCompressionMask)
+	it := batch.Records()
+	var rec record.Record
+	for it.Next(&rec) {
+		if rec.Offset < from {
+			continue
+		}
+		if err := b.AddAt(&rec, rec.Offset-from); err != nil {
+			return raw
+		}
+	}
+	if it.Err() != nil || b.Count() == 0 {
+		return raw
+	}
+	b.ExtendSpan(lastDelta)
+	fb, err := b.Finish()
+	if err != nil {
+		return raw
+	}
+	out := make([]byte, 0, len(fb)+len(rest))
+	return append(append(out, fb...), rest...)
+}
+
+// hasRecordFrom reports whether batch b holds a record at or after from.
+func hasRecordFrom(b record.Batch, from uint64) bool {
+	it := b.Records()
+	var rec record.Record
+	for it.Next(&rec) {
+		if rec.Offset >= from {
+			return true
+		}
+	}
+	return false
 }
 
 // trimAt cuts raw before the first batch that starts at or after end and
