@@ -188,7 +188,7 @@ func (w *workload) trainer(ctx, stop context.Context, i int) {
 			sleepCtx(stop, thinkTime)
 		}
 		if tr.Finish != "" {
-			tr.StateHash, tr.StateErr = runStateHash(ctx, cl, stream, 10*time.Second)
+			tr.StateHash, _, tr.StateErr = runState(ctx, cl, stream, 10*time.Second)
 		}
 		w.rec.compaction(func(c *CompactionRun) { c.Runs = append(c.Runs, tr) })
 	}
@@ -260,20 +260,24 @@ func (w *workload) trainAppend(ctx context.Context, prod *client.Producer, proc,
 	return op.Outcome
 }
 
-// runStateHash reads the run's state (snapshot and tail), retrying for up
-// to patience, and returns its hash in hex or the last error.
-func runStateHash(ctx context.Context, cl *client.Client, stream string, patience time.Duration, opts ...client.ReadOption) (string, string) {
+// runState reads the run's state (snapshot and tail), retrying for up to
+// patience, and returns its hash in hex and the coverage of the snapshot
+// it started from (0: none), or the last error.
+func runState(ctx context.Context, cl *client.Client, stream string, patience time.Duration, opts ...client.ReadOption) (hash string, covers uint64, errText string) {
 	var last error
 	for deadline := time.Now().Add(patience); ; {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		st, _, err := cl.RunState(cctx, stream, train.Target{}, opts...)
+		st, info, err := cl.RunState(cctx, stream, train.Target{}, opts...)
 		cancel()
 		if err == nil {
-			return hex.EncodeToString(st.Hash[:]), ""
+			if info.Snapshot != nil {
+				covers = info.Snapshot.Covers
+			}
+			return hex.EncodeToString(st.Hash[:]), covers, ""
 		}
 		last = err
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return "", last.Error()
+			return "", 0, last.Error()
 		}
 		sleepCtx(ctx, 200*time.Millisecond)
 	}
@@ -464,10 +468,9 @@ func nodeCompaction(ctx context.Context, n *proccluster.Node, comp *CompactionRu
 			continue
 		}
 		var p RunProbe
-		p.StateHash, p.StateErr = runStateHash(ctx, cl, tr.Stream, time.Second, client.Local())
-		if snap, ok, err := cl.RunSnapshotAt(ctx, tr.Stream, train.Target{}); err == nil && ok {
-			p.Covers = snap.Covers
-		}
+		// The newest snapshot's coverage comes with the state: RunState
+		// starts from the newest snapshot (a lookup on this node).
+		p.StateHash, p.Covers, p.StateErr = runState(ctx, cl, tr.Stream, time.Second, client.Local())
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		for _, err := range cl.ReadBatches(rctx, 0, client.Stream(tr.Stream), client.Local()) {
 			if err != nil {
