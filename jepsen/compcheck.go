@@ -13,7 +13,8 @@ import (
 //     compacted (a thinned batch's span without its record) belongs to a
 //     deleted stream (a delete acknowledged or with an unknown outcome; at
 //     or below the acknowledged delete's last offset), or to a finished
-//     run (its finishing event acknowledged or unknown), is not of a kept
+//     run (its finishing event acknowledged, or in doubt and in the final
+//     log), is not of a kept
 //     type, and is at or below the run's newest snapshot's coverage. An
 //     event of any other stream (the usual workload's, an unfinished
 //     run's) is never compacted.
@@ -31,10 +32,28 @@ import (
 func checkCompaction(h *History, reps []Replica) CheckResult {
 	c := CheckResult{Rule: 13, Name: "compaction drops only covered events, typed reads, run state kept"}
 	comp := h.Compaction
-	runs := map[string]*TrainRun{} // runs that may be finished
+	// Runs that are finished: the finishing event acknowledged, or in
+	// doubt and in the final log.
+	inDoubt := map[string]bool{} // values of finishing events with an unknown outcome
+	for i := range h.Appends {
+		if a := &h.Appends[i]; a.Outcome == Unknown && (a.Type == "TrainingFinished" || a.Type == "TrainingAborted") {
+			inDoubt[a.Values[0]] = false
+		}
+	}
+	for _, v := range reference(reps) {
+		if _, ok := inDoubt[v]; ok {
+			inDoubt[v] = true
+		}
+	}
+	runs := map[string]*TrainRun{}
 	for i := range comp.Runs {
-		if comp.Runs[i].Ending != "" {
-			runs[comp.Runs[i].Stream] = &comp.Runs[i]
+		tr := &comp.Runs[i]
+		switch {
+		case tr.Finish != "":
+			runs[tr.Stream] = tr
+		case tr.Ending != "" && finishStored(h, tr, inDoubt):
+			runs[tr.Stream] = tr
+			c.note("runs_finished_in_doubt", 1)
 		}
 	}
 	deleted := map[string]*DeleteOp{} // streams that may be deleted
@@ -195,6 +214,18 @@ func checkCompaction(h *History, reps []Replica) CheckResult {
 	// (d) digests and manifests.
 	checkSegmentDigests(&c, reps)
 	return c
+}
+
+// finishStored reports whether the run's finishing event, appended with
+// an unknown outcome, is in the final log.
+func finishStored(h *History, tr *TrainRun, stored map[string]bool) bool {
+	for i := range h.Appends {
+		a := &h.Appends[i]
+		if a.Outcome == Unknown && a.Type == tr.Ending && a.Stream == tr.Stream && stored[a.Values[0]] {
+			return true
+		}
+	}
+	return false
 }
 
 func orServed(err string) string {

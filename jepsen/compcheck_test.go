@@ -260,3 +260,25 @@ func TestCompactionScenario(t *testing.T) {
 		t.Errorf("want the faultfs build and kills, partitions and wipes: %v", s.Faults)
 	}
 }
+
+// A run whose finishing event's outcome is unknown counts as finished if
+// the event is in the final log, and as unfinished (never compacted) if
+// it is not.
+func TestCompactionFinishInDoubt(t *testing.T) {
+	h, reps := compHistory()
+	h.Appends[6].Outcome, h.Appends[6].First = Unknown, 0
+	h.Compaction.Runs[0].Finish = ""
+	c := compRule(t, expectOnly(t, h, reps))
+	if c.Notes["runs_finished_in_doubt"] != 1 {
+		t.Errorf("notes %v", c.Notes)
+	}
+	h, reps = compHistory()
+	h.Appends[6].Type = "BatchCompleted" // offset 6 holds no finish after all
+	h.Appends = append(h.Appends, AppendOp{Process: "trn0", Idempotent: true, Values: []string{"never stored"},
+		Invoke: 200 * ms, Complete: 300 * ms, Outcome: Unknown, Attempts: 3, Stream: compRun, Type: "TrainingFinished"})
+	h.Compaction.Runs[0].Finish = ""
+	c = compRule(t, expectOnly(t, h, reps, 13))
+	if !strings.Contains(c.Examples[0], "no policy covers") {
+		t.Errorf("examples %q", c.Examples)
+	}
+}
