@@ -28,9 +28,11 @@ type selection struct {
 	fromVer    uint64
 	fromTimeNs int64
 	decoded    bool // send DecodedEvents, not batches (read_decoded.go)
-	// deleted hides, in filtered reads, the events of deleted streams
-	// that are still in the segments (stream -> deleted up to offset).
-	deleted map[string]uint64
+	// deleted hides the events of deleted streams that are still in the
+	// segments (stream -> deleted up to offset), in every read;
+	// deletedUpto is the highest of those offsets.
+	deleted     map[string]uint64
+	deletedUpto uint64
 }
 
 func (n *Node) newSelection(req *pb.ReadRequest) (*selection, error) {
@@ -49,13 +51,12 @@ func (n *Node) newSelection(req *pb.ReadRequest) (*selection, error) {
 		}
 	}
 	sel.filtered = sel.stream != "" || sel.prefix != "" || sel.types != nil
-	if sel.filtered {
-		for _, d := range n.proc.DeletedStreams() {
-			if sel.deleted == nil {
-				sel.deleted = map[string]uint64{}
-			}
-			sel.deleted[d.Stream] = d.Upto
+	for _, d := range n.proc.DeletedStreams() {
+		if sel.deleted == nil {
+			sel.deleted = map[string]uint64{}
 		}
+		sel.deleted[d.Stream] = d.Upto
+		sel.deletedUpto = max(sel.deletedUpto, d.Upto)
 	}
 	sel.maxBytes = int(req.MaxMessageBytes)
 	if sel.maxBytes <= 0 || sel.maxBytes > 4*n.cfg.ReadMessageBytes {
@@ -183,7 +184,17 @@ func (r *reader) next(end uint64) (*[]byte, uint64, error) {
 	}
 	r.started = true
 	if !r.sel.filtered {
-		return raw, next, nil
+		if len(r.sel.deleted) == 0 || firstBase(*raw) > r.sel.deletedUpto {
+			return raw, next, nil
+		}
+		out := bufPool.Get().(*[]byte)
+		*out, err = r.hideDeleted((*out)[:0], *raw, next)
+		put(raw)
+		if err != nil {
+			put(out)
+			return nil, 0, err
+		}
+		return out, next, nil
 	}
 	out := bufPool.Get().(*[]byte)
 	*out, err = r.filter((*out)[:0], *raw, next)
@@ -242,6 +253,98 @@ func (r *reader) filter(dst, raw []byte, next uint64) ([]byte, error) {
 		}
 	}
 	return dst, nil
+}
+
+// deletedStream and deletedType name the record of the control batch that
+// stands, in an unfiltered read, for a batch whose every record belongs to
+// deleted streams.
+const (
+	deletedStream = "$deleted"
+	deletedType   = "$deleted"
+)
+
+// hideDeleted re-encodes, for an unfiltered read, the batches of raw that
+// hold events of deleted streams (at or below their delete's offset)
+// without them, keeping every batch's span so that the read stays
+// contiguous: a batch left with some records is thinned (as a rewrite
+// would make it); one left with none becomes a control batch over the
+// same span holding one marker record (readers skip control records; the
+// format has no empty batch). Batches above every delete are copied as
+// they are. So a delete hides its events from every read at once, not
+// only once the segments holding them are rewritten.
+func (r *reader) hideDeleted(dst, raw []byte, next uint64) ([]byte, error) {
+	for len(raw) > 0 {
+		b, rest, err := record.Next(raw)
+		if err != nil {
+			return dst, err
+		}
+		h := b.Header()
+		if h.BaseOffset >= next {
+			break
+		}
+		if h.BaseOffset > r.sel.deletedUpto {
+			return append(dst, raw...), nil // the rest is newer than every delete
+		}
+		raw = rest
+		if h.IsControl() || !r.holdsDeleted(b) {
+			dst = append(dst, b...)
+			continue
+		}
+		r.b.Reset(h.BaseOffset, h.RaftIndex, h.Timestamp, h.Attributes&^record.AttrCompressionMask)
+		it := b.Records()
+		var rec record.Record
+		for it.Next(&rec) {
+			if r.isDeleted(&rec) {
+				continue
+			}
+			if err := r.b.AddAt(&rec, rec.Offset-h.BaseOffset); err != nil {
+				return dst, err
+			}
+		}
+		if err := it.Err(); err != nil {
+			return dst, err
+		}
+		if r.b.Count() == 0 {
+			r.b.Reset(h.BaseOffset, h.RaftIndex, h.Timestamp, (h.Attributes&^record.AttrCompressionMask)|record.AttrControl)
+			marker := record.Record{Offset: h.BaseOffset, Stream: []byte(deletedStream), Type: []byte(deletedType)}
+			if err := r.b.AddAt(&marker, 0); err != nil {
+				return dst, err
+			}
+		}
+		r.b.ExtendSpan(uint64(h.LastDelta))
+		fb, err := r.b.Finish()
+		if err != nil {
+			return dst, err
+		}
+		dst = append(dst, fb...)
+	}
+	return dst, nil
+}
+
+// holdsDeleted reports whether batch b holds an event of a deleted stream.
+func (r *reader) holdsDeleted(b record.Batch) bool {
+	it := b.Records()
+	var rec record.Record
+	for it.Next(&rec) {
+		if r.isDeleted(&rec) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *reader) isDeleted(rec *record.Record) bool {
+	upto, ok := r.sel.deleted[string(rec.Stream)]
+	return ok && rec.Offset <= upto
+}
+
+// firstBase is the base offset of raw's first batch (0 if it has none).
+func firstBase(raw []byte) uint64 {
+	h, err := record.ParseHeader(raw)
+	if err != nil {
+		return 0
+	}
+	return h.BaseOffset
 }
 
 // rebaseFrom returns raw with its first batch made to start at from if it
