@@ -238,6 +238,14 @@ func decodeInto(rep *Replica, buf []byte, end uint64) error {
 		}
 		buf = rest
 		h := b.Header()
+		if h.IsControl() {
+			// A control batch stands for offsets whose events are not
+			// served (a deleted stream's, hidden before any rewrite).
+			if uint64(len(rep.Values)) >= h.BaseOffset {
+				padCompacted(rep, min(h.NextOffset(), end))
+			}
+			continue
+		}
 		it := b.Records()
 		var r record.Record
 		for it.Next(&r) {
