@@ -177,9 +177,10 @@ func (r *reader) next(end uint64) (*[]byte, uint64, error) {
 		// A continuing message starts where the previous one ended. A
 		// segment rewrite (run compaction, deletion) committed since may
 		// have merged the batch that started there into the span of an
-		// earlier one: send that batch's part from sel.from on, rebased,
-		// or the client sees a batch that does not continue the log (the
-		// SDK: a protocol error; jepsen's compaction scenario found it).
+		// earlier one: send that batch's part from sel.from on, rebased
+		// (a control batch if it has no record there), or the client sees
+		// a batch that does not continue the log (the SDK: a protocol
+		// error; jepsen's compaction scenario found it).
 		*raw = rebaseFrom(&r.b, *raw, r.sel.from)
 	}
 	r.started = true
@@ -256,8 +257,9 @@ func (r *reader) filter(dst, raw []byte, next uint64) ([]byte, error) {
 }
 
 // deletedStream and deletedType name the record of the control batch that
-// stands, in an unfiltered read, for a batch whose every record belongs to
-// deleted streams.
+// stands, in an unfiltered read, for offsets whose events are not served:
+// a batch whose every record belongs to deleted streams (hideDeleted), or
+// the part of a rewritten batch below a stream's position (rebaseFrom).
 const (
 	deletedStream = "$deleted"
 	deletedType   = "$deleted"
@@ -349,13 +351,12 @@ func firstBase(raw []byte) uint64 {
 
 // rebaseFrom returns raw with its first batch made to start at from if it
 // starts before it: re-encoded (uncompressed) with base offset from, the
-// records at or after from and the same span end. If none of its records
-// is at or after from, it is dropped and the next batch is rebased to from
-// instead (its span stretched back over the dropped range). raw is
-// returned unchanged when its first batch starts at or after from, or
-// when nothing can be rebased (a lone batch without such a record: the
-// client then resumes, as after any protocol error). raw's bytes may be
-// reused for the result.
+// records at or after from and the same span end; or, if none of its
+// records is at or after from, a control batch over [from, its end] with
+// one marker record, as hideDeleted sends for offsets whose events are
+// not served (readers skip control records). raw is returned unchanged
+// when its first batch starts at or after from, and the bytes of the
+// result are raw's for the rest.
 func rebaseFrom(b *record.Builder, raw []byte, from uint64) []byte {
 	h, err := record.ParseHeader(raw)
 	if err != nil || h.BaseOffset >= from {
@@ -365,33 +366,32 @@ func rebaseFrom(b *record.Builder, raw []byte, from uint64) []byte {
 	if err != nil {
 		return raw
 	}
-	lastDelta := h.LastOffset() - from
-	batch := first
+	attrs := h.Attributes &^ record.AttrCompressionMask
 	if !hasRecordFrom(first, from) {
-		if len(rest) == 0 {
+		attrs |= record.AttrControl
+	}
+	b.Reset(from, h.RaftIndex, h.Timestamp, attrs)
+	if attrs&record.AttrControl != 0 {
+		marker := record.Record{Offset: from, Stream: []byte(deletedStream), Type: []byte(deletedType)}
+		if err := b.AddAt(&marker, 0); err != nil {
 			return raw
 		}
-		if batch, rest, err = record.Next(rest); err != nil {
+	} else {
+		it := first.Records()
+		var rec record.Record
+		for it.Next(&rec) {
+			if rec.Offset < from {
+				continue
+			}
+			if err := b.AddAt(&rec, rec.Offset-from); err != nil {
+				return raw
+			}
+		}
+		if it.Err() != nil {
 			return raw
 		}
-		h = batch.Header()
-		lastDelta = h.LastOffset() - from
 	}
-	b.Reset(from, h.RaftIndex, h.Timestamp, h.Attributes&^record.AttrCompressionMask)
-	it := batch.Records()
-	var rec record.Record
-	for it.Next(&rec) {
-		if rec.Offset < from {
-			continue
-		}
-		if err := b.AddAt(&rec, rec.Offset-from); err != nil {
-			return raw
-		}
-	}
-	if it.Err() != nil || b.Count() == 0 {
-		return raw
-	}
-	b.ExtendSpan(lastDelta)
+	b.ExtendSpan(h.LastOffset() - from)
 	fb, err := b.Finish()
 	if err != nil {
 		return raw
