@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -20,17 +21,20 @@ import (
 // on this disk measured the same way.
 //
 //	go test -run '^$' -bench BenchmarkApplyDuringCuts -benchtime 5000x ./fsm/
+//
+// With "thins", every 100th entry is followed instead by the ThinCommands
+// of run compaction (as the leader plans them, PlanThin) dropping the
+// records of 8 of the 64 streams from the newest sealed segment, so the
+// cut worker rewrites a 1 MiB segment (checkpoint, read, write, fsync,
+// verify, swap) while the appends apply.
 func BenchmarkApplyDuringCuts(b *testing.B) {
-	for _, cuts := range []bool{false, true} {
-		name := "none"
-		if cuts {
-			name = "cuts"
-		}
-		b.Run(name, func(b *testing.B) { benchApplyDuringCuts(b, cuts) })
+	for _, mode := range []string{"none", "cuts", "thins"} {
+		b.Run(mode, func(b *testing.B) { benchApplyDuringCuts(b, mode) })
 	}
 }
 
-func benchApplyDuringCuts(b *testing.B, cuts bool) {
+func benchApplyDuringCuts(b *testing.B, mode string) {
+	cuts, thins := mode == "cuts", mode == "thins"
 	cfg := DefaultConfig(b.TempDir())
 	cfg.Segment.SegmentBytes = 1 << 20
 	p, err := Open(cfg)
@@ -68,6 +72,24 @@ func benchApplyDuringCuts(b *testing.B, cuts bool) {
 				b.Fatal(err)
 			}
 			fsyncs = append(fsyncs, time.Since(start))
+			if segs := p.Retention().Segments; thins && len(segs) > 0 {
+				e := segs[len(segs)-1]
+				for k := range 8 {
+					spec := ThinSpec{BaseOffset: e.BaseOffset, Stream: fmt.Sprintf("run/%d", k), Upto: e.NextOffset - 1}
+					tc, err := p.PlanThin(spec)
+					if errors.Is(err, ErrNothingToThin) || errors.Is(err, ErrNotReconciled) {
+						continue // thinned already, or the worker is not done with it
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					c, _ := Encode(CmdThin, &tc)
+					index++
+					if r := p.Apply(index, c); r.Err != nil && !errors.Is(r.Err, ErrStalePlan) {
+						b.Fatal(r.Err)
+					}
+				}
+			}
 			if segs := p.Retention().Segments; cuts && len(segs) > 1 {
 				c, _ := Encode(CmdCompact, &CompactCommand{Cut: segs[len(segs)-2].NextOffset, PolicyVersion: 1})
 				index++
@@ -92,5 +114,8 @@ func benchApplyDuringCuts(b *testing.B, cuts bool) {
 	b.ReportMetric(pct(fsyncs, 0.5), "fsync-p50-µs")
 	if cuts {
 		b.ReportMetric(float64(p.FirstOffset())/float64(p.NextOffset()), "dropped-fraction")
+	}
+	if thins {
+		b.ReportMetric(float64(p.ThinStats().Rewritten), "rewrites")
 	}
 }

@@ -136,26 +136,64 @@ func (p *Processor) unpin() {
 }
 
 // dropLocked drops the sealed segments below the safe cut unless pinned.
+// It drops one segment at a time and does not hold p.drops across the
+// unlinks and the directory fsync: pin, which a snapshot being taken
+// calls on Raft's apply goroutine, would otherwise wait for every segment
+// of a cut (a first cut can drop dozens), and appends with it. Releasing
+// the lock is safe: a segment being dropped lies below the safe cut, so
+// below the first kept offset of any state a snapshot can have captured,
+// and Snapshot lists no such segment; once pinned, no further drop
+// starts. Only one caller drops at a time (dropping); the others leave
+// the rest to it, or to the next unpin or cut.
 func (p *Processor) dropLocked() {
-	if p.drops.pins > 0 || p.drops.safe <= p.drops.dropped {
+	if p.drops.dropping {
 		return
 	}
-	cut := p.drops.safe
-	err := p.WithLog(func(l *segment.Log) error {
-		dropped, err := l.DropSealedBefore(cut)
-		for _, d := range dropped {
+	p.drops.dropping = true
+	defer func() { p.drops.dropping = false }()
+	for p.drops.pins == 0 && p.drops.safe > p.drops.dropped {
+		cut, gen := p.drops.safe, p.drops.gen
+		p.drops.Unlock()
+		d, done, err := p.dropOldest(cut)
+		p.drops.Lock()
+		if err != nil {
+			// The files go at the next cut, unpin or restart.
+			p.logger.Error("retention could not drop segment files", "cut", cut, "error", err)
+			return
+		}
+		if d != nil {
 			p.logger.Info("retention dropped a segment", "base_offset", d.BaseOffset, "next_offset", d.NextOffset, "bytes", d.Size)
 		}
-		return err
-	})
-	if err != nil {
-		// The files go at the next cut, unpin or restart.
-		p.logger.Error("retention could not drop segment files", "cut", cut, "error", err)
-		return
+		if gen != p.drops.gen {
+			return // Restore replaced the log meanwhile and reset the bookkeeping
+		}
+		if done {
+			p.drops.dropped = cut
+			close(p.drops.changed)
+			p.drops.changed = make(chan struct{})
+		}
 	}
-	p.drops.dropped = cut
-	close(p.drops.changed)
-	p.drops.changed = make(chan struct{})
+}
+
+// dropOldest drops the oldest sealed segment if it ends at or before cut;
+// done reports that none is left to drop below cut.
+func (p *Processor) dropOldest(cut uint64) (*segment.SegmentInfo, bool, error) {
+	var info *segment.SegmentInfo
+	done := false
+	err := p.WithLog(func(l *segment.Log) error {
+		segs := l.Segments()
+		if len(segs) < 2 || segs[0].NextOffset > cut {
+			done = true
+			return nil
+		}
+		d, err := l.DropSealed(segs[0].BaseOffset)
+		if err != nil {
+			return err
+		}
+		info = &d
+		return nil
+	})
+	return info, done, err
 }
 
 // resetDrops points the drop bookkeeping at a log whose files below first

@@ -10,7 +10,8 @@ import (
 // Deleting a stream (issue #14, `tsstore streams delete`): a committed
 // DeleteStreamCommand marks the stream's events up to its last offset
 // deleted (Retention.Deleted). Reads of the stream are refused from then
-// on (the server answers NOT_FOUND) and the leader drops the events from
+// on (the server answers NOT_FOUND), every other read hides its events
+// (server/read.go, hideDeleted), and the leader drops the events from
 // the sealed segments with the rewrite of run compaction (ThinCommand
 // with no kept type); the events still in the active segment go once it
 // is sealed. Producer dedup state and stream versions stay: the stream

@@ -100,6 +100,8 @@ type Processor struct {
 		dropped uint64        // files below it are gone
 		gen     uint64        // bumped when the log is replaced (Restore)
 		changed chan struct{} // closed when dropped moves
+		// dropping: a dropLocked is dropping files (without the lock).
+		dropping bool
 	}
 	// thin is the rewrite side of the cut worker (thin.go).
 	thin struct {

@@ -48,7 +48,8 @@ func (c *CheckResult) noteMax(key string, v int) {
 // Check runs every checker on a history and the final replicas; rule 10
 // (fencecheck.go) only on a history of the fencing workload, rule 11
 // (diskcheck.go) only on one with disk faults or DISK_FULL refusals, rule
-// 12 (retcheck.go) only on one of the retention workload. Offsets below a
+// 12 (retcheck.go) only on one of the retention workload, rule 13
+// (compcheck.go) only on one of the compaction workload. Offsets below a
 // replica's first kept offset (compactedValue) are rule 12's alone: rules
 // 1-9 skip them.
 func Check(h *History, reps []Replica) []CheckResult {
@@ -72,6 +73,9 @@ func Check(h *History, reps []Replica) []CheckResult {
 	}
 	if h.Retention != nil {
 		res = append(res, checkRetention(h, reps))
+	}
+	if h.Compaction != nil {
+		res = append(res, checkCompaction(h, reps))
 	}
 	return res
 }
@@ -136,6 +140,10 @@ func checkLost(h *History, reps []Replica) CheckResult {
 					c.note(rep.Node+"_below_cut", 1) // rule 12
 					continue
 				}
+				if h.Compaction != nil && off < uint64(len(rep.Values)) && rep.Values[off] == compactedValue {
+					c.note(rep.Node+"_compacted", 1) // a segment rewrite dropped it: rule 13
+					continue
+				}
 				lost := off >= uint64(len(rep.Values)) || rep.Values[off] != v
 				if !lost {
 					if first < 0 {
@@ -192,7 +200,9 @@ func checkOneValue(h *History, reps []Replica) CheckResult {
 	for i := range h.Reads {
 		r := &h.Reads[i]
 		for j, v := range r.Values {
-			add(r.From+uint64(j), v, fmt.Sprintf("read by %s at %v", r.Process, r.Invoke))
+			if v != compactedValue { // rules 5 and 13
+				add(r.From+uint64(j), v, fmt.Sprintf("read by %s at %v", r.Process, r.Invoke))
+			}
 		}
 	}
 	for _, rep := range reps {

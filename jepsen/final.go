@@ -34,8 +34,22 @@ func recordValue(control bool, stream, typ string, payload []byte) string {
 		return controlValue
 	case typ == train.FenceType:
 		return fenceValue(stream, payload)
+	case strings.HasPrefix(stream, "$"):
+		// A record the server wrote in a system stream (the leader's run
+		// snapshots in "$snapshots"): unique, since its payload is.
+		return fmt.Sprintf("\x00system %s %s %x", stream, typ, payload)
+	case typ != "Appended" && typ != "":
+		// A typed event (the compaction workload's training runs): its
+		// msgpack payload repeats across runs, so the stream and type
+		// make it unique.
+		return typedValue(stream, typ, payload)
 	}
 	return string(payload)
+}
+
+// typedValue is the value of a typed event: stream, type and payload.
+func typedValue(stream, typ string, payload []byte) string {
+	return fmt.Sprintf("%s %s %x", stream, typ, payload)
 }
 
 // isSystemValue reports whether v stands for a record the server wrote.
@@ -47,8 +61,12 @@ func isSystemValue(v string) bool { return strings.HasPrefix(v, "\x00") }
 // whole log from every node. In a retention run it first removes the
 // policy (no cut after the marker, so every node ends at one first kept
 // offset), asks every node for its retention state and segment digests
-// (nodeRetention), and replays each from its first kept offset.
-func finalPhase(ctx context.Context, c *cluster, rec *recorder, runID string, ret *RetentionSpec) ([]Replica, error) {
+// (nodeRetention), and replays each from its first kept offset. In a
+// compaction run it first waits until compaction has settled
+// (settleCompaction), then asks every node for its segment digests and
+// what it answers about the workload's runs and deleted streams
+// (nodeCompaction).
+func finalPhase(ctx context.Context, c *cluster, rec *recorder, runID string, ret *RetentionSpec, compaction bool) ([]Replica, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
@@ -71,16 +89,26 @@ func finalPhase(ctx context.Context, c *cluster, rec *recorder, runID string, re
 	if err != nil {
 		return nil, err
 	}
+	var comp *CompactionRun
+	if compaction {
+		if err := settleCompaction(ctx, c); err != nil {
+			return nil, err
+		}
+		comp = rec.snapshot().Compaction
+	}
 	var reps []Replica
 	for _, n := range c.nodes {
 		var rr *ReplicaRetention
 		var first uint64
-		if ret != nil {
+		if ret != nil || compaction {
 			rr = nodeRetention(ctx, n)
 			first = rr.First
 		}
 		rep := readReplica(ctx, n, first, end)
 		rep.Retention = rr
+		if comp != nil {
+			rep.Compaction = nodeCompaction(ctx, n, comp)
+		}
 		reps = append(reps, rep)
 	}
 	return reps, nil
@@ -210,11 +238,23 @@ func decodeInto(rep *Replica, buf []byte, end uint64) error {
 		}
 		buf = rest
 		h := b.Header()
+		if h.IsControl() {
+			// A control batch stands for offsets whose events are not
+			// served (a deleted stream's, hidden before any rewrite).
+			if uint64(len(rep.Values)) >= h.BaseOffset {
+				padCompacted(rep, min(h.NextOffset(), end))
+			}
+			continue
+		}
 		it := b.Records()
 		var r record.Record
 		for it.Next(&r) {
 			if r.Offset >= end {
 				break
+			}
+			if !h.Complete() && r.Offset > uint64(len(rep.Values)) && uint64(len(rep.Values)) >= h.BaseOffset {
+				// Offsets of the batch's span that compaction dropped.
+				padCompacted(rep, r.Offset)
 			}
 			if r.Offset != uint64(len(rep.Values)) {
 				rep.Gaps = append(rep.Gaps, uint64(len(rep.Values)))
@@ -239,6 +279,19 @@ func decodeInto(rep *Replica, buf []byte, end uint64) error {
 		if err := it.Err(); err != nil {
 			return fmt.Errorf("bad record in batch at offset %d: %w", h.BaseOffset, err)
 		}
+		if !h.Complete() && uint64(len(rep.Values)) >= h.BaseOffset {
+			padCompacted(rep, min(h.NextOffset(), end))
+		}
 	}
 	return nil
+}
+
+// padCompacted fills rep up to offset to with compactedValue: offsets a
+// thinned batch's span covers and whose records compaction dropped (the
+// batch says so; package record). Rule 13 judges them.
+func padCompacted(rep *Replica, to uint64) {
+	for uint64(len(rep.Values)) < to {
+		rep.Values = append(rep.Values, compactedValue)
+		rep.Streams = append(rep.Streams, "")
+	}
 }

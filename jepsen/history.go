@@ -49,6 +49,9 @@ type AppendOp struct {
 	// derives from the value ("jepsen/<process>"): the retention
 	// workload's keeper writes to a stream no policy covers.
 	Stream string `json:"stream,omitempty"`
+	// Type is the event type of every value when it is not "Appended":
+	// the compaction workload's typed training events.
+	Type string `json:"type,omitempty"`
 }
 
 // streamOf is the stream the op's value v was appended to.
@@ -161,6 +164,10 @@ type History struct {
 	// Cuts are the first kept offsets the nodes reported during the run,
 	// as they changed (retention workload).
 	Cuts []CutObs `json:"cuts,omitempty"`
+	// Compaction is the compaction workload's runs, deletes and the
+	// segment rewrites the nodes reported (scenario compaction); nil
+	// otherwise.
+	Compaction *CompactionRun `json:"compaction,omitempty"`
 }
 
 // Replica is the final log of one node, replayed in full.
@@ -180,8 +187,11 @@ type Replica struct {
 	// replayed from there, and Values[:First] hold compactedValue.
 	First uint64 `json:"first_kept,omitempty"`
 	// Retention is what the node reported of its segments and cut at the
-	// end of a retention run (nil otherwise).
+	// end of a retention or compaction run (nil otherwise).
 	Retention *ReplicaRetention `json:"retention,omitempty"`
+	// Compaction is what the node answered about the compaction
+	// workload's runs and deleted streams at the end (nil otherwise).
+	Compaction *ReplicaCompaction `json:"compaction,omitempty"`
 }
 
 // recorder collects a History from concurrent clients.
@@ -268,7 +278,7 @@ func (r *recorder) snapshot() *History {
 	h := &History{
 		Appends: slices.Clone(r.h.Appends), Reads: slices.Clone(r.h.Reads),
 		Subs: slices.Clone(r.h.Subs), Faults: slices.Clone(r.h.Faults), Fences: slices.Clone(r.h.Fences),
-		Retention: r.h.Retention, Cuts: slices.Clone(r.h.Cuts),
+		Retention: r.h.Retention, Cuts: slices.Clone(r.h.Cuts), Compaction: r.h.Compaction.clone(),
 	}
 	slices.SortStableFunc(h.Appends, func(a, b AppendOp) int { return int(a.Invoke - b.Invoke) })
 	slices.SortStableFunc(h.Reads, func(a, b ReadOp) int { return int(a.Invoke - b.Invoke) })

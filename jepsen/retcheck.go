@@ -189,6 +189,16 @@ func checkRetention(h *History, reps []Replica) CheckResult {
 	}
 
 	// (c) digests and manifests.
+	checkSegmentDigests(&c, reps)
+	return c
+}
+
+// checkSegmentDigests is the replicas-identical part of rules 12 and 13:
+// per sealed segment, the digests read now on the nodes holding it agree
+// with each other, with the digest each node's manifest recorded and with
+// every node's manifest entry; manifests agree; no sealed segment is
+// unreadable.
+func checkSegmentDigests(c *CheckResult, reps []Replica) {
 	type segView struct {
 		node string
 		s    SegmentRecord
@@ -244,7 +254,6 @@ func checkRetention(h *History, reps []Replica) CheckResult {
 			}
 		}
 	}
-	return c
 }
 
 func countDropped(m []SegmentRecord) int {

@@ -156,7 +156,10 @@ func execute(ctx context.Context, cfg Config, c *cluster, rec *recorder, seed ui
 	stop, stopWorkload := context.WithCancel(ctx)
 	defer stopWorkload()
 	w := &workload{c: c, rec: rec, seed: seed, runID: fmt.Sprintf("%x", seed), fencing: cfg.Scenario.Fencing,
-		retention: cfg.Scenario.Retention, duration: cfg.Duration}
+		retention: cfg.Scenario.Retention, compaction: cfg.Scenario.Compaction, duration: cfg.Duration}
+	if cs := cfg.Scenario.Compaction; cs != nil {
+		rec.h.Compaction = &CompactionRun{Keep: cs.Keep}
+	}
 	if r := cfg.Scenario.Retention; r != nil {
 		v, err := setRetention(ctx, c, r.Prefix, r.MaxBytes, false)
 		if err != nil {
@@ -174,7 +177,7 @@ func execute(ctx context.Context, cfg Config, c *cluster, rec *recorder, seed ui
 	stopWorkload()
 	w.wait()
 	nem.healAll()
-	reps, err := finalPhase(ctx, c, rec, w.runID, cfg.Scenario.Retention)
+	reps, err := finalPhase(ctx, c, rec, w.runID, cfg.Scenario.Retention, cfg.Scenario.Compaction != nil)
 	if len(nem.failures) > 0 {
 		err = errors.Join(err, fmt.Errorf("nemesis: %s", strings.Join(nem.failures, "; ")))
 	}

@@ -36,6 +36,10 @@ type Scenario struct {
 	// Retention sets a retention policy before the workload starts and
 	// adds its keeper (retention.go); its history is judged by rule 12.
 	Retention *RetentionSpec
+	// Compaction adds the compaction workload (compaction.go): training
+	// runs compacted to their snapshots and deleted streams; its history
+	// is judged by rule 13.
+	Compaction *CompactionSpec
 }
 
 // snapshotArgs make snapshots frequent and the Raft log short, so a
@@ -48,6 +52,18 @@ var snapshotArgs = []string{"--snapshot-threshold", "256", "--trailing-logs", "6
 // cuts, snapshots and InstallSnapshot overlap.
 var retentionArgs = []string{"--snapshot-threshold", "256", "--trailing-logs", "64",
 	"--snapshot-interval", "500ms", "--segment-bytes", "65536", "--retention-interval", "1s"}
+
+// compactionArgs: retentionArgs with run compaction on (no retention
+// policy is set, so nothing is cut), a run snapshot every 8
+// BatchCompleted, and a grace long enough that only runs whose last event
+// finished them are compacted.
+var compactionArgs = append(slices.Clone(retentionArgs), "--run-compaction", "--run-snapshot-batches", "8",
+	"--run-compaction-grace", "1h")
+
+// defaultKeep are the types run compaction keeps by default
+// (compaction.DefaultKeep, docs/operations.md), which the harness, a black
+// box, repeats.
+var defaultKeep = []string{"CheckpointSaved", "NodeFailed", "TrainingStarted", "TrainingFinished", "TrainingAborted", "$fence", "$snapshot"}
 
 // Scenarios lists every scenario, in the order `-scenario all` runs them.
 var Scenarios = []Scenario{
@@ -96,6 +112,10 @@ var Scenarios = []Scenario{
 		Faults: []string{"kill-leader", "kill-follower", "kill-all", "isolate-leader", "isolate-follower-long", "wipe-follower"}, ServeArgs: retentionArgs, FaultFS: true,
 		Active: [2]time.Duration{2 * time.Second, 5 * time.Second}, Quiet: [2]time.Duration{time.Second, 2 * time.Second},
 		Retention: &RetentionSpec{Prefix: "jepsen/", MaxBytes: 256 << 10, Uncovered: "keep/", KeeperFrom: 0.6}},
+	{Name: "compaction", Doc: "run compaction and stream deletion (64 KiB segments, a rewrite tick every second) while trainers write typed training runs through the SDK and finish most of them and a deleter deletes streams; the leader, a follower or all three SIGKILLed (faultfs build), the leader isolated, a follower caught up through InstallSnapshot or wiped",
+		Faults: []string{"kill-leader", "kill-follower", "kill-all", "isolate-leader", "isolate-follower-long", "wipe-follower"}, ServeArgs: compactionArgs, FaultFS: true,
+		Active: [2]time.Duration{2 * time.Second, 5 * time.Second}, Quiet: [2]time.Duration{time.Second, 2 * time.Second},
+		Compaction: &CompactionSpec{RunPrefix: "crun/", DelPrefix: "cdel/", Trainers: 3, Keep: defaultKeep}},
 }
 
 // FindScenarios resolves a comma-separated list of names, or "all".

@@ -110,11 +110,20 @@ func (w *workload) drain(stream grpc.ServerStreamingClient[pb.ReadResponse], s *
 			}
 			buf = rest
 			h := b.Header()
+			if h.IsControl() {
+				// Not events: offsets whose events are not served.
+				padDeliveries(s, h, next, h.NextOffset())
+				fresh = false
+				continue
+			}
 			it := b.Records()
 			var r record.Record
 			for it.Next(&r) {
 				if fresh && r.Offset < *next {
 					continue
+				}
+				if !h.Complete() {
+					padDeliveries(s, h, next, r.Offset)
 				}
 				v := recordValue(h.IsControl(), string(r.Stream), string(r.Type), r.Payload)
 				s.Deliveries = append(s.Deliveries, Delivery{r.Offset, v})
@@ -124,7 +133,19 @@ func (w *workload) drain(stream grpc.ServerStreamingClient[pb.ReadResponse], s *
 				s.Integrity = append(s.Integrity, fmt.Sprintf("bad record in batch at offset %d: %v", h.BaseOffset, err))
 				return err
 			}
+			if !h.Complete() {
+				padDeliveries(s, h, next, h.NextOffset())
+			}
 			fresh = false
 		}
+	}
+}
+
+// padDeliveries delivers compactedValue for the offsets of a thinned
+// batch's span from *next up to to that compaction dropped (the batch's
+// span says they are covered); rule 8 holds them to the final log.
+func padDeliveries(s *Subscription, h record.Header, next *uint64, to uint64) {
+	for ; *next < to && *next >= h.BaseOffset; *next++ {
+		s.Deliveries = append(s.Deliveries, Delivery{*next, compactedValue})
 	}
 }

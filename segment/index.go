@@ -168,13 +168,26 @@ func writeIndexFiles(fsys FS, dir string, base uint64, entries []indexEntry) err
 // rename is durable once the caller fsyncs the directory.
 func writeFileAtomic(fsys FS, path string, data []byte) (err error) {
 	tmp := path + TmpSuffix
-	f, err := fsys.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err := writeFileSynced(fsys, tmp, data); err != nil {
+		return err
+	}
+	if err := fsys.Rename(tmp, path); err != nil {
+		_ = fsys.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// writeFileSynced writes data to path (created or truncated) and fsyncs
+// it; on error the file is removed.
+func writeFileSynced(fsys FS, path string, data []byte) (err error) {
+	f, err := fsys.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
 	defer func() {
 		if err != nil {
-			_ = fsys.Remove(tmp)
+			_ = fsys.Remove(path)
 		}
 	}()
 	if _, err := f.Write(data); err != nil {
@@ -185,8 +198,5 @@ func writeFileAtomic(fsys FS, path string, data []byte) (err error) {
 		f.Close()
 		return err
 	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return fsys.Rename(tmp, path)
+	return f.Close()
 }

@@ -195,7 +195,11 @@ func (l *Log) ReplaceSealed(base uint64, r io.Reader) error {
 	tmp := old.path + replaceSuffix
 	ns, set, err := l.writeReplacement(old, tmp, func(f File) (int64, error) { return copyExact(f, r, old) }, prevTS, nextTS)
 	if err == nil {
-		if err = l.publishReplacement(ns, tmp, set); err != nil {
+		var st stagedFiles
+		if st, err = l.stageReplacement(ns, set); err == nil {
+			err = l.publishReplacement(ns, tmp, st)
+		}
+		if err != nil {
 			ns.closeFiles()
 		}
 	}
@@ -321,15 +325,54 @@ func copyExact(f File, r io.Reader, old *segment) (int64, error) {
 	return n, nil
 }
 
-// publishReplacement publishes a verified replacement: index files, then
-// the .log, then the directory; and opens the new index files.
-func (l *Log) publishReplacement(ns *segment, tmp string, set map[string]*liveStream) error {
-	if err := writeIndexFiles(l.fs, l.dir, ns.base, ns.index); err != nil {
-		return fmt.Errorf("segment: write index of %s: %w", ns.path, err)
+// stagedFiles are a replacement's index files (.index, .timeindex,
+// .streams) written under temporary names and fsynced, not yet renamed.
+type stagedFiles [][2]string // {tmp, final}
+
+// stageReplacement writes the index files of a verified replacement under
+// temporary names (*.tmp, which Open removes) and fsyncs them: the slow
+// part of publishing, kept out of publishReplacement so that a caller
+// holding a lock around the publish (ThinSealed's Gate) holds it across
+// renames and one directory fsync only.
+func (l *Log) stageReplacement(ns *segment, set map[string]*liveStream) (stagedFiles, error) {
+	index, times := encodeIndex(ns.index)
+	var st stagedFiles
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{
+		{indexName(ns.base), index},
+		{timeIndexName(ns.base), times},
+		{streamsName(ns.base), encodeStreams(ns.base, ns.next, ns.size, set)},
+	} {
+		final := filepath.Join(l.dir, f.name)
+		tmp := final + TmpSuffix
+		if err := writeFileSynced(l.fs, tmp, f.data); err != nil {
+			st.remove(l.fs)
+			return nil, fmt.Errorf("segment: write %s: %w", tmp, err)
+		}
+		st = append(st, [2]string{tmp, final})
 	}
-	spath := filepath.Join(l.dir, streamsName(ns.base))
-	if err := writeFileAtomic(l.fs, spath, encodeStreams(ns.base, ns.next, ns.size, set)); err != nil {
-		return fmt.Errorf("segment: write %s: %w", spath, err)
+	return st, nil
+}
+
+// remove deletes the staged files that were not renamed.
+func (st stagedFiles) remove(fsys FS) {
+	for _, f := range st {
+		_ = fsys.Remove(f[0])
+	}
+}
+
+// publishReplacement publishes a verified replacement whose index files
+// are staged: the index files are renamed into place, then the .log, then
+// the directory is fsynced (the only fsync here); and opens the new index
+// files.
+func (l *Log) publishReplacement(ns *segment, tmp string, st stagedFiles) error {
+	for i, f := range st {
+		if err := l.fs.Rename(f[0], f[1]); err != nil {
+			st[i:].remove(l.fs)
+			return fmt.Errorf("segment: rename %s: %w", f[0], err)
+		}
 	}
 	if err := l.fs.Rename(tmp, ns.path); err != nil {
 		return fmt.Errorf("segment: rename %s: %w", tmp, err)
@@ -342,6 +385,7 @@ func (l *Log) publishReplacement(ns *segment, tmp string, set map[string]*liveSt
 		return fmt.Errorf("segment: reopen index of %s: %w", ns.path, err)
 	}
 	ns.index = nil
+	spath := filepath.Join(l.dir, streamsName(ns.base))
 	if ns.streams, err = openStreams(l.fs, spath, ns.base, ns.size); err != nil {
 		return fmt.Errorf("segment: reopen %s: %w", spath, err)
 	}

@@ -123,8 +123,20 @@ func (l *Log) ThinSealed(base uint64, keep KeepFunc, opt ThinOptions) (ThinResul
 		_ = l.fs.Remove(tmp)
 		return res, err
 	}
+	// The index files are written and fsynced before the gate, so that a
+	// caller's lock around publish (the fsm's, which a snapshot being
+	// taken waits for on Raft's apply goroutine) is held across renames
+	// and one directory fsync, not four fsyncs.
+	st, err := l.stageReplacement(ns, set)
+	if err != nil {
+		ns.closeFiles()
+		_ = l.fs.Remove(tmp)
+		return res, err
+	}
+	published := false
 	publish := func() error {
-		if err := l.publishReplacement(ns, tmp, set); err != nil {
+		published = true
+		if err := l.publishReplacement(ns, tmp, st); err != nil {
 			ns.closeFiles()
 			_ = l.fs.Remove(tmp)
 			return err
@@ -137,8 +149,9 @@ func (l *Log) ThinSealed(base uint64, keep KeepFunc, opt ThinOptions) (ThinResul
 		err = publish()
 	}
 	if err != nil {
-		if ns.ix == nil {
-			// publish was not called.
+		if !published {
+			// The gate refused: nothing was renamed.
+			st.remove(l.fs)
 			ns.closeFiles()
 			_ = l.fs.Remove(tmp)
 		}

@@ -2,6 +2,10 @@ package segment
 
 import (
 	"bytes"
+	"io/fs"
+	"os"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/tsstore/tsstore/record"
@@ -304,6 +308,84 @@ func TestThinSealedRebasesAndStretches(t *testing.T) {
 	for off := s.BaseOffset; off < s.NextOffset; off++ {
 		if _, ok := got[off]; ok != keep(&record.Record{Offset: off}) {
 			t.Fatalf("offset %d kept %v", off, ok)
+		}
+	}
+}
+
+// syncCountFS counts file and directory fsyncs while counting is set.
+type syncCountFS struct {
+	FS
+	counting atomic.Bool
+	syncs    atomic.Int64
+}
+
+func (f *syncCountFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
+	file, err := f.FS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &syncCountFile{File: file, fs: f}, nil
+}
+
+func (f *syncCountFS) SyncDir(dir string) error {
+	if f.counting.Load() {
+		f.syncs.Add(1)
+	}
+	return f.FS.SyncDir(dir)
+}
+
+type syncCountFile struct {
+	File
+	fs *syncCountFS
+}
+
+func (f *syncCountFile) Sync() error {
+	if f.fs.counting.Load() {
+		f.fs.syncs.Add(1)
+	}
+	return f.File.Sync()
+}
+
+// The publishing step ThinSealed hands its Gate (which the fsm holds a
+// lock around that a snapshot being taken waits for, on Raft's apply
+// goroutine) makes one fsync, the directory's: the index files are
+// written and fsynced before it. It made four before (three index files
+// and the directory).
+func TestThinSealedGateHoldsOneFsync(t *testing.T) {
+	cf := &syncCountFS{FS: OSFS{}}
+	opts := testOptions()
+	opts.FS = cf
+	l := mustOpen(t, t.TempDir(), opts)
+	m := newMaker(40)
+	for i := range 300 {
+		if err := l.Append(m.batch(t, 1+i%6)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := l.Segments()[0]
+	res, err := l.ThinSealed(s.BaseOffset, func(r *record.Record) bool { return r.Offset%2 == 0 }, ThinOptions{
+		Gate: func(publish func() error) error {
+			cf.counting.Store(true)
+			defer cf.counting.Store(false)
+			return publish()
+		},
+	})
+	if err != nil || !res.Rewritten {
+		t.Fatalf("thin: %+v, %v", res, err)
+	}
+	if n := cf.syncs.Load(); n != 1 {
+		t.Fatalf("%d fsyncs inside the gate, want 1 (the directory's)", n)
+	}
+	if d, err := l.Digest(s.BaseOffset, true); err != nil || d != res.Digest {
+		t.Fatalf("digest %08x, %v; want %08x", d, err, res.Digest)
+	}
+	ents, err := os.ReadDir(l.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), TmpSuffix) {
+			t.Errorf("%s left behind", e.Name())
 		}
 	}
 }

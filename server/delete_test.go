@@ -48,8 +48,15 @@ func TestStreamDelete(t *testing.T) {
 		c.RetentionInterval = 0
 	})
 	next := appendBatches(t, tc, "p1", 60) // run/0, run/1, run/2 mixed
-	waitNextOffset(t, tc.nodes, next)
 	ctx := ctxT(t)
+	// And one batch of run/1 alone, in the active segment.
+	solo := &pb.AppendRequest{Events: []*pb.Event{ev("run/1", "a"), ev("run/1", "b"), ev("run/1", "c")}}
+	if resp, err := dial(t, tc.leader()).Append(ctx, solo); err != nil {
+		t.Fatal(err)
+	} else {
+		next = resp.LastOffset + 1
+	}
+	waitNextOffset(t, tc.nodes, next)
 	rc := dialRetention(t, tc.follower())
 	if _, err := rc.DeleteStream(ctx, &pb.DeleteStreamRequest{Stream: "nope"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("delete of a missing stream: %v", err)
@@ -95,6 +102,68 @@ func TestStreamDelete(t *testing.T) {
 			t.Fatal("ListStreams shows the deleted stream")
 		}
 	}
+	// Unfiltered whole-log reads hide the deleted events at once too, in
+	// the sealed and the active segment, before any rewrite, and stay
+	// contiguous (a batch left empty becomes a control batch over its
+	// span, which Replay skips).
+	unfiltered := func(to uint64) int {
+		t.Helper()
+		n := 0
+		for e, err := range c.Replay(ctx, 0, client.To(to)) {
+			if err != nil {
+				t.Fatalf("unfiltered read across the deleted stream's events: %v", err)
+			}
+			if e.Stream == "run/1" {
+				n++
+			}
+		}
+		return n
+	}
+	if got := unfiltered(tc.leader().proc.NextOffset()); got != 0 {
+		t.Fatalf("an unfiltered read before the rewrite returned %d events of the deleted stream", got)
+	}
+	for _, n := range tc.nodes { // raw batches, every node: no record of it, spans contiguous
+		stream, err := dial(t, n).Read(ctx, &pb.ReadRequest{ToOffset: next})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos, control := uint64(0), 0
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				break
+			}
+			for buf := m.Batches; len(buf) > 0; {
+				b, rest, err := record.Next(buf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				buf = rest
+				h := b.Header()
+				if h.BaseOffset > pos {
+					t.Fatalf("%s: batch at %d after %d: a gap", n.cfg.NodeID, h.BaseOffset, pos)
+				}
+				pos = h.NextOffset()
+				if h.IsControl() {
+					control++
+					continue
+				}
+				it := b.Records()
+				var r record.Record
+				for it.Next(&r) {
+					if string(r.Stream) == "run/1" {
+						t.Fatalf("%s: unfiltered raw read returned run/1's event at %d", n.cfg.NodeID, r.Offset)
+					}
+				}
+			}
+		}
+		if pos < next {
+			t.Fatalf("%s: raw read ended at %d, want %d", n.cfg.NodeID, pos, next)
+		}
+		if control == 0 {
+			t.Fatalf("%s: no control batch: run/1's batches were not hidden whole", n.cfg.NodeID)
+		}
+	}
 	// The leader's tick drops the events from the sealed segments.
 	done, err := tc.leader().compactRuns(time.Now())
 	if err != nil || done == 0 {
@@ -128,6 +197,12 @@ func TestStreamDelete(t *testing.T) {
 		if left > 1 { // a segment left with no record keeps its last one
 			t.Fatalf("%s: %d events of run/1 still in the sealed segments", n.cfg.NodeID, left)
 		}
+	}
+	// Rewritten: an unfiltered read crosses the thinned spans without a
+	// gap error and returns none of them (not even the record a segment
+	// left with no record keeps).
+	if got := unfiltered(sealedEnd); got != 0 {
+		t.Fatalf("an unfiltered read after the rewrite returned %d events of the deleted stream", got)
 	}
 	// Producer dedup is untouched: a retry of p1's last request (which
 	// wrote run/1 events too) is a duplicate.

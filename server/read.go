@@ -28,9 +28,11 @@ type selection struct {
 	fromVer    uint64
 	fromTimeNs int64
 	decoded    bool // send DecodedEvents, not batches (read_decoded.go)
-	// deleted hides, in filtered reads, the events of deleted streams
-	// that are still in the segments (stream -> deleted up to offset).
-	deleted map[string]uint64
+	// deleted hides the events of deleted streams that are still in the
+	// segments (stream -> deleted up to offset), in every read;
+	// deletedUpto is the highest of those offsets.
+	deleted     map[string]uint64
+	deletedUpto uint64
 }
 
 func (n *Node) newSelection(req *pb.ReadRequest) (*selection, error) {
@@ -49,13 +51,12 @@ func (n *Node) newSelection(req *pb.ReadRequest) (*selection, error) {
 		}
 	}
 	sel.filtered = sel.stream != "" || sel.prefix != "" || sel.types != nil
-	if sel.filtered {
-		for _, d := range n.proc.DeletedStreams() {
-			if sel.deleted == nil {
-				sel.deleted = map[string]uint64{}
-			}
-			sel.deleted[d.Stream] = d.Upto
+	for _, d := range n.proc.DeletedStreams() {
+		if sel.deleted == nil {
+			sel.deleted = map[string]uint64{}
 		}
+		sel.deleted[d.Stream] = d.Upto
+		sel.deletedUpto = max(sel.deletedUpto, d.Upto)
 	}
 	sel.maxBytes = int(req.MaxMessageBytes)
 	if sel.maxBytes <= 0 || sel.maxBytes > 4*n.cfg.ReadMessageBytes {
@@ -66,7 +67,19 @@ func (n *Node) newSelection(req *pb.ReadRequest) (*selection, error) {
 
 // resolveStart moves sel.from to the first offset selected by a timestamp
 // or a stream version; a version not reached yet starts at the log's end.
+// A single-stream read from below the stream's first event starts at that
+// event: the stream has nothing below it, and the log may not either (a
+// retention cut of older segments would refuse a read from 0 as compacted
+// although every event of the stream is kept).
 func (n *Node) resolveStart(sel *selection) error {
+	if sel.stream != "" {
+		if info, ok := n.proc.StreamInfo(sel.stream); ok && sel.from < info.FirstOffset {
+			sel.from = info.FirstOffset
+			if sel.to != 0 {
+				sel.from = min(sel.from, sel.to)
+			}
+		}
+	}
 	return n.proc.WithLog(func(l *segment.Log) error {
 		if sel.fromTimeNs != 0 {
 			sel.from = max(sel.from, l.OffsetForTime(sel.fromTimeNs))
@@ -130,6 +143,8 @@ type reader struct {
 	m   *readMetrics
 	// budget bounds what the stream has handed to gRPC (sendbudget.go).
 	budget *sendBudget
+	// started: a message was produced; the next ones continue at sel.from.
+	started bool
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<20); return &b }}
@@ -158,8 +173,29 @@ func (r *reader) next(end uint64) (*[]byte, uint64, error) {
 		// message: a message never holds a batch past its next_offset.
 		*raw, next = trimAt(*raw, end)
 	}
+	if r.started {
+		// A continuing message starts where the previous one ended. A
+		// segment rewrite (run compaction, deletion) committed since may
+		// have merged the batch that started there into the span of an
+		// earlier one: send that batch's part from sel.from on, rebased
+		// (a control batch if it has no record there), or the client sees
+		// a batch that does not continue the log (the SDK: a protocol
+		// error; jepsen's compaction scenario found it).
+		*raw = rebaseFrom(&r.b, *raw, r.sel.from)
+	}
+	r.started = true
 	if !r.sel.filtered {
-		return raw, next, nil
+		if len(r.sel.deleted) == 0 || firstBase(*raw) > r.sel.deletedUpto {
+			return raw, next, nil
+		}
+		out := bufPool.Get().(*[]byte)
+		*out, err = r.hideDeleted((*out)[:0], *raw, next)
+		put(raw)
+		if err != nil {
+			put(out)
+			return nil, 0, err
+		}
+		return out, next, nil
 	}
 	out := bufPool.Get().(*[]byte)
 	*out, err = r.filter((*out)[:0], *raw, next)
@@ -218,6 +254,162 @@ func (r *reader) filter(dst, raw []byte, next uint64) ([]byte, error) {
 		}
 	}
 	return dst, nil
+}
+
+// deletedStream and deletedType name the record of the control batch that
+// stands, in an unfiltered read, for offsets whose events are not served:
+// a batch whose every record belongs to deleted streams (hideDeleted), or
+// the part of a rewritten batch below a stream's position (rebaseFrom).
+const (
+	deletedStream = "$deleted"
+	deletedType   = "$deleted"
+)
+
+// hideDeleted re-encodes, for an unfiltered read, the batches of raw that
+// hold events of deleted streams (at or below their delete's offset)
+// without them, keeping every batch's span so that the read stays
+// contiguous: a batch left with some records is thinned (as a rewrite
+// would make it); one left with none becomes a control batch over the
+// same span holding one marker record (readers skip control records; the
+// format has no empty batch). Batches above every delete are copied as
+// they are. So a delete hides its events from every read at once, not
+// only once the segments holding them are rewritten.
+func (r *reader) hideDeleted(dst, raw []byte, next uint64) ([]byte, error) {
+	for len(raw) > 0 {
+		b, rest, err := record.Next(raw)
+		if err != nil {
+			return dst, err
+		}
+		h := b.Header()
+		if h.BaseOffset >= next {
+			break
+		}
+		if h.BaseOffset > r.sel.deletedUpto {
+			return append(dst, raw...), nil // the rest is newer than every delete
+		}
+		raw = rest
+		if h.IsControl() || !r.holdsDeleted(b) {
+			dst = append(dst, b...)
+			continue
+		}
+		r.b.Reset(h.BaseOffset, h.RaftIndex, h.Timestamp, h.Attributes&^record.AttrCompressionMask)
+		it := b.Records()
+		var rec record.Record
+		for it.Next(&rec) {
+			if r.isDeleted(&rec) {
+				continue
+			}
+			if err := r.b.AddAt(&rec, rec.Offset-h.BaseOffset); err != nil {
+				return dst, err
+			}
+		}
+		if err := it.Err(); err != nil {
+			return dst, err
+		}
+		if r.b.Count() == 0 {
+			r.b.Reset(h.BaseOffset, h.RaftIndex, h.Timestamp, (h.Attributes&^record.AttrCompressionMask)|record.AttrControl)
+			marker := record.Record{Offset: h.BaseOffset, Stream: []byte(deletedStream), Type: []byte(deletedType)}
+			if err := r.b.AddAt(&marker, 0); err != nil {
+				return dst, err
+			}
+		}
+		r.b.ExtendSpan(uint64(h.LastDelta))
+		fb, err := r.b.Finish()
+		if err != nil {
+			return dst, err
+		}
+		dst = append(dst, fb...)
+	}
+	return dst, nil
+}
+
+// holdsDeleted reports whether batch b holds an event of a deleted stream.
+func (r *reader) holdsDeleted(b record.Batch) bool {
+	it := b.Records()
+	var rec record.Record
+	for it.Next(&rec) {
+		if r.isDeleted(&rec) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *reader) isDeleted(rec *record.Record) bool {
+	upto, ok := r.sel.deleted[string(rec.Stream)]
+	return ok && rec.Offset <= upto
+}
+
+// firstBase is the base offset of raw's first batch (0 if it has none).
+func firstBase(raw []byte) uint64 {
+	h, err := record.ParseHeader(raw)
+	if err != nil {
+		return 0
+	}
+	return h.BaseOffset
+}
+
+// rebaseFrom returns raw with its first batch made to start at from if it
+// starts before it: re-encoded (uncompressed) with base offset from, the
+// records at or after from and the same span end; or, if none of its
+// records is at or after from, a control batch over [from, its end] with
+// one marker record, as hideDeleted sends for offsets whose events are
+// not served (readers skip control records). raw is returned unchanged
+// when its first batch starts at or after from, and the bytes of the
+// result are raw's for the rest.
+func rebaseFrom(b *record.Builder, raw []byte, from uint64) []byte {
+	h, err := record.ParseHeader(raw)
+	if err != nil || h.BaseOffset >= from {
+		return raw
+	}
+	first, rest, err := record.Next(raw)
+	if err != nil {
+		return raw
+	}
+	attrs := h.Attributes &^ record.AttrCompressionMask
+	if !hasRecordFrom(first, from) {
+		attrs |= record.AttrControl
+	}
+	b.Reset(from, h.RaftIndex, h.Timestamp, attrs)
+	if attrs&record.AttrControl != 0 {
+		marker := record.Record{Offset: from, Stream: []byte(deletedStream), Type: []byte(deletedType)}
+		if err := b.AddAt(&marker, 0); err != nil {
+			return raw
+		}
+	} else {
+		it := first.Records()
+		var rec record.Record
+		for it.Next(&rec) {
+			if rec.Offset < from {
+				continue
+			}
+			if err := b.AddAt(&rec, rec.Offset-from); err != nil {
+				return raw
+			}
+		}
+		if it.Err() != nil {
+			return raw
+		}
+	}
+	b.ExtendSpan(h.LastOffset() - from)
+	fb, err := b.Finish()
+	if err != nil {
+		return raw
+	}
+	out := make([]byte, 0, len(fb)+len(rest))
+	return append(append(out, fb...), rest...)
+}
+
+// hasRecordFrom reports whether batch b holds a record at or after from.
+func hasRecordFrom(b record.Batch, from uint64) bool {
+	it := b.Records()
+	var rec record.Record
+	for it.Next(&rec) {
+		if rec.Offset >= from {
+			return true
+		}
+	}
+	return false
 }
 
 // trimAt cuts raw before the first batch that starts at or after end and

@@ -74,6 +74,9 @@ func (r *reader) decode(buf []byte, next uint64) ([]*pb.DecodedEvent, uint64, in
 		if h.BaseOffset >= next {
 			break
 		}
+		if h.IsControl() {
+			continue // not events (hideDeleted's markers)
+		}
 		it := b.Records()
 		var rec record.Record
 		for it.Next(&rec) {

@@ -372,3 +372,88 @@ func TestRunCompactionSkipsRunCutByRetention(t *testing.T) {
 		}
 	}
 }
+
+// A run started after a retention cut gets its snapshots and is compacted
+// once finished, and a read of its stream from 0 starts at its first
+// event. Before, the snapshotter folded a new run from offset 0, which a
+// cut makes compacted: every run started after the first cut got no
+// snapshot, so run compaction never thinned it (tsstore bench k: 7
+// rewrites for 121 finished runs), and a stream read from 0 was refused
+// OFFSET_COMPACTED although every event of the stream was kept.
+func TestRunStartedAfterACutIsSnapshottedAndCompacted(t *testing.T) {
+	tc := newTestCluster(t, 1, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.RunSnapshotBatches = 40
+		c.RetentionInterval = 0
+		c.RunCompaction = true
+	})
+	c := sdk(t, tc)
+	ctx := ctxT(t)
+	l := tc.leader()
+	raw := dial(t, l)
+	for range 4 { // sealed segments of filler
+		var evs []*pb.Event
+		for range 100 {
+			evs = append(evs, ev("fill", strings.Repeat("f", 1000)))
+		}
+		if _, err := raw.Append(ctx, &pb.AppendRequest{Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc := dialRetention(t, l)
+	if _, err := rc.SetRetention(ctx, &pb.SetRetentionRequest{Policy: &pb.RetentionPolicy{Prefix: "fill", MaxBytes: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := rc.Compact(ctx, &pb.CompactRequest{})
+	if err != nil || res.Cut == 0 {
+		t.Fatalf("compact: %v, %v; want a cut", res, err)
+	}
+	gen, err := c.StartRun(ctx, "late", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRun(t, ctx, c, "late", gen, 1, 400)
+	p := c.NewProducer("")
+	p.SetRunGeneration(gen)
+	if _, err := appendTyped(t, ctx, p, "late", train.TrainingFinished{Step: 400, Reason: "done"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.FoldRun(ctx, "late", train.Target{}); err != nil {
+		t.Fatalf("fold of a run that starts above the cut, from 0: %v", err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		info, err := c.RunInfo(ctx, "late")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.SnapshotsTaken >= 10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d snapshots of a run started after a cut, want 10 (800 BatchCompleted, one every 40)", info.SnapshotsTaken)
+		}
+	}
+	waitAllApplied(t, tc)
+	// Its events lie in sealed segments now (the filler sealed them).
+	for range 2 {
+		var evs []*pb.Event
+		for range 100 {
+			evs = append(evs, ev("fill", strings.Repeat("f", 1000)))
+		}
+		if _, err := raw.Append(ctx, &pb.AppendRequest{Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err = rc.Compact(ctx, &pb.CompactRequest{})
+	if err != nil {
+		t.Fatalf("compact: %v", err)
+	}
+	if res.RewritesCommitted == 0 {
+		t.Fatalf("no rewrite of the finished run committed: %v", res)
+	}
+	for _, r := range res.Rewrites {
+		if r.Stream != "late" {
+			t.Fatalf("a rewrite of %s, not of the finished run", r.Stream)
+		}
+	}
+}

@@ -105,7 +105,7 @@ func (n *Node) snapshotPass(cursors map[string]*runCursor, every uint64) error {
 			if c.stuck != nil || r.Stream.LastOffset <= c.st.LastOffset && c.st.Events > 0 {
 				continue
 			}
-			if err := n.foldRun(r.Name, c, every); err != nil {
+			if err := n.foldRun(r.Name, r.Stream.FirstOffset, c, every); err != nil {
 				return err
 			}
 		}
@@ -138,9 +138,14 @@ func (n *Node) newRunCursor(r fsm.RunEntry) (*runCursor, error) {
 }
 
 // foldRun folds run's events after the cursor and proposes a snapshot at
-// every `every` BatchCompleted events.
-func (n *Node) foldRun(run string, c *runCursor, every uint64) error {
-	from := uint64(0)
+// every `every` BatchCompleted events. A fresh cursor starts at the run's
+// first event (first), not at offset 0: once a retention cut has dropped
+// older segments, a read from 0 is refused as compacted even for a run
+// that starts above the cut, and every run started after the first cut
+// got no snapshot (so run compaction never thinned it: `tsstore bench`
+// workload k found it).
+func (n *Node) foldRun(run string, first uint64, c *runCursor, every uint64) error {
+	from := first
 	if c.st.Events > 0 {
 		from = c.st.LastOffset + 1
 	}
