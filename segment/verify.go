@@ -19,7 +19,8 @@ const progressEvery = 4 << 20
 // equal the one rebuilt from its bytes). It returns the
 // first problem, a *CorruptionError for corruption. progress, if not nil,
 // is called now and then with the bytes checked so far and the total.
-func (l *Log) Verify(progress func(done, total int64)) error {
+func (l *Log) Verify(progress func(done, total int64)) (err error) {
+	defer func() { err = l.withKey(err) }()
 	l.mu.RLock()
 	if l.mu.closed {
 		l.mu.RUnlock()
