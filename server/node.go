@@ -20,6 +20,7 @@ import (
 	"github.com/tsstore/tsstore/internal/ratelog"
 	"github.com/tsstore/tsstore/internal/version"
 	"github.com/tsstore/tsstore/segment"
+	"github.com/tsstore/tsstore/tiering"
 )
 
 // ErrWrongCluster is returned when the data directory belongs to another
@@ -56,6 +57,9 @@ type Node struct {
 	stable *raftboltdb.BoltStore
 	logs   *logStore
 	snaps  *fsm.SnapshotStore
+	// tierCache reads tiered segments (tier_evict.go); nil when tiering
+	// is off.
+	tierCache *tiering.Cache
 
 	grpc     *grpc.Server
 	listener net.Listener
@@ -202,6 +206,9 @@ func (n *Node) opening(step string) {
 func (n *Node) openStorage() error {
 	var err error
 	n.opening("opening the segment log")
+	if err := n.openTierCache(); err != nil {
+		return err
+	}
 	fcfg := fsm.DefaultConfig(filepath.Join(n.cfg.DataDir, "fsm"))
 	fcfg.Segment = n.cfg.Segment
 	// A damaged sealed segment does not keep the node from starting: it
@@ -227,6 +234,9 @@ func (n *Node) openStorage() error {
 	}
 	if n.snaps, err = fsm.NewSnapshotStore(filepath.Join(n.cfg.DataDir, "snapshots"), n.cfg.SnapshotRetain, n.logger); err != nil {
 		return err
+	}
+	if n.cfg.Segment.Remote != nil {
+		n.snaps.UseRemote(n.cfg.Segment.Remote)
 	}
 	n.opening("reading the raft log")
 	n.stable, n.logs, err = openRaftStores(filepath.Join(n.cfg.DataDir, "raft"), n.cfg.LogCacheBytes, n.cfg.RaftLogFS, n.cfg.NodeID, n.logger)
@@ -461,5 +471,8 @@ func (n *Node) closeStorage() {
 	}
 	if n.proc != nil {
 		n.proc.Close()
+	}
+	if n.tierCache != nil {
+		n.tierCache.Close()
 	}
 }

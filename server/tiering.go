@@ -19,9 +19,10 @@ import (
 // TierConfig is cold tiering (issue #13): the leader uploads sealed
 // segments that pass the policy to Target and commits a "segment tiered"
 // decision through Raft (fsm.CmdSegmentTiered), so every replica's
-// manifest says where each segment's copy is. Replicas keep their local
-// copies (dropping them and reading from the store are not built yet).
-// Off, exactly as before, when Target is nil.
+// manifest says where each segment's copy is. Every node then drops its
+// local .log of each committed segment once the object checks out
+// (tier_evict.go) and reads it back through a block cache. Off, exactly
+// as before, when Target is nil.
 type TierConfig struct {
 	// Target is the object store; nil turns tiering off.
 	Target tiering.Target
@@ -39,6 +40,10 @@ type TierConfig struct {
 	// SweepInterval is how often the leader deletes the objects that
 	// earlier leaders uploaded and never committed (sweep).
 	SweepInterval time.Duration
+	// Cache is how tiered segments are read back: block size, the cap in
+	// bytes of the in-memory cache, the timeout of one GET. Zero: the
+	// defaults (tiering.DefaultCacheConfig).
+	Cache tiering.CacheConfig
 }
 
 func (c TierConfig) validate() error {
@@ -51,8 +56,19 @@ func (c TierConfig) validate() error {
 		return errors.New("a tier target needs a policy: tier-after or tier-hot-bytes")
 	case c.Target != nil && (c.Interval <= 0 || c.MaxBackoff < c.Interval || c.SweepInterval <= 0):
 		return errors.New("tier interval and tier sweep interval must be positive and tier max backoff at least the interval")
+	case c.Target != nil:
+		return c.cacheConfig().Validate()
 	}
 	return nil
+}
+
+// cacheConfig is Cache, or the defaults when Cache was left zero.
+func (c TierConfig) cacheConfig() tiering.CacheConfig {
+	cc := c.Cache
+	if cc.BlockBytes == 0 && cc.CapBytes == 0 && cc.GetTimeout == 0 {
+		cc = tiering.DefaultCacheConfig()
+	}
+	return cc
 }
 
 // tierCandidates returns, oldest first, the local (not yet tiered)
@@ -112,6 +128,9 @@ func (n *Node) runTiering() {
 		}
 		now := time.Now()
 		n.tierBacklog(now)
+		if err := n.evictTiered(ctx); err != nil && ctx.Err() == nil {
+			n.logger.Warn("tiering: evicting local copies failed; they stay and this node tries again", "error", err)
+		}
 		if n.raft.State() != raft.Leader {
 			clear(deleted)
 			continue
