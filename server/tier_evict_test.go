@@ -219,6 +219,28 @@ func TestTierEvictAndReadVersityGW(t *testing.T) {
 	if err := leader.raft.Snapshot().Error(); err != nil {
 		t.Fatalf("snapshot after eviction: %v", err)
 	}
+	metas, err := leader.snaps.List()
+	if err != nil || len(metas) == 0 {
+		t.Fatalf("snapshots: %v, %v", metas, err)
+	}
+	meta, err := os.ReadFile(filepath.Join(leader.cfg.DataDir, "snapshots", metas[0].ID, "meta.json"))
+	if err != nil || !bytes.Contains(meta, []byte(segs[0].Key)) {
+		t.Fatalf("snapshot meta.json does not reference %s: %s, %v", segs[0].Key, meta, err)
+	}
+	segFiles, _ := filepath.Glob(filepath.Join(leader.cfg.DataDir, "snapshots", metas[0].ID, "*.seg"))
+	if len(segFiles) > 1 {
+		t.Fatalf("snapshot holds %d segment files, want the active one at most", len(segFiles))
+	}
+	// Its stream (what InstallSnapshot and backups send) reads the
+	// tiered parts from the store and verifies end to end.
+	_, rc, err := leader.snaps.Open(metas[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, fsm.VerifySnapshotStream(rc)); err != nil {
+		t.Fatalf("snapshot stream with tiered parts: %v", err)
+	}
+	rc.Close()
 
 	// A node restarts: it opens the tiered segments from their markers.
 	i := 1
