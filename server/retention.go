@@ -91,9 +91,22 @@ func (s *retentionService) ListRetention(ctx context.Context, _ *pb.ListRetentio
 	for _, p := range r.Policies {
 		out.Policies = append(out.Policies, &pb.RetentionPolicy{Prefix: p.Prefix, MaxAgeSeconds: p.MaxAge / int64(time.Second), MaxBytes: p.MaxBytes})
 	}
+	local := map[uint64]bool{} // this node holds the .log
+	_ = s.n.proc.WithLog(func(l *segment.Log) error {
+		for _, si := range l.Segments() {
+			local[si.BaseOffset] = !si.Tiered
+		}
+		return nil
+	})
 	for _, e := range r.Segments {
 		out.Segments = append(out.Segments, &pb.ManifestSegment{BaseOffset: e.BaseOffset, NextOffset: e.NextOffset,
-			SizeBytes: uint64(e.Size), Digest: e.Digest, LastTimestamp: e.LastTimestamp, State: e.State.String(), ObjectKey: e.Key})
+			SizeBytes: uint64(e.Size), Digest: e.Digest, LastTimestamp: e.LastTimestamp, State: e.State.String(), ObjectKey: e.Key,
+			LocalCopy: e.State != fsm.SegmentDropped && local[e.BaseOffset]})
+	}
+	if t := s.n.cfg.Tier.Target; t != nil {
+		out.TierTarget = t.String()
+		segs, bytes := s.n.tierBacklogNow(time.Now())
+		out.TierBacklogSegments, out.TierBacklogBytes = uint64(segs), uint64(bytes)
 	}
 	return out, nil
 }

@@ -160,14 +160,19 @@ func (n *Node) runTiering() {
 
 // tierBacklog sets the backlog gauges from this node's manifest.
 func (n *Node) tierBacklog(now time.Time) {
-	r := n.proc.Retention()
-	c := tierCandidates(r.Segments, now, n.cfg.Tier.After, n.cfg.Tier.HotBytes)
-	var bytes int64
+	segs, bytes := n.tierBacklogNow(now)
+	n.metrics.tierBacklogSegments.Set(float64(segs))
+	n.metrics.tierBacklogBytes.Set(float64(bytes))
+}
+
+// tierBacklogNow counts the segments (and their bytes) the policy sends
+// to the store at now that are not tiered yet, per this node's manifest.
+func (n *Node) tierBacklogNow(now time.Time) (segs int, bytes int64) {
+	c := tierCandidates(n.proc.Retention().Segments, now, n.cfg.Tier.After, n.cfg.Tier.HotBytes)
 	for _, e := range c {
 		bytes += e.Size
 	}
-	n.metrics.tierBacklogSegments.Set(float64(len(c)))
-	n.metrics.tierBacklogBytes.Set(float64(bytes))
+	return len(c), bytes
 }
 
 // tierOnce uploads and commits the candidates, oldest first, then
