@@ -33,9 +33,10 @@ type Options struct {
 	// of a damaged segment is rewritten. Off, Open fails on the first
 	// damaged sealed segment, as `tsstore verify` wants.
 	OpenDamaged bool
-	// Remote opens the objects tiered segments' bytes live in (Evict, and
-	// Open of a directory with .tiered markers). Nil: the log has no
-	// tiered segments, and Open fails with ErrNoRemote on a marker.
+	// Remote opens the objects tiered segments' bytes live in (Evict,
+	// reads of tiered segments). Nil (an offline tool): tiered segments
+	// open from their markers, their reads fail with ErrNoRemote, Verify
+	// skips their bytes, and Evict fails.
 	Remote Remote
 	// FS is the filesystem seam every file operation goes through. Nil
 	// means the operating system's filesystem (OSFS).

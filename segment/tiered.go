@@ -42,8 +42,8 @@ var (
 	// ErrTiered refuses an operation that needs the segment's local .log
 	// (ReplaceSealed, ThinSealed) on a tiered segment.
 	ErrTiered = errors.New("segment: the segment is tiered and has no local .log")
-	// ErrNoRemote means the log holds a tiered segment, or was asked to
-	// evict one, without Options.Remote.
+	// ErrNoRemote is the error of a read of a tiered segment, or of an
+	// Evict, in a log opened without Options.Remote.
 	ErrNoRemote = errors.New("segment: a tiered segment needs Options.Remote")
 	// ErrRemoteMismatch means Evict was handed a RemoteRef whose size or
 	// checksum is not the local segment's.
@@ -284,9 +284,12 @@ func (l *Log) Evict(base uint64, ref RemoteRef) error {
 // openRemote returns a sealed segment that reads m's object, without its
 // index files.
 func (l *Log) openRemote(m *marker) (*segment, error) {
-	obj, err := l.opts.Remote.Open(m.key, m.size)
-	if err != nil {
-		return nil, fmt.Errorf("segment: open tiered object %q: %w", m.key, err)
+	var obj RemoteObject = noRemote{key: m.key}
+	if l.opts.Remote != nil {
+		var err error
+		if obj, err = l.opts.Remote.Open(m.key, m.size); err != nil {
+			return nil, fmt.Errorf("segment: open tiered object %q: %w", m.key, err)
+		}
 	}
 	path := filepath.Join(l.dir, tieredName(m.base))
 	s := &segment{base: m.base, path: path, sealed: true, size: m.size, next: m.last.NextOffset(),
@@ -296,6 +299,15 @@ func (l *Log) openRemote(m *marker) (*segment, error) {
 	s.refs.Store(1)
 	return s, nil
 }
+
+// noRemote is a tiered segment's object in a log opened without
+// Options.Remote (an offline tool): every read fails with ErrNoRemote.
+type noRemote struct{ key string }
+
+func (n noRemote) ReadAt([]byte, int64) (int, error) {
+	return 0, fmt.Errorf("%w: object %q", ErrNoRemote, n.key)
+}
+func (n noRemote) Close() error { return nil }
 
 // openTiered opens the segment at base from its marker. With good index
 // files it reads nothing of the object; index files that are missing or
@@ -309,9 +321,6 @@ func (l *Log) openTiered(base uint64) (*segment, error) {
 	m, err := decodeMarker(b, base)
 	if err != nil {
 		return nil, corruptf(mpath, 0, base, "%v", err)
-	}
-	if l.opts.Remote == nil {
-		return nil, fmt.Errorf("%w: %s names object %q", ErrNoRemote, mpath, m.key)
 	}
 	s, err := l.openRemote(m)
 	if err != nil {

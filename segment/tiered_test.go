@@ -187,9 +187,20 @@ func TestEvictThenRead(t *testing.T) {
 	}
 	fill(t, l2, newMakerAt(l2), 5, 5)
 
-	// Without a Remote the log refuses to open rather than serve less.
-	if _, err := Open(dir, testOptions()); !errors.Is(err, ErrNoRemote) {
-		t.Fatalf("Open without a Remote: %v, want ErrNoRemote", err)
+	l2.Close()
+
+	// Without a Remote (an offline tool) the log opens; reads of tiered
+	// segments fail with ErrNoRemote, never fewer batches; Verify skips
+	// their bytes.
+	l3 := mustOpen(t, dir, testOptions())
+	if _, _, err := l3.ReadBatches(nil, 0, 1<<20); !errors.Is(err, ErrNoRemote) {
+		t.Fatalf("read without a Remote: %v, want ErrNoRemote", err)
+	}
+	if err := l3.Verify(nil); err != nil {
+		t.Fatalf("Verify without a Remote: %v", err)
+	}
+	if err := l3.Evict(l3.Segments()[0].BaseOffset, RemoteRef{Key: "k"}); !errors.Is(err, ErrNoRemote) {
+		t.Fatalf("Evict without a Remote: %v", err)
 	}
 }
 

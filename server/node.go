@@ -209,6 +209,15 @@ func (n *Node) openStorage() error {
 	if err := n.openTierCache(); err != nil {
 		return err
 	}
+	if n.cfg.Tier.Target == nil {
+		// Segments evicted to a tier target cannot be read without it:
+		// refuse to start rather than serve errors for their offsets.
+		markers, _ := filepath.Glob(filepath.Join(n.cfg.DataDir, "fsm", "log", "*"+segment.TieredSuffix))
+		if len(markers) > 0 {
+			return fmt.Errorf("%w: %d segments were evicted to the tier target (%s names its object) and no tier target is configured (tier-dir or tier-s3-bucket)",
+				ErrConfig, len(markers), markers[0])
+		}
+	}
 	fcfg := fsm.DefaultConfig(filepath.Join(n.cfg.DataDir, "fsm"))
 	fcfg.Segment = n.cfg.Segment
 	// A damaged sealed segment does not keep the node from starting: it

@@ -253,6 +253,19 @@ func TestTierEvictAndReadVersityGW(t *testing.T) {
 	tc.nodes[i] = n
 	waitAllApplied(t, tc)
 	check("after a restart", n)
+	// Without the tier target a node with evicted segments refuses to
+	// start instead of failing reads of their offsets.
+	noTier := tc.cfgs[2]
+	noTier.Tier = TierConfig{}
+	tc.nodes[2].Close()
+	tc.nodes[2] = nil
+	if _, err := New(noTier); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), segment.TieredSuffix) {
+		t.Fatalf("start without the tier target: %v, want ErrConfig naming a marker", err)
+	}
+	if tc.nodes[2], err = New(tc.cfgs[2]); err != nil {
+		t.Fatal(err)
+	}
+	waitAllApplied(t, tc)
 
 	// A deleted object: DataLoss naming the key, on every node.
 	lost := segs[0]
