@@ -143,7 +143,7 @@ func TestTierEvictAndReadVersityGW(t *testing.T) {
 	target := &downTarget{Target: s3t}
 	target.down.Store(true) // nothing is uploaded until the reads before are taken
 	cache := tiering.DefaultCacheConfig()
-	cache.BlockBytes, cache.CapBytes = 8<<10, 16<<10 // tiny: reads go to the store
+	cache.BlockBytes, cache.CapBytes, cache.Readahead = 8<<10, 16<<10, 1 // tiny: reads go to the store
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.RetentionInterval = 0

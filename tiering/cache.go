@@ -26,6 +26,9 @@ type CacheConfig struct {
 	CapBytes int64
 	// GetTimeout bounds one ranged GET. Default 30 s.
 	GetTimeout time.Duration
+	// Readahead is how many blocks past a sequential read are fetched in
+	// the background. Default 4; 0 turns prefetch off.
+	Readahead int
 	// OnGet, if set, is called after every GET the cache issues with its
 	// duration, the bytes it returned and its error (metrics).
 	OnGet func(d time.Duration, bytes int64, err error)
@@ -33,7 +36,7 @@ type CacheConfig struct {
 
 // DefaultCacheConfig returns the production defaults.
 func DefaultCacheConfig() CacheConfig {
-	return CacheConfig{BlockBytes: 1 << 20, CapBytes: 64 << 20, GetTimeout: 30 * time.Second}
+	return CacheConfig{BlockBytes: 1 << 20, CapBytes: 64 << 20, GetTimeout: 30 * time.Second, Readahead: 4}
 }
 
 // Validate reports the first out-of-range field.
@@ -45,6 +48,8 @@ func (c CacheConfig) Validate() error {
 		return fmt.Errorf("tiering: cache cap %d bytes, want at least two blocks (%d bytes)", c.CapBytes, 2*c.BlockBytes)
 	case c.GetTimeout <= 0:
 		return fmt.Errorf("tiering: cache GET timeout %v, want positive", c.GetTimeout)
+	case c.Readahead < 0 || int64(c.Readahead+1)*c.BlockBytes > c.CapBytes:
+		return fmt.Errorf("tiering: cache readahead %d blocks, want 0 to %d (the cap holds %d blocks)", c.Readahead, c.CapBytes/c.BlockBytes-1, c.CapBytes/c.BlockBytes)
 	}
 	return nil
 }
@@ -63,8 +68,8 @@ type CacheStats struct {
 // Cache reads objects of a Target in fixed blocks (ranged GETs) through
 // an in-memory LRU capped in bytes. Concurrent reads of one block share
 // one GET; a read that continues where the previous read of the object
-// ended starts a GET of the next block in the background (sequential
-// prefetch). Objects are written once (keys are unique per upload), so a
+// ended starts GETs of the next Readahead blocks in the background
+// (sequential prefetch). Objects are written once (keys are unique per upload), so a
 // cached block never goes stale. Errors are not cached. Safe for
 // concurrent use; Close stops prefetches.
 type Cache struct {
@@ -156,8 +161,8 @@ func (c *Cache) ReadAt(ctx context.Context, key string, size int64, p []byte, of
 	sequential := c.mu.next[key] == first || c.mu.next[key] == first+1
 	c.mu.next[key] = last + 1
 	c.mu.Unlock()
-	if sequential && (last+1)*c.cfg.BlockBytes < size {
-		c.prefetch(key, size, last+1)
+	for ahead := last + 1; sequential && ahead <= last+int64(c.cfg.Readahead) && ahead*c.cfg.BlockBytes < size; ahead++ {
+		c.prefetch(key, size, ahead)
 	}
 	n := 0
 	for idx := first; idx <= last; idx++ {

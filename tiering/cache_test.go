@@ -53,7 +53,7 @@ func cacheFixture(t *testing.T, size int) (*countingTarget, string, []byte, stri
 func newTestCache(t *testing.T, target Target, capBlocks int64) *Cache {
 	t.Helper()
 	cfg := DefaultCacheConfig()
-	cfg.BlockBytes, cfg.CapBytes = testBlock, capBlocks*testBlock
+	cfg.BlockBytes, cfg.CapBytes, cfg.Readahead = testBlock, capBlocks*testBlock, 1
 	c, err := NewCache(target, cfg)
 	if err != nil {
 		t.Fatal(err)
