@@ -50,7 +50,8 @@ func dirBytes(b *testing.B, dir string, suffixes ...string) int64 {
 // it tiered to a real S3 server on loopback (versitygw) and evicted, read
 // back through a block cache smaller than the log (so every pass is a
 // cold read of the tiered part). TSSTORE_TIER_BENCH_MB sets the log size
-// (default 64). It reports the local .log bytes and the index files'
+// (default 64), TSSTORE_TIER_BENCH_BLOCK_KB the cache's block size
+// (default 4096). It reports the local .log bytes and the index files'
 // bytes before and after tiering (docs/benchmarks.md, Cold tiering).
 //
 //	go test -run '^$' -bench BenchmarkTierReplay -benchtime 5x ./server/
@@ -84,10 +85,14 @@ func BenchmarkTierReplay(b *testing.B) {
 	cfg.Bootstrap = []Peer{{ID: "n1", RaftAddr: cfg.RaftAddr}}
 	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 200*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond
 	cfg.MinFreeBytes = 0
-	cfg.Segment.SegmentBytes = 1 << 20
+	cfg.Segment.SegmentBytes = 8 << 20 // several 1 MiB blocks per object, as with the 64 MiB default
 	cfg.RetentionInterval = 0
 	cache := tiering.DefaultCacheConfig()
-	cache.CapBytes = 8 << 20
+	if v, err := strconv.Atoi(os.Getenv("TSSTORE_TIER_BENCH_BLOCK_KB")); err == nil && v > 0 {
+		cache.BlockBytes = int64(v) << 10
+	}
+	// Smaller than the log: every pass reads the tiered part from the store.
+	cache.CapBytes = int64(cache.Readahead+2) * cache.BlockBytes
 	cfg.Tier = TierConfig{Target: target, HotBytes: int64(mb) << 20 / 10, Interval: 50 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
 		SweepInterval: time.Hour, Cache: cache}
 	n, err := newBenchNode(cfg)

@@ -19,7 +19,9 @@ var ErrShort = errors.New("tiering: object shorter than expected")
 // CacheConfig configures a Cache. Start from DefaultCacheConfig.
 type CacheConfig struct {
 	// BlockBytes is the size of one ranged GET and of one cache entry, in
-	// bytes. Default 1 MiB; at least 4 KiB.
+	// bytes. Default 4 MiB (on loopback versitygw, 1 MiB GETs replayed at
+	// about a third of local speed, 4 MiB ones at about 60%:
+	// docs/benchmarks.md); at least 4 KiB.
 	BlockBytes int64
 	// CapBytes caps the cached blocks, in bytes (memory). Default 64 MiB;
 	// at least two blocks.
@@ -36,7 +38,7 @@ type CacheConfig struct {
 
 // DefaultCacheConfig returns the production defaults.
 func DefaultCacheConfig() CacheConfig {
-	return CacheConfig{BlockBytes: 1 << 20, CapBytes: 64 << 20, GetTimeout: 30 * time.Second, Readahead: 4}
+	return CacheConfig{BlockBytes: 4 << 20, CapBytes: 64 << 20, GetTimeout: 30 * time.Second, Readahead: 4}
 }
 
 // Validate reports the first out-of-range field.
