@@ -297,3 +297,70 @@ func TestTierEvictAndReadVersityGW(t *testing.T) {
 		}
 	}
 }
+
+// A follower that misses entries while the segments are tiered catches
+// up by InstallSnapshot: the leader's snapshot references the tiered
+// segments by key, the stream it sends reads them from the store, the
+// follower lands on every byte locally, checks the objects and evicts
+// its copies again, and reads the same as the leader.
+func TestTierInstallSnapshotVersityGW(t *testing.T) {
+	gw := s3test.Start(t)
+	gw.CreateBucket("cold")
+	cfg := tiering.DefaultS3Config()
+	cfg.Endpoint, cfg.Bucket, cfg.Prefix, cfg.PathStyle = gw.Endpoint(), "cold", "tsstore", true
+	cfg.AccessKeyID, cfg.SecretAccessKey = gw.AccessKey, gw.SecretKey
+	target, err := tiering.NewS3Target(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.TrailingLogs = 8
+		c.RetentionInterval = 0
+		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
+	})
+	next := appendBatches(t, tc, "p1", 60)
+	waitNextOffset(t, tc.nodes, next)
+	waitManifest(t, tc, "sealed segments tiered", func(r fsm.Retention) bool {
+		return len(r.Segments) >= 3 && r.Segments[len(r.Segments)-1].State == fsm.SegmentTiered
+	})
+	for _, n := range tc.nodes {
+		waitEvicted(t, n)
+	}
+	fi := 0
+	for i, n := range tc.nodes {
+		if n == tc.follower() {
+			fi = i
+		}
+	}
+	f := restartNode(t, tc, fi, func() {
+		next = appendBatches(t, tc, "p2", 60)
+		if _, err := dialCluster(t, tc.leader()).Snapshot(ctxT(t), &pb.SnapshotRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		next = appendBatches(t, tc, "p3", 20)
+	})
+	waitNextOffset(t, tc.nodes, next)
+	waitAllApplied(t, tc)
+	if idx := f.raft.Stats()["last_snapshot_index"]; idx == "0" {
+		t.Fatal("the follower caught up without a snapshot: the test needs InstallSnapshot")
+	}
+	waitManifest(t, tc, "the new sealed segments tiered", func(r fsm.Retention) bool {
+		return r.Segments[len(r.Segments)-1].State == fsm.SegmentTiered
+	})
+	waitEvicted(t, f)
+	want, err := readThreeWays(t, tc.leader(), next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readThreeWays(t, f, next)
+	if err != nil {
+		t.Fatalf("%s after InstallSnapshot: %v", f.cfg.NodeID, err)
+	}
+	if !bytes.Equal(got.all, want.all) || !bytes.Equal(got.stream, want.stream) || !bytes.Equal(got.sub, want.sub) {
+		t.Fatalf("%s reads differ from the leader's after InstallSnapshot", f.cfg.NodeID)
+	}
+	if counterValue(t, f.metrics.tierEvictedSegments) == 0 {
+		t.Fatalf("%s evicted nothing after InstallSnapshot", f.cfg.NodeID)
+	}
+}
