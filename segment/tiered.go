@@ -114,6 +114,8 @@ func decodeMarker(b []byte, base uint64) (*marker, error) {
 		return nil, fmt.Errorf("magic %q", b[0:4])
 	case b[4] != TieredVersion:
 		return nil, fmt.Errorf("version %d", b[4])
+	case b[5] != 0 || b[6] != 0 || b[7] != 0:
+		return nil, fmt.Errorf("reserved bytes %x", b[5:8])
 	case n == 0 || n > MaxTieredKey || len(b) != tieredFixed+n+4:
 		return nil, fmt.Errorf("key of %d bytes in a file of %d", n, len(b))
 	case crc32.Checksum(b[:tieredFixed+n], castagnoli) != binary.BigEndian.Uint32(b[tieredFixed+n:]):
