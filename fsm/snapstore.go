@@ -115,6 +115,25 @@ func (s *SnapshotStore) Create(version raft.SnapshotVersion, index, term uint64,
 	}, nil
 }
 
+// TieredKeys returns the object keys the stored snapshots reference
+// (their tiered parts): objects that must stay while those snapshots may
+// be sent to a follower or restored.
+func (s *SnapshotStore) TieredKeys() (map[string]bool, error) {
+	metas, err := s.list()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, m := range metas {
+		for _, l := range m.Links {
+			if l.Key != "" {
+				out[l.Key] = true
+			}
+		}
+	}
+	return out, nil
+}
+
 // List implements raft.SnapshotStore: newest first.
 func (s *SnapshotStore) List() ([]*raft.SnapshotMeta, error) {
 	metas, err := s.list()
