@@ -127,7 +127,7 @@ func (n *Node) runTiering() {
 	var retryAt, sweptAt time.Time
 	var backoff time.Duration
 	var sweptTerm uint64
-	deleted := map[string]bool{}     // objects of dropped segments deleted while leading
+	deleted := map[string]bool{}       // objects of dropped segments deleted while leading
 	dropSeen := map[string]time.Time{} // when this leader first saw each dropped segment's key
 	for {
 		select {
