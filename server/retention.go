@@ -169,6 +169,10 @@ func (s *retentionService) SegmentDigests(ctx context.Context, _ *pb.SegmentDige
 	r := s.n.proc.Retention()
 	out := &pb.SegmentDigestsResponse{NodeId: s.n.cfg.NodeID, FirstOffset: s.n.proc.FirstOffset()}
 	err := s.n.proc.WithLog(func(l *segment.Log) error {
+		evicted := map[uint64]bool{}
+		for _, si := range l.Segments() {
+			evicted[si.BaseOffset] = si.Tiered
+		}
 		for _, e := range r.Segments {
 			if !e.State.HasLocalCopy() {
 				continue
@@ -177,7 +181,11 @@ func (s *retentionService) SegmentDigests(ctx context.Context, _ *pb.SegmentDige
 				return err
 			}
 			d := &pb.SegmentDigest{BaseOffset: e.BaseOffset, NextOffset: e.NextOffset, SizeBytes: uint64(e.Size), ManifestDigest: e.Digest}
-			sum, err := l.Digest(e.BaseOffset, true)
+			// An evicted segment's bytes are the one object every node
+			// reads, checked against the manifest before eviction: its
+			// marker's digest, not a read of the whole object per node
+			// (`tsstore verify --tiered` reads the objects).
+			sum, err := l.Digest(e.BaseOffset, !evicted[e.BaseOffset])
 			switch {
 			case errors.Is(err, segment.ErrNotSealed):
 				continue // dropped since the manifest was copied
