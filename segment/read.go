@@ -125,6 +125,7 @@ func (l *Log) ReadBatches(dst []byte, from uint64, maxBytes int) (out []byte, ne
 		if err != nil || done {
 			return r.dst, r.next, l.errClosedRead(err)
 		}
+		l.prefetchNext(v.seg)
 		full, err := r.readSegment(v)
 		v.seg.release()
 		if err != nil {

@@ -72,6 +72,40 @@ type RemoteObject interface {
 	io.Closer
 }
 
+// RemotePrefetcher is optionally implemented by a RemoteObject that can
+// start reading the bytes at off ahead of a reader (a cache's readahead).
+// ReadBatches calls it with 0 on the next tiered segment when it enters a
+// tiered segment, so a whole-log replay does not wait for the first block
+// of every object. It must not block.
+type RemotePrefetcher interface {
+	Prefetch(off int64)
+}
+
+// prefetchNext hints the tiered segment after s, if any, to start
+// fetching its first bytes.
+func (l *Log) prefetchNext(s *segment) {
+	if s == nil || s.remote == nil {
+		return
+	}
+	l.mu.RLock()
+	var next *segment
+	for i, c := range l.mu.segs {
+		if c == s && i+1 < len(l.mu.segs) {
+			next = l.mu.segs[i+1]
+			break
+		}
+	}
+	l.mu.RUnlock()
+	if next == nil || next.remote == nil {
+		return
+	}
+	if rf, ok := next.f.(*remoteFile); ok {
+		if p, ok := rf.obj.(RemotePrefetcher); ok {
+			p.Prefetch(0)
+		}
+	}
+}
+
 // tieredName is the marker file of the segment at base.
 func tieredName(base uint64) string { return fmt.Sprintf("%0*d%s", nameDigits, base, TieredSuffix) }
 

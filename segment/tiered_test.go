@@ -482,3 +482,40 @@ func TestEvictUnderConcurrentReads(t *testing.T) {
 		t.Fatalf("a reader during eviction: %v", err)
 	}
 }
+
+// prefetchObject counts the prefetch hints it gets.
+type prefetchObject struct {
+	memObject
+	hints *atomic.Int64
+}
+
+func (p prefetchObject) Prefetch(int64) { p.hints.Add(1) }
+
+type prefetchRemote struct {
+	*memRemote
+	hints atomic.Int64
+}
+
+func (r *prefetchRemote) Open(key string, size int64) (RemoteObject, error) {
+	return &prefetchObject{memObject{m: r.memRemote, key: key}, &r.hints}, nil
+}
+
+// TestReadHintsNextTieredSegment: a whole-log read that enters a tiered
+// segment hints the next tiered segment to start fetching; the active
+// segment is never hinted.
+func TestReadHintsNextTieredSegment(t *testing.T) {
+	dir := t.TempDir()
+	r := &prefetchRemote{memRemote: newMemRemote()}
+	o := testOptions()
+	o.Remote = r
+	l := mustOpen(t, dir, o)
+	fill(t, l, newMaker(100), 200, 5)
+	tierAll(t, l, r.memRemote)
+	tiered := len(l.Segments()) - 1
+	if _, _, err := l.ReadBatches(nil, 0, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.hints.Load(); got != int64(tiered-1) {
+		t.Fatalf("%d hints for %d tiered segments, want %d (each but the last hints its successor)", got, tiered, tiered-1)
+	}
+}

@@ -38,6 +38,9 @@ func (o tierObject) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// Prefetch implements segment.RemotePrefetcher.
+func (o tierObject) Prefetch(off int64) { o.c.Prefetch(o.key, o.size, off) }
+
 func (o tierObject) Close() error { return nil }
 
 // openTierCache makes the node's cache of tiered objects and points the

@@ -183,6 +183,17 @@ func (c *Cache) ReadAt(ctx context.Context, key string, size int64, p []byte, of
 	return n, nil
 }
 
+// Prefetch starts a GET of the block holding off of the object key (size
+// bytes) in the background, unless it is cached or in flight: a caller
+// that knows what will be read next (the next segment of a replay). It
+// does not block.
+func (c *Cache) Prefetch(key string, size, off int64) {
+	if off < 0 || off >= size {
+		return
+	}
+	c.prefetch(key, size, off/c.cfg.BlockBytes)
+}
+
 // blockLen is the length of block idx of an object of size bytes.
 func (c *Cache) blockLen(size, idx int64) int64 {
 	return min(c.cfg.BlockBytes, size-idx*c.cfg.BlockBytes)

@@ -164,3 +164,24 @@ func TestCacheLostObject(t *testing.T) {
 		t.Fatalf("read of a deleted object: %v, want ErrNotFound", err)
 	}
 }
+
+// TestCachePrefetchHint: Prefetch fetches the block in the background;
+// the read that follows costs no GET.
+func TestCachePrefetchHint(t *testing.T) {
+	target, key, data, _ := cacheFixture(t, 3*testBlock)
+	c := newTestCache(t, target, 4)
+	size := int64(len(data))
+	c.Prefetch(key, size, testBlock+5)
+	c.Prefetch(key, size, size) // past the end: nothing
+	for c.Stats().CachedBlocks == 0 {
+		time.Sleep(time.Millisecond) // the background GET; nothing to wait on but the cache
+	}
+	before := target.gets.Load()
+	p := make([]byte, 10)
+	if _, err := c.ReadAt(context.Background(), key, size, p, testBlock+5); err != nil || !bytes.Equal(p, data[testBlock+5:testBlock+15]) {
+		t.Fatalf("read after prefetch: %v", err)
+	}
+	if st := c.Stats(); target.gets.Load() != before || st.Prefetches != 1 {
+		t.Fatalf("stats %+v, %d GETs after the prefetch: want 1 prefetch and no new GET", st, target.gets.Load()-before)
+	}
+}
