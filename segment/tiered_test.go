@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -517,5 +518,21 @@ func TestReadHintsNextTieredSegment(t *testing.T) {
 	}
 	if got := r.hints.Load(); got != int64(tiered-1) {
 		t.Fatalf("%d hints for %d tiered segments, want %d (each but the last hints its successor)", got, tiered, tiered-1)
+	}
+}
+
+// TestDumpTiered: `tsstore dump` of a marker shows the segment's range,
+// size, checksum and object key.
+func TestDumpTiered(t *testing.T) {
+	l, r, dir, _ := tieredLog(t)
+	keys := tierAll(t, l, r)
+	s := l.Segments()[1]
+	var out bytes.Buffer
+	if err := Dump(filepath.Join(dir, tieredName(s.BaseOffset)), &out); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("tiered segment [%d, %d), %d bytes, crc32c %08x", s.BaseOffset, s.NextOffset, s.Size, s.Digest)
+	if !strings.Contains(out.String(), want) || !strings.Contains(out.String(), "object "+keys[s.BaseOffset]) {
+		t.Fatalf("dump:\n%s\nwant %q and the key", out.String(), want)
 	}
 }
