@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/tsstore/tsstore/fsm"
@@ -294,6 +295,18 @@ func TestTierEvictAndReadVersityGW(t *testing.T) {
 		err := readRange(t, n, bad.BaseOffset, bad.NextOffset)
 		if status.Code(err) != codes.DataLoss || !strings.Contains(status.Convert(err).Message(), bad.Key) {
 			t.Fatalf("%s: read of a damaged object: %v, want DataLoss naming %s", n.cfg.NodeID, err, bad.Key)
+		}
+	}
+	// `tsstore repair` of it says no peer can help, naming the key; the
+	// reads did not queue a repair.
+	repair := pb.NewRepairClient(dialWith(t, tc.leader().APIAddr(), insecure.NewCredentials()))
+	resp, err := repair.RepairSegments(ctxT(t), &pb.RepairSegmentsRequest{BaseOffsets: []uint64{bad.BaseOffset}})
+	if err != nil || len(resp.Segments) != 1 || resp.Segments[0].Result != repairFailed || !strings.Contains(resp.Segments[0].Error, bad.Key) {
+		t.Fatalf("repair of a damaged object: %v, %v", resp, err)
+	}
+	for _, n := range tc.nodes {
+		if got := n.damagedCount(); got != 0 {
+			t.Fatalf("%s: %d segments queued for peer repair after reads of damaged objects", n.cfg.NodeID, got)
 		}
 	}
 }
