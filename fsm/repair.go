@@ -64,6 +64,9 @@ func (s *SnapshotStore) Relink(old os.FileInfo, newPath string) (int, error) {
 		dir := filepath.Join(s.dir, e.Name())
 		changed := false
 		for _, l := range m.Links {
+			if l.Key != "" {
+				continue // a tiered object: no local file
+			}
 			path := filepath.Join(dir, l.Name)
 			fi, err := os.Stat(path)
 			if err != nil || !os.SameFile(fi, old) {
@@ -162,18 +165,18 @@ func (s *SnapshotStore) RepairFromLog(id string, live []segment.SegmentInfo) (st
 		if !found || si.Size < ref.Size {
 			return "", fmt.Errorf("fsm: snapshot %s needs %d bytes of segment %d, the log has no such segment or fewer bytes", id, ref.Size, ref.BaseOffset)
 		}
+		nm.Size += ref.Size
+		if si.Tiered {
+			nm.Links = append(nm.Links, linkedFile{Size: ref.Size, Key: si.Key})
+			continue
+		}
 		name := fmt.Sprintf("%06d.seg", i)
 		if err := os.Link(si.Path, filepath.Join(tmp, name)); err != nil {
 			return "", err
 		}
 		nm.Links = append(nm.Links, linkedFile{Name: name, Size: ref.Size})
-		nm.Size += ref.Size
 	}
-	paths, sizes := []string{filepath.Join(tmp, "state.bin")}, []int64{nm.StateSize}
-	for _, l := range nm.Links {
-		paths, sizes = append(paths, filepath.Join(tmp, l.Name)), append(sizes, l.Size)
-	}
-	rc, err := openConcat(paths, sizes)
+	rc, err := openConcat(tmp, append([]linkedFile{{Name: "state.bin", Size: nm.StateSize}}, nm.Links...), s.remote)
 	if err != nil {
 		return "", err
 	}

@@ -58,12 +58,21 @@ type Linker interface {
 	Link(path string, size int64) error
 }
 
+// RemoteLinker is implemented by snapshot sinks that can take a tiered
+// segment (one whose .log was evicted to the tier target) by its object
+// key instead of by its bytes. Objects are written once, so a key plus a
+// size is a stable copy too.
+type RemoteLinker interface {
+	LinkRemote(key string, size int64) error
+}
+
 // Snapshot is a captured, immutable view of the FSM: a manifest of segment
 // files with sizes, and a copy of the state tables.
 type Snapshot struct {
 	p      *Processor
 	header snapshotHeader
 	paths  []string
+	keys   []string // the object key of a tiered segment, else ""
 	// done releases the pin that keeps dropped segments' files (which
 	// paths may name) on disk; Persist and Release call it, once.
 	done sync.Once
@@ -101,6 +110,7 @@ func (p *Processor) Snapshot() (*Snapshot, error) {
 		}
 		s.header.Segments = append(s.header.Segments, segmentRef{BaseOffset: seg.BaseOffset, NextOffset: seg.NextOffset, Size: seg.Size})
 		s.paths = append(s.paths, seg.Path)
+		s.keys = append(s.keys, seg.Key)
 	}
 	return s, nil
 }
@@ -129,20 +139,74 @@ func (s *Snapshot) Persist(w io.Writer) error {
 	if _, err := w.Write(hdr); err != nil {
 		return err
 	}
-	linker, _ := w.(Linker)
 	for i, path := range s.paths {
-		size := s.header.Segments[i].Size
-		if linker != nil {
-			if err := linker.Link(path, size); err != nil {
-				return err
+		ref := s.header.Segments[i]
+		err := s.persistSegment(w, path, s.keys[i], ref.BaseOffset, ref.Size)
+		if errors.Is(err, os.ErrNotExist) && s.keys[i] == "" {
+			// Evicted to the tier target since the capture: the log
+			// knows its object now.
+			key, kerr := s.p.tieredKey(ref.BaseOffset)
+			if kerr != nil {
+				return fmt.Errorf("%w (and then: %w)", err, kerr)
 			}
-			continue
+			err = s.persistSegment(w, path, key, ref.BaseOffset, ref.Size)
 		}
-		if err := copyPrefix(w, path, size); err != nil {
+		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// persistSegment writes one segment part: linked or copied from its
+// local file, or, for a tiered segment (key), referenced by key when w
+// can, else copied from the object through the log.
+func (s *Snapshot) persistSegment(w io.Writer, path, key string, base uint64, size int64) error {
+	linker, _ := w.(Linker)
+	remote, _ := w.(RemoteLinker)
+	switch {
+	case key != "" && remote != nil:
+		return remote.LinkRemote(key, size)
+	case key != "":
+		return s.p.copyTiered(w, base, size)
+	case linker != nil:
+		return linker.Link(path, size)
+	}
+	return copyPrefix(w, path, size)
+}
+
+// tieredKey returns the object key of the tiered segment at base.
+func (p *Processor) tieredKey(base uint64) (string, error) {
+	var key string
+	err := p.WithLog(func(l *segment.Log) error {
+		for _, si := range l.Segments() {
+			if si.BaseOffset == base && si.Tiered {
+				key = si.Key
+				return nil
+			}
+		}
+		return fmt.Errorf("fsm: segment %d has no local .log and is not tiered", base)
+	})
+	return key, err
+}
+
+// copyTiered copies the size bytes of the tiered segment at base, read
+// from its object through the log.
+func (p *Processor) copyTiered(w io.Writer, base uint64, size int64) error {
+	var rd *segment.SealedReader
+	if err := p.WithLog(func(l *segment.Log) error {
+		var err error
+		rd, err = l.OpenSealed(base)
+		return err
+	}); err != nil {
+		return err
+	}
+	defer rd.Close()
+	n, err := io.Copy(w, io.NewSectionReader(rd, 0, size))
+	if err == nil && n != size {
+		err = fmt.Errorf("fsm: tiered segment %d: copied %d of %d bytes", base, n, size)
+	}
+	return err
 }
 
 // Release lets the files the snapshot names be dropped by retention.

@@ -16,6 +16,8 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/tsstore/tsstore/segment"
+
 	"github.com/tsstore/tsstore/internal/atomicfile"
 )
 
@@ -39,11 +41,23 @@ type SnapshotStore struct {
 	retain int
 	logger *slog.Logger
 	mu     sync.Mutex // serialises Create/Close/reap against each other
+	// remote reads the objects of tiered parts (UseRemote); nil: a
+	// snapshot with one fails to open.
+	remote segment.Remote
 }
 
+// UseRemote makes Open read the tiered parts of snapshots through r.
+// Call it before the store is used.
+func (s *SnapshotStore) UseRemote(r segment.Remote) { s.remote = r }
+
+// linkedFile is one segment part of a stored snapshot: a file in the
+// snapshot's directory (a hard link to the log's segment), or, for a
+// tiered segment, the object Key in the tier target (Name empty), read
+// when the snapshot is opened.
 type linkedFile struct {
 	Name string `json:"name"`
 	Size int64  `json:"size"`
+	Key  string `json:"key,omitempty"`
 }
 
 type storeMeta struct {
@@ -99,6 +113,25 @@ func (s *SnapshotStore) Create(version raft.SnapshotVersion, index, term uint64,
 			Configuration: configuration, ConfigurationIndex: configurationIndex,
 		}},
 	}, nil
+}
+
+// TieredKeys returns the object keys the stored snapshots reference
+// (their tiered parts): objects that must stay while those snapshots may
+// be sent to a follower or restored.
+func (s *SnapshotStore) TieredKeys() (map[string]bool, error) {
+	metas, err := s.list()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, m := range metas {
+		for _, l := range m.Links {
+			if l.Key != "" {
+				out[l.Key] = true
+			}
+		}
+	}
+	return out, nil
 }
 
 // List implements raft.SnapshotStore: newest first.
@@ -168,13 +201,9 @@ func (s *SnapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, erro
 		return nil, nil, err
 	}
 	dir := filepath.Join(s.dir, id)
-	paths := []string{filepath.Join(dir, "state.bin")}
-	sizes := []int64{m.StateSize}
-	for _, l := range m.Links {
-		paths = append(paths, filepath.Join(dir, l.Name))
-		sizes = append(sizes, l.Size)
-	}
-	r, err := openConcat(paths, sizes)
+	parts := []linkedFile{{Name: "state.bin", Size: m.StateSize}}
+	parts = append(parts, m.Links...)
+	r, err := openConcat(dir, parts, s.remote)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -228,6 +257,15 @@ func (k *linkSink) Link(path string, size int64) error {
 		}
 	}
 	k.meta.Links = append(k.meta.Links, linkedFile{Name: name, Size: size})
+	return nil
+}
+
+// LinkRemote implements RemoteLinker: the size bytes of the tiered
+// object key become the next part of the stream, read from the target
+// when the snapshot is opened; nothing is written locally.
+func (k *linkSink) LinkRemote(key string, size int64) error {
+	k.linked = true
+	k.meta.Links = append(k.meta.Links, linkedFile{Size: size, Key: key})
 	return nil
 }
 
@@ -301,23 +339,41 @@ func copyFile(src, dst string, size int64) error {
 	return err
 }
 
-// concatReader streams the prefixes of several files in order.
+// concatReader streams the prefixes of several files (or tiered
+// objects) in order.
 type concatReader struct {
-	files []*os.File
+	files []io.Closer
 	r     io.Reader
 }
 
-func openConcat(paths []string, sizes []int64) (*concatReader, error) {
+// openConcat opens the parts: files in dir, or tiered objects read
+// through remote. A tiered object's bytes are read as the stream is;
+// whoever consumes the stream checks them (every batch CRC).
+func openConcat(dir string, parts []linkedFile, remote segment.Remote) (*concatReader, error) {
 	c := &concatReader{}
 	var readers []io.Reader
-	for i, p := range paths {
-		f, err := os.Open(p)
-		if err != nil {
-			c.Close()
-			return nil, err
+	for _, p := range parts {
+		var ra io.ReaderAt
+		if p.Key != "" {
+			if remote == nil {
+				c.Close()
+				return nil, fmt.Errorf("fsm: snapshot part %q is tiered and the store has no tier target", p.Key)
+			}
+			obj, err := remote.Open(p.Key, p.Size)
+			if err != nil {
+				c.Close()
+				return nil, err
+			}
+			c.files, ra = append(c.files, obj), obj
+		} else {
+			f, err := os.Open(filepath.Join(dir, p.Name))
+			if err != nil {
+				c.Close()
+				return nil, err
+			}
+			c.files, ra = append(c.files, f), f
 		}
-		c.files = append(c.files, f)
-		readers = append(readers, io.NewSectionReader(f, 0, sizes[i]))
+		readers = append(readers, io.NewSectionReader(ra, 0, p.Size))
 	}
 	c.r = io.MultiReader(readers...)
 	return c, nil
@@ -380,8 +436,11 @@ func (s *SnapshotStore) check(id string, c *SnapshotCheck) error {
 	need := map[string]int64{"state.bin": m.StateSize}
 	total := m.StateSize
 	for _, l := range m.Links {
-		need[l.Name] = l.Size
 		total += l.Size
+		if l.Key != "" {
+			continue // a tiered object: verify --tiered checks those
+		}
+		need[l.Name] = l.Size
 	}
 	if total != m.Size {
 		return fmt.Errorf("meta.json: parts add up to %d bytes, size says %d", total, m.Size)

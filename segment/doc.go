@@ -81,6 +81,7 @@
 //	<B>.index      sparse offset index
 //	<B>.timeindex  sparse time index
 //	<B>.streams    per-stream index (sealed segments only)
+//	<B>.tiered     marker of a tiered segment, in place of <B>.log
 //	*.tmp          a file being published (<B>.log.replace.tmp: a
 //	               replacement of a sealed .log); removed at Open
 //
@@ -198,7 +199,41 @@
 // naming the .streams file (delete it and reopen to rebuild). Verify
 // compares every .streams file with one rebuilt from its log.
 //
+// # Tiered segments (frozen, version 1)
+//
+// A sealed segment whose .log lives in an object store (cold tiering,
+// Evict) keeps its .index, .timeindex and .streams files; its .log is
+// replaced by <B>.tiered, a marker naming the object, and its bytes are
+// read through Options.Remote (ranged reads; every batch CRC is still
+// checked by the reader). All integers big-endian, the CRC is CRC-32C:
+//
+//	offset size field
+//	0      4    magic             "TSTR"
+//	4      1    version           1
+//	5      3    reserved          0
+//	8      8    base offset       B
+//	16     8    next offset       NextOffset of the segment's last batch
+//	24     8    log size          bytes of the object (the evicted .log)
+//	32     4    log crc           CRC-32C of those bytes (the segment digest)
+//	36     8    first timestamp   the first batch's timestamp
+//	44     44   last header       the last batch's header, as package record
+//	                              draws it (next offset, last timestamp and
+//	                              raft index for Open, without a read)
+//	88     2    key length        n, 1..1024
+//	90     n    key               the object key
+//	90+n   4    marker crc        CRC of bytes [0, 90+n)
+//
+// Evict publishes the marker (tmp, fsync, rename, fsync directory) before
+// it removes the .log, so a crash leaves the .log, the marker, or both;
+// Open removes a marker that has its .log beside it (the local copy wins).
+// With good index files, Open of a tiered segment reads nothing of the
+// object; index files it doubts are rebuilt from the object. A missing or
+// short object, and bytes that fail a batch CRC, are a *CorruptionError
+// whose Key names the object (and that names no segment to repair from a
+// peer: every replica reads the same object).
+//
 // The constants IndexEntrySize, TimeIndexEntrySize, StreamsMagic,
 // StreamsVersion, StreamsHeaderSize, StreamEntrySize, StreamsBlockEntries,
-// the file suffixes and the 20-digit name width are frozen.
+// TieredMagic, TieredVersion, MaxTieredKey, the file suffixes and the
+// 20-digit name width are frozen.
 package segment

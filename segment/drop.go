@@ -17,10 +17,11 @@ var ErrNotOldest = errors.New("segment: only the oldest sealed segment can be dr
 // at base, from the log: readers that start after the call get an
 // *OffsetCompactedError below its end; readers that hold it (a read in
 // progress, a SealedReader) keep preading its open files, which close
-// when the last of them is done. Its files are unlinked (index files
-// first, then the .log, then one directory fsync), so a crash leaves the
-// segment whole, with or without index files (Open rebuilds them), or
-// gone; a caller that decided the drop (the FSM, through Raft) repeats it
+// when the last of them is done. Its files are unlinked (a tiered
+// segment's marker first, then the index files, then the .log, then one
+// directory fsync), so a crash leaves the segment whole, with or without
+// index files (Open rebuilds them), or gone (a tiered segment's index
+// files may stay behind, unread); a caller that decided the drop (the FSM, through Raft) repeats it
 // after a restart. Hard links elsewhere (snapshots) keep their bytes.
 // DropSealed is serialized with ReplaceSealed; appends wait only for the
 // removal from the segment list, not for the unlinks or a read.
@@ -53,7 +54,7 @@ func (l *Log) DropSealed(base uint64) (SegmentInfo, error) {
 	l.w.Unlock()
 	// The Log's reference; readers may still hold theirs.
 	cerr := old.release()
-	for _, name := range []string{streamsName(base), timeIndexName(base), indexName(base), FileName(base)} {
+	for _, name := range []string{tieredName(base), streamsName(base), timeIndexName(base), indexName(base), FileName(base)} {
 		p := filepath.Join(l.dir, name)
 		if err := l.fs.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return info, fmt.Errorf("segment: drop %s: %w", p, err)
@@ -118,7 +119,7 @@ func (l *Log) Digest(base uint64, fresh bool) (uint32, error) {
 	h := crc32.New(castagnoli)
 	n, err := io.Copy(h, io.NewSectionReader(s.f, 0, s.size))
 	if err != nil {
-		return 0, l.errClosedRead(fmt.Errorf("segment: read %s: %w", s.path, err))
+		return 0, l.withKey(l.errClosedRead(fmt.Errorf("segment: read %s: %w", s.path, err)))
 	}
 	if n != s.size {
 		return 0, corruptf(s.path, n, s.base, "read %d of %d bytes", n, s.size)

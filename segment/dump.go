@@ -20,10 +20,14 @@ import (
 // past a bad CRC (the length field still says where the next batch
 // starts) and stops at an unreadable header or a torn tail. Given a
 // .streams file it prints that file's header, directory and entries
-// instead (DumpStreams). It is what `tsstore dump` prints.
+// instead (DumpStreams), and given a .tiered marker the marker's fields
+// (DumpTiered). It is what `tsstore dump` prints.
 func Dump(path string, w io.Writer) error {
 	if strings.HasSuffix(path, StreamsSuffix) {
 		return DumpStreams(path, w)
+	}
+	if strings.HasSuffix(path, TieredSuffix) {
+		return DumpTiered(path, w)
 	}
 	d, err := DumpLog(path)
 	if err != nil {
@@ -217,4 +221,28 @@ func (p *printer) printf(format string, args ...any) {
 	if p.err == nil {
 		_, p.err = fmt.Fprintf(p.w, format, args...)
 	}
+}
+
+// DumpTiered writes the fields of one .tiered marker (a segment whose
+// .log was evicted to the tier target) to w. The marker must decode and
+// pass its checks; otherwise the error says what is wrong.
+func DumpTiered(path string, w io.Writer) error {
+	data, err := readFile(OSFS{}, path)
+	if err != nil {
+		return err
+	}
+	base, ok := parseBase(filepath.Base(path), TieredSuffix)
+	if !ok {
+		return fmt.Errorf("segment: %s: the name does not give a base offset", path)
+	}
+	m, err := decodeMarker(data, base)
+	if err != nil {
+		return fmt.Errorf("segment: %s: %w", path, err)
+	}
+	p := &printer{w: w}
+	p.printf("file %s: %d bytes, tiered segment [%d, %d), %d bytes, crc32c %08x\n", filepath.Base(path), len(data), m.base, m.last.NextOffset(), m.size, m.sum)
+	p.printf("object %s\n", m.key)
+	p.printf("first timestamp %s, last batch at offset %d (raft index %d, timestamp %s)\n",
+		time.Unix(0, m.firstTS).UTC().Format(time.RFC3339Nano), m.last.BaseOffset, m.last.RaftIndex, time.Unix(0, m.last.Timestamp).UTC().Format(time.RFC3339Nano))
+	return p.err
 }

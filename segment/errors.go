@@ -35,8 +35,12 @@ var (
 // CorruptionError says where corruption was found. It matches ErrCorrupt
 // (and so record.ErrCorrupt) under errors.Is.
 type CorruptionError struct {
-	// Path is the file holding the bad bytes (a .log, .index or .timeindex).
+	// Path is the file holding the bad bytes (a .log, .index, .timeindex
+	// or .streams), or the .tiered marker of a tiered segment.
 	Path string
+	// Key is the object key of a tiered segment whose bytes, read from
+	// the object store, are bad or missing; empty for local files.
+	Key string
 	// Position is the byte position in Path where the bad data starts.
 	Position int64
 	// Offset is the log offset expected at Position.
@@ -46,6 +50,9 @@ type CorruptionError struct {
 }
 
 func (e *CorruptionError) Error() string {
+	if e.Key != "" {
+		return fmt.Sprintf("segment: corrupt %s (tiered object %q) at position %d (offset %d): %s", e.Path, e.Key, e.Position, e.Offset, e.Reason)
+	}
 	return fmt.Sprintf("segment: corrupt %s at position %d (offset %d): %s", e.Path, e.Position, e.Offset, e.Reason)
 }
 

@@ -55,14 +55,25 @@ type segment struct {
 	// unknown until Digest reads it.
 	digest      uint32
 	digestKnown bool
+	// remote is set on a tiered segment: its .log bytes are this object
+	// (f reads it), path is its <B>.tiered marker, and its index files
+	// are local.
+	remote *RemoteRef
 }
 
 func (s *segment) info() SegmentInfo {
 	return SegmentInfo{
 		BaseOffset: s.base, NextOffset: s.next, Size: s.size, Path: s.path,
 		Sealed: s.sealed, FirstTimestamp: s.firstTS, LastTimestamp: s.lastTS,
-		Digest: s.digest, DigestKnown: s.digestKnown,
+		Digest: s.digest, DigestKnown: s.digestKnown, Tiered: s.remote != nil, Key: s.key(),
 	}
+}
+
+func (s *segment) key() string {
+	if s.remote == nil {
+		return ""
+	}
+	return s.remote.Key
 }
 
 // SegmentInfo describes one segment at the time Segments was called.
@@ -70,8 +81,9 @@ type SegmentInfo struct {
 	BaseOffset uint64 // offset of the first batch
 	NextOffset uint64 // offset after the last batch (BaseOffset if empty)
 	Size       int64  // bytes of complete batches
-	Path       string // the .log file
-	Sealed     bool   // sealed segments never change again
+	// Path is the .log file, or the <B>.tiered marker of a tiered segment.
+	Path   string
+	Sealed bool // sealed segments never change again
 	// FirstTimestamp and LastTimestamp are the timestamps, in unix
 	// nanoseconds, of the first and last batch; 0 for an empty segment.
 	FirstTimestamp, LastTimestamp int64
@@ -79,6 +91,10 @@ type SegmentInfo struct {
 	// (see Log.Digest, which computes it when not).
 	Digest      uint32
 	DigestKnown bool
+	// Tiered is set when the segment's .log was evicted (Evict): its bytes
+	// are the object Key, read through Options.Remote.
+	Tiered bool
+	Key    string
 }
 
 // RecoveryInfo reports what Open did to bring the directory to a
@@ -98,6 +114,9 @@ type RecoveryInfo struct {
 	RebuiltIndexes []string
 	// RemovedTemp lists leftover temporary files that were removed.
 	RemovedTemp []string
+	// RemovedMarkers lists .tiered markers found beside their segment's
+	// .log (an Evict the crash cut short) and removed: the local copy wins.
+	RemovedMarkers []string
 	// Damaged lists the sealed segments that failed Open's checks and were
 	// kept as damaged (Options.OpenDamaged); without that option Open
 	// fails on the first instead.
@@ -120,8 +139,10 @@ type Log struct {
 	fs       FS
 	idx      indexer
 	recovery RecoveryInfo
-	// repl serializes ReplaceSealed calls.
+	// repl serializes ReplaceSealed, DropSealed and Evict calls.
 	repl sync.Mutex
+	// tiered holds, during Open, the bases of the .tiered markers found.
+	tiered map[uint64]bool
 
 	// w is the writer's state.
 	w struct {

@@ -61,6 +61,7 @@ func (l *Log) listDir() ([]uint64, error) {
 		return nil, fmt.Errorf("segment: list %s: %w", l.dir, err)
 	}
 	var bases []uint64
+	l.tiered = map[uint64]bool{}
 	for _, e := range ents {
 		name := e.Name()
 		switch {
@@ -77,10 +78,30 @@ func (l *Log) listDir() ([]uint64, error) {
 				return nil, fmt.Errorf("%w (in %s)", err, l.dir)
 			}
 			bases = append(bases, base)
+		case strings.HasSuffix(name, TieredSuffix):
+			if base, ok := parseBase(name, TieredSuffix); ok {
+				l.tiered[base] = true
+			}
 		}
 	}
+	for _, base := range bases {
+		if !l.tiered[base] {
+			continue
+		}
+		// An Evict cut short by a crash: the local copy wins (Evict runs
+		// again), so the marker goes.
+		delete(l.tiered, base)
+		p := filepath.Join(l.dir, tieredName(base))
+		if err := l.fs.Remove(p); err != nil {
+			return nil, fmt.Errorf("segment: remove %s: %w", p, err)
+		}
+		l.recovery.RemovedMarkers = append(l.recovery.RemovedMarkers, p)
+	}
+	for base := range l.tiered {
+		bases = append(bases, base)
+	}
 	slices.Sort(bases)
-	if len(l.recovery.RemovedTemp) > 0 {
+	if len(l.recovery.RemovedTemp) > 0 || len(l.recovery.RemovedMarkers) > 0 {
 		if err := l.fs.SyncDir(l.dir); err != nil {
 			return nil, fmt.Errorf("segment: fsync %s: %w", l.dir, err)
 		}
@@ -97,14 +118,22 @@ func (l *Log) openSegments(bases []uint64) error {
 		s := &segment{base: base, path: filepath.Join(l.dir, FileName(base))}
 		s.refs.Store(1)
 		var err error
-		if i < len(bases)-1 {
+		switch {
+		case l.tiered[base] && i == len(bases)-1:
+			return corruptf(filepath.Join(l.dir, tieredName(base)), 0, base, "the newest segment is tiered: the active segment's .log is missing")
+		case l.tiered[base]:
+			var ts *segment
+			if ts, err = l.openTiered(base); err == nil {
+				s = ts
+			}
+		case i < len(bases)-1:
 			err = l.openSealed(s)
 			var ce *CorruptionError
 			if err != nil && l.opts.OpenDamaged && s.f != nil && errors.As(err, &ce) {
 				l.keepDamaged(s, err)
 				err = nil
 			}
-		} else {
+		default:
 			err = l.openActive(s)
 		}
 		if s.f != nil {
@@ -209,6 +238,13 @@ func (l *Log) openSealed(s *segment) error {
 	if s.size == 0 {
 		return corruptf(s.path, 0, s.base, "sealed segment is empty")
 	}
+	return l.indexSealed(s)
+}
+
+// indexSealed checks or rebuilds the index files of a sealed segment
+// whose .log (s.f, s.size) is open.
+func (l *Log) indexSealed(s *segment) error {
+	var err error
 	spath := filepath.Join(l.dir, streamsName(s.base))
 	sx, _ := openStreams(l.fs, spath, s.base, s.size) // nil: rebuild
 	defer func() {

@@ -33,6 +33,11 @@ type Options struct {
 	// of a damaged segment is rewritten. Off, Open fails on the first
 	// damaged sealed segment, as `tsstore verify` wants.
 	OpenDamaged bool
+	// Remote opens the objects tiered segments' bytes live in (Evict,
+	// reads of tiered segments). Nil (an offline tool): tiered segments
+	// open from their markers, their reads fail with ErrNoRemote, Verify
+	// skips their bytes, and Evict fails.
+	Remote Remote
 	// FS is the filesystem seam every file operation goes through. Nil
 	// means the operating system's filesystem (OSFS).
 	FS FS

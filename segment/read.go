@@ -118,12 +118,14 @@ type reader struct {
 // *CorruptionError. It is safe to call concurrently with Append and never
 // returns a partially written batch.
 func (l *Log) ReadBatches(dst []byte, from uint64, maxBytes int) (out []byte, next uint64, err error) {
+	defer func() { err = l.withKey(err) }()
 	r := reader{dst: dst, maxBytes: maxBytes, from: from, next: from}
 	for {
 		v, done, err := l.view(r.from)
 		if err != nil || done {
 			return r.dst, r.next, l.errClosedRead(err)
 		}
+		l.prefetchNext(v.seg)
 		full, err := r.readSegment(v)
 		v.seg.release()
 		if err != nil {

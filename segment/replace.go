@@ -24,8 +24,14 @@ const replaceSuffix = ".replace" + TmpSuffix
 
 // SegmentBase returns the base offset of the segment whose file the error
 // names (.log, .index, .timeindex or .streams), so that a reader that hit
-// corruption can ask for that segment to be repaired.
+// corruption can ask for that segment to be repaired. An error naming a
+// tiered object (Key) names no segment to repair.
 func (e *CorruptionError) SegmentBase() (uint64, bool) {
+	if e.Key != "" {
+		// A tiered segment: every replica reads the same object, so no
+		// peer has a copy to repair it with.
+		return 0, false
+	}
 	name := filepath.Base(e.Path)
 	if len(name) <= nameDigits {
 		return 0, false
@@ -104,7 +110,7 @@ func (l *Log) VerifySegment(base uint64) error {
 		return l.errClosedRead(err)
 	}
 	lastTS := int64(math.MinInt64)
-	return l.errClosedRead(verifySegment(&c, &lastTS, func(int64) {}))
+	return l.withKey(l.errClosedRead(verifySegment(&c, &lastTS, func(int64) {})))
 }
 
 // SealedReader reads one sealed segment's .log file. It holds the file
@@ -191,6 +197,9 @@ func (l *Log) ReplaceSealed(base uint64, r io.Reader) error {
 		return err
 	}
 	defer old.release()
+	if old.remote != nil {
+		return fmt.Errorf("%w: replace %d", ErrTiered, base)
+	}
 	prevTS, nextTS := l.neighbourTimes(old)
 	tmp := old.path + replaceSuffix
 	ns, set, err := l.writeReplacement(old, tmp, func(f File) (int64, error) { return copyExact(f, r, old) }, prevTS, nextTS)

@@ -240,6 +240,7 @@ func (v *streamSeg) readAt(b []byte, pos int64, e streamEntry) error {
 // or of a .streams file is a *CorruptionError. It is safe to call
 // concurrently with Append.
 func (l *Log) StreamBatches(dst []byte, stream string, fromOffset uint64, maxBytes int) (out []byte, next uint64, err error) {
+	defer func() { err = l.withKey(err) }()
 	r := streamReader{dst: dst, maxBytes: int64(maxBytes), from: fromOffset, next: fromOffset}
 	var end uint64
 	for first := true; ; first = false {
@@ -376,6 +377,7 @@ func (r *streamReader) flush(v *streamSeg) error {
 // in each segment's directory until one holds a version that high, binary
 // searches that segment's entries, and reads and decodes one batch.
 func (l *Log) StreamOffset(stream string, version uint64) (offset uint64, ok bool, err error) {
+	defer func() { err = l.withKey(err) }()
 	version = max(version, 1)
 	v, found, err := l.streamVersionSeg(stream, version)
 	if err != nil || !found {

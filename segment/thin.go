@@ -92,6 +92,9 @@ func (l *Log) ThinSealed(base uint64, keep KeepFunc, opt ThinOptions) (ThinResul
 	if old.damaged != nil {
 		return ThinResult{}, old.damaged
 	}
+	if old.remote != nil {
+		return ThinResult{}, fmt.Errorf("%w: thin %d", ErrTiered, base)
+	}
 	prevTS, nextTS := l.neighbourTimes(old)
 	tmp := old.path + thinSuffix
 	var res ThinResult

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tsstore/tsstore/record"
 	"github.com/tsstore/tsstore/segment"
+	"github.com/tsstore/tsstore/tiering"
 )
 
 // Peer is one member of the initial cluster.
@@ -224,7 +225,7 @@ func DefaultConfig() Config {
 		ProducerTTL:            7 * 24 * time.Hour,
 		Compression:            "none",
 		RetentionInterval:      time.Minute,
-		Tier:                   TierConfig{Interval: 30 * time.Second, MaxBackoff: 5 * time.Minute, SweepInterval: time.Hour},
+		Tier:                   TierConfig{Interval: 30 * time.Second, MaxBackoff: 5 * time.Minute, SweepInterval: time.Hour, DeleteDelay: 5 * time.Minute, Cache: tiering.DefaultCacheConfig()},
 		CommandTimeout:         5 * time.Second,
 		RunSnapshotBatches:     5000,
 		MinFreeBytes:           256 << 20,

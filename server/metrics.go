@@ -16,6 +16,7 @@ import (
 
 	"github.com/tsstore/tsstore/internal/version"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/tiering"
 )
 
 // nodeMetrics holds one node's Prometheus metrics. Every node has its own
@@ -98,6 +99,14 @@ type nodeMetrics struct {
 	tierBacklogSegments prometheus.Gauge
 	tierBacklogBytes    prometheus.Gauge
 	tierSwept           prometheus.Counter
+	// Reads of tiered segments (tier_evict.go, tiering.Cache) and the
+	// eviction of local copies, on every node.
+	tierGetSeconds      prometheus.Histogram
+	tierFetchedBytes    prometheus.Counter
+	tierGetFailures     prometheus.Counter
+	tierEvictedSegments prometheus.Counter
+	tierEvictedBytes    prometheus.Counter
+	tierEvictRefused    prometheus.Counter
 
 	// The HTTP endpoint; nil when MetricsAddr is empty.
 	lis net.Listener
@@ -216,6 +225,33 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 		"Bytes of the sealed segments in tsstore_tier_backlog_segments.")
 	m.tierSwept = f.counter("tsstore_tier_swept_objects_total",
 		"Objects this node deleted as leader because an earlier leader uploaded them and never committed them.")
+	m.tierGetSeconds = f.histogram("tsstore_tier_get_duration_seconds",
+		"Duration of successful ranged GETs of tiered segments' blocks from the tier target, in seconds.", persistBuckets)
+	m.tierFetchedBytes = f.counter("tsstore_tier_fetched_bytes_total",
+		"Bytes of tiered segments this node read from the tier target (cache misses and prefetches).")
+	m.tierGetFailures = f.counter("tsstore_tier_get_failures_total",
+		"Ranged GETs of tiered segments that failed (the store down, a missing or short object); the read fails, nothing is served.")
+	m.tierEvictedSegments = f.counter("tsstore_tier_evicted_segments_total",
+		"Sealed segments whose local .log this node removed after their object checked out against the manifest (Head: size and checksum).")
+	m.tierEvictedBytes = f.counter("tsstore_tier_evicted_bytes_total",
+		"Bytes of the .log files in tsstore_tier_evicted_segments_total: local disk given back.")
+	m.tierEvictRefused = f.counter("tsstore_tier_evict_refused_total",
+		"Evictions refused because the object or the local copy does not match the committed size and checksum; the local copy stays.")
+	cache := func() tiering.CacheStats {
+		if n.tierCache == nil {
+			return tiering.CacheStats{}
+		}
+		return n.tierCache.Stats()
+	}
+	m.regr.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tsstore_tier_cache_hits_total",
+		Help: "Block lookups of tiered segments served from the in-memory cache."},
+		func() float64 { return float64(cache().Hits) }))
+	m.regr.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tsstore_tier_cache_misses_total",
+		Help: "Block lookups of tiered segments that needed a GET (or waited for one in flight)."},
+		func() float64 { return float64(cache().Misses) }))
+	m.regr.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tsstore_tier_cache_bytes",
+		Help: "Bytes of tiered segments' blocks held in the cache (capped by tier-cache-bytes)."},
+		func() float64 { return float64(cache().CachedBytes) }))
 	m.repairs = f.counterVec("tsstore_segment_repairs_total",
 		"Repairs of damaged sealed segments by this node, by result: repaired (a peer's verified copy, or the local .log for a damaged index file, swapped in) or failed (no peer had a good copy, or none answered; retried).", "result")
 	for _, r := range []string{repairRepaired, repairFailed} {

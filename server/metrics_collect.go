@@ -37,7 +37,9 @@ var (
 	descFSMLastTimestamp  = desc("tsstore_fsm_last_timestamp_seconds", "Timestamp of the last batch in the log, unix seconds (0 when empty).")
 	descLogFirstOffset    = desc("tsstore_log_first_offset", "First offset readers may ask for: the last retention cut, or the first offset stored in the segment log.")
 	descSegments          = desc("tsstore_segments", "Segment files in the log, the active one included.")
-	descSegmentBytes      = desc("tsstore_segments_bytes", "Bytes of complete batches in the segment .log files (index files excluded).")
+	descSegmentBytes      = desc("tsstore_segments_bytes", "Bytes of complete batches in the segment .log files on this node's disk (index files and segments evicted to the tier target excluded).")
+	descTieredSegments    = desc("tsstore_tier_local_evicted_segments", "Sealed segments whose .log this node evicted: their bytes are read from the tier target.")
+	descTieredBytes       = desc("tsstore_tier_local_evicted_bytes", "Bytes of the segments in tsstore_tier_local_evicted_segments.")
 	descRaftLogBytes      = desc("tsstore_raft_log_bytes", "Bytes of the entries in this node's Raft log (raft-wal), as the byte bounds count them (docs/design.md).")
 	descRaftLogEntries    = desc("tsstore_raft_log_entries", "Entries in this node's Raft log.")
 	descRaftLogCacheBytes = desc("tsstore_raft_log_cache_bytes", "Bytes of recent Raft entries held in memory for replication (bounded by log-cache-bytes).")
@@ -49,7 +51,7 @@ var (
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descRaftCommitIndex, descRaftAppliedIndex,
 		descRaftLastLogIndex, descRaftSnapshotIndex, descRaftFSMPending, descRaftApplyLag, descRaftLastContact,
-		descFSMApplied, descFSMNextOffset, descFSMLastTimestamp, descLogFirstOffset, descSegments, descSegmentBytes, descQueued,
+		descFSMApplied, descFSMNextOffset, descFSMLastTimestamp, descLogFirstOffset, descSegments, descSegmentBytes, descTieredSegments, descTieredBytes, descQueued,
 		descRaftLogBytes, descRaftLogEntries, descRaftLogCacheBytes, descDiskFree, descDiskLow} {
 		ch <- d
 	}
@@ -98,13 +100,21 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descFSMLastTimestamp, float64(n.proc.LastTimestamp())/1e9)
 	_ = n.proc.WithLog(func(l *segment.Log) error {
 		segs := l.Segments()
-		var size int64
+		var size, tieredBytes int64
+		var tiered int
 		for _, s := range segs {
+			if s.Tiered {
+				tiered++
+				tieredBytes += s.Size
+				continue
+			}
 			size += s.Size
 		}
 		gauge(descLogFirstOffset, float64(l.FirstOffset()))
 		gauge(descSegments, float64(len(segs)))
 		gauge(descSegmentBytes, float64(size))
+		gauge(descTieredSegments, float64(tiered))
+		gauge(descTieredBytes, float64(tieredBytes))
 		return nil
 	})
 	if n.logs != nil {

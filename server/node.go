@@ -20,6 +20,7 @@ import (
 	"github.com/tsstore/tsstore/internal/ratelog"
 	"github.com/tsstore/tsstore/internal/version"
 	"github.com/tsstore/tsstore/segment"
+	"github.com/tsstore/tsstore/tiering"
 )
 
 // ErrWrongCluster is returned when the data directory belongs to another
@@ -56,6 +57,9 @@ type Node struct {
 	stable *raftboltdb.BoltStore
 	logs   *logStore
 	snaps  *fsm.SnapshotStore
+	// tierCache reads tiered segments (tier_evict.go); nil when tiering
+	// is off.
+	tierCache *tiering.Cache
 
 	grpc     *grpc.Server
 	listener net.Listener
@@ -208,6 +212,18 @@ func (n *Node) opening(step string) {
 func (n *Node) openStorage() error {
 	var err error
 	n.opening("opening the segment log")
+	if err := n.openTierCache(); err != nil {
+		return err
+	}
+	if n.cfg.Tier.Target == nil {
+		// Segments evicted to a tier target cannot be read without it:
+		// refuse to start rather than serve errors for their offsets.
+		markers, _ := filepath.Glob(filepath.Join(n.cfg.DataDir, "fsm", "log", "*"+segment.TieredSuffix))
+		if len(markers) > 0 {
+			return fmt.Errorf("%w: %d segments were evicted to the tier target (%s names its object) and no tier target is configured (tier-dir or tier-s3-bucket)",
+				ErrConfig, len(markers), markers[0])
+		}
+	}
 	fcfg := fsm.DefaultConfig(filepath.Join(n.cfg.DataDir, "fsm"))
 	fcfg.Segment = n.cfg.Segment
 	// A damaged sealed segment does not keep the node from starting: it
@@ -233,6 +249,9 @@ func (n *Node) openStorage() error {
 	}
 	if n.snaps, err = fsm.NewSnapshotStore(filepath.Join(n.cfg.DataDir, "snapshots"), n.cfg.SnapshotRetain, n.logger); err != nil {
 		return err
+	}
+	if n.cfg.Segment.Remote != nil {
+		n.snaps.UseRemote(n.cfg.Segment.Remote)
 	}
 	n.opening("reading the raft log")
 	n.stable, n.logs, err = openRaftStores(filepath.Join(n.cfg.DataDir, "raft"), n.cfg.LogCacheBytes, n.cfg.RaftLogFS, n.cfg.NodeID, n.logger)
@@ -467,5 +486,8 @@ func (n *Node) closeStorage() {
 	}
 	if n.proc != nil {
 		n.proc.Close()
+	}
+	if n.tierCache != nil {
+		n.tierCache.Close()
 	}
 }

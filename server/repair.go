@@ -227,6 +227,11 @@ func (n *Node) repairSegment(ctx context.Context, base uint64, from string) repa
 		return fail(damage)
 	}
 	res.Damage = damage.Error()
+	if ce.Key != "" {
+		// A tiered segment: every node reads this one object, so no peer
+		// holds a copy to repair it with (re-uploading is not built).
+		return fail(fmt.Errorf("%w: the segment's bytes are the tiered object %q, which no peer can replace; restore the object (docs/operations.md, Cold tiering)", damage, ce.Key))
+	}
 	if !ce.LogDamaged() && from == "" {
 		// Only an index file is bad: rebuild it from the local .log.
 		if err := n.replaceFromSelf(base); err == nil {
@@ -472,7 +477,7 @@ func (s *repairService) RepairSegments(ctx context.Context, req *pb.RepairSegmen
 	if !asked {
 		_ = n.proc.WithLog(func(l *segment.Log) error {
 			for _, si := range l.Segments() {
-				if si.Sealed {
+				if si.Sealed && !si.Tiered { // tiered: verify --tiered checks the objects
 					bases = append(bases, si.BaseOffset)
 				}
 			}

@@ -74,9 +74,22 @@ func (s *retentionService) ListRetention(ctx context.Context, _ *pb.ListRetentio
 	for _, p := range r.Policies {
 		out.Policies = append(out.Policies, &pb.RetentionPolicy{Prefix: p.Prefix, MaxAgeSeconds: p.MaxAge / int64(time.Second), MaxBytes: p.MaxBytes})
 	}
+	local := map[uint64]bool{} // this node holds the .log
+	_ = s.n.proc.WithLog(func(l *segment.Log) error {
+		for _, si := range l.Segments() {
+			local[si.BaseOffset] = !si.Tiered
+		}
+		return nil
+	})
 	for _, e := range r.Segments {
 		out.Segments = append(out.Segments, &pb.ManifestSegment{BaseOffset: e.BaseOffset, NextOffset: e.NextOffset,
-			SizeBytes: uint64(e.Size), Digest: e.Digest, LastTimestamp: e.LastTimestamp, State: e.State.String(), ObjectKey: e.Key})
+			SizeBytes: uint64(e.Size), Digest: e.Digest, LastTimestamp: e.LastTimestamp, State: e.State.String(), ObjectKey: e.Key,
+			LocalCopy: e.State != fsm.SegmentDropped && local[e.BaseOffset]})
+	}
+	if t := s.n.cfg.Tier.Target; t != nil {
+		out.TierTarget = t.String()
+		segs, bytes := s.n.tierBacklogNow(time.Now())
+		out.TierBacklogSegments, out.TierBacklogBytes = uint64(segs), uint64(bytes)
 	}
 	return out, nil
 }
@@ -139,6 +152,10 @@ func (s *retentionService) SegmentDigests(ctx context.Context, _ *pb.SegmentDige
 	r := s.n.proc.Retention()
 	out := &pb.SegmentDigestsResponse{NodeId: s.n.cfg.NodeID, FirstOffset: s.n.proc.FirstOffset()}
 	err := s.n.proc.WithLog(func(l *segment.Log) error {
+		evicted := map[uint64]bool{}
+		for _, si := range l.Segments() {
+			evicted[si.BaseOffset] = si.Tiered
+		}
 		for _, e := range r.Segments {
 			if !e.State.HasLocalCopy() {
 				continue
@@ -147,7 +164,11 @@ func (s *retentionService) SegmentDigests(ctx context.Context, _ *pb.SegmentDige
 				return err
 			}
 			d := &pb.SegmentDigest{BaseOffset: e.BaseOffset, NextOffset: e.NextOffset, SizeBytes: uint64(e.Size), ManifestDigest: e.Digest}
-			sum, err := l.Digest(e.BaseOffset, true)
+			// An evicted segment's bytes are the one object every node
+			// reads, checked against the manifest before eviction: its
+			// marker's digest, not a read of the whole object per node
+			// (`tsstore verify --tiered` reads the objects).
+			sum, err := l.Digest(e.BaseOffset, !evicted[e.BaseOffset])
 			switch {
 			case errors.Is(err, segment.ErrNotSealed):
 				continue // dropped since the manifest was copied

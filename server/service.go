@@ -291,7 +291,19 @@ func (s *service) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRe
 		RaftAppliedIndex:      n.raft.AppliedIndex(),
 		DiskProblem:           n.diskProblem(),
 	}
-	_ = n.proc.WithLog(func(l *segment.Log) error { resp.FirstOffset = l.FirstOffset(); return nil })
+	_ = n.proc.WithLog(func(l *segment.Log) error {
+		resp.FirstOffset = l.FirstOffset()
+		for _, s := range l.Segments() {
+			if s.Tiered {
+				resp.TierEvictedSegments++
+			}
+		}
+		return nil
+	})
+	if n.cfg.Tier.Target != nil {
+		segs, bytes := n.tierBacklogNow(time.Now())
+		resp.TierBacklogSegments, resp.TierBacklogBytes = uint64(segs), uint64(bytes)
+	}
 	if st := n.raft.Stats(); st != nil {
 		resp.LastSnapshotIndex, _ = strconv.ParseUint(st["last_snapshot_index"], 10, 64)
 	}

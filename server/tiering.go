@@ -19,9 +19,10 @@ import (
 // TierConfig is cold tiering (issue #13): the leader uploads sealed
 // segments that pass the policy to Target and commits a "segment tiered"
 // decision through Raft (fsm.CmdSegmentTiered), so every replica's
-// manifest says where each segment's copy is. Replicas keep their local
-// copies (dropping them and reading from the store are not built yet).
-// Off, exactly as before, when Target is nil.
+// manifest says where each segment's copy is. Every node then drops its
+// local .log of each committed segment once the object checks out
+// (tier_evict.go) and reads it back through a block cache. Off, exactly
+// as before, when Target is nil.
 type TierConfig struct {
 	// Target is the object store; nil turns tiering off.
 	Target tiering.Target
@@ -39,20 +40,43 @@ type TierConfig struct {
 	// SweepInterval is how often the leader deletes the objects that
 	// earlier leaders uploaded and never committed (sweep).
 	SweepInterval time.Duration
+	// DeleteDelay is how long the leader waits, after it sees a tiered
+	// segment dropped by retention, before it deletes the object: reads
+	// in flight on any node (and followers that have not applied the
+	// drop) keep reading it meanwhile, as readers of a dropped local
+	// segment keep its file. An object a stored snapshot of the leader
+	// still references is kept until that snapshot is reaped. 0: at the
+	// next tick.
+	DeleteDelay time.Duration
+	// Cache is how tiered segments are read back: block size, the cap in
+	// bytes of the in-memory cache, the timeout of one GET. Zero: the
+	// defaults (tiering.DefaultCacheConfig).
+	Cache tiering.CacheConfig
 }
 
 func (c TierConfig) validate() error {
 	switch {
-	case c.After < 0 || c.HotBytes < 0:
-		return errors.New("tier after and tier hot bytes must not be negative")
+	case c.After < 0 || c.HotBytes < 0 || c.DeleteDelay < 0:
+		return errors.New("tier after, tier hot bytes and tier delete delay must not be negative")
 	case c.Target == nil && (c.After > 0 || c.HotBytes > 0):
 		return errors.New("tier after and tier hot bytes need a tier target (tier-dir or tier-s3-bucket)")
 	case c.Target != nil && c.After == 0 && c.HotBytes == 0:
 		return errors.New("a tier target needs a policy: tier-after or tier-hot-bytes")
 	case c.Target != nil && (c.Interval <= 0 || c.MaxBackoff < c.Interval || c.SweepInterval <= 0):
 		return errors.New("tier interval and tier sweep interval must be positive and tier max backoff at least the interval")
+	case c.Target != nil:
+		return c.cacheConfig().Validate()
 	}
 	return nil
+}
+
+// cacheConfig is Cache, or the defaults when Cache was left zero.
+func (c TierConfig) cacheConfig() tiering.CacheConfig {
+	cc := c.Cache
+	if cc.BlockBytes == 0 && cc.CapBytes == 0 && cc.GetTimeout == 0 {
+		cc = tiering.DefaultCacheConfig()
+	}
+	return cc
 }
 
 // tierCandidates returns, oldest first, the local (not yet tiered)
@@ -103,7 +127,8 @@ func (n *Node) runTiering() {
 	var retryAt, sweptAt time.Time
 	var backoff time.Duration
 	var sweptTerm uint64
-	deleted := map[string]bool{} // objects of dropped segments deleted while leading
+	deleted := map[string]bool{}       // objects of dropped segments deleted while leading
+	dropSeen := map[string]time.Time{} // when this leader first saw each dropped segment's key
 	for {
 		select {
 		case <-n.shutdown:
@@ -112,14 +137,18 @@ func (n *Node) runTiering() {
 		}
 		now := time.Now()
 		n.tierBacklog(now)
+		if err := n.evictTiered(ctx); err != nil && ctx.Err() == nil {
+			n.logger.Warn("tiering: evicting local copies failed; they stay and this node tries again", "error", err)
+		}
 		if n.raft.State() != raft.Leader {
 			clear(deleted)
+			clear(dropSeen)
 			continue
 		}
 		if now.Before(retryAt) {
 			continue
 		}
-		err := n.tierOnce(ctx, now, deleted)
+		err := n.tierOnce(ctx, now, deleted, dropSeen)
 		if term := n.raft.CurrentTerm(); err == nil && (term != sweptTerm || now.Sub(sweptAt) >= tc.SweepInterval) {
 			if err = n.sweepTier(ctx, term); err == nil {
 				sweptTerm, sweptAt = term, now
@@ -141,29 +170,52 @@ func (n *Node) runTiering() {
 
 // tierBacklog sets the backlog gauges from this node's manifest.
 func (n *Node) tierBacklog(now time.Time) {
-	r := n.proc.Retention()
-	c := tierCandidates(r.Segments, now, n.cfg.Tier.After, n.cfg.Tier.HotBytes)
-	var bytes int64
-	for _, e := range c {
-		bytes += e.Size
-	}
-	n.metrics.tierBacklogSegments.Set(float64(len(c)))
+	segs, bytes := n.tierBacklogNow(now)
+	n.metrics.tierBacklogSegments.Set(float64(segs))
 	n.metrics.tierBacklogBytes.Set(float64(bytes))
 }
 
+// tierBacklogNow counts the segments (and their bytes) the policy sends
+// to the store at now that are not tiered yet, per this node's manifest.
+func (n *Node) tierBacklogNow(now time.Time) (segs int, bytes int64) {
+	c := tierCandidates(n.proc.Retention().Segments, now, n.cfg.Tier.After, n.cfg.Tier.HotBytes)
+	for _, e := range c {
+		bytes += e.Size
+	}
+	return len(c), bytes
+}
+
 // tierOnce uploads and commits the candidates, oldest first, then
-// deletes the objects of tiered segments that retention dropped since.
-// It stops at the first error.
-func (n *Node) tierOnce(ctx context.Context, now time.Time, deleted map[string]bool) error {
+// deletes the objects of tiered segments that retention dropped at least
+// DeleteDelay ago (as this leader saw it) and that no stored snapshot of
+// this node references. It stops at the first error.
+func (n *Node) tierOnce(ctx context.Context, now time.Time, deleted map[string]bool, dropSeen map[string]time.Time) error {
 	r := n.proc.Retention()
 	for _, e := range tierCandidates(r.Segments, now, n.cfg.Tier.After, n.cfg.Tier.HotBytes) {
 		if err := n.tierSegment(ctx, e); err != nil {
 			return err
 		}
 	}
+	var inSnapshots map[string]bool
 	for _, e := range r.Segments {
 		if e.State != fsm.SegmentDropped || e.Key == "" || deleted[e.Key] {
 			continue
+		}
+		seen, ok := dropSeen[e.Key]
+		if !ok {
+			dropSeen[e.Key], seen = now, now
+		}
+		if now.Sub(seen) < n.cfg.Tier.DeleteDelay {
+			continue
+		}
+		if inSnapshots == nil {
+			var err error
+			if inSnapshots, err = n.snaps.TieredKeys(); err != nil {
+				return fmt.Errorf("tiering: snapshots' objects: %w", err)
+			}
+		}
+		if inSnapshots[e.Key] {
+			continue // a snapshot may still send it; it goes once that one is reaped
 		}
 		if err := n.cfg.Tier.Target.Delete(ctx, e.Key); err != nil {
 			return err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -166,8 +167,16 @@ func TestTieringUploadsAndCommits(t *testing.T) {
 		}
 	}
 
+	// A snapshot of the leader taken now references the evicted segments
+	// by key: their objects stay while it is stored.
+	leader := tc.leader()
+	waitEvicted(t, leader)
+	if _, err := dialCluster(t, leader).Snapshot(ctxT(t), &pb.SnapshotRequest{}); err != nil {
+		t.Fatal(err)
+	}
+
 	// Retention drops the first two segments; the leader deletes their
-	// objects.
+	// objects once no snapshot of its references them.
 	if _, err := dialRetention(t, tc.follower()).SetRetention(ctxT(t), &pb.SetRetentionRequest{Policy: &pb.RetentionPolicy{Prefix: "run/", MaxBytes: 1}}); err != nil {
 		t.Fatal(err)
 	}
@@ -178,6 +187,18 @@ func TestTieringUploadsAndCommits(t *testing.T) {
 	dropped := tc.nodes[0].proc.Retention().Segments[0]
 	if dropped.Key != segs[0].Key {
 		t.Fatalf("dropped entry %+v lost its key %s", dropped, segs[0].Key)
+	}
+	// Nothing to wait on for "not deleted": give the leader 15 ticks.
+	time.Sleep(300 * time.Millisecond)
+	if _, err := fsTarget.Head(ctx, dropped.Key); err != nil {
+		t.Fatalf("object %s deleted while a snapshot references it: %v", dropped.Key, err)
+	}
+	// Two newer snapshots (retain is 2) reap the one that references it.
+	for i := range 2 {
+		appendBatches(t, tc, fmt.Sprintf("snap%d", i), 1)
+		if _, err := dialCluster(t, leader).Snapshot(ctxT(t), &pb.SnapshotRequest{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for {
 		_, err := fsTarget.Head(ctx, dropped.Key)

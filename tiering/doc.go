@@ -29,6 +29,13 @@
 // Object metadata (frozen): S3 objects carry x-amz-meta-tsstore-crc32c,
 // the CRC-32C as 8 lower-case hex digits.
 //
+// Cache reads objects back in fixed blocks (ranged GETs) through an
+// in-memory LRU capped in bytes, with one GET per block for concurrent
+// readers and readahead for sequential ones. Its invariants: it never
+// holds more than CapBytes of blocks, never caches an error, and returns
+// a block only if the GET returned exactly the bytes the object's size
+// says the block holds (else ErrShort).
+//
 // This package knows nothing of segments, Raft or the FSM: what to
 // upload, when, and under which key is the caller's.
 package tiering

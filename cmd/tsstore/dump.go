@@ -41,8 +41,8 @@ func runDump(path string, asJSON bool, stdout io.Writer) error {
 		}
 		return err
 	}
-	if asJSON && strings.HasSuffix(path, segment.StreamsSuffix) {
-		return fmt.Errorf("%w: --json dumps .log files; dump a .streams file as text", errUsage)
+	if asJSON && (strings.HasSuffix(path, segment.StreamsSuffix) || strings.HasSuffix(path, segment.TieredSuffix)) {
+		return fmt.Errorf("%w: --json dumps .log files; dump a .streams or .tiered file as text", errUsage)
 	}
 	var err error
 	if asJSON {
@@ -50,7 +50,7 @@ func runDump(path string, asJSON bool, stdout io.Writer) error {
 	} else {
 		err = segment.Dump(path, stdout)
 	}
-	if err != nil || strings.HasSuffix(path, segment.StreamsSuffix) {
+	if err != nil || strings.HasSuffix(path, segment.StreamsSuffix) || strings.HasSuffix(path, segment.TieredSuffix) {
 		return err
 	}
 	// A damaged .log (bad CRC, a gap, an unreadable tail) exits 1 after

@@ -40,7 +40,7 @@ func newRootCmd() *cobra.Command {
 		newServeCmd(), newDevCmd(), newAppendCmd(), newBenchCmd(), newReadCmd(), newMembersCmd(),
 		newLeaderCmd(), newStatusCmd(), newStreamsCmd(), newTailCmd(), newRunsCmd(), newRunCmd(),
 		newSnapshotCmd(), newBackupCmd(), newRestoreCmd(), newVerifyCmd(), newRepairCmd(), newDumpCmd(),
-		newRetentionCmd(), newCompactCmd(),
+		newRetentionCmd(), newCompactCmd(), newTierCmd(),
 		newVersionCmd(), newCDCCmd(), newSinkCmd(),
 	)
 	return root

@@ -36,6 +36,8 @@ func (s *serveFlags) addTierFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.Interval, "tier-interval", c.Interval, "how often the leader looks for segments to tier")
 	fs.DurationVar(&c.MaxBackoff, "tier-max-backoff", c.MaxBackoff, "longest wait between tiering attempts while the store fails")
 	fs.DurationVar(&c.SweepInterval, "tier-sweep-interval", c.SweepInterval, "how often the leader deletes objects earlier leaders uploaded and never committed")
+	fs.DurationVar(&c.DeleteDelay, "tier-delete-delay", c.DeleteDelay, "how long the leader keeps the object of a tiered segment retention dropped before deleting it (reads in flight finish; objects a stored snapshot references wait for it)")
+	fs.Int64Var(&c.Cache.CapBytes, "tier-cache-bytes", c.Cache.CapBytes, "memory for blocks of tiered segments read back from the tier target, bytes (LRU, 4 MiB blocks)")
 }
 
 // tierTarget sets the tier target from the flags (nil when neither a

@@ -41,7 +41,12 @@ func runStatus(cmd *cobra.Command, cf *clientFlags) error {
 	if st.LastTimestampUnixNano > 0 {
 		last = time.Unix(0, st.LastTimestampUnixNano).UTC().Format(time.RFC3339Nano)
 	}
-	fmt.Fprintf(stdout, "offsets [%d, %d), last event %s\n\n", st.FirstOffset, st.NextOffset, last)
+	fmt.Fprintf(stdout, "offsets [%d, %d), last event %s\n", st.FirstOffset, st.NextOffset, last)
+	if st.TierBacklogSegments > 0 || st.TierEvictedSegments > 0 {
+		fmt.Fprintf(stdout, "tier: backlog %d segments (%s) not tiered yet, %d segments read from the tier target (tsstore tier status)\n",
+			st.TierBacklogSegments, humanBytes(int64(st.TierBacklogBytes)), st.TierEvictedSegments)
+	}
+	fmt.Fprintln(stdout)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tRAFT\tAPI\tSUFFRAGE\tLEADER")
 	for _, n := range st.Nodes {

@@ -331,7 +331,11 @@ type ManifestSegment struct {
 	State string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
 	// The object key of a tiered segment in the tier target (also kept on
 	// a dropped segment that was tiered); empty otherwise.
-	ObjectKey     string `protobuf:"bytes,7,opt,name=object_key,json=objectKey,proto3" json:"object_key,omitempty"`
+	ObjectKey string `protobuf:"bytes,7,opt,name=object_key,json=objectKey,proto3" json:"object_key,omitempty"`
+	// The answering node still holds the segment's .log: always for a
+	// local segment, for a tiered one until the node has checked the object
+	// and evicted its copy (then reads go to the tier target).
+	LocalCopy     bool `protobuf:"varint,8,opt,name=local_copy,json=localCopy,proto3" json:"local_copy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -415,6 +419,13 @@ func (x *ManifestSegment) GetObjectKey() string {
 	return ""
 }
 
+func (x *ManifestSegment) GetLocalCopy() bool {
+	if x != nil {
+		return x.LocalCopy
+	}
+	return false
+}
+
 type ListRetentionResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -426,9 +437,16 @@ type ListRetentionResponse struct {
 	// remembers, then the local ones).
 	Segments []*ManifestSegment `protobuf:"bytes,5,rep,name=segments,proto3" json:"segments,omitempty"`
 	// The offset the next event will get.
-	NextOffset    uint64 `protobuf:"varint,6,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NextOffset uint64 `protobuf:"varint,6,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	// The tier target (bucket, prefix, endpoint or directory; never a
+	// credential); empty when tiering is off.
+	TierTarget string `protobuf:"bytes,7,opt,name=tier_target,json=tierTarget,proto3" json:"tier_target,omitempty"`
+	// The sealed segments the tiering policy sends to the store that are
+	// not tiered yet, per the answering node's manifest, and their bytes.
+	TierBacklogSegments uint64 `protobuf:"varint,8,opt,name=tier_backlog_segments,json=tierBacklogSegments,proto3" json:"tier_backlog_segments,omitempty"`
+	TierBacklogBytes    uint64 `protobuf:"varint,9,opt,name=tier_backlog_bytes,json=tierBacklogBytes,proto3" json:"tier_backlog_bytes,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *ListRetentionResponse) Reset() {
@@ -499,6 +517,27 @@ func (x *ListRetentionResponse) GetSegments() []*ManifestSegment {
 func (x *ListRetentionResponse) GetNextOffset() uint64 {
 	if x != nil {
 		return x.NextOffset
+	}
+	return 0
+}
+
+func (x *ListRetentionResponse) GetTierTarget() string {
+	if x != nil {
+		return x.TierTarget
+	}
+	return ""
+}
+
+func (x *ListRetentionResponse) GetTierBacklogSegments() uint64 {
+	if x != nil {
+		return x.TierBacklogSegments
+	}
+	return 0
+}
+
+func (x *ListRetentionResponse) GetTierBacklogBytes() uint64 {
+	if x != nil {
+		return x.TierBacklogBytes
 	}
 	return 0
 }
@@ -1229,7 +1268,7 @@ const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"\x06remove\x18\x02 \x01(\bR\x06remove\"=\n" +
 	"\x14SetRetentionResponse\x12%\n" +
 	"\x0epolicy_version\x18\x01 \x01(\x04R\rpolicyVersion\"\x16\n" +
-	"\x14ListRetentionRequest\"\xe6\x01\n" +
+	"\x14ListRetentionRequest\"\x85\x02\n" +
 	"\x0fManifestSegment\x12\x1f\n" +
 	"\vbase_offset\x18\x01 \x01(\x04R\n" +
 	"baseOffset\x12\x1f\n" +
@@ -1241,7 +1280,9 @@ const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"\x0elast_timestamp\x18\x05 \x01(\x03R\rlastTimestamp\x12\x14\n" +
 	"\x05state\x18\x06 \x01(\tR\x05state\x12\x1d\n" +
 	"\n" +
-	"object_key\x18\a \x01(\tR\tobjectKey\"\x8d\x02\n" +
+	"object_key\x18\a \x01(\tR\tobjectKey\x12\x1d\n" +
+	"\n" +
+	"local_copy\x18\b \x01(\bR\tlocalCopy\"\x90\x03\n" +
 	"\x15ListRetentionResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12%\n" +
 	"\x0epolicy_version\x18\x02 \x01(\x04R\rpolicyVersion\x127\n" +
@@ -1249,7 +1290,11 @@ const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"\ffirst_offset\x18\x04 \x01(\x04R\vfirstOffset\x127\n" +
 	"\bsegments\x18\x05 \x03(\v2\x1b.tsstore.v1.ManifestSegmentR\bsegments\x12\x1f\n" +
 	"\vnext_offset\x18\x06 \x01(\x04R\n" +
-	"nextOffset\")\n" +
+	"nextOffset\x12\x1f\n" +
+	"\vtier_target\x18\a \x01(\tR\n" +
+	"tierTarget\x122\n" +
+	"\x15tier_backlog_segments\x18\b \x01(\x04R\x13tierBacklogSegments\x12,\n" +
+	"\x12tier_backlog_bytes\x18\t \x01(\x04R\x10tierBacklogBytes\")\n" +
 	"\x0eCompactRequest\x12\x17\n" +
 	"\adry_run\x18\x01 \x01(\bR\x06dryRun\"\x8b\x01\n" +
 	"\x10CompactedSegment\x12\x1f\n" +

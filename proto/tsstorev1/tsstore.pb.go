@@ -2327,9 +2327,16 @@ type StatusResponse struct {
 	DiskProblem string `protobuf:"bytes,16,opt,name=disk_problem,json=diskProblem,proto3" json:"disk_problem,omitempty"`
 	// The server's build: module version and VCS revision
 	// (`tsstore version`).
-	Version       string `protobuf:"bytes,17,opt,name=version,proto3" json:"version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Version string `protobuf:"bytes,17,opt,name=version,proto3" json:"version,omitempty"`
+	// Cold tiering (off: all three zero): the sealed segments the tiering
+	// policy sends to the store that are not tiered yet, per this node's
+	// manifest, and their bytes; and the segments whose .log this node has
+	// evicted (read from the tier target).
+	TierBacklogSegments uint64 `protobuf:"varint,18,opt,name=tier_backlog_segments,json=tierBacklogSegments,proto3" json:"tier_backlog_segments,omitempty"`
+	TierBacklogBytes    uint64 `protobuf:"varint,19,opt,name=tier_backlog_bytes,json=tierBacklogBytes,proto3" json:"tier_backlog_bytes,omitempty"`
+	TierEvictedSegments uint64 `protobuf:"varint,20,opt,name=tier_evicted_segments,json=tierEvictedSegments,proto3" json:"tier_evicted_segments,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -2479,6 +2486,27 @@ func (x *StatusResponse) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetTierBacklogSegments() uint64 {
+	if x != nil {
+		return x.TierBacklogSegments
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetTierBacklogBytes() uint64 {
+	if x != nil {
+		return x.TierBacklogBytes
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetTierEvictedSegments() uint64 {
+	if x != nil {
+		return x.TierEvictedSegments
+	}
+	return 0
 }
 
 type ReadIndexRequest struct {
@@ -2822,7 +2850,7 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\vapi_address\x18\x03 \x01(\tR\n" +
 	"apiAddress\x12\x1a\n" +
 	"\bsuffrage\x18\x04 \x01(\tR\bsuffrage\x12\x16\n" +
-	"\x06leader\x18\x05 \x01(\bR\x06leader\"\xf4\x04\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\"\x8a\x06\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1b\n" +
@@ -2842,7 +2870,10 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x0flast_contact_ms\x18\x0e \x01(\x03R\rlastContactMs\x12,\n" +
 	"\x12raft_applied_index\x18\x0f \x01(\x04R\x10raftAppliedIndex\x12!\n" +
 	"\fdisk_problem\x18\x10 \x01(\tR\vdiskProblem\x12\x18\n" +
-	"\aversion\x18\x11 \x01(\tR\aversion\"\x12\n" +
+	"\aversion\x18\x11 \x01(\tR\aversion\x122\n" +
+	"\x15tier_backlog_segments\x18\x12 \x01(\x04R\x13tierBacklogSegments\x12,\n" +
+	"\x12tier_backlog_bytes\x18\x13 \x01(\x04R\x10tierBacklogBytes\x122\n" +
+	"\x15tier_evicted_segments\x18\x14 \x01(\x04R\x13tierEvictedSegments\"\x12\n" +
 	"\x10ReadIndexRequest\"6\n" +
 	"\x11ReadIndexResponse\x12!\n" +
 	"\fcommit_index\x18\x01 \x01(\x04R\vcommitIndex\"q\n" +

@@ -1,0 +1,130 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tsstore/tsstore/fsm"
+	"github.com/tsstore/tsstore/segment"
+	"github.com/tsstore/tsstore/tiering"
+)
+
+// tierRemote is the segment log's view of the tier target: objects read
+// in blocks through the node's cache. A missing object, or one shorter
+// than the manifest says, is segment.ErrRemoteLost, which the log turns
+// into a CorruptionError naming the key (DataLoss at the gRPC edge);
+// a store that is down is an I/O error (Unavailable).
+type tierRemote struct{ c *tiering.Cache }
+
+func (r tierRemote) Open(key string, size int64) (segment.RemoteObject, error) {
+	return tierObject{c: r.c, key: key, size: size}, nil
+}
+
+type tierObject struct {
+	c    *tiering.Cache
+	key  string
+	size int64
+}
+
+func (o tierObject) ReadAt(p []byte, off int64) (int, error) {
+	// No caller context reaches a pread; the cache bounds each GET
+	// (CacheConfig.GetTimeout) and shutdown cancels them.
+	n, err := o.c.ReadAt(context.Background(), o.key, o.size, p, off)
+	if errors.Is(err, tiering.ErrNotFound) || errors.Is(err, tiering.ErrShort) {
+		err = fmt.Errorf("%w: %w", segment.ErrRemoteLost, err)
+	}
+	return n, err
+}
+
+// Prefetch implements segment.RemotePrefetcher.
+func (o tierObject) Prefetch(off int64) { o.c.Prefetch(o.key, o.size, off) }
+
+func (o tierObject) Close() error { return nil }
+
+// openTierCache makes the node's cache of tiered objects and points the
+// segment log at it (before the log opens: a log with tiered segments
+// needs it to open). Nothing when tiering is off.
+func (n *Node) openTierCache() error {
+	tc := n.cfg.Tier
+	if tc.Target == nil {
+		return nil
+	}
+	cc := tc.cacheConfig()
+	cc.OnGet = func(d time.Duration, bytes int64, err error) {
+		if err == nil {
+			n.metrics.tierGetSeconds.Observe(d.Seconds())
+			n.metrics.tierFetchedBytes.Add(float64(bytes))
+		} else {
+			n.metrics.tierGetFailures.Inc()
+		}
+	}
+	c, err := tiering.NewCache(tc.Target, cc)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	n.tierCache = c
+	n.cfg.Segment.Remote = tierRemote{c}
+	return nil
+}
+
+// evictTiered drops this node's local copy of every segment the
+// manifest says is tiered (a committed fsm.CmdSegmentTiered), once its
+// object checks out: a Head whose size and checksum are the manifest's.
+// The log checks its local bytes against the same checksum before it
+// removes them (segment.Log.Evict). A segment that is not committed as
+// tiered is never evicted. It runs on every node, leader and followers.
+// It stops at the first error; an object that does not match is left
+// (and logged) and the local copy kept.
+func (n *Node) evictTiered(ctx context.Context) error {
+	var local map[uint64]segment.SegmentInfo
+	_ = n.proc.WithLog(func(l *segment.Log) error {
+		segs := l.Segments()
+		local = make(map[uint64]segment.SegmentInfo, len(segs))
+		for _, s := range segs {
+			local[s.BaseOffset] = s
+		}
+		return nil
+	})
+	for _, e := range n.proc.Retention().Segments {
+		s, ok := local[e.BaseOffset]
+		if e.State != fsm.SegmentTiered || e.Key == "" || !ok || !s.Sealed || s.Tiered {
+			continue
+		}
+		if s.Size != e.Size || s.NextOffset != e.NextOffset {
+			n.logger.Error("tiering: the local segment is not the manifest's; keeping it", "base_offset", e.BaseOffset,
+				"local_next_offset", s.NextOffset, "local_bytes", s.Size, "next_offset", e.NextOffset, "bytes", e.Size)
+			continue
+		}
+		obj, err := n.cfg.Tier.Target.Head(ctx, e.Key)
+		if err != nil {
+			return fmt.Errorf("tiering: evict segment %d: head %s: %w", e.BaseOffset, e.Key, err)
+		}
+		if obj.Size != e.Size || obj.Checksum != e.Digest {
+			n.metrics.tierEvictRefused.Inc()
+			n.logger.Error("tiering: the object does not match the committed segment; keeping the local copy",
+				"base_offset", e.BaseOffset, "key", e.Key, "object_bytes", obj.Size, "object_crc32c", obj.Checksum,
+				"bytes", e.Size, "crc32c", e.Digest)
+			continue
+		}
+		err = n.proc.WithLog(func(l *segment.Log) error {
+			return l.Evict(e.BaseOffset, segment.RemoteRef{Key: e.Key, Size: e.Size, Checksum: e.Digest})
+		})
+		switch {
+		case errors.Is(err, segment.ErrNotSealed):
+			continue // retention dropped it meanwhile
+		case errors.Is(err, segment.ErrRemoteMismatch):
+			n.metrics.tierEvictRefused.Inc()
+			n.logger.Error("tiering: the local segment does not match the committed checksum; keeping it", "base_offset", e.BaseOffset, "error", err)
+			continue
+		case err != nil:
+			return fmt.Errorf("tiering: evict segment %d: %w", e.BaseOffset, err)
+		}
+		n.metrics.tierEvictedSegments.Inc()
+		n.metrics.tierEvictedBytes.Add(float64(e.Size))
+		n.logger.Info("tiering: local copy evicted; the segment is read from the tier target", "base_offset", e.BaseOffset,
+			"next_offset", e.NextOffset, "bytes", e.Size, "key", e.Key)
+	}
+	return nil
+}
