@@ -84,6 +84,12 @@ type Config struct {
 	MaxEntryRequests int
 	// MaxInflightEntries bounds Raft entries proposed but not yet applied.
 	MaxInflightEntries int
+	// MaxInflightBytes bounds, in bytes, the encoded Raft entries proposed
+	// and not yet answered (one entry larger than it goes alone): what
+	// raft's pipeline, its log writer's buffer and the followers' append
+	// RPCs hold for appends the node has accepted. Count alone let 64
+	// entries of one 15 MB request each hold about a GiB.
+	MaxInflightBytes int64
 	// MaxStreamInflight bounds the requests of one AppendStream call that
 	// the server has read and not yet answered (count). At the bound it
 	// stops reading the call, so HTTP/2 flow control holds the client back.
@@ -219,6 +225,7 @@ func DefaultConfig() Config {
 		MaxEntryBytes:          4 << 20,
 		MaxEntryRequests:       4096,
 		MaxInflightEntries:     64,
+		MaxInflightBytes:       64 << 20,
 		MaxStreamInflight:      256,
 		ReadMessageBytes:       1 << 20,
 		MaxSubscriberLag:       1 << 20,
@@ -306,8 +313,8 @@ func (c Config) Validate() error {
 	if c.MaxEventBytes <= 0 || c.MaxRequestBytes < c.MaxEventBytes || c.MaxRequestBytes > 32<<20 {
 		errs = append(errs, errors.New("need 0 < max event bytes <= max request bytes <= 32 MiB"))
 	}
-	if c.MaxEntryBytes <= 0 || c.MaxEntryBytes > 16<<20 || c.MaxEntryRequests <= 0 || c.MaxInflightEntries <= 0 {
-		errs = append(errs, errors.New("need 0 < max entry bytes <= 16 MiB, positive max entry requests and inflight entries"))
+	if c.MaxEntryBytes <= 0 || c.MaxEntryBytes > 16<<20 || c.MaxEntryRequests <= 0 || c.MaxInflightEntries <= 0 || c.MaxInflightBytes < int64(c.MaxEntryBytes) {
+		errs = append(errs, errors.New("need 0 < max entry bytes <= 16 MiB, positive max entry requests and inflight entries, max inflight bytes >= max entry bytes"))
 	}
 	if c.MinFreeBytes < 0 || c.DiskResumeBytes < 0 {
 		errs = append(errs, errors.New("min free bytes and disk resume bytes must not be negative"))

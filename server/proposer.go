@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -19,11 +20,51 @@ import (
 // entry's future, in order, and answers its requests. The inflight channel
 // between them bounds the entries in flight; while it is full, requests
 // pile up in `in` and the next entry carries all of them.
+//
+// The window is bounded in entries (MaxInflightEntries) and in encoded
+// bytes (MaxInflightBytes, inflightBytes): raft keeps every entry in
+// flight in memory until it is applied, its log writer grows a buffer to
+// the largest batch it stored, and followers receive them in append RPCs,
+// so entries of large requests must not fill a window sized for counts.
 type proposer struct {
 	n        *Node
 	in       chan *proposal
 	inflight chan inflightEntry
+	bytes    *inflightBytes
 	gate     *seqGate // a producer's pipelined requests enter in order
+}
+
+// inflightBytes counts the encoded bytes of the entries in flight. One
+// goroutine acquires (run), another releases (respond).
+type inflightBytes struct {
+	max   int64
+	held  atomic.Int64
+	freed chan struct{} // signalled, without blocking, on every release
+}
+
+// acquire waits until n bytes fit beside those in flight, or nothing is
+// in flight (an entry larger than max goes alone), and counts them. It
+// returns false if done closes first.
+func (b *inflightBytes) acquire(n int64, done <-chan struct{}) bool {
+	for {
+		if h := b.held.Load(); h == 0 || h+n <= b.max {
+			b.held.Add(n)
+			return true
+		}
+		select {
+		case <-b.freed:
+		case <-done:
+			return false
+		}
+	}
+}
+
+func (b *inflightBytes) release(n int64) {
+	b.held.Add(-n)
+	select {
+	case b.freed <- struct{}{}:
+	default:
+	}
 }
 
 type proposal struct {
@@ -40,6 +81,7 @@ type proposalResult struct {
 type inflightEntry struct {
 	f     raft.ApplyFuture
 	props []*proposal
+	bytes int64 // the encoded entry's, counted in proposer.bytes
 }
 
 func newProposer(n *Node) *proposer {
@@ -47,6 +89,7 @@ func newProposer(n *Node) *proposer {
 		n:        n,
 		in:       make(chan *proposal, 4*n.cfg.MaxEntryRequests),
 		inflight: make(chan inflightEntry, n.cfg.MaxInflightEntries),
+		bytes:    &inflightBytes{max: n.cfg.MaxInflightBytes, freed: make(chan struct{}, 1)},
 		gate:     newSeqGate(),
 	}
 }
@@ -106,12 +149,18 @@ func (p *proposer) run() {
 			finish(props, proposalResult{err: err})
 			continue
 		}
+		if !p.bytes.acquire(int64(len(data)), p.n.shutdown) {
+			finish(props, proposalResult{err: raft.ErrRaftShutdown})
+			p.drain()
+			return
+		}
 		p.n.metrics.entryProposed(props, len(data))
 		f := p.n.raft.Apply(data, 5*time.Second)
 		select {
-		case p.inflight <- inflightEntry{f: f, props: props}:
+		case p.inflight <- inflightEntry{f: f, props: props, bytes: int64(len(data))}:
 		case <-p.n.shutdown:
 			p.n.metrics.entryDone()
+			p.bytes.release(int64(len(data)))
 			finish(props, proposalResult{err: raft.ErrRaftShutdown})
 			p.drain()
 			return
@@ -195,6 +244,7 @@ func (p *proposer) respond() {
 			for {
 				select {
 				case e := <-p.inflight:
+					p.bytes.release(e.bytes)
 					finish(e.props, proposalResult{err: raft.ErrRaftShutdown})
 				default:
 					return
@@ -207,6 +257,7 @@ func (p *proposer) respond() {
 
 func (p *proposer) answer(e inflightEntry) {
 	defer p.n.metrics.entryDone()
+	defer p.bytes.release(e.bytes)
 	if err := p.n.await(nil, e.f); err != nil {
 		finish(e.props, proposalResult{err: err})
 		return
