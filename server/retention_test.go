@@ -149,17 +149,7 @@ func TestRetentionCutOnEveryReplica(t *testing.T) {
 		if cut2, err = dialRetention(t, l).Compact(ctx, &pb.CompactRequest{}); err != nil || !cut2.Committed || cut2.Cut <= cut.Cut {
 			t.Fatalf("second compact: %v, %v", cut2, err)
 		}
-		// Snapshot (and so compact the Raft log of) both live nodes: a
-		// leader change while the follower is down must not hand it a
-		// leader that still holds the entries it missed.
-		for _, n := range tc.nodes {
-			if n == nil {
-				continue
-			}
-			if _, err := dialCluster(t, n).Snapshot(ctx, &pb.SnapshotRequest{}); err != nil {
-				t.Fatal(err)
-			}
-		}
+		snapshotLive(t, tc)
 		appendBatches(t, tc, "p3", 20)
 	})
 	waitAllApplied(t, tc)

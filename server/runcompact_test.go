@@ -256,9 +256,7 @@ func TestRunCompactionInstallSnapshot(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := dialCluster(t, l).Snapshot(ctx, &pb.SnapshotRequest{}); err != nil {
-			t.Fatal(err)
-		}
+		snapshotLive(t, tc)
 		for i := range 5 {
 			if _, err := q.Append(ctx, client.Event{Stream: "other/x", Type: "T", Payload: []byte(fmt.Sprint(i))}); err != nil {
 				t.Fatal(err)

@@ -25,6 +25,22 @@ func restartNode(t *testing.T, tc *testCluster, i int, between func()) *Node {
 	return n
 }
 
+// snapshotLive snapshots (and so compacts the Raft log of) every running
+// node, for tests that need a node that is down to catch up by
+// InstallSnapshot: a leader change while it is down must not hand it a
+// leader that still holds the entries it missed.
+func snapshotLive(t *testing.T, tc *testCluster) {
+	t.Helper()
+	for _, n := range tc.nodes {
+		if n == nil {
+			continue
+		}
+		if _, err := dialCluster(t, n).Snapshot(ctxT(t), &pb.SnapshotRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestRestartKeepsLogWhenSnapshotIsAheadOnlyByNoops: a snapshot taken
 // right after an election has a Raft index above the FSM's (the new
 // leader's no-op never reaches the FSM). A restart must not take that for
