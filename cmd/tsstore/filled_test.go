@@ -11,13 +11,13 @@ import (
 	"github.com/tsstore/tsstore/server"
 )
 
-// startFilled starts a three-node in-process cluster with 64 KiB
+// startFilled starts an in-process cluster of n nodes with 64 KiB
 // segments (tweak may change more), appends 40 batches of ten 400-byte
 // events to "run/r" as producer, and returns once every node holds them,
 // with a context that ends with the test (at most a minute).
-func startFilled(t *testing.T, producer string, tweak func(*server.Config)) (*storetest.Cluster, context.Context) {
+func startFilled(t *testing.T, n int, producer string, tweak func(*server.Config)) (*storetest.Cluster, context.Context) {
 	t.Helper()
-	tc := storetest.StartWith(t, 3, func(c *server.Config) {
+	tc := storetest.StartWith(t, n, func(c *server.Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		if tweak != nil {
 			tweak(c)

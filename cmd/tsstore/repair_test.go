@@ -18,7 +18,7 @@ import (
 // run of one segment (text) finds it healthy. A --from that names no
 // member is refused.
 func TestRepairCLI(t *testing.T) {
-	tc, _ := startFilled(t, "repair-cli", nil)
+	tc, _ := startFilled(t, 3, "repair-cli", nil)
 	nodes := tc.Nodes
 	target := nodes[1]
 	var seg segment.SegmentInfo

@@ -15,7 +15,7 @@ import (
 // with `tsstore compact`, and compares the replicas with `tsstore verify
 // --cluster` before and after one node's sealed segment rots.
 func TestRetentionCLI(t *testing.T) {
-	tc, ctx := startFilled(t, "retention-cli", func(c *server.Config) { c.RetentionInterval = 0 })
+	tc, ctx := startFilled(t, 3, "retention-cli", func(c *server.Config) { c.RetentionInterval = 0 })
 	nodes, addrs, cl := tc.Nodes, tc.Addrs, tc.Client
 	all := "--addr=" + strings.Join(addrs, ",")
 	// Every node must know every API address for verify --cluster.

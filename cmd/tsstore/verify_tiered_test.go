@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -9,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/fsm"
 	"github.com/tsstore/tsstore/segment"
 	"github.com/tsstore/tsstore/server"
@@ -25,36 +23,11 @@ func TestVerifyTieredCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := server.DefaultConfig()
-	cfg.NodeID, cfg.DataDir, cfg.RaftAddr, cfg.APIAddr = "n1", t.TempDir(), freeAddr(t), freeAddr(t)
-	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 200*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond
-	cfg.Segment.SegmentBytes = 64 << 10
-	cfg.MinFreeBytes = 0
-	cfg.Bootstrap = []server.Peer{{ID: "n1", RaftAddr: cfg.RaftAddr}}
-	cfg.Tier = server.TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
-	n, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	addr := "--addr=" + n.APIAddr()
-	cl, err := client.New(client.DefaultConfig(n.APIAddr()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	p := cl.NewProducer("verify-tiered")
-	for i := range 30 {
-		var evs []client.Event
-		for range 10 {
-			evs = append(evs, client.Event{Stream: "run/r", Type: "Step", Payload: []byte(strings.Repeat("x", 400))})
-		}
-		if _, err := p.Append(ctx, evs...); err != nil {
-			t.Fatalf("append %d: %v", i, err)
-		}
-	}
+	tc, ctx := startFilled(t, 1, "verify-tiered", func(c *server.Config) {
+		c.Tier = server.TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
+	})
+	n := tc.Nodes[0]
+	addr := "--addr=" + tc.Addrs[0]
 	var segs []fsm.ManifestEntry
 	for {
 		ch := n.Processor().Changed()
