@@ -227,7 +227,7 @@ func (p *printer) printf(format string, args ...any) {
 // .log was evicted to the tier target) to w. The marker must decode and
 // pass its checks; otherwise the error says what is wrong.
 func DumpTiered(path string, w io.Writer) error {
-	data, err := readFile(OSFS{}, path)
+	data, err := readWhole(OSFS{}, path, tieredFixed+MaxTieredKey+4)
 	if err != nil {
 		return err
 	}

@@ -290,7 +290,7 @@ func (x *fileIndex) load(fsys FS, logSize int64, base uint64) ([]indexEntry, err
 	if err := readFull(x.f, x.path, index, 0, base); err != nil {
 		return nil, err
 	}
-	times, err := readWhole(fsys, x.tpath)
+	times, err := readWhole(fsys, x.tpath, 0)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, corruptf(x.tpath, 0, base, "missing")

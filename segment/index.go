@@ -2,7 +2,9 @@ package segment
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -136,8 +138,9 @@ func decodeIndex(index, times []byte, logSize int64) ([]indexEntry, error) {
 	return entries, nil
 }
 
-// readWhole reads a small file through fsys. A missing file is an error.
-func readWhole(fsys FS, path string) ([]byte, error) {
+// readWhole reads a small file through fsys. A missing file is an error,
+// and so is one of more than max bytes (max > 0), before it is read.
+func readWhole(fsys FS, path string, max int64) ([]byte, error) {
 	f, err := fsys.OpenFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return nil, err
@@ -147,8 +150,11 @@ func readWhole(fsys FS, path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if max > 0 && fi.Size() > max {
+		return nil, fmt.Errorf("%d bytes, more than the %d expected", fi.Size(), max)
+	}
 	buf := make([]byte, fi.Size())
-	if _, err := f.ReadAt(buf, 0); err != nil {
+	if _, err := f.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
 	return buf, nil

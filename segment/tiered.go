@@ -7,7 +7,6 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -350,7 +349,7 @@ func (n noRemote) Close() error { return nil }
 // fail Open's checks are rebuilt from the object, read whole.
 func (l *Log) openTiered(base uint64) (*segment, error) {
 	mpath := filepath.Join(l.dir, tieredName(base))
-	b, err := readFile(l.fs, mpath)
+	b, err := readWhole(l.fs, mpath, tieredFixed+MaxTieredKey+4)
 	if err != nil {
 		return nil, fmt.Errorf("segment: read %s: %w", mpath, err)
 	}
@@ -386,27 +385,6 @@ func (l *Log) openTiered(base uint64) (*segment, error) {
 				base, s.next, s.digest, base, m.last.NextOffset(), m.sum)}
 	}
 	return s, nil
-}
-
-// readFile reads a small file whole.
-func readFile(fsys FS, path string) ([]byte, error) {
-	f, err := fsys.OpenFile(path, os.O_RDONLY, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if fi.Size() > tieredFixed+MaxTieredKey+4 {
-		return nil, fmt.Errorf("%d bytes, more than a marker", fi.Size())
-	}
-	b := make([]byte, fi.Size())
-	if _, err := f.ReadAt(b, 0); err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
-	}
-	return b, nil
 }
 
 // withKey names the object key in a corruption error of a tiered
