@@ -1,0 +1,221 @@
+package fsm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/tsstore/tsstore/segment"
+)
+
+// dirRemote is a tier target in a directory, for unit tests: the object
+// key is a file name. It counts the bytes read.
+type dirRemote struct {
+	dir  string
+	read *int64
+}
+
+func (d dirRemote) Open(key string, size int64) (segment.RemoteObject, error) {
+	return &dirObject{d: d, key: key}, nil
+}
+
+type dirObject struct {
+	d   dirRemote
+	key string
+}
+
+func (o *dirObject) ReadAt(p []byte, off int64) (int, error) {
+	f, err := os.Open(filepath.Join(o.d.dir, o.key))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("%w: %s", segment.ErrRemoteLost, o.key)
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	n, err := f.ReadAt(p, off)
+	*o.d.read += int64(n)
+	return n, err
+}
+
+func (o *dirObject) Close() error { return nil }
+
+// openTierProc opens a processor whose log reads tiered segments from r.
+func openTierProc(t *testing.T, dir string, r dirRemote) *Processor {
+	t.Helper()
+	cfg := DefaultConfig(dir)
+	cfg.Segment.SegmentBytes = 64 << 10
+	cfg.Segment.Remote = r
+	p, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// tierAll uploads (copies) and commits every sealed segment but the last
+// one as tiered, then evicts their local .log files. It returns their
+// total size.
+func tierAll(t *testing.T, p *Processor, r dirRemote, index *uint64) (tiered int64) {
+	t.Helper()
+	segs := p.Retention().Segments
+	for _, e := range segs[:len(segs)-1] {
+		key := fmt.Sprintf("seg-%d", e.BaseOffset)
+		b, err := os.ReadFile(filepath.Join(p.cfg.Dir, "log", segment.FileName(e.BaseOffset)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(r.dir, key), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		*index++
+		mustApply(t, p, *index, mustEncodeCmd(t, CmdSegmentTiered, &SegmentTieredCommand{BaseOffset: e.BaseOffset,
+			NextOffset: e.NextOffset, Size: e.Size, Checksum: e.Digest, Key: key}))
+		if err := p.WithLog(func(l *segment.Log) error {
+			return l.Evict(e.BaseOffset, segment.RemoteRef{Key: key, Size: e.Size, Checksum: e.Digest})
+		}); err != nil {
+			t.Fatal(err)
+		}
+		tiered += e.Size
+	}
+	return tiered
+}
+
+// A snapshot of a log whose sealed segments are tiered is a version 2
+// stream: it carries the tiered segments' marker and index files, not
+// their bytes, and restores into a log that reads the same through the
+// store without having read any object. InlineTiered turns it into a
+// version 1 stream with every byte, which verifies and restores too.
+func TestSnapshotV2ReferencesTieredSegments(t *testing.T) {
+	var read int64
+	r := dirRemote{dir: t.TempDir(), read: &read}
+	p := openTierProc(t, t.TempDir(), r)
+	next := fillSegments(t, p, 1, 6)
+	index := next
+	want := logBytes(t, p)
+	tiered := tierAll(t, p, r, &index)
+
+	snap, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stream bytes.Buffer
+	if err := snap.Persist(&stream); err != nil {
+		t.Fatal(err)
+	}
+	info, _, err := ReadSnapshotInfo(bytes.NewReader(stream.Bytes()))
+	if err != nil || info.Version != snapshotV2 || len(info.Tiered) != len(p.Retention().Segments)-1 {
+		t.Fatalf("info %+v, %v: want version 2 with every sealed segment but the last tiered", info, err)
+	}
+	total := int64(len(want))
+	t.Logf("log %d bytes, %d tiered; v2 stream %d bytes", total, tiered, stream.Len())
+	if int64(stream.Len()) > total-tiered+tiered/4 {
+		t.Fatalf("v2 stream of %d bytes for a log of %d of which %d tiered: it carries tiered bytes", stream.Len(), total, tiered)
+	}
+	if n, err := io.Copy(io.Discard, VerifySnapshotStream(bytes.NewReader(stream.Bytes()))); err != nil || n != int64(stream.Len()) {
+		t.Fatalf("verify v2 stream: %d bytes, %v", n, err)
+	}
+
+	f := openTierProc(t, t.TempDir(), r)
+	if err := f.Restore(bytes.NewReader(stream.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	if read != 0 {
+		t.Fatalf("restore of a v2 stream read %d bytes of objects", read)
+	}
+	if got := logBytes(t, f); !bytes.Equal(got, want) {
+		t.Fatalf("restored log reads %d bytes, want %d equal", len(got), len(want))
+	}
+	if read < tiered {
+		t.Fatalf("the restored log's read got %d bytes from the store, want at least the %d tiered", read, tiered)
+	}
+	// The restored log's own snapshot references the same objects.
+	snap2, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var again bytes.Buffer
+	if err := snap2.Persist(&again); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(again.Bytes(), stream.Bytes()) {
+		t.Fatalf("the restored log's snapshot differs from the stream it came from (%d vs %d bytes)", again.Len(), stream.Len())
+	}
+
+	// Inlined: a v1 stream with the objects' bytes.
+	size, in, err := InlineTiered(bytes.NewReader(stream.Bytes()), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := io.ReadAll(VerifySnapshotStream(in))
+	if err != nil || int64(len(full)) != size || size < total {
+		t.Fatalf("inlined stream: %d bytes (said %d, log %d), %v", len(full), size, total, err)
+	}
+	if info, _, err := ReadSnapshotInfo(bytes.NewReader(full)); err != nil || info.Version != snapshotV1 || len(info.Tiered) != 0 {
+		t.Fatalf("inlined info %+v, %v", info, err)
+	}
+	g := openProc(t, t.TempDir())
+	if err := g.Restore(bytes.NewReader(full)); err != nil {
+		t.Fatal(err)
+	}
+	if got := logBytes(t, g); !bytes.Equal(got, want) {
+		t.Fatal("log restored from the inlined stream differs")
+	}
+
+	// A flipped byte in a marker: the verifier and Restore refuse it,
+	// naming the object.
+	bad := bytes.Clone(stream.Bytes())
+	i := bytes.Index(bad, []byte(segment.TieredMagic))
+	bad[i+40] ^= 1
+	if _, err := io.Copy(io.Discard, VerifySnapshotStream(bytes.NewReader(bad))); err == nil || !strings.Contains(err.Error(), "seg-") {
+		t.Fatalf("verify of a damaged marker: %v", err)
+	}
+	h := openTierProc(t, t.TempDir(), r)
+	if err := h.Restore(bytes.NewReader(bad)); !errors.Is(err, ErrBadSnapshot) || !errors.Is(err, segment.ErrBadTieredFiles) {
+		t.Fatalf("restore of a damaged marker: %v", err)
+	}
+}
+
+// A version 1 header is byte-identical to the encoding before version 2
+// existed, and refuses a tiered reference.
+func TestSnapshotV1HeaderUnchanged(t *testing.T) {
+	type oldRef struct {
+		_msgpack   struct{} `msgpack:",as_array"`
+		BaseOffset uint64
+		NextOffset uint64
+		Size       int64
+	}
+	type oldHeader struct {
+		_msgpack struct{} `msgpack:",as_array"`
+		Version  int
+		Index    uint64
+		State    *State
+		Segments []oldRef
+	}
+	st := newState()
+	st.NextOffset = 1 << 40
+	old, err := msgpack.Marshal(&oldHeader{Version: 1, Index: 7, State: st, Segments: []oldRef{{BaseOffset: 0, NextOffset: 300, Size: 1 << 33}, {BaseOffset: 300, NextOffset: 1 << 40, Size: 5}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now, err := msgpack.Marshal(&snapshotHeader{Version: 1, Index: 7, State: st, Segments: []segmentRef{{BaseOffset: 0, NextOffset: 300, Size: 1 << 33}, {BaseOffset: 300, NextOffset: 1 << 40, Size: 5}}})
+	if err != nil || !bytes.Equal(old, now) {
+		t.Fatalf("v1 header encoding changed: %x vs %x, %v", old, now, err)
+	}
+	var buf bytes.Buffer
+	h := &snapshotHeader{Version: 1, Index: 7, State: st, Segments: []segmentRef{{BaseOffset: 0, NextOffset: 3, Size: 5, Tiered: &tieredRef{Key: "k", Files: [4]int64{1, 1, 1, 1}}}}}
+	if _, err := writeHeader(&buf, h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readSnapshotHeader(&buf); !errors.Is(err, ErrBadSnapshot) {
+		t.Fatalf("v1 header with a tiered reference: %v", err)
+	}
+}
