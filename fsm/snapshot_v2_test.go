@@ -51,7 +51,7 @@ func (o *dirObject) ReadAt(p []byte, off int64) (int, error) {
 func (o *dirObject) Close() error { return nil }
 
 // openTierProc opens a processor whose log reads tiered segments from r.
-func openTierProc(t *testing.T, dir string, r dirRemote) *Processor {
+func openTierProc(t testing.TB, dir string, r dirRemote) *Processor {
 	t.Helper()
 	cfg := DefaultConfig(dir)
 	cfg.Segment.SegmentBytes = 64 << 10
@@ -67,7 +67,7 @@ func openTierProc(t *testing.T, dir string, r dirRemote) *Processor {
 // tierAll uploads (copies) and commits every sealed segment but the last
 // one as tiered, then evicts their local .log files. It returns their
 // total size.
-func tierAll(t *testing.T, p *Processor, r dirRemote, index *uint64) (tiered int64) {
+func tierAll(t testing.TB, p *Processor, r dirRemote, index *uint64) (tiered int64) {
 	t.Helper()
 	segs := p.Retention().Segments
 	for _, e := range segs[:len(segs)-1] {
