@@ -13,6 +13,7 @@ import (
 	"testing"
 	"testing/iotest"
 
+	"github.com/hashicorp/raft"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/tsstore/tsstore/segment"
@@ -275,4 +276,79 @@ func FuzzSnapshotHeader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// In the snapshot store a version 2 snapshot hard-links the tiered
+// segments' marker and index files, lists their keys for the sweeper
+// (TieredKeys, also for a stream received whole from a leader), and
+// RepairFromLog rebuilds it from the log's files.
+func TestSnapshotStoreV2(t *testing.T) {
+	var read int64
+	r := dirRemote{dir: t.TempDir(), read: &read}
+	p := openTierProc(t, t.TempDir(), r)
+	next := fillSegments(t, p, 1, 4)
+	index := next
+	tierAll(t, p, r, &index)
+	store, err := NewSnapshotStore(t.TempDir(), 3, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := store.Create(1, snap.Index(), 3, raft.Configuration{}, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&fsmSnapshot{snap}).Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := store.TieredKeys()
+	segs := p.Retention().Segments
+	if err != nil || len(keys) != len(segs)-1 || !keys[segs[0].Key] {
+		t.Fatalf("TieredKeys %v, %v; want the %d tiered segments' keys", keys, err, len(segs)-1)
+	}
+	metas, _ := store.List()
+	_, rc, err := store.Open(metas[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := io.ReadAll(VerifySnapshotStream(rc))
+	rc.Close()
+	if err != nil || read != 0 {
+		t.Fatalf("stored v2 snapshot: %v, %d object bytes read", err, read)
+	}
+	// A stream received whole (state.bin only) lists its keys too.
+	recv, err := NewSnapshotStore(t.TempDir(), 3, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := recv.Create(1, snap.Index(), 3, raft.Configuration{}, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs.Write(stream)
+	if err := rs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := recv.TieredKeys(); err != nil || len(keys) != len(segs)-1 {
+		t.Fatalf("received snapshot's keys %v, %v", keys, err)
+	}
+	// Rebuilt from the log: the same stream parts.
+	var live []segment.SegmentInfo
+	_ = p.WithLog(func(l *segment.Log) error { live = l.Segments(); return nil })
+	id, err := store.RepairFromLog(metas[0].ID, live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rc, err = store.Open(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := io.ReadAll(VerifySnapshotStream(rc))
+	rc.Close()
+	if err != nil || !bytes.Equal(again, stream) {
+		t.Fatalf("repaired v2 snapshot: %d bytes (want %d equal), %v", len(again), len(stream), err)
+	}
 }
