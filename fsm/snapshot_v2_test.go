@@ -198,6 +198,19 @@ func TestSnapshotV2ReferencesTieredSegments(t *testing.T) {
 	if err := h.Restore(bytes.NewReader(bad)); !errors.Is(err, ErrBadSnapshot) || !errors.Is(err, segment.ErrBadTieredFiles) {
 		t.Fatalf("restore of a damaged marker: %v", err)
 	}
+	// A damaged .index (entry 0 not at position 0): Restore refuses it
+	// without reading the object, and keeps the old log.
+	hs2, _ := readSnapshotHeader(bytes.NewReader(stream.Bytes()))
+	off := snapshotPrefixSize + int(binary.BigEndian.Uint32(stream.Bytes()[8:12]))
+	badIdx := bytes.Clone(stream.Bytes())
+	badIdx[off+int(hs2.Segments[0].Tiered.Files[0])+7] ^= 1
+	read = 0
+	if err := h.Restore(bytes.NewReader(badIdx)); !errors.Is(err, ErrBadSnapshot) || !errors.Is(err, segment.ErrBadTieredFiles) || read != 0 {
+		t.Fatalf("restore of a damaged index: %v (%d object bytes read)", err, read)
+	}
+	if _, err := os.Stat(filepath.Join(h.cfg.Dir, "log.restore")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused restore left its directory: %v", err)
+	}
 }
 
 // A version 1 header is byte-identical to the encoding before version 2
