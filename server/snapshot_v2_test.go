@@ -22,6 +22,13 @@ import (
 // versityTarget starts versitygw with a bucket and returns a target in it.
 func versityTarget(t *testing.T) tiering.Target {
 	t.Helper()
+	_, target := versity(t)
+	return target
+}
+
+// versity starts versitygw with a bucket and returns it and a target in it.
+func versity(t *testing.T) (*s3test.Server, tiering.Target) {
+	t.Helper()
 	gw := s3test.Start(t)
 	gw.CreateBucket("cold")
 	cfg := tiering.DefaultS3Config()
@@ -31,7 +38,7 @@ func versityTarget(t *testing.T) tiering.Target {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return target
+	return gw, target
 }
 
 // tieredSplit sums the manifest's tiered and local segment bytes.
@@ -74,8 +81,10 @@ func receivedSnapshotBytes(t *testing.T, n *Node) int64 {
 // follower receives and writes about the hot set, never the tiered bytes
 // (it evicts only segments sealed after the snapshot), and then reads the
 // whole log the same as the leader, the tiered part through the store.
+// The store is down while the follower installs the snapshot: the
+// install does not need it.
 func TestTierWipedFollowerGetsHotSetVersityGW(t *testing.T) {
-	target := versityTarget(t)
+	gw, target := versity(t)
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.TrailingLogs = 8
@@ -108,6 +117,7 @@ func TestTierWipedFollowerGetsHotSetVersityGW(t *testing.T) {
 	next = appendBatches(t, tc, "p3", 10)
 	leader := tc.leader()
 	tiered, local := tieredSplit(leader) // local: sealed, not tiered yet
+	gw.Stop()
 	f, err := New(tc.cfgs[fi])
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +128,7 @@ func TestTierWipedFollowerGetsHotSetVersityGW(t *testing.T) {
 	if idx := f.raft.Stats()["last_snapshot_index"]; idx == "0" {
 		t.Fatal("the wiped follower caught up without a snapshot: the test needs InstallSnapshot")
 	}
+	gw.Restart()
 	received := receivedSnapshotBytes(t, f)
 	// Segments sealed since the snapshot reach the follower as bytes and
 	// are evicted once tiered, as on any replica.
