@@ -188,7 +188,7 @@ func (s *Snapshot) Persist(w io.Writer) error {
 		if errors.Is(err, os.ErrNotExist) {
 			// Evicted to the tier target since the header was written:
 			// the part is the object's bytes.
-			err = s.p.copyTiered(w, ref.BaseOffset, ref.Size)
+			err = s.persistEvicted(w, ref)
 		}
 		if err != nil {
 			return err
@@ -204,6 +204,20 @@ func (s *Snapshot) persistSegment(w io.Writer, path string, base uint64, size in
 		return linker.Link(path, size)
 	}
 	return copyPrefix(w, path, size)
+}
+
+// persistEvicted writes the part of a segment the header lists as local
+// whose .log was evicted since: a sink that can takes the object by key
+// (read when the snapshot is opened), else its bytes are copied from it.
+func (s *Snapshot) persistEvicted(w io.Writer, ref segmentRef) error {
+	si, err := s.p.tieredInfo(ref.BaseOffset)
+	if err != nil {
+		return err
+	}
+	if remote, ok := w.(RemoteLinker); ok {
+		return remote.LinkRemote(si.Key, ref.Size)
+	}
+	return s.p.copyTiered(w, ref.BaseOffset, ref.Size)
 }
 
 // persistFiles writes a tiered segment's part: its local files, linked

@@ -3,9 +3,11 @@ package fsm
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -132,7 +134,7 @@ func (s *Snapshot) resolveTiered(i int, ref *segmentRef) ([4]string, error) {
 	var none [4]string
 	key, sum, path := s.keys[i], s.digests[i], s.paths[i]
 	if key == "" {
-		if _, err := os.Stat(path); err == nil || !os.IsNotExist(err) {
+		if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
 			return none, nil // local
 		}
 		// Evicted to the tier target since the capture: the log knows
@@ -274,8 +276,9 @@ func (o *objectPart) Read(p []byte) (int, error) {
 		o.obj, o.sec = obj, io.NewSectionReader(obj, 0, o.ref.Size)
 	}
 	n, err := o.sec.Read(p)
-	if err == io.EOF {
+	if err != nil && o.obj != nil {
 		o.obj.Close()
+		o.obj = nil
 	}
 	return n, err
 }
