@@ -25,7 +25,7 @@ func openProc(t *testing.T, dir string) *Processor {
 	return p
 }
 
-func appendEntry(t *testing.T, ts int64, ops ...AppendOp) []byte {
+func appendEntry(t testing.TB, ts int64, ops ...AppendOp) []byte {
 	t.Helper()
 	b, err := Encode(CmdAppend, &AppendCommand{Timestamp: ts, Ops: ops})
 	if err != nil {
@@ -42,7 +42,7 @@ func op(producer string, seq uint64, stream string, n int) AppendOp {
 	return o
 }
 
-func mustApply(t *testing.T, p *Processor, index uint64, data []byte) *ApplyResult {
+func mustApply(t testing.TB, p *Processor, index uint64, data []byte) *ApplyResult {
 	t.Helper()
 	r := p.Apply(index, data)
 	if r.Err != nil {
@@ -52,7 +52,7 @@ func mustApply(t *testing.T, p *Processor, index uint64, data []byte) *ApplyResu
 }
 
 // logBytes returns every batch of the log, concatenated.
-func logBytes(t *testing.T, p *Processor) []byte {
+func logBytes(t testing.TB, p *Processor) []byte {
 	t.Helper()
 	var out []byte
 	err := p.WithLog(func(l *segment.Log) error {

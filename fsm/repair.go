@@ -162,6 +162,21 @@ func (s *SnapshotStore) RepairFromLog(id string, live []segment.SegmentInfo) (st
 	nm.ID, nm.StateSize, nm.Links, nm.Size = newID, int64(hdr.Len()), nil, int64(hdr.Len())
 	for i, ref := range h.Segments {
 		si, found := byBase[ref.BaseOffset]
+		if ref.Tiered != nil {
+			// A version 2 reference: link the tiered segment's local files.
+			if !found || !si.Tiered || si.Key != ref.Tiered.Key {
+				return "", fmt.Errorf("fsm: snapshot %s references object %q for segment %d, the log does not", id, ref.Tiered.Key, ref.BaseOffset)
+			}
+			for j, path := range segment.TieredPaths(filepath.Dir(si.Path), ref.BaseOffset) {
+				name := fmt.Sprintf("%06d-%d.seg", i, j)
+				if err := os.Link(path, filepath.Join(tmp, name)); err != nil {
+					return "", err
+				}
+				nm.Links = append(nm.Links, linkedFile{Name: name, Size: ref.Tiered.Files[j]})
+				nm.Size += ref.Tiered.Files[j]
+			}
+			continue
+		}
 		if !found || si.Size < ref.Size {
 			return "", fmt.Errorf("fsm: snapshot %s needs %d bytes of segment %d, the log has no such segment or fewer bytes", id, ref.Size, ref.BaseOffset)
 		}

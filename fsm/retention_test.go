@@ -18,7 +18,7 @@ import (
 	"github.com/tsstore/tsstore/segment"
 )
 
-func mustEncodeCmd(t *testing.T, ct CommandType, cmd any) []byte {
+func mustEncodeCmd(t testing.TB, ct CommandType, cmd any) []byte {
 	t.Helper()
 	b, err := Encode(ct, cmd)
 	if err != nil {
@@ -43,7 +43,7 @@ func keptBytes(t *testing.T, p *Processor) []byte {
 // fillSegments applies entries from index next on until the log has at
 // least n sealed segments, and returns the next free index. The entries
 // append 4 events, without a producer, to run/a or run/b.
-func fillSegments(t *testing.T, p *Processor, next uint64, n int) uint64 {
+func fillSegments(t testing.TB, p *Processor, next uint64, n int) uint64 {
 	t.Helper()
 	for len(p.Retention().Segments) < n {
 		o := op("", 0, fmt.Sprint("run/", []string{"a", "b"}[next%2]), 4)

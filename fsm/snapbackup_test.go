@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -97,7 +98,7 @@ func TestReseedSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	info, again, err := ReadSnapshotInfo(bytes.NewReader(stream.Bytes()))
-	if err != nil || info != (SnapshotInfo{Index: 52, NextOffset: 100, Segments: 1}) {
+	if err != nil || !reflect.DeepEqual(info, SnapshotInfo{Index: 52, NextOffset: 100, Segments: 1, Version: 1}) {
 		t.Fatalf("ReadSnapshotInfo: %+v, %v", info, err)
 	}
 	if b, _ := io.ReadAll(again); !bytes.Equal(b, stream.Bytes()) {

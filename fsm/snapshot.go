@@ -17,19 +17,50 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// Snapshot stream layout (frozen, version 1). This is what Persist writes,
-// what InstallSnapshot ships to a follower and what Restore reads:
+// Snapshot stream layout (frozen, versions 1 and 2). This is what Persist
+// writes, what InstallSnapshot ships to a follower and what Restore reads:
 //
 //	offset size  field
-//	0      8     magic "TSSNAP01"
+//	0      8     magic "TSSNAP01" (both versions)
 //	8      4     header length H, big-endian
 //	12     4     CRC-32C of the header bytes, big-endian
-//	16     H     header: msgpack of snapshotHeader
-//	16+H   ...   the bytes of each segment in header.Segments, in order,
-//	             Size bytes each (a plain copy of the .log file's prefix)
+//	16     H     header: msgpack of snapshotHeader, an array
+//	             (Version, Index, State, Segments)
+//	16+H   ...   each segment's part, in header.Segments order
 //
-// Index files are not shipped: Restore rebuilds them, which also verifies
-// every batch CRC of the received segments.
+// A segment reference is a msgpack array. Version 1 (and a local segment
+// in version 2) has 3 elements, and its part is the segment's bytes, Size
+// bytes (a plain copy of the .log file's prefix):
+//
+//	[BaseOffset uint64, NextOffset uint64, Size int64]
+//
+// Version 2 adds tiered segments (cold tiering, issue #13), whose bytes
+// are an object in the tier target. Their reference has a 4th element,
+// and their part is their local files, not their bytes:
+//
+//	[BaseOffset, NextOffset, Size, [Key string, Checksum uint32,
+//	 [M, X, T, S int64]]]
+//
+//	part   size  content
+//	0      M     the <B>.tiered marker, as package segment draws it (key,
+//	             size, checksum, next offset, timestamps, last batch
+//	             header; its own CRC)
+//	M      X     <B>.index
+//	M+X    T     <B>.timeindex
+//	M+X+T  S     <B>.streams
+//
+// Size is the object's size and Checksum its CRC-32C (the segment
+// digest); each file is 1..maxTieredPart bytes. Persist writes version 1
+// when no segment is tiered (the stream is then byte-identical to what it
+// was before version 2), else version 2. Readers take both; a version 1
+// header with a 4-element reference is refused.
+//
+// Local segments' index files are not shipped: Restore rebuilds them,
+// which also verifies every batch CRC of the received segments. A tiered
+// segment's files are checked without the object (segment.InstallTiered:
+// the marker's CRC, that it names the reference, the index files against
+// it); its bytes were checked against the cluster's digest when the
+// object was committed, and every read checks batch CRCs.
 const (
 	snapshotMagic      = "TSSNAP01"
 	snapshotPrefixSize = 16
@@ -41,6 +72,8 @@ type segmentRef struct {
 	BaseOffset uint64
 	NextOffset uint64
 	Size       int64
+	// Tiered is set for a tiered segment (version 2 only).
+	Tiered *tieredRef
 }
 
 type snapshotHeader struct {
@@ -69,10 +102,11 @@ type RemoteLinker interface {
 // Snapshot is a captured, immutable view of the FSM: a manifest of segment
 // files with sizes, and a copy of the state tables.
 type Snapshot struct {
-	p      *Processor
-	header snapshotHeader
-	paths  []string
-	keys   []string // the object key of a tiered segment, else ""
+	p       *Processor
+	header  snapshotHeader
+	paths   []string
+	keys    []string // the object key of a tiered segment, else ""
+	digests []uint32 // a tiered segment's checksum
 	// done releases the pin that keeps dropped segments' files (which
 	// paths may name) on disk; Persist and Release call it, once.
 	done sync.Once
@@ -102,7 +136,7 @@ func (p *Processor) Snapshot() (*Snapshot, error) {
 	// Pinned, the files listed below stay until Persist has linked them,
 	// even if a cut applied meanwhile drops their segments.
 	p.pin()
-	s := &Snapshot{p: p, header: snapshotHeader{Version: 1, Index: p.applied.Load(), State: st}}
+	s := &Snapshot{p: p, header: snapshotHeader{Version: snapshotV1, Index: p.applied.Load(), State: st}}
 	for _, seg := range p.log.Segments() {
 		if seg.Size == 0 || seg.NextOffset <= st.Retention.FirstOffset {
 			// Empty, or below a committed cut and about to be dropped.
@@ -111,6 +145,7 @@ func (p *Processor) Snapshot() (*Snapshot, error) {
 		s.header.Segments = append(s.header.Segments, segmentRef{BaseOffset: seg.BaseOffset, NextOffset: seg.NextOffset, Size: seg.Size})
 		s.paths = append(s.paths, seg.Path)
 		s.keys = append(s.keys, seg.Key)
+		s.digests = append(s.digests, seg.Digest)
 	}
 	return s, nil
 }
@@ -120,36 +155,40 @@ func (s *Snapshot) Index() uint64 { return s.header.Index }
 
 // Persist writes the snapshot stream to w and records the state as the
 // local checkpoint. If w is a Linker, segment files are linked, not copied.
+// Tiered segments are referenced by key with their local files (a
+// version 2 stream); with none, the stream is version 1.
 func (s *Snapshot) Persist(w io.Writer) error {
 	defer s.Release()
 	if err := s.p.writeCheckpoint(checkpoint{Index: s.header.Index, State: s.header.State}, false); err != nil {
 		return fmt.Errorf("fsm: writing checkpoint: %w", err)
 	}
-	hdr, err := msgpack.Marshal(&s.header)
-	if err != nil {
+	h := s.header
+	h.Segments = append([]segmentRef(nil), s.header.Segments...)
+	tiered := make([][4]string, len(h.Segments))
+	for i := range h.Segments {
+		var err error
+		if tiered[i], err = s.resolveTiered(i, &h.Segments[i]); err != nil {
+			return err
+		}
+		if h.Segments[i].Tiered != nil {
+			h.Version = snapshotV2
+		}
+	}
+	if _, err := writeHeader(w, &h); err != nil {
 		return err
 	}
-	var prefix [snapshotPrefixSize]byte
-	copy(prefix[:8], snapshotMagic)
-	binary.BigEndian.PutUint32(prefix[8:12], uint32(len(hdr)))
-	binary.BigEndian.PutUint32(prefix[12:16], crc32.Checksum(hdr, castagnoli))
-	if _, err := w.Write(prefix[:]); err != nil {
-		return err
-	}
-	if _, err := w.Write(hdr); err != nil {
-		return err
-	}
-	for i, path := range s.paths {
-		ref := s.header.Segments[i]
-		err := s.persistSegment(w, path, s.keys[i], ref.BaseOffset, ref.Size)
-		if errors.Is(err, os.ErrNotExist) && s.keys[i] == "" {
-			// Evicted to the tier target since the capture: the log
-			// knows its object now.
-			key, kerr := s.p.tieredKey(ref.BaseOffset)
-			if kerr != nil {
-				return fmt.Errorf("%w (and then: %w)", err, kerr)
+	for i, ref := range h.Segments {
+		if ref.Tiered != nil {
+			if err := s.persistFiles(w, tiered[i], ref.Tiered.Files); err != nil {
+				return err
 			}
-			err = s.persistSegment(w, path, key, ref.BaseOffset, ref.Size)
+			continue
+		}
+		err := s.persistSegment(w, s.paths[i], ref.BaseOffset, ref.Size)
+		if errors.Is(err, os.ErrNotExist) {
+			// Evicted to the tier target since the header was written:
+			// the part is the object's bytes.
+			err = s.persistEvicted(w, ref)
 		}
 		if err != nil {
 			return err
@@ -158,36 +197,53 @@ func (s *Snapshot) Persist(w io.Writer) error {
 	return nil
 }
 
-// persistSegment writes one segment part: linked or copied from its
-// local file, or, for a tiered segment (key), referenced by key when w
-// can, else copied from the object through the log.
-func (s *Snapshot) persistSegment(w io.Writer, path, key string, base uint64, size int64) error {
-	linker, _ := w.(Linker)
-	remote, _ := w.(RemoteLinker)
-	switch {
-	case key != "" && remote != nil:
-		return remote.LinkRemote(key, size)
-	case key != "":
-		return s.p.copyTiered(w, base, size)
-	case linker != nil:
+// persistSegment writes one local segment's part: linked or copied from
+// its file.
+func (s *Snapshot) persistSegment(w io.Writer, path string, base uint64, size int64) error {
+	if linker, ok := w.(Linker); ok {
 		return linker.Link(path, size)
 	}
 	return copyPrefix(w, path, size)
 }
 
-// tieredKey returns the object key of the tiered segment at base.
-func (p *Processor) tieredKey(base uint64) (string, error) {
-	var key string
+// persistEvicted writes the part of a segment the header lists as local
+// whose .log was evicted since: a sink that can takes the object by key
+// (read when the snapshot is opened), else its bytes are copied from it.
+func (s *Snapshot) persistEvicted(w io.Writer, ref segmentRef) error {
+	si, err := s.p.tieredInfo(ref.BaseOffset)
+	if err != nil {
+		return err
+	}
+	if remote, ok := w.(RemoteLinker); ok {
+		return remote.LinkRemote(si.Key, ref.Size)
+	}
+	return s.p.copyTiered(w, ref.BaseOffset, ref.Size)
+}
+
+// persistFiles writes a tiered segment's part: its local files, linked
+// or copied. They never change once the segment is tiered.
+func (s *Snapshot) persistFiles(w io.Writer, paths [4]string, sizes [4]int64) error {
+	for j, path := range paths {
+		if err := s.persistSegment(w, path, 0, sizes[j]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tieredInfo returns the tiered segment at base.
+func (p *Processor) tieredInfo(base uint64) (segment.SegmentInfo, error) {
+	var info segment.SegmentInfo
 	err := p.WithLog(func(l *segment.Log) error {
 		for _, si := range l.Segments() {
 			if si.BaseOffset == base && si.Tiered {
-				key = si.Key
+				info = si
 				return nil
 			}
 		}
 		return fmt.Errorf("fsm: segment %d has no local .log and is not tiered", base)
 	})
-	return key, err
+	return info, err
 }
 
 // copyTiered copies the size bytes of the tiered segment at base, read
@@ -250,13 +306,11 @@ func readSnapshotHeader(r io.Reader) (*snapshotHeader, error) {
 	if err := msgpack.Unmarshal(hdr, &h); err != nil {
 		return nil, fmt.Errorf("%w: header: %v", ErrBadSnapshot, err)
 	}
-	if h.Version != 1 || h.State == nil {
+	if (h.Version != snapshotV1 && h.Version != snapshotV2) || h.State == nil {
 		return nil, fmt.Errorf("%w: version %d", ErrBadSnapshot, h.Version)
 	}
-	for i, s := range h.Segments {
-		if s.Size <= 0 || (i > 0 && s.BaseOffset != h.Segments[i-1].NextOffset) {
-			return nil, fmt.Errorf("%w: segment %d (base %d, size %d) out of order", ErrBadSnapshot, i, s.BaseOffset, s.Size)
-		}
+	if err := checkSegmentRefs(h.Version, h.Segments); err != nil {
+		return nil, err
 	}
 	return &h, nil
 }
@@ -279,7 +333,7 @@ func (p *Processor) Restore(r io.Reader) error {
 		return err
 	}
 	for _, s := range h.Segments {
-		if err := writeSegment(filepath.Join(tmp, segment.FileName(s.BaseOffset)), br, s.Size); err != nil {
+		if err := restoreSegment(tmp, br, s); err != nil {
 			os.RemoveAll(tmp)
 			return err
 		}
@@ -321,6 +375,23 @@ func (p *Processor) Restore(r io.Reader) error {
 	p.setThins(&rs)
 	p.wakeCuts()
 	return err
+}
+
+// restoreSegment writes one segment's part of a stream into dir: a local
+// segment's bytes, or a tiered segment's marker and index files, checked
+// without reading its object.
+func restoreSegment(dir string, r io.Reader, s segmentRef) error {
+	if s.Tiered == nil {
+		return writeSegment(filepath.Join(dir, segment.FileName(s.BaseOffset)), r, s.Size)
+	}
+	files, err := readTieredParts(r, s)
+	if err != nil {
+		return err
+	}
+	if err := segment.InstallTiered(dir, s.BaseOffset, s.remoteRef(), s.NextOffset, files); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadSnapshot, err)
+	}
+	return nil
 }
 
 func writeSegment(path string, r io.Reader, size int64) error {
@@ -397,12 +468,17 @@ type SnapshotInfo struct {
 	Index uint64
 	// NextOffset is the offset of the first event after the cut.
 	NextOffset uint64
-	// Segments is the number of segment files in the stream.
+	// Segments is the number of segments in the stream.
 	Segments int
+	// Version is the stream format's version (1 or 2).
+	Version int
+	// Tiered are the segments a version 2 stream references by object
+	// instead of carrying their bytes.
+	Tiered []TieredSegment
 }
 
 func (h *snapshotHeader) info() SnapshotInfo {
-	return SnapshotInfo{Index: h.Index, NextOffset: h.State.NextOffset, Segments: len(h.Segments)}
+	return SnapshotInfo{Index: h.Index, NextOffset: h.State.NextOffset, Segments: len(h.Segments), Version: h.Version, Tiered: tieredSegments(h.Segments)}
 }
 
 // ReadSnapshotInfo reads and checks the header of the snapshot stream r.
@@ -443,23 +519,12 @@ func ReseedSnapshot(w io.Writer, r io.Reader, index uint64) (SnapshotInfo, error
 	h.Index = index
 	clear(h.State.Nodes)
 	h.State.Members = Membership{}
-	hdr, err := msgpack.Marshal(h)
-	if err != nil {
-		return SnapshotInfo{}, err
-	}
-	var prefix [snapshotPrefixSize]byte
-	copy(prefix[:8], snapshotMagic)
-	binary.BigEndian.PutUint32(prefix[8:12], uint32(len(hdr)))
-	binary.BigEndian.PutUint32(prefix[12:16], crc32.Checksum(hdr, castagnoli))
-	if _, err := w.Write(prefix[:]); err != nil {
-		return SnapshotInfo{}, err
-	}
-	if _, err := w.Write(hdr); err != nil {
+	if _, err := writeHeader(w, h); err != nil {
 		return SnapshotInfo{}, err
 	}
 	var total int64
 	for _, s := range h.Segments {
-		total += s.Size
+		total += s.bodySize()
 	}
 	n, err := io.Copy(w, io.LimitReader(r, total))
 	if err != nil {

@@ -64,6 +64,9 @@ type storeMeta struct {
 	raft.SnapshotMeta
 	StateSize int64        `json:"state_size"`
 	Links     []linkedFile `json:"links"`
+	// Keys are the objects the stream's header references (a version 2
+	// stream's tiered segments), read from state.bin at Close.
+	Keys []string `json:"keys,omitempty"`
 }
 
 // NewSnapshotStore opens a store in dir that keeps the newest retain
@@ -129,6 +132,9 @@ func (s *SnapshotStore) TieredKeys() (map[string]bool, error) {
 			if l.Key != "" {
 				out[l.Key] = true
 			}
+		}
+		for _, k := range m.Keys {
+			out[k] = true
 		}
 	}
 	return out, nil
@@ -286,6 +292,9 @@ func (k *linkSink) Close() error {
 		k.meta.Size += l.Size
 	}
 	if err == nil {
+		k.meta.Keys = headerKeys(filepath.Join(k.tmp, "state.bin"))
+	}
+	if err == nil {
 		var b []byte
 		if b, err = json.Marshal(&k.meta); err == nil {
 			err = atomicfile.Write(k.tmp, "meta.json", b, 0o644)
@@ -317,6 +326,26 @@ func (k *linkSink) Cancel() error {
 	k.done = true
 	k.f.Close()
 	return os.RemoveAll(k.tmp)
+}
+
+// headerKeys returns the object keys the stream header at the start of
+// path references; none if it does not parse (Restore refuses such a
+// snapshot anyway).
+func headerKeys(path string) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	h, err := readSnapshotHeader(bufio.NewReader(f))
+	if err != nil {
+		return nil
+	}
+	var keys []string
+	for _, t := range tieredSegments(h.Segments) {
+		keys = append(keys, t.Key)
+	}
+	return keys
 }
 
 func copyFile(src, dst string, size int64) error {
@@ -437,7 +466,7 @@ func (s *SnapshotStore) check(id string, c *SnapshotCheck) error {
 	total := m.StateSize
 	for _, l := range m.Links {
 		total += l.Size
-		if l.Key != "" {
+		if l.Key != "" || l.Name == "" {
 			continue // a tiered object: verify --tiered checks those
 		}
 		need[l.Name] = l.Size

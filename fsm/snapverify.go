@@ -12,7 +12,8 @@ import (
 // VerifySnapshotStream returns a reader that yields the snapshot stream r
 // unchanged while it checks it: the header, then every segment's bytes are
 // whole batches whose CRCs verify, with contiguous offsets from the
-// segment's base offset to its next offset, exactly its size. The first
+// segment's base offset to its next offset, exactly its size; a tiered
+// segment's part (version 2) has a marker that names its reference. The first
 // problem is returned by Read (instead of the bytes that show it) as a
 // *segment.CorruptionError naming the segment file by its base offset,
 // the position in it and the offset; a stream that ends early is
@@ -87,6 +88,13 @@ func (v *snapVerifier) check(b []byte) error {
 			return fmt.Errorf("%w: %d bytes after the last segment", ErrBadSnapshot, len(b))
 		}
 		s := v.segs[v.seg]
+		if s.Tiered != nil {
+			var err error
+			if b, err = v.checkTiered(s, b); err != nil {
+				return err
+			}
+			continue
+		}
 		left := s.Size - v.pos - int64(len(v.pending))
 		take := min(int64(len(b)), left)
 		v.pending = append(v.pending, b[:take]...)
@@ -108,6 +116,34 @@ func (v *snapVerifier) check(b []byte) error {
 		}
 	}
 	return nil
+}
+
+// checkTiered takes the next bytes of a tiered segment's part (its local
+// files) and returns the rest: the marker is checked against the
+// reference (its CRC, key, size, checksum, end); the index files pass,
+// Restore checks them when it installs them.
+func (v *snapVerifier) checkTiered(s segmentRef, b []byte) ([]byte, error) {
+	m := s.Tiered.Files[0]
+	take := min(int64(len(b)), s.bodySize()-v.pos)
+	if v.pos < m {
+		k := min(take, m-v.pos)
+		v.pending = append(v.pending, b[:k]...)
+		if v.pos+k == m {
+			if err := segment.CheckMarker(v.pending, s.BaseOffset, s.remoteRef(), s.NextOffset); err != nil {
+				return nil, &segment.CorruptionError{Path: segment.FileName(s.BaseOffset), Key: s.Tiered.Key, Offset: s.BaseOffset,
+					Reason: "in the snapshot stream: " + err.Error()}
+			}
+			v.pending = nil
+		}
+	}
+	v.pos += take
+	if v.pos == s.bodySize() {
+		v.seg, v.pos = v.seg+1, 0
+		if v.seg < len(v.segs) {
+			v.next = v.segs[v.seg].BaseOffset
+		}
+	}
+	return b[take:], nil
 }
 
 // verifyPending verifies and drops every whole batch at the front of

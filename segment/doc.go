@@ -232,6 +232,14 @@
 // whose Key names the object (and that names no segment to repair from a
 // peer: every replica reads the same object).
 //
+// A snapshot moves a tiered segment between nodes as its local files
+// (TieredPaths: marker, .index, .timeindex, .streams), never its bytes:
+// InstallTiered publishes them into a log directory that is not open,
+// after checking them against the reference without the object (the
+// marker's CRC and fields, the index files as Open checks them), index
+// files first and the marker last, each tmp, fsync, rename, then an
+// fsync of the directory.
+//
 // The constants IndexEntrySize, TimeIndexEntrySize, StreamsMagic,
 // StreamsVersion, StreamsHeaderSize, StreamEntrySize, StreamsBlockEntries,
 // TieredMagic, TieredVersion, MaxTieredKey, the file suffixes and the

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/tsstore/tsstore/fsm"
@@ -19,6 +20,23 @@ import (
 
 // backupChunkBytes is the data carried by one BackupChunk message.
 const backupChunkBytes = 1 << 20
+
+// IncludeTieredMD is the gRPC request metadata key that asks Backup to
+// include tiered segments' bytes (`tsstore backup --include-tiered`): any
+// value but "" or "0". Without it a backup of a log with tiered segments
+// references their objects (a version 2 snapshot stream).
+const IncludeTieredMD = "tsstore-include-tiered"
+
+// includeTiered reports whether the request asks for tiered bytes.
+func includeTiered(ctx context.Context) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get(IncludeTieredMD) {
+		if v != "" && v != "0" {
+			return true
+		}
+	}
+	return false
+}
 
 // Snapshot forces a Raft snapshot on this node. When the FSM has applied
 // nothing since the last one (raft's ErrNothingNewToSnapshot), it answers
@@ -57,6 +75,19 @@ func (s *service) Backup(_ *pb.BackupRequest, stream pb.Cluster_BackupServer) er
 	if err != nil {
 		return status.Errorf(codes.DataLoss, "snapshot %s: %v", meta.ID, err)
 	}
+	size, inline := meta.Size, len(si.Tiered) > 0 && includeTiered(ctx)
+	if inline {
+		// The tiered segments' bytes, read from their objects, replace
+		// their local files: a version 1 stream, every batch checked.
+		if n.cfg.Segment.Remote == nil {
+			return status.Errorf(codes.FailedPrecondition, "snapshot %s references %d tiered objects and node %s has no tier target", meta.ID, len(si.Tiered), n.cfg.NodeID)
+		}
+		var inl io.Reader
+		if size, inl, err = fsm.InlineTiered(r, n.cfg.Segment.Remote); err != nil {
+			return status.Errorf(codes.DataLoss, "snapshot %s: %v", meta.ID, err)
+		}
+		r = fsm.VerifySnapshotStream(inl)
+	}
 	// Every batch is checked as it is sent (the snapshot store Raft and
 	// this call open through verifies the stream, repair_snapshots.go): a
 	// backup of a damaged segment fails naming it, it never completes
@@ -64,12 +95,12 @@ func (s *service) Backup(_ *pb.BackupRequest, stream pb.Cluster_BackupServer) er
 	info := &pb.BackupInfo{
 		Cluster: n.cfg.ClusterName, NodeId: n.cfg.NodeID,
 		RaftIndex: meta.Index, RaftTerm: meta.Term, NextOffset: si.NextOffset,
-		SizeBytes: uint64(meta.Size), CreatedUnixNano: started.UnixNano(),
+		SizeBytes: uint64(size), CreatedUnixNano: started.UnixNano(),
 	}
 	if err := stream.Send(&pb.BackupChunk{Info: info}); err != nil {
 		return err
 	}
-	n.logger.Info("backup started", "snapshot", meta.ID, "raft_index", meta.Index, "next_offset", si.NextOffset, "bytes", meta.Size)
+	n.logger.Info("backup started", "snapshot", meta.ID, "raft_index", meta.Index, "next_offset", si.NextOffset, "bytes", size, "tiered_referenced", len(si.Tiered), "include_tiered", inline)
 	var sent int64
 	for {
 		select {
@@ -94,7 +125,7 @@ func (s *service) Backup(_ *pb.BackupRequest, stream pb.Cluster_BackupServer) er
 		}
 		var ce *segment.CorruptionError
 		switch {
-		case errors.As(err, &ce) || errors.Is(err, fsm.ErrBadSnapshot):
+		case errors.As(err, &ce) || errors.Is(err, fsm.ErrBadSnapshot) || errors.Is(err, segment.ErrRemoteLost):
 			n.logger.Error("backup stopped: the snapshot's data is damaged", "snapshot", meta.ID, "error", err)
 			return withReason(codes.DataLoss, pb.ErrorReason_ERROR_REASON_CORRUPTION,
 				fmt.Sprintf("backup of snapshot %s on node %s: %v; take the backup from another node", meta.ID, n.cfg.NodeID, err), nil)
@@ -102,8 +133,8 @@ func (s *service) Backup(_ *pb.BackupRequest, stream pb.Cluster_BackupServer) er
 			return status.Errorf(codes.Internal, "reading snapshot %s: %v", meta.ID, err)
 		}
 	}
-	if sent != meta.Size {
-		return status.Errorf(codes.DataLoss, "snapshot %s: streamed %d of %d bytes", meta.ID, sent, meta.Size)
+	if sent != size {
+		return status.Errorf(codes.DataLoss, "snapshot %s: streamed %d of %d bytes", meta.ID, sent, size)
 	}
 	n.logger.Info("backup sent", "snapshot", meta.ID, "bytes", sent, "duration", time.Since(started))
 	return nil

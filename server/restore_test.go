@@ -19,6 +19,13 @@ import (
 // starts them without bootstrap peers.
 func restoreCluster(t *testing.T, n int, info *pb.BackupInfo, data []byte) *testCluster {
 	t.Helper()
+	return restoreClusterWith(t, n, info, data, nil)
+}
+
+// restoreClusterWith is restoreCluster with each node's configuration
+// tweaked before the restore.
+func restoreClusterWith(t *testing.T, n int, info *pb.BackupInfo, data []byte, tweak func(*Config)) *testCluster {
+	t.Helper()
 	addrs := freeAddrs(t, 2*n)
 	var peers []Peer
 	for i := range n {
@@ -36,6 +43,9 @@ func restoreCluster(t *testing.T, n int, info *pb.BackupInfo, data []byte) *test
 		cfg.ElectionTimeout = 200 * time.Millisecond
 		cfg.LeaderLeaseTimeout = 100 * time.Millisecond
 		cfg.Segment.SegmentBytes = 1 << 20
+		if tweak != nil {
+			tweak(&cfg)
+		}
 		err := Restore(RestoreConfig{
 			DataDir: cfg.DataDir, NodeID: cfg.NodeID, ClusterName: info.Cluster, Peers: peers,
 			RaftIndex: info.RaftIndex, RaftTerm: info.RaftTerm, NextOffset: info.NextOffset,

@@ -228,12 +228,13 @@ func TestTierEvictAndReadVersityGW(t *testing.T) {
 	if err != nil || !bytes.Contains(meta, []byte(segs[0].Key)) {
 		t.Fatalf("snapshot meta.json does not reference %s: %s, %v", segs[0].Key, meta, err)
 	}
-	segFiles, _ := filepath.Glob(filepath.Join(leader.cfg.DataDir, "snapshots", metas[0].ID, "*.seg"))
-	if len(segFiles) > 1 {
-		t.Fatalf("snapshot holds %d segment files, want the active one at most", len(segFiles))
+	// Its links are the active segment and the tiered segments' marker
+	// and index files: a version 2 stream of about the hot set.
+	if metas[0].Size > 64<<10+tieredBytes/10 {
+		t.Fatalf("snapshot of %d bytes with %d bytes tiered: it carries tiered bytes", metas[0].Size, tieredBytes)
 	}
-	// Its stream (what InstallSnapshot and backups send) reads the
-	// tiered parts from the store and verifies end to end.
+	// Its stream (what InstallSnapshot and backups send) verifies end to
+	// end without reading the store.
 	_, rc, err := leader.snaps.Open(metas[0].ID)
 	if err != nil {
 		t.Fatal(err)
@@ -313,9 +314,11 @@ func TestTierEvictAndReadVersityGW(t *testing.T) {
 
 // A follower that misses entries while the segments are tiered catches
 // up by InstallSnapshot: the leader's snapshot references the tiered
-// segments by key, the stream it sends reads them from the store, the
-// follower lands on every byte locally, checks the objects and evicts
-// its copies again, and reads the same as the leader.
+// segments by key (a version 2 stream with their marker and index
+// files), the follower installs them as tiered without reading the
+// store, evicts the segments sealed since once they are tiered, and
+// reads the same as the leader. TestTierWipedFollowerGetsHotSetVersityGW
+// counts the bytes.
 func TestTierInstallSnapshotVersityGW(t *testing.T) {
 	gw := s3test.Start(t)
 	gw.CreateBucket("cold")
@@ -372,8 +375,5 @@ func TestTierInstallSnapshotVersityGW(t *testing.T) {
 	}
 	if !bytes.Equal(got.all, want.all) || !bytes.Equal(got.stream, want.stream) || !bytes.Equal(got.sub, want.sub) {
 		t.Fatalf("%s reads differ from the leader's after InstallSnapshot", f.cfg.NodeID)
-	}
-	if counterValue(t, f.metrics.tierEvictedSegments) == 0 {
-		t.Fatalf("%s evicted nothing after InstallSnapshot", f.cfg.NodeID)
 	}
 }

@@ -12,10 +12,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/tsstore/tsstore/backup"
 	"github.com/tsstore/tsstore/internal/atomicfile"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/server"
 )
 
 // backupResult is what `tsstore backup --json` prints.
@@ -34,13 +36,14 @@ func newBackupCmd() *cobra.Command {
 	// unless given.
 	cf.registerTimeout(fs, 0)
 	node := fs.String("node", "", "node id to back up from (default: the node at the first --addr)")
+	inline := fs.Bool("include-tiered", false, "write tiered segments' bytes, read from the tier target by the node (a self-contained file); default: reference their objects, which restore then needs")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		return runBackup(cmd, &cf, *node, args[0])
+		return runBackup(cmd, &cf, *node, args[0], *inline)
 	}
 	return cmd
 }
 
-func runBackup(cmd *cobra.Command, cf *clientFlags, node, path string) error {
+func runBackup(cmd *cobra.Command, cf *clientFlags, node, path string, includeTiered bool) error {
 	stdout, stderr := stdio(cmd)
 	if _, err := os.Stat(path); err == nil {
 		return fmt.Errorf("%s already exists; choose a new file name", path)
@@ -50,6 +53,9 @@ func runBackup(cmd *cobra.Command, cf *clientFlags, node, path string) error {
 	// Ctrl-C or SIGTERM ends the stream; writeBackup then removes FILE.tmp.
 	ctx, cancel := cf.context()
 	defer cancel()
+	if includeTiered {
+		ctx = metadata.AppendToOutgoingContext(ctx, server.IncludeTieredMD, "1")
+	}
 	cl, cc, addr, err := cf.clusterNode(ctx, node)
 	if err != nil {
 		return err

@@ -45,7 +45,8 @@ func newRestoreCmd() *cobra.Command {
 	fs.StringVar(&f.cluster, "cluster", "", "refuse unless the backup is of this cluster")
 	fs.StringVar(&f.rename, "rename-cluster", "", "give the new cluster this name instead of the backup's")
 	fs.BoolVar(&f.asJSON, "json", false, "print JSON instead of text")
-	fs.BoolVar(&f.dryRun, "dry-run", false, "check the backup file end to end (checksum, snapshot header, every batch's CRC and offsets) and write nothing")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "check the backup file end to end (checksum, snapshot header, every batch's CRC and offsets; the objects of referenced tiered segments with a tier target) and write nothing")
+	f.tier.addTargetFlags(fs)
 	cmd.MarkFlagsMutuallyExclusive("cluster", "rename-cluster")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error { return runRestore(cmd, &f) }
 	return cmd
@@ -55,13 +56,16 @@ func newRestoreCmd() *cobra.Command {
 type restoreFlags struct {
 	file, dataDir, nodeID, peersFlag, cluster, rename string
 	asJSON, dryRun                                    bool
+	// tier names the tier target that holds the objects of the tiered
+	// segments a backup references (checked with a HEAD each).
+	tier tierFlags
 }
 
 func runRestore(cmd *cobra.Command, rf *restoreFlags) error {
 	stdout, stderr := stdio(cmd)
 	switch {
 	case rf.dryRun && rf.file != "":
-		return checkBackupFile(rf.file, rf.asJSON, stdout, stderr)
+		return checkBackupFile(rf, stdout, stderr)
 	case rf.file == "" || rf.dataDir == "" || rf.nodeID == "" || rf.peersFlag == "":
 		return fmt.Errorf("%w: --backup, --data-dir, --node-id and --peers are required", errUsage)
 	case rf.cluster != "" && rf.rename != "":
@@ -79,6 +83,26 @@ func runRestore(cmd *cobra.Command, rf *restoreFlags) error {
 	}
 	defer f.Close()
 	info := f.Info
+	si, stream, err := fsm.ReadSnapshotInfo(f.Stream())
+	if err != nil {
+		return fmt.Errorf("%w: backup %s: %v", errCorrupt, rf.file, err)
+	}
+	if len(si.Tiered) > 0 {
+		// The backup references objects: check them when a target is
+		// named, and say the new nodes need it either way.
+		tc, err := checkTiered(&rf.tier, si.Tiered)
+		if err != nil {
+			return err
+		}
+		if !tc.OK {
+			printTieredCheck(stdout, tc)
+			return fmt.Errorf("%w: the backup references tiered objects that are missing or differ", server.ErrRestoreRefused)
+		}
+		if !tc.Checked {
+			fmt.Fprintf(stderr, "warning: the backup references %d tiered objects (first %s) that were not checked: give --tier-dir or --tier-s3-bucket to check them\n", len(si.Tiered), si.Tiered[0].Key)
+		}
+		fmt.Fprintf(stderr, "the backup references %d tiered segments by object: start the new nodes with the tier target that holds them\n", len(si.Tiered))
+	}
 	name := info.Cluster
 	switch {
 	case rf.cluster != "" && rf.cluster != info.Cluster:
@@ -91,7 +115,7 @@ func runRestore(cmd *cobra.Command, rf *restoreFlags) error {
 	err = server.Restore(server.RestoreConfig{
 		DataDir: rf.dataDir, NodeID: rf.nodeID, ClusterName: name, Peers: peers,
 		RaftIndex: info.RaftIndex, RaftTerm: info.RaftTerm, NextOffset: info.NextOffset,
-		Stream:         &progressReader{r: f.Stream(), bar: wbar, total: int64(info.SizeBytes)},
+		Stream:         &progressReader{r: stream, bar: wbar, total: int64(info.SizeBytes)},
 		SnapshotRetain: server.DefaultConfig().SnapshotRetain, Segment: server.DefaultConfig().Segment,
 	})
 	wbar.finish()
@@ -120,8 +144,11 @@ func runRestore(cmd *cobra.Command, rf *restoreFlags) error {
 
 // checkBackupFile is restore --dry-run: the file's length and SHA-256
 // (backup.Open), then the snapshot stream inside it batch by batch, as a
-// restore would read it.
-func checkBackupFile(path string, asJSON bool, stdout, stderr io.Writer) error {
+// restore would read it; the tiered segments it references by object are
+// checked with a HEAD each (size, CRC-32C) when a tier target is named,
+// else listed as not checked.
+func checkBackupFile(rf *restoreFlags, stdout, stderr io.Writer) error {
+	path := rf.file
 	bar := newProgressBar(stderr, "verify ")
 	f, err := backup.Open(path, bar.update)
 	bar.finish()
@@ -129,22 +156,36 @@ func checkBackupFile(path string, asJSON bool, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer f.Close()
-	n, err := io.Copy(io.Discard, fsm.VerifySnapshotStream(f.Stream()))
+	si, stream, err := fsm.ReadSnapshotInfo(f.Stream())
+	if err != nil {
+		return fmt.Errorf("%w: backup %s: %v", errCorrupt, path, err)
+	}
+	n, err := io.Copy(io.Discard, fsm.VerifySnapshotStream(stream))
 	if err != nil {
 		return fmt.Errorf("%w: backup %s: %v", errCorrupt, path, err)
 	}
 	if uint64(n) != f.Info.SizeBytes {
 		return fmt.Errorf("%w: backup %s: the snapshot stream is %d bytes, the header says %d", errCorrupt, path, n, f.Info.SizeBytes)
 	}
-	if asJSON {
-		return json.NewEncoder(stdout).Encode(struct {
-			File string      `json:"file"`
-			OK   bool        `json:"ok"`
-			Info backup.Info `json:"backup"`
-		}{path, true, f.Info})
+	tc, err := checkTiered(&rf.tier, si.Tiered)
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(stdout, "%s: ok: cluster %s, node %s, raft index %d, offsets [0, %d), %s; every batch verified\n",
-		path, f.Info.Cluster, f.Info.NodeID, f.Info.RaftIndex, f.Info.NextOffset, humanBytes(int64(f.Info.SizeBytes)))
+	if rf.asJSON {
+		json.NewEncoder(stdout).Encode(struct {
+			File   string      `json:"file"`
+			OK     bool        `json:"ok"`
+			Info   backup.Info `json:"backup"`
+			Tiered tieredCheck `json:"tiered"`
+		}{path, tc.OK, f.Info, tc})
+	} else {
+		fmt.Fprintf(stdout, "%s: ok: cluster %s, node %s, raft index %d, offsets [0, %d), %s; every batch verified\n",
+			path, f.Info.Cluster, f.Info.NodeID, f.Info.RaftIndex, f.Info.NextOffset, humanBytes(int64(f.Info.SizeBytes)))
+		printTieredCheck(stdout, tc)
+	}
+	if !tc.OK {
+		return fmt.Errorf("%w: backup %s references tiered objects that are missing or differ", errCorrupt, path)
+	}
 	return nil
 }
 
