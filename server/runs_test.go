@@ -10,7 +10,6 @@ import (
 	"github.com/tsstore/tsstore/client"
 	"github.com/tsstore/tsstore/client/train"
 	"github.com/tsstore/tsstore/fsm"
-	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
 func sdk(t *testing.T, tc *testCluster) *client.Client {
@@ -301,9 +300,7 @@ func TestRunIndexAfterInstallSnapshot(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		if _, err := dialCluster(t, tc.leader()).Snapshot(ctx, &pb.SnapshotRequest{}); err != nil {
-			t.Fatal(err)
-		}
+		snapshotLive(t, tc)
 		// The Raft log after the snapshot no longer reaches back to what
 		// the stopped follower has: it needs the snapshot.
 		writeRun(t, ctx, c, run+"-other", 0, 1, 20)

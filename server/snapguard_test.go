@@ -43,9 +43,7 @@ func TestSnapshotSendsToAFullNodeBackOff(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := dialCluster(t, l).Snapshot(ctxT(t), &pb.SnapshotRequest{}); err != nil {
-			t.Fatal(err)
-		}
+		snapshotLive(t, tc)
 		free[tc.cfgs[fi].NodeID].Store(none) // it comes back on a full disk
 	})
 	l = tc.leader()

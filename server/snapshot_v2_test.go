@@ -111,9 +111,7 @@ func TestTierWipedFollowerGetsHotSetVersityGW(t *testing.T) {
 		t.Fatal(err)
 	}
 	next = appendBatches(t, tc, "p2", 30)
-	if _, err := dialCluster(t, tc.leader()).Snapshot(ctxT(t), &pb.SnapshotRequest{}); err != nil {
-		t.Fatal(err)
-	}
+	snapshotLive(t, tc)
 	next = appendBatches(t, tc, "p3", 10)
 	leader := tc.leader()
 	tiered, local := tieredSplit(leader) // local: sealed, not tiered yet

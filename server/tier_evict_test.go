@@ -351,9 +351,7 @@ func TestTierInstallSnapshotVersityGW(t *testing.T) {
 	}
 	f := restartNode(t, tc, fi, func() {
 		next = appendBatches(t, tc, "p2", 60)
-		if _, err := dialCluster(t, tc.leader()).Snapshot(ctxT(t), &pb.SnapshotRequest{}); err != nil {
-			t.Fatal(err)
-		}
+		snapshotLive(t, tc)
 		next = appendBatches(t, tc, "p3", 20)
 	})
 	waitNextOffset(t, tc.nodes, next)
