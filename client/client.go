@@ -187,8 +187,10 @@ func (c *Client) leaderNode(ctx context.Context, avoid string) (*node, error) {
 }
 
 // retryable reports whether err from one attempt may succeed on another
-// node: the node is down or unreachable, has no leader, or the attempt's
-// own timeout (not the caller's context) expired.
+// attempt: the node is down or unreachable, has no leader, the attempt's
+// own timeout (not the caller's context) expired, or the node's append
+// budget was full (OVERLOADED: nothing was written, and the backoff
+// between attempts gives it time to drain).
 func retryable(ctx context.Context, err error) bool {
 	if ctx.Err() != nil {
 		return false
@@ -196,6 +198,8 @@ func retryable(ctx context.Context, err error) bool {
 	switch status.Code(err) {
 	case codes.Unavailable, codes.DeadlineExceeded:
 		return true
+	case codes.ResourceExhausted:
+		return overloaded(err)
 	}
 	return false
 }

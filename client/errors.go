@@ -75,6 +75,11 @@ var (
 	// again (StartRun), so this writer is a zombie of an older attempt
 	// (FailedPrecondition). Nothing was written; do not retry.
 	ErrFenced = errors.New("tsstore: run generation fenced")
+	// ErrOverloaded: the node held as many bytes of append requests as its
+	// budget allows (ResourceExhausted, OVERLOADED); nothing was written.
+	// The SDK retries it with backoff (MaxRetries; an AsyncProducer until
+	// its DeliveryTimeout) and returns it only when those are spent.
+	ErrOverloaded = errors.New("tsstore: server overloaded")
 	// ErrClosed: the Client was closed.
 	ErrClosed = errors.New("tsstore: client closed")
 )
@@ -235,10 +240,19 @@ func fromStatus(err error) error {
 		return &reasonError{ErrStreamNotFound, err}
 	case tsstorev1.ErrorReason_ERROR_REASON_SLOW_CONSUMER:
 		return &SlowConsumerError{Lag: u("lag"), cause: err}
+	case tsstorev1.ErrorReason_ERROR_REASON_OVERLOADED:
+		return &reasonError{ErrOverloaded, err}
 	case tsstorev1.ErrorReason_ERROR_REASON_FENCED:
 		return &FencedError{Run: md["run"], Generation: u("generation"), Current: u("current_generation"), cause: err}
 	}
 	return err
+}
+
+// overloaded reports whether err is a node's OVERLOADED refusal: nothing
+// was written, and the same request may go through after a backoff.
+func overloaded(err error) bool {
+	ei, ok := errorInfo(err)
+	return ok && ei.GetReason() == tsstorev1.ErrorReason_ERROR_REASON_OVERLOADED.String()
 }
 
 // leaderHint returns the leader address a NO_LEADER error names, if any.

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -833,5 +834,50 @@ func TestRetryRefusedAfterDedupSettles(t *testing.T) {
 	}
 	if got := f.appends(); len(got) != 3 || got[2].GetProducerSeq() != 1 {
 		t.Fatalf("after a settled refusal the next append takes seq 1 again: %d appends", len(got))
+	}
+}
+
+// A node whose append budget is full answers OVERLOADED (nothing was
+// written): the producer retries with backoff and the append goes
+// through; once its retries are spent the caller gets ErrOverloaded,
+// which says nothing was written by that attempt.
+func TestOverloadedAppendIsRetried(t *testing.T) {
+	var overloadedErr error
+	var refusals atomic.Int64 // read by the fake's handler goroutines
+	refusals.Store(2)
+	f := startFake(t, &fakeNode{
+		append: func(call int, req *tsstorev1.AppendRequest) (*tsstorev1.AppendResponse, error) {
+			if int64(call) <= refusals.Load() {
+				return nil, overloadedErr
+			}
+			return okAppend(req, false), nil
+		},
+	})
+	overloadedErr = statusErr(t, codes.ResourceExhausted, tsstorev1.ErrorReason_ERROR_REASON_OVERLOADED, map[string]string{"cap": "node-request-bytes"})
+	cfg := DefaultConfig(f.addr)
+	cfg.RetryBackoff = time.Millisecond
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := c.NewProducer("prod-overloaded")
+	if _, err := p.Append(testCtx(t), ev("a")); err != nil {
+		t.Fatalf("append refused twice OVERLOADED, then accepted: %v", err)
+	}
+	if got := len(f.appends()); got != 3 {
+		t.Fatalf("%d attempts, want 3 (two refusals and the accepted one)", got)
+	}
+
+	cfg.MaxRetries = 0
+	c2, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	refusals.Store(1 << 30)
+	_, err = c2.NewProducer("prod-overloaded-2").Append(testCtx(t), ev("b"))
+	if !errors.Is(err, ErrOverloaded) || MayHaveCommitted(err) {
+		t.Fatalf("append with no retries left: %v, want ErrOverloaded that did not commit", err)
 	}
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"sync"
@@ -258,9 +259,9 @@ func (c *requestCharge) readRefused(ctx context.Context, err error, who, flag st
 	}
 	reading, held := b.inUse()
 	c.n.metrics.requestsRefused.WithLabelValues(flag).Inc()
-	return status.Errorf(codes.ResourceExhausted,
-		"%s had no room to read a request for %v: %d bytes of append requests being read and %d read and not yet answered, the cap is %d (%s); retry later",
-		who, requestReadWait, reading, held, b.size, flag)
+	return withReason(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_OVERLOADED,
+		fmt.Sprintf("%s had no room to read a request for %v: %d bytes of append requests being read and %d read and not yet answered, the cap is %d (%s); retry later",
+			who, requestReadWait, reading, held, b.size, flag), map[string]string{"cap": flag})
 }
 
 // endRead gives back the read's reservation, if any.
@@ -299,9 +300,9 @@ func (c *requestCharge) admit(size int64) error {
 func (c *requestCharge) holdRefused(size int64, who, flag string, b *requestBudget) error {
 	_, held := b.inUse()
 	c.n.metrics.requestsRefused.WithLabelValues(flag).Inc()
-	return status.Errorf(codes.ResourceExhausted,
-		"%s holds %d bytes of append requests read and not yet answered; this one's %d would pass the cap of %d less one largest request, %d (%s); nothing was written, retry later",
-		who, held, size, b.size, c.n.maxRequestRead(), flag)
+	return withReason(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_OVERLOADED,
+		fmt.Sprintf("%s holds %d bytes of append requests read and not yet answered; this one's %d would pass the cap of %d less one largest request, %d (%s); nothing was written, retry later",
+			who, held, size, b.size, c.n.maxRequestRead(), flag), map[string]string{"cap": flag})
 }
 
 // done gives back everything the request holds.

@@ -78,7 +78,9 @@ func (o *appendOutcomes) note(err error) {
 		o.ok.Add(1)
 	case codes.ResourceExhausted:
 		o.exhausted.Add(1)
-		if msg := err.Error(); strings.Contains(msg, "node-request-bytes") || strings.Contains(msg, "conn-request-bytes") {
+		_, r := reason(err)
+		if msg := err.Error(); r == pb.ErrorReason_ERROR_REASON_OVERLOADED.String() &&
+			(strings.Contains(msg, "node-request-bytes") || strings.Contains(msg, "conn-request-bytes")) {
 			o.capNamed.Store(true)
 		}
 	default:

@@ -177,6 +177,12 @@ const (
 	// generation for a stream that is not a run; nothing was written.
 	// Metadata: run, generation (the request's), current_generation.
 	ErrorReason_ERROR_REASON_FENCED ErrorReason = 15
+	// ResourceExhausted: the node holds as many bytes of append requests
+	// read and not yet answered as its budget allows, for this connection
+	// or for the node (conn-request-bytes, node-request-bytes); nothing was
+	// written. Retry after a backoff: the budget frees as requests are
+	// answered. Metadata: cap (the setting's name).
+	ErrorReason_ERROR_REASON_OVERLOADED ErrorReason = 16
 )
 
 // Enum value maps for ErrorReason.
@@ -198,6 +204,7 @@ var (
 		13: "ERROR_REASON_DISK_FULL",
 		14: "ERROR_REASON_CHECKSUM_MISMATCH",
 		15: "ERROR_REASON_FENCED",
+		16: "ERROR_REASON_OVERLOADED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":            0,
@@ -216,6 +223,7 @@ var (
 		"ERROR_REASON_DISK_FULL":              13,
 		"ERROR_REASON_CHECKSUM_MISMATCH":      14,
 		"ERROR_REASON_FENCED":                 15,
+		"ERROR_REASON_OVERLOADED":             16,
 	}
 )
 
@@ -2890,7 +2898,7 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x1bEXPECTED_VERSION_KIND_EXACT\x10\x03*B\n" +
 	"\vConsistency\x12\x15\n" +
 	"\x11CONSISTENCY_LOCAL\x10\x00\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x01*\x95\x04\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x01*\xb2\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ERROR_REASON_SEQUENCE_GAP\x10\x01\x12#\n" +
@@ -2908,7 +2916,8 @@ const file_tsstore_v1_tsstore_proto_rawDesc = "" +
 	"\x19ERROR_REASON_NODE_REMOVED\x10\f\x12\x1a\n" +
 	"\x16ERROR_REASON_DISK_FULL\x10\r\x12\"\n" +
 	"\x1eERROR_REASON_CHECKSUM_MISMATCH\x10\x0e\x12\x17\n" +
-	"\x13ERROR_REASON_FENCED\x10\x0f2\xb4\x03\n" +
+	"\x13ERROR_REASON_FENCED\x10\x0f\x12\x1b\n" +
+	"\x17ERROR_REASON_OVERLOADED\x10\x102\xb4\x03\n" +
 	"\n" +
 	"EventStore\x12?\n" +
 	"\x06Append\x12\x19.tsstore.v1.AppendRequest\x1a\x1a.tsstore.v1.AppendResponse\x12;\n" +
