@@ -50,12 +50,20 @@ func finalTiering(ctx context.Context, c *cluster, rec *recorder, runID string, 
 	checks, verr := verifyTiered(ctx, c)
 	rec.tiering(func(t *TieringRun) { t.Verify, t.VerifyErr = checks, errText(verr, "") })
 
+	// All three at once (SIGTERM, then start): the phase stays short.
+	errs := make(chan error, len(c.nodes))
 	for _, n := range c.nodes {
-		if err := n.Stop(10 * time.Second); err != nil {
-			return nil, fmt.Errorf("final phase: stopping %s: %w", n.ID, err)
-		}
-		if err := n.Start(); err != nil {
-			return nil, fmt.Errorf("final phase: restarting %s: %w", n.ID, err)
+		go func() {
+			if err := n.Stop(10 * time.Second); err != nil {
+				errs <- fmt.Errorf("final phase: stopping %s: %w", n.ID, err)
+				return
+			}
+			errs <- n.Start()
+		}()
+	}
+	for range c.nodes {
+		if err := <-errs; err != nil {
+			return nil, err
 		}
 	}
 	wctx, wcancel = context.WithTimeout(ctx, 60*time.Second)
