@@ -217,26 +217,34 @@ func digestDiff(a, b []TierDigest) string {
 
 // noteTierMetrics notes, from the polled metrics, how many tiering
 // attempts failed in all and while a store fault was active (or within 2 s
-// after: the backoff), the largest backlog before any store fault and
-// during them, and the last backlog seen.
+// after: the backoff), in all and per kind (the first fault whose window
+// holds the sample), the largest backlog before any store fault and
+// during them (in all and per kind), and the last backlog seen.
 func noteTierMetrics(c *CheckResult, h *History) {
-	var windows [][2]time.Duration
+	type window struct {
+		from, to time.Duration
+		kind     string
+	}
+	var windows []window
 	firstStore := time.Duration(-1)
 	for _, f := range h.Faults {
 		if strings.HasPrefix(f.Kind, "store-") {
-			windows = append(windows, [2]time.Duration{f.Start, f.End + 2*time.Second})
+			windows = append(windows, window{f.Start, f.End + 2*time.Second, f.Kind})
 			if firstStore < 0 || f.Start < firstStore {
 				firstStore = f.Start
 			}
 		}
 	}
-	inStore := func(at time.Duration) bool {
+	sort.Slice(windows, func(i, j int) bool { return windows[i].from < windows[j].from })
+	// storeFault is the kind of the first store fault whose window holds
+	// at ("" if none).
+	storeFault := func(at time.Duration) string {
 		for _, w := range windows {
-			if w[0] <= at && at <= w[1] {
-				return true
+			if w.from <= at && at <= w.to {
+				return w.kind
 			}
 		}
-		return false
+		return ""
 	}
 	samples := append([]TierSample(nil), h.Tiering.Samples...)
 	sort.SliceStable(samples, func(i, j int) bool { return samples[i].At < samples[j].At })
@@ -248,17 +256,20 @@ func noteTierMetrics(c *CheckResult, h *History) {
 		if !seen || s.Failures < p.Failures { // counted since the process started
 			inc = s.Failures
 		}
+		kind := storeFault(s.At)
 		if inc > 0 {
 			c.note("upload_failures", int(inc))
-			if inStore(s.At) {
+			if kind != "" {
 				c.note("upload_failures_during_store_faults", int(inc))
+				c.note("upload_failures_during_"+kind, int(inc))
 			}
 		}
 		switch {
 		case firstStore < 0 || s.At < firstStore:
 			c.noteMax("backlog_max_before_store_faults", int(s.Backlog))
-		case inStore(s.At):
+		case kind != "":
 			c.noteMax("backlog_max_during_store_faults", int(s.Backlog))
+			c.noteMax("backlog_max_during_"+kind, int(s.Backlog))
 		}
 		c.noteMax("evicted_max", int(s.Evicted))
 		last[s.Node] = s

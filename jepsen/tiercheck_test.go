@@ -72,7 +72,8 @@ func TestTieringCleanHistoryPasses(t *testing.T) {
 	c := tierRule(t, expectOnly(t, h, reps))
 	for k, want := range map[string]int{"tiered_evicted_everywhere": 2, "refused_deleted": 3, "tiered_ranges_read": 3,
 		"upload_failures": 2, "upload_failures_during_store_faults": 2, "backlog_max_before_store_faults": 1,
-		"backlog_max_during_store_faults": 3, "backlog_at_end": 0, "proxy_502s_store_down": 6, "objects_deleted": 1} {
+		"backlog_max_during_store_faults": 3, "backlog_at_end": 0, "upload_failures_during_store-down": 2,
+		"backlog_max_during_store-down": 3, "proxy_502s_store_down": 6, "objects_deleted": 1} {
 		if c.Notes[k] != want {
 			t.Errorf("note %s = %d, want %d; notes %v", k, c.Notes[k], want, c.Notes)
 		}
