@@ -75,8 +75,9 @@ func (n *Node) openTierCache() error {
 // The log checks its local bytes against the same checksum before it
 // removes them (segment.Log.Evict). A segment that is not committed as
 // tiered is never evicted. It runs on every node, leader and followers.
-// It stops at the first error; an object that does not match is left
-// (and logged) and the local copy kept.
+// It stops at the first error (the store failing); an object that is
+// missing or does not match is left (and logged), the local copy kept,
+// and the other segments go on.
 //
 // Only segments below the fsm's durable checkpoint are evicted
 // (fsm.Processor.CheckpointedOffset): a restart rebuilds the state by
@@ -109,6 +110,15 @@ func (n *Node) evictTiered(ctx context.Context) (pending bool, err error) {
 			continue
 		}
 		obj, err := n.cfg.Tier.Target.Head(ctx, e.Key)
+		if errors.Is(err, tiering.ErrNotFound) {
+			// The object is lost: this local copy may be the last one.
+			// Keep it, and go on with the other segments (a store that
+			// answers is not down).
+			n.metrics.tierEvictRefused.Inc()
+			n.logger.Error("tiering: the object of a committed segment is missing; keeping the local copy",
+				"base_offset", e.BaseOffset, "key", e.Key)
+			continue
+		}
 		if err != nil {
 			return pending, fmt.Errorf("tiering: evict segment %d: head %s: %w", e.BaseOffset, e.Key, err)
 		}

@@ -443,3 +443,67 @@ func TestTierEvictOnlyBelowCheckpoint(t *testing.T) {
 		t.Fatalf("read of the newest event after the restart: %v", err)
 	}
 }
+
+// lostTarget answers Head of the first segment's object (base offset 0)
+// with ErrNotFound, as a store that lost it.
+type lostTarget struct{ tiering.Target }
+
+func (l lostTarget) Head(ctx context.Context, key string) (tiering.ObjectInfo, error) {
+	if strings.Contains(key, "/00000000000000000000-") {
+		return tiering.ObjectInfo{}, tiering.ErrNotFound
+	}
+	return l.Target.Head(ctx, key)
+}
+
+// A committed segment whose object is missing keeps its local copy (it
+// may be the last one) and does not stop the eviction of the others
+// (jepsen's tiering scenario: a follower rebuilt by InstallSnapshot after
+// an object was deleted kept every segment local).
+func TestTierEvictSkipsMissingObject(t *testing.T) {
+	target, err := tiering.NewFSTarget(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.RetentionInterval = 0
+		c.Tier = TierConfig{Target: lostTarget{target}, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+			SweepInterval: time.Hour}
+	})
+	next := appendBatches(t, tc, "p1", 80)
+	waitNextOffset(t, tc.nodes, next)
+	waitManifest(t, tc, "sealed segments tiered", func(r fsm.Retention) bool {
+		tiered := 0
+		for _, e := range r.Segments {
+			if e.State == fsm.SegmentTiered {
+				tiered++
+			}
+		}
+		return tiered >= 3
+	})
+	for _, n := range tc.nodes {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			local := map[uint64]bool{}
+			_ = n.proc.WithLog(func(l *segment.Log) error {
+				for _, s := range l.Segments() {
+					local[s.BaseOffset] = !s.Tiered
+				}
+				return nil
+			})
+			left := 0
+			for _, e := range n.proc.Retention().Segments {
+				if e.State == fsm.SegmentTiered && e.BaseOffset != 0 && local[e.BaseOffset] {
+					left++
+				}
+			}
+			if left == 0 && local[0] {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d tiered segments after the lost one still local (first segment local: %v)", n.cfg.NodeID, left, local[0])
+			}
+			time.Sleep(20 * time.Millisecond) // eviction runs on the tiering tick
+		}
+	}
+}
