@@ -505,6 +505,18 @@ func jumpsCover(jumps []Jump, from, to uint64) bool {
 	return false
 }
 
+// sameValues compares two replicas' values, lostValue matching any, and
+// returns the first offset where they differ.
+func sameValues(a, b []string) (uint64, bool) {
+	for i := range max(len(a), len(b)) {
+		va, vb := at(a, uint64(i)), at(b, uint64(i))
+		if va != vb && va != lostValue && vb != lostValue {
+			return uint64(i), false
+		}
+	}
+	return 0, true
+}
+
 // checkReplicas is rule 9: every node could replay its whole log and all
 // replicas are identical (length and SHA-256 of the raw batches).
 func checkReplicas(reps []Replica) CheckResult {
@@ -519,6 +531,16 @@ func checkReplicas(reps []Replica) CheckResult {
 		}
 		if ref == nil {
 			ref = r
+			continue
+		}
+		if r.Tier != nil && ref.Tier != nil && r.Hash != ref.Hash {
+			// A tiering run: a node may serve a damaged object's segment
+			// from a local copy it never evicted (the only copy left)
+			// while the others refuse it; rule 14 judges the refusals.
+			// Compare values, a refused offset matching any.
+			if off, ok := sameValues(ref.Values, r.Values); !ok {
+				c.violate("%s: offset %d is %q, but %s has %q (%d and %d events)", r.Node, off, at(r.Values, off), ref.Node, at(ref.Values, off), r.Length, ref.Length)
+			}
 			continue
 		}
 		if r.Length != ref.Length || r.Hash != ref.Hash || r.First != ref.First {

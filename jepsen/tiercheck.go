@@ -123,6 +123,10 @@ func checkTiering(h *History, reps []Replica) CheckResult {
 				c.violate("%s: [%d, %d) of %s object %s refused without DataLoss naming the key: %s %s", rep.Node, r.From, r.To, d.Kind, r.Key, r.Code, r.Err)
 			case bad && !local[r.Key]:
 				c.note("refused_"+d.Kind, 1)
+			case bad && r.Err == "" && r.Got == want:
+				// A local copy it never evicted: the bytes are its own
+				// (rules 1, 2 check them), not the damaged object's.
+				c.note("damaged_served_from_local_copy", 1)
 			case r.Err != "":
 				c.violate("%s: [%d, %d) (object %q, not damaged) failed: %s", rep.Node, r.From, r.To, r.Key, r.Err)
 			case r.Got != want:

@@ -264,3 +264,25 @@ func TestPlanStoreFaultsEveryFaultOnce(t *testing.T) {
 		}
 	}
 }
+
+// A node that never evicted the deleted object's segment (it kept the
+// last copy) serves it; the others refuse it. Rule 9 compares values,
+// a refused offset matching any; rules 1 and 2 check what it served.
+func TestTieringLocalCopyOfDamagedObjectServed(t *testing.T) {
+	h, reps := tierHistory()
+	tier := reps[2].Tier
+	reps[2] = replica("n3", cleanReplicaValues())
+	reps[2].Tier = tier
+	tier.Manifest[1].Local = true
+	tier.Ranges[1] = RangeRead{From: 4, To: 8, Got: 4, Key: keyB}
+	c := tierRule(t, expectOnly(t, h, reps))
+	if c.Notes["damaged_served_from_local_copy"] != 1 || c.Notes["refused_deleted"] != 2 {
+		t.Errorf("notes %v", c.Notes)
+	}
+	// What it serves must be the acknowledged events: rules 1 and 2
+	// (the other replicas refused the offset, so rule 9 cannot tell).
+	reps[2].Values[5] = "p3-5-other"
+	reps[2] = replica("n3", reps[2].Values)
+	reps[2].Tier = tier
+	expectOnly(t, h, reps, 1, 2)
+}
