@@ -75,6 +75,9 @@ func (p *Processor) writeCheckpoint(cp checkpoint, force bool) error {
 		return err
 	}
 	p.cpIndex = cp.Index
+	if cp.State != nil {
+		p.cpNext.Store(cp.State.NextOffset)
+	}
 	return nil
 }
 

@@ -120,6 +120,10 @@ type Processor struct {
 		wake, quit, done chan struct{}
 		stop             sync.Once
 	}
+	// cpNext is the NextOffset of the newest durable checkpoint: a
+	// restart rebuilds the state by scanning the log from there, so it
+	// never reads the segments below it (CheckpointedOffset).
+	cpNext atomic.Uint64
 	// cpMu serializes checkpoint writes; cpIndex is the newest written, so
 	// an older one (a snapshot persisted after a cut's) never replaces it.
 	cpMu    sync.Mutex
@@ -172,6 +176,7 @@ func (p *Processor) load(log *segment.Log) error {
 	if st == nil {
 		st = newState()
 	}
+	p.cpNext.Store(st.NextOffset) // before the scan below moves st on
 	if log.NextOffset() < st.NextOffset {
 		return fmt.Errorf("%w: %s ends at offset %d but the checkpoint at raft index %d covers offsets up to %d; wipe this node's data directory and let it rejoin from a peer",
 			ErrDataLoss, log.Dir(), log.NextOffset(), cp.Index, st.NextOffset)
@@ -266,6 +271,14 @@ func (p *Processor) Close() error {
 	p.log = nil
 	return err
 }
+
+// CheckpointedOffset is the NextOffset of the newest durable checkpoint:
+// a restart rebuilds the state from the log from this offset on, so it
+// never reads a segment below it. A node evicts a tiered segment only
+// below it (server/tier_evict.go), or every restart would read the
+// evicted segments back from the store, and could not start while one
+// is damaged or the store is down.
+func (p *Processor) CheckpointedOffset() uint64 { return p.cpNext.Load() }
 
 // AppliedIndex is the last Raft index applied (or skipped as applied).
 func (p *Processor) AppliedIndex() uint64 { return p.applied.Load() }

@@ -49,9 +49,11 @@ func (c *CheckResult) noteMax(key string, v int) {
 // (fencecheck.go) only on a history of the fencing workload, rule 11
 // (diskcheck.go) only on one with disk faults or DISK_FULL refusals, rule
 // 12 (retcheck.go) only on one of the retention workload, rule 13
-// (compcheck.go) only on one of the compaction workload. Offsets below a
+// (compcheck.go) only on one of the compaction workload, rule 14
+// (tiercheck.go) only on one of the tiering workload. Offsets below a
 // replica's first kept offset (compactedValue) are rule 12's alone: rules
-// 1-9 skip them.
+// 1-9 skip them, as they skip offsets a final read of a tiering run was
+// refused (lostValue; rule 14 judges the refusal).
 func Check(h *History, reps []Replica) []CheckResult {
 	L := reference(reps)
 	res := []CheckResult{
@@ -76,6 +78,9 @@ func Check(h *History, reps []Replica) []CheckResult {
 	}
 	if h.Compaction != nil {
 		res = append(res, checkCompaction(h, reps))
+	}
+	if h.Tiering != nil {
+		res = append(res, checkTiering(h, reps))
 	}
 	return res
 }
@@ -144,6 +149,10 @@ func checkLost(h *History, reps []Replica) CheckResult {
 					c.note(rep.Node+"_compacted", 1) // a segment rewrite dropped it: rule 13
 					continue
 				}
+				if h.Tiering != nil && off < uint64(len(rep.Values)) && rep.Values[off] == lostValue {
+					c.note(rep.Node+"_lost_with_damaged_object", 1) // refused with its object: rule 14
+					continue
+				}
 				lost := off >= uint64(len(rep.Values)) || rep.Values[off] != v
 				if !lost {
 					if first < 0 {
@@ -200,14 +209,14 @@ func checkOneValue(h *History, reps []Replica) CheckResult {
 	for i := range h.Reads {
 		r := &h.Reads[i]
 		for j, v := range r.Values {
-			if v != compactedValue { // rules 5 and 13
+			if !gapValue(v) { // rules 5, 13 and 14
 				add(r.From+uint64(j), v, fmt.Sprintf("read by %s at %v", r.Process, r.Invoke))
 			}
 		}
 	}
 	for _, rep := range reps {
 		for off, v := range rep.Values {
-			if v != compactedValue {
+			if !gapValue(v) {
 				add(uint64(off), v, "replica "+rep.Node)
 			}
 		}
@@ -238,7 +247,7 @@ func checkDuplicates(h *History, reps []Replica) CheckResult {
 		}
 		count := map[string]int{}
 		for _, v := range rep.Values {
-			if v != compactedValue {
+			if !gapValue(v) {
 				count[v]++
 			}
 		}
@@ -328,8 +337,8 @@ func checkReads(h *History, reps []Replica, L []string) CheckResult {
 		c.Checked++
 		for j, v := range r.Values {
 			off := r.From + uint64(j)
-			if at(L, off) == compactedValue {
-				continue // read before the cut; rule 12
+			if gapValue(at(L, off)) {
+				continue // read before the cut (rule 12), or lost with a damaged object (rule 14)
 			}
 			if off >= uint64(len(L)) || L[off] != v {
 				c.violate("read by %s from %d at %v: offset %d was %q, final log has %q", r.Process, r.From, r.Invoke, off, v, at(L, off))
@@ -469,8 +478,8 @@ func checkSubscriptions(h *History, L []string) CheckResult {
 				c.violate("%s skipped offsets [%d, %d)", s.Process, want, d.Offset)
 			case d.Offset < want:
 				c.violate("%s delivered offset %d again (or out of order) after %d", s.Process, d.Offset, want-1)
-			case at(L, d.Offset) == compactedValue:
-				// delivered before the cut; rule 12
+			case gapValue(at(L, d.Offset)):
+				// delivered before the cut (rule 12), or lost with a damaged object (rule 14)
 			case d.Offset >= uint64(len(L)) || L[d.Offset] != d.Value:
 				c.violate("%s delivered %q at offset %d, final log has %q", s.Process, d.Value, d.Offset, at(L, d.Offset))
 			}
@@ -496,6 +505,18 @@ func jumpsCover(jumps []Jump, from, to uint64) bool {
 	return false
 }
 
+// sameValues compares two replicas' values, lostValue matching any, and
+// returns the first offset where they differ.
+func sameValues(a, b []string) (uint64, bool) {
+	for i := range max(len(a), len(b)) {
+		va, vb := at(a, uint64(i)), at(b, uint64(i))
+		if va != vb && va != lostValue && vb != lostValue {
+			return uint64(i), false
+		}
+	}
+	return 0, true
+}
+
 // checkReplicas is rule 9: every node could replay its whole log and all
 // replicas are identical (length and SHA-256 of the raw batches).
 func checkReplicas(reps []Replica) CheckResult {
@@ -510,6 +531,16 @@ func checkReplicas(reps []Replica) CheckResult {
 		}
 		if ref == nil {
 			ref = r
+			continue
+		}
+		if r.Tier != nil && ref.Tier != nil && r.Hash != ref.Hash {
+			// A tiering run: a node may serve a damaged object's segment
+			// from a local copy it never evicted (the only copy left)
+			// while the others refuse it; rule 14 judges the refusals.
+			// Compare values, a refused offset matching any.
+			if off, ok := sameValues(ref.Values, r.Values); !ok {
+				c.violate("%s: offset %d is %q, but %s has %q (%d and %d events)", r.Node, off, at(r.Values, off), ref.Node, at(ref.Values, off), r.Length, ref.Length)
+			}
 			continue
 		}
 		if r.Length != ref.Length || r.Hash != ref.Hash || r.First != ref.First {

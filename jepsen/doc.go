@@ -90,6 +90,15 @@
 //     that its leader knows; within 20 s of the heal every node runs,
 //     serves and reports no problem and an append is acknowledged.
 //
+// Rules 12 and 13 judge the retention and compaction workloads
+// (retcheck.go, compcheck.go). Rule 14 (tiercheck.go) judges the tiering
+// scenario, whose nodes tier to a real versitygw behind a fault-injecting
+// proxy (objstore.go, tiering.go): something was tiered and evicted
+// everywhere and the backlog drained; a segment whose object the store
+// nemesis deleted or flipped is refused DataLoss naming the key, every
+// other range is read whole; manifests, segment digests and verify
+// --tiered agree.
+//
 // A run also fails if it cannot reach its checks: the healed cluster
 // accepts no append, or the replicas do not converge within a minute.
 //

@@ -168,6 +168,10 @@ type History struct {
 	// segment rewrites the nodes reported (scenario compaction); nil
 	// otherwise.
 	Compaction *CompactionRun `json:"compaction,omitempty"`
+	// Tiering is what the tiering workload saw: the objects the store
+	// nemesis damaged, the nodes' tier metrics, the end's verify --tiered
+	// (scenario tiering); nil otherwise.
+	Tiering *TieringRun `json:"tiering,omitempty"`
 }
 
 // Replica is the final log of one node, replayed in full.
@@ -192,6 +196,9 @@ type Replica struct {
 	// Compaction is what the node answered about the compaction
 	// workload's runs and deleted streams at the end (nil otherwise).
 	Compaction *ReplicaCompaction `json:"compaction,omitempty"`
+	// Tier is the node's manifest, digests and segment-by-segment final
+	// reads at the end of a tiering run (nil otherwise).
+	Tier *ReplicaTier `json:"tier,omitempty"`
 }
 
 // recorder collects a History from concurrent clients.
@@ -279,6 +286,7 @@ func (r *recorder) snapshot() *History {
 		Appends: slices.Clone(r.h.Appends), Reads: slices.Clone(r.h.Reads),
 		Subs: slices.Clone(r.h.Subs), Faults: slices.Clone(r.h.Faults), Fences: slices.Clone(r.h.Fences),
 		Retention: r.h.Retention, Cuts: slices.Clone(r.h.Cuts), Compaction: r.h.Compaction.clone(),
+		Tiering: r.h.Tiering.clone(),
 	}
 	slices.SortStableFunc(h.Appends, func(a, b AppendOp) int { return int(a.Invoke - b.Invoke) })
 	slices.SortStableFunc(h.Reads, func(a, b ReadOp) int { return int(a.Invoke - b.Invoke) })

@@ -97,6 +97,16 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 		// when it keeps it.
 		defer func() { disks.release(false) }()
 	}
+	var ts *tieringSetup
+	if s.Tiering != nil {
+		// versitygw and its proxy start before the nodes (their
+		// arguments name the proxy) and stop after them.
+		ts = &tieringSetup{}
+		serveArgs = append(slices.Clone(serveArgs), tieringArgs...)
+		env = append(env, storeEnv()...)
+		prepare = ts.prepare(ctx, filepath.Join(cfg.Dir, "store"), seed)
+		defer func() { ts.store.close() }()
+	}
 	c, err := startCluster(ctx, bin, dataDir, serveArgs, env, prepare)
 	if err != nil {
 		return res, fmt.Errorf("starting cluster: %w", err)
@@ -117,7 +127,7 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 		}
 	}()
 	rec := newRecorder()
-	h, reps, err := execute(ctx, cfg, c, rec, seed, res, logf)
+	h, reps, err := execute(ctx, cfg, c, ts, rec, seed, res, logf)
 	res.Replicas = reps
 	summarize(res, h, cfg.Duration)
 	if err != nil {
@@ -125,6 +135,11 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 	}
 	res.Checks = Check(h, reps)
 	res.Valid = err == nil && Valid(res.Checks)
+	if h.Tiering != nil {
+		if b, jerr := json.MarshalIndent(h.Tiering, "", "  "); jerr == nil {
+			os.WriteFile(filepath.Join(cfg.Dir, "tiering.json"), append(b, '\n'), 0o644)
+		}
+	}
 	if werr := writeResults(cfg.Dir, res, h); werr != nil && err == nil {
 		err = werr
 	}
@@ -140,7 +155,7 @@ func phases(d time.Duration) (faultsFrom, faultsTo time.Duration) {
 
 // execute runs the workload and the nemesis, heals, and replays every
 // replica. The history is complete even when it returns an error.
-func execute(ctx context.Context, cfg Config, c *cluster, rec *recorder, seed uint64, res *Result,
+func execute(ctx context.Context, cfg Config, c *cluster, ts *tieringSetup, rec *recorder, seed uint64, res *Result,
 	logf func(string, ...any)) (*History, []Replica, error) {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	from, to := phases(cfg.Duration)
@@ -168,16 +183,36 @@ func execute(ctx context.Context, cfg Config, c *cluster, rec *recorder, seed ui
 		rec.setRetention(&RetentionRun{Prefix: r.Prefix, MaxBytes: r.MaxBytes, Uncovered: r.Uncovered, Version: v, SetAt: rec.now()})
 		logf("  retention policy %q max-bytes %d set (policy version %d)", r.Prefix, r.MaxBytes, v)
 	}
+	if cfg.Scenario.Tiering != nil {
+		rec.h.Tiering = &TieringRun{}
+	}
 	w.start(ctx, stop)
 	nem := &nemesis{c: c, rec: rec, rng: rng, logf: logf, disk: cfg.Scenario.Disk, fillers: map[string]bool{}}
 	nctx, stopNemesis := context.WithTimeout(ctx, to+10*time.Second)
-	nem.run(nctx, res.Schedule)
+	plan := res.Schedule // the store nemesis's faults are its own
+	waitStore, stopPoller := func() {}, func() {}
+	if ts != nil {
+		waitStore, stopPoller = runTiering(ctx, nctx, cfg, c, ts, rec, seed, from, to, res, logf)
+		defer stopPoller()
+	}
+	nem.run(nctx, plan)
+	waitStore()
 	stopNemesis()
 	sleepCtx(ctx, cfg.Duration-rec.now())
 	stopWorkload()
 	w.wait()
 	nem.healAll()
-	reps, err := finalPhase(ctx, c, rec, w.runID, cfg.Scenario.Retention, cfg.Scenario.Compaction != nil)
+	var reps []Replica
+	var err error
+	if ts != nil {
+		reps, err = finalTiering(ctx, c, rec, w.runID, stopPoller)
+		p := ts.store.proxy
+		rec.tiering(func(t *TieringRun) {
+			t.ProxyRequests, t.ProxyInjected, t.ProxyDown = p.requests.Load(), p.injected.Load(), p.failed.Load()
+		})
+	} else {
+		reps, err = finalPhase(ctx, c, rec, w.runID, cfg.Scenario.Retention, cfg.Scenario.Compaction != nil)
+	}
 	if len(nem.failures) > 0 {
 		err = errors.Join(err, fmt.Errorf("nemesis: %s", strings.Join(nem.failures, "; ")))
 	}

@@ -40,6 +40,10 @@ type Scenario struct {
 	// runs compacted to their snapshots and deleted streams; its history
 	// is judged by rule 13.
 	Compaction *CompactionSpec
+	// Tiering runs the nodes with cold tiering to a real versitygw behind
+	// a fault-injecting proxy and adds the store nemesis (tiering.go); its
+	// history is judged by rule 14.
+	Tiering *TieringSpec
 }
 
 // snapshotArgs make snapshots frequent and the Raft log short, so a
@@ -116,6 +120,12 @@ var Scenarios = []Scenario{
 		Faults: []string{"kill-leader", "kill-follower", "kill-all", "isolate-leader", "isolate-follower-long", "wipe-follower"}, ServeArgs: compactionArgs, FaultFS: true,
 		Active: [2]time.Duration{2 * time.Second, 5 * time.Second}, Quiet: [2]time.Duration{time.Second, 2 * time.Second},
 		Compaction: &CompactionSpec{RunPrefix: "crun/", DelPrefix: "cdel/", Trainers: 3, Keep: defaultKeep}},
+	{Name: "tiering", Doc: "cold tiering to a real versitygw (64 KiB segments, at most 128 KiB not tiered, evicted once committed) while the leader or a follower is SIGKILLed or isolated, and, on a schedule of its own, the store is down (versitygw SIGKILLed), slow (300 ms a request), failing (half the requests 500), an evicted segment's object deleted and one's byte flipped; nodes restarted before the final reads (no cached block)",
+		Faults: []string{"kill-leader", "kill-follower", "isolate-leader", "isolate-follower"},
+		Active: [2]time.Duration{2 * time.Second, 4 * time.Second}, Quiet: [2]time.Duration{time.Second, 2 * time.Second},
+		Tiering: &TieringSpec{Faults: []string{"store-down", "store-slow", "store-500", "store-delete", "store-flip"},
+			Active: [2]time.Duration{1500 * time.Millisecond, 2500 * time.Millisecond}, Quiet: [2]time.Duration{500 * time.Millisecond, 1500 * time.Millisecond},
+			Slow: 300 * time.Millisecond, ErrRate: 0.5}},
 }
 
 // FindScenarios resolves a comma-separated list of names, or "all".

@@ -59,7 +59,7 @@ if [ "${TSSTORE_JEPSEN:-1}" != 0 ]; then
   scenarios=all
   if [ "$(id -u)" != 0 ]; then
     # disk-full mounts a tmpfs per node, which needs root (CI runs as root).
-    scenarios=crash,pause,partition,link,lossy-disk,corrupt,bitrot,snapshot,transfer,membership,fencing,retention,compaction
+    scenarios=crash,pause,partition,link,lossy-disk,corrupt,bitrot,snapshot,transfer,membership,fencing,retention,compaction,tiering
     echo "   not root: every scenario but disk-full (it mounts tmpfs; run as root to include it)"
   fi
   go run ./jepsen/cmd/jepsen -profile short -scenario "$scenarios" -seed "${JEPSEN_SEED:-0}" -out "$jepsen_out"

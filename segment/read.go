@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"sort"
 
@@ -118,6 +119,16 @@ type reader struct {
 // *CorruptionError. It is safe to call concurrently with Append and never
 // returns a partially written batch.
 func (l *Log) ReadBatches(dst []byte, from uint64, maxBytes int) (out []byte, next uint64, err error) {
+	return l.ReadBatchesTo(dst, from, math.MaxUint64, maxBytes)
+}
+
+// ReadBatchesTo is ReadBatches for a reader that wants the offsets below
+// end only: it does not go on to (nor prefetch) a segment that starts at
+// or after end. A segment it does not need is never read, so a tiered
+// segment's object beyond end is neither fetched nor able to fail the
+// read (a damaged one is DataLoss for the reads of its own offsets only).
+// The batches of the last segment read may still reach past end.
+func (l *Log) ReadBatchesTo(dst []byte, from, end uint64, maxBytes int) (out []byte, next uint64, err error) {
 	defer func() { err = l.withKey(err) }()
 	r := reader{dst: dst, maxBytes: maxBytes, from: from, next: from}
 	for {
@@ -125,15 +136,16 @@ func (l *Log) ReadBatches(dst []byte, from uint64, maxBytes int) (out []byte, ne
 		if err != nil || done {
 			return r.dst, r.next, l.errClosedRead(err)
 		}
-		l.prefetchNext(v.seg)
+		l.prefetchNext(v.seg, end)
 		full, err := r.readSegment(v)
 		v.seg.release()
 		if err != nil {
 			return r.dst, r.next, l.errClosedRead(err)
 		}
-		if full || r.next == r.from {
-			// The budget is spent. (The second test is defensive: the view
-			// held from, so at least one batch was appended.)
+		if full || r.next == r.from || r.next >= end {
+			// The budget is spent, or the reader has every offset below
+			// end. (The second test is defensive: the view held from, so
+			// at least one batch was appended.)
 			return r.dst, r.next, nil
 		}
 		// The segment ended; go on with the next one or with what was

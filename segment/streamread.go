@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"sort"
@@ -240,9 +241,17 @@ func (v *streamSeg) readAt(b []byte, pos int64, e streamEntry) error {
 // or of a .streams file is a *CorruptionError. It is safe to call
 // concurrently with Append.
 func (l *Log) StreamBatches(dst []byte, stream string, fromOffset uint64, maxBytes int) (out []byte, next uint64, err error) {
+	return l.StreamBatchesTo(dst, stream, fromOffset, math.MaxUint64, maxBytes)
+}
+
+// StreamBatchesTo is StreamBatches for a reader that wants the offsets
+// below to only: no segment starting at or after to is read (a tiered
+// one's object is neither fetched nor able to fail the read), and next is
+// at most to when no batch of the stream was found below it.
+func (l *Log) StreamBatchesTo(dst []byte, stream string, fromOffset, to uint64, maxBytes int) (out []byte, next uint64, err error) {
 	defer func() { err = l.withKey(err) }()
 	r := streamReader{dst: dst, maxBytes: int64(maxBytes), from: fromOffset, next: fromOffset}
-	var end uint64
+	end := to // nextStreamSeg lowers it to NextOffset
 	for first := true; ; first = false {
 		v, found, err := l.nextStreamSeg(stream, r.from, &end, first)
 		if err != nil {
@@ -265,7 +274,7 @@ func (l *Log) StreamBatches(dst []byte, stream string, fromOffset uint64, maxByt
 
 // nextStreamSeg finds the first segment, from the one holding from on,
 // with a batch of stream whose span ends after from and starts before
-// end. On the first call it sets end to NextOffset.
+// end. On the first call it lowers end to NextOffset.
 func (l *Log) nextStreamSeg(stream string, from uint64, end *uint64, first bool) (v streamSeg, found bool, err error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -274,7 +283,7 @@ func (l *Log) nextStreamSeg(stream string, from uint64, end *uint64, first bool)
 		return v, false, ErrClosed
 	}
 	if first {
-		*end = segs[len(segs)-1].next
+		*end = min(*end, segs[len(segs)-1].next)
 	}
 	switch {
 	case from >= *end:

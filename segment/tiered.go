@@ -80,9 +80,10 @@ type RemotePrefetcher interface {
 	Prefetch(off int64)
 }
 
-// prefetchNext hints the tiered segment after s, if any, to start
+// prefetchNext hints the tiered segment after s, if any and if it starts
+// below end (the reader wants nothing from it otherwise), to start
 // fetching its first bytes.
-func (l *Log) prefetchNext(s *segment) {
+func (l *Log) prefetchNext(s *segment, end uint64) {
 	if s == nil || s.remote == nil {
 		return
 	}
@@ -95,7 +96,7 @@ func (l *Log) prefetchNext(s *segment) {
 		}
 	}
 	l.mu.RUnlock()
-	if next == nil || next.remote == nil {
+	if next == nil || next.remote == nil || next.base >= end {
 		return
 	}
 	if rf, ok := next.f.(*remoteFile); ok {

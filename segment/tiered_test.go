@@ -536,3 +536,49 @@ func TestDumpTiered(t *testing.T) {
 		t.Fatalf("dump:\n%s\nwant %q and the key", out.String(), want)
 	}
 }
+
+// TestReadToStopsBeforeTheNextSegment: a read bounded by end never reads
+// a segment that starts at or after end, so a damaged tiered object there
+// neither fails it nor is fetched (jepsen's tiering scenario found reads
+// of healthy ranges failing with DataLoss naming the next segment's
+// deleted object). Unbounded, the same read reaches the damage.
+func TestReadToStopsBeforeTheNextSegment(t *testing.T) {
+	l, r, _, _ := tieredLog(t)
+	keys := tierAll(t, l, r)
+	segs := l.Segments()
+	s, bad := segs[1], segs[2]
+	r.edit(keys[bad.BaseOffset], func([]byte) []byte { return nil })
+
+	out, next, err := l.ReadBatchesTo(nil, s.BaseOffset, s.NextOffset, 1<<30)
+	if err != nil || next != s.NextOffset || int64(len(out)) != s.Size {
+		t.Fatalf("ReadBatchesTo [%d, %d): %d bytes up to %d, %v; want the segment's %d bytes", s.BaseOffset, s.NextOffset, len(out), next, err, s.Size)
+	}
+	if _, _, err := l.ReadBatches(nil, s.BaseOffset, 1<<30); err == nil {
+		t.Fatal("an unbounded read past the deleted object succeeded")
+	}
+	// A bound inside the segment: no further either.
+	if _, next, err := l.ReadBatchesTo(nil, s.BaseOffset, s.BaseOffset+1, 1<<30); err != nil || next > s.NextOffset {
+		t.Fatalf("ReadBatchesTo inside the segment: next %d, %v", next, err)
+	}
+	for k := range 7 {
+		stream := fmt.Sprintf("stream-%d", k)
+		_, next, err := l.StreamBatchesTo(nil, stream, s.BaseOffset, s.NextOffset, 1<<30)
+		if err != nil || next > s.NextOffset {
+			t.Fatalf("StreamBatchesTo %s [%d, %d): next %d, %v", stream, s.BaseOffset, s.NextOffset, next, err)
+		}
+	}
+	// Nothing is hinted past the bound either.
+	pr := &prefetchRemote{memRemote: newMemRemote()}
+	o := testOptions()
+	o.Remote = pr
+	l2 := mustOpen(t, t.TempDir(), o)
+	fill(t, l2, newMaker(100), 200, 5)
+	tierAll(t, l2, pr.memRemote)
+	s2 := l2.Segments()[1]
+	if _, _, err := l2.ReadBatchesTo(nil, s2.BaseOffset, s2.NextOffset, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	if got := pr.hints.Load(); got != 0 {
+		t.Fatalf("%d prefetch hints for a read that ends with its segment, want 0", got)
+	}
+}

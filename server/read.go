@@ -158,9 +158,11 @@ func (r *reader) next(end uint64) (*[]byte, uint64, error) {
 	err := r.n.proc.WithLog(func(l *segment.Log) error {
 		var err error
 		if r.sel.stream != "" {
-			*raw, next, err = l.StreamBatches((*raw)[:0], r.sel.stream, r.sel.from, r.sel.maxBytes)
+			// Not past end: a segment beyond it is never read (a tiered
+			// one's object fetched, or its damage failing this read).
+			*raw, next, err = l.StreamBatchesTo((*raw)[:0], r.sel.stream, r.sel.from, end, r.sel.maxBytes)
 		} else {
-			*raw, next, err = l.ReadBatches((*raw)[:0], r.sel.from, r.sel.maxBytes)
+			*raw, next, err = l.ReadBatchesTo((*raw)[:0], r.sel.from, end, r.sel.maxBytes)
 		}
 		return err
 	})

@@ -75,9 +75,16 @@ func (n *Node) openTierCache() error {
 // The log checks its local bytes against the same checksum before it
 // removes them (segment.Log.Evict). A segment that is not committed as
 // tiered is never evicted. It runs on every node, leader and followers.
-// It stops at the first error; an object that does not match is left
-// (and logged) and the local copy kept.
-func (n *Node) evictTiered(ctx context.Context) error {
+// It stops at the first error (the store failing); an object that is
+// missing or does not match is left (and logged), the local copy kept,
+// and the other segments go on.
+//
+// Only segments below the fsm's durable checkpoint are evicted
+// (fsm.Processor.CheckpointedOffset): a restart rebuilds the state by
+// scanning the log from the checkpoint on, and must not need the store
+// (down, or an object lost) to start. pending reports tiered segments
+// held back for that: the caller takes a snapshot, which writes one.
+func (n *Node) evictTiered(ctx context.Context) (pending bool, err error) {
 	var local map[uint64]segment.SegmentInfo
 	_ = n.proc.WithLog(func(l *segment.Log) error {
 		segs := l.Segments()
@@ -87,9 +94,14 @@ func (n *Node) evictTiered(ctx context.Context) error {
 		}
 		return nil
 	})
+	checkpointed := n.proc.CheckpointedOffset()
 	for _, e := range n.proc.Retention().Segments {
 		s, ok := local[e.BaseOffset]
 		if e.State != fsm.SegmentTiered || e.Key == "" || !ok || !s.Sealed || s.Tiered {
+			continue
+		}
+		if e.NextOffset > checkpointed {
+			pending = true
 			continue
 		}
 		if s.Size != e.Size || s.NextOffset != e.NextOffset {
@@ -98,8 +110,17 @@ func (n *Node) evictTiered(ctx context.Context) error {
 			continue
 		}
 		obj, err := n.cfg.Tier.Target.Head(ctx, e.Key)
+		if errors.Is(err, tiering.ErrNotFound) {
+			// The object is lost: this local copy may be the last one.
+			// Keep it, and go on with the other segments (a store that
+			// answers is not down).
+			n.metrics.tierEvictRefused.Inc()
+			n.logger.Error("tiering: the object of a committed segment is missing; keeping the local copy",
+				"base_offset", e.BaseOffset, "key", e.Key)
+			continue
+		}
 		if err != nil {
-			return fmt.Errorf("tiering: evict segment %d: head %s: %w", e.BaseOffset, e.Key, err)
+			return pending, fmt.Errorf("tiering: evict segment %d: head %s: %w", e.BaseOffset, e.Key, err)
 		}
 		if obj.Size != e.Size || obj.Checksum != e.Digest {
 			n.metrics.tierEvictRefused.Inc()
@@ -119,12 +140,12 @@ func (n *Node) evictTiered(ctx context.Context) error {
 			n.logger.Error("tiering: the local segment does not match the committed checksum; keeping it", "base_offset", e.BaseOffset, "error", err)
 			continue
 		case err != nil:
-			return fmt.Errorf("tiering: evict segment %d: %w", e.BaseOffset, err)
+			return pending, fmt.Errorf("tiering: evict segment %d: %w", e.BaseOffset, err)
 		}
 		n.metrics.tierEvictedSegments.Inc()
 		n.metrics.tierEvictedBytes.Add(float64(e.Size))
 		n.logger.Info("tiering: local copy evicted; the segment is read from the tier target", "base_offset", e.BaseOffset,
 			"next_offset", e.NextOffset, "bytes", e.Size, "key", e.Key)
 	}
-	return nil
+	return pending, nil
 }

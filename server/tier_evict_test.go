@@ -375,3 +375,133 @@ func TestTierInstallSnapshotVersityGW(t *testing.T) {
 		t.Fatalf("%s reads differ from the leader's after InstallSnapshot", f.cfg.NodeID)
 	}
 }
+
+// A node evicts a tiered segment only once a durable checkpoint covers
+// it (taking a snapshot for that), so a restart rebuilds its state
+// without reading the store: a node restarts and serves while every
+// object is gone. Before, a restart scanned the evicted segments above
+// the checkpoint back from the store, and a node whose object was
+// deleted could never start again (jepsen's tiering scenario found it).
+func TestTierEvictOnlyBelowCheckpoint(t *testing.T) {
+	dir := t.TempDir()
+	target, err := tiering.NewFSTarget(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.RetentionInterval = 0
+		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+			SweepInterval: time.Hour}
+	})
+	next := appendBatches(t, tc, "p1", 80)
+	waitNextOffset(t, tc.nodes, next)
+	waitManifest(t, tc, "sealed segments tiered", func(r fsm.Retention) bool {
+		tiered := 0
+		for _, e := range r.Segments {
+			if e.State == fsm.SegmentTiered {
+				tiered++
+			}
+		}
+		return tiered >= 3
+	})
+	for _, n := range tc.nodes {
+		waitEvicted(t, n)
+		cp := n.proc.CheckpointedOffset()
+		_ = n.proc.WithLog(func(l *segment.Log) error {
+			for _, s := range l.Segments() {
+				if s.Tiered && s.NextOffset > cp {
+					t.Errorf("%s: segment [%d, %d) evicted above the checkpoint's offset %d", n.cfg.NodeID, s.BaseOffset, s.NextOffset, cp)
+				}
+			}
+			return nil
+		})
+	}
+	// Every object lost: restarts still work.
+	err = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			err = os.Remove(p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := 1
+	tc.nodes[i].Close()
+	tc.nodes[i] = nil
+	n, err := New(tc.cfgs[i])
+	if err != nil {
+		t.Fatalf("restart with every tiered object gone: %v", err)
+	}
+	tc.nodes[i] = n
+	next = appendBatches(t, tc, "p2", 5)
+	waitNextOffset(t, tc.nodes, next)
+	if err := readRange(t, n, next-1, next); err != nil {
+		t.Fatalf("read of the newest event after the restart: %v", err)
+	}
+}
+
+// lostTarget answers Head of the first segment's object (base offset 0)
+// with ErrNotFound, as a store that lost it.
+type lostTarget struct{ tiering.Target }
+
+func (l lostTarget) Head(ctx context.Context, key string) (tiering.ObjectInfo, error) {
+	if strings.Contains(key, "/00000000000000000000-") {
+		return tiering.ObjectInfo{}, tiering.ErrNotFound
+	}
+	return l.Target.Head(ctx, key)
+}
+
+// A committed segment whose object is missing keeps its local copy (it
+// may be the last one) and does not stop the eviction of the others
+// (jepsen's tiering scenario: a follower rebuilt by InstallSnapshot after
+// an object was deleted kept every segment local).
+func TestTierEvictSkipsMissingObject(t *testing.T) {
+	target, err := tiering.NewFSTarget(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.RetentionInterval = 0
+		c.Tier = TierConfig{Target: lostTarget{target}, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+			SweepInterval: time.Hour}
+	})
+	next := appendBatches(t, tc, "p1", 80)
+	waitNextOffset(t, tc.nodes, next)
+	waitManifest(t, tc, "sealed segments tiered", func(r fsm.Retention) bool {
+		tiered := 0
+		for _, e := range r.Segments {
+			if e.State == fsm.SegmentTiered {
+				tiered++
+			}
+		}
+		return tiered >= 3
+	})
+	for _, n := range tc.nodes {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			local := map[uint64]bool{}
+			_ = n.proc.WithLog(func(l *segment.Log) error {
+				for _, s := range l.Segments() {
+					local[s.BaseOffset] = !s.Tiered
+				}
+				return nil
+			})
+			left := 0
+			for _, e := range n.proc.Retention().Segments {
+				if e.State == fsm.SegmentTiered && e.BaseOffset != 0 && local[e.BaseOffset] {
+					left++
+				}
+			}
+			if left == 0 && local[0] {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d tiered segments after the lost one still local (first segment local: %v)", n.cfg.NodeID, left, local[0])
+			}
+			time.Sleep(20 * time.Millisecond) // eviction runs on the tiering tick
+		}
+	}
+}

@@ -124,7 +124,7 @@ func (n *Node) runTiering() {
 	})
 	t := time.NewTicker(tc.Interval)
 	defer t.Stop()
-	var retryAt, sweptAt time.Time
+	var retryAt, sweptAt, checkpointAt time.Time
 	var backoff time.Duration
 	var sweptTerm uint64
 	deleted := map[string]bool{}       // objects of dropped segments deleted while leading
@@ -137,8 +137,17 @@ func (n *Node) runTiering() {
 		}
 		now := time.Now()
 		n.tierBacklog(now)
-		if err := n.evictTiered(ctx); err != nil && ctx.Err() == nil {
+		pending, err := n.evictTiered(ctx)
+		if err != nil && ctx.Err() == nil {
 			n.logger.Warn("tiering: evicting local copies failed; they stay and this node tries again", "error", err)
+		}
+		if pending && now.Sub(checkpointAt) >= max(tc.Interval, time.Second) {
+			// Tiered segments above the durable checkpoint wait for one:
+			// a snapshot writes it (at most once a second).
+			checkpointAt = now
+			if err := n.await(nil, n.raft.Snapshot()); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) && ctx.Err() == nil {
+				n.logger.Warn("tiering: snapshot for evicting tiered segments failed; they stay local until the next one", "error", err)
+			}
 		}
 		if n.raft.State() != raft.Leader {
 			clear(deleted)
@@ -148,7 +157,7 @@ func (n *Node) runTiering() {
 		if now.Before(retryAt) {
 			continue
 		}
-		err := n.tierOnce(ctx, now, deleted, dropSeen)
+		err = n.tierOnce(ctx, now, deleted, dropSeen)
 		if term := n.raft.CurrentTerm(); err == nil && (term != sweptTerm || now.Sub(sweptAt) >= tc.SweepInterval) {
 			if err = n.sweepTier(ctx, term); err == nil {
 				sweptTerm, sweptAt = term, now
