@@ -158,7 +158,8 @@ func (n *Node) runTiering() {
 			continue
 		}
 		err = n.tierOnce(ctx, now, deleted, dropSeen)
-		if term := n.raft.CurrentTerm(); err == nil && (term != sweptTerm || now.Sub(sweptAt) >= tc.SweepInterval) {
+		// The sweep waits for the term's barrier (watchLeadership).
+		if term := n.raft.CurrentTerm(); err == nil && n.leaderReady.Load() == term && (term != sweptTerm || now.Sub(sweptAt) >= tc.SweepInterval) {
 			if err = n.sweepTier(ctx, term); err == nil {
 				sweptTerm, sweptAt = term, now
 			}
@@ -263,13 +264,18 @@ func tierKeyTerm(cluster, key string) (uint64, bool) {
 // committed (Kafka's KAFKA-16511 leak): keys of this cluster's form, of
 // a term before term, that no manifest entry names. Such an upload can
 // no longer be committed once this leader has applied everything before
-// its own entries (the barrier): a proposal of an earlier term is in
-// this leader's log, and so applied, or never commits. Objects of this
-// term are left alone (a commit of this leader may still be pending),
-// and so is every key not of tierKey's form.
+// its own entries (its term's barrier, watchLeadership): a proposal of
+// an earlier term is in this leader's log, and so applied, or never
+// commits. Objects of this term are left alone (a commit of this leader
+// may still be pending), and so is every key not of tierKey's form.
+//
+// It takes no barrier of its own: the term's barrier is the last entry
+// that never reaches the FSM (localReadIndex counts on it), and a second
+// one left followers' linearizable reads of an idle cluster waiting for
+// an index their FSM never applies.
 func (n *Node) sweepTier(ctx context.Context, term uint64) error {
-	if err := n.raft.Barrier(n.cfg.CommandTimeout).Error(); err != nil {
-		return fmt.Errorf("tiering: sweep: barrier: %w", err)
+	if n.leaderReady.Load() != term || n.raft.CurrentTerm() != term {
+		return fmt.Errorf("tiering: sweep: %w: the term's barrier is not applied yet", errNoLeader)
 	}
 	named := map[string]bool{}
 	for _, e := range n.proc.Retention().Segments {
