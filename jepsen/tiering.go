@@ -156,16 +156,11 @@ func (t *TieringRun) clone() *TieringRun {
 // yet tiered, a tiering tick every 200 ms and a short backoff (the
 // backlog drains within a second of the store coming back), the smallest
 // cache the defaults allow (5 blocks of 4 MiB), short store requests (a
-// slow store times out). The Raft log keeps 65536 entries after a
-// snapshot, more than a short run writes, so a follower behind catches up
-// from the log: the snapshot stream sent to a follower carries the bytes
-// of tiered segments, and the leader refuses to send one holding a
-// damaged object's bytes, so a follower that needed InstallSnapshot
-// after a store-delete or store-flip could never catch up (docs/jepsen.md,
-// Findings and What is not covered). Nodes take a snapshot whenever
-// tiered segments wait for a checkpoint to be evicted, about once a
-// second here, so the default 4096 entries are not enough.
-var tieringArgs = []string{"--segment-bytes", "65536", "--trailing-logs", "65536",
+// slow store times out). The Raft log keeps its default trailing entries,
+// so a follower that falls behind catches up by InstallSnapshot; the
+// snapshot stream (version 2) references tiered segments by key instead
+// of carrying their bytes, so a damaged object does not stop it.
+var tieringArgs = []string{"--segment-bytes", "65536",
 	"--tier-hot-bytes", "131072", "--tier-interval", "200ms", "--tier-max-backoff", "1s",
 	"--tier-cache-bytes", "20971520", "--tier-s3-request-timeout", "2s"}
 
