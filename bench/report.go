@@ -70,6 +70,9 @@ type Result struct {
 	FsyncP50ms        *float64 `json:"fsync_p50_ms,omitempty"`
 	FsyncP99ms        *float64 `json:"fsync_p99_ms,omitempty"`
 	FsyncMaxms        *float64 `json:"fsync_max_ms,omitempty"`
+	// Cold tiering (t): the share of the log's segment bytes only in the
+	// tier target (the smallest over the nodes).
+	TieredFraction *float64 `json:"tiered_fraction,omitempty"`
 }
 
 // F returns a pointer to v, for the optional fields.

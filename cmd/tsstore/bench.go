@@ -27,7 +27,9 @@ import (
 // the leader's memory as the hostile clients left it, so it runs after
 // the others that measure memory; k's retention policy drops what the
 // others wrote, so it runs after them (but before f).
-var benchWorkloads = []string{"a", "b", "c", "d", "e", "h", "g", "r", "x", "k", "f"}
+// t restarts every node with cold tiering on, so it runs after the others
+// that measure the cluster as started (but before f).
+var benchWorkloads = []string{"a", "b", "c", "d", "e", "h", "g", "r", "x", "k", "t", "f"}
 
 type benchFlags struct {
 	addrs        string
@@ -51,6 +53,7 @@ type benchFlags struct {
 	secure       bool
 	hostile      hostileFlags
 	kMaxBytes    int64
+	tier         tierBenchFlags
 }
 
 // parseBenchFlags parses bench's command line (for tests).
@@ -94,7 +97,7 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 	fs.StringVar(&f.addrs, "addr", "", "comma-separated API addresses of a running cluster (default: start a local three-node cluster)")
 	fs.StringVar(&f.local, "local", "", "data directory of the local cluster (default: a temp dir, removed afterwards)")
 	fs.BoolVar(&f.keep, "keep", false, "keep the local cluster's data directory")
-	wl := fs.String("workloads", "a,b,c,d,e,f,g,h", "workloads to run: a (1 waiting producer), b (N waiting producers), c (batching producer), d (replay), e (stream replay), f (failover), g (disk use), h (memory and restart per log size), r (training run: resume and time travel per run size; not in the default set), x (hostile clients on the leader: memory and c's rate beside them; not in the default set; turns on --secure), k (appends during retention cuts and run compaction: b's producers without and with compaction; not in the default set; starts the local cluster with small segments, a 1 s retention interval and --run-compaction)")
+	wl := fs.String("workloads", "a,b,c,d,e,f,g,h", "workloads to run: a (1 waiting producer), b (N waiting producers), c (batching producer), d (replay), e (stream replay), f (failover), g (disk use), h (memory and restart per log size), r (training run: resume and time travel per run size; not in the default set), x (hostile clients on the leader: memory and c's rate beside them; not in the default set; turns on --secure), k (appends during retention cuts and run compaction: b's producers without and with compaction; not in the default set; starts the local cluster with small segments, a 1 s retention interval and --run-compaction), t (replay from cold with about 90% of the log tiered vs all local, and disk per node: restarts the nodes with cold tiering on; not in the default set; starts the local cluster with 8 MiB segments)")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "length of each timed workload (a, b, c) and of the steady phase around each kill (f)")
 	fs.IntVar(&f.producers, "producers", 64, "concurrent waiting producers in b and f")
 	fs.IntVar(&f.size, "size", 256, "payload bytes per event")
@@ -112,14 +115,18 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 	fs.BoolVar(&f.secure, "secure", false, "local cluster: TLS between nodes and for clients, and bearer tokens (a throwaway CA and tokens file in the cluster's directory); this client appends with an append token")
 	f.hostile.register(fs)
 	fs.Int64Var(&f.kMaxBytes, "k-max-bytes", 32<<20, "k: max bytes of the retention policy on every stream set for k-compacting (the local cluster's segments are 1 MiB unless --serve-args says otherwise; with too small a policy, retention cuts the segments before run compaction rewrites them)")
+	fs.IntVar(&f.tier.events, "t-events", 1000000, "t: events in the log it tiers and replays (d's loader; the whole log is replayed if others made it larger)")
+	fs.Int64Var(&f.tier.cacheBytes, "t-cache-bytes", 24<<20, "t: --tier-cache-bytes of every node (small, so the replay reads the tiered part from the store; the server wants at least readahead + 2 blocks: 24 MiB with the defaults)")
+	tierArgs := fs.String("t-tier-args", "", "t: extra `tsstore serve` flags for the restart with tiering, space-separated, after t's own (default target: --tier-dir <cluster dir>/tier; e.g. \"--tier-s3-endpoint http://127.0.0.1:7070 --tier-s3-bucket b --tier-s3-path-style\", credentials from the AWS_* environment)")
 	serveArgs := fs.String("serve-args", "", "local cluster: extra `tsstore serve` flags for every node, space-separated (e.g. \"--heartbeat-timeout 300ms\")")
 	return func() (*benchFlags, error) {
 		f.serveArgs = strings.Fields(*serveArgs)
+		f.tier.tierArgs = strings.Fields(*tierArgs)
 		f.workloads = map[string]bool{}
 		for _, w := range strings.Split(*wl, ",") {
 			w = strings.TrimSpace(w)
 			if !slices.Contains(benchWorkloads, w) {
-				return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g,h,k,r,x)", errUsage, w)
+				return nil, fmt.Errorf("%w: --workloads: unknown workload %q (want some of a,b,c,d,e,f,g,h,k,r,t,x)", errUsage, w)
 			}
 			f.workloads[w] = true
 		}
@@ -138,12 +145,12 @@ func registerBenchFlags(fs *pflag.FlagSet) func() (*benchFlags, error) {
 			return nil, err
 		}
 		switch {
-		case f.duration <= 0 || f.producers <= 0 || f.size <= 0 || f.streamEvents <= 0 || f.batch <= 0 || f.failovers <= 0 || f.window < 0 || f.kMaxBytes <= 0:
-			return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch, --failovers and --k-max-bytes must be positive", errUsage)
+		case f.duration <= 0 || f.producers <= 0 || f.size <= 0 || f.streamEvents <= 0 || f.batch <= 0 || f.failovers <= 0 || f.window < 0 || f.kMaxBytes <= 0 || f.tier.events <= 0 || f.tier.cacheBytes <= 0:
+			return nil, fmt.Errorf("%w: --duration, --producers, --size, --stream-events, --batch, --failovers, --k-max-bytes, --t-events and --t-cache-bytes must be positive", errUsage)
 		case f.inflight < 1 || f.inflight > 8:
 			return nil, fmt.Errorf("%w: --inflight must be in [1, 8]", errUsage)
-		case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.workloads["h"] || f.workloads["x"] || f.workloads["k"] || f.profile != "" || f.secure):
-			return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories), h (restarts a node), x and k (read the nodes' metrics), --profile and --secure need the local cluster; drop --addr or select other workloads", errUsage)
+		case f.addrs != "" && (f.workloads["f"] || f.workloads["g"] || f.workloads["h"] || f.workloads["x"] || f.workloads["k"] || f.workloads["t"] || f.profile != "" || f.secure):
+			return nil, fmt.Errorf("%w: f (kills the leader), g (reads data directories), h (restarts a node), x, k and t (read the nodes' metrics; t restarts them), --profile and --secure need the local cluster; drop --addr or select other workloads", errUsage)
 		}
 		return f, nil
 	}
@@ -229,6 +236,8 @@ func (b *benchRun) workload(ctx context.Context, w string) ([]bench.Result, erro
 		return b.hostileClients(ctx)
 	case "k":
 		return b.compactionLoad(ctx)
+	case "t":
+		return b.tierReplay(ctx)
 	case "f":
 		return b.failover(ctx)
 	}
@@ -271,6 +280,14 @@ func (b *benchRun) config() map[string]any {
 		}
 		if b.f.workloads["k"] {
 			cfg["k_serve_args"] = strings.Join(compactServeArgs, " ") + " (every node, for every workload of this bench)"
+		} else if b.f.workloads["t"] {
+			cfg["t_serve_args"] = strings.Join(tierServeArgs, " ") + " (every node, for every workload of this bench)"
+		}
+		if b.f.workloads["t"] {
+			cfg["t_events"], cfg["t_cache_bytes"] = b.f.tier.events, b.f.tier.cacheBytes
+			if len(b.f.tier.tierArgs) > 0 {
+				cfg["t_tier_args"] = strings.Join(b.f.tier.tierArgs, " ")
+			}
 		}
 		if b.lc.sec != nil {
 			cfg["security"] = "TLS between nodes and for clients, bearer tokens (this client: an append token)"
@@ -339,6 +356,8 @@ func startBenchLocal(ctx context.Context, f *benchFlags, log io.Writer) (*benchL
 	extra := []string{"--log-level", "warn"}
 	if f.workloads["k"] {
 		extra = append(extra, compactServeArgs...) // --serve-args, after them, may override
+	} else if f.workloads["t"] {
+		extra = append(extra, tierServeArgs...)
 	}
 	opts := proccluster.Options{Binary: bin, Dir: lc.dir, ExtraArgs: append(extra, f.serveArgs...)}
 	if f.profile != "" {

@@ -339,3 +339,66 @@ func TestBenchRunsEveryWorkload(t *testing.T) {
 		t.Errorf("--local dir: %v", err)
 	}
 }
+
+// t against a local cluster of real processes, at toy sizes (64 KiB
+// segments, a few thousand events, the default tier directory): the
+// three rows, some of the log tiered and evicted on every node, the goal
+// verdict in the note. No rate is asserted.
+func TestBenchTier(t *testing.T) {
+	f, err := parseBenchFlags(nil, io.Discard)
+	if err != nil || f.workloads["t"] {
+		t.Fatalf("t is not in the default set: %v %v", f.workloads, err)
+	}
+	for _, bad := range [][]string{{"--addr", "127.0.0.1:1", "--workloads", "t"}, {"--workloads", "t", "--t-events", "0"}} {
+		if _, err := parseBenchFlags(bad, io.Discard); !errors.Is(err, errUsage) {
+			t.Fatalf("%q: %v, want a usage error", bad, err)
+		}
+	}
+	dir := t.TempDir()
+	bin, err := proccluster.Build("../..", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "bench.json")
+	cmd := exec.Command(bin, "bench", "--local", filepath.Join(dir, "cluster"), "--workloads", "t", "--t-events", "6000",
+		"--serve-args", "--segment-bytes 65536", "--json", out)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("bench: %v\n%s\n%s", err, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Results) != 3 {
+		t.Fatalf("want rows t-local, t-cold, t-disk: %s", b)
+	}
+	for i, id := range []string{"t-local", "t-cold", "t-disk"} {
+		if r := rep.Results[i]; r.Workload != id || r.Events < 6000 {
+			t.Errorf("row %d: %+v", i, r)
+		}
+	}
+	local, cold, disk := rep.Results[0], rep.Results[1], rep.Results[2]
+	if local.Events != cold.Events || local.EventsPS <= 0 || cold.EventsPS <= 0 {
+		t.Errorf("t-local %d events at %.0f/s, t-cold %d at %.0f/s", local.Events, local.EventsPS, cold.Events, cold.EventsPS)
+	}
+	if cold.TieredFraction == nil || *cold.TieredFraction <= 0 || *cold.TieredFraction >= 1 || disk.TieredFraction == nil {
+		t.Errorf("tiered fraction %v", cold.TieredFraction)
+	}
+	for _, want := range []string{"of t-local's rate", "issue #13's goal", "tier GETs", "MB fetched"} {
+		if !strings.Contains(cold.Note, want) {
+			t.Errorf("t-cold note lacks %q:\n%s", want, cold.Note)
+		}
+	}
+	if regexp.MustCompile(`(?:^|, )0 tier GETs`).MatchString(cold.Note) {
+		t.Errorf("the cold replay fetched nothing from the store:\n%s", cold.Note)
+	}
+	if n := len(regexp.MustCompile(`n\d: data dir [0-9.]+ -> [0-9.]+ MB`).FindAllString(disk.Note, -1)); n != 3 || !strings.Contains(disk.Note, "tier directory") {
+		t.Errorf("t-disk note, want every node's disk and the tier directory:\n%s", disk.Note)
+	}
+}
