@@ -134,16 +134,6 @@ func (b *benchRun) tierReplay(ctx context.Context) ([]bench.Result, error) {
 		return nil, err
 	}
 	waited := time.Since(waitStart)
-	// The leader's first tiering pass of its term ends with a sweep that
-	// commits a raft.Barrier; followers never hand that entry to the FSM,
-	// so while the log is idle their applied index stays one short of the
-	// commit index and every linearizable read on them fails after 10 s
-	// ("has not applied the cluster's commit index"; a server bug this
-	// bench reports, docs/benchmarks.md). One appended event after it
-	// lets them catch up; the replay still covers [0, next).
-	if _, err := b.cl.NewProducer("").Append(ctx, b.event(fmt.Sprintf("run/bench-%s-t-marker", b.runID))); err != nil {
-		return nil, err
-	}
 	m0, err := b.scrapeNodes(ctx)
 	if err != nil {
 		return nil, err
@@ -179,7 +169,7 @@ func (b *benchRun) tierReplay(ctx context.Context) ([]bench.Result, error) {
 	local.Note = fmt.Sprintf("offsets [0, %d), every segment on the nodes' disks, no tier target configured; a fresh client; %d-byte payloads", next, b.f.size)
 	cold.Name = fmt.Sprintf("replay %s events from cold, %.0f%% tiered", nameN, 100*frac)
 	cold.TieredFraction = bench.F(frac)
-	cold.Note = fmt.Sprintf("the same offsets after restarting the nodes with cold tiering to %s and waiting %.1f s until every tiered segment was evicted, then appending one event (see docs/benchmarks.md: follower reads after the sweep's barrier) (tiered share of the log's bytes: %s); "+
+	cold.Note = fmt.Sprintf("the same offsets after restarting the nodes with cold tiering to %s and waiting %.1f s until every tiered segment was evicted, (tiered share of the log's bytes: %s); "+
 		"a fresh client, block cache %s per node; %.1f%% of t-local's rate: issue #13's goal (>= %.0f%% with 90%% tiered) %s; "+
 		"during the replay, over the nodes: %.0f tier GETs, %.1f MB fetched from the store, block cache %.0f hits / %.0f misses",
 		states[li].target, waited.Seconds(), strings.Join(perNode, ", "), humanBytes(b.f.tier.cacheBytes), 100*ratio, 100*tierGoal, verdict,
