@@ -31,14 +31,22 @@ func restartNode(t *testing.T, tc *testCluster, i int, between func()) *Node {
 // leader that still holds the entries it missed.
 func snapshotLive(t *testing.T, tc *testCluster) {
 	t.Helper()
-	for _, n := range tc.nodes {
-		if n == nil {
-			continue
-		}
+	for _, n := range liveNodes(tc) {
 		if _, err := dialCluster(t, n).Snapshot(ctxT(t), &pb.SnapshotRequest{}); err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+// liveNodes returns the running nodes of tc.
+func liveNodes(tc *testCluster) []*Node {
+	var out []*Node
+	for _, n := range tc.nodes {
+		if n != nil {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // TestRestartKeepsLogWhenSnapshotIsAheadOnlyByNoops: a snapshot taken

@@ -111,6 +111,16 @@ func TestTierWipedFollowerGetsHotSetVersityGW(t *testing.T) {
 		t.Fatal(err)
 	}
 	next = appendBatches(t, tc, "p2", 30)
+	// The snapshot is taken once the segments p2 sealed are tiered and
+	// evicted: it then holds the hot set only, whatever the tiering
+	// tick's timing (CI once snapshotted two of them still local).
+	waitNextOffset(t, liveNodes(tc), next)
+	waitManifest(t, tc, "p2's sealed segments tiered", func(r fsm.Retention) bool {
+		return r.Segments[len(r.Segments)-1].State == fsm.SegmentTiered
+	})
+	for _, n := range liveNodes(tc) {
+		waitEvicted(t, n)
+	}
 	snapshotLive(t, tc)
 	next = appendBatches(t, tc, "p3", 10)
 	leader := tc.leader()

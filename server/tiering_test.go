@@ -51,6 +51,9 @@ func waitManifest(t *testing.T, tc *testCluster, what string, ok func(fsm.Retent
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, n := range tc.nodes {
+		if n == nil {
+			continue // stopped
+		}
 		for {
 			ch := n.proc.Changed()
 			if ok(n.proc.Retention()) {
