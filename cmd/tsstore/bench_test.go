@@ -398,7 +398,7 @@ func TestBenchTier(t *testing.T) {
 	if regexp.MustCompile(`(?:^|, )0 tier GETs`).MatchString(cold.Note) {
 		t.Errorf("the cold replay fetched nothing from the store:\n%s", cold.Note)
 	}
-	if n := len(regexp.MustCompile(`n\d: data dir [0-9.]+ -> [0-9.]+ MB`).FindAllString(disk.Note, -1)); n != 3 || !strings.Contains(disk.Note, "tier directory") {
-		t.Errorf("t-disk note, want every node's disk and the tier directory:\n%s", disk.Note)
+	if n := len(regexp.MustCompile(`n\d: data dir [0-9.]+ -> [0-9.]+ -> [0-9.]+ MB`).FindAllString(disk.Note, -1)); n != 3 || !strings.Contains(disk.Note, "tier directory") {
+		t.Errorf("t-disk note, want every node's disk before, after tiering and after the reap, and the tier directory:\n%s", disk.Note)
 	}
 }
