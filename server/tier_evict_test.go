@@ -168,17 +168,7 @@ func TestTierEvictAndReadVersityGW(t *testing.T) {
 	}
 
 	target.down.Store(false)
-	waitManifest(t, tc, "every sealed segment tiered", func(r fsm.Retention) bool {
-		if len(r.Segments) < 4 {
-			return false
-		}
-		for _, e := range r.Segments {
-			if e.State != fsm.SegmentTiered {
-				return false
-			}
-		}
-		return true
-	})
+	waitManifest(t, tc, "every sealed segment tiered", allTiered(4))
 	segs := tc.nodes[0].proc.Retention().Segments
 	var tieredBytes int64
 	for _, e := range segs {

@@ -68,6 +68,22 @@ func waitManifest(t *testing.T, tc *testCluster, what string, ok func(fsm.Retent
 	}
 }
 
+// allTiered is a manifest predicate: at least min sealed segments, every
+// one committed as tiered.
+func allTiered(min int) func(fsm.Retention) bool {
+	return func(r fsm.Retention) bool {
+		if len(r.Segments) < min {
+			return false
+		}
+		for _, e := range r.Segments {
+			if e.State != fsm.SegmentTiered {
+				return false
+			}
+		}
+		return true
+	}
+}
+
 func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
 	t.Helper()
 	var m dto.Metric
@@ -124,18 +140,7 @@ func TestTieringUploadsAndCommits(t *testing.T) {
 	}
 
 	target.down.Store(false)
-	allTiered := func(r fsm.Retention) bool {
-		if len(r.Segments) < 2 {
-			return false
-		}
-		for _, e := range r.Segments {
-			if e.State != fsm.SegmentTiered {
-				return false
-			}
-		}
-		return true
-	}
-	waitManifest(t, tc, "every sealed segment tiered", allTiered)
+	waitManifest(t, tc, "every sealed segment tiered", allTiered(2))
 	segs := tc.nodes[0].proc.Retention().Segments
 	for _, n := range tc.nodes[1:] {
 		if got := n.proc.Retention().Segments; len(got) != len(segs) || got[0] != segs[0] || got[len(got)-1] != segs[len(segs)-1] {
@@ -312,17 +317,7 @@ func TestTieringVersityGW(t *testing.T) {
 	}
 
 	gw.Restart()
-	waitManifest(t, tc, "every sealed segment tiered", func(r fsm.Retention) bool {
-		if len(r.Segments) < 2 {
-			return false
-		}
-		for _, e := range r.Segments {
-			if e.State != fsm.SegmentTiered {
-				return false
-			}
-		}
-		return true
-	})
+	waitManifest(t, tc, "every sealed segment tiered", allTiered(2))
 	segs := tc.nodes[0].proc.Retention().Segments
 	for _, e := range segs {
 		info, err := target.Head(ctx, e.Key)
@@ -442,14 +437,7 @@ func TestTieringSweepsLeakedObjects(t *testing.T) {
 	// A sweep puts no entry in the log: it once took a raft barrier of
 	// its own, which followers' FSMs never apply, so on an idle cluster
 	// their linearizable reads waited behindWait and failed Unavailable.
-	waitManifest(t, tc, "every sealed segment tiered", func(r fsm.Retention) bool {
-		for _, e := range r.Segments {
-			if e.State != fsm.SegmentTiered {
-				return false
-			}
-		}
-		return true
-	})
+	waitManifest(t, tc, "every sealed segment tiered", allTiered(0))
 	l := tc.leader()
 	last := l.raft.LastIndex()
 	if err := l.sweepTier(ctx, l.raft.CurrentTerm()); err != nil {
@@ -532,18 +520,7 @@ func TestTieringUnderStoreFaults(t *testing.T) {
 	})
 	next := appendBatches(t, tc, "p1", 40)
 	waitNextOffset(t, tc.nodes, next)
-	allTiered := func(r fsm.Retention) bool {
-		if len(r.Segments) < 2 {
-			return false
-		}
-		for _, e := range r.Segments {
-			if e.State != fsm.SegmentTiered {
-				return false
-			}
-		}
-		return true
-	}
-	waitManifest(t, tc, "every sealed segment tiered under faults", allTiered)
+	waitManifest(t, tc, "every sealed segment tiered under faults", allTiered(2))
 	target.faults.Store(false)
 	waitAllApplied(t, tc)
 	segs := tc.nodes[0].proc.Retention().Segments
