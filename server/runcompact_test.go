@@ -239,12 +239,7 @@ func TestRunCompactionInstallSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fi := 0
-	for i, n := range tc.nodes {
-		if n == tc.follower() {
-			fi = i
-		}
-	}
+	fi := tc.followerIndex()
 	f := restartNode(t, tc, fi, func() {
 		l := tc.leader()
 		if done, err := l.compactRuns(time.Now()); err != nil || done == 0 {

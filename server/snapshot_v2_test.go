@@ -99,12 +99,7 @@ func TestTierWipedFollowerGetsHotSetVersityGW(t *testing.T) {
 	for _, n := range tc.nodes {
 		waitEvicted(t, n)
 	}
-	fi := 0
-	for i, n := range tc.nodes {
-		if n == tc.follower() {
-			fi = i
-		}
-	}
+	fi := tc.followerIndex()
 	tc.nodes[fi].Close()
 	tc.nodes[fi] = nil
 	if err := os.RemoveAll(tc.cfgs[fi].DataDir); err != nil {

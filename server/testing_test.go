@@ -124,6 +124,17 @@ func (tc *testCluster) follower() *Node {
 	return nil
 }
 
+// followerIndex returns the index in tc.nodes of a follower.
+func (tc *testCluster) followerIndex() int {
+	f := tc.follower()
+	for i, n := range tc.nodes {
+		if n == f {
+			return i
+		}
+	}
+	return -1
+}
+
 func dial(t *testing.T, n *Node) pb.EventStoreClient {
 	t.Helper()
 	conn, err := grpc.NewClient(n.APIAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()),

@@ -333,12 +333,7 @@ func TestTierInstallSnapshotVersityGW(t *testing.T) {
 	for _, n := range tc.nodes {
 		waitEvicted(t, n)
 	}
-	fi := 0
-	for i, n := range tc.nodes {
-		if n == tc.follower() {
-			fi = i
-		}
-	}
+	fi := tc.followerIndex()
 	f := restartNode(t, tc, fi, func() {
 		next = appendBatches(t, tc, "p2", 60)
 		snapshotLive(t, tc)
