@@ -31,8 +31,9 @@ const (
 	SegmentDropped SegmentState = 2
 	// SegmentTiered: a committed SegmentTieredCommand says the object
 	// store holds the segment's .log bytes under the entry's Key (checked
-	// against Size and Digest). Replicas keep their local copy: dropping
-	// it and reading from the store are not built yet (tiered.go).
+	// against Size and Digest). Each replica evicts its local .log once a
+	// Head of the object matches (server/tier_evict.go) and then reads
+	// the segment from the store (segment.Log.Evict).
 	SegmentTiered SegmentState = 3
 )
 
