@@ -70,6 +70,12 @@ type Result struct {
 	FsyncP50ms        *float64 `json:"fsync_p50_ms,omitempty"`
 	FsyncP99ms        *float64 `json:"fsync_p99_ms,omitempty"`
 	FsyncMaxms        *float64 `json:"fsync_max_ms,omitempty"`
+	// How long compaction held up the nodes' apply paths (k): holds
+	// counted in the phase, their mean, and the longest since the nodes
+	// started (tsstore_compaction_append_hold_seconds).
+	HoldCount  *float64 `json:"compaction_holds,omitempty"`
+	HoldMeanMs *float64 `json:"compaction_hold_mean_ms,omitempty"`
+	HoldMaxMs  *float64 `json:"compaction_hold_max_ms,omitempty"`
 	// Cold tiering (t): the share of the log's segment bytes only in the
 	// tier target (the smallest over the nodes).
 	TieredFraction *float64 `json:"tiered_fraction,omitempty"`
@@ -174,6 +180,13 @@ func (r *Report) PrintTable(w io.Writer) error {
 		if x.CutsCommitted != nil {
 			extra = append(extra, fmt.Sprintf("%.0f retention cuts and %.0f run-compaction rewrites committed, %.1f MiB reclaimed",
 				*x.CutsCommitted, *x.RewritesCommitted, *x.ReclaimedBytes/(1<<20)))
+		}
+		if x.HoldCount != nil {
+			mean := 0.0
+			if x.HoldMeanMs != nil {
+				mean = *x.HoldMeanMs
+			}
+			extra = append(extra, fmt.Sprintf("compaction held appends %.0f times, mean %.3f ms, longest %.2f ms", *x.HoldCount, mean, *x.HoldMaxMs))
 		}
 		if x.FsyncP50ms != nil {
 			extra = append(extra, fmt.Sprintf("fsync p50 %.2f ms, p99 %.2f ms, max %.2f ms", *x.FsyncP50ms, *x.FsyncP99ms, *x.FsyncMaxms))

@@ -3,6 +3,7 @@ package fsm
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/tsstore/tsstore/segment"
 )
@@ -88,7 +89,12 @@ func (p *Processor) cutOnce() {
 	p.drops.Unlock()
 	if job != nil {
 		err := p.WithLog(func(l *segment.Log) error {
-			if err := l.Sync(); err != nil {
+			// Measured with its wait for the writer lock, so an upper
+			// bound on how long it held appends.
+			start := time.Now()
+			err := l.Sync()
+			p.observeHold("worker_sync", start)
+			if err != nil {
 				return err
 			}
 			return p.writeCheckpoint(checkpoint{Index: job.index, State: job.state}, false)

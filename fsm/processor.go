@@ -26,6 +26,17 @@ type Config struct {
 	// OnFail, if set, is called once when the processor stops applying
 	// because of a storage failure.
 	OnFail func(error)
+	// OnHold, if set, is told how long compaction, retention and tiering
+	// held up the apply path, section by section, each time they did:
+	// "apply" (applying a SetRetention, Compact, Thin, DeleteStream or
+	// SegmentTiered entry, which the entries behind it wait for),
+	// "worker_sync" (the compaction worker's log fsync before it
+	// checkpoints a cut or rewrites, which holds the segment writer),
+	// "publish" (a rewrite's renames and directory fsync, which a
+	// snapshot being taken on the apply goroutine waits for) and the
+	// segment log's "drop" and "swap" (Segment.OnHold, set to this unless
+	// set already).
+	OnHold func(section string, held time.Duration)
 }
 
 // DefaultConfig returns a Config for dir with default segment options.
@@ -149,6 +160,9 @@ type Processor struct {
 func Open(cfg Config) (*Processor, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Segment.OnHold == nil {
+		cfg.Segment.OnHold = cfg.OnHold
 	}
 	p := &Processor{cfg: cfg, logger: cfg.Logger, notifyCh: make(chan struct{})}
 	if p.logger == nil {
@@ -403,6 +417,10 @@ func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 		return p.fail(fmt.Errorf("%w: empty entry at index %d", ErrUnknownCommand, index))
 	}
 	switch CommandType(data[0]) {
+	case CmdSetRetention, CmdCompact, CmdThin, CmdDeleteStream, CmdSegmentTiered:
+		defer p.observeHold("apply", time.Now())
+	}
+	switch CommandType(data[0]) {
 	case CmdAppend:
 		if index <= p.appendWM {
 			return &ApplyResult{Skipped: true}
@@ -479,6 +497,14 @@ func (p *Processor) apply(index uint64, data []byte) *ApplyResult {
 		// A command from a newer version: applying around it would make
 		// this replica diverge, so stop and ask for an upgrade.
 		return p.fail(fmt.Errorf("%w: type %d at index %d (upgrade this node)", ErrUnknownCommand, data[0], index))
+	}
+}
+
+// observeHold reports to Config.OnHold that section held the apply path
+// from start until now.
+func (p *Processor) observeHold(section string, start time.Time) {
+	if p.cfg.OnHold != nil {
+		p.cfg.OnHold(section, time.Since(start))
 	}
 }
 

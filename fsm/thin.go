@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -210,6 +211,7 @@ func (p *Processor) gateThin(publish func() error) error {
 	if p.thin.pinned.Load() > 0 {
 		return errPinned
 	}
+	defer p.observeHold("publish", time.Now())
 	return publish()
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"path/filepath"
+	"time"
 )
 
 // ErrNotOldest means DropSealed was asked to drop a sealed segment that is
@@ -31,6 +32,7 @@ func (l *Log) DropSealed(base uint64) (SegmentInfo, error) {
 	// The writer reads l.mu.segs without l.mu (it is the only other one
 	// that changes the slice): hold it off for the swap only.
 	l.w.Lock()
+	held := time.Now()
 	l.mu.Lock()
 	segs := l.mu.segs
 	switch {
@@ -52,6 +54,7 @@ func (l *Log) DropSealed(base uint64) (SegmentInfo, error) {
 	l.mu.segs = segs[1:]
 	l.mu.Unlock()
 	l.w.Unlock()
+	l.observeHold("drop", held)
 	// The Log's reference; readers may still hold theirs.
 	cerr := old.release()
 	for _, name := range []string{tieredName(base), streamsName(base), timeIndexName(base), indexName(base), FileName(base)} {

@@ -1,6 +1,9 @@
 package segment
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // Limits on Options.
 const (
@@ -41,6 +44,12 @@ type Options struct {
 	// FS is the filesystem seam every file operation goes through. Nil
 	// means the operating system's filesystem (OSFS).
 	FS FS
+	// OnHold, if set, is told how long a change of the sealed segments
+	// (op "drop": DropSealed; "swap": ReplaceSealed, ThinSealed, Evict)
+	// held the lock that appends take, after it released it. The I/O of
+	// these changes happens outside that lock; this is the wait an append
+	// could have seen.
+	OnHold func(op string, held time.Duration)
 }
 
 // DefaultOptions returns the production defaults.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tsstore/tsstore/record"
 )
@@ -219,10 +220,19 @@ func (l *Log) ReplaceSealed(base uint64, r io.Reader) error {
 	return l.swapSealed(old, ns)
 }
 
+// observeHold reports to Options.OnHold how long op held the lock
+// appends take, from held until now.
+func (l *Log) observeHold(op string, held time.Time) {
+	if l.opts.OnHold != nil {
+		l.opts.OnHold(op, time.Since(held))
+	}
+}
+
 // swapSealed puts ns in old's place in the segment list and drops the
 // Log's reference to old (readers may still hold theirs).
 func (l *Log) swapSealed(old, ns *segment) error {
 	l.mu.Lock()
+	held := time.Now()
 	i := 0
 	for i < len(l.mu.segs) && l.mu.segs[i] != old {
 		i++
@@ -234,6 +244,7 @@ func (l *Log) swapSealed(old, ns *segment) error {
 	}
 	l.mu.segs[i] = ns
 	l.mu.Unlock()
+	l.observeHold("swap", held)
 	return old.release() // the Log's reference; readers may still hold theirs
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -68,6 +69,15 @@ type nodeMetrics struct {
 	// grpc's own metrics see them.
 	authRefused *prometheus.CounterVec
 
+	// compactionHold: how long compaction, retention and tiering held up
+	// the apply path, by section (fsm.Config.OnHold); compactionHoldMax
+	// the longest since the node started. The goal: no more than one
+	// fsync.
+	compactionHold    *prometheus.HistogramVec
+	compactionHoldMax *prometheus.GaugeVec
+	holdMaxMu         sync.Mutex
+	holdMax           map[string]float64
+
 	// Raft and snapshots.
 	leaderChanges   prometheus.Counter
 	persistDuration prometheus.Histogram
@@ -122,11 +132,12 @@ type readMetrics struct {
 
 // Histogram buckets, in the metric's unit.
 var (
-	latencyBuckets = prometheus.ExponentialBuckets(0.0005, 2, 16) // 0.5 ms .. 16 s
-	countBuckets   = prometheus.ExponentialBuckets(1, 2, 17)      // 1 .. 65536
-	sizeBuckets    = prometheus.ExponentialBuckets(256, 4, 9)     // 256 B .. 16 MiB
-	readBuckets    = prometheus.ExponentialBuckets(0.0001, 2, 17) // 0.1 ms .. 6.5 s
-	persistBuckets = prometheus.ExponentialBuckets(0.001, 2, 16)  // 1 ms .. 32 s
+	latencyBuckets = prometheus.ExponentialBuckets(0.0005, 2, 16)  // 0.5 ms .. 16 s
+	countBuckets   = prometheus.ExponentialBuckets(1, 2, 17)       // 1 .. 65536
+	sizeBuckets    = prometheus.ExponentialBuckets(256, 4, 9)      // 256 B .. 16 MiB
+	readBuckets    = prometheus.ExponentialBuckets(0.0001, 2, 17)  // 0.1 ms .. 6.5 s
+	holdBuckets    = prometheus.ExponentialBuckets(0.00001, 2, 18) // 10 µs .. 1.3 s
+	persistBuckets = prometheus.ExponentialBuckets(0.001, 2, 16)   // 1 ms .. 32 s
 )
 
 func newNodeMetrics(n *Node) *nodeMetrics {
@@ -185,6 +196,12 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 
 	m.leaderChanges = f.counter("tsstore_raft_leader_changes_total",
 		"Times this node observed a new leader being established (a leader id different from the previous observation, including after a period without leader).")
+	m.compactionHold = f.histogramVec("tsstore_compaction_append_hold_seconds",
+		"How long compaction, retention or tiering held up this node's apply path each time it did, in seconds, by section: apply (applying a retention, compaction, deletion or tiering entry), worker_sync (the compaction worker's log fsync before it checkpoints a cut or rewrites, with its wait for the writer), publish (a rewrite's renames and directory fsync, which a snapshot being taken waits for), drop and swap (the segment list change).",
+		holdBuckets, "section")
+	m.compactionHoldMax = f.gaugeVec("tsstore_compaction_append_hold_max_seconds",
+		"The longest hold of tsstore_compaction_append_hold_seconds since the node started, by section, in seconds.", "section")
+	m.holdMax = map[string]float64{}
 	m.persistDuration = f.histogram("tsstore_fsm_snapshot_persist_duration_seconds",
 		"Duration of successful FSM snapshot Persist calls (header, segment hard links, sink close with fsync), in seconds.", persistBuckets)
 	m.persistErrors = f.counter("tsstore_fsm_snapshot_persist_errors_total",
@@ -440,4 +457,17 @@ func (r *readMetrics) sentEvents(events, size int, start time.Time, err error) {
 	r.events.Add(float64(events))
 	r.bytes.Add(float64(size))
 	r.duration.Observe(time.Since(start).Seconds())
+}
+
+// observeHold records one hold of the apply path by compaction, retention
+// or tiering (fsm.Config.OnHold).
+func (m *nodeMetrics) observeHold(section string, held time.Duration) {
+	sec := held.Seconds()
+	m.compactionHold.WithLabelValues(section).Observe(sec)
+	m.holdMaxMu.Lock()
+	if sec > m.holdMax[section] {
+		m.holdMax[section] = sec
+		m.compactionHoldMax.WithLabelValues(section).Set(sec)
+	}
+	m.holdMaxMu.Unlock()
 }

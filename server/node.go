@@ -231,6 +231,7 @@ func (n *Node) openStorage() error {
 	fcfg.Segment.OpenDamaged = true
 	fcfg.Logger = n.logger.With("component", "fsm")
 	fcfg.OnFail = n.setFatal
+	fcfg.OnHold = n.metrics.observeHold
 	// The state may need a damaged sealed segment to roll forward: repair
 	// it from a peer first (repair_open.go), then open again, until the
 	// roll-forward finds no other damaged segment.

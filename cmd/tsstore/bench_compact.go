@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -48,6 +49,9 @@ const (
 	metricRewritten     = "tsstore_run_compaction_segments_rewritten_total"
 	metricThinBytes     = "tsstore_run_compaction_reclaimed_bytes_total"
 	metricRewriteFailed = "tsstore_run_compaction_rewrite_failures_total"
+	metricHoldCount     = "tsstore_compaction_append_hold_seconds_count"
+	metricHoldSum       = "tsstore_compaction_append_hold_seconds_sum"
+	metricHoldMax       = "tsstore_compaction_append_hold_max_seconds"
 )
 
 func (b *benchRun) compactionLoad(ctx context.Context) ([]bench.Result, error) {
@@ -144,13 +148,19 @@ func (b *benchRun) compactPhase(ctx context.Context, id string, finish bool, idl
 		perNode = append(perNode, fmt.Sprintf("%s %.0f", b.lc.c.Nodes[i].ID, delta(metricRewritten, i)))
 	}
 	r.CutsCommitted, r.RewritesCommitted, r.ReclaimedBytes = bench.F(cuts), bench.F(rewrites), bench.F(cutBytes+thinBytes)
+	holds := holdFigures(before, after)
+	r.HoldCount, r.HoldMaxMs = bench.F(holds.count), bench.F(holds.maxMs)
+	if holds.count > 0 {
+		r.HoldMeanMs = bench.F(holds.sumMs / holds.count)
+	}
 	if sampled.Count() > 0 {
 		r.FsyncP50ms, r.FsyncP99ms, r.FsyncMaxms = bench.F(bench.Ms(sampled.Quantile(0.5))), bench.F(bench.Ms(sampled.Quantile(0.99))), bench.F(bench.Ms(sampled.Max()))
 	}
-	r.Note = fmt.Sprintf("latency of one append of one event (b's producers); beside them %d training runs of %d steps written by one batching producer (%s); "+
+	r.Note = fmt.Sprintf("compaction held the apply path %.0f times on the three nodes, by section (count, longest since start): %s; "+
+		"latency of one append of one event (b's producers); beside them %d training runs of %d steps written by one batching producer (%s); "+
 		"retention cut %.1f MiB, run compaction freed %.1f MiB (leader), segments rewritten per node: %s, rewrite failures %.0f; "+
 		"fsync = a 4 KiB write + fsync of a file in the cluster's directory every %v during the phase (idle, %d back to back: p50 %.2f ms, p99 %.2f ms, max %.2f ms); load average at the end %s; %s",
-		runs, compactRunSteps, map[bool]string{false: "never finished, no retention policy", true: fmt.Sprintf("each ending with TrainingFinished; retention policy \"\" max %.1f MiB", float64(b.f.kMaxBytes)/(1<<20))}[finish],
+		holds.count, holds.bySection, runs, compactRunSteps, map[bool]string{false: "never finished, no retention policy", true: fmt.Sprintf("each ending with TrainingFinished; retention policy \"\" max %.1f MiB", float64(b.f.kMaxBytes)/(1<<20))}[finish],
 		cutBytes/(1<<20), thinBytes/(1<<20), strings.Join(perNode, ", "), failed,
 		compactFsyncEvery, idle.Count(), bench.Ms(idle.Quantile(0.5)), bench.Ms(idle.Quantile(0.99)), bench.Ms(idle.Max()), loadAverage(), cpuNote)
 	return r, nil
@@ -284,4 +294,56 @@ func loadAverage() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// holdSummary is what the nodes' tsstore_compaction_append_hold metrics
+// say of one phase: holds counted in it (all nodes), their total, and the
+// longest hold any node saw since it started (the gauge has no per-phase
+// reset; k's baseline runs first and holds nothing up).
+type holdSummary struct {
+	count, sumMs, maxMs float64
+	bySection           string
+}
+
+func holdFigures(before, after []map[string]float64) holdSummary {
+	var h holdSummary
+	type sec struct{ count, maxMs float64 }
+	secs := map[string]*sec{}
+	for i := range after {
+		for key, v := range after[i] {
+			name := seriesName(key)
+			if name != metricHoldCount && name != metricHoldMax {
+				continue
+			}
+			section := labelValue(key, "section")
+			s := secs[section]
+			if s == nil {
+				s = &sec{}
+				secs[section] = s
+			}
+			if name == metricHoldCount {
+				s.count += v - before[i][key]
+			} else {
+				s.maxMs = max(s.maxMs, v*1e3)
+			}
+		}
+		h.sumMs += (sumSeries(after[i], metricHoldSum) - sumSeries(before[i], metricHoldSum)) * 1e3
+	}
+	names := make([]string, 0, len(secs))
+	for name := range secs {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	var parts []string
+	for _, name := range names {
+		s := secs[name]
+		h.count += s.count
+		h.maxMs = max(h.maxMs, s.maxMs)
+		parts = append(parts, fmt.Sprintf("%s %.0f, %.2f ms", name, s.count, s.maxMs))
+	}
+	h.bySection = strings.Join(parts, "; ")
+	if h.bySection == "" {
+		h.bySection = "none"
+	}
+	return h
 }

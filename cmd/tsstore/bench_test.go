@@ -219,10 +219,16 @@ func TestBenchCompaction(t *testing.T) {
 	if *base.CutsCommitted != 0 || *base.RewritesCommitted != 0 || *base.ReclaimedBytes != 0 {
 		t.Errorf("k-baseline compacted: %v cuts, %v rewrites, %v bytes", *base.CutsCommitted, *base.RewritesCommitted, *base.ReclaimedBytes)
 	}
+	// The nodes count how long compaction held their apply paths: the
+	// compacting phase holds them (applies of its entries at least), the
+	// baseline does not.
+	if base.HoldCount == nil || *base.HoldCount != 0 || comp.HoldCount == nil || *comp.HoldCount == 0 || comp.HoldMaxMs == nil || *comp.HoldMaxMs <= 0 {
+		t.Errorf("compaction holds: baseline %v, compacting %v (longest %v ms)", base.HoldCount, comp.HoldCount, comp.HoldMaxMs)
+	}
 	if *comp.CutsCommitted+*comp.RewritesCommitted == 0 || *comp.ReclaimedBytes <= 0 {
 		t.Errorf("k-compacting: %v cuts, %v rewrites, %v bytes reclaimed; want some\n%s", *comp.CutsCommitted, *comp.RewritesCommitted, *comp.ReclaimedBytes, stdout.String())
 	}
-	for _, want := range []string{"vs baseline max", "one fsync under this load", "rewrite failures 0"} {
+	for _, want := range []string{"vs baseline max", "one fsync under this load", "rewrite failures 0", "apply "} {
 		if !strings.Contains(comp.Note, want) {
 			t.Errorf("k-compacting note lacks %q:\n%s", want, comp.Note)
 		}
