@@ -156,7 +156,7 @@ func (b *benchRun) compactPhase(ctx context.Context, id string, finish bool, idl
 	if sampled.Count() > 0 {
 		r.FsyncP50ms, r.FsyncP99ms, r.FsyncMaxms = bench.F(bench.Ms(sampled.Quantile(0.5))), bench.F(bench.Ms(sampled.Quantile(0.99))), bench.F(bench.Ms(sampled.Max()))
 	}
-	r.Note = fmt.Sprintf("compaction held the apply path %.0f times on the three nodes, by section (count, longest since start): %s; "+
+	r.Note = fmt.Sprintf("compaction held the apply path %.0f times on the three nodes, by section (count, mean, longest since start): %s; "+
 		"latency of one append of one event (b's producers); beside them %d training runs of %d steps written by one batching producer (%s); "+
 		"retention cut %.1f MiB, run compaction freed %.1f MiB (leader), segments rewritten per node: %s, rewrite failures %.0f; "+
 		"fsync = a 4 KiB write + fsync of a file in the cluster's directory every %v during the phase (idle, %d back to back: p50 %.2f ms, p99 %.2f ms, max %.2f ms); load average at the end %s; %s",
@@ -307,12 +307,12 @@ type holdSummary struct {
 
 func holdFigures(before, after []map[string]float64) holdSummary {
 	var h holdSummary
-	type sec struct{ count, maxMs float64 }
+	type sec struct{ count, sumMs, maxMs float64 }
 	secs := map[string]*sec{}
 	for i := range after {
 		for key, v := range after[i] {
 			name := seriesName(key)
-			if name != metricHoldCount && name != metricHoldMax {
+			if name != metricHoldCount && name != metricHoldSum && name != metricHoldMax {
 				continue
 			}
 			section := labelValue(key, "section")
@@ -321,13 +321,15 @@ func holdFigures(before, after []map[string]float64) holdSummary {
 				s = &sec{}
 				secs[section] = s
 			}
-			if name == metricHoldCount {
+			switch name {
+			case metricHoldCount:
 				s.count += v - before[i][key]
-			} else {
+			case metricHoldSum:
+				s.sumMs += (v - before[i][key]) * 1e3
+			default:
 				s.maxMs = max(s.maxMs, v*1e3)
 			}
 		}
-		h.sumMs += (sumSeries(after[i], metricHoldSum) - sumSeries(before[i], metricHoldSum)) * 1e3
 	}
 	names := make([]string, 0, len(secs))
 	for name := range secs {
@@ -338,8 +340,13 @@ func holdFigures(before, after []map[string]float64) holdSummary {
 	for _, name := range names {
 		s := secs[name]
 		h.count += s.count
+		h.sumMs += s.sumMs
 		h.maxMs = max(h.maxMs, s.maxMs)
-		parts = append(parts, fmt.Sprintf("%s %.0f, %.2f ms", name, s.count, s.maxMs))
+		mean := 0.0
+		if s.count > 0 {
+			mean = s.sumMs / s.count
+		}
+		parts = append(parts, fmt.Sprintf("%s %.0f, mean %.3f ms, longest %.2f ms", name, s.count, mean, s.maxMs))
 	}
 	h.bySection = strings.Join(parts, "; ")
 	if h.bySection == "" {
