@@ -19,6 +19,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/tsstore/tsstore/internal/freeport"
 )
 
 // The object store of the tiering scenario: a real versitygw process
@@ -166,15 +168,13 @@ func (s *objectStore) start() error {
 // adds it to taken.
 func freeAddr(taken map[string]bool) (string, error) {
 	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		addrs, err := freeport.Addrs("127.0.0.1", 1)
 		if err != nil {
 			return "", err
 		}
-		addr := l.Addr().String()
-		l.Close()
-		if !taken[addr] {
-			taken[addr] = true
-			return addr, nil
+		if !taken[addrs[0]] {
+			taken[addrs[0]] = true
+			return addrs[0], nil
 		}
 	}
 	return "", errors.New("no free loopback port")

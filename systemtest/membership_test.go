@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -86,6 +87,7 @@ func waitMember(t *testing.T, nodes []*proccluster.Node, id, what string, cond f
 // At the end every acknowledged event is present exactly once at its
 // offset and the remaining replicas' logs are identical.
 func TestMembershipUnderLoad(t *testing.T) {
+	step := steps(t)
 	c := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -95,6 +97,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 
 	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	// A fourth node joins as a non-voter, catches up and is promoted.
+	step("a fourth node joins")
 	n4, err := c.AddNode()
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +114,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 	waitMember(t, all, "n4", "a voter", func(m memberJSON) bool { return m.Suffrage == "voter" })
 
 	// Leadership is not handed to a frozen voter, and the refusal is quick.
+	step("transfer to a frozen voter")
 	lead := waitLeader(t, c)
 	var frozen *proccluster.Node
 	for _, n := range all {
@@ -129,6 +133,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 	l.waitAcked(l.acked() + 1000)
 
 	// Remove a follower other than n4: it applies its tombstone and exits.
+	step("remove a follower")
 	leader := waitLeader(t, c)
 	victim := n2
 	if leader == n2 {
@@ -146,6 +151,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 		t.Fatalf("removed %s exited with %d, want 78", victim.ID, code)
 	}
 	// Restarted on its old data, it refuses to start.
+	step("restart the removed follower")
 	if err := victim.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -159,6 +165,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 		t.Fatalf("removed %s refused to start with exit %d, want 78", victim.ID, code)
 	}
 	// Without the marker it still refuses: it had applied its tombstone.
+	step("restart it without its marker")
 	if err := os.Remove(filepath.Join(victim.DataDir, "removed")); err != nil {
 		t.Fatal(err)
 	}
@@ -174,6 +181,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 	l.waitAcked(l.acked() + 1000)
 
 	// Remove the leader itself: it hands leadership over first.
+	step("remove the leader")
 	var remaining []*proccluster.Node
 	for _, n := range []*proccluster.Node{n1, n2, n3, n4} {
 		if n != victim {
@@ -198,6 +206,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 	l.waitAcked(l.acked() + 1000)
 
 	// Leadership moves to the new node; a dead node is refused at once.
+	step("transfer to n4 and refusals")
 	mustCLI(t, live, "leader is now n4", "leader", "transfer", "--to", "n4")
 	start = time.Now()
 	if out, err := tsstoreCLI(t, live, "leader", "transfer", "--to", leader.ID); err == nil || !strings.Contains(out, "NotFound") {
@@ -212,6 +221,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 	t.Logf("refusals answered in %v", time.Since(start))
 
 	// The first removed node, wiped, joins again under its id.
+	step("the wiped node rejoins")
 	if err := victim.Wipe(); err != nil {
 		t.Fatal(err)
 	}
@@ -230,6 +240,7 @@ func TestMembershipUnderLoad(t *testing.T) {
 	// A node removed while it is down never hears of it from Raft. Started
 	// again on its old data, it asks a peer to register, is refused by the
 	// leader (the tombstone is in the replicated node table) and stops.
+	step("a node removed while down")
 	var down *proccluster.Node
 	for _, n := range live {
 		if n != n4 && n != victim {
@@ -256,6 +267,27 @@ func TestMembershipUnderLoad(t *testing.T) {
 	l.waitAcked(l.acked() + 1000)
 	mustCLI(t, live, "commit index", "members")
 
+	step("check the replicas")
 	acks := l.finish()
 	checkReplicas(t, live, acks)
+}
+
+// steps names the phase a long test is in; if the test fails, the name
+// is logged last, after the nodes' log tails (CI shows the end of the
+// output). Call it before starting the cluster.
+func steps(t *testing.T) func(name string) {
+	var mu sync.Mutex
+	cur, at := "start", time.Now()
+	t.Cleanup(func() {
+		if t.Failed() {
+			mu.Lock()
+			defer mu.Unlock()
+			t.Logf("%s failed during the step %q, begun %v before the end", t.Name(), cur, time.Since(at).Round(time.Millisecond))
+		}
+	})
+	return func(name string) {
+		mu.Lock()
+		cur, at = name, time.Now()
+		mu.Unlock()
+	}
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tsstore/tsstore/internal/freeport"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
@@ -88,24 +89,10 @@ func Build(moduleDir, dir string, flags ...string) (string, error) {
 }
 
 // FreePorts returns n distinct TCP ports that were free on host a moment
-// ago.
+// ago, outside the kernel's ephemeral range, so that a node stopped and
+// started again finds its ports free (freeport).
 func FreePorts(host string, n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
+	return freeport.Ports(host, n)
 }
 
 // New lays out a cluster without starting it.

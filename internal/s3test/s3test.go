@@ -21,6 +21,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/tsstore/tsstore/internal/freeport"
 )
 
 // Version is the versitygw release the tests run (scripts/test.sh).
@@ -56,12 +58,11 @@ func Start(t testing.TB) *Server {
 			t.Fatal(err)
 		}
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addrs, err := freeport.Addrs("127.0.0.1", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Addr = l.Addr().String()
-	l.Close()
+	s.Addr = addrs[0]
 	s.Restart()
 	t.Cleanup(s.Stop)
 	return s

@@ -6,11 +6,11 @@ package storetest
 import (
 	"context"
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/tsstore/tsstore/client"
+	"github.com/tsstore/tsstore/internal/freeport"
 	"github.com/tsstore/tsstore/server"
 )
 
@@ -95,18 +95,9 @@ func StartWith(t testing.TB, n int, tweak func(*server.Config)) *Cluster {
 
 func freeAddrs(t testing.TB, n int) []string {
 	t.Helper()
-	var ls []net.Listener
-	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().String())
-	}
-	for _, l := range ls {
-		l.Close()
+	out, err := freeport.Addrs("127.0.0.1", n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
