@@ -44,6 +44,10 @@ var (
 	// ErrNoRemote is the error of a read of a tiered segment, or of an
 	// Evict, in a log opened without Options.Remote.
 	ErrNoRemote = errors.New("segment: a tiered segment needs Options.Remote")
+	// ErrRemoteRead wraps the error of a read of a tiered object that
+	// failed without saying the object is lost or short (the store is
+	// down, slow, or answered with an error): the read may succeed later.
+	ErrRemoteRead = errors.New("segment: reading a tiered object failed")
 	// ErrRemoteMismatch means Evict was handed a RemoteRef whose size or
 	// checksum is not the local segment's.
 	ErrRemoteMismatch = errors.New("segment: the object does not match the local segment")
@@ -203,7 +207,7 @@ func (r *remoteFile) ReadAt(p []byte, off int64) (int, error) {
 		return n, &CorruptionError{Path: r.path, Key: r.key, Position: off + int64(n), Offset: r.base,
 			Reason: fmt.Sprintf("the object ended after %d of %d bytes", off+int64(n), r.size)}
 	case err != nil && !errors.Is(err, io.EOF):
-		return n, fmt.Errorf("segment: read tiered object %q at %d: %w", r.key, off, err)
+		return n, fmt.Errorf("%w: object %q at %d: %w", ErrRemoteRead, r.key, off, err)
 	}
 	if len(want) < len(p) {
 		return n, io.EOF

@@ -72,6 +72,10 @@ func toStatus(err error) error {
 		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrRaftShutdown),
 		errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, errNoLeader):
 		return withReason(codes.Unavailable, pb.ErrorReason_ERROR_REASON_NO_LEADER, err.Error(), nil)
+	case errors.Is(err, segment.ErrRemoteRead), errors.Is(err, segment.ErrNoRemote):
+		// The tier target is down or refused the read: the bytes are not
+		// known lost, so the read can be tried again.
+		return status.Error(codes.Unavailable, "the tier target could not be read: "+err.Error())
 	case errors.Is(err, fsm.ErrStorageFailed), errors.Is(err, segment.ErrClosed):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
