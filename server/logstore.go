@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -36,6 +37,9 @@ type logStore struct {
 	// werr is the error of the last StoreLogs, nil once one succeeds
 	// (health: a node that cannot persist is not serving).
 	werr atomic.Pointer[error]
+	// onStore, if set before raft starts, is told how long each
+	// successful StoreLogs took (one write and one fsync).
+	onStore func(time.Duration)
 
 	mu struct {
 		sync.RWMutex
@@ -182,9 +186,13 @@ func (s *logStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{
 // StoreLogs implements raft.LogStore: one raft-wal append (one write, one
 // fsync), then the entries are recorded.
 func (s *logStore) StoreLogs(logs []*raft.Log) error {
+	start := time.Now()
 	if err := s.wal.StoreLogs(logs); err != nil {
 		s.werr.Store(&err)
 		return err
+	}
+	if s.onStore != nil {
+		s.onStore(time.Since(start))
 	}
 	s.werr.Store(nil)
 	s.mu.Lock()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -77,6 +78,11 @@ type nodeMetrics struct {
 	compactionHoldMax *prometheus.GaugeVec
 	holdMaxMu         sync.Mutex
 	holdMax           map[string]float64
+	// raftStore times the Raft log's appends (one write and one fsync,
+	// as etcd's wal_fsync_duration_seconds); raftStoreMax the longest.
+	raftStore    prometheus.Histogram
+	raftStoreMax prometheus.Gauge
+	raftStoreTop atomic.Int64 // nanoseconds, the longest so far
 
 	// Raft and snapshots.
 	leaderChanges   prometheus.Counter
@@ -202,6 +208,10 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 	m.compactionHoldMax = f.gaugeVec("tsstore_compaction_append_hold_max_seconds",
 		"The longest hold of tsstore_compaction_append_hold_seconds since the node started, by section, in seconds.", "section")
 	m.holdMax = map[string]float64{}
+	m.raftStore = f.histogram("tsstore_raft_log_append_seconds",
+		"Time of one append to this node's Raft log (raft-wal: one write and one fsync of a batch of entries), in seconds.", holdBuckets)
+	m.raftStoreMax = f.gauge("tsstore_raft_log_append_max_seconds",
+		"The longest append to this node's Raft log since it started, in seconds.")
 	m.persistDuration = f.histogram("tsstore_fsm_snapshot_persist_duration_seconds",
 		"Duration of successful FSM snapshot Persist calls (header, segment hard links, sink close with fsync), in seconds.", persistBuckets)
 	m.persistErrors = f.counter("tsstore_fsm_snapshot_persist_errors_total",
@@ -470,4 +480,20 @@ func (m *nodeMetrics) observeHold(section string, held time.Duration) {
 		m.compactionHoldMax.WithLabelValues(section).Set(sec)
 	}
 	m.holdMaxMu.Unlock()
+}
+
+// observeRaftStore records one append to the Raft log (logStore.onStore).
+func (m *nodeMetrics) observeRaftStore(d time.Duration) {
+	m.raftStore.Observe(d.Seconds())
+	for {
+		top := m.raftStoreTop.Load()
+		if int64(d) <= top {
+			return
+		}
+		if m.raftStoreTop.CompareAndSwap(top, int64(d)) {
+			// The top only grows, so the last Set writes the largest.
+			m.raftStoreMax.Set(time.Duration(m.raftStoreTop.Load()).Seconds())
+			return
+		}
+	}
 }

@@ -256,6 +256,9 @@ func (n *Node) openStorage() error {
 	}
 	n.opening("reading the raft log")
 	n.stable, n.logs, err = openRaftStores(filepath.Join(n.cfg.DataDir, "raft"), n.cfg.LogCacheBytes, n.cfg.RaftLogFS, n.cfg.NodeID, n.logger)
+	if err == nil {
+		n.logs.onStore = n.metrics.observeRaftStore
+	}
 	if err != nil {
 		return err
 	}

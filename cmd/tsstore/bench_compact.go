@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -52,6 +54,9 @@ const (
 	metricHoldCount     = "tsstore_compaction_append_hold_seconds_count"
 	metricHoldSum       = "tsstore_compaction_append_hold_seconds_sum"
 	metricHoldMax       = "tsstore_compaction_append_hold_max_seconds"
+	metricWALCount      = "tsstore_raft_log_append_seconds_count"
+	metricWALBucket     = "tsstore_raft_log_append_seconds_bucket"
+	metricWALMax        = "tsstore_raft_log_append_max_seconds"
 )
 
 func (b *benchRun) compactionLoad(ctx context.Context) ([]bench.Result, error) {
@@ -149,6 +154,7 @@ func (b *benchRun) compactPhase(ctx context.Context, id string, finish bool, idl
 	}
 	r.CutsCommitted, r.RewritesCommitted, r.ReclaimedBytes = bench.F(cuts), bench.F(rewrites), bench.F(cutBytes+thinBytes)
 	holds := holdFigures(before, after)
+	wal := walFigures(before, after)
 	r.HoldCount, r.HoldMaxMs = bench.F(holds.count), bench.F(holds.maxMs)
 	if holds.count > 0 {
 		r.HoldMeanMs = bench.F(holds.sumMs / holds.count)
@@ -157,10 +163,11 @@ func (b *benchRun) compactPhase(ctx context.Context, id string, finish bool, idl
 		r.FsyncP50ms, r.FsyncP99ms, r.FsyncMaxms = bench.F(bench.Ms(sampled.Quantile(0.5))), bench.F(bench.Ms(sampled.Quantile(0.99))), bench.F(bench.Ms(sampled.Max()))
 	}
 	r.Note = fmt.Sprintf("compaction held the apply path %.0f times on the three nodes, by section (count, mean, longest since start): %s; "+
+		"the nodes' Raft log appends (one write + fsync each) in the phase: %s; "+
 		"latency of one append of one event (b's producers); beside them %d training runs of %d steps written by one batching producer (%s); "+
 		"retention cut %.1f MiB, run compaction freed %.1f MiB (leader), segments rewritten per node: %s, rewrite failures %.0f; "+
 		"fsync = a 4 KiB write + fsync of a file in the cluster's directory every %v during the phase (idle, %d back to back: p50 %.2f ms, p99 %.2f ms, max %.2f ms); load average at the end %s; %s",
-		holds.count, holds.bySection, runs, compactRunSteps, map[bool]string{false: "never finished, no retention policy", true: fmt.Sprintf("each ending with TrainingFinished; retention policy \"\" max %.1f MiB", float64(b.f.kMaxBytes)/(1<<20))}[finish],
+		holds.count, holds.bySection, wal, runs, compactRunSteps, map[bool]string{false: "never finished, no retention policy", true: fmt.Sprintf("each ending with TrainingFinished; retention policy \"\" max %.1f MiB", float64(b.f.kMaxBytes)/(1<<20))}[finish],
 		cutBytes/(1<<20), thinBytes/(1<<20), strings.Join(perNode, ", "), failed,
 		compactFsyncEvery, idle.Count(), bench.Ms(idle.Quantile(0.5)), bench.Ms(idle.Quantile(0.99)), bench.Ms(idle.Max()), loadAverage(), cpuNote)
 	return r, nil
@@ -353,4 +360,46 @@ func holdFigures(before, after []map[string]float64) holdSummary {
 		h.bySection = "none"
 	}
 	return h
+}
+
+// walFigures describes the nodes' Raft log appends in one phase (each a
+// write and an fsync; tsstore_raft_log_append_seconds): their count, the
+// histogram's p50 and p99 bucket bounds over all nodes, and the longest
+// any node saw since it started. It is the "one fsync" of the goal,
+// measured by the nodes themselves on the disk they write.
+func walFigures(before, after []map[string]float64) string {
+	buckets := map[float64]float64{} // upper bound -> cumulative count in the phase
+	var count, maxMs float64
+	for i := range after {
+		for key, v := range after[i] {
+			switch seriesName(key) {
+			case metricWALCount:
+				count += v - before[i][key]
+			case metricWALMax:
+				maxMs = max(maxMs, v*1e3)
+			case metricWALBucket:
+				le, err := strconv.ParseFloat(labelValue(key, "le"), 64)
+				if err == nil {
+					buckets[le] += v - before[i][key]
+				}
+			}
+		}
+	}
+	if count == 0 {
+		return "none"
+	}
+	bounds := make([]float64, 0, len(buckets))
+	for le := range buckets {
+		bounds = append(bounds, le)
+	}
+	slices.Sort(bounds)
+	quantile := func(q float64) float64 {
+		for _, le := range bounds {
+			if buckets[le] >= q*count {
+				return le * 1e3
+			}
+		}
+		return math.Inf(1)
+	}
+	return fmt.Sprintf("%.0f, p50 <= %.2f ms, p99 <= %.2f ms, longest since start %.2f ms", count, quantile(0.5), quantile(0.99), maxMs)
 }

@@ -228,10 +228,13 @@ func TestBenchCompaction(t *testing.T) {
 	if *comp.CutsCommitted+*comp.RewritesCommitted == 0 || *comp.ReclaimedBytes <= 0 {
 		t.Errorf("k-compacting: %v cuts, %v rewrites, %v bytes reclaimed; want some\n%s", *comp.CutsCommitted, *comp.RewritesCommitted, *comp.ReclaimedBytes, stdout.String())
 	}
-	for _, want := range []string{"vs baseline max", "one fsync under this load", "rewrite failures 0", "apply "} {
+	for _, want := range []string{"vs baseline max", "one fsync under this load", "rewrite failures 0", "apply ", "Raft log appends (one write + fsync each) in the phase: "} {
 		if !strings.Contains(comp.Note, want) {
 			t.Errorf("k-compacting note lacks %q:\n%s", want, comp.Note)
 		}
+	}
+	if strings.Contains(comp.Note, "in the phase: none") {
+		t.Errorf("no Raft log appends counted in the compacting phase:\n%s", comp.Note)
 	}
 	if !strings.Contains(stdout.String(), "retention cuts and") {
 		t.Errorf("table:\n%s", stdout.String())
