@@ -115,12 +115,27 @@ func (s *State) clone() *State {
 	for k, v := range s.Runs {
 		c.Runs[k] = v.clone()
 	}
+	// One allocation per table rather than one per entry: the clone runs
+	// on Raft's FSM goroutine (Snapshot, Compact, Thin), and appends wait
+	// for it. Every copy is its own element; windows are cut with their
+	// capacity at their length, so an append to one reallocates instead of
+	// writing over its neighbour's.
+	streams := make([]StreamState, 0, len(s.Streams))
 	for k, v := range s.Streams {
-		cp := *v
-		c.Streams[k] = &cp
+		streams = append(streams, *v)
+		c.Streams[k] = &streams[len(streams)-1]
 	}
+	nw := 0
+	for _, v := range s.Producers {
+		nw += len(v.Windows)
+	}
+	producers := make([]ProducerState, 0, len(s.Producers))
+	windows := make([]Window, 0, nw)
 	for k, v := range s.Producers {
-		c.Producers[k] = &ProducerState{LastSeq: v.LastSeq, Windows: append([]Window(nil), v.Windows...)}
+		from := len(windows)
+		windows = append(windows, v.Windows...)
+		producers = append(producers, ProducerState{LastSeq: v.LastSeq, Windows: windows[from:len(windows):len(windows)]})
+		c.Producers[k] = &producers[len(producers)-1]
 	}
 	return c
 }
