@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io/fs"
+	"math"
 	"path/filepath"
 
 	"github.com/tsstore/tsstore/record"
@@ -186,9 +187,12 @@ func DecodeIndexBundle(b []byte, name string, base, next uint64, logSize int64) 
 
 // IndexBundle builds the index bundle of the sealed segment at base,
 // local or tiered, from its local index files, and checks it as a node
-// that fetches it will (DecodeIndexBundle). Index files that fail those
-// checks are a *CorruptionError naming the file's segment (reopen to
-// rebuild them); files adding up to more than MaxIndexBundle are
+// that fetches it will (DecodeIndexBundle). When the segment's .log is
+// local it also checks the files against it, as VerifySegment does (a
+// read of the whole .log that decodes every record). Index files that
+// fail those checks are a *CorruptionError naming one of them (reopen to
+// rebuild them); bytes of the .log that fail are a *CorruptionError
+// naming the .log; files adding up to more than MaxIndexBundle are
 // ErrIndexBundleTooLarge.
 func (l *Log) IndexBundle(base uint64) ([]byte, error) {
 	s, err := l.sealed(base)
@@ -227,6 +231,22 @@ func (l *Log) IndexBundle(base uint64) ([]byte, error) {
 	}
 	if err := x.checkContents(); err != nil {
 		return nil, corruptf(filepath.Join(l.dir, indexName(base)), 0, base, "index files of segment %d: %v", base, err)
+	}
+	if s.remote == nil {
+		// The .log is here: check the files against it, as VerifySegment
+		// does, so that a bundle never spreads index files that do not
+		// describe the bytes (a node that fetched them would find that
+		// only at a lookup, and fetch the same files again).
+		entries, err := decodeIndex(x.Index, x.TimeIndex, s.size)
+		if err != nil {
+			return nil, corruptf(s.ix.path, 0, base, "%v", err)
+		}
+		c := segment{base: s.base, path: s.path, f: s.f, size: s.size, next: s.next, ix: s.ix, streams: s.streams,
+			digest: s.digest, digestKnown: s.digestKnown, index: entries}
+		lastTS := int64(math.MinInt64)
+		if err := verifySegment(&c, &lastTS, func(int64) {}); err != nil {
+			return nil, l.errClosedRead(err)
+		}
 	}
 	return encodeIndexBundle(x), nil
 }

@@ -302,3 +302,25 @@ func TestOpenFetchesIndexBundle(t *testing.T) {
 	}
 	l.Close()
 }
+
+// TestIndexBundleRefusesWrongIndex: index files whose entries are in
+// order but do not point at the batches they name are refused when the
+// .log is local (checked against it), never bundled.
+func TestIndexBundleRefusesWrongIndex(t *testing.T) {
+	l, _, dir, _ := tieredLog(t)
+	s := l.Segments()[1]
+	index, _, _ := segmentFiles(t, dir, s.BaseOffset)
+	if len(index) < 3*IndexEntrySize {
+		t.Fatalf("%d index entries, want at least 3", len(index)/IndexEntrySize)
+	}
+	bad := bytes.Clone(index)
+	bad[IndexEntrySize+7]++ // entry 1's position, still between its neighbours'
+	if err := os.WriteFile(filepath.Join(dir, indexName(s.BaseOffset)), bad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := l.IndexBundle(s.BaseOffset)
+	var ce *CorruptionError
+	if !errors.As(err, &ce) || ce.Path != filepath.Join(dir, indexName(s.BaseOffset)) || ce.LogDamaged() {
+		t.Fatalf("IndexBundle with a wrong index entry: %v, want a *CorruptionError naming the .index file", err)
+	}
+}

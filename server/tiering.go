@@ -320,8 +320,9 @@ func indexBundleKey(key string) string { return strings.TrimSuffix(key, ".log") 
 // putIndexBundle uploads the index bundle of the segment e under the
 // bundle key of its object key, before the object itself: a committed
 // object then always has its bundle, unless one was never made (index
-// files too large for a bundle: logged, and nodes that lose them
-// rebuild them from the object).
+// files too large for a bundle, or this node's failing their check
+// against its .log: logged, and nodes that lose theirs rebuild them
+// from the object).
 func (n *Node) putIndexBundle(ctx context.Context, e fsm.ManifestEntry, key string) error {
 	var b []byte
 	err := n.proc.WithLog(func(l *segment.Log) error {
@@ -329,8 +330,18 @@ func (n *Node) putIndexBundle(ctx context.Context, e fsm.ManifestEntry, key stri
 		b, err = l.IndexBundle(e.BaseOffset)
 		return err
 	})
-	if errors.Is(err, segment.ErrIndexBundleTooLarge) {
+	var ce *segment.CorruptionError
+	switch {
+	case errors.Is(err, segment.ErrIndexBundleTooLarge):
 		n.logger.Warn("tiering: no index bundle for the segment; a node that loses its index files rebuilds them from the object",
+			"base_offset", e.BaseOffset, "error", err)
+		return nil
+	case errors.As(err, &ce) && !ce.LogDamaged():
+		// This node's index files do not describe its .log: never spread
+		// them. The object goes up alone (nodes that lose their files
+		// rebuild them from it); the error names the file to delete here
+		// (a restart then rebuilds it).
+		n.logger.Error("tiering: the segment's index files fail their check against its .log; uploading it without an index bundle",
 			"base_offset", e.BaseOffset, "error", err)
 		return nil
 	}
