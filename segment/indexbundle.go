@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"math"
 	"path/filepath"
@@ -17,6 +18,10 @@ import (
 // node that lost them fetches a few bytes instead of the whole object.
 // The layout is drawn in doc.go.
 const (
+	// IndexBundleSuffix names a bundle kept as a file (the server's
+	// object key of a segment's bundle is its object key with this for
+	// LogSuffix); `tsstore dump` recognizes it.
+	IndexBundleSuffix = ".idx"
 	// IndexBundleMagic starts every index bundle.
 	IndexBundleMagic = "TSIB"
 	// IndexBundleVersion is the bundle format's version.
@@ -295,4 +300,35 @@ func (l *Log) fetchIndexes(s *segment, m *marker) error {
 	}
 	s.ix, s.streams = ix, sx
 	return nil
+}
+
+// DumpIndexBundle writes the structure of an index bundle file (an
+// object copied out of the tier target) to w: the segment it names, each
+// section's size, and whether the files check out as a node that
+// fetched it would check them. A bundle that fails is an error wrapping
+// ErrCorrupt, after what could be printed was.
+func DumpIndexBundle(path string, w io.Writer) error {
+	data, err := readWhole(OSFS{}, path, MaxIndexBundle)
+	if err != nil {
+		return err
+	}
+	p := &printer{w: w}
+	x, pos, err := decodeIndexBundle(data)
+	if err != nil {
+		p.printf("file %s: %d bytes: not a good index bundle: at position %d: %v\n", filepath.Base(path), len(data), pos, err)
+		return corruptf(path, pos, 0, "index bundle: %v", err)
+	}
+	p.printf("file %s: %d bytes, index bundle of segment [%d, %d), %d bytes of .log\n", filepath.Base(path), len(data), x.BaseOffset, x.NextOffset, x.LogSize)
+	p.printf("section 1 %s: %d bytes, %d entries\n", IndexSuffix, len(x.Index), len(x.Index)/IndexEntrySize)
+	p.printf("section 2 %s: %d bytes, %d entries\n", TimeIndexSuffix, len(x.TimeIndex), len(x.TimeIndex)/TimeIndexEntrySize)
+	p.printf("section 3 %s: %d bytes\n", StreamsSuffix, len(x.Streams))
+	if err := x.checkContents(); err != nil {
+		p.printf("contents: BAD: %v\n", err)
+		if p.err != nil {
+			return p.err
+		}
+		return corruptf(path, 0, x.BaseOffset, "index bundle: %v", err)
+	}
+	p.printf("contents: ok\n")
+	return p.err
 }

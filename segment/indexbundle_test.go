@@ -324,3 +324,31 @@ func TestIndexBundleRefusesWrongIndex(t *testing.T) {
 		t.Fatalf("IndexBundle with a wrong index entry: %v, want a *CorruptionError naming the .index file", err)
 	}
 }
+
+// TestDumpIndexBundle: `tsstore dump` of a bundle file shows the segment
+// it names and its sections; a damaged one is an error after printing.
+func TestDumpIndexBundle(t *testing.T) {
+	x := goldenBundle()
+	path := filepath.Join(t.TempDir(), "b"+IndexBundleSuffix)
+	if err := os.WriteFile(path, encodeIndexBundle(x), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := Dump(path, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"index bundle of segment [990, 998), 4190 bytes of .log", "section 1 .index: 16 bytes, 2 entries",
+		"section 2 .timeindex: 24 bytes, 2 entries", "section 3 .streams: ", "contents: ok"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("dump:\n%s\nwant %q", out.String(), want)
+		}
+	}
+	x.Streams = encodeStreams(990, 999, 4190, nil) // framed well, another segment's end
+	if err := os.WriteFile(path, encodeIndexBundle(x), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := Dump(path, &out); !errors.Is(err, ErrCorrupt) || !strings.Contains(out.String(), "contents: BAD: ") {
+		t.Fatalf("dump of a bad bundle: %v\n%s", err, out.String())
+	}
+}

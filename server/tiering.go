@@ -315,7 +315,9 @@ func (n *Node) sweepTier(ctx context.Context, term uint64) error {
 
 // indexBundleKey is the key of the index bundle uploaded beside the
 // object key (segment.IndexBundle): the same key, ".idx" for ".log".
-func indexBundleKey(key string) string { return strings.TrimSuffix(key, ".log") + ".idx" }
+func indexBundleKey(key string) string {
+	return strings.TrimSuffix(key, segment.LogSuffix) + segment.IndexBundleSuffix
+}
 
 // putIndexBundle uploads the index bundle of the segment e under the
 // bundle key of its object key, before the object itself: a committed

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,6 +66,12 @@ func TestVerifyTieredCLI(t *testing.T) {
 	bundle := func(e fsm.ManifestEntry) string {
 		return filepath.Join(tierDir, filepath.FromSlash(strings.TrimSuffix(e.Key, ".log")+".idx"))
 	}
+	// `tsstore dump` of a bundle copied out of the target shows it.
+	out, errOut, code = runCmd("dump", bundle(segs[0]))
+	if want := fmt.Sprintf("index bundle of segment [%d, %d), %d bytes of .log", segs[0].BaseOffset, segs[0].NextOffset, segs[0].Size); code != 0 ||
+		!strings.Contains(out, want) || !strings.Contains(out, "contents: ok") {
+		t.Fatalf("dump of a bundle: exit %d, want %q\n%s%s", code, want, out, errOut)
+	}
 	if err := os.Remove(bundle(segs[0])); err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +87,9 @@ func TestVerifyTieredCLI(t *testing.T) {
 	bb[len(bb)-5] ^= 0x01
 	if err := os.WriteFile(bundle(segs[1]), bb, 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if _, _, code := runCmd("dump", bundle(segs[1])); code != 1 {
+		t.Fatalf("dump of a corrupt bundle: exit %d, want 1", code)
 	}
 	out, errOut, code = runCmd("verify", "--tiered", addr)
 	if code != 1 || !strings.Contains(out, segment.FileName(segs[1].BaseOffset)+": "+segs[1].Key+": BAD: segment: corrupt "+
