@@ -269,10 +269,10 @@ func tierKeyTerm(cluster, key string) (uint64, bool) {
 // committed (Kafka's KAFKA-16511 leak): keys of this cluster's form, of
 // a term before term, that no manifest entry names, and index bundles
 // (".idx") whose object key (".log") no manifest entry names. Such an
-// upload can no longer be committed once this leader has applied everything before
-// its own entries (its term's barrier, watchLeadership): a proposal of
-// an earlier term is in this leader's log, and so applied, or never
-// commits. Objects of this term are left alone (a commit of this leader
+// upload can no longer be committed once this leader has applied
+// everything before its own entries (its term's barrier,
+// watchLeadership): a proposal of an earlier term is in this leader's
+// log, and so applied, or never commits. Objects of this term are left alone (a commit of this leader
 // may still be pending), and so is every key not of tierKey's form.
 //
 // It takes no barrier of its own: the term's barrier is the last entry
@@ -292,8 +292,8 @@ func (n *Node) sweepTier(ctx context.Context, term uint64) error {
 	var leaked []string
 	err := n.cfg.Tier.Target.List(ctx, n.cfg.ClusterName+"/segments/", func(o tiering.ObjectInfo) error {
 		logKey := o.Key
-		if k, ok := strings.CutSuffix(o.Key, ".idx"); ok {
-			logKey = k + ".log" // an index bundle goes with its object
+		if k, ok := strings.CutSuffix(o.Key, segment.IndexBundleSuffix); ok {
+			logKey = k + segment.LogSuffix // an index bundle goes with its object
 		}
 		if t, ok := tierKeyTerm(n.cfg.ClusterName, logKey); ok && t < term && !named[logKey] {
 			leaked = append(leaked, o.Key)
