@@ -248,10 +248,10 @@ func (p *Processor) load(log *segment.Log) error {
 		"append_watermark", p.appendWM, "next_offset", st.NextOffset,
 		"recovery", log.Recovery())
 	for _, m := range log.Recovery().FetchedIndexes {
-		p.logger.Info("fsm: a tiered segment's lost index files were fetched from its index bundle in the tier target", "marker", m)
+		p.logger.Info("tiering: a tiered segment's lost index files were fetched from its index bundle in the tier target", "marker", m)
 	}
 	for _, why := range log.Recovery().IndexBundleFailures {
-		p.logger.Warn("fsm: a tiered segment's lost index files were rebuilt from its whole object; its index bundle was not used", "why", why)
+		p.logger.Warn("tiering: a tiered segment's lost index files were rebuilt from its whole object; its index bundle was not used", "why", why)
 	}
 	return nil
 }
