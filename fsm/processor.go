@@ -247,6 +247,12 @@ func (p *Processor) load(log *segment.Log) error {
 	p.logger.Info("fsm opened", "dir", p.cfg.Dir, "checkpoint_index", cp.Index,
 		"append_watermark", p.appendWM, "next_offset", st.NextOffset,
 		"recovery", log.Recovery())
+	for _, m := range log.Recovery().FetchedIndexes {
+		p.logger.Info("tiering: a tiered segment's lost index files were fetched from its index bundle in the tier target", "marker", m)
+	}
+	for _, why := range log.Recovery().IndexBundleFailures {
+		p.logger.Warn("tiering: a tiered segment's lost index files were rebuilt from its whole object; its index bundle was not used", "why", why)
+	}
 	return nil
 }
 

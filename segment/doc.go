@@ -227,7 +227,8 @@
 // it removes the .log, so a crash leaves the .log, the marker, or both;
 // Open removes a marker that has its .log beside it (the local copy wins).
 // With good index files, Open of a tiered segment reads nothing of the
-// object; index files it doubts are rebuilt from the object. A missing or
+// object; index files it doubts are taken from the segment's index
+// bundle in the store (below), else rebuilt from the object. A missing or
 // short object, and bytes that fail a batch CRC, are a *CorruptionError
 // whose Key names the object (and that names no segment to repair from a
 // peer: every replica reads the same object).
@@ -240,8 +241,49 @@
 // files first and the marker last, each tmp, fsync, rename, then an
 // fsync of the directory.
 //
+// # Index bundles (frozen, version 1)
+//
+// An index bundle is one object holding a sealed segment's three index
+// files byte for byte (IndexBundle builds it from the local files; the
+// server uploads it beside the segment's object). A node whose tiered
+// segment's index files are missing or fail Open's checks fetches it
+// (RemoteIndexer) instead of reading the whole object to rebuild them.
+// All integers big-endian, CRCs CRC-32C. Header, 36 bytes:
+//
+//	offset size field
+//	0      4    magic             "TSIB"
+//	4      1    version           1
+//	5      3    reserved          0
+//	8      8    base offset       B
+//	16     8    next offset       NextOffset of the segment's last batch
+//	24     8    log size          bytes of <B>.log (the object)
+//	32     4    header crc        CRC of bytes [0, 32)
+//
+// Then exactly three sections, in this order, and nothing after them:
+// kind 1 the .index file, kind 2 the .timeindex file, kind 3 the
+// .streams file. Each is a 12-byte frame and the file's n bytes:
+//
+//	offset size field
+//	0      1    kind              1, 2 or 3
+//	1      3    reserved          0
+//	4      4    length            n
+//	8      4    crc               CRC of the frame's bytes [0, 8) and the
+//	                              n bytes
+//	12     n    the file
+//
+// DecodeIndexBundle refuses, as a *CorruptionError, a bundle that fails
+// any of this, that names another segment (base, next or log size), or
+// whose files fail the checks of a full decode (every .index and
+// .timeindex entry, the whole .streams file, whose header must name the
+// same segment). A bundle is at most MaxIndexBundle bytes (a limit, not
+// part of the format): larger ones are neither built nor fetched, and
+// the files are rebuilt from the object. Fetched files are published
+// like rebuilt ones (each tmp, fsync, rename, then an fsync of the
+// directory) and opened with Open's checks.
+//
 // The constants IndexEntrySize, TimeIndexEntrySize, StreamsMagic,
 // StreamsVersion, StreamsHeaderSize, StreamEntrySize, StreamsBlockEntries,
-// TieredMagic, TieredVersion, MaxTieredKey, the file suffixes and the
-// 20-digit name width are frozen.
+// TieredMagic, TieredVersion, MaxTieredKey, IndexBundleMagic,
+// IndexBundleVersion, the file suffixes and the 20-digit name width are
+// frozen.
 package segment

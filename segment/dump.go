@@ -20,14 +20,18 @@ import (
 // past a bad CRC (the length field still says where the next batch
 // starts) and stops at an unreadable header or a torn tail. Given a
 // .streams file it prints that file's header, directory and entries
-// instead (DumpStreams), and given a .tiered marker the marker's fields
-// (DumpTiered). It is what `tsstore dump` prints.
+// instead (DumpStreams), given a .tiered marker the marker's fields
+// (DumpTiered), and given an index bundle (.idx) its structure
+// (DumpIndexBundle). It is what `tsstore dump` prints.
 func Dump(path string, w io.Writer) error {
 	if strings.HasSuffix(path, StreamsSuffix) {
 		return DumpStreams(path, w)
 	}
 	if strings.HasSuffix(path, TieredSuffix) {
 		return DumpTiered(path, w)
+	}
+	if strings.HasSuffix(path, IndexBundleSuffix) {
+		return DumpIndexBundle(path, w)
 	}
 	d, err := DumpLog(path)
 	if err != nil {

@@ -112,6 +112,15 @@ type RecoveryInfo struct {
 	// index files (.index, .timeindex, .streams) were missing or invalid
 	// and were rebuilt from the log.
 	RebuiltIndexes []string
+	// FetchedIndexes lists tiered segments (their .tiered markers) whose
+	// index files were missing or invalid and were taken from the
+	// store's index bundle, without reading the object.
+	FetchedIndexes []string
+	// IndexBundleFailures says, per tiered segment whose index files were
+	// rebuilt from its object (in RebuiltIndexes), why its index bundle
+	// was not used ("<marker>: <reason>": missing, as for objects tiered
+	// before bundles were uploaded, unreadable, or failing its checks).
+	IndexBundleFailures []string
 	// RemovedTemp lists leftover temporary files that were removed.
 	RemovedTemp []string
 	// RemovedMarkers lists .tiered markers found beside their segment's

@@ -350,8 +350,11 @@ func (n noRemote) ReadAt([]byte, int64) (int, error) {
 func (n noRemote) Close() error { return nil }
 
 // openTiered opens the segment at base from its marker. With good index
-// files it reads nothing of the object; index files that are missing or
-// fail Open's checks are rebuilt from the object, read whole.
+// files it reads nothing of the object. Index files that are missing or
+// fail Open's checks are taken from the store's index bundle when the
+// Remote is a RemoteIndexer and the bundle checks out
+// (RecoveryInfo.FetchedIndexes), else rebuilt from the object, read
+// whole (RecoveryInfo.IndexBundleFailures says why not the bundle).
 func (l *Log) openTiered(base uint64) (*segment, error) {
 	mpath := filepath.Join(l.dir, tieredName(base))
 	b, err := readWhole(l.fs, mpath, tieredFixed+MaxTieredKey+4)
@@ -378,6 +381,16 @@ func (l *Log) openTiered(base uint64) (*segment, error) {
 	}
 	if sx != nil {
 		sx.f.Close()
+	}
+	if l.opts.Remote != nil {
+		// The store's bundle first: a few bytes instead of the object.
+		ferr := l.fetchIndexes(s, m)
+		if ferr == nil {
+			l.mu.last, l.mu.hasLast = m.last, true
+			l.recovery.FetchedIndexes = append(l.recovery.FetchedIndexes, mpath)
+			return s, nil
+		}
+		l.recovery.IndexBundleFailures = append(l.recovery.IndexBundleFailures, fmt.Sprintf("%s: %v", mpath, ferr))
 	}
 	if err := l.indexSealed(s); err != nil {
 		s.closeFiles()

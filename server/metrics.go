@@ -241,7 +241,7 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 	m.tierSegments = f.counter("tsstore_tier_segments_total",
 		"Sealed segments this node uploaded to the tier target as leader and saw committed as tiered.")
 	m.tierUploadedBytes = f.counter("tsstore_tier_uploaded_bytes_total",
-		"Bytes this node uploaded to the tier target as leader (an upload whose commit failed counts too).")
+		"Bytes this node uploaded to the tier target as leader, segments and their index bundles (an upload whose commit failed counts too).")
 	m.tierFailures = f.counter("tsstore_tier_failures_total",
 		"Tiering attempts that failed (the store down or refusing, a commit refused); the segments stay local and the leader retries with backoff.")
 	m.tierPutSeconds = f.histogram("tsstore_tier_put_duration_seconds",

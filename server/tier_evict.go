@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/tsstore/tsstore/fsm"
@@ -16,7 +17,54 @@ import (
 // than the manifest says, is segment.ErrRemoteLost, which the log turns
 // into a CorruptionError naming the key (DataLoss at the gRPC edge);
 // a store that is down is an I/O error (Unavailable).
-type tierRemote struct{ c *tiering.Cache }
+//
+// It also fetches index bundles (segment.RemoteIndexer) straight from
+// the target, past the cache: a bundle is read once, whole, at Open.
+type tierRemote struct {
+	c       *tiering.Cache
+	target  tiering.Target
+	timeout time.Duration // bounds one bundle fetch (the cache's GET timeout)
+}
+
+// IndexBundle implements segment.RemoteIndexer: a Head for the size of
+// the bundle beside the object key, refused above segment.MaxIndexBundle
+// before it is read, then one ranged GET, checked against the checksum
+// the store keeps. A missing bundle (objects tiered before bundles were
+// uploaded) is segment.ErrRemoteLost.
+func (r tierRemote) IndexBundle(key string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	return fetchIndexBundle(ctx, r.target, key)
+}
+
+// fetchIndexBundle reads the index bundle beside the object key whole
+// (see tierRemote.IndexBundle); it does not decode it.
+func fetchIndexBundle(ctx context.Context, target tiering.Target, key string) ([]byte, error) {
+	bkey := indexBundleKey(key)
+	info, err := target.Head(ctx, bkey)
+	if errors.Is(err, tiering.ErrNotFound) {
+		return nil, fmt.Errorf("%w: index bundle %s: %w", segment.ErrRemoteLost, bkey, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("index bundle %s: %w", bkey, err)
+	}
+	if info.Size <= 0 || info.Size > segment.MaxIndexBundle {
+		return nil, fmt.Errorf("index bundle %s has %d bytes, more than %d or none", bkey, info.Size, segment.MaxIndexBundle)
+	}
+	rc, err := target.GetRange(ctx, bkey, 0, info.Size)
+	if err != nil {
+		return nil, fmt.Errorf("index bundle %s: %w", bkey, err)
+	}
+	defer rc.Close()
+	b := make([]byte, info.Size)
+	if _, err := io.ReadFull(rc, b); err != nil {
+		return nil, fmt.Errorf("index bundle %s: read %d bytes: %w", bkey, info.Size, err)
+	}
+	if sum := tiering.Checksum(b); sum != info.Checksum {
+		return nil, fmt.Errorf("index bundle %s: crc32c %08x, the store says %08x", bkey, sum, info.Checksum)
+	}
+	return b, nil
+}
 
 func (r tierRemote) Open(key string, size int64) (segment.RemoteObject, error) {
 	return tierObject{c: r.c, key: key, size: size}, nil
@@ -65,7 +113,7 @@ func (n *Node) openTierCache() error {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n.tierCache = c
-	n.cfg.Segment.Remote = tierRemote{c}
+	n.cfg.Segment.Remote = tierRemote{c: c, target: tc.Target, timeout: cc.GetTimeout}
 	return nil
 }
 

@@ -2,9 +2,11 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"strings"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
@@ -12,12 +14,16 @@ import (
 
 	"github.com/tsstore/tsstore/fsm"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
+	"github.com/tsstore/tsstore/segment"
 	"github.com/tsstore/tsstore/tiering"
 )
 
 // VerifyTiered reads every tiered segment's object whole, on the leader,
 // and reports its size and CRC-32C next to the manifest's: the check of
 // the bytes in the store, not of the checksum the store keeps for them.
+// It also fetches and decodes each object's index bundle: a corrupt or
+// unreadable one is an Error, a missing one a Note (objects tiered
+// before bundles were uploaded have none; nothing is lost without it).
 func (s *retentionService) VerifyTiered(ctx context.Context, req *pb.VerifyTieredRequest) (*pb.VerifyTieredResponse, error) {
 	if s.n.raft.State() != raft.Leader {
 		fctx, c, err := s.n.forwardRetention(ctx)
@@ -42,9 +48,18 @@ func (s *retentionService) VerifyTiered(ctx context.Context, req *pb.VerifyTiere
 			return nil, toStatus(ctx.Err())
 		}
 		c.ReadBytes, c.Digest = uint64(n), sum
+		var problems []string
 		if err != nil {
-			c.Error = err.Error()
+			problems = append(problems, err.Error())
 		}
+		note, err := checkIndexBundle(ctx, target, e)
+		if ctx.Err() != nil {
+			return nil, toStatus(ctx.Err())
+		}
+		if err != nil {
+			problems = append(problems, err.Error())
+		}
+		c.Error, c.Note = strings.Join(problems, "; "), note
 		out.Objects = append(out.Objects, c)
 	}
 	return out, nil
@@ -64,4 +79,23 @@ func objectChecksum(ctx context.Context, target tiering.Target, key string, size
 		return n, h.Sum32(), fmt.Errorf("read %s: %w", key, err)
 	}
 	return n, h.Sum32(), nil
+}
+
+// checkIndexBundle fetches and decodes the index bundle beside e's
+// object and checks that it is the segment's. A missing bundle is a
+// note, not an error: the segment's index files can still be rebuilt
+// from the object.
+func checkIndexBundle(ctx context.Context, target tiering.Target, e fsm.ManifestEntry) (note string, err error) {
+	b, err := fetchIndexBundle(ctx, target, e.Key)
+	if errors.Is(err, segment.ErrRemoteLost) {
+		return fmt.Sprintf("no index bundle %s (tiered before index bundles were uploaded, or deleted): a node that loses this segment's index files rebuilds them from the whole object",
+			indexBundleKey(e.Key)), nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if _, err := segment.DecodeIndexBundle(b, indexBundleKey(e.Key), e.BaseOffset, e.NextOffset, e.Size); err != nil {
+		return "", err
+	}
+	return "", nil
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -198,7 +199,8 @@ func (n *Node) tierBacklogNow(now time.Time) (segs int, bytes int64) {
 // tierOnce uploads and commits the candidates, oldest first, then
 // deletes the objects of tiered segments that retention dropped at least
 // DeleteDelay ago (as this leader saw it) and that no stored snapshot of
-// this node references. It stops at the first error.
+// this node references, and their index bundles. It stops at the first
+// error.
 func (n *Node) tierOnce(ctx context.Context, now time.Time, deleted map[string]bool, dropSeen map[string]time.Time) error {
 	r := n.proc.Retention()
 	for _, e := range tierCandidates(r.Segments, now, n.cfg.Tier.After, n.cfg.Tier.HotBytes) {
@@ -228,6 +230,9 @@ func (n *Node) tierOnce(ctx context.Context, now time.Time, deleted map[string]b
 			continue // a snapshot may still send it; it goes once that one is reaped
 		}
 		if err := n.cfg.Tier.Target.Delete(ctx, e.Key); err != nil {
+			return err
+		}
+		if err := n.cfg.Tier.Target.Delete(ctx, indexBundleKey(e.Key)); err != nil {
 			return err
 		}
 		deleted[e.Key] = true
@@ -262,11 +267,12 @@ func tierKeyTerm(cluster, key string) (uint64, bool) {
 
 // sweepTier deletes the objects earlier leaders uploaded and never
 // committed (Kafka's KAFKA-16511 leak): keys of this cluster's form, of
-// a term before term, that no manifest entry names. Such an upload can
-// no longer be committed once this leader has applied everything before
-// its own entries (its term's barrier, watchLeadership): a proposal of
-// an earlier term is in this leader's log, and so applied, or never
-// commits. Objects of this term are left alone (a commit of this leader
+// a term before term, that no manifest entry names, and index bundles
+// (".idx") whose object key (".log") no manifest entry names. Such an
+// upload can no longer be committed once this leader has applied
+// everything before its own entries (its term's barrier,
+// watchLeadership): a proposal of an earlier term is in this leader's
+// log, and so applied, or never commits. Objects of this term are left alone (a commit of this leader
 // may still be pending), and so is every key not of tierKey's form.
 //
 // It takes no barrier of its own: the term's barrier is the last entry
@@ -285,7 +291,11 @@ func (n *Node) sweepTier(ctx context.Context, term uint64) error {
 	}
 	var leaked []string
 	err := n.cfg.Tier.Target.List(ctx, n.cfg.ClusterName+"/segments/", func(o tiering.ObjectInfo) error {
-		if t, ok := tierKeyTerm(n.cfg.ClusterName, o.Key); ok && t < term && !named[o.Key] {
+		logKey := o.Key
+		if k, ok := strings.CutSuffix(o.Key, segment.IndexBundleSuffix); ok {
+			logKey = k + segment.LogSuffix // an index bundle goes with its object
+		}
+		if t, ok := tierKeyTerm(n.cfg.ClusterName, logKey); ok && t < term && !named[logKey] {
 			leaked = append(leaked, o.Key)
 		}
 		return nil
@@ -303,9 +313,55 @@ func (n *Node) sweepTier(ctx context.Context, term uint64) error {
 	return nil
 }
 
-// tierSegment uploads one sealed segment's .log under a key of its own
-// (cluster, range, term, random nonce: unique per attempt) and commits
-// it. Put checks the bytes it sends against the manifest's digest, so a
+// indexBundleKey is the key of the index bundle uploaded beside the
+// object key (segment.IndexBundle): the same key, ".idx" for ".log".
+func indexBundleKey(key string) string {
+	return strings.TrimSuffix(key, segment.LogSuffix) + segment.IndexBundleSuffix
+}
+
+// putIndexBundle uploads the index bundle of the segment e under the
+// bundle key of its object key, before the object itself: a committed
+// object then always has its bundle, unless one was never made (index
+// files too large for a bundle, or this node's failing their check
+// against its .log: logged, and nodes that lose theirs rebuild them
+// from the object).
+func (n *Node) putIndexBundle(ctx context.Context, e fsm.ManifestEntry, key string) error {
+	var b []byte
+	err := n.proc.WithLog(func(l *segment.Log) error {
+		var err error
+		b, err = l.IndexBundle(e.BaseOffset)
+		return err
+	})
+	var ce *segment.CorruptionError
+	switch {
+	case errors.Is(err, segment.ErrIndexBundleTooLarge):
+		n.logger.Warn("tiering: no index bundle for the segment; a node that loses its index files rebuilds them from the object",
+			"base_offset", e.BaseOffset, "error", err)
+		return nil
+	case errors.As(err, &ce) && !ce.LogDamaged():
+		// This node's index files do not describe its .log: never spread
+		// them. The object goes up alone (nodes that lose their files
+		// rebuild them from it); the error names the file to delete here
+		// (a restart then rebuilds it).
+		n.logger.Error("tiering: the segment's index files fail their check against its .log; uploading it without an index bundle",
+			"base_offset", e.BaseOffset, "error", err)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("tiering: index bundle of segment %d: %w", e.BaseOffset, err)
+	}
+	bkey := indexBundleKey(key)
+	if _, err := n.cfg.Tier.Target.Put(ctx, bkey, bytes.NewReader(b), int64(len(b)), tiering.Checksum(b)); err != nil {
+		return fmt.Errorf("tiering: upload index bundle %s: %w", bkey, err)
+	}
+	n.metrics.tierUploadedBytes.Add(float64(len(b)))
+	return nil
+}
+
+// tierSegment uploads one sealed segment's index bundle, then its .log,
+// under keys of their own (cluster, range, term, random nonce: unique
+// per attempt; the bundle's is the .log's with ".idx"), and commits it.
+// The commit names the .log's key only; the bundle's follows from it. Put checks the bytes it sends against the manifest's digest, so a
 // local copy that rotted is never uploaded. An object whose commit fails
 // is left for a sweep: the entry may still commit (leadership lost after
 // the proposal), and then its object must exist.
@@ -329,6 +385,9 @@ func (n *Node) tierSegment(ctx context.Context, e fsm.ManifestEntry) error {
 		return err
 	}
 	key := tierKey(n.cfg.ClusterName, e.BaseOffset, e.NextOffset, n.raft.CurrentTerm(), hex.EncodeToString(nonce[:]))
+	if err := n.putIndexBundle(ctx, e, key); err != nil {
+		return err
+	}
 	start := time.Now()
 	if _, err := n.cfg.Tier.Target.Put(ctx, key, rd, e.Size, e.Digest); err != nil {
 		return err

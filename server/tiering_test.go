@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -97,7 +98,8 @@ func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
 // commits it: every replica's manifest names the object, whose size and
 // checksum are the segment's; the local copies stay readable. While the
 // store is down nothing is tiered, the backlog shows, and the leader
-// retries; a segment retention drops later has its object deleted.
+// retries; a segment retention drops later has its object and its index
+// bundle deleted.
 func TestTieringUploadsAndCommits(t *testing.T) {
 	fsTarget, err := tiering.NewFSTarget(t.TempDir())
 	if err != nil {
@@ -208,15 +210,20 @@ func TestTieringUploadsAndCommits(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for {
-		_, err := fsTarget.Head(ctx, dropped.Key)
-		if errors.Is(err, tiering.ErrNotFound) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("object %s of a dropped segment not deleted: %v", dropped.Key, err)
-		case <-time.After(20 * time.Millisecond):
+	if _, err := fsTarget.Head(ctx, indexBundleKey(dropped.Key)); err != nil {
+		t.Fatalf("index bundle of %s before its object goes: %v", dropped.Key, err)
+	}
+	for _, k := range []string{dropped.Key, indexBundleKey(dropped.Key)} {
+		for {
+			_, err := fsTarget.Head(ctx, k)
+			if errors.Is(err, tiering.ErrNotFound) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("object %s of a dropped segment not deleted: %v", k, err)
+			case <-time.After(20 * time.Millisecond):
+			}
 		}
 	}
 }
@@ -387,10 +394,13 @@ func TestTieringSweepsLeakedObjects(t *testing.T) {
 	}
 	cluster := DefaultConfig().ClusterName
 	leaked := tierKey(cluster, 0, 10, 0, "00deadbeef00cafe")
+	leakedIdx := indexBundleKey(leaked) // a bundle whose .log no entry names
 	future := tierKey(cluster, 0, 10, 1<<40, "00deadbeef00cafe")
-	keep := []string{future, cluster + "/segments/notes.txt", "other/segments/x.log",
-		tierKey("other", 0, 10, 0, "00deadbeef00cafe")}
+	keep := []string{future, indexBundleKey(future), cluster + "/segments/notes.txt", "other/segments/x.log",
+		tierKey("other", 0, 10, 0, "00deadbeef00cafe"), indexBundleKey(tierKey("other", 0, 10, 0, "00deadbeef00cafe")),
+		cluster + "/segments/x.idx"}
 	put(leaked)
+	put(leakedIdx)
 	for _, k := range keep {
 		put(k)
 	}
@@ -404,15 +414,17 @@ func TestTieringSweepsLeakedObjects(t *testing.T) {
 		return len(r.Segments) > 0 && r.Segments[0].State == fsm.SegmentTiered
 	})
 	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, err := fsTarget.Head(ctx, leaked)
-		if errors.Is(err, tiering.ErrNotFound) {
-			break
+	for _, k := range []string{leaked, leakedIdx} {
+		for {
+			_, err := fsTarget.Head(ctx, k)
+			if errors.Is(err, tiering.ErrNotFound) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("leaked object %s still there: %v", k, err)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("leaked object %s still there: %v", leaked, err)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	for _, k := range keep {
 		if _, err := fsTarget.Head(ctx, k); err != nil {
@@ -423,16 +435,18 @@ func TestTieringSweepsLeakedObjects(t *testing.T) {
 		if e.Key == "" {
 			continue
 		}
-		if _, err := fsTarget.Head(ctx, e.Key); err != nil {
-			t.Fatalf("tiered object %s: %v", e.Key, err)
+		for _, k := range []string{e.Key, indexBundleKey(e.Key)} {
+			if _, err := fsTarget.Head(ctx, k); err != nil {
+				t.Fatalf("tiered object %s: %v", k, err)
+			}
 		}
 	}
 	var swept float64
 	for _, n := range tc.nodes {
 		swept += counterValue(t, n.metrics.tierSwept)
 	}
-	if swept != 1 {
-		t.Fatalf("tsstore_tier_swept_objects_total %v, want 1", swept)
+	if swept != 2 {
+		t.Fatalf("tsstore_tier_swept_objects_total %v, want 2", swept)
 	}
 	// A sweep puts no entry in the log: it once took a raft barrier of
 	// its own, which followers' FSMs never apply, so on an idle cluster
@@ -480,18 +494,24 @@ func TestTierKeyTerm(t *testing.T) {
 
 // faultyTarget fails a third of the uploads before storing anything and
 // a third after storing the object (the response lost), while faults is
-// set: what a flaky store does.
+// set: what a flaky store does. Objects and index bundles are counted
+// apart (n and idxN), so the pattern does not fail every attempt, which
+// puts a bundle and then an object, in lock step.
 type faultyTarget struct {
 	tiering.Target
-	faults atomic.Bool
-	n      atomic.Uint64
+	faults  atomic.Bool
+	n, idxN atomic.Uint64
 }
 
 func (f *faultyTarget) Put(ctx context.Context, key string, body io.ReaderAt, size int64, sum uint32) (tiering.ObjectInfo, error) {
 	if !f.faults.Load() {
 		return f.Target.Put(ctx, key, body, size, sum)
 	}
-	switch f.n.Add(1) % 3 {
+	n := &f.n
+	if strings.HasSuffix(key, ".idx") {
+		n = &f.idxN
+	}
+	switch n.Add(1) % 3 {
 	case 0:
 		return tiering.ObjectInfo{}, errors.New("test: 500 Internal Error")
 	case 1:
@@ -506,7 +526,7 @@ func (f *faultyTarget) Put(ctx context.Context, key string, body io.ReaderAt, si
 // Under a flaky store every segment still ends up tiered, every key the
 // manifest names holds the segment's bytes, the replicas agree, and once
 // leadership moves the uploads no one committed are swept: the store
-// holds exactly the manifest's objects.
+// holds exactly the manifest's objects and their index bundles.
 func TestTieringUnderStoreFaults(t *testing.T) {
 	fsTarget, err := tiering.NewFSTarget(t.TempDir())
 	if err != nil {
@@ -527,7 +547,7 @@ func TestTieringUnderStoreFaults(t *testing.T) {
 	named := map[string]bool{}
 	ctx := context.Background()
 	for _, e := range segs {
-		named[e.Key] = true
+		named[e.Key], named[indexBundleKey(e.Key)] = true, true
 		info, err := fsTarget.Head(ctx, e.Key)
 		if err != nil || info.Size != e.Size || info.Checksum != e.Digest {
 			t.Fatalf("object %s: %+v, %v", e.Key, info, err)

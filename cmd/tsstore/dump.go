@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -15,7 +16,7 @@ func newDumpCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dump FILE",
 		Short: "print the batches of a segment file (exit 1 if it is damaged)",
-		Long:  "dump prints a segment's .log or .streams file, or a raft/wal/*.wal file, and exits 1 if it found damage.",
+		Long:  "dump prints a segment's .log, .streams or .tiered file, an index bundle (.idx, an object copied out of the tier target), or a raft/wal/*.wal file, and exits 1 if it found damage.",
 		Args:  exactArgs("FILE"),
 	}
 	asJSON := cmd.Flags().Bool("json", false, "print JSON instead of text (.log files)")
@@ -41,8 +42,10 @@ func runDump(path string, asJSON bool, stdout io.Writer) error {
 		}
 		return err
 	}
-	if asJSON && (strings.HasSuffix(path, segment.StreamsSuffix) || strings.HasSuffix(path, segment.TieredSuffix)) {
-		return fmt.Errorf("%w: --json dumps .log files; dump a .streams or .tiered file as text", errUsage)
+	notLog := strings.HasSuffix(path, segment.StreamsSuffix) || strings.HasSuffix(path, segment.TieredSuffix) ||
+		strings.HasSuffix(path, segment.IndexBundleSuffix)
+	if asJSON && notLog {
+		return fmt.Errorf("%w: --json dumps .log files; dump a .streams, .tiered or .idx file as text", errUsage)
 	}
 	var err error
 	if asJSON {
@@ -50,7 +53,10 @@ func runDump(path string, asJSON bool, stdout io.Writer) error {
 	} else {
 		err = segment.Dump(path, stdout)
 	}
-	if err != nil || strings.HasSuffix(path, segment.StreamsSuffix) || strings.HasSuffix(path, segment.TieredSuffix) {
+	if errors.Is(err, segment.ErrCorrupt) && strings.HasSuffix(path, segment.IndexBundleSuffix) {
+		return fmt.Errorf("%w: %v", errCorrupt, err) // printed; exit 1
+	}
+	if err != nil || notLog {
 		return err
 	}
 	// A damaged .log (bad CRC, a gap, an unreadable tail) exits 1 after

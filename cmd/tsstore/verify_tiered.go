@@ -33,12 +33,14 @@ type tieredVerifyObject struct {
 	Digest         string `json:"digest"`
 	OK             bool   `json:"ok"`
 	Problem        string `json:"problem,omitempty"`
+	// Note is not a problem: the object has no index bundle beside it.
+	Note string `json:"note,omitempty"`
 }
 
 // registerVerifyTiered adds verify's --tiered flag; it shares the client
 // flags of --cluster.
 func registerVerifyTiered(cmd *cobra.Command) *bool {
-	return cmd.Flags().Bool("tiered", false, "read every tiered segment's object from the tier target now (on the leader) and check its size and CRC-32C against the manifest (no --data-dir)")
+	return cmd.Flags().Bool("tiered", false, "read every tiered segment's object from the tier target now (on the leader) and check its size and CRC-32C against the manifest, and decode its index bundle (no --data-dir)")
 }
 
 // runVerifyTiered asks the leader to read every tiered object whole.
@@ -73,7 +75,7 @@ func tieredResult(resp *pb.VerifyTieredResponse) tieredVerifyResult {
 	res := tieredVerifyResult{OK: true, NodeID: resp.NodeId, Target: resp.Target, Objects: []tieredVerifyObject{}}
 	for _, o := range resp.Objects {
 		v := tieredVerifyObject{BaseOffset: o.BaseOffset, NextOffset: o.NextOffset, Key: o.ObjectKey, Size: o.SizeBytes,
-			ManifestDigest: fmt.Sprintf("%08x", o.ManifestDigest), ReadBytes: o.ReadBytes, Digest: fmt.Sprintf("%08x", o.Digest), OK: true}
+			ManifestDigest: fmt.Sprintf("%08x", o.ManifestDigest), ReadBytes: o.ReadBytes, Digest: fmt.Sprintf("%08x", o.Digest), OK: true, Note: o.Note}
 		switch {
 		case o.Error != "":
 			v.OK, v.Problem = false, o.Error
@@ -90,12 +92,20 @@ func tieredResult(resp *pb.VerifyTieredResponse) tieredVerifyResult {
 
 func printVerifyTiered(w io.Writer, r *tieredVerifyResult) {
 	fmt.Fprintf(w, "leader %s read %d tiered objects from %s\n", r.NodeID, len(r.Objects), r.Target)
+	notes := 0
 	for _, o := range r.Objects {
 		if !o.OK {
 			fmt.Fprintf(w, "%s: %s: BAD: %s\n", segment.FileName(o.BaseOffset), o.Key, o.Problem)
 		}
+		if o.Note != "" {
+			notes++
+			fmt.Fprintf(w, "%s: %s: note: %s\n", segment.FileName(o.BaseOffset), o.Key, o.Note)
+		}
 	}
 	if r.OK {
 		fmt.Fprintf(w, "%d tiered objects: every one holds its segment's bytes\n", len(r.Objects))
+	}
+	if notes > 0 {
+		fmt.Fprintf(w, "%d of them have no index bundle (not damage: their index files are rebuilt from the object if a node loses them)\n", notes)
 	}
 }

@@ -1094,8 +1094,15 @@ type TieredObjectCheck struct {
 	// What was read from the object now.
 	ReadBytes uint64 `protobuf:"varint,6,opt,name=read_bytes,json=readBytes,proto3" json:"read_bytes,omitempty"`
 	Digest    uint32 `protobuf:"varint,7,opt,name=digest,proto3" json:"digest,omitempty"`
-	// Why the object could not be read (missing, the store failing).
-	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	// Why the object could not be read (missing, the store failing), or
+	// why its index bundle (the segment's index files, stored beside it)
+	// is corrupt or unreadable.
+	Error string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	// Not damage, worth knowing: the object has no index bundle beside it
+	// (tiered before bundles were uploaded, or the bundle was deleted), so
+	// a node that loses the segment's index files rebuilds them by reading
+	// the whole object. Empty otherwise.
+	Note          string `protobuf:"bytes,9,opt,name=note,proto3" json:"note,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1182,6 +1189,13 @@ func (x *TieredObjectCheck) GetDigest() uint32 {
 func (x *TieredObjectCheck) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *TieredObjectCheck) GetNote() string {
+	if x != nil {
+		return x.Note
 	}
 	return ""
 }
@@ -1343,7 +1357,7 @@ const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\ffirst_offset\x18\x02 \x01(\x04R\vfirstOffset\x125\n" +
 	"\bsegments\x18\x03 \x03(\v2\x19.tsstore.v1.SegmentDigestR\bsegments\"\x15\n" +
-	"\x13VerifyTieredRequest\"\x89\x02\n" +
+	"\x13VerifyTieredRequest\"\x9d\x02\n" +
 	"\x11TieredObjectCheck\x12\x1f\n" +
 	"\vbase_offset\x18\x01 \x01(\x04R\n" +
 	"baseOffset\x12\x1f\n" +
@@ -1357,7 +1371,8 @@ const file_tsstore_v1_retention_proto_rawDesc = "" +
 	"\n" +
 	"read_bytes\x18\x06 \x01(\x04R\treadBytes\x12\x16\n" +
 	"\x06digest\x18\a \x01(\rR\x06digest\x12\x14\n" +
-	"\x05error\x18\b \x01(\tR\x05error\"\x80\x01\n" +
+	"\x05error\x18\b \x01(\tR\x05error\x12\x12\n" +
+	"\x04note\x18\t \x01(\tR\x04note\"\x80\x01\n" +
 	"\x14VerifyTieredResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x127\n" +
