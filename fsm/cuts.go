@@ -10,9 +10,21 @@ import (
 
 // cutJob is a committed cut whose checkpoint is not written yet.
 type cutJob struct {
-	index uint64 // the CompactCommand's raft index
-	state *State // the state right after it
-	cut   uint64
+	index uint64 // the raft index of the Compact or Thin entry
+	// need is the offset a durable checkpoint must cover (its state's
+	// NextOffset) before files go: the cut, or the end of a segment to
+	// rewrite. The state is rebuilt at start from the checkpoint and the
+	// log after it, which must not be below a cut or hold thinned batches.
+	need uint64
+	// state is the state right after the entry, for a checkpoint at
+	// index; nil when the durable checkpoint covered need already, so
+	// none is written (a crash then leaves the entry in Raft's log, past
+	// the checkpoint, and start applies it again).
+	state *State
+	// retention is the retention state right after the entry: the
+	// rewrites the worker must make.
+	retention Retention
+	cut       uint64 // 0 for a rewrite
 }
 
 // The cut worker makes committed cuts durable and drops their files, off
@@ -20,15 +32,20 @@ type cutJob struct {
 //
 //  1. sync the log and write a checkpoint at the cut's index (the state
 //     is rebuilt at start from the checkpoint and the log after it, so no
-//     file below the cut may go before a checkpoint at or after the cut
-//     is durable);
+//     file below the cut may go before a durable checkpoint covers the
+//     cut); skipped when the durable checkpoint covers it already (a
+//     snapshot's, usually: cuts concern old data), and then apply cloned
+//     no state for it (queueCut);
 //  2. drop the sealed segments below the cut, unless a snapshot being
 //     written pins their files (Snapshot to Persist or Release).
 //
 // Appends wait only for step 1's log fsync (the log's writer lock). A
 // crash before step 1 leaves the old checkpoint: Raft applies the cut
-// again at start. A crash between 1 and 2 leaves files below the
-// checkpoint's first kept offset: load drops them.
+// again at start. So does a crash after a cut or rewrite that step 1
+// skipped: Raft's log keeps every entry past the durable checkpoint, and
+// the entry applies again to files already dropped or rewritten
+// (TestCutAndRewriteCoveredByCheckpoint). A crash between 1 and 2 leaves
+// files below the checkpoint's first kept offset: load drops them.
 //
 // Lock order: drops, then logMu (the worker and unpin drop under drops;
 // Restore resets drops outside its logMu section).
@@ -55,8 +72,26 @@ func (p *Processor) wakeCuts() {
 	}
 }
 
-// queueCut hands a cut applied at job.index to the worker.
-func (p *Processor) queueCut(job *cutJob) {
+// queueCut hands the worker the Compact (cut > 0) or Thin entry applied
+// at index, whose files may go once a durable checkpoint covers need.
+// Apply goroutine, p.mu not held (it is the only writer of the state).
+//
+// The state is cloned for a checkpoint only when the durable one does
+// not cover need yet (nor that of the job it replaces): the clone is
+// O(streams + producers + runs) and appends wait for it, while cuts and
+// rewrites mostly concern old segments that the last snapshot's
+// checkpoint covers already.
+func (p *Processor) queueCut(index, cut, need uint64) {
+	p.drops.Lock()
+	if old := p.drops.job; old != nil {
+		// This job replaces it: it must do what that one was to do.
+		cut, need = max(cut, old.cut), max(need, old.need)
+	}
+	p.drops.Unlock()
+	job := &cutJob{index: index, cut: cut, need: need, retention: p.mu.state.Retention.clone()}
+	if p.cpNext.Load() < need {
+		job.state = p.mu.state.clone()
+	}
 	p.drops.Lock()
 	if p.drops.job == nil || p.drops.job.index < job.index {
 		p.drops.job = job
@@ -87,7 +122,7 @@ func (p *Processor) cutOnce() {
 	job, gen := p.drops.job, p.drops.gen
 	p.drops.job = nil
 	p.drops.Unlock()
-	if job != nil {
+	if job != nil && job.state != nil {
 		err := p.WithLog(func(l *segment.Log) error {
 			// Measured with its wait for the writer lock, so an upper
 			// bound on how long it held appends.
@@ -104,14 +139,16 @@ func (p *Processor) cutOnce() {
 			// cut or a restart, where Raft applies this one again, retries.
 			p.logger.Error("retention: checkpoint at a cut failed; its segment files stay for now", "cut", job.cut, "index", job.index, "error", err)
 		} else {
-			p.drops.Lock()
-			if gen == p.drops.gen {
-				p.drops.safe = max(p.drops.safe, job.cut)
-				r := job.state.Retention.clone()
-				p.setThins(&r)
-			}
-			p.drops.Unlock()
+			job.state = nil // durable
 		}
+	}
+	if job != nil && job.state == nil {
+		p.drops.Lock()
+		if gen == p.drops.gen {
+			p.drops.safe = max(p.drops.safe, job.cut)
+			p.setThins(&job.retention)
+		}
+		p.drops.Unlock()
 	}
 	p.drops.Lock()
 	p.dropLocked()

@@ -307,11 +307,10 @@ func (p *Processor) applyCompact(index uint64, cmd *CompactCommand) *ApplyResult
 	}
 	r.FirstOffset = cmd.Cut
 	r.Thins = slices.DeleteFunc(r.Thins, func(s ThinSpec) bool { return s.BaseOffset < cmd.Cut })
-	st := p.mu.state.clone()
 	p.mu.Unlock()
 	p.log.SetFirstOffset(cmd.Cut)
 	p.retentionWM = index
-	p.queueCut(&cutJob{index: index, state: st, cut: cmd.Cut})
+	p.queueCut(index, cmd.Cut, cmd.Cut)
 	return &ApplyResult{}
 }
 

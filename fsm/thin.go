@@ -171,10 +171,10 @@ func (p *Processor) applyThin(index uint64, cmd *ThinCommand) *ApplyResult {
 	}
 	r.Segments[i].Size, r.Segments[i].Digest = cmd.Size, cmd.Digest
 	r.Thins = append(r.Thins, cmd.Spec)
-	st := p.mu.state.clone()
+	end := r.Segments[i].NextOffset
 	p.mu.Unlock()
 	p.retentionWM = index
-	p.queueCut(&cutJob{index: index, state: st})
+	p.queueCut(index, 0, end)
 	return &ApplyResult{}
 }
 
