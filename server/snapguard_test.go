@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
@@ -36,11 +39,18 @@ func TestSnapshotSendsToAFullNodeBackOff(t *testing.T) {
 		}
 	}
 	f := restartNode(t, tc, fi, func() {
-		l = tc.leader()
-		c := dial(t, l)
 		for i := range 200 {
-			if _, err := c.Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("s", fmt.Sprint(i))}}); err != nil {
-				t.Fatal(err)
+			// Two nodes of three: a loaded machine can lose the leader
+			// meanwhile; the append goes to the next one.
+			for try := 0; ; try++ {
+				_, err := dial(t, tc.leader()).Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("s", fmt.Sprint(i))}})
+				if err == nil {
+					break
+				}
+				if status.Code(err) != codes.Unavailable || try > 50 {
+					t.Fatal(err)
+				}
+				time.Sleep(50 * time.Millisecond)
 			}
 		}
 		snapshotLive(t, tc)
