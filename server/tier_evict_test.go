@@ -196,8 +196,16 @@ func TestTierEvictAndReadVersityGW(t *testing.T) {
 		if before[n.cfg.NodeID]-after != tieredBytes {
 			t.Fatalf("%s: .log bytes %d -> %d, want %d fewer", n.cfg.NodeID, before[n.cfg.NodeID], after, tieredBytes)
 		}
-		if got := counterValue(t, n.metrics.tierEvictedBytes); got != float64(tieredBytes) {
-			t.Fatalf("%s: tsstore_tier_evicted_bytes_total %v, want %d", n.cfg.NodeID, got, tieredBytes)
+		// The counter moves just after the log's eviction, which
+		// waitEvicted saw: wait for the last one's count too.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			got := counterValue(t, n.metrics.tierEvictedBytes)
+			if got == float64(tieredBytes) {
+				break
+			}
+			if got > float64(tieredBytes) || time.Now().After(deadline) {
+				t.Fatalf("%s: tsstore_tier_evicted_bytes_total %v, want %d", n.cfg.NodeID, got, tieredBytes)
+			}
 		}
 		check("after eviction", n)
 	}
