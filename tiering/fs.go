@@ -179,6 +179,10 @@ func (t *FSTarget) Delete(ctx context.Context, key string) error {
 
 // List implements Target. It walks the whole tree and sorts the keys.
 func (t *FSTarget) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
+	if err := t.present(); err != nil {
+		// An empty listing would tell a sweep that nothing is there.
+		return fmt.Errorf("tiering: list %q: %w", prefix, err)
+	}
 	var objs []ObjectInfo
 	err := filepath.WalkDir(t.root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -224,11 +228,33 @@ func (t *FSTarget) List(ctx context.Context, prefix string, fn func(ObjectInfo) 
 	return nil
 }
 
+// openErr is the error of opening key's file. A missing file is
+// ErrNotFound only while the target itself is there: its upload folder,
+// which NewFSTarget made, says the share is mounted. Without it (an NFS
+// share not mounted, leaving an empty mount point, or the directory
+// gone) every object would look lost, and a read would report data loss
+// where the store is merely unavailable: that is an I/O error instead.
 func (t *FSTarget) openErr(key string, err error) error {
 	if errors.Is(err, fs.ErrNotExist) {
+		if perr := t.present(); perr != nil {
+			return fmt.Errorf("tiering: %s: %w", key, perr)
+		}
 		return fmt.Errorf("%w: %s in %s", ErrNotFound, key, t)
 	}
 	return fmt.Errorf("tiering: %s: %w", key, err)
+}
+
+// present checks that the target's directory is the one NewFSTarget
+// prepared (its upload folder is there).
+func (t *FSTarget) present() error {
+	st, err := os.Stat(filepath.Join(t.root, fsTmpDir))
+	switch {
+	case err != nil:
+		return fmt.Errorf("the directory target %s is not there (a share not mounted?): %w", t.root, err)
+	case !st.IsDir():
+		return fmt.Errorf("the directory target %s is not there: %s is not a folder", t.root, fsTmpDir)
+	}
+	return nil
 }
 
 func syncDir(dir string) error {

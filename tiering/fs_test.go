@@ -58,3 +58,59 @@ func TestNewFSTargetNeedsADirectory(t *testing.T) {
 		t.Fatal("NewFSTarget of a missing directory succeeded")
 	}
 }
+
+// A share that is not mounted (the target's directory empty, or gone) is
+// an unavailable store, not a store whose objects are all lost: Head and
+// GetRange fail without ErrNotFound, List fails rather than list nothing,
+// and Put writes nothing there. Mounted again, everything is back; a key
+// that is really missing is still ErrNotFound.
+func TestFSTargetNotMounted(t *testing.T) {
+	ctx := context.Background()
+	root := filepath.Join(t.TempDir(), "share")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tg, err := NewFSTarget(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte("segment bytes")
+	if _, err := tg.Put(ctx, "c/segments/a.log", bytes.NewReader(body), int64(len(body)), Checksum(body)); err != nil {
+		t.Fatal(err)
+	}
+	mounted := root + ".mounted"
+	if err := os.Rename(root, mounted); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(root, 0o755); err != nil { // the empty mount point
+		t.Fatal(err)
+	}
+	if _, err := tg.Head(ctx, "c/segments/a.log"); err == nil || errors.Is(err, ErrNotFound) {
+		t.Fatalf("Head with the share not mounted: %v, want an error that is not ErrNotFound", err)
+	}
+	if _, err := tg.GetRange(ctx, "c/segments/a.log", 0, 4); err == nil || errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetRange with the share not mounted: %v, want an error that is not ErrNotFound", err)
+	}
+	if err := tg.List(ctx, "c/", func(ObjectInfo) error { return nil }); err == nil {
+		t.Fatal("List with the share not mounted listed nothing and no error")
+	}
+	if _, err := tg.Put(ctx, "c/segments/b.log", bytes.NewReader(body), int64(len(body)), Checksum(body)); err == nil {
+		t.Fatal("Put wrote into the empty mount point")
+	}
+	if entries, _ := os.ReadDir(root); len(entries) != 0 {
+		t.Fatalf("the mount point holds %d entries after the failed calls", len(entries))
+	}
+	// Mounted again.
+	if err := os.Remove(root); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(mounted, root); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := tg.Head(ctx, "c/segments/a.log"); err != nil || info.Size != int64(len(body)) {
+		t.Fatalf("Head once mounted again: %+v, %v", info, err)
+	}
+	if _, err := tg.Head(ctx, "c/segments/missing.log"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Head of a missing key: %v, want ErrNotFound", err)
+	}
+}
