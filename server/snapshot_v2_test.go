@@ -89,7 +89,7 @@ func TestTierWipedFollowerGetsHotSetVersityGW(t *testing.T) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.TrailingLogs = 8
 		c.RetentionInterval = 0
-		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
+		c.Tier = fastTier(target)
 	})
 	next := appendBatches(t, tc, "p1", 160)
 	waitNextOffset(t, tc.nodes, next)
@@ -203,7 +203,7 @@ func fetchBackupCtx(t *testing.T, ctx context.Context, n *Node) (*pb.BackupInfo,
 // source, the referencing one through the tier target.
 func TestTierBackupReferenceAndIncludeVersityGW(t *testing.T) {
 	target := versityTarget(t)
-	tier := TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
+	tier := fastTier(target)
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.RetentionInterval = 0

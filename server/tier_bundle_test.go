@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/tsstore/tsstore/internal/s3test"
 	"github.com/tsstore/tsstore/segment"
@@ -56,8 +55,7 @@ func tierBundleScenario(t *testing.T, base tiering.Target) {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.RetentionInterval = 0
-		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-			SweepInterval: time.Hour}
+		c.Tier = fastTier(target)
 	})
 	next := appendBatches(t, tc, "p1", 80)
 	waitNextOffset(t, tc.nodes, next)
@@ -161,8 +159,7 @@ func TestTierNoIndexBundleRebuilds(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.RetentionInterval = 0
-		c.Tier = TierConfig{Target: fsTarget, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-			SweepInterval: time.Hour}
+		c.Tier = fastTier(fsTarget)
 	})
 	next := appendBatches(t, tc, "p1", 40)
 	waitNextOffset(t, tc.nodes, next)

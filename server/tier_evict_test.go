@@ -148,8 +148,7 @@ func TestTierEvictAndReadVersityGW(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.RetentionInterval = 0
-		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-			SweepInterval: time.Hour, Cache: cache}
+		c.Tier = fastTier(target).withCache(cache)
 	})
 	next := appendBatches(t, tc, "p1", 80)
 	waitNextOffset(t, tc.nodes, next)
@@ -331,7 +330,7 @@ func TestTierInstallSnapshotVersityGW(t *testing.T) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.TrailingLogs = 8
 		c.RetentionInterval = 0
-		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
+		c.Tier = fastTier(target)
 	})
 	next := appendBatches(t, tc, "p1", 60)
 	waitNextOffset(t, tc.nodes, next)
@@ -384,8 +383,7 @@ func TestTierEvictOnlyBelowCheckpoint(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.RetentionInterval = 0
-		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-			SweepInterval: time.Hour}
+		c.Tier = fastTier(target)
 	})
 	next := appendBatches(t, tc, "p1", 80)
 	waitNextOffset(t, tc.nodes, next)
@@ -458,8 +456,7 @@ func TestTierEvictSkipsMissingObject(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.RetentionInterval = 0
-		c.Tier = TierConfig{Target: lostTarget{target}, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-			SweepInterval: time.Hour}
+		c.Tier = fastTier(lostTarget{target})
 	})
 	next := appendBatches(t, tc, "p1", 80)
 	waitNextOffset(t, tc.nodes, next)

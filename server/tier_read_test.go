@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -51,8 +50,7 @@ func TestTierReadWhileStoreDown(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.RetentionInterval = 0
-		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-			SweepInterval: time.Hour, Cache: cache}
+		c.Tier = fastTier(target).withCache(cache)
 	})
 	next := appendBatches(t, tc, "p1", 80)
 	waitNextOffset(t, tc.nodes, next)

@@ -25,8 +25,7 @@ func TestTierRetentionDeletesObjects(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.RetentionInterval = 0 // the cut is the test's
-		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-			SweepInterval: time.Hour}
+		c.Tier = fastTier(target)
 	})
 	next := appendBatches(t, tc, "p1", 80)
 	waitNextOffset(t, tc.nodes, next)

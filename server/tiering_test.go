@@ -45,6 +45,19 @@ func (d *downTarget) Delete(ctx context.Context, key string) error {
 	return d.Target.Delete(ctx, key)
 }
 
+// fastTier is the tiering tests' policy for target: every sealed segment
+// goes (HotBytes 1), at once (20 ms ticks, 100 ms backoff), no sweep but
+// the first of a term.
+func fastTier(target tiering.Target) TierConfig {
+	return TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
+}
+
+// withCache is c reading tiered segments back through cache.
+func (c TierConfig) withCache(cache tiering.CacheConfig) TierConfig {
+	c.Cache = cache
+	return c
+}
+
 // waitManifest waits, on the FSM's changes, until ok holds for the
 // manifest of every node.
 func waitManifest(t *testing.T, tc *testCluster, what string, ok func(fsm.Retention) bool) {
@@ -110,7 +123,7 @@ func TestTieringUploadsAndCommits(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
 		c.RetentionInterval = 0
-		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
+		c.Tier = fastTier(target)
 	})
 	next := appendBatches(t, tc, "p1", 40)
 	waitNextOffset(t, tc.nodes, next)
@@ -297,7 +310,7 @@ func TestTieringVersityGW(t *testing.T) {
 	gw.Stop()
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
-		c.Tier = TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
+		c.Tier = fastTier(target)
 	})
 	next := appendBatches(t, tc, "p1", 40)
 	waitNextOffset(t, tc.nodes, next)
@@ -406,7 +419,7 @@ func TestTieringSweepsLeakedObjects(t *testing.T) {
 	}
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Segment.SegmentBytes = 64 << 10
-		c.Tier = TierConfig{Target: fsTarget, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
+		c.Tier = fastTier(fsTarget)
 	})
 	next := appendBatches(t, tc, "p1", 20)
 	waitNextOffset(t, tc.nodes, next)
