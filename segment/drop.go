@@ -105,14 +105,11 @@ func (l *Log) DropSealedBefore(cut uint64) ([]SegmentInfo, error) {
 // file even then, which is what a scrub wants: a known digest was taken
 // when the bytes were written and does not see later bit rot.
 func (l *Log) Digest(base uint64, fresh bool) (uint32, error) {
-	s, err := l.sealed(base)
+	s, err := l.sealedReadable(base)
 	if err != nil {
 		return 0, err
 	}
 	defer s.release()
-	if s.damaged != nil {
-		return 0, s.damaged
-	}
 	l.mu.RLock()
 	d, known := s.digest, s.digestKnown
 	l.mu.RUnlock()
@@ -141,14 +138,11 @@ func (l *Log) Digest(base uint64, fresh bool) (uint32, error) {
 // memory): what a retention policy needs to know whether the whole
 // segment may go.
 func (l *Log) SegmentStreams(base uint64) ([]string, error) {
-	s, err := l.sealed(base)
+	s, err := l.sealedReadable(base)
 	if err != nil {
 		return nil, err
 	}
 	defer s.release()
-	if s.damaged != nil {
-		return nil, s.damaged
-	}
 	out := make([]string, len(s.streams.dirs))
 	for i, d := range s.streams.dirs {
 		out[i] = d.name

@@ -200,14 +200,11 @@ func DecodeIndexBundle(b []byte, name string, base, next uint64, logSize int64) 
 // naming the .log; files adding up to more than MaxIndexBundle are
 // ErrIndexBundleTooLarge.
 func (l *Log) IndexBundle(base uint64) ([]byte, error) {
-	s, err := l.sealed(base)
+	s, err := l.sealedReadable(base)
 	if err != nil {
 		return nil, err
 	}
 	defer s.release()
-	if s.damaged != nil {
-		return nil, s.damaged
-	}
 	if s.ix == nil || s.streams == nil {
 		return nil, fmt.Errorf("segment: %d has no index files", base)
 	}

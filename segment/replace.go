@@ -92,20 +92,31 @@ func (l *Log) sealed(base uint64) (*segment, error) {
 	return nil, fmt.Errorf("%w: %d (sealed segments end at %d)", ErrNotSealed, base, segs[len(segs)-1].base)
 }
 
+// sealedReadable is sealed, refusing a segment Open kept as damaged
+// with its error (released). The caller releases what it returns.
+func (l *Log) sealedReadable(base uint64) (*segment, error) {
+	s, err := l.sealed(base)
+	if err != nil {
+		return nil, err
+	}
+	if s.damaged != nil {
+		s.release()
+		return nil, s.damaged
+	}
+	return s, nil
+}
+
 // VerifySegment checks one sealed segment as Verify does (every batch
 // CRC and record, offsets, timestamps inside the segment, its .index,
 // .timeindex and .streams files) and returns the first problem, a
 // *CorruptionError for corruption. A segment Open kept as damaged
 // returns its error.
 func (l *Log) VerifySegment(base uint64) error {
-	s, err := l.sealed(base)
+	s, err := l.sealedReadable(base)
 	if err != nil {
 		return err
 	}
 	defer s.release()
-	if s.damaged != nil {
-		return s.damaged
-	}
 	c := segment{digest: s.digest, digestKnown: s.digestKnown, base: s.base, path: s.path, f: s.f, size: s.size, next: s.next, ix: s.ix, streams: s.streams}
 	if c.index, err = c.ix.load(l.fs, c.size, c.base); err != nil {
 		return l.errClosedRead(err)
@@ -125,13 +136,9 @@ type SealedReader struct {
 // for instance to send it to a replica that repairs its copy. A segment
 // kept as damaged is refused with its error.
 func (l *Log) OpenSealed(base uint64) (*SealedReader, error) {
-	s, err := l.sealed(base)
+	s, err := l.sealedReadable(base)
 	if err != nil {
 		return nil, err
-	}
-	if s.damaged != nil {
-		s.release()
-		return nil, s.damaged
 	}
 	return &SealedReader{s: s, info: s.info()}, nil
 }

@@ -47,14 +47,11 @@ type ThinOptions struct {
 // base, without writing anything: the size and digest every replica gets
 // when it thins its copy with keep.
 func (l *Log) ThinDigest(base uint64, keep KeepFunc) (ThinResult, error) {
-	s, err := l.sealed(base)
+	s, err := l.sealedReadable(base)
 	if err != nil {
 		return ThinResult{}, err
 	}
 	defer s.release()
-	if s.damaged != nil {
-		return ThinResult{}, s.damaged
-	}
 	w := &digestWriter{}
 	res, err := thinTo(w, s, keep)
 	if err != nil {
