@@ -204,11 +204,7 @@ func fetchBackupCtx(t *testing.T, ctx context.Context, n *Node) (*pb.BackupInfo,
 func TestTierBackupReferenceAndIncludeVersityGW(t *testing.T) {
 	target := versityTarget(t)
 	tier := fastTier(target)
-	tc := newTestCluster(t, 3, func(c *Config) {
-		c.Segment.SegmentBytes = 64 << 10
-		c.RetentionInterval = 0
-		c.Tier = tier
-	})
+	tc := newTierCluster(t, tier)
 	next := appendBatches(t, tc, "p1", 100)
 	waitNextOffset(t, tc.nodes, next)
 	waitManifest(t, tc, "sealed segments tiered", func(r fsm.Retention) bool {

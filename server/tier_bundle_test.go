@@ -52,11 +52,7 @@ func (r *rangeCountTarget) GetRange(ctx context.Context, key string, off, n int6
 // leader does.
 func tierBundleScenario(t *testing.T, base tiering.Target) {
 	target := &rangeCountTarget{Target: base}
-	tc := newTestCluster(t, 3, func(c *Config) {
-		c.Segment.SegmentBytes = 64 << 10
-		c.RetentionInterval = 0
-		c.Tier = fastTier(target)
-	})
+	tc := newTierCluster(t, fastTier(target))
 	next := appendBatches(t, tc, "p1", 80)
 	waitNextOffset(t, tc.nodes, next)
 	waitManifest(t, tc, "every sealed segment tiered", allTiered(3))
@@ -156,11 +152,7 @@ func TestTierNoIndexBundleRebuilds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := newTestCluster(t, 3, func(c *Config) {
-		c.Segment.SegmentBytes = 64 << 10
-		c.RetentionInterval = 0
-		c.Tier = fastTier(fsTarget)
-	})
+	tc := newTierCluster(t, fastTier(fsTarget))
 	next := appendBatches(t, tc, "p1", 40)
 	waitNextOffset(t, tc.nodes, next)
 	waitManifest(t, tc, "every sealed segment tiered", allTiered(2))

@@ -145,11 +145,7 @@ func TestTierEvictAndReadVersityGW(t *testing.T) {
 	target.down.Store(true) // nothing is uploaded until the reads before are taken
 	cache := tiering.DefaultCacheConfig()
 	cache.BlockBytes, cache.CapBytes, cache.Readahead = 8<<10, 16<<10, 1 // tiny: reads go to the store
-	tc := newTestCluster(t, 3, func(c *Config) {
-		c.Segment.SegmentBytes = 64 << 10
-		c.RetentionInterval = 0
-		c.Tier = fastTier(target).withCache(cache)
-	})
+	tc := newTierCluster(t, fastTier(target).withCache(cache))
 	next := appendBatches(t, tc, "p1", 80)
 	waitNextOffset(t, tc.nodes, next)
 	waitAllApplied(t, tc)
@@ -380,11 +376,7 @@ func TestTierEvictOnlyBelowCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := newTestCluster(t, 3, func(c *Config) {
-		c.Segment.SegmentBytes = 64 << 10
-		c.RetentionInterval = 0
-		c.Tier = fastTier(target)
-	})
+	tc := newTierCluster(t, fastTier(target))
 	next := appendBatches(t, tc, "p1", 80)
 	waitNextOffset(t, tc.nodes, next)
 	waitManifest(t, tc, "sealed segments tiered", func(r fsm.Retention) bool {
@@ -453,11 +445,7 @@ func TestTierEvictSkipsMissingObject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := newTestCluster(t, 3, func(c *Config) {
-		c.Segment.SegmentBytes = 64 << 10
-		c.RetentionInterval = 0
-		c.Tier = fastTier(lostTarget{target})
-	})
+	tc := newTierCluster(t, fastTier(lostTarget{target}))
 	next := appendBatches(t, tc, "p1", 80)
 	waitNextOffset(t, tc.nodes, next)
 	waitManifest(t, tc, "sealed segments tiered", func(r fsm.Retention) bool {

@@ -47,11 +47,7 @@ func TestTierReadWhileStoreDown(t *testing.T) {
 	target := &readDownTarget{Target: fst}
 	cache := tiering.DefaultCacheConfig()
 	cache.BlockBytes, cache.CapBytes, cache.Readahead = 8<<10, 16<<10, 1 // tiny: reads go to the store
-	tc := newTestCluster(t, 3, func(c *Config) {
-		c.Segment.SegmentBytes = 64 << 10
-		c.RetentionInterval = 0
-		c.Tier = fastTier(target).withCache(cache)
-	})
+	tc := newTierCluster(t, fastTier(target).withCache(cache))
 	next := appendBatches(t, tc, "p1", 80)
 	waitNextOffset(t, tc.nodes, next)
 	before, err := readThreeWays(t, tc.nodes[0], next)

@@ -22,11 +22,7 @@ func TestTierRetentionDeletesObjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := newTestCluster(t, 3, func(c *Config) {
-		c.Segment.SegmentBytes = 64 << 10
-		c.RetentionInterval = 0 // the cut is the test's
-		c.Tier = fastTier(target)
-	})
+	tc := newTierCluster(t, fastTier(target))
 	next := appendBatches(t, tc, "p1", 80)
 	waitNextOffset(t, tc.nodes, next)
 	waitManifest(t, tc, "sealed segments tiered", allTiered(4))

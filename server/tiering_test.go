@@ -52,6 +52,17 @@ func fastTier(target tiering.Target) TierConfig {
 	return TierConfig{Target: target, HotBytes: 1, Interval: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, SweepInterval: time.Hour}
 }
 
+// newTierCluster starts the tiering tests' three nodes: 64 KiB segments,
+// retention only when a test asks, tiering by tier.
+func newTierCluster(t *testing.T, tier TierConfig) *testCluster {
+	t.Helper()
+	return newTestCluster(t, 3, func(c *Config) {
+		c.Segment.SegmentBytes = 64 << 10
+		c.RetentionInterval = 0
+		c.Tier = tier
+	})
+}
+
 // withCache is c reading tiered segments back through cache.
 func (c TierConfig) withCache(cache tiering.CacheConfig) TierConfig {
 	c.Cache = cache
@@ -120,11 +131,7 @@ func TestTieringUploadsAndCommits(t *testing.T) {
 	}
 	target := &downTarget{Target: fsTarget}
 	target.down.Store(true)
-	tc := newTestCluster(t, 3, func(c *Config) {
-		c.Segment.SegmentBytes = 64 << 10
-		c.RetentionInterval = 0
-		c.Tier = fastTier(target)
-	})
+	tc := newTierCluster(t, fastTier(target))
 	next := appendBatches(t, tc, "p1", 40)
 	waitNextOffset(t, tc.nodes, next)
 	waitAllApplied(t, tc)

@@ -129,27 +129,9 @@ func TestBenchSeries(t *testing.T) {
 // its headers). No figure is asserted.
 func TestBenchHostileClients(t *testing.T) {
 	dir := t.TempDir()
-	bin, err := proccluster.Build("../..", dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(dir, "bench.json")
-	cmd := exec.Command(bin, "bench", "--local", filepath.Join(dir, "cluster"), "--workloads", "x", "--duration", "1s",
+	rep, b, _ := runLocalBench(t, dir, "--workloads", "x", "--duration", "1s",
 		"--hostile-readers", "20", "--hostile-reader-conns", "4", "--hostile-appends", "6", "--hostile-append-conns", "3",
-		"--hostile-append-bytes", "1048576", "--hostile-big-appenders", "2", "--json", out)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("bench: %v\n%s\n%s", err, stdout.String(), stderr.String())
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep bench.Report
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
+		"--hostile-append-bytes", "1048576", "--hostile-big-appenders", "2")
 	if len(rep.Results) != 3 || rep.Config["security"] == nil {
 		t.Fatalf("want rows x-baseline, x-hostile, x-after of a secured cluster: %s", b)
 	}
@@ -185,26 +167,8 @@ func TestBenchCompaction(t *testing.T) {
 		t.Fatalf("k with --addr: %v, want a usage error", err)
 	}
 	dir := t.TempDir()
-	bin, err := proccluster.Build("../..", dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(dir, "bench.json")
-	cmd := exec.Command(bin, "bench", "--local", filepath.Join(dir, "cluster"), "--workloads", "k", "--duration", "3s",
-		"--producers", "4", "--serve-args", "--segment-bytes 65536", "--k-max-bytes", "262144", "--json", out)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("bench: %v\n%s\n%s", err, stdout.String(), stderr.String())
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep bench.Report
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep, b, stdout := runLocalBench(t, dir, "--workloads", "k", "--duration", "3s",
+		"--producers", "4", "--serve-args", "--segment-bytes 65536", "--k-max-bytes", "262144")
 	if len(rep.Results) != 2 || rep.Config["k_serve_args"] == nil {
 		t.Fatalf("want rows k-baseline, k-compacting and k's serve args: %s", b)
 	}
@@ -226,7 +190,7 @@ func TestBenchCompaction(t *testing.T) {
 		t.Errorf("compaction holds: baseline %v, compacting %v (longest %v ms)", base.HoldCount, comp.HoldCount, comp.HoldMaxMs)
 	}
 	if *comp.CutsCommitted+*comp.RewritesCommitted == 0 || *comp.ReclaimedBytes <= 0 {
-		t.Errorf("k-compacting: %v cuts, %v rewrites, %v bytes reclaimed; want some\n%s", *comp.CutsCommitted, *comp.RewritesCommitted, *comp.ReclaimedBytes, stdout.String())
+		t.Errorf("k-compacting: %v cuts, %v rewrites, %v bytes reclaimed; want some\n%s", *comp.CutsCommitted, *comp.RewritesCommitted, *comp.ReclaimedBytes, stdout)
 	}
 	for _, want := range []string{"vs baseline max", "one fsync under this load", "rewrite failures 0", "apply ", "Raft log appends (one write + fsync each) in the phase: "} {
 		if !strings.Contains(comp.Note, want) {
@@ -236,8 +200,8 @@ func TestBenchCompaction(t *testing.T) {
 	if strings.Contains(comp.Note, "in the phase: none") {
 		t.Errorf("no Raft log appends counted in the compacting phase:\n%s", comp.Note)
 	}
-	if !strings.Contains(stdout.String(), "retention cuts and") {
-		t.Errorf("table:\n%s", stdout.String())
+	if !strings.Contains(stdout, "retention cuts and") {
+		t.Errorf("table:\n%s", stdout)
 	}
 }
 
@@ -278,28 +242,10 @@ func TestFailoverRecovery(t *testing.T) {
 // the fields each one promises, and the plots.
 func TestBenchRunsEveryWorkload(t *testing.T) {
 	dir := t.TempDir()
-	bin, err := proccluster.Build("../..", dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(dir, "bench.json")
 	plots := filepath.Join(dir, "plots")
-	cmd := exec.Command(bin, "bench", "--local", filepath.Join(dir, "cluster"), "--duration", "1s",
+	rep, b, stdout := runLocalBench(t, dir, "--duration", "1s",
 		"--producers", "4", "--events", "3000,6000", "--stream-events", "400", "--failovers", "1",
-		"--json", out, "--plots", plots)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("bench: %v\n%s\n%s", err, stdout.String(), stderr.String())
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep bench.Report
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
+		"--plots", plots)
 	got := map[string]bench.Result{}
 	for _, r := range rep.Results {
 		got[r.Workload] = r
@@ -336,8 +282,8 @@ func TestBenchRunsEveryWorkload(t *testing.T) {
 	if d := got["d-6k"]; d.Events != 6000 {
 		t.Errorf("d-6k replayed %d events", d.Events)
 	}
-	if rep.System != "tsstore" || rep.Machine.Cores < 1 || !strings.Contains(stdout.String(), "p99.9 ms") {
-		t.Errorf("report header %+v; table:\n%s", rep.Machine, stdout.String())
+	if rep.System != "tsstore" || rep.Machine.Cores < 1 || !strings.Contains(stdout, "p99.9 ms") {
+		t.Errorf("report header %+v; table:\n%s", rep.Machine, stdout)
 	}
 	for _, p := range []string{"latency.png", "failover.png"} {
 		if b, err := os.ReadFile(filepath.Join(plots, p)); err != nil || !bytes.HasPrefix(b, []byte("\x89PNG")) {
@@ -364,26 +310,7 @@ func TestBenchTier(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	bin, err := proccluster.Build("../..", dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(dir, "bench.json")
-	cmd := exec.Command(bin, "bench", "--local", filepath.Join(dir, "cluster"), "--workloads", "t", "--t-events", "6000",
-		"--serve-args", "--segment-bytes 65536", "--json", out)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("bench: %v\n%s\n%s", err, stdout.String(), stderr.String())
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep bench.Report
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep, b, _ := runLocalBench(t, dir, "--workloads", "t", "--t-events", "6000", "--serve-args", "--segment-bytes 65536")
 	if len(rep.Results) != 3 {
 		t.Fatalf("want rows t-local, t-cold, t-disk: %s", b)
 	}
@@ -410,4 +337,31 @@ func TestBenchTier(t *testing.T) {
 	if n := len(regexp.MustCompile(`n\d: data dir [0-9.]+ -> [0-9.]+ -> [0-9.]+ MB`).FindAllString(disk.Note, -1)); n != 3 || !strings.Contains(disk.Note, "tier directory") {
 		t.Errorf("t-disk note, want every node's disk before, after tiering and after the reap, and the tier directory:\n%s", disk.Note)
 	}
+}
+
+// runLocalBench builds tsstore into dir, runs `tsstore bench --local
+// dir/cluster ARGS --json dir/bench.json`, and returns the report, its
+// JSON and the table the bench printed.
+func runLocalBench(t *testing.T, dir string, args ...string) (bench.Report, []byte, string) {
+	t.Helper()
+	bin, err := proccluster.Build("../..", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "bench.json")
+	cmd := exec.Command(bin, append(append([]string{"bench", "--local", filepath.Join(dir, "cluster")}, args...), "--json", out)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("bench: %v\n%s\n%s", err, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	return rep, b, stdout.String()
 }
