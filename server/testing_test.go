@@ -40,7 +40,10 @@ func freeAddrs(t *testing.T, n int) []string {
 }
 
 // newTestCluster starts n nodes with fast Raft timeouts and waits for a
-// leader with its API address registered.
+// leader and for every node to know every node's API address: a test that
+// then stops a node must not stop one whose table still lacks a peer that
+// becomes leader while it is down (it could not forward to it, and with
+// snapshots refused it would never learn of it).
 func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
 	t.Helper()
 	addrs := freeAddrs(t, 2*n)
@@ -75,7 +78,32 @@ func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
 	}
 	t.Cleanup(tc.close)
 	tc.leader()
+	tc.waitRegistered()
 	return tc
+}
+
+// waitRegistered waits until every running node's table holds the API
+// address of every running node.
+func (tc *testCluster) waitRegistered() {
+	tc.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		missing := ""
+		for _, m := range tc.nodes {
+			for _, n := range tc.nodes {
+				if m != nil && n != nil && m.proc.Nodes()[n.cfg.NodeID] == "" {
+					missing = fmt.Sprintf("%s does not know %s's API address", m.cfg.NodeID, n.cfg.NodeID)
+				}
+			}
+		}
+		if missing == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			tc.t.Fatal(missing)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (tc *testCluster) close() {
