@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -147,7 +148,17 @@ func TestBenchHostileClients(t *testing.T) {
 		}
 	}
 	note := rep.Results[1].Note
-	for _, want := range []string{"20 opened on 4 connections, 20 accepted", "6 on 3 connections sent their bytes", "refused 6 Unauthenticated", "2 authenticated big appenders", "RSS goal", "rate goal"} {
+	// The readers' connections are redialled when the node cuts them (3 s
+	// into a phase that a loaded machine stretches), so more streams may
+	// be opened, and accepted, than the first 20.
+	if m := regexp.MustCompile(`(\d+) opened on 4 connections, (\d+) accepted`).FindStringSubmatch(note); m == nil {
+		t.Errorf("x-hostile note lacks the readers' streams opened and accepted:\n%s", note)
+	} else if opened, _ := strconv.Atoi(m[1]); opened < 20 {
+		t.Errorf("x-hostile opened %d reader streams, want at least 20:\n%s", opened, note)
+	} else if accepted, _ := strconv.Atoi(m[2]); accepted < 20 || accepted > opened {
+		t.Errorf("x-hostile: %d of %d reader streams accepted, want at least the first 20:\n%s", accepted, opened, note)
+	}
+	for _, want := range []string{"6 on 3 connections sent their bytes", "refused 6 Unauthenticated", "2 authenticated big appenders", "RSS goal", "rate goal"} {
 		if !strings.Contains(note, want) {
 			t.Errorf("x-hostile note lacks %q:\n%s", want, note)
 		}
