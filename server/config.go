@@ -173,6 +173,13 @@ type Config struct {
 	// node's request budget, so is one with an append request being read
 	// and no byte arriving for this long. 0 turns the cut off.
 	SendStallTimeout time.Duration
+	// RequestMinRate, in bytes per second: while appends wait for the
+	// node's request budget, a client connection that has had an append
+	// request being read for a whole SendStallTimeout window and received
+	// fewer bytes than this rate over it is closed, as one that received
+	// none is: a body that trickles holds its read's reservation as long
+	// as a stalled one (stallcut.go). 0: only a body that stalls is cut.
+	RequestMinRate int64
 	// MaxSubscriberLag is how many offsets a live subscriber may fall
 	// behind the log end before it is told it is too slow.
 	MaxSubscriberLag uint64
@@ -243,6 +250,7 @@ func DefaultConfig() Config {
 		ConnSendBytes:          8 << 20,
 		NodeSendBytes:          32 << 20,
 		SendStallTimeout:       2 * time.Second,
+		RequestMinRate:         1 << 20,
 		ConnRequestBytes:       64 << 20,
 		NodeRequestBytes:       128 << 20,
 		RequestWindowBytes:     64 << 10,
@@ -336,6 +344,9 @@ func (c Config) Validate() error {
 	}
 	if c.SendStallTimeout < 0 {
 		errs = append(errs, errors.New("send stall timeout must not be negative (0: never cut)"))
+	}
+	if c.RequestMinRate < 0 {
+		errs = append(errs, errors.New("request min rate must not be negative (0: only stalled bodies are cut)"))
 	}
 	if c.MaxStreamsPerToken < 0 {
 		errs = append(errs, errors.New("max streams per token must not be negative (0: no bound)"))

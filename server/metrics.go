@@ -198,7 +198,7 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 		"Append requests refused with ResourceExhausted because reading or holding them would pass a request budget, by cap: conn-request-bytes or node-request-bytes.", "cap")
 
 	m.stalledRequestConnsCut = f.counter("tsstore_append_stalled_conns_closed_total",
-		"Client connections closed because an append request being read received no byte for send-stall-timeout while other appends waited for the node's request budget.")
+		"Client connections closed because an append request being read received no byte for send-stall-timeout, or less than request-min-rate bytes a second over a window of it, while other appends waited for the node's request budget.")
 
 	m.leaderChanges = f.counter("tsstore_raft_leader_changes_total",
 		"Times this node observed a new leader being established (a leader id different from the previous observation, including after a period without leader).")

@@ -164,6 +164,14 @@ func (b *requestBudget) receive(on bool) {
 	b.receiving++
 }
 
+// receivingFrom returns since when the connection has had a request
+// being received, if it has one.
+func (b *requestBudget) receivingFrom() (time.Time, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.receivingSince, b.receiving > 0
+}
+
 // readStalled reports whether a connection's budget has had a request
 // being received for d before now while its socket delivered nothing
 // since lastRead.

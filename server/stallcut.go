@@ -42,14 +42,51 @@ type trackedConn struct {
 	budget       *byteBudget    // set once gRPC tagged the connection
 	requests     *requestBudget // likewise (reqbudget.go)
 	lastRead     atomic.Int64   // unix nanoseconds of the last read that returned bytes
+	readBytes    atomic.Int64   // bytes read from the socket
+	// The receive rate over the last whole window of send-stall-timeout,
+	// for the trickle cut; only the stall cut's goroutine touches these.
+	markAt      time.Time // start of the window being measured
+	markBytes   int64     // readBytes at markAt
+	windowStart time.Time // start of the last window measured
+	windowEnd   time.Time
+	windowBytes int64 // bytes read in it
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
 	n, err := c.TCPConn.Read(p)
 	if n > 0 {
 		c.lastRead.Store(time.Now().UnixNano())
+		c.readBytes.Add(int64(n))
 	}
 	return n, err
+}
+
+// sample closes the connection's rate window once it is d long.
+func (c *trackedConn) sample(now time.Time, d time.Duration) {
+	if c.markAt.IsZero() {
+		c.markAt, c.markBytes = now, c.readBytes.Load()
+		return
+	}
+	if now.Sub(c.markAt) < d {
+		return
+	}
+	b := c.readBytes.Load()
+	c.windowStart, c.windowEnd, c.windowBytes = c.markAt, now, b-c.markBytes
+	c.markAt, c.markBytes = now, b
+}
+
+// trickling reports whether the connection has had a request being
+// received for the whole of its last rate window, which ended within d
+// before now, and received less than minRate bytes per second over it.
+func (c *trackedConn) trickling(now time.Time, d time.Duration, minRate int64) bool {
+	if minRate <= 0 || c.requests == nil || c.windowEnd.IsZero() || now.Sub(c.windowEnd) > d {
+		return false
+	}
+	since, ok := c.requests.receivingFrom()
+	if !ok || since.After(c.windowStart) {
+		return false
+	}
+	return float64(c.windowBytes) < float64(minRate)*c.windowEnd.Sub(c.windowStart).Seconds()
 }
 
 func (c *trackedConn) Close() error {
@@ -115,17 +152,27 @@ func (t *connTracker) tag(remote net.Addr, b *byteBudget, r *requestBudget) {
 
 // requestStalled returns the connections that have had a request being
 // read for d with no byte arriving on their socket for as long
-// (requestBudget.readStalled).
-func (t *connTracker) requestStalled(now time.Time, d time.Duration) []*trackedConn {
+// (requestBudget.readStalled), or with fewer than minRate bytes a second
+// arriving over their last whole window of d (trackedConn.trickling).
+func (t *connTracker) requestStalled(now time.Time, d time.Duration, minRate int64) []*trackedConn {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []*trackedConn
 	for _, c := range t.conns {
-		if c.requests != nil && c.requests.readStalled(now, d, time.Unix(0, c.lastRead.Load())) {
+		if c.requests != nil && (c.requests.readStalled(now, d, time.Unix(0, c.lastRead.Load())) || c.trickling(now, d, minRate)) {
 			out = append(out, c)
 		}
 	}
 	return out
+}
+
+// sample advances every connection's rate window (trackedConn.sample).
+func (t *connTracker) sample(now time.Time, d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, c := range t.conns {
+		c.sample(now, d)
+	}
 }
 
 // stalled returns the connections whose budget shows them stalled for d
@@ -152,10 +199,11 @@ const stallCutEvery = 250 * time.Millisecond
 // cutStalledReaders closes stalled client connections while readers wait
 // for the node's send budget (see above), and, the same way, connections
 // that hold a request being read with no byte arriving for
-// send-stall-timeout while other appends wait for the node's request
+// send-stall-timeout, or fewer than request-min-rate bytes a second over
+// a whole window of it, while other appends wait for the node's request
 // budget (reqbudget.go): a client that sends an Append's headers and
-// stalls its body would otherwise keep the node's reads of append
-// requests. It runs until the node shuts down.
+// stalls or trickles its body would otherwise keep the node's reads of
+// append requests. It runs until the node shuts down.
 func (n *Node) cutStalledReaders() {
 	if n.cfg.SendStallTimeout <= 0 {
 		return
@@ -170,15 +218,16 @@ func (n *Node) cutStalledReaders() {
 			return
 		}
 		now := time.Now()
+		n.conns.sample(now, n.cfg.SendStallTimeout)
 		if n.sendBytes.contended() {
 			cut := n.conns.stalled(now, n.cfg.SendStallTimeout, int64(n.cfg.ReadMessageBytes))
 			n.cutConns(cut, n.metrics.stalledConnsCut, &lastLog[0],
 				"closed client connections whose reads stalled while other readers waited for the node's send budget")
 		}
 		if n.reqBytes.contended() {
-			cut := n.conns.requestStalled(now, n.cfg.SendStallTimeout)
+			cut := n.conns.requestStalled(now, n.cfg.SendStallTimeout, n.cfg.RequestMinRate)
 			n.cutConns(cut, n.metrics.stalledRequestConnsCut, &lastLog[1],
-				"closed client connections that sent nothing of the append request being read while other appends waited for the node's request budget")
+				"closed client connections whose append request being read stalled or trickled (below request-min-rate) while other appends waited for the node's request budget")
 		}
 	}
 }
