@@ -190,6 +190,12 @@ func TestTieringUploadsAndCommits(t *testing.T) {
 	if err != nil || len(lr.Segments) != len(segs) || lr.Segments[0].State != "tiered" || lr.Segments[0].ObjectKey != segs[0].Key {
 		t.Fatalf("ListRetention: %v, %v", lr, err)
 	}
+	// Each object has its index bundle beside it (the sweep below must
+	// delete both; once the snapshots are reaped it may do so at once, so
+	// this is checked here).
+	if _, err := fsTarget.Head(ctx, indexBundleKey(segs[0].Key)); err != nil {
+		t.Fatalf("index bundle of %s: %v", segs[0].Key, err)
+	}
 	// The local copies stay: the whole log reads back on every node.
 	for _, n := range tc.nodes {
 		if err := readRange(t, n, 0, next); err != nil {
@@ -229,9 +235,6 @@ func TestTieringUploadsAndCommits(t *testing.T) {
 		if _, err := dialCluster(t, leader).Snapshot(ctxT(t), &pb.SnapshotRequest{}); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if _, err := fsTarget.Head(ctx, indexBundleKey(dropped.Key)); err != nil {
-		t.Fatalf("index bundle of %s before its object goes: %v", dropped.Key, err)
 	}
 	for _, k := range []string{dropped.Key, indexBundleKey(dropped.Key)} {
 		for {
