@@ -88,7 +88,9 @@ type Config struct {
 	// and not yet answered (one entry larger than it goes alone): what
 	// raft's pipeline, its log writer's buffer and the followers' append
 	// RPCs hold for appends the node has accepted. Count alone let 64
-	// entries of one 15 MB request each hold about a GiB.
+	// entries of one 15 MB request each hold about a GiB. It also bounds
+	// the entries of one Raft append RPC to a catching-up follower
+	// (snapGuard.AppendEntries).
 	MaxInflightBytes int64
 	// MaxStreamInflight bounds the requests of one AppendStream call that
 	// the server has read and not yet answered (count). At the bound it

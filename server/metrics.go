@@ -91,6 +91,9 @@ type nodeMetrics struct {
 
 	// Training runs (runsnap.go).
 	snapshotSendsDeferred prometheus.Counter
+	// raftAppendsSplit counts append RPCs this leader cut to raft's
+	// append byte bound (snapGuard.AppendEntries).
+	raftAppendsSplit prometheus.Counter
 
 	runSnapshots      prometheus.Counter
 	runSnapshotsStuck prometheus.Counter
@@ -218,6 +221,8 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 		"FSM snapshot Persist calls that failed.")
 	m.snapshotSendsDeferred = f.counter("tsstore_raft_snapshot_sends_deferred_total",
 		"InstallSnapshot sends this leader skipped because the target reported it cannot persist (disk below min-free-bytes, Raft log writes failing); raft retries them with backoff.")
+	m.raftAppendsSplit = f.counter("tsstore_raft_append_rpcs_split_total",
+		"Raft append RPCs this leader cut short because their entries passed max-inflight-bytes; the rest go in the next RPC (a follower catching up on a log of large entries).")
 	m.runSnapshots = f.counter("tsstore_run_snapshots_total",
 		"Training-run state snapshots this node proposed as leader and saw committed.")
 	m.runSnapshotsStuck = f.counter("tsstore_run_snapshots_stuck_total",

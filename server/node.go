@@ -323,7 +323,12 @@ func (n *Node) raftConfig() *raft.Config {
 	c.SnapshotThreshold = n.cfg.SnapshotThreshold
 	c.SnapshotInterval = n.cfg.SnapshotInterval
 	c.TrailingLogs = n.cfg.TrailingLogs
-	c.MaxAppendEntries = 256
+	// A round of replication reads this many entries from the log before
+	// the transport cuts the RPC to max-inflight-bytes (snapGuard): the
+	// proposer's in-flight bound (64 by default), so a follower that keeps
+	// up gets all it lacks in one RPC, and one that catches up costs the
+	// leader that many entries read per round, not raft's 256.
+	c.MaxAppendEntries = min(max(64, n.cfg.MaxInflightEntries), 1024)
 	// BatchApplyCh stays off: with a buffered apply channel, a future
 	// enqueued just before shutdown is never answered (raft v1.7.2 does
 	// not drain the buffer), so Close would wait forever on it. The

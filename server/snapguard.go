@@ -8,7 +8,8 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// Snapshot sends to a node that cannot persist back off.
+// Snapshot sends to a node that cannot persist back off, and append RPCs
+// are bounded in bytes (AppendEntries below).
 //
 // A follower whose disk is full cannot install a snapshot: it reads the
 // whole stream, fails to write it and answers failure, and raft's
@@ -49,6 +50,45 @@ func (g snapGuard) InstallSnapshot(id raft.ServerID, target raft.ServerAddress, 
 		g.n.voters.mu.Unlock()
 	}
 	return err
+}
+
+// AppendEntries implements raft.Transport. Raft bounds an append RPC by
+// its number of entries (Config.MaxAppendEntries), not their bytes, so a
+// follower catching up on entries of up to max-request-bytes each could
+// be sent gigabytes in one RPC: held whole by the leader's send and the
+// follower's decode, and kept for good as raft-wal's write buffer, which
+// grows to the largest batch it stored. Entries past
+// Config.MaxInflightBytes (at least one entry is sent) are left out, and
+// the commit index sent is at most the last entry sent: a follower sets
+// its commit index to the smaller of the leader's and its own last
+// index, which without that cap could be an entry of an older term that
+// the entries left out would have replaced. Raft takes the RPC's success
+// for the entries it carried (it reads them back from args) and sends
+// the rest in its next round.
+func (g snapGuard) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	if boundAppend(args, g.n.cfg.MaxInflightBytes) {
+		g.n.metrics.raftAppendsSplit.Inc()
+	}
+	return g.NetworkTransport.AppendEntries(id, target, args, resp)
+}
+
+// boundAppend leaves out of args the entries past max bytes (counting
+// each entry's data and extensions; the first entry always stays) and
+// caps its commit index at the last entry kept. It reports whether it
+// left any out.
+func boundAppend(args *raft.AppendEntriesRequest, max int64) bool {
+	var size int64
+	for i, e := range args.Entries {
+		size += int64(len(e.Data) + len(e.Extensions))
+		if i > 0 && size > max {
+			args.Entries = args.Entries[:i]
+			if last := args.Entries[i-1].Index; args.LeaderCommitIndex > last {
+				args.LeaderCommitIndex = last
+			}
+			return true
+		}
+	}
+	return false
 }
 
 // refuseInstallPhrase is in the error a node that cannot persist answers

@@ -3,10 +3,12 @@ package server
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -75,5 +77,81 @@ func TestSnapshotSendsToAFullNodeBackOff(t *testing.T) {
 	defer cancel()
 	if err := f.proc.WaitApplied(ctx, l.proc.AppliedIndex()); err != nil {
 		t.Fatalf("the follower did not catch up once it had space: applied %d of %d: %v", f.proc.AppliedIndex(), l.proc.AppliedIndex(), err)
+	}
+}
+
+// An append RPC carries entries up to the byte bound (at least one), and
+// the commit index it sends is never past its last entry.
+func TestBoundAppend(t *testing.T) {
+	entries := func(sizes ...int) []*raft.Log {
+		var out []*raft.Log
+		for i, n := range sizes {
+			out = append(out, &raft.Log{Index: uint64(11 + i), Data: make([]byte, n)})
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		sizes      []int
+		commit     uint64
+		keep       int
+		wantCommit uint64
+	}{
+		{sizes: []int{40, 40}, commit: 20, keep: 2, wantCommit: 20},     // within the bound: untouched
+		{sizes: []int{40, 40, 40}, commit: 20, keep: 2, wantCommit: 12}, // cut after 80 bytes, commit capped
+		{sizes: []int{500, 10}, commit: 12, keep: 1, wantCommit: 11},    // one entry over the bound still goes
+		{sizes: []int{40, 40, 40}, commit: 11, keep: 2, wantCommit: 11}, // a commit index already below stays
+		{sizes: nil, commit: 20, keep: 0, wantCommit: 20},               // a heartbeat
+	} {
+		args := &raft.AppendEntriesRequest{Entries: entries(tt.sizes...), LeaderCommitIndex: tt.commit}
+		cut := boundAppend(args, 100)
+		if len(args.Entries) != tt.keep || args.LeaderCommitIndex != tt.wantCommit || cut != (tt.keep < len(tt.sizes)) {
+			t.Errorf("sizes %v commit %d: kept %d entries, commit %d, cut %v; want %d, %d",
+				tt.sizes, tt.commit, len(args.Entries), args.LeaderCommitIndex, cut, tt.keep, tt.wantCommit)
+		}
+	}
+}
+
+// A follower that catches up on a log of large entries gets them in RPCs
+// of at most max-inflight-bytes (plus one entry), not raft's 64 entries
+// at a time, and ends with the leader's log.
+func TestCatchUpAppendsAreBoundedInBytes(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.MaxEntryBytes = 64 << 10
+		c.MaxInflightBytes = 128 << 10 // two to three entries per RPC
+	})
+	fi := tc.followerIndex()
+	var next uint64
+	restartNode(t, tc, fi, func() {
+		next = appendBatches(t, tc, "catchup", 60) // 60 requests of ~4.5 KiB
+		for i := range 40 {                        // and 40 of ~60 KiB
+			evs := []*pb.Event{ev("run/big", strings.Repeat(fmt.Sprint(i%10), 60<<10))}
+			for try := 0; ; try++ {
+				resp, err := dial(t, tc.leader()).Append(ctxT(t), &pb.AppendRequest{Events: evs})
+				if err == nil {
+					next = resp.LastOffset + 1
+					break
+				}
+				if status.Code(err) != codes.Unavailable || try > 50 {
+					t.Fatal(err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	})
+	waitNextOffset(t, tc.nodes, next)
+	l := tc.leader()
+	if split := counterValue(t, l.metrics.raftAppendsSplit); split == 0 {
+		t.Fatal("the leader sent the catching-up follower its ~2.6 MiB of entries without cutting an RPC to 128 KiB")
+	}
+	local := &pb.ReadRequest{FromOffset: 0, ToOffset: next, Consistency: pb.Consistency_CONSISTENCY_LOCAL}
+	want := readAll(t, dial(t, l), local)
+	got := readAll(t, dial(t, tc.nodes[fi]), local)
+	if len(want) != int(next) || len(got) != len(want) {
+		t.Fatalf("the follower holds %d events, the leader %d, want %d", len(got), len(want), next)
+	}
+	for off, p := range want {
+		if got[off] != p {
+			t.Fatalf("offset %d differs between the leader and the follower that caught up", off)
+		}
 	}
 }

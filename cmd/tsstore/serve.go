@@ -121,7 +121,7 @@ func newServeFlags(fs *pflag.FlagSet) *serveFlags {
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest event (payload + metadata), bytes")
 	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", c.MaxRequestBytes, "largest append request, bytes")
 	fs.IntVar(&c.MaxEntryBytes, "max-entry-bytes", c.MaxEntryBytes, "group commit: bytes per raft entry")
-	fs.Int64Var(&c.MaxInflightBytes, "max-inflight-bytes", c.MaxInflightBytes, "group commit: bytes of raft entries proposed and not yet answered (one larger entry goes alone)")
+	fs.Int64Var(&c.MaxInflightBytes, "max-inflight-bytes", c.MaxInflightBytes, "group commit: bytes of raft entries proposed and not yet answered (one larger entry goes alone); also the most entry bytes one raft append RPC carries to a follower")
 	fs.Int64Var(&c.Segment.SegmentBytes, "segment-bytes", c.Segment.SegmentBytes, "segment roll size, bytes")
 	s.addTierFlags(fs)
 	fs.StringVar(&s.logFormat, "log-format", "json", "log format: json or text")
