@@ -82,6 +82,9 @@ var (
 	ErrOverloaded = errors.New("tsstore: server overloaded")
 	// ErrClosed: the Client was closed.
 	ErrClosed = errors.New("tsstore: client closed")
+	// ErrUnreachable: AppendOnce found no node that answered, so it sent
+	// nothing; the events were not written.
+	ErrUnreachable = errors.New("tsstore: no node reachable, nothing was sent")
 )
 
 // SequenceGapError details ErrSequenceGap.

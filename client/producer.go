@@ -308,6 +308,9 @@ func (e *EarlierAttemptError) Unwrap() error { return e.Err }
 // context or a lost connection leave the outcome unknown. Retrying the
 // same Producer call is the safe way to learn it.
 func MayHaveCommitted(err error) bool {
+	if errors.Is(err, ErrUnreachable) {
+		return false
+	}
 	var earlier *EarlierAttemptError
 	if errors.As(err, &earlier) {
 		return true

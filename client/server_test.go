@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -750,6 +751,30 @@ func TestAppendOnce(t *testing.T) {
 	mu.Unlock()
 	if _, err := c.AppendOnce(testCtx(t), ev("b")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// AppendOnce passes over a seed that is down before sending anything,
+// whichever seed a new client starts from; with every seed down it fails
+// with ErrUnreachable, which is not in doubt: nothing was sent.
+func TestAppendOnceSkipsDeadNodes(t *testing.T) {
+	f := startFake(t, &fakeNode{append: func(_ int, req *tsstorev1.AppendRequest) (*tsstorev1.AppendResponse, error) {
+		return okAppend(req, false), nil
+	}})
+	dead := deadAddr(t)
+	for i := range 12 { // new clients start at a random seed
+		c := newTestClient(t, dead, f.addr, deadAddr(t))
+		if _, err := c.AppendOnce(testCtx(t), ev(strconv.Itoa(i))); err != nil {
+			t.Fatalf("append %d with one live node of three: %v", i, err)
+		}
+	}
+	if got := len(f.appends()); got != 12 {
+		t.Fatalf("the live node got %d appends, want 12", got)
+	}
+	c := newTestClient(t, dead, deadAddr(t))
+	_, err := c.AppendOnce(testCtx(t), ev("x"))
+	if !errors.Is(err, ErrUnreachable) || MayHaveCommitted(err) {
+		t.Fatalf("AppendOnce with every node down: %v (in doubt: %v), want ErrUnreachable, not in doubt", err, MayHaveCommitted(err))
 	}
 }
 
