@@ -236,56 +236,105 @@ func TestLargeAppendsAreRefusedWhileOthersAppend(t *testing.T) {
 	}
 }
 
+// twoReadNode starts a one-node cluster whose request budgets hold two
+// reads (a read reserves 3 MiB of 6), with cfg applied on top.
+func twoReadNode(t *testing.T, cfg func(*Config)) *Node {
+	t.Helper()
+	tc := newTestCluster(t, 1, func(c *Config) {
+		c.MaxRequestBytes = 2 << 20
+		c.ConnRequestBytes, c.NodeRequestBytes = 6<<20, 6<<20
+		cfg(c)
+	})
+	return tc.leader()
+}
+
+// holdBothReads opens two connections that each send an Append's headers
+// and 32 KiB of a 2 MiB body (within the stream's window), then, if
+// trickle, 256 bytes every 50 ms (5 KiB/s, never quiet for 300 ms) until
+// the test ends; it returns once the node reserves both reads.
+func holdBothReads(t *testing.T, n *Node, trickle bool) {
+	t.Helper()
+	body := make([]byte, 5+32<<10)
+	body[2] = 0x20
+	stop := make(chan struct{})
+	var trickling sync.WaitGroup
+	t.Cleanup(func() { close(stop); trickling.Wait() })
+	for range 2 {
+		conn, err := net.Dial("tcp", n.APIAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		rawStreams(t, conn, n.APIAddr(), pb.EventStore_Append_FullMethodName, 1, body, false)
+		if !trickle {
+			continue
+		}
+		trickling.Add(1)
+		go func() {
+			defer trickling.Done()
+			fr := http2.NewFramer(conn, nil)
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				if fr.WriteData(1, false, make([]byte, 256)) != nil {
+					return // the node closed the connection
+				}
+			}
+		}()
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if reading, _ := n.reqBytes.inUse(); reading == 2*n.maxRequestRead() {
+			return
+		}
+		if time.Now().After(deadline) {
+			reading, _ := n.reqBytes.inUse()
+			t.Fatalf("the held appends reserve %d bytes, want two reads of %d", reading, n.maxRequestRead())
+		}
+	}
+}
+
+// appendBesideHeldReads appends a small event while both reads are held.
+// cut says whether the node should cut the holders: then the append goes
+// through and one or two connections were cut (the second may not be
+// needed: the first one's room serves the append); else it is refused
+// ResourceExhausted naming the cap (not left to hang) and none was cut.
+func appendBesideHeldReads(t *testing.T, n *Node, cut bool) {
+	t.Helper()
+	_, err := dial(t, n).Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("run/good", "small")}})
+	got := counterValue(t, n.metrics.stalledRequestConnsCut)
+	if !cut {
+		wantStatus(t, err, codes.ResourceExhausted, "node-request-bytes")
+		if got != 0 {
+			t.Fatalf("%v connections cut, want none", got)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("an append while two held bodies had the node's reads: %v", err)
+	}
+	if got < 1 || got > 2 {
+		t.Fatalf("%v connections cut, want 1 or 2 (the holders)", got)
+	}
+}
+
 // Clients that send an Append's headers and stall its body hold the
 // node's reads of append requests. With the stall cut, their connections
 // are closed once another append waits, and it goes through; without it,
-// the other append is refused ResourceExhausted naming the cap (not left
-// to hang).
+// the other append is refused ResourceExhausted naming the cap.
 func TestStalledAppendBodiesAreCut(t *testing.T) {
 	for _, cut := range []bool{true, false} {
 		t.Run(fmt.Sprintf("cut=%v", cut), func(t *testing.T) {
-			tc := newTestCluster(t, 1, func(c *Config) {
-				c.MaxRequestBytes = 2 << 20 // a read reserves 3 MiB: the node reads two at once
-				c.ConnRequestBytes, c.NodeRequestBytes = 6<<20, 6<<20
+			n := twoReadNode(t, func(c *Config) {
 				c.SendStallTimeout = 0
 				if cut {
 					c.SendStallTimeout = 300 * time.Millisecond
 				}
 			})
-			n := tc.leader()
-			// 2 MiB announced, 32 KiB sent: within the stream's window.
-			body := make([]byte, 5+32<<10)
-			body[2] = 0x20
-			for range 2 {
-				conn, err := net.Dial("tcp", n.APIAddr())
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer conn.Close()
-				rawStreams(t, conn, n.APIAddr(), pb.EventStore_Append_FullMethodName, 1, body, false)
-			}
-			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-				if reading, _ := n.reqBytes.inUse(); reading == 2*n.maxRequestRead() {
-					break
-				}
-				if time.Now().After(deadline) {
-					reading, _ := n.reqBytes.inUse()
-					t.Fatalf("the stalled appends reserve %d bytes, want two reads of %d", reading, n.maxRequestRead())
-				}
-			}
-			_, err := dial(t, n).Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("run/good", "small")}})
-			if !cut {
-				wantStatus(t, err, codes.ResourceExhausted, "node-request-bytes")
-				return
-			}
-			if err != nil {
-				t.Fatalf("an append while two stalled bodies held the node's reads: %v", err)
-			}
-			// Each is cut once it qualifies; the second may not be needed
-			// (the first one's room serves the append).
-			if got := counterValue(t, n.metrics.stalledRequestConnsCut); got < 1 || got > 2 {
-				t.Fatalf("%v connections cut, want 1 or 2 (the stalled ones)", got)
-			}
+			holdBothReads(t, n, false)
+			appendBesideHeldReads(t, n, cut)
 		})
 	}
 }
@@ -299,65 +348,12 @@ func TestStalledAppendBodiesAreCut(t *testing.T) {
 func TestTricklingAppendBodiesAreCut(t *testing.T) {
 	for _, minRate := range []int64{1 << 20, 0} {
 		t.Run(fmt.Sprintf("min-rate=%d", minRate), func(t *testing.T) {
-			tc := newTestCluster(t, 1, func(c *Config) {
-				c.MaxRequestBytes = 2 << 20 // a read reserves 3 MiB: the node reads two at once
-				c.ConnRequestBytes, c.NodeRequestBytes = 6<<20, 6<<20
+			n := twoReadNode(t, func(c *Config) {
 				c.SendStallTimeout = 300 * time.Millisecond
 				c.RequestMinRate = minRate
 			})
-			n := tc.leader()
-			body := make([]byte, 5+32<<10) // 2 MiB announced, 32 KiB sent
-			body[2] = 0x20
-			stop := make(chan struct{})
-			var trickling sync.WaitGroup
-			defer func() { close(stop); trickling.Wait() }()
-			for range 2 {
-				conn, err := net.Dial("tcp", n.APIAddr())
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer conn.Close()
-				rawStreams(t, conn, n.APIAddr(), pb.EventStore_Append_FullMethodName, 1, body, false)
-				trickling.Add(1)
-				go func() { // 256 bytes every 50 ms: 5 KiB/s, never quiet for 300 ms
-					defer trickling.Done()
-					fr := http2.NewFramer(conn, nil)
-					for {
-						select {
-						case <-stop:
-							return
-						case <-time.After(50 * time.Millisecond):
-						}
-						if fr.WriteData(1, false, make([]byte, 256)) != nil {
-							return // the node closed the connection
-						}
-					}
-				}()
-			}
-			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-				if reading, _ := n.reqBytes.inUse(); reading == 2*n.maxRequestRead() {
-					break
-				}
-				if time.Now().After(deadline) {
-					reading, _ := n.reqBytes.inUse()
-					t.Fatalf("the trickled appends reserve %d bytes, want two reads of %d", reading, n.maxRequestRead())
-				}
-			}
-			_, err := dial(t, n).Append(ctxT(t), &pb.AppendRequest{Events: []*pb.Event{ev("run/good", "small")}})
-			cut := counterValue(t, n.metrics.stalledRequestConnsCut)
-			if minRate == 0 {
-				wantStatus(t, err, codes.ResourceExhausted, "node-request-bytes")
-				if cut != 0 {
-					t.Fatalf("%v connections cut without request-min-rate; their bodies never stalled for send-stall-timeout", cut)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("an append while two trickled bodies held the node's reads: %v", err)
-			}
-			if cut < 1 || cut > 2 {
-				t.Fatalf("%v connections cut, want 1 or 2 (the trickling ones)", cut)
-			}
+			holdBothReads(t, n, true)
+			appendBesideHeldReads(t, n, minRate > 0)
 		})
 	}
 }
