@@ -48,6 +48,7 @@ func (s *service) AppendStream(stream pb.EventStore_AppendStreamServer) error {
 	}
 	st := newAppendStream(stream.Context(), s.n.cfg.MaxStreamInflight, s.append, s.n.draining, s.n.logger)
 	st.hold = func(size int64) (func(), error) { return s.n.holdStreamRequest(stream.Context(), size) }
+	st.throttle = func() error { return s.n.quotas.wait(stream.Context()) }
 	go st.receive(stream)
 	return st.serve(stream)
 }
@@ -64,6 +65,9 @@ type appendStream struct {
 	// hold, if set, counts a request read against the request budgets
 	// until it is answered (reqbudget.go), or refuses it.
 	hold func(size int64) (release func(), err error)
+	// throttle, if set, returns once the call's token may send its next
+	// request (its append quota, quota.go), or with the call's end.
+	throttle func() error
 	// slots holds a token per request read and not yet answered (or
 	// being read); its capacity is MaxStreamInflight.
 	slots chan struct{}
@@ -98,6 +102,13 @@ func (st *appendStream) receive(stream pb.EventStore_AppendStreamServer) {
 		case <-st.ctx.Done():
 			st.recvEnd <- st.ctx.Err()
 			return
+		}
+		if st.throttle != nil {
+			if err := st.throttle(); err != nil {
+				<-st.slots
+				st.recvEnd <- err
+				return
+			}
 		}
 		req, err := stream.Recv()
 		if err != nil {

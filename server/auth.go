@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 
+	"github.com/tsstore/tsstore/internal/bytesize"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
@@ -125,6 +126,9 @@ type tokenEntry struct {
 	name string
 	role role
 	hash [sha256.Size]byte
+	// appendRate is the token's append quota on each node, in bytes of
+	// append requests a second (0: none; quota.go).
+	appendRate int64
 }
 
 // tokenSet is the tokens file's entries; ReloadSecurity swaps the list.
@@ -140,6 +144,8 @@ const minTokenLen = 16
 //
 //	<role> <name> <token>           e.g. append trainer-1 4f9c...
 //	<role> <name> sha256:<64 hex>   the token's SHA-256 instead
+//	... append-rate=<bytes/s>       optional: the token's append quota
+//	                                per node (quota.go); KiB, MiB, GiB
 //
 // with # comments and blank lines. Roles are read, append and admin; names
 // (for logs) are unique. A file others may write is refused, and so is a
@@ -169,10 +175,18 @@ func loadTokens(path string) (*tokenSet, error) {
 		}
 		// Messages never quote the token field.
 		fields := strings.Fields(text)
-		if len(fields) != 3 {
-			return nil, fmt.Errorf("auth-tokens-file %s line %d: want `<role> <name> <token or sha256:hex>`, got %d fields", path, line, len(fields))
+		if len(fields) != 3 && len(fields) != 4 {
+			return nil, fmt.Errorf("auth-tokens-file %s line %d: want `<role> <name> <token or sha256:hex> [append-rate=<bytes/s>]`, got %d fields", path, line, len(fields))
 		}
 		e := tokenEntry{name: fields[1]}
+		if len(fields) == 4 {
+			v, ok := strings.CutPrefix(fields[3], "append-rate=")
+			rate, err := bytesize.Parse(v)
+			if !ok || err != nil || rate <= 0 {
+				return nil, fmt.Errorf("auth-tokens-file %s line %d (%s): fourth field %q: want append-rate=<bytes a second>, e.g. append-rate=8MiB", path, line, e.name, fields[3])
+			}
+			e.appendRate = rate
+		}
 		switch fields[0] {
 		case "read":
 			e.role = roleRead
@@ -304,7 +318,11 @@ func (a *authenticator) authorizeMethod(ctx context.Context, method string) (con
 		return nil, a.refuse(ctx, codes.PermissionDenied, method, e.name,
 			fmt.Sprintf("token %q has role %s; %s needs role %s or higher", e.name, e.role, method, need))
 	}
-	return context.WithValue(ctx, tokenNameKey{}, e.name), nil
+	ctx = context.WithValue(ctx, tokenNameKey{}, e.name)
+	if e.appendRate > 0 {
+		ctx = context.WithValue(ctx, appendRateKey{}, e.appendRate)
+	}
+	return ctx, nil
 }
 
 // tokenNameKey carries the name of the bearer token a call was let

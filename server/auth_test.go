@@ -281,7 +281,10 @@ func TestTokenFileRefusals(t *testing.T) {
 	}{
 		{"unknown role", "reader dash " + tok + "\n", 0o600, `line 1: unknown role "reader" (want read, append or admin)`},
 		{"node role is not a token", "node n1 " + tok + "\n", 0o600, `unknown role "node"`},
-		{"missing field", "# c\nappend " + tok + "\n", 0o600, "line 2: want `<role> <name> <token or sha256:hex>`, got 2 fields"},
+		{"missing field", "# c\nappend " + tok + "\n", 0o600, "line 2: want `<role> <name> <token or sha256:hex> [append-rate=<bytes/s>]`, got 2 fields"},
+		{"bad quota field", "append bulk " + tok + " rate=5MiB\n", 0o600, `line 1 (bulk): fourth field "rate=5MiB": want append-rate=<bytes a second>`},
+		{"bad quota", "append bulk " + tok + " append-rate=fast\n", 0o600, `fourth field "append-rate=fast"`},
+		{"zero quota", "append bulk " + tok + " append-rate=0\n", 0o600, `fourth field "append-rate=0"`},
 		{"short token", "read dash short-token\n", 0o600, "line 1 (dash): token shorter than 16 characters"},
 		{"bad hash", "read dash sha256:abcd\n", 0o600, "line 1 (dash): sha256: wants 64 hex digits"},
 		{"duplicate name", "read dash " + tok + "\nappend dash x" + tok + "\n", 0o600, `line 2: name "dash" already used on line 1`},
@@ -323,6 +326,15 @@ func TestTokenLookup(t *testing.T) {
 	}
 	if _, ok := set.lookup(appendTok); ok {
 		t.Error("an unknown token was found")
+	}
+	quota := writeTokens(t, fmt.Sprintf("append bulk %s append-rate=8MiB\n", appendTok))
+	os.Chmod(quota, 0o600)
+	qs, err := loadTokens(quota)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := qs.lookup(appendTok); !ok || e.appendRate != 8<<20 {
+		t.Errorf("append-rate=8MiB: %+v %v, want a rate of %d", e, ok, 8<<20)
 	}
 	hashes := writeTokens(t, fmt.Sprintf("admin ops sha256:%x\n", sha256.Sum256([]byte(adminTok))))
 	os.Chmod(hashes, 0o644)

@@ -69,6 +69,9 @@ type nodeMetrics struct {
 	// code; most are refused on their headers (auth.go, tapHandle), before
 	// grpc's own metrics see them.
 	authRefused *prometheus.CounterVec
+	// appendThrottled counts the seconds appends waited for their token's
+	// append quota, by token name (quota.go).
+	appendThrottled *prometheus.CounterVec
 
 	// compactionHold: how long compaction, retention and tiering held up
 	// the apply path, by section (fsm.Config.OnHold); compactionHoldMax
@@ -189,6 +192,8 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 	m.read, m.subscribe = rm("Read"), rm("Subscribe")
 	m.subscriptions = f.gauge("tsstore_subscriptions_active",
 		"Subscribe calls being served.")
+	m.appendThrottled = f.counterVec("tsstore_append_throttled_seconds_total",
+		"Seconds this node waited before reading a token's next append request because the token was over its append-rate quota (tokens file), by token name.", "token")
 	m.authRefused = f.counterVec("tsstore_auth_refused_total",
 		"Calls refused by token authentication (Unauthenticated, PermissionDenied), by method, usually before their body was read.", "grpc_method", "code")
 	m.slowConsumers = f.counter("tsstore_subscriptions_slow_consumer_total",

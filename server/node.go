@@ -96,6 +96,7 @@ type Node struct {
 	// reqBytes is the node-wide budget of append requests read and not
 	// yet answered (reqbudget.go).
 	reqBytes *requestBudget
+	quotas   *appendQuotas // append quotas per token (quota.go)
 	// appendChain is the unary interceptor chain, which serveAppend runs
 	// itself once it has read the request (reqbudget.go).
 	appendChain grpc.UnaryServerInterceptor
@@ -140,6 +141,7 @@ func New(cfg Config) (*Node, error) {
 	n.logger.Info("security", n.sec.logAttrs()...)
 	n.logger = n.logger.With("node", cfg.NodeID)
 	n.metrics = newNodeMetrics(n)
+	n.quotas = newAppendQuotas(n.metrics.appendThrottled)
 	if err := n.checkIdentity(); err != nil {
 		return nil, err
 	}

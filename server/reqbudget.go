@@ -344,6 +344,9 @@ func appendDesc() *grpc.ServiceDesc {
 // unary metrics count it.
 func (s *service) serveAppend(stream grpc.ServerStream) error {
 	ctx := stream.Context()
+	if err := s.n.quotas.wait(ctx); err != nil { // the token's quota (quota.go)
+		return s.unaryAppend(stream, new(pb.AppendRequest), err)
+	}
 	charge := s.n.newRequestCharge(ctx)
 	defer charge.done()
 	if err := charge.startRead(ctx); err != nil {
@@ -356,7 +359,12 @@ func (s *service) serveAppend(stream grpc.ServerStream) error {
 		}
 		return err
 	}
-	return s.unaryAppend(stream, req, charge.admit(int64(proto.Size(req))+grpcFrameBytes))
+	size := int64(proto.Size(req)) + grpcFrameBytes
+	refused := charge.admit(size)
+	if refused == nil {
+		s.n.quotas.charge(ctx, size)
+	}
+	return s.unaryAppend(stream, req, refused)
 }
 
 // unaryAppend runs the unary interceptors around Append of req, or
@@ -413,5 +421,6 @@ func (n *Node) holdStreamRequest(ctx context.Context, size int64) (release func(
 	if err := c.admit(size); err != nil {
 		return nil, err
 	}
+	n.quotas.charge(ctx, size)
 	return c.done, nil
 }

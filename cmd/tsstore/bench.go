@@ -364,7 +364,7 @@ func startBenchLocal(ctx context.Context, f *benchFlags, log io.Writer) (*benchL
 		opts.Env = []string{pprofEnv + "=127.0.0.1:0"}
 	}
 	if f.secure {
-		if lc.sec, err = newBenchSecurity(filepath.Join(lc.dir, "pki")); err != nil {
+		if lc.sec, err = newBenchSecurity(filepath.Join(lc.dir, "pki"), f.hostile.bigRate); err != nil {
 			if lc.temp {
 				os.RemoveAll(lc.dir)
 			}

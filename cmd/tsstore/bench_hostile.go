@@ -60,7 +60,8 @@ type hostileFlags struct {
 	appends, appendConns int
 	appendBytes          int
 	redial               bool
-	bigAppenders         int // authenticated (bench_hostile_big.go)
+	bigAppenders         int   // authenticated (bench_hostile_big.go)
+	bigRate              int64 // their token's append quota, bytes a second (0: none)
 }
 
 func (h *hostileFlags) register(fs *pflag.FlagSet) {
@@ -69,12 +70,13 @@ func (h *hostileFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&h.appends, "hostile-appends", 100, "x: Append calls without a token that each send --hostile-append-bytes of a 16 MiB message and stall")
 	fs.IntVar(&h.appendConns, "hostile-append-conns", 10, "x: connections the half-sent appends are spread over")
 	fs.IntVar(&h.appendBytes, "hostile-append-bytes", 15<<20, "x: bytes of its 16 MiB message each half-sent append sends")
-	fs.IntVar(&h.bigAppenders, "hostile-big-appenders", 0, "x: authenticated clients (append token) that send ~15 MiB unary appends to the leader during the attack, one at a time each, on their own connections")
+	fs.IntVar(&h.bigAppenders, "hostile-big-appenders", 0, "x: authenticated clients (their own append token, bench-bulk) that send ~15 MiB unary appends to the leader during the attack, one at a time each, on their own connections")
+	fs.Int64Var(&h.bigRate, "hostile-big-appenders-rate", 0, "x: the big appenders' token's append-rate quota on each node, bytes a second (0: no quota); they use their own token, bench-bulk")
 	fs.BoolVar(&h.redial, "hostile-redial", true, "x: dial a stalled reader connection again, with its streams, when the node resets it (gRPC's TCP_USER_TIMEOUT does after 20 s of a closed window)")
 }
 
 func (h hostileFlags) validate() error {
-	if h.readers < 0 || h.appends < 0 || h.bigAppenders < 0 || h.readerConns < 1 || h.appendConns < 1 || h.appendBytes < 0 || h.appendBytes >= hostileAnnounced {
+	if h.readers < 0 || h.appends < 0 || h.bigAppenders < 0 || h.bigRate < 0 || h.readerConns < 1 || h.appendConns < 1 || h.appendBytes < 0 || h.appendBytes >= hostileAnnounced {
 		return fmt.Errorf("%w: --hostile-readers and --hostile-appends must be >= 0, the --hostile-*-conns >= 1, --hostile-append-bytes in [0, 16 MiB)", errUsage)
 	}
 	return nil
@@ -83,7 +85,7 @@ func (h hostileFlags) validate() error {
 func (h hostileFlags) config() map[string]any {
 	return map[string]any{"readers": h.readers, "reader_conns": h.readerConns, "appends": h.appends,
 		"append_conns": h.appendConns, "append_bytes_sent": h.appendBytes, "append_bytes_announced": hostileAnnounced, "redial": h.redial,
-		"big_appenders": h.bigAppenders}
+		"big_appenders": h.bigAppenders, "big_appenders_rate": h.bigRate}
 }
 
 // hostileClients runs x.
@@ -213,6 +215,9 @@ func (b *benchRun) hostileResults(o *hostileOutcome) []bench.Result {
 	name := fmt.Sprintf("c's producer beside %d stalled readers + %d half-sent unauthenticated appends on the leader", h.readers, h.appends)
 	if h.bigAppenders > 0 {
 		name += fmt.Sprintf(" + %d authenticated big appenders", h.bigAppenders)
+		if h.bigRate > 0 {
+			name += fmt.Sprintf(" (quota %d B/s)", h.bigRate)
+		}
 	}
 	r1 := row("x-hostile", name, o.attack, o.li, "leader, attacked")
 	rate, baseRate := o.attack.st.EventsPerSec(), o.base.st.EventsPerSec()

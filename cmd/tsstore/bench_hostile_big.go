@@ -23,7 +23,7 @@ const (
 	bigAppendEventBytes = 1_000_000
 )
 
-// bigAppenders are authenticated clients (the append token) that send
+// bigAppenders are authenticated clients (the bulk token) that send
 // large unary appends to the leader during x's attack, each on its own
 // connection, one call at a time, until closed (--hostile-big-appenders):
 // what the node's request budgets (conn-request-bytes, node-request-bytes)
@@ -44,7 +44,7 @@ func (b *benchRun) startBigAppenders(ctx context.Context, addr string, n int) *b
 	a := &bigAppenders{stop: make(chan struct{})}
 	payload := []byte(strings.Repeat("x", bigAppendEventBytes))
 	for i := range n {
-		conn, err := grpc.NewClient(addr, b.lc.sec.dialOptions(b.lc.sec.appendToken)...)
+		conn, err := grpc.NewClient(addr, b.lc.sec.dialOptions(b.lc.sec.bulkToken)...)
 		if err != nil {
 			a.note(err)
 			continue

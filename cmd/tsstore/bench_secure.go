@@ -21,16 +21,19 @@ import (
 // benchSecurity is the throwaway security setup of the local cluster with
 // --secure: a CA, one certificate per node carrying the peer name (the
 // cluster name, "tsstore") for the other nodes and loopback for clients,
-// and a tokens file with a read and an append token. Everything lives in
-// the cluster directory's pki/ and is made again at every start.
+// and a tokens file with a read and an append token, and a bulk append
+// token with the quota bulkRate (bytes a second; none if 0) for x's big
+// appenders. Everything lives in the cluster directory's pki/ and is made
+// again at every start.
 type benchSecurity struct {
 	dir, caFile, tokensFile string
 	ca                      *testpki.CA
 	tls                     *tls.Config // verifies the nodes against the CA
 	readToken, appendToken  string
+	bulkToken               string
 }
 
-func newBenchSecurity(dir string) (*benchSecurity, error) {
+func newBenchSecurity(dir string, bulkRate int64) (*benchSecurity, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -39,8 +42,12 @@ func newBenchSecurity(dir string) (*benchSecurity, error) {
 		return nil, fmt.Errorf("bench CA: %w", err)
 	}
 	s := &benchSecurity{dir: dir, caFile: ca.CertFile, ca: ca, tokensFile: filepath.Join(dir, "tokens")}
-	s.readToken, s.appendToken = randomToken(), randomToken()
-	tokens := fmt.Sprintf("read bench-read %s\nappend bench-append %s\n", s.readToken, s.appendToken)
+	s.readToken, s.appendToken, s.bulkToken = randomToken(), randomToken(), randomToken()
+	tokens := fmt.Sprintf("read bench-read %s\nappend bench-append %s\nappend bench-bulk %s", s.readToken, s.appendToken, s.bulkToken)
+	if bulkRate > 0 {
+		tokens += fmt.Sprintf(" append-rate=%d", bulkRate)
+	}
+	tokens += "\n"
 	if err := os.WriteFile(s.tokensFile, []byte(tokens), 0o600); err != nil {
 		return nil, err
 	}
