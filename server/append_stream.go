@@ -48,7 +48,7 @@ func (s *service) AppendStream(stream pb.EventStore_AppendStreamServer) error {
 	}
 	st := newAppendStream(stream.Context(), s.n.cfg.MaxStreamInflight, s.append, s.n.draining, s.n.logger)
 	st.hold = func(size int64) (func(), error) { return s.n.holdStreamRequest(stream.Context(), size) }
-	st.throttle = func() error { return s.n.quotas.wait(stream.Context()) }
+	st.quota = func() (func(int64), error) { return s.n.quotas.admit(stream.Context(), s.n.maxRequestRead()) }
 	go st.receive(stream)
 	return st.serve(stream)
 }
@@ -65,9 +65,10 @@ type appendStream struct {
 	// hold, if set, counts a request read against the request budgets
 	// until it is answered (reqbudget.go), or refuses it.
 	hold func(size int64) (release func(), err error)
-	// throttle, if set, returns once the call's token may send its next
-	// request (its append quota, quota.go), or with the call's end.
-	throttle func() error
+	// quota, if set, returns once the call's token may send its next
+	// request (its append quota, quota.go), or with the call's end; settle
+	// counts the request read at its size (0: none, or refused).
+	quota func() (settle func(n int64), err error)
 	// slots holds a token per request read and not yet answered (or
 	// being read); its capacity is MaxStreamInflight.
 	slots chan struct{}
@@ -103,8 +104,10 @@ func (st *appendStream) receive(stream pb.EventStore_AppendStreamServer) {
 			st.recvEnd <- st.ctx.Err()
 			return
 		}
-		if st.throttle != nil {
-			if err := st.throttle(); err != nil {
+		settle := func(int64) {}
+		if st.quota != nil {
+			var err error
+			if settle, err = st.quota(); err != nil {
 				<-st.slots
 				st.recvEnd <- err
 				return
@@ -112,13 +115,20 @@ func (st *appendStream) receive(stream pb.EventStore_AppendStreamServer) {
 		}
 		req, err := stream.Recv()
 		if err != nil {
+			settle(0)
 			st.recvEnd <- err
 			return
 		}
+		size := int64(proto.Size(req)) + grpcFrameBytes
 		var release func()
 		var refused error
 		if st.hold != nil {
-			release, refused = st.hold(int64(proto.Size(req)) + grpcFrameBytes)
+			release, refused = st.hold(size)
+		}
+		if refused != nil {
+			settle(0)
+		} else {
+			settle(size)
 		}
 		if !st.start(req, release, refused) {
 			if release != nil {

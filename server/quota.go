@@ -16,16 +16,17 @@ import (
 // 15 MB appends took a well-behaved producer beside them to 1% of its rate
 // (docs/benchmarks.md, x with big appenders). A token with
 // append-rate=<bytes/s> in the tokens file gets that many bytes of append
-// requests a second on each node. A node counts every request of the
-// token when it has read it (its real size) and lets it through: the
-// token goes into debt. Before it reads the token's next request (a unary
-// Append's, or an AppendStream's next message) it waits until the debt is
-// paid at the token's rate, so the client is slowed, as Kafka delays its
-// answers, and the node holds nothing of the requests it waits to read
-// beyond the stream window. A request is never refused for the quota. The
-// time spent waiting is counted per token
-// (tsstore_append_throttled_seconds_total). Quotas are per node: the SDK
-// appends to the leader, so the leader's is the one that binds.
+// requests a second on each node, with one second's worth as burst. Before
+// a node reads the token's next request (a unary Append's, or an
+// AppendStream's next message) it waits until the token's balance holds an
+// estimate of it (admit), and once read the request is counted at its
+// real size (settle): a request larger than the estimate leaves a debt that
+// the token's next request waits out. So the client is slowed, as Kafka
+// delays its answers, never refused, and the node holds nothing of the
+// requests it waits to read beyond the stream window. The time spent
+// waiting is counted per token (tsstore_append_throttled_seconds_total).
+// Quotas are per node: the SDK appends to the leader, so the leader's is
+// the one that binds.
 
 // appendRateKey carries the call's token's append rate (bytes a second)
 // in its context (authenticator.authorizeMethod).
@@ -68,39 +69,50 @@ func (q *appendQuotas) refillLocked(token string, rate int64, now time.Time) *qu
 	return b
 }
 
-// charge takes n bytes of the call's token's quota, if it has one.
-func (q *appendQuotas) charge(ctx context.Context, n int64) {
+// admit waits until the call's token may send its next request and
+// takes an estimate of it from the token's balance: the token's rate
+// (one second's worth, at most the largest request, maxRead). settle
+// replaces the estimate with the request's real size once it is read (0
+// if nothing was). Taking the estimate first is what keeps a token's
+// concurrent requests from all passing together once a debt is paid
+// (20 big appenders of one token did, and the node read 300 MB at once):
+// the next one waits for the estimate to be settled or paid.
+func (q *appendQuotas) admit(ctx context.Context, maxRead int64) (settle func(n int64), err error) {
 	token, rate := tokenName(ctx), appendRate(ctx)
 	if token == "" || rate <= 0 {
-		return
+		return func(int64) {}, nil
 	}
-	q.mu.Lock()
-	q.refillLocked(token, rate, time.Now()).bytes -= float64(n)
-	q.mu.Unlock()
-}
-
-// wait returns once the call's token has no debt, or with ctx's status
-// when ctx ends first.
-func (q *appendQuotas) wait(ctx context.Context) error {
-	token, rate := tokenName(ctx), appendRate(ctx)
-	if token == "" || rate <= 0 {
-		return nil
-	}
-	q.mu.Lock()
-	b := q.refillLocked(token, rate, time.Now())
-	d := time.Duration(-b.bytes / float64(rate) * float64(time.Second))
-	q.mu.Unlock()
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	start := time.Now()
-	defer func() { q.throttled.WithLabelValues(token).Add(time.Since(start).Seconds()) }()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return status.FromContextError(ctx.Err()).Err()
+	est := float64(min(rate, maxRead))
+	var waited time.Duration
+	defer func() {
+		if waited > 0 {
+			q.throttled.WithLabelValues(token).Add(waited.Seconds())
+		}
+	}()
+	for {
+		q.mu.Lock()
+		b := q.refillLocked(token, rate, time.Now())
+		if b.bytes >= est {
+			b.bytes -= est
+			q.mu.Unlock()
+			return func(n int64) {
+				q.mu.Lock()
+				b := q.refillLocked(token, rate, time.Now())
+				b.bytes = min(float64(rate), b.bytes+est-float64(n))
+				q.mu.Unlock()
+			}, nil
+		}
+		d := time.Duration((est - b.bytes) / float64(rate) * float64(time.Second))
+		q.mu.Unlock()
+		start := time.Now()
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+			waited += time.Since(start)
+		case <-ctx.Done():
+			t.Stop()
+			waited += time.Since(start)
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
 	}
 }

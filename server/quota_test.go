@@ -14,35 +14,42 @@ import (
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 )
 
-// A token over its append quota owes the bytes: the next read of its
-// requests waits for the debt, and the wait is counted; a token without a
-// quota never waits.
+// A token's requests pass while its balance holds the estimate (its rate,
+// at most the largest read) and are settled at their size: a larger one
+// leaves a debt the next waits out, counted; a token without a quota never
+// waits; a wait ends with its context.
 func TestAppendQuotaBalance(t *testing.T) {
 	throttled := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "t"}, []string{"token"})
 	q := newAppendQuotas(throttled)
-	bulk := context.WithValue(context.WithValue(context.Background(), tokenNameKey{}, "bulk"), appendRateKey{}, int64(1<<20))
+	const rate = 1 << 20
+	bulk := context.WithValue(context.WithValue(context.Background(), tokenNameKey{}, "bulk"), appendRateKey{}, int64(rate))
 	free := context.WithValue(context.Background(), tokenNameKey{}, "free")
-	if err := q.wait(bulk); err != nil {
+	settle, err := q.admit(bulk, 16<<20)
+	if err != nil {
 		t.Fatal(err)
 	}
-	q.charge(bulk, 1<<20+200<<10) // one second's burst plus 200 KiB of debt
-	q.charge(free, 64<<20)
-	if err := q.wait(free); err != nil {
+	settle(rate + 200<<10) // 200 KiB over: a debt
+	settle, err = q.admit(free, 16<<20)
+	if err != nil {
 		t.Fatal(err)
 	}
+	settle(64 << 20)
 	if got := counterValue(t, throttled.WithLabelValues("free")); got != 0 {
 		t.Fatalf("a token without a quota waited %v s", got)
 	}
-	if err := q.wait(bulk); err != nil {
+	if settle, err = q.admit(bulk, 16<<20); err != nil {
 		t.Fatal(err)
 	}
 	if got := counterValue(t, throttled.WithLabelValues("bulk")); got <= 0 {
 		t.Fatal("a token in debt did not wait")
 	}
+	// The estimate is taken: a concurrent request of the token waits for
+	// it, until its context ends.
 	ctx, cancel := context.WithCancel(bulk)
-	q.charge(bulk, 64<<20) // a minute of debt
 	cancel()
-	wantStatus(t, q.wait(ctx), codes.Canceled, "")
+	_, err = q.admit(ctx, 16<<20)
+	wantStatus(t, err, codes.Canceled, "")
+	settle(0)
 }
 
 // On a node, the appends of a token with append-rate wait for its quota,

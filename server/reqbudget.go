@@ -344,9 +344,12 @@ func appendDesc() *grpc.ServiceDesc {
 // unary metrics count it.
 func (s *service) serveAppend(stream grpc.ServerStream) error {
 	ctx := stream.Context()
-	if err := s.n.quotas.wait(ctx); err != nil { // the token's quota (quota.go)
+	settle, err := s.n.quotas.admit(ctx, s.n.maxRequestRead()) // the token's quota (quota.go)
+	if err != nil {
 		return s.unaryAppend(stream, new(pb.AppendRequest), err)
 	}
+	var read int64 // what the quota is settled with: the request's size, if admitted
+	defer func() { settle(read) }()
 	charge := s.n.newRequestCharge(ctx)
 	defer charge.done()
 	if err := charge.startRead(ctx); err != nil {
@@ -362,7 +365,7 @@ func (s *service) serveAppend(stream grpc.ServerStream) error {
 	size := int64(proto.Size(req)) + grpcFrameBytes
 	refused := charge.admit(size)
 	if refused == nil {
-		s.n.quotas.charge(ctx, size)
+		read = size
 	}
 	return s.unaryAppend(stream, req, refused)
 }
@@ -421,6 +424,5 @@ func (n *Node) holdStreamRequest(ctx context.Context, size int64) (release func(
 	if err := c.admit(size); err != nil {
 		return nil, err
 	}
-	n.quotas.charge(ctx, size)
 	return c.done, nil
 }
