@@ -348,15 +348,15 @@ func (s *service) serveAppend(stream grpc.ServerStream) error {
 	if err != nil {
 		return s.unaryAppend(stream, new(pb.AppendRequest), err)
 	}
-	var read int64 // what the quota is settled with: the request's size, if admitted
-	defer func() { settle(read) }()
 	charge := s.n.newRequestCharge(ctx)
 	defer charge.done()
 	if err := charge.startRead(ctx); err != nil {
+		settle(0)
 		return s.unaryAppend(stream, new(pb.AppendRequest), err)
 	}
 	req := new(pb.AppendRequest)
 	if err := stream.RecvMsg(req); err != nil {
+		settle(0)
 		if errors.Is(err, io.EOF) {
 			return status.Error(codes.InvalidArgument, "append call ended without a request")
 		}
@@ -365,7 +365,9 @@ func (s *service) serveAppend(stream grpc.ServerStream) error {
 	size := int64(proto.Size(req)) + grpcFrameBytes
 	refused := charge.admit(size)
 	if refused == nil {
-		read = size
+		settle(size) // once read: the token's next request need not wait for this one's commit
+	} else {
+		settle(0)
 	}
 	return s.unaryAppend(stream, req, refused)
 }
