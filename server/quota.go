@@ -45,8 +45,9 @@ type appendQuotas struct {
 	balance   map[string]*quotaBalance
 }
 
-// quotaBalance is a token bucket that may go into debt: bytes may be
-// taken beyond what it holds, and reads wait until it is not negative.
+// quotaBalance is a token bucket that may go into debt: a request read
+// may settle at more than the estimate its admission took, and the next
+// admission waits until the balance holds its estimate again.
 type quotaBalance struct {
 	bytes float64   // what the token may still take; negative: its debt
 	at    time.Time // when bytes was last brought up to date
