@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/tsstore/tsstore/internal/bytesize"
 	"io"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tsstore/tsstore/client"
+	"github.com/tsstore/tsstore/internal/bytesize"
 	pb "github.com/tsstore/tsstore/proto/tsstorev1"
 	"github.com/tsstore/tsstore/segment"
 )
@@ -40,7 +40,7 @@ func newRetentionCmd() *cobra.Command {
 			p.MaxAgeSeconds = int64(d / time.Second)
 		}
 		if *maxBytes != "" {
-			n, err := parseBytes(*maxBytes)
+			n, err := bytesize.Parse(*maxBytes)
 			if err != nil {
 				return fmt.Errorf("%w: --max-bytes: %v", errUsage, err)
 			}
@@ -233,7 +233,3 @@ func parseAge(s string) (time.Duration, error) {
 	}
 	return d, nil
 }
-
-// parseBytes parses a size with an optional SI (KB, MB, GB, TB) or IEC
-// (KiB, MiB, GiB, TiB) unit.
-func parseBytes(s string) (int64, error) { return bytesize.Parse(s) }
