@@ -97,6 +97,9 @@ type Node struct {
 	// yet answered (reqbudget.go).
 	reqBytes *requestBudget
 	quotas   *appendQuotas // append quotas per token (quota.go)
+	// hbGuard keeps raft's heartbeat handler off the stores once
+	// Close has shut it (snapGuard.SetHeartbeatHandler).
+	hbGuard *heartbeatGuard
 	// appendChain is the unary interceptor chain, which serveAppend runs
 	// itself once it has read the request (reqbudget.go).
 	appendChain grpc.UnaryServerInterceptor
@@ -142,6 +145,7 @@ func New(cfg Config) (*Node, error) {
 	n.logger = n.logger.With("node", cfg.NodeID)
 	n.metrics = newNodeMetrics(n)
 	n.quotas = newAppendQuotas(n.metrics.appendThrottled)
+	n.hbGuard = new(heartbeatGuard)
 	if err := n.checkIdentity(); err != nil {
 		return nil, err
 	}
@@ -482,6 +486,7 @@ func (n *Node) Close() error {
 		n.wg.Wait()
 		n.peers.close()
 		n.trans.Close()
+		n.hbGuard.close() // no heartbeat writes the term to the stores closed next
 		n.closeStorage()
 		n.logger.Info("node stopped")
 	})

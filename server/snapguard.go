@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/hashicorp/raft"
 )
@@ -70,6 +71,44 @@ func (g snapGuard) AppendEntries(id raft.ServerID, target raft.ServerAddress, ar
 		g.n.metrics.raftAppendsSplit.Inc()
 	}
 	return g.NetworkTransport.AppendEntries(id, target, args, resp)
+}
+
+// SetHeartbeatHandler implements raft.Transport. Raft handles heartbeats
+// on the transport's connection goroutine, not its own: one that passed
+// raft's shutdown check just before Node.Close shut raft down could then
+// write the term to a stable store Close had just closed, and raft
+// panics on that ("failed to save current term: database not open",
+// seen in CI). The handler runs under the node's heartbeat guard, which
+// Close shuts (waiting for a heartbeat in progress) before it closes the
+// stores; a heartbeat after that is answered ErrTransportShutdown.
+func (g snapGuard) SetHeartbeatHandler(cb func(raft.RPC)) {
+	if cb == nil {
+		g.NetworkTransport.SetHeartbeatHandler(nil)
+		return
+	}
+	h := g.n.hbGuard
+	g.NetworkTransport.SetHeartbeatHandler(func(rpc raft.RPC) {
+		h.mu.RLock()
+		defer h.mu.RUnlock()
+		if h.closed {
+			rpc.Respond(nil, raft.ErrTransportShutdown)
+			return
+		}
+		cb(rpc)
+	})
+}
+
+// heartbeatGuard lets heartbeats into raft until the node closes.
+type heartbeatGuard struct {
+	mu     sync.RWMutex
+	closed bool
+}
+
+// close waits for a heartbeat in progress and lets no other in.
+func (h *heartbeatGuard) close() {
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
 }
 
 // boundAppend leaves out of args the entries past max bytes (counting

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -153,5 +154,56 @@ func TestCatchUpAppendsAreBoundedInBytes(t *testing.T) {
 		if got[off] != p {
 			t.Fatalf("offset %d differs between the leader and the follower that caught up", off)
 		}
+	}
+}
+
+// Raft handles heartbeats on the transport's goroutines. Once the node's
+// heartbeat guard is closed (Node.Close, before the stores close), a
+// heartbeat no longer reaches raft and is answered with an error, and
+// closing waits for a heartbeat raft is handling.
+func TestHeartbeatGuard(t *testing.T) {
+	listen := func() *raft.NetworkTransport {
+		tr, err := raft.NewTCPTransport("127.0.0.1:0", nil, 2, 5*time.Second, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		return tr
+	}
+	target, sender := listen(), listen()
+	n := &Node{hbGuard: new(heartbeatGuard)}
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	var handled atomic.Int64
+	snapGuard{NetworkTransport: target, n: n}.SetHeartbeatHandler(func(rpc raft.RPC) {
+		handled.Add(1)
+		entered <- struct{}{}
+		<-release
+		rpc.Respond(&raft.AppendEntriesResponse{Success: true}, nil)
+	})
+	heartbeat := func() error {
+		return sender.AppendEntries("target", target.LocalAddr(),
+			&raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{ID: []byte("leader"), Addr: []byte(sender.LocalAddr())}, Term: 2},
+			new(raft.AppendEntriesResponse))
+	}
+	done := make(chan error, 1)
+	go func() { done <- heartbeat() }()
+	<-entered
+	closed := make(chan struct{})
+	go func() { n.hbGuard.close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("the guard closed while raft was handling a heartbeat")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	<-closed
+	if err := <-done; err != nil {
+		t.Fatalf("the heartbeat in progress: %v", err)
+	}
+	if err := heartbeat(); err == nil || !strings.Contains(err.Error(), raft.ErrTransportShutdown.Error()) {
+		t.Fatalf("a heartbeat after close: %v, want %v", err, raft.ErrTransportShutdown)
+	}
+	if got := handled.Load(); got != 1 {
+		t.Fatalf("raft handled %d heartbeats, want the 1 before close", got)
 	}
 }
