@@ -169,6 +169,12 @@ type Config struct {
 	// API stream, in bytes: what a client can make the node hold for a
 	// call whose request the node has not started to read (reqbudget.go).
 	RequestWindowBytes int
+	// NoRequestGate turns the request gate off (reqgate.go): the one
+	// message a streaming call is reading is then bounded only by
+	// MaxRequestBytes per open call, as grpc-go alone bounds it. For
+	// measuring the gate, and a way back should a client's HTTP/2 confuse
+	// it.
+	NoRequestGate bool
 	// SendStallTimeout: while readers wait for the node's send budget, a
 	// client connection with a Read or Subscribe stream blocked in Send
 	// for this long is closed (stallcut.go); while appends wait for the

@@ -49,10 +49,11 @@ import (
 //     the held bytes only (they are in memory already): while unary reads
 //     fill the rest of a budget, the count can pass its size, to at most
 //     twice the size less one read. The one request an AppendStream is
-//     reading is not reserved (an idle stream would hold a reservation for
-//     ever), so it is bounded by the number of open AppendStreams, each
-//     reading at most one request, as are the requests of other methods
-//     (small by design, read whole by grpc).
+//     reading cannot be reserved before Recv (an idle stream would hold
+//     the reservation for ever); the request gate (reqgate.go) reserves it
+//     at its real size once its prefix arrives, and holds back the
+//     stream's window until it has. Requests of other methods larger than
+//     the stream window pass the same gate.
 //
 // Reads wait for budget rather than being refused, so a burst of small
 // appends on one connection queues for microseconds instead of failing;
@@ -129,6 +130,18 @@ func (b *requestBudget) startRead(ctx context.Context, n int64) error {
 	}
 	b.serveLocked()
 	return ctx.Err()
+}
+
+// tryRead counts n bytes as being read if they fit now and no read
+// waits before them.
+func (b *requestBudget) tryRead(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.queue) == 0 && b.fitsLocked(n) {
+		b.reading += n
+		return true
+	}
+	return false
 }
 
 // serveLocked gives room to the waiting reads, in order, while the first
@@ -240,8 +253,18 @@ func (n *Node) maxRequestRead() int64 { return int64(n.cfg.MaxRequestBytes) + 1<
 
 // startRead reserves the largest request before it is read.
 func (c *requestCharge) startRead(ctx context.Context) error {
-	n := c.n.maxRequestRead()
-	wctx, cancel := context.WithTimeout(ctx, requestReadWait)
+	return c.startReadN(ctx, c.n.maxRequestRead(), requestReadWait)
+}
+
+// startReadN reserves n bytes before a request of that size is read
+// (the request gate, reqgate.go, knows the size of a streaming call's
+// message from its prefix), waiting in line up to wait (0: until ctx
+// ends).
+func (c *requestCharge) startReadN(ctx context.Context, n int64, wait time.Duration) error {
+	wctx, cancel := context.WithCancel(ctx)
+	if wait > 0 {
+		wctx, cancel = context.WithTimeout(ctx, wait)
+	}
 	defer cancel()
 	if c.conn != nil {
 		if err := c.conn.startRead(wctx, n); err != nil {
@@ -259,6 +282,24 @@ func (c *requestCharge) startRead(ctx context.Context) error {
 		c.conn.receive(true)
 	}
 	return nil
+}
+
+// tryReadN reserves n bytes if both budgets have room now.
+func (c *requestCharge) tryReadN(n int64) bool {
+	if c.conn != nil && !c.conn.tryRead(n) {
+		return false
+	}
+	if !c.node.tryRead(n) {
+		if c.conn != nil {
+			c.conn.endRead(n)
+		}
+		return false
+	}
+	c.reading = n
+	if c.conn != nil {
+		c.conn.receive(true)
+	}
+	return true
 }
 
 func (c *requestCharge) readRefused(ctx context.Context, err error, who, flag string, b *requestBudget) error {

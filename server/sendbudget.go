@@ -200,8 +200,8 @@ type connBudgets struct {
 }
 
 func (h connBudgets) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
-	b, r := newByteBudget(h.bytes), newRequestBudget(h.reqBytes)
-	h.conns.tag(info.RemoteAddr, b, r)
+	b := newByteBudget(h.bytes)
+	r := h.conns.tag(info.RemoteAddr, b, h.reqBytes)
 	ctx = context.WithValue(ctx, connRequestKey{}, r)
 	return context.WithValue(ctx, connBudgetKey{}, b)
 }

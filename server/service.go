@@ -88,9 +88,13 @@ func (n *Node) serve() error {
 	if tapHandle != nil {
 		opts = append(opts, grpc.InTapHandle(tapHandle))
 	}
+	// Every connection passes the request gate (reqgate.go), above TLS
+	// when TLS is on.
+	var creds credentials.TransportCredentials
 	if n.sec.api != nil {
-		opts = append(opts, grpc.Creds(loggedCreds{TransportCredentials: credentials.NewTLS(n.sec.api), logger: n.logger.With("component", "api-tls")}))
+		creds = loggedCreds{TransportCredentials: credentials.NewTLS(n.sec.api), logger: n.logger.With("component", "api-tls")}
 	}
+	opts = append(opts, grpc.Creds(newGatedCreds(n, creds)))
 	n.grpc = grpc.NewServer(opts...)
 	n.registerAPI(n.grpc)
 	n.registerHealth()

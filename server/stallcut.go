@@ -137,17 +137,31 @@ func (t *connTracker) wrap(l net.Listener) net.Listener {
 	return trackedListener{Listener: l, t: t}
 }
 
-// tag attaches the send and request budgets gRPC gave the connection
-// from remote.
-func (t *connTracker) tag(remote net.Addr, b *byteBudget, r *requestBudget) {
+// tag attaches the send budget gRPC gave the connection from remote, and
+// returns its request budget of reqBytes.
+func (t *connTracker) tag(remote net.Addr, b *byteBudget, reqBytes int64) *requestBudget {
 	if t == nil || remote == nil {
-		return
+		return newRequestBudget(reqBytes)
 	}
 	t.mu.Lock()
-	if c := t.conns[remote.String()]; c != nil {
-		c.budget, c.requests = b, r
+	defer t.mu.Unlock()
+	c := t.conns[remote.String()]
+	if c == nil {
+		return newRequestBudget(reqBytes)
 	}
-	t.mu.Unlock()
+	c.budget = b
+	return c.requestBudgetLocked(reqBytes)
+}
+
+// requestBudgetLocked returns the connection's request budget of
+// reqBytes, made on first use: by gRPC's tag, or by the request gate
+// (reqgate.go), which may see the first request before gRPC tags the
+// connection. The caller holds t.mu.
+func (c *trackedConn) requestBudgetLocked(reqBytes int64) *requestBudget {
+	if c.requests == nil {
+		c.requests = newRequestBudget(reqBytes)
+	}
+	return c.requests
 }
 
 // requestStalled returns the connections that have had a request being

@@ -109,6 +109,11 @@ func newServeFlags(fs *pflag.FlagSet) *serveFlags {
 	fs.Int64Var(&c.NodeSendBytes, "node-send-bytes", c.NodeSendBytes, "read messages the node may have in gRPC's hands, bytes")
 	fs.Int64Var(&c.ConnRequestBytes, "conn-request-bytes", c.ConnRequestBytes, "append requests one client connection may have read and not yet answered, bytes (a unary append counts max-request-bytes + 1 MiB while it is read); more are refused (ResourceExhausted)")
 	fs.Int64Var(&c.NodeRequestBytes, "node-request-bytes", c.NodeRequestBytes, "append requests the node may have read and not yet answered, bytes; more are refused (ResourceExhausted)")
+	fs.BoolFunc("request-gate", "reserve each streaming call's large messages (AppendStream) from conn-request-bytes and node-request-bytes before the node reads them, holding the stream's flow-control window until there is room (default true; false bounds them only per open call)", func(v string) error {
+		on, err := strconv.ParseBool(v)
+		c.NoRequestGate = !on
+		return err
+	})
 	fs.IntVar(&c.RequestWindowBytes, "request-window-bytes", c.RequestWindowBytes, "static HTTP/2 window of every API stream, bytes: what a call may send before the node reads its request")
 	fs.DurationVar(&c.SendStallTimeout, "send-stall-timeout", c.SendStallTimeout, "while readers wait for node-send-bytes, close a client connection with a read stream blocked in Send this long; while appends wait for node-request-bytes, one whose append request being read got no byte this long (0: never)")
 	fs.Int64Var(&c.RequestMinRate, "request-min-rate", c.RequestMinRate, "while appends wait for node-request-bytes, close a client connection that received less than this many bytes per second over a send-stall-timeout window in which an append request of it was being read (a trickling body; 0: only a stalled body is cut)")
