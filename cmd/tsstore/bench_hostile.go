@@ -62,6 +62,8 @@ type hostileFlags struct {
 	redial               bool
 	bigAppenders         int   // authenticated (bench_hostile_big.go)
 	bigRate              int64 // their token's append quota, bytes a second (0: none)
+	streamAppenders      int   // authenticated, AppendStream (bench_hostile_stream.go)
+	streamCalls          int   // AppendStreams per stream appender
 }
 
 func (h *hostileFlags) register(fs *pflag.FlagSet) {
@@ -72,11 +74,13 @@ func (h *hostileFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&h.appendBytes, "hostile-append-bytes", 15<<20, "x: bytes of its 16 MiB message each half-sent append sends")
 	fs.IntVar(&h.bigAppenders, "hostile-big-appenders", 0, "x: authenticated clients (their own append token, bench-bulk) that send ~15 MiB unary appends to the leader during the attack, one at a time each, on their own connections")
 	fs.Int64Var(&h.bigRate, "hostile-big-appenders-rate", 0, "x: the big appenders' token's append-rate quota on each node, bytes a second (0: no quota); they use their own token, bench-bulk")
+	fs.IntVar(&h.streamAppenders, "hostile-stream-appenders", 0, "x: authenticated connections (the bulk token) that open --hostile-stream-appender-streams AppendStreams on the leader during the attack, send 90% of a ~15 MB request on each, keeping to the node's flow-control windows, and stall")
+	fs.IntVar(&h.streamCalls, "hostile-stream-appender-streams", 10, "x: AppendStreams per stream appender connection")
 	fs.BoolVar(&h.redial, "hostile-redial", true, "x: dial a stalled reader connection again, with its streams, when the node resets it (gRPC's TCP_USER_TIMEOUT does after 20 s of a closed window)")
 }
 
 func (h hostileFlags) validate() error {
-	if h.readers < 0 || h.appends < 0 || h.bigAppenders < 0 || h.bigRate < 0 || h.readerConns < 1 || h.appendConns < 1 || h.appendBytes < 0 || h.appendBytes >= hostileAnnounced {
+	if h.readers < 0 || h.appends < 0 || h.bigAppenders < 0 || h.streamAppenders < 0 || h.streamCalls < 1 || h.bigRate < 0 || h.readerConns < 1 || h.appendConns < 1 || h.appendBytes < 0 || h.appendBytes >= hostileAnnounced {
 		return fmt.Errorf("%w: --hostile-readers and --hostile-appends must be >= 0, the --hostile-*-conns >= 1, --hostile-append-bytes in [0, 16 MiB)", errUsage)
 	}
 	return nil
@@ -85,7 +89,8 @@ func (h hostileFlags) validate() error {
 func (h hostileFlags) config() map[string]any {
 	return map[string]any{"readers": h.readers, "reader_conns": h.readerConns, "appends": h.appends,
 		"append_conns": h.appendConns, "append_bytes_sent": h.appendBytes, "append_bytes_announced": hostileAnnounced, "redial": h.redial,
-		"big_appenders": h.bigAppenders, "big_appenders_rate": h.bigRate}
+		"big_appenders": h.bigAppenders, "big_appenders_rate": h.bigRate,
+		"stream_appenders": h.streamAppenders, "stream_appender_streams": h.streamCalls}
 }
 
 // hostileClients runs x.
@@ -120,6 +125,10 @@ func (b *benchRun) hostileClients(ctx context.Context) ([]bench.Result, error) {
 		o.big = b.startBigAppenders(ctx, leader.APIAddr, n)
 		defer o.big.close()
 	}
+	if n := b.f.hostile.streamAppenders; n > 0 {
+		o.streams = b.startStreamAppenders(ctx, leader.APIAddr, n, b.f.hostile.streamCalls)
+		defer o.streams.close()
+	}
 	o.hc.mu.Lock()
 	opened := o.hc.readers
 	o.hc.mu.Unlock()
@@ -147,6 +156,7 @@ func (b *benchRun) hostileClients(ctx context.Context) ([]bench.Result, error) {
 	o.attack = &timedLoad{st: st, note: note, peak: o.peak}
 
 	o.big.close()
+	o.streamSummary = o.streams.summary() // closes them
 	o.hc.close()
 	o.after, o.drained = b.memoryAfter(ctx, li, o.before)
 	if o.again, err = b.timedLoad(ctx, "x-after", b.sampleMemory(ctx)); err != nil {
@@ -190,7 +200,9 @@ type hostileOutcome struct {
 	peak, after         []nodeMem // from the start of the attack; 5 s after closing it
 	before, atEnd       map[string]float64
 	hc                  *hostileConns
-	big                 *bigAppenders // nil without --hostile-big-appenders
+	big                 *bigAppenders    // nil without --hostile-big-appenders
+	streams             *streamAppenders // nil without --hostile-stream-appenders
+	streamSummary       string
 	setup, drained      time.Duration
 	baseProbe, probe    string
 	readerTimeline      string
@@ -219,14 +231,17 @@ func (b *benchRun) hostileResults(o *hostileOutcome) []bench.Result {
 			name += fmt.Sprintf(" (quota %d B/s)", h.bigRate)
 		}
 	}
+	if h.streamAppenders > 0 {
+		name += fmt.Sprintf(" + %d x %d stalled authenticated AppendStreams", h.streamAppenders, h.streamCalls)
+	}
 	r1 := row("x-hostile", name, o.attack, o.li, "leader, attacked")
 	rate, baseRate := o.attack.st.EventsPerSec(), o.base.st.EventsPerSec()
 	ratio := rate / max(baseRate, 1)
 	o.verdict = hostileVerdict(o.peak[o.li].rss, ratio)
 	r1.Note += fmt.Sprintf(" (from the start of the attack, setup included); %s; rate %.0f vs %.0f events/s baseline (%.2fx; %.2fx of x-after's rate); "+
-		"setup %.1f s; %s; %s; %s; %s; a reader's wait for the first 10,000 events from the leader halfway through the attack's timed load: %s%s",
+		"setup %.1f s; %s; %s; %s; %s; %s; a reader's wait for the first 10,000 events from the leader halfway through the attack's timed load: %s%s",
 		o.verdict, rate, baseRate, ratio, rate/max(o.again.st.EventsPerSec(), 1),
-		o.setup.Seconds(), b.readerSummary(o.hc, o.before, o.atEnd), o.readerTimeline, o.hc.appendSummary(o.before, o.atEnd), o.big.summary(h.bigAppenders), o.probe, o.moved)
+		o.setup.Seconds(), b.readerSummary(o.hc, o.before, o.atEnd), o.readerTimeline, o.hc.appendSummary(o.before, o.atEnd), o.big.summary(h.bigAppenders), o.streamSummary, o.probe, o.moved)
 	r2 := row("x-after", "c's producer again, after the hostile clients closed", o.again, o.li, "attacked")
 	r2.Note += fmt.Sprintf("; before it: the leader ended the readers' calls %.1f s after their connections closed, and 5 s later (RSS / heap in use, MiB): %s",
 		o.drained.Seconds(), b.memList(o.after, o.li, "attacked"))

@@ -37,22 +37,8 @@ const rawH2Frame = 16 << 10
 // stream and 1 GiB for the connection. Writes that block past deadline
 // fail: a node that stops reading cannot hang the bench.
 func dialRawH2(ctx context.Context, addr string, tlsCfg *tls.Config, deadline time.Time) (*rawH2, error) {
-	var conn net.Conn
-	var err error
-	scheme := "http"
-	if tlsCfg != nil {
-		cfg := tlsCfg.Clone()
-		cfg.NextProtos = []string{"h2"}
-		d := tls.Dialer{Config: cfg}
-		if conn, err = d.DialContext(ctx, "tcp", addr); err != nil {
-			return nil, err
-		}
-		if p := conn.(*tls.Conn).ConnectionState().NegotiatedProtocol; p != "h2" {
-			conn.Close()
-			return nil, fmt.Errorf("%s negotiated ALPN %q, not h2", addr, p)
-		}
-		scheme = "https"
-	} else if conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr); err != nil {
+	conn, scheme, err := dialH2(ctx, addr, tlsCfg)
+	if err != nil {
 		return nil, err
 	}
 	conn.SetWriteDeadline(deadline)
@@ -112,6 +98,27 @@ func (r *rawH2) close() { r.conn.Close() }
 func (r *rawH2) poke() error {
 	r.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	return r.fr.WriteWindowUpdate(0, 1)
+}
+
+// dialH2 opens a connection to addr for HTTP/2: TLS with h2 negotiated
+// when tlsCfg is set, else plain TCP; it returns the URL scheme.
+func dialH2(ctx context.Context, addr string, tlsCfg *tls.Config) (net.Conn, string, error) {
+	if tlsCfg == nil {
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		return conn, "http", err
+	}
+	cfg := tlsCfg.Clone()
+	cfg.NextProtos = []string{"h2"}
+	d := tls.Dialer{Config: cfg}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, "", err
+	}
+	if p := conn.(*tls.Conn).ConnectionState().NegotiatedProtocol; p != "h2" {
+		conn.Close()
+		return nil, "", fmt.Errorf("%s negotiated ALPN %q, not h2", addr, p)
+	}
+	return conn, "https", nil
 }
 
 // grpcFrame is a gRPC length-prefixed message header announcing n bytes
