@@ -325,6 +325,21 @@ func (a *authenticator) authorizeMethod(ctx context.Context, method string) (con
 	return ctx, nil
 }
 
+// bearerName is the name of the token an authorization header carries,
+// "" for none, an unknown one, or authentication off. The request gate
+// (reqgate.go) charges streams by it before grpc has run the auth.
+func (n *Node) bearerName(auth string) string {
+	scheme, secret, ok := strings.Cut(auth, " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") || n.sec.tokens == nil { // as auth.AuthFromMD reads it
+		return ""
+	}
+	e, ok := n.sec.tokens.lookup(secret)
+	if !ok {
+		return ""
+	}
+	return e.name
+}
+
 // tokenNameKey carries the name of the bearer token a call was let
 // through with.
 type tokenNameKey struct{}

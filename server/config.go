@@ -165,6 +165,10 @@ type Config struct {
 	// does not fit is refused with ResourceExhausted.
 	ConnRequestBytes int64
 	NodeRequestBytes int64
+	// TokenRequestBytes bounds the same for each bearer token, over all
+	// its connections, when tokens are on (0: no bound), so that one
+	// token's clients cannot take the whole node's budget from another's.
+	TokenRequestBytes int64
 	// RequestWindowBytes is the static HTTP/2 flow-control window of every
 	// API stream, in bytes: what a client can make the node hold for a
 	// call whose request the node has not started to read (reqbudget.go).
@@ -261,6 +265,7 @@ func DefaultConfig() Config {
 		RequestMinRate:         1 << 20,
 		ConnRequestBytes:       64 << 20,
 		NodeRequestBytes:       128 << 20,
+		TokenRequestBytes:      64 << 20,
 		RequestWindowBytes:     64 << 10,
 		Segment:                segment.DefaultOptions(),
 	}
@@ -364,6 +369,9 @@ func (c Config) Validate() error {
 	}
 	if maxRead := int64(c.MaxRequestBytes) + 1<<20; c.ConnRequestBytes < 2*maxRead || c.NodeRequestBytes < c.ConnRequestBytes {
 		errs = append(errs, fmt.Errorf("need conn request bytes >= 2 x (max request bytes + 1 MiB) = %d, node request bytes >= conn request bytes", 2*maxRead))
+	}
+	if maxRead := int64(c.MaxRequestBytes) + 1<<20; c.TokenRequestBytes < 0 || c.TokenRequestBytes > 0 && c.TokenRequestBytes < 2*maxRead {
+		errs = append(errs, fmt.Errorf("need token request bytes >= 2 x (max request bytes + 1 MiB) = %d, or 0 for no bound per token", 2*maxRead))
 	}
 	if c.RequestWindowBytes < 64<<10 || c.RequestWindowBytes > 16<<20 {
 		errs = append(errs, errors.New("request window bytes must be in [64 KiB, 16 MiB]"))

@@ -96,6 +96,10 @@ type Node struct {
 	// reqBytes is the node-wide budget of append requests read and not
 	// yet answered (reqbudget.go).
 	reqBytes *requestBudget
+	// tokenReq holds each bearer token's budget of append requests, made
+	// on first use (reqbudget.go).
+	tokenReqMu sync.Mutex
+	tokenReq   map[string]*requestBudget
 	quotas   *appendQuotas // append quotas per token (quota.go)
 	// hbGuard keeps raft's heartbeat handler off the stores once
 	// Close has shut it (snapGuard.SetHeartbeatHandler).

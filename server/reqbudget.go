@@ -234,18 +234,62 @@ func (b *requestBudget) inUse() (reading, held int64) {
 // contexts (connBudgets.TagConn).
 type connRequestKey struct{}
 
-// requestCharge is what one request holds of its connection's and the
-// node's request budgets.
+// requestCharge is what one request holds of its token's, its
+// connection's and the node's request budgets.
 type requestCharge struct {
-	n          *Node
-	conn, node *requestBudget
-	reading    int64 // reserved while reading
-	held       int64 // the request's size, once read and admitted
+	n *Node
+	// levels are the budgets charged, in the order they are taken: the
+	// token's (when it has one), the connection's (when grpc tagged it),
+	// the node's.
+	levels  []chargeLevel
+	conn    *requestBudget // the connection's, for the stall cut
+	reading int64          // reserved while reading
+	held    int64          // the request's size, once read and admitted
+}
+
+// chargeLevel is one budget of a charge, named for its refusals.
+type chargeLevel struct {
+	b    *requestBudget
+	who  string // "this connection", "node n1", "token t"
+	flag string // the flag that sets it
 }
 
 func (n *Node) newRequestCharge(ctx context.Context) *requestCharge {
 	conn, _ := ctx.Value(connRequestKey{}).(*requestBudget)
-	return &requestCharge{n: n, conn: conn, node: n.reqBytes}
+	return n.chargeFor(tokenName(ctx), conn)
+}
+
+// chargeFor is a charge on the budgets of token (none if "") and conn
+// (none if nil), and the node's.
+func (n *Node) chargeFor(token string, conn *requestBudget) *requestCharge {
+	c := &requestCharge{n: n, conn: conn}
+	if b := n.tokenRequests(token); b != nil {
+		c.levels = append(c.levels, chargeLevel{b: b, who: "token " + token, flag: "token-request-bytes"})
+	}
+	if conn != nil {
+		c.levels = append(c.levels, chargeLevel{b: conn, who: "this connection", flag: "conn-request-bytes"})
+	}
+	c.levels = append(c.levels, chargeLevel{b: n.reqBytes, who: "node " + n.cfg.NodeID, flag: "node-request-bytes"})
+	return c
+}
+
+// tokenRequests returns token's request budget, made on first use; nil
+// for no token, or with the per-token budget off.
+func (n *Node) tokenRequests(token string) *requestBudget {
+	if token == "" || n.cfg.TokenRequestBytes <= 0 {
+		return nil
+	}
+	n.tokenReqMu.Lock()
+	defer n.tokenReqMu.Unlock()
+	b := n.tokenReq[token]
+	if b == nil {
+		if n.tokenReq == nil {
+			n.tokenReq = map[string]*requestBudget{}
+		}
+		b = newRequestBudget(n.cfg.TokenRequestBytes)
+		n.tokenReq[token] = b
+	}
+	return b
 }
 
 // maxRequestRead is the most grpc reads for one request.
@@ -258,59 +302,57 @@ func (c *requestCharge) startRead(ctx context.Context) error {
 
 // startReadN reserves n bytes before a request of that size is read
 // (the request gate, reqgate.go, knows the size of a streaming call's
-// message from its prefix), waiting in line up to wait (0: until ctx
-// ends).
+// message from its prefix), waiting in line at each budget in turn, up
+// to wait in all (0: until ctx ends).
 func (c *requestCharge) startReadN(ctx context.Context, n int64, wait time.Duration) error {
 	wctx, cancel := context.WithCancel(ctx)
 	if wait > 0 {
 		wctx, cancel = context.WithTimeout(ctx, wait)
 	}
 	defer cancel()
-	if c.conn != nil {
-		if err := c.conn.startRead(wctx, n); err != nil {
-			return c.readRefused(ctx, err, "this connection", "conn-request-bytes", c.conn)
+	for i, l := range c.levels {
+		if err := l.b.startRead(wctx, n); err != nil {
+			for _, taken := range c.levels[:i] {
+				taken.b.endRead(n)
+			}
+			return c.readRefused(ctx, err, l)
 		}
 	}
-	if err := c.node.startRead(wctx, n); err != nil {
-		if c.conn != nil {
-			c.conn.endRead(n)
-		}
-		return c.readRefused(ctx, err, "node "+c.n.cfg.NodeID, "node-request-bytes", c.node)
-	}
-	c.reading = n
-	if c.conn != nil {
-		c.conn.receive(true)
-	}
+	c.startedRead(n)
 	return nil
 }
 
-// tryReadN reserves n bytes if both budgets have room now.
+// tryReadN reserves n bytes if every budget has room now and nobody
+// waits for it.
 func (c *requestCharge) tryReadN(n int64) bool {
-	if c.conn != nil && !c.conn.tryRead(n) {
-		return false
-	}
-	if !c.node.tryRead(n) {
-		if c.conn != nil {
-			c.conn.endRead(n)
+	for i, l := range c.levels {
+		if !l.b.tryRead(n) {
+			for _, taken := range c.levels[:i] {
+				taken.b.endRead(n)
+			}
+			return false
 		}
-		return false
 	}
+	c.startedRead(n)
+	return true
+}
+
+func (c *requestCharge) startedRead(n int64) {
 	c.reading = n
 	if c.conn != nil {
 		c.conn.receive(true)
 	}
-	return true
 }
 
-func (c *requestCharge) readRefused(ctx context.Context, err error, who, flag string, b *requestBudget) error {
+func (c *requestCharge) readRefused(ctx context.Context, err error, l chargeLevel) error {
 	if ctx.Err() != nil {
 		return status.FromContextError(ctx.Err()).Err()
 	}
-	reading, held := b.inUse()
-	c.n.metrics.requestsRefused.WithLabelValues(flag).Inc()
+	reading, held := l.b.inUse()
+	c.n.metrics.requestsRefused.WithLabelValues(l.flag).Inc()
 	return withReason(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_OVERLOADED,
 		fmt.Sprintf("%s had no room to read a request for %v: %d bytes of append requests being read and %d read and not yet answered, the cap is %d (%s); retry later",
-			who, requestReadWait, reading, held, b.size, flag), map[string]string{"cap": flag})
+			l.who, requestReadWait, reading, held, l.b.size, l.flag), map[string]string{"cap": l.flag})
 }
 
 // endRead gives back the read's reservation, if any.
@@ -320,9 +362,10 @@ func (c *requestCharge) endRead() {
 	}
 	if c.conn != nil {
 		c.conn.receive(false)
-		c.conn.endRead(c.reading)
 	}
-	c.node.endRead(c.reading)
+	for _, l := range c.levels {
+		l.b.endRead(c.reading)
+	}
 	c.reading = 0
 }
 
@@ -333,35 +376,33 @@ func (c *requestCharge) endRead() {
 func (c *requestCharge) admit(size int64) error {
 	defer c.endRead()
 	keep := c.n.maxRequestRead()
-	if c.conn != nil && !c.conn.hold(size, keep) {
-		return c.holdRefused(size, "this connection", "conn-request-bytes", c.conn)
-	}
-	if !c.node.hold(size, keep) {
-		if c.conn != nil {
-			c.conn.release(size)
+	for i, l := range c.levels {
+		if !l.b.hold(size, keep) {
+			for _, taken := range c.levels[:i] {
+				taken.b.release(size)
+			}
+			return c.holdRefused(size, l)
 		}
-		return c.holdRefused(size, "node "+c.n.cfg.NodeID, "node-request-bytes", c.node)
 	}
 	c.held = size
 	return nil
 }
 
-func (c *requestCharge) holdRefused(size int64, who, flag string, b *requestBudget) error {
-	_, held := b.inUse()
-	c.n.metrics.requestsRefused.WithLabelValues(flag).Inc()
+func (c *requestCharge) holdRefused(size int64, l chargeLevel) error {
+	_, held := l.b.inUse()
+	c.n.metrics.requestsRefused.WithLabelValues(l.flag).Inc()
 	return withReason(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_OVERLOADED,
 		fmt.Sprintf("%s holds %d bytes of append requests read and not yet answered; this one's %d would pass the cap of %d less one largest request, %d (%s); nothing was written, retry later",
-			who, held, size, b.size, c.n.maxRequestRead(), flag), map[string]string{"cap": flag})
+			l.who, held, size, l.b.size, c.n.maxRequestRead(), l.flag), map[string]string{"cap": l.flag})
 }
 
 // done gives back everything the request holds.
 func (c *requestCharge) done() {
 	c.endRead()
 	if c.held > 0 {
-		if c.conn != nil {
-			c.conn.release(c.held)
+		for _, l := range c.levels {
+			l.b.release(c.held)
 		}
-		c.node.release(c.held)
 		c.held = 0
 	}
 }

@@ -92,11 +92,12 @@ func (c gatedCreds) Clone() credentials.TransportCredentials {
 
 // gateBudget is what the gate reserves messages from.
 type gateBudget interface {
-	// try reserves size bytes if there is room now and nobody waits.
-	try(size int64) (release func(), ok bool)
+	// try reserves size bytes for a stream whose authorization header is
+	// auth if there is room now and nobody waits.
+	try(auth string, size int64) (release func(), ok bool)
 	// wait reserves size bytes, waiting in line until there is room or
 	// ctx ends.
-	wait(ctx context.Context, size int64) (release func(), err error)
+	wait(ctx context.Context, auth string, size int64) (release func(), err error)
 }
 
 // nodeGateBudget is a connection's and its node's request budgets.
@@ -105,28 +106,30 @@ type nodeGateBudget struct {
 	tc *trackedConn // carries the connection's budget, once grpc tagged it
 }
 
-func (b nodeGateBudget) charge() *requestCharge {
+// charge is a charge on the budgets of the stream's token (from its
+// authorization header), its connection and the node.
+func (b nodeGateBudget) charge(auth string) *requestCharge {
 	var conn *requestBudget
 	if b.tc != nil {
 		b.tc.t.mu.Lock()
 		conn = b.tc.requestBudgetLocked(b.n.cfg.ConnRequestBytes)
 		b.tc.t.mu.Unlock()
 	}
-	return &requestCharge{n: b.n, conn: conn, node: b.n.reqBytes}
+	return b.n.chargeFor(b.n.bearerName(auth), conn)
 }
 
-func (b nodeGateBudget) try(size int64) (func(), bool) {
+func (b nodeGateBudget) try(auth string, size int64) (func(), bool) {
 	if size > b.n.maxRequestRead() {
 		return func() {}, true // grpc refuses it before it reads the body
 	}
-	c := b.charge()
+	c := b.charge(auth)
 	if !c.tryReadN(size) {
 		return nil, false
 	}
 	return c.endRead, true
 }
 
-func (b nodeGateBudget) wait(ctx context.Context, size int64) (func(), error) {
+func (b nodeGateBudget) wait(ctx context.Context, auth string, size int64) (func(), error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { // a node that drains stops waiting
@@ -136,7 +139,7 @@ func (b nodeGateBudget) wait(ctx context.Context, size int64) (func(), error) {
 		case <-ctx.Done():
 		}
 	}()
-	c := b.charge()
+	c := b.charge(auth)
 	if err := c.startReadN(ctx, size, 0); err != nil {
 		return nil, err
 	}
@@ -246,6 +249,7 @@ type h2Frames struct {
 
 // gateStream is a gated stream's message framing.
 type gateStream struct {
+	auth   string // its authorization header: the token charged
 	pfx    [5]byte
 	pfxN   int
 	left   uint32 // body bytes of the current message still to come
@@ -280,6 +284,7 @@ type h2Scan struct {
 	block []byte   // header block being assembled
 	dec   *hpack.Decoder
 	path  string
+	auth  string
 
 	// The node's side, under gatedConn.wmu.
 	out     h2Out
@@ -296,8 +301,11 @@ func newH2Scan(threshold int64, budget gateBudget, inject func([]byte), fail fun
 	s.in.skip = h2ClientPreface
 	// grpc's server leaves SETTINGS_HEADER_TABLE_SIZE at its default.
 	s.dec = hpack.NewDecoder(4096, func(f hpack.HeaderField) {
-		if f.Name == ":path" {
+		switch f.Name {
+		case ":path":
 			s.path = f.Value
+		case "authorization":
+			s.auth = f.Value
 		}
 	})
 	return s
@@ -424,7 +432,7 @@ func (s *h2Scan) client(p []byte) error {
 // and gates the stream unless its method is ungated. A block that ends
 // the stream opens none (a trailer or a request without a body).
 func (s *h2Scan) headers(sid uint32, endStream bool) error {
-	s.path = ""
+	s.path, s.auth = "", ""
 	if _, err := s.dec.Write(s.block); err != nil {
 		return errGateBroken
 	}
@@ -437,7 +445,7 @@ func (s *h2Scan) headers(sid uint32, endStream bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.closed && s.streams[sid] == nil {
-		s.streams[sid] = &gateStream{}
+		s.streams[sid] = &gateStream{auth: s.auth}
 	}
 	return nil
 }
@@ -497,7 +505,7 @@ func (s *h2Scan) data(sid uint32, b []byte) {
 // reserve takes size bytes for stream sid's new message, at once if
 // there is room, else by blocking the stream until there is.
 func (s *h2Scan) reserve(sid uint32, st *gateStream, size int64) {
-	if release, ok := s.budget.try(size); ok {
+	if release, ok := s.budget.try(st.auth, size); ok {
 		s.mu.Lock()
 		st.release = release
 		s.mu.Unlock()
@@ -510,7 +518,7 @@ func (s *h2Scan) reserve(sid uint32, st *gateStream, size int64) {
 	st.blocked, st.cancel = true, cancel
 	s.mu.Unlock()
 	go func() {
-		release, err := s.budget.wait(ctx, size)
+		release, err := s.budget.wait(ctx, st.auth, size)
 		s.admitted(sid, st, msg, release, err, ctx)
 	}()
 }

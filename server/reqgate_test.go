@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tsstore/tsstore/internal/rawh2"
@@ -211,7 +213,7 @@ func (b *testGateBudget) take(n int64) func() {
 	}
 }
 
-func (b *testGateBudget) try(n int64) (func(), bool) {
+func (b *testGateBudget) try(_ string, n int64) (func(), bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.used+n > b.room {
@@ -220,7 +222,7 @@ func (b *testGateBudget) try(n int64) (func(), bool) {
 	return b.take(n), true
 }
 
-func (b *testGateBudget) wait(ctx context.Context, n int64) (func(), error) {
+func (b *testGateBudget) wait(ctx context.Context, _ string, n int64) (func(), error) {
 	select {
 	case <-b.grant:
 	case <-ctx.Done():
@@ -543,5 +545,79 @@ func TestGateNodeCapCutsStalledStreams(t *testing.T) {
 	}
 	if cut < 1 {
 		t.Fatal("no stalled connection was cut, yet the waiting append went through")
+	}
+}
+
+// One token's clients, on as many connections as they like, hold at most
+// that token's request budget: another token's large stream append goes
+// through at once beside them, without waiting for the stall cut. Without
+// the per-token budget, they take the node's.
+func TestTokenRequestBudget(t *testing.T) {
+	for _, perToken := range []bool{true, false} {
+		t.Run(fmt.Sprintf("per-token=%v", perToken), func(t *testing.T) {
+			p := newTestPKI(t)
+			const bulkTok = "bulk-secret-0123456789"
+			tokens := writeTokens(t, fmt.Sprintf("append trainer %s\nappend bulk %s\n", appendTok, bulkTok))
+			tc := newTestCluster(t, 1, func(c *Config) {
+				p.secure(t, c, true)
+				c.AuthTokensFile = tokens
+				c.MaxRequestBytes = 1 << 20
+				c.ConnRequestBytes, c.NodeRequestBytes, c.TokenRequestBytes = 4<<20, 8<<20, 4<<20
+				c.SendStallTimeout = time.Minute // no cut: the budgets alone
+				if !perToken {
+					c.TokenRequestBytes = 0
+				}
+			})
+			n := tc.leader()
+			payload := bytes.Repeat([]byte{'x'}, 1_000_000)
+			msg := grpcMessage(t, &pb.AppendStreamRequest{Id: 1, Append: &pb.AppendRequest{
+				Events: []*pb.Event{{Stream: "bulk", Type: "t", Payload: payload}}}})
+			cfg := trust(t, p.ca, nil)
+			cfg.NextProtos = []string{"h2"}
+			for range 3 {
+				conn, err := tls.Dial("tcp", n.APIAddr(), cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c, err := rawh2.New(conn, n.APIAddr(), "https")
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				go c.Send(pb.EventStore_AppendStream_FullMethodName, bulkTok, [][]byte{msg, msg, msg, msg}, len(msg)*9/10, time.Minute)
+			}
+			want := int64(8 << 20) // the node's budget, all 8 MiB
+			if perToken {
+				want = 4 << 20
+			}
+			waitFor(t, "the bulk token's stalled streams to be reserved", func() bool {
+				reading, _ := n.reqBytes.inUse()
+				return reading > want-int64(len(msg))
+			})
+			time.Sleep(200 * time.Millisecond) // any more would be reserved by now
+			reading, _ := n.reqBytes.inUse()
+			t.Logf("the bulk token's 12 stalled streams on 3 connections reserve %d bytes (node budget 8 MiB, token budget %v)", reading, perToken)
+			if reading > want {
+				t.Fatalf("the bulk token's streams reserve %d bytes, past %d", reading, want)
+			}
+			if !perToken {
+				return
+			}
+			conn := dialWith(t, n.APIAddr(), credentials.NewTLS(trust(t, p.ca, nil)))
+			ctx, cancel := context.WithTimeout(withToken(ctxT(t), appendTok), 3*time.Second)
+			defer cancel()
+			stream, err := pb.NewEventStoreClient(conn).AppendStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := stream.Send(&pb.AppendStreamRequest{Id: 1, Append: &pb.AppendRequest{Events: []*pb.Event{
+				{Stream: "run/good", Type: "t", Payload: payload}}}}); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := stream.Recv()
+			if err != nil || resp.GetAppend() == nil {
+				t.Fatalf("another token's append beside the bulk token's stalled streams: %v %v", err, resp.GetError())
+			}
+		})
 	}
 }

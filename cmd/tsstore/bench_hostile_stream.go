@@ -27,7 +27,8 @@ type streamAppenders struct {
 	clients []*rawh2.FlowClient
 	sent    int64 // message bytes sent, over all calls
 	calls   int
-	closed  int // connections the node closed
+	closed  int  // connections the node closed
+	closing bool // close was called: the connections that end are ours
 	failed  string
 }
 
@@ -72,7 +73,7 @@ func (b *benchRun) startStreamAppenders(ctx context.Context, addr string, conns,
 			n, _, err := c.Send(pb.EventStore_AppendStream_FullMethodName, b.lc.sec.bulkToken, msgs, len(msg)*9/10, time.Hour)
 			a.mu.Lock()
 			a.sent += int64(n)
-			if c.Closed() {
+			if c.Closed() && !a.closing {
 				a.closed++
 			}
 			a.mu.Unlock()
@@ -99,6 +100,7 @@ func (a *streamAppenders) close() {
 		return
 	}
 	a.mu.Lock()
+	a.closing = true
 	for _, c := range a.clients {
 		c.Close()
 	}

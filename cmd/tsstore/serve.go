@@ -108,6 +108,7 @@ func newServeFlags(fs *pflag.FlagSet) *serveFlags {
 	fs.Int64Var(&c.ConnSendBytes, "conn-send-bytes", c.ConnSendBytes, "read messages one client connection may have in gRPC's hands, bytes")
 	fs.Int64Var(&c.NodeSendBytes, "node-send-bytes", c.NodeSendBytes, "read messages the node may have in gRPC's hands, bytes")
 	fs.Int64Var(&c.ConnRequestBytes, "conn-request-bytes", c.ConnRequestBytes, "append requests one client connection may have read and not yet answered, bytes (a unary append counts max-request-bytes + 1 MiB while it is read); more are refused (ResourceExhausted)")
+	fs.Int64Var(&c.TokenRequestBytes, "token-request-bytes", c.TokenRequestBytes, "append requests one bearer token's clients may have read and not yet answered, over all their connections, bytes, when tokens are on (0: no bound); more wait or are refused (ResourceExhausted)")
 	fs.Int64Var(&c.NodeRequestBytes, "node-request-bytes", c.NodeRequestBytes, "append requests the node may have read and not yet answered, bytes; more are refused (ResourceExhausted)")
 	fs.BoolFunc("request-gate", "reserve each streaming call's large messages (AppendStream) from conn-request-bytes and node-request-bytes before the node reads them, holding the stream's flow-control window until there is room (default true; false bounds them only per open call)", func(v string) error {
 		on, err := strconv.ParseBool(v)
