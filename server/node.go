@@ -100,7 +100,7 @@ type Node struct {
 	// on first use (reqbudget.go).
 	tokenReqMu sync.Mutex
 	tokenReq   map[string]*requestBudget
-	quotas   *appendQuotas // append quotas per token (quota.go)
+	quotas     *appendQuotas // append quotas per token (quota.go)
 	// hbGuard keeps raft's heartbeat handler off the stores once
 	// Close has shut it (snapGuard.SetHeartbeatHandler).
 	hbGuard *heartbeatGuard
