@@ -429,8 +429,7 @@ func (s *h2Scan) client(p []byte) error {
 }
 
 // headers decodes a complete header block of stream sid, as grpc does,
-// and gates the stream unless its method is ungated. A block that ends
-// the stream opens none (a trailer or a request without a body).
+// and gates the stream unless its method is ungated.
 func (s *h2Scan) headers(sid uint32, endStream bool) error {
 	s.path, s.auth = "", ""
 	if _, err := s.dec.Write(s.block); err != nil {
@@ -439,7 +438,14 @@ func (s *h2Scan) headers(sid uint32, endStream bool) error {
 	if err := s.dec.Close(); err != nil {
 		return errGateBroken
 	}
-	if endStream || s.path == "" || s.path == gateUngated {
+	if cap(s.block) > 64<<10 { // a rare large block: not kept
+		s.block = nil
+	}
+	if endStream { // trailers end the client's side; a request without a body opens nothing
+		s.drop(sid)
+		return nil
+	}
+	if s.path == "" || s.path == gateUngated {
 		return nil
 	}
 	s.mu.Lock()

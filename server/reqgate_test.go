@@ -165,6 +165,16 @@ func TestGateReleasesAndRefuses(t *testing.T) {
 		t.Fatalf("%d bytes reserved after close", b.held())
 	}
 
+	// Trailers from the client end its side mid-message.
+	g = newH2Scan(64<<10, b, nil, nil)
+	c.check(c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: c.block("x"), EndHeaders: true, EndStream: true}))
+	if err := g.client(c.buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if b.held() != 0 || len(g.streams) != 0 {
+		t.Fatalf("%d bytes reserved and %d streams followed after the client's trailers", b.held(), len(g.streams))
+	}
+
 	// Padding longer than the frame.
 	bad := []byte(http2.ClientPreface)
 	bad = append(bad, 0, 0, 2, h2FrameData, h2FlagPadded, 0, 0, 0, 1, 9, 0)
