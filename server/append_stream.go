@@ -46,6 +46,13 @@ func (s *service) AppendStream(stream pb.EventStore_AppendStreamServer) error {
 		return errDraining
 	default:
 	}
+	// Each open one costs the node goroutines and buffers while idle: a
+	// token's are bounded as its reads are.
+	release, err := s.n.tokenAppendStreams.acquire(stream.Context(), s.n.cfg.MaxStreamsPerToken, "AppendStreams", s.n.cfg.NodeID)
+	if err != nil {
+		return err
+	}
+	defer release()
 	st := newAppendStream(stream.Context(), s.n.cfg.MaxStreamInflight, s.append, s.n.draining, s.n.logger)
 	st.hold = func(size int64) (func(), error) { return s.n.holdStreamRequest(stream.Context(), size) }
 	st.quota = func() (func(int64), error) { return s.n.quotas.admit(stream.Context(), s.n.maxRequestRead()) }

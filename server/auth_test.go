@@ -353,8 +353,9 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 }
 
 // One token's Read and Subscribe streams are bounded over all its
-// connections (max-streams-per-token); another token is not held up by
-// it, and a stream that ends gives its place back.
+// connections (max-streams-per-token), and so, apart, are its
+// AppendStreams; another token is not held up by it, and a stream that
+// ends gives its place back.
 func TestStreamsPerToken(t *testing.T) {
 	p := newTestPKI(t)
 	tokens := testTokens(t)
@@ -421,6 +422,36 @@ func TestStreamsPerToken(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	for _, c := range open[1:] {
+		c()
+	}
+
+	// AppendStreams are counted apart from reads, with the same bound:
+	// the read token's streams above take none of the append token's.
+	appendStream := func(es pb.EventStoreClient) (context.CancelFunc, error) {
+		ctx, cancel := context.WithCancel(withToken(ctxT(t), appendTok))
+		s, err := es.AppendStream(ctx)
+		if err == nil {
+			err = s.Send(&pb.AppendStreamRequest{Id: 1, Append: oneEvent()})
+		}
+		if err == nil {
+			_, err = s.Recv()
+		}
+		if err != nil {
+			cancel()
+		}
+		return cancel, err
+	}
+	var appends []context.CancelFunc
+	for i := range 3 {
+		cancel, err := appendStream(conns[i%2])
+		if err != nil {
+			t.Fatalf("append stream %d: %v", i, err)
+		}
+		appends = append(appends, cancel)
+	}
+	_, err = appendStream(conns[1])
+	wantStatus(t, err, codes.ResourceExhausted, `token "trainer" has 3 AppendStreams open on node n1 already (max-streams-per-token)`)
+	for _, c := range appends {
 		c()
 	}
 }

@@ -147,7 +147,8 @@ type Config struct {
 	// connection (HTTP/2 streams; more wait for the client's turn).
 	// MaxStreamsPerToken bounds the Read and Subscribe streams served at
 	// once for one bearer token, over all its connections, when tokens are
-	// on (0: no bound); more are refused with ResourceExhausted.
+	// on (0: no bound), and separately its AppendStreams; more are refused
+	// with ResourceExhausted.
 	MaxReadStreams     int
 	MaxStreamsPerConn  uint32
 	MaxStreamsPerToken int

@@ -85,11 +85,9 @@ type Node struct {
 	backupsActive atomic.Int64
 	// readStreams counts Read and Subscribe streams being served (read.go).
 	readStreams atomic.Int64
-	// tokenStreams counts them per bearer token name (read.go).
-	tokenStreams struct {
-		sync.Mutex
-		n map[string]int
-	}
+	// tokenStreams counts them per bearer token name, tokenAppendStreams
+	// the AppendStreams (read.go).
+	tokenStreams, tokenAppendStreams tokenCounts
 	// sendBytes is the node-wide budget of read messages in gRPC's hands
 	// (sendbudget.go).
 	sendBytes *byteBudget

@@ -581,17 +581,36 @@ func (n *Node) acquireReadStream(ctx context.Context) (release func(), err error
 		return nil, status.Errorf(codes.ResourceExhausted, "node %s serves %d Read and Subscribe streams already (max-read-streams); retry later or on another node",
 			n.cfg.NodeID, n.cfg.MaxReadStreams)
 	}
-	token := tokenName(ctx)
-	if token == "" || n.cfg.MaxStreamsPerToken == 0 {
-		return func() { n.readStreams.Add(-1) }, nil
-	}
-	ts := &n.tokenStreams
-	ts.Lock()
-	if ts.n[token] >= n.cfg.MaxStreamsPerToken {
-		ts.Unlock()
+	uncount, err := n.tokenStreams.acquire(ctx, n.cfg.MaxStreamsPerToken, "Read and Subscribe streams", n.cfg.NodeID)
+	if err != nil {
 		n.readStreams.Add(-1)
-		return nil, status.Errorf(codes.ResourceExhausted, "token %q has %d Read and Subscribe streams open on node %s already (max-streams-per-token); close some first",
-			token, n.cfg.MaxStreamsPerToken, n.cfg.NodeID)
+		return nil, err
+	}
+	return func() {
+		uncount()
+		n.readStreams.Add(-1)
+	}, nil
+}
+
+// tokenCounts counts one kind of stream per bearer token name.
+type tokenCounts struct {
+	sync.Mutex
+	n map[string]int
+}
+
+// acquire counts one stream of the call's token (none without a token,
+// or with max 0), refusing it (ResourceExhausted) beyond max; release
+// uncounts it.
+func (ts *tokenCounts) acquire(ctx context.Context, max int, what, node string) (release func(), err error) {
+	token := tokenName(ctx)
+	if token == "" || max == 0 {
+		return func() {}, nil
+	}
+	ts.Lock()
+	if ts.n[token] >= max {
+		ts.Unlock()
+		return nil, status.Errorf(codes.ResourceExhausted, "token %q has %d %s open on node %s already (max-streams-per-token); close some first",
+			token, max, what, node)
 	}
 	if ts.n == nil {
 		ts.n = map[string]int{}
@@ -604,6 +623,5 @@ func (n *Node) acquireReadStream(ctx context.Context) (release func(), err error
 			delete(ts.n, token)
 		}
 		ts.Unlock()
-		n.readStreams.Add(-1)
 	}, nil
 }

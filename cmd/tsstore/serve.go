@@ -104,7 +104,7 @@ func newServeFlags(fs *pflag.FlagSet) *serveFlags {
 		c.MaxStreamsPerConn = uint32(n)
 		return err
 	})
-	fs.IntVar(&c.MaxStreamsPerToken, "max-streams-per-token", c.MaxStreamsPerToken, "Read and Subscribe streams served at once for one bearer token, over all its connections (0: no bound)")
+	fs.IntVar(&c.MaxStreamsPerToken, "max-streams-per-token", c.MaxStreamsPerToken, "Read and Subscribe streams served at once for one bearer token, over all its connections, and apart from them its AppendStreams (0: no bound)")
 	fs.Int64Var(&c.ConnSendBytes, "conn-send-bytes", c.ConnSendBytes, "read messages one client connection may have in gRPC's hands, bytes")
 	fs.Int64Var(&c.NodeSendBytes, "node-send-bytes", c.NodeSendBytes, "read messages the node may have in gRPC's hands, bytes")
 	fs.Int64Var(&c.ConnRequestBytes, "conn-request-bytes", c.ConnRequestBytes, "append requests one client connection may have read and not yet answered, bytes (a unary append counts max-request-bytes + 1 MiB while it is read); more are refused (ResourceExhausted)")
