@@ -54,16 +54,17 @@ func TestBenchHostileFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := hostileFlags{readers: 1000, readerConns: 10, appends: 100, appendConns: 10, appendBytes: 15 << 20, redial: true}
+	want := hostileFlags{readers: 1000, readerConns: 10, appends: 100, appendConns: 10, appendBytes: 15 << 20, redial: true, streamCalls: 10}
 	if !f.workloads["x"] || len(f.workloads) != 1 || !f.secure || f.hostile != want || f.duration != 20*time.Second {
 		t.Fatalf("--workloads x: %+v", f)
 	}
 	f, err = parseBenchFlags([]string{"--workloads", "x,c", "--hostile-readers", "40", "--hostile-reader-conns", "4",
-		"--hostile-appends", "0", "--hostile-append-conns", "2", "--hostile-append-bytes", "1048576", "--hostile-redial=false"}, io.Discard)
+		"--hostile-appends", "0", "--hostile-append-conns", "2", "--hostile-append-bytes", "1048576", "--hostile-redial=false",
+		"--hostile-stream-appenders", "3", "--hostile-stream-appender-streams", "5"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (hostileFlags{readers: 40, readerConns: 4, appends: 0, appendConns: 2, appendBytes: 1 << 20}); f.hostile != want || !f.workloads["c"] {
+	if want := (hostileFlags{readers: 40, readerConns: 4, appends: 0, appendConns: 2, appendBytes: 1 << 20, streamAppenders: 3, streamCalls: 5}); f.hostile != want || !f.workloads["c"] {
 		t.Fatalf("hostile flags %+v, want %+v", f.hostile, want)
 	}
 	if f, err := parseBenchFlags([]string{"--workloads", "a", "--secure"}, io.Discard); err != nil || !f.secure {
@@ -73,6 +74,7 @@ func TestBenchHostileFlags(t *testing.T) {
 		{"--workloads", "x", "--hostile-append-bytes", "16777216"},
 		{"--workloads", "x", "--hostile-reader-conns", "0"},
 		{"--workloads", "x", "--hostile-append-conns", "0"},
+		{"--workloads", "x", "--hostile-stream-appender-streams", "0"},
 		{"--workloads", "x", "--hostile-readers", "-1"},
 		{"--addr", "127.0.0.1:1", "--workloads", "x"},
 		{"--addr", "127.0.0.1:1", "--workloads", "a", "--secure"},
@@ -132,7 +134,7 @@ func TestBenchHostileClients(t *testing.T) {
 	dir := t.TempDir()
 	rep, b, _ := runLocalBench(t, dir, "--workloads", "x", "--duration", "1s",
 		"--hostile-readers", "20", "--hostile-reader-conns", "4", "--hostile-appends", "6", "--hostile-append-conns", "3",
-		"--hostile-append-bytes", "1048576", "--hostile-big-appenders", "2")
+		"--hostile-append-bytes", "1048576", "--hostile-big-appenders", "2", "--hostile-stream-appenders", "2", "--hostile-stream-appender-streams", "3")
 	if len(rep.Results) != 3 || rep.Config["security"] == nil {
 		t.Fatalf("want rows x-baseline, x-hostile, x-after of a secured cluster: %s", b)
 	}
@@ -158,7 +160,7 @@ func TestBenchHostileClients(t *testing.T) {
 	} else if accepted, _ := strconv.Atoi(m[2]); accepted < 20 || accepted > opened {
 		t.Errorf("x-hostile: %d of %d reader streams accepted, want at least the first 20:\n%s", accepted, opened, note)
 	}
-	for _, want := range []string{"6 on 3 connections sent their bytes", "refused 6 Unauthenticated", "2 authenticated big appenders", "RSS goal", "rate goal"} {
+	for _, want := range []string{"6 on 3 connections sent their bytes", "refused 6 Unauthenticated", "2 authenticated big appenders", "2 authenticated stream appenders (6 AppendStreams", "RSS goal", "rate goal"} {
 		if !strings.Contains(note, want) {
 			t.Errorf("x-hostile note lacks %q:\n%s", want, note)
 		}
