@@ -245,6 +245,11 @@ type requestCharge struct {
 	conn    *requestBudget // the connection's, for the stall cut
 	reading int64          // reserved while reading
 	held    int64          // the request's size, once read and admitted
+	// lateReceive: the request counts as being received (for the stall
+	// cut) only from markReceiving, not from its reservation; the
+	// request gate marks it when the node opens the stream's window.
+	lateReceive bool
+	receiving   bool
 }
 
 // chargeLevel is one budget of a charge, named for its refusals.
@@ -339,7 +344,16 @@ func (c *requestCharge) tryReadN(n int64) bool {
 
 func (c *requestCharge) startedRead(n int64) {
 	c.reading = n
-	if c.conn != nil {
+	if !c.lateReceive {
+		c.markReceiving()
+	}
+}
+
+// markReceiving counts the request as being received on its connection
+// (the stall cut, stallcut.go) until its read ends.
+func (c *requestCharge) markReceiving() {
+	if c.conn != nil && c.reading > 0 && !c.receiving {
+		c.receiving = true
 		c.conn.receive(true)
 	}
 }
@@ -360,7 +374,8 @@ func (c *requestCharge) endRead() {
 	if c.reading == 0 {
 		return
 	}
-	if c.conn != nil {
+	if c.receiving {
+		c.receiving = false
 		c.conn.receive(false)
 	}
 	for _, l := range c.levels {

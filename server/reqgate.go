@@ -50,9 +50,12 @@ import (
 //
 // The reservation ends when the message's last byte has passed to grpc
 // (the handler then counts the request at its real size until it is
-// answered, as before), or when the stream ends. While it is held, the
-// connection counts as receiving a request, so the stall and trickle cuts
-// (stallcut.go) close one whose message stalls while others wait.
+// answered, as before), or when the stream ends. Once the node opens the
+// stream's window for it (its handler reads it), the connection counts as
+// receiving a request, so the stall and trickle cuts (stallcut.go) close
+// one whose message stalls while others wait; before that the node is
+// what waits (a handler busy with earlier requests, or the token's append
+// quota), and the sender is not judged.
 //
 // Unary Append is left to serveAppend, which reserves before it reads.
 // Smaller messages are bounded by the stream window, which grpc opens
@@ -94,10 +97,18 @@ func (c gatedCreds) Clone() credentials.TransportCredentials {
 type gateBudget interface {
 	// try reserves size bytes for a stream whose authorization header is
 	// auth if there is room now and nobody waits.
-	try(auth string, size int64) (release func(), ok bool)
+	try(auth string, size int64) (msgHold, bool)
 	// wait reserves size bytes, waiting in line until there is room or
 	// ctx ends.
-	wait(ctx context.Context, auth string, size int64) (release func(), err error)
+	wait(ctx context.Context, auth string, size int64) (msgHold, error)
+}
+
+// msgHold is one message's reservation.
+type msgHold struct {
+	release func()
+	// receiving notes that the node reads the message (it opened the
+	// stream's window): from then on the stall cut may judge its sender.
+	receiving func()
 }
 
 // nodeGateBudget is a connection's and its node's request budgets.
@@ -115,21 +126,23 @@ func (b nodeGateBudget) charge(auth string) *requestCharge {
 		conn = b.tc.requestBudgetLocked(b.n.cfg.ConnRequestBytes)
 		b.tc.t.mu.Unlock()
 	}
-	return b.n.chargeFor(b.n.bearerName(auth), conn)
+	c := b.n.chargeFor(b.n.bearerName(auth), conn)
+	c.lateReceive = true
+	return c
 }
 
-func (b nodeGateBudget) try(auth string, size int64) (func(), bool) {
+func (b nodeGateBudget) try(auth string, size int64) (msgHold, bool) {
 	if size > b.n.maxRequestRead() {
-		return func() {}, true // grpc refuses it before it reads the body
+		return msgHold{release: func() {}, receiving: func() {}}, true // grpc refuses it before it reads the body
 	}
 	c := b.charge(auth)
 	if !c.tryReadN(size) {
-		return nil, false
+		return msgHold{}, false
 	}
-	return c.endRead, true
+	return msgHold{release: c.endRead, receiving: c.markReceiving}, true
 }
 
-func (b nodeGateBudget) wait(ctx context.Context, auth string, size int64) (func(), error) {
+func (b nodeGateBudget) wait(ctx context.Context, auth string, size int64) (msgHold, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { // a node that drains stops waiting
@@ -141,9 +154,9 @@ func (b nodeGateBudget) wait(ctx context.Context, auth string, size int64) (func
 	}()
 	c := b.charge(auth)
 	if err := c.startReadN(ctx, size, 0); err != nil {
-		return nil, err
+		return msgHold{}, err
 	}
-	return c.endRead, nil
+	return msgHold{release: c.endRead, receiving: c.markReceiving}, nil
 }
 
 // gateConn returns conn with its requests gated; tc, if set, is the
@@ -256,7 +269,8 @@ type gateStream struct {
 	inBody bool
 	msg    int // counts the stream's reserved messages
 	// Under h2Scan.mu:
-	release func()             // the current message's reservation
+	hold    msgHold            // the current message's reservation
+	read    bool               // the node opened its window: hold.receiving called
 	blocked bool               // its reservation waits: window held back
 	cancel  context.CancelFunc // ends the wait
 	owed    uint32             // window increments held back
@@ -489,8 +503,8 @@ func (s *h2Scan) data(sid uint32, b []byte) {
 		if st.left == 0 {
 			st.inBody = false
 			s.mu.Lock()
-			release := st.release
-			st.release = nil
+			release := st.hold.release
+			st.hold, st.read = msgHold{}, false
 			var owed uint32
 			if st.blocked { // passed before its reservation came
 				st.cancel()
@@ -511,9 +525,9 @@ func (s *h2Scan) data(sid uint32, b []byte) {
 // reserve takes size bytes for stream sid's new message, at once if
 // there is room, else by blocking the stream until there is.
 func (s *h2Scan) reserve(sid uint32, st *gateStream, size int64) {
-	if release, ok := s.budget.try(st.auth, size); ok {
+	if hold, ok := s.budget.try(st.auth, size); ok {
 		s.mu.Lock()
-		st.release = release
+		st.hold = hold
 		s.mu.Unlock()
 		return
 	}
@@ -524,19 +538,19 @@ func (s *h2Scan) reserve(sid uint32, st *gateStream, size int64) {
 	st.blocked, st.cancel = true, cancel
 	s.mu.Unlock()
 	go func() {
-		release, err := s.budget.wait(ctx, st.auth, size)
-		s.admitted(sid, st, msg, release, err, ctx)
+		hold, err := s.budget.wait(ctx, st.auth, size)
+		s.admitted(sid, st, msg, hold, err, ctx)
 	}()
 }
 
 // admitted ends stream sid's wait for its message msg's reservation.
-func (s *h2Scan) admitted(sid uint32, st *gateStream, msg int, release func(), err error, ctx context.Context) {
+func (s *h2Scan) admitted(sid uint32, st *gateStream, msg int, hold msgHold, err error, ctx context.Context) {
 	s.mu.Lock()
 	current := !s.closed && s.streams[sid] == st && st.blocked && st.msg == msg
 	if !current || err != nil {
 		s.mu.Unlock()
-		if release != nil {
-			release()
+		if hold.release != nil {
+			hold.release()
 		}
 		if current && ctx.Err() == nil {
 			s.fail(err)
@@ -544,9 +558,13 @@ func (s *h2Scan) admitted(sid uint32, st *gateStream, msg int, release func(), e
 		return
 	}
 	st.blocked, st.cancel = false, nil
-	st.release = release
+	st.hold = hold
 	owed := st.owed
 	st.owed = 0
+	if owed > 0 { // the node has asked for the message: it is read once the window goes out
+		st.read = true
+		hold.receiving()
+	}
 	s.mu.Unlock()
 	if owed > 0 {
 		s.inject(windowUpdate(sid, owed))
@@ -560,7 +578,8 @@ func (s *h2Scan) drop(sid uint32) {
 	delete(s.streams, sid)
 	var release func()
 	if st != nil {
-		release, st.release = st.release, nil
+		release = st.hold.release
+		st.hold, st.read = msgHold{}, false
 		if st.cancel != nil {
 			st.cancel()
 		}
@@ -582,6 +601,18 @@ func (s *h2Scan) holdWindow(sid, inc uint32) bool {
 	}
 	st.owed = min(st.owed+inc, 1<<31-1)
 	return true
+}
+
+// windowOpened notes a WINDOW_UPDATE the node sends for stream sid: the
+// node reads its reserved message, whose sender the stall cut may judge
+// from now on.
+func (s *h2Scan) windowOpened(sid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st := s.streams[sid]; st != nil && st.hold.receiving != nil && !st.read {
+		st.read = true
+		st.hold.receiving()
+	}
 }
 
 // server returns what of the node's bytes p goes to the client now: p
@@ -624,6 +655,7 @@ func (s *h2Scan) server(p []byte) []byte {
 				sid, inc := o.sid(), binary.BigEndian.Uint32(o.inc[:])&0x7fffffff
 				if !s.holdWindow(sid, inc) { // unblocked meanwhile: it goes out
 					out = append(out, windowUpdate(sid, inc)...)
+					s.windowOpened(sid)
 				}
 				atBoundary(i)
 			}
@@ -651,11 +683,14 @@ func (s *h2Scan) server(p []byte) []byte {
 			if typ == h2FrameRSTStream || (typ == h2FrameHeaders || typ == h2FrameData) && flags&h2FlagEndStream != 0 {
 				s.drop(sid)
 			}
-			if typ == h2FrameWindowUpdate && sid != 0 && length == 4 && s.blocked(sid) {
-				cut(start)
-				run = i
-				o.drop, o.incN = true, 0
-				continue
+			if typ == h2FrameWindowUpdate && sid != 0 && length == 4 {
+				if s.blocked(sid) {
+					cut(start)
+					run = i
+					o.drop, o.incN = true, 0
+					continue
+				}
+				s.windowOpened(sid)
 			}
 			if held > 0 { // the kept part goes out before the rest
 				cut(start)
@@ -699,9 +734,9 @@ func (s *h2Scan) close() {
 	s.mu.Lock()
 	var rel []func()
 	for _, st := range s.streams {
-		if st.release != nil {
-			rel = append(rel, st.release)
-			st.release = nil
+		if st.hold.release != nil {
+			rel = append(rel, st.hold.release)
+			st.hold = msgHold{}
 		}
 		if st.cancel != nil {
 			st.cancel()

@@ -160,6 +160,17 @@ func TestGateReleasesAndRefuses(t *testing.T) {
 	if b.held() != 1<<20+5 {
 		t.Fatalf("%d bytes reserved mid-message, want %d", b.held(), 1<<20+5)
 	}
+	// It counts as being received (for the stall cut) only once the node
+	// opens its window: before, the node is what waits.
+	if b.received() != 0 {
+		t.Fatal("a message counts as being received before the node opened its window")
+	}
+	s := newGateWire(t, false)
+	s.check(s.fr.WriteWindowUpdate(1, 1<<20))
+	g.server(s.buf.Bytes())
+	if b.received() != 1 {
+		t.Fatalf("%d messages being received after the node opened the window, want 1", b.received())
+	}
 	g.close()
 	if b.held() != 0 {
 		t.Fatalf("%d bytes reserved after close", b.held())
@@ -198,6 +209,9 @@ type testGateBudget struct {
 	used  int64
 	fail  error
 	grant chan struct{}
+	// receiving counts the messages the node began to read (it opened
+	// their window).
+	receiving int
 }
 
 func (b *testGateBudget) note(s string, n int64) {
@@ -212,38 +226,48 @@ func (b *testGateBudget) held() int64 {
 	return b.used
 }
 
-func (b *testGateBudget) take(n int64) func() {
+func (b *testGateBudget) take(n int64) msgHold {
 	b.used += n
 	b.note("admit", n)
-	return func() {
+	return msgHold{release: func() {
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		b.used -= n
 		b.note("release", n)
-	}
+	}, receiving: func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.receiving++
+	}}
 }
 
-func (b *testGateBudget) try(_ string, n int64) (func(), bool) {
+func (b *testGateBudget) try(_ string, n int64) (msgHold, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.used+n > b.room {
-		return nil, false
+		return msgHold{}, false
 	}
 	return b.take(n), true
 }
 
-func (b *testGateBudget) wait(ctx context.Context, _ string, n int64) (func(), error) {
+func (b *testGateBudget) wait(ctx context.Context, _ string, n int64) (msgHold, error) {
 	select {
 	case <-b.grant:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return msgHold{}, ctx.Err()
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.fail != nil {
-		return nil, b.fail
+		return msgHold{}, b.fail
 	}
 	return b.take(n), nil
+}
+
+func (b *testGateBudget) received() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.receiving
 }
 
 // captureConn keeps what is written to it.
@@ -312,8 +336,12 @@ func TestGateHoldsBackBlockedWindows(t *testing.T) {
 				}
 				p = p[k:]
 			}
+			if b.received() != 0 {
+				t.Fatal("a blocked message counts as being received")
+			}
 			// Room comes while the DATA frame is half written: the owed
-			// window goes out after it.
+			// window goes out after it, and the message counts as being
+			// received.
 			close(b.grant)
 			for deadline := time.Now().Add(5 * time.Second); g.scan.blocked(1); time.Sleep(time.Millisecond) {
 				if time.Now().After(deadline) {
@@ -327,8 +355,8 @@ func TestGateHoldsBackBlockedWindows(t *testing.T) {
 			if got := cc.written(); !bytes.Equal(got, want.buf.Bytes()) {
 				t.Fatalf("the node wrote\n%x\nwant\n%x", got, want.buf.Bytes())
 			}
-			if b.held() != 100<<10+5 {
-				t.Fatalf("%d bytes reserved, want the message's %d", b.held(), 100<<10+5)
+			if b.held() != 100<<10+5 || b.received() != 1 {
+				t.Fatalf("%d bytes reserved and %d messages being received, want the message's %d and 1", b.held(), b.received(), 100<<10+5)
 			}
 
 			// Stream 3 blocks and its wait fails: the connection is told.
