@@ -164,8 +164,14 @@ func (b nodeGateBudget) wait(ctx context.Context, auth string, size int64) (msgH
 func (n *Node) gateConn(conn net.Conn, tc *trackedConn) net.Conn {
 	g := &gatedConn{Conn: conn}
 	g.scan = newH2Scan(int64(n.cfg.RequestWindowBytes), nodeGateBudget{n: n, tc: tc}, g.inject, func(err error) {
-		n.logger.Warn("closing a client connection: a streaming call's message could not be reserved from the request budgets",
-			"remote", conn.RemoteAddr().String(), "error", err)
+		// A wait ends unserved only as the node drains: its calls end
+		// with the connection, as Close ends the others.
+		select {
+		case <-n.draining:
+		default:
+			n.logger.Warn("closing a client connection: a streaming call's message could not be reserved from the request budgets",
+				"remote", conn.RemoteAddr().String(), "error", err)
+		}
 		conn.Close()
 	})
 	return g
@@ -292,7 +298,7 @@ type h2Scan struct {
 	threshold int64
 	budget    gateBudget
 	inject    func(frame []byte)
-	fail      func(error) // a wait failed other than by its stream's end
+	fail      func(error) // a wait ended unserved other than by its stream's end (the node drains)
 
 	in    h2Frames // client to node
 	block []byte   // header block being assembled
@@ -527,6 +533,11 @@ func (s *h2Scan) data(sid uint32, b []byte) {
 func (s *h2Scan) reserve(sid uint32, st *gateStream, size int64) {
 	if hold, ok := s.budget.try(st.auth, size); ok {
 		s.mu.Lock()
+		if s.closed || s.streams[sid] != st { // ended meanwhile (the node's trailers)
+			s.mu.Unlock()
+			hold.release()
+			return
+		}
 		st.hold = hold
 		s.mu.Unlock()
 		return
@@ -539,12 +550,12 @@ func (s *h2Scan) reserve(sid uint32, st *gateStream, size int64) {
 	s.mu.Unlock()
 	go func() {
 		hold, err := s.budget.wait(ctx, st.auth, size)
-		s.admitted(sid, st, msg, hold, err, ctx)
+		s.admitted(ctx, sid, st, msg, hold, err)
 	}()
 }
 
 // admitted ends stream sid's wait for its message msg's reservation.
-func (s *h2Scan) admitted(sid uint32, st *gateStream, msg int, hold msgHold, err error, ctx context.Context) {
+func (s *h2Scan) admitted(ctx context.Context, sid uint32, st *gateStream, msg int, hold msgHold, err error) {
 	s.mu.Lock()
 	current := !s.closed && s.streams[sid] == st && st.blocked && st.msg == msg
 	if !current || err != nil {
