@@ -210,6 +210,9 @@ func (t *FSTarget) List(ctx context.Context, prefix string, fn func(ObjectInfo) 
 			return nil
 		}
 		info, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // deleted since the directory was read: not listed, as a store lists
+		}
 		if err != nil {
 			return err
 		}
