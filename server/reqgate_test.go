@@ -454,8 +454,8 @@ func TestGateBoundsStreamingMessages(t *testing.T) {
 	// time: every stream is read and answered, appended or refused
 	// ResourceExhausted by the held-bytes cap (reqbudget.go); the
 	// connection stays open.
-	whole := dialFlowClient(t, n.APIAddr())
-	if got, _, err := whole.Send(pb.EventStore_AppendStream_FullMethodName, "", msgs, len(msgs[0]), 500*time.Millisecond); err != nil || got != streams*len(msgs[0]) {
+	whole := dialFlowClient(t, n.APIAddr()) // a long settle: a loaded machine may pause the node
+	if got, _, err := whole.Send(pb.EventStore_AppendStream_FullMethodName, "", msgs, len(msgs[0]), 2*time.Second); err != nil || got != streams*len(msgs[0]) {
 		t.Fatalf("sent %d bytes of whole requests (%v), want %d: the node stopped opening windows", got, err, streams*len(msgs[0]))
 	}
 	waitFor(t, "every large stream append answered", func() bool { return len(whole.Answers()) == streams })
@@ -650,7 +650,8 @@ func TestTokenRequestBudget(t *testing.T) {
 				return
 			}
 			conn := dialWith(t, n.APIAddr(), credentials.NewTLS(trust(t, p.ca, nil)))
-			ctx, cancel := context.WithTimeout(withToken(ctxT(t), appendTok), 3*time.Second)
+			// Behind the bulk token it would wait for the stall cut (a minute).
+			ctx, cancel := context.WithTimeout(withToken(ctxT(t), appendTok), 10*time.Second)
 			defer cancel()
 			stream, err := pb.NewEventStoreClient(conn).AppendStream(ctx)
 			if err != nil {
