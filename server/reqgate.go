@@ -614,13 +614,36 @@ func (s *h2Scan) holdWindow(sid, inc uint32) bool {
 	return true
 }
 
-// windowOpened notes a WINDOW_UPDATE the node sends for stream sid: the
-// node reads its reserved message, whose sender the stall cut may judge
-// from now on.
+// windowFor decides a WINDOW_UPDATE the node writes for stream sid, in
+// one look at the stream: it reports whether the frame is held back (the
+// stream is blocked); if not, the node reads its reserved message, whose
+// sender the stall cut may judge from now on.
+func (s *h2Scan) windowFor(sid uint32) (hold bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.streams[sid]
+	if st == nil {
+		return false
+	}
+	if st.blocked {
+		return true
+	}
+	s.openedLocked(st)
+	return false
+}
+
+// windowOpened notes a WINDOW_UPDATE for stream sid that goes out after
+// being held back (windowFor).
 func (s *h2Scan) windowOpened(sid uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if st := s.streams[sid]; st != nil && st.hold.receiving != nil && !st.read {
+	if st := s.streams[sid]; st != nil {
+		s.openedLocked(st)
+	}
+}
+
+func (s *h2Scan) openedLocked(st *gateStream) {
+	if st.hold.receiving != nil && !st.read {
 		st.read = true
 		st.hold.receiving()
 	}
@@ -694,14 +717,11 @@ func (s *h2Scan) server(p []byte) []byte {
 			if typ == h2FrameRSTStream || (typ == h2FrameHeaders || typ == h2FrameData) && flags&h2FlagEndStream != 0 {
 				s.drop(sid)
 			}
-			if typ == h2FrameWindowUpdate && sid != 0 && length == 4 {
-				if s.blocked(sid) {
-					cut(start)
-					run = i
-					o.drop, o.incN = true, 0
-					continue
-				}
-				s.windowOpened(sid)
+			if typ == h2FrameWindowUpdate && sid != 0 && length == 4 && s.windowFor(sid) {
+				cut(start)
+				run = i
+				o.drop, o.incN = true, 0
+				continue
 			}
 			if held > 0 { // the kept part goes out before the rest
 				cut(start)
