@@ -48,7 +48,17 @@ if ! go version -m .tools/bin/versitygw 2>/dev/null | grep -q "mod[[:space:]]*gi
 fi
 
 echo "== go test -race"
-go test -race -count=1 -timeout 12m "$@" ./...
+# The output is kept so that a failure ends with a summary of what failed:
+# a failed package prints every line its nodes logged, and a CI tail shows
+# only the last of them.
+test_log=$(mktemp "${TMPDIR:-/tmp}/tsstore-test-XXXXXX.log")
+if ! go test -race -count=1 -timeout 12m "$@" ./... 2>&1 | tee "$test_log"; then
+  echo "== go test failed; what failed:"
+  grep -E -- '^(--- FAIL|FAIL|panic:|fatal error:|WARNING: DATA RACE)|race detected during execution|_test\.go:[0-9]+: ' "$test_log" | grep -v '^ok ' | tail -n 60 || true
+  echo "(whole output: $test_log)"
+  exit 1
+fi
+rm -f "$test_log"
 
 # The jepsen short profile: every fault-injection scenario for ~35 s
 # against real processes (docs/jepsen.md). TSSTORE_JEPSEN=0 skips it;
