@@ -8,8 +8,15 @@
 // node is down, any connection made on the machine (another test's
 // client, a Raft peer dialing) can take its port, and the restart then
 // fails to bind: a flaky test. Ports picked here lie outside that range,
-// so only another process that picks ports the same way could take one,
-// and picks are random over some twenty thousand ports.
+// so only another process that picks ports the same way could take one.
+//
+// Processes that pick ports here at the same time (go test runs packages
+// side by side) would still meet now and then: one's node is down for a
+// restart, or between the pick and its bind, and the other picks the same
+// port. So each process first claims one of a few slots, a file lock in
+// the temporary directory that the kernel drops when the process exits,
+// and picks from that slot's share of the range alone. If every slot is
+// claimed, or its share runs out, it picks from the whole range.
 package freeport
 
 import (
@@ -36,9 +43,19 @@ var (
 // ephemeral port range, none returned before by this process. Each was
 // bound and released, so it is free now; nothing reserves it after.
 func Ports(host string, n int) ([]int, error) {
-	lo, hi := candidates()
 	mu.Lock()
 	defer mu.Unlock()
+	lo, hi := processRange()
+	if out, err := pick(host, n, lo, hi); err == nil {
+		return out, nil
+	}
+	lo, hi = candidates() // the share ran out: anywhere outside the ephemeral range
+	return pick(host, n, lo, hi)
+}
+
+// pick binds and releases n random ports in [lo, hi) not issued before.
+// The caller holds mu.
+func pick(host string, n, lo, hi int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {

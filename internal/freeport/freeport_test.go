@@ -2,6 +2,7 @@ package freeport
 
 import (
 	"net"
+	"os"
 	"strconv"
 	"testing"
 )
@@ -48,4 +49,49 @@ func TestPortsOutsideEphemeralRange(t *testing.T) {
 	if p := c.LocalAddr().(*net.TCPAddr).Port; p < lo || p > hi {
 		t.Fatalf("outgoing port %d outside [%d, %d]: the premise does not hold here", p, lo, hi)
 	}
+}
+
+// Processes picking ports at once pick from separate shares of the range:
+// each claims a slot no live process holds (a lock per open file, so two
+// claims in this test stand for two processes), and takes none once all
+// are held.
+func TestSlotsSeparateProcesses(t *testing.T) {
+	dir := t.TempDir()
+	files := map[int]*os.File{}
+	for range slots {
+		i, f := claimSlot(dir)
+		if i < 0 || files[i] != nil {
+			t.Fatalf("claim got slot %d with %d held", i, len(files))
+		}
+		files[i] = f
+	}
+	t.Cleanup(func() {
+		for _, f := range files {
+			f.Close()
+		}
+	})
+	if i, _ := claimSlot(dir); i != -1 {
+		t.Fatalf("a claim with every slot held got slot %d", i)
+	}
+	// A slot whose holder exited (its file closed) is free again.
+	files[3].Close()
+	if i, f := claimSlot(dir); i != 3 {
+		t.Fatalf("a claim after slot 3's holder went got slot %d", i)
+	} else {
+		files[3] = f
+	}
+
+	// This process's ports lie in its share.
+	lo, hi := processRange()
+	clo, chi := candidates()
+	ps, err := Ports("127.0.0.1", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		if p < lo || p >= hi {
+			t.Fatalf("port %d outside this process's share [%d, %d) of [%d, %d) (slot %d)", p, lo, hi, clo, chi, slot)
+		}
+	}
+	t.Logf("slot %d: ports from [%d, %d) of [%d, %d)", slot, lo, hi, clo, chi)
 }
