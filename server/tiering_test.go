@@ -177,12 +177,18 @@ func TestTieringUploadsAndCommits(t *testing.T) {
 		}
 		bytes += e.Size
 	}
+	// The leader counts a segment once its commit returns, which may be
+	// just after every manifest shows it.
 	var uploaded, tiered float64
-	for _, n := range tc.nodes {
-		uploaded += counterValue(t, n.metrics.tierUploadedBytes)
-		tiered += counterValue(t, n.metrics.tierSegments)
-	}
-	if int(tiered) != len(segs) || uploaded < float64(bytes) {
+	waitFor(t, "the tiering counters", func() bool {
+		uploaded, tiered = 0, 0
+		for _, n := range tc.nodes {
+			uploaded += counterValue(t, n.metrics.tierUploadedBytes)
+			tiered += counterValue(t, n.metrics.tierSegments)
+		}
+		return int(tiered) >= len(segs) && uploaded >= float64(bytes)
+	})
+	if int(tiered) != len(segs) {
 		t.Fatalf("tsstore_tier_segments_total %v (want %d), uploaded bytes %v (want >= %d)", tiered, len(segs), uploaded, bytes)
 	}
 	// `tsstore retention list` shows what is where.
@@ -464,10 +470,15 @@ func TestTieringSweepsLeakedObjects(t *testing.T) {
 			}
 		}
 	}
+	// The sweep counts an object just after deleting it.
 	var swept float64
-	for _, n := range tc.nodes {
-		swept += counterValue(t, n.metrics.tierSwept)
-	}
+	waitFor(t, "tsstore_tier_swept_objects_total to count both", func() bool {
+		swept = 0
+		for _, n := range tc.nodes {
+			swept += counterValue(t, n.metrics.tierSwept)
+		}
+		return swept >= 2
+	})
 	if swept != 2 {
 		t.Fatalf("tsstore_tier_swept_objects_total %v, want 2", swept)
 	}
