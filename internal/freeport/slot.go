@@ -14,18 +14,15 @@ const slots = 8
 
 var (
 	slotOnce sync.Once
-	slot     = -1        // this process's slot, or -1 if none was free
-	slotFile *os.File    // kept open: closing it would drop the lock
-	slotDir  = lockDir() // where the slot files are; a variable for tests
+	slot     = -1     // this process's slot, or -1 if none was free
+	slotFile *os.File // kept open: closing it would drop the lock
 )
-
-func lockDir() string { return filepath.Join(os.TempDir(), "tsstore-freeport") }
 
 // processRange is this process's share of the candidate range: the whole
 // range if it claimed no slot.
 func processRange() (lo, hi int) {
 	lo, hi = candidates()
-	slotOnce.Do(func() { slot, slotFile = claimSlot(slotDir) })
+	slotOnce.Do(func() { slot, slotFile = claimSlot(filepath.Join(os.TempDir(), "tsstore-freeport")) })
 	if slot < 0 {
 		return lo, hi
 	}
