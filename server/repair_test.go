@@ -340,10 +340,13 @@ func testCatchUpWithDamage(t *testing.T, snapshotOnly bool) {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		smallSegments(c)
 		c.SnapshotThreshold, c.TrailingLogs, c.SnapshotInterval = 32, 8, 100*time.Millisecond
+		// The node whose segment is damaged must be the one that sends
+		// the snapshot: a leader that steps down on a loaded machine (the
+		// tests' 100 ms lease) would leave the send to a healthy peer.
+		c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = time.Second, time.Second, time.Second
 	})
 	next := appendBatches(t, tc, "repair-snap", 5)
 	waitNextOffset(t, tc.nodes, next)
-	leader := tc.leader()
 	f := tc.follower()
 	var i int
 	for i = range tc.nodes {
@@ -356,6 +359,7 @@ func testCatchUpWithDamage(t *testing.T, snapshotOnly bool) {
 	tc.nodes[i] = nil
 	next = appendBatches(t, tc, "repair-snap-2", 120)
 	waitNextOffset(t, tc.nodes, next)
+	leader := tc.leader() // the one that will send the snapshot
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		first, err := leader.logs.FirstIndex()
@@ -414,7 +418,7 @@ func testCatchUpWithDamage(t *testing.T, snapshotOnly bool) {
 	// beside the install: on a loaded machine the count may come after.
 	for deadline := time.Now().Add(10 * time.Second); repairsCounted(leader, repairRepaired) != wantRepairs; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("leader repairs counted %v, want %v", repairsCounted(leader, repairRepaired), wantRepairs)
+			t.Fatalf("leader %s (now %s) repairs counted %v, want %v", leader.cfg.NodeID, tc.leader().cfg.NodeID, repairsCounted(leader, repairRepaired), wantRepairs)
 		}
 	}
 	for _, m := range tc.nodes {
