@@ -752,14 +752,6 @@ func windowUpdate(sid, inc uint32) []byte {
 
 func (o *h2Out) sid() uint32 { return binary.BigEndian.Uint32(o.hdr[5:]) & 0x7fffffff }
 
-// blocked reports whether stream sid's window is held back.
-func (s *h2Scan) blocked(sid uint32) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := s.streams[sid]
-	return st != nil && st.blocked
-}
-
 // close gives back every reservation; the connection is gone.
 func (s *h2Scan) close() {
 	s.mu.Lock()

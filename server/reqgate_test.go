@@ -668,3 +668,12 @@ func TestTokenRequestBudget(t *testing.T) {
 		})
 	}
 }
+
+// blocked reports whether stream sid's window is held back (the gate
+// itself decides that per frame, in windowFor).
+func (s *h2Scan) blocked(sid uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.streams[sid]
+	return st != nil && st.blocked
+}
